@@ -1,0 +1,391 @@
+//! The IDX format of MNIST and Fashion-MNIST, raw or gzip-compressed.
+//!
+//! An IDX file is a 4-byte magic (`0, 0, dtype, rank`), `rank` big-endian `u32`
+//! dimensions, then the row-major data. Only unsigned-byte data (`dtype = 0x08`) is
+//! used by image data sets, and only it is accepted here.
+
+use crate::error::{Error, Result};
+use crate::nn::Tensor4;
+use ndarray::Array4;
+use std::io::Read;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const UBYTE: u8 = 0x08;
+
+/// Reads a file, decompressing it when it starts with the gzip magic.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if raw.starts_with(&GZIP_MAGIC) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| idx_error(path, format!("corrupt gzip stream: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+fn idx_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Idx {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Splits an IDX buffer into its dimensions and its data, checking the magic, the
+/// dtype, the rank and that the data is exactly as long as the dimensions say.
+fn parse(bytes: &[u8], path: &Path, ranks: &[usize]) -> Result<(Vec<usize>, Vec<u8>)> {
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+        return Err(idx_error(path, "missing IDX magic (expected 00 00 <dtype> <rank>)"));
+    }
+    if bytes[2] != UBYTE {
+        return Err(idx_error(
+            path,
+            format!("dtype 0x{:02x} is not unsigned byte (0x08)", bytes[2]),
+        ));
+    }
+    let rank = bytes[3] as usize;
+    if !ranks.contains(&rank) {
+        return Err(idx_error(path, format!("rank {rank}, expected one of {ranks:?}")));
+    }
+    let header = 4 + 4 * rank;
+    if bytes.len() < header {
+        return Err(idx_error(path, "truncated header"));
+    }
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let len = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| idx_error(path, format!("dimensions {dims:?} overflow")))?;
+    let data = &bytes[header..];
+    if data.len() != len {
+        return Err(idx_error(
+            path,
+            format!(
+                "dimensions {dims:?} need {len} data bytes, the file has {}{}",
+                data.len(),
+                if data.len() < len { " (truncated)" } else { "" }
+            ),
+        ));
+    }
+    Ok((dims, data.to_vec()))
+}
+
+/// Images stored as unsigned bytes, `[N, H, W]` (one channel) or `[N, C, H, W]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdxImages {
+    /// `[N, C, H, W]`.
+    dims: [usize; 4],
+    pixels: Vec<u8>,
+}
+
+impl IdxImages {
+    /// Reads an IDX image file (`.gz` or raw).
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Self::parse(&read_maybe_gz(path)?, path)
+    }
+
+    /// Parses an uncompressed IDX image buffer.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::parse(bytes, &PathBuf::from("<memory>"))
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (d, pixels) = parse(bytes, path, &[3, 4])?;
+        let dims = match d.as_slice() {
+            &[n, h, w] => [n, 1, h, w],
+            &[n, c, h, w] => [n, c, h, w],
+            _ => unreachable!("rank checked by parse"),
+        };
+        if dims[1..].contains(&0) {
+            return Err(idx_error(path, format!("empty image dimensions {d:?}")));
+        }
+        Ok(IdxImages { dims, pixels })
+    }
+
+    /// Wraps raw pixels `[N, C, H, W]`.
+    pub fn from_pixels(dims: [usize; 4], pixels: Vec<u8>) -> Result<Self> {
+        if dims.iter().product::<usize>() != pixels.len() {
+            return Err(Error::invalid(
+                "pixels",
+                format!("{} bytes for dimensions {dims:?}", pixels.len()),
+            ));
+        }
+        Ok(IdxImages { dims, pixels })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.dims[0]
+    }
+
+    /// True when there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `[N, C, H, W]`.
+    pub fn dims(&self) -> [usize; 4] {
+        self.dims
+    }
+
+    /// Channels per image.
+    pub fn channels(&self) -> usize {
+        self.dims[1]
+    }
+
+    fn image_len(&self) -> usize {
+        self.dims[1] * self.dims[2] * self.dims[3]
+    }
+
+    /// The first `n` images; an error when there are fewer.
+    pub fn first(&self, n: usize) -> Result<IdxImages> {
+        if n > self.len() {
+            return Err(Error::Data(format!(
+                "asked for {n} images, the file has {}",
+                self.len()
+            )));
+        }
+        let mut dims = self.dims;
+        dims[0] = n;
+        Ok(IdxImages {
+            dims,
+            pixels: self.pixels[..n * self.image_len()].to_vec(),
+        })
+    }
+
+    /// Images `range` as a normalised NCHW tensor: `(p / 255 − mean_c) / std_c`.
+    pub fn to_tensor(&self, range: Range<usize>, norm: &Normalization) -> Result<Tensor4> {
+        if range.start > range.end || range.end > self.len() {
+            return Err(Error::invalid(
+                "range",
+                format!("{range:?} outside the {} images", self.len()),
+            ));
+        }
+        norm.check_channels(self.channels())?;
+        let [_, c, h, w] = self.dims;
+        let plane = h * w;
+        let bytes = &self.pixels[range.start * self.image_len()..range.end * self.image_len()];
+        let data = bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let ch = (i / plane) % c;
+                // p/255 first, then (x − m)/s, in f32: torchvision's ToTensor + Normalize.
+                (p as f32 / 255.0 - norm.mean[ch]) / norm.std[ch]
+            })
+            .collect();
+        Ok(Array4::from_shape_vec((range.len(), c, h, w), data).expect("sizes checked"))
+    }
+}
+
+/// Class labels stored as unsigned bytes, `[N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdxLabels {
+    labels: Vec<u8>,
+}
+
+impl IdxLabels {
+    /// Reads an IDX label file (`.gz` or raw).
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Self::parse(&read_maybe_gz(path)?, path)
+    }
+
+    /// Parses an uncompressed IDX label buffer.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::parse(bytes, &PathBuf::from("<memory>"))
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (_, labels) = parse(bytes, path, &[1])?;
+        Ok(IdxLabels { labels })
+    }
+
+    /// Wraps labels.
+    pub fn from_vec(labels: Vec<u8>) -> Self {
+        IdxLabels { labels }
+    }
+
+    /// The labels.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.labels
+    }
+
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there is no label.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Per-channel normalisation `x = (p / 255 − mean_c) / std_c`.
+///
+/// ```
+/// use reflow::io::Normalization;
+/// let norm = Normalization::new(vec![0.2860], vec![0.3530])?;
+/// assert!(Normalization::new(vec![0.5, 0.5], vec![0.2]).is_err());
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalization {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl Normalization {
+    /// One mean and one standard deviation per channel; every value finite, every
+    /// standard deviation positive.
+    pub fn new(mean: Vec<f32>, std: Vec<f32>) -> Result<Self> {
+        if mean.is_empty() || mean.len() != std.len() {
+            return Err(Error::invalid(
+                "mean/std",
+                format!(
+                    "{} means and {} standard deviations; need one of each per channel",
+                    mean.len(),
+                    std.len()
+                ),
+            ));
+        }
+        if mean.iter().any(|m| !m.is_finite()) {
+            return Err(Error::invalid("mean", format!("{mean:?} is not finite")));
+        }
+        if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::invalid("std", format!("{std:?} must be finite and positive")));
+        }
+        Ok(Normalization { mean, std })
+    }
+
+    /// Fashion-MNIST's training-set statistics: mean 0.2860, std 0.3530.
+    pub fn fashion_mnist() -> Self {
+        Normalization {
+            mean: vec![0.2860],
+            std: vec![0.3530],
+        }
+    }
+
+    /// MNIST's training-set statistics: mean 0.1307, std 0.3081.
+    pub fn mnist() -> Self {
+        Normalization {
+            mean: vec![0.1307],
+            std: vec![0.3081],
+        }
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+
+    fn check_channels(&self, channels: usize) -> Result<()> {
+        if channels != self.channels() {
+            return Err(Error::invalid(
+                "mean/std",
+                format!(
+                    "{} values given for images with {channels} channels",
+                    self.channels()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Images with their labels, equal in number.
+///
+/// ```no_run
+/// use reflow::io::{Dataset, IdxImages, IdxLabels, Normalization};
+///
+/// let test = Dataset::new(
+///     IdxImages::read("t10k-images-idx3-ubyte.gz")?,
+///     IdxLabels::read("t10k-labels-idx1-ubyte.gz")?,
+/// )?;
+/// for batch in test.batches(256, &Normalization::fashion_mnist())? {
+///     let batch = batch?;
+///     println!("{} images from {}", batch.labels.len(), batch.start);
+/// }
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    images: IdxImages,
+    labels: IdxLabels,
+}
+
+/// A batch of a [`Dataset`]: normalised images and their labels.
+#[derive(Debug, Clone)]
+pub struct Batch<'a> {
+    /// Index of the first image in the data set.
+    pub start: usize,
+    /// `[B, C, H, W]`, normalised.
+    pub images: Tensor4,
+    /// `[B]`.
+    pub labels: &'a [u8],
+}
+
+impl Dataset {
+    /// Pairs images and labels; an [`Error::Data`] when their counts differ.
+    pub fn new(images: IdxImages, labels: IdxLabels) -> Result<Self> {
+        if images.len() != labels.len() {
+            return Err(Error::Data(format!(
+                "{} images but {} labels",
+                images.len(),
+                labels.len()
+            )));
+        }
+        Ok(Dataset { images, labels })
+    }
+
+    /// The images.
+    pub fn images(&self) -> &IdxImages {
+        &self.images
+    }
+
+    /// The labels.
+    pub fn labels(&self) -> &IdxLabels {
+        &self.labels
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    /// True when there is no sample.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// The data set in file order, `batch_size` samples at a time (the last batch may
+    /// be smaller). Checks the batch size and the normalisation's channel count once,
+    /// up front.
+    pub fn batches<'a>(
+        &'a self,
+        batch_size: usize,
+        norm: &'a Normalization,
+    ) -> Result<impl Iterator<Item = Result<Batch<'a>>> + 'a> {
+        if batch_size == 0 {
+            return Err(Error::invalid("batch size", "must be positive"));
+        }
+        norm.check_channels(self.images.channels())?;
+        Ok((0..self.len()).step_by(batch_size).map(move |start| {
+            let end = (start + batch_size).min(self.len());
+            Ok(Batch {
+                start,
+                images: self.images.to_tensor(start..end, norm)?,
+                labels: &self.labels.as_slice()[start..end],
+            })
+        }))
+    }
+}

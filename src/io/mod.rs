@@ -1,0 +1,14 @@
+//! Files: safetensors checkpoints and IDX image/label data.
+//!
+//! - Checkpoints: [`StateDict::read_safetensors`](crate::StateDict::read_safetensors)
+//!   and [`StateDict::write_safetensors`](crate::StateDict::write_safetensors) (F32,
+//!   F16, BF16 and F64 read as `f32`; writes are atomic).
+//! - Data: [`IdxImages`], [`IdxLabels`], [`Dataset`] and [`Normalization`] for the
+//!   MNIST / Fashion-MNIST format, raw or gzip-compressed.
+
+mod atomic;
+mod idx;
+mod safetensors;
+
+pub use atomic::write_atomic;
+pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization};

@@ -1,0 +1,462 @@
+//! The [`Layer`] trait: what every pruning, statistics and recalibration stage needs to
+//! know about a network.
+//!
+//! A network — a whole ResNet, one block, one convolution, or a user's own type — is
+//! seen by the stages only through four things:
+//!
+//! 1. an inference pass, [`Layer::forward`], which takes `&self`;
+//! 2. a calibration pass, [`Layer::forward_train`], which takes `&mut self`: every
+//!    batch-norm layer normalises by the batch's statistics and updates its running
+//!    statistics by the rule given as a [`NormUpdate`];
+//! 3. a walk over its parameters by torchvision-style name, read-only
+//!    ([`Layer::visit_params`]) and mutable ([`Layer::visit_params_mut`]), each with a
+//!    [`ParamRole`];
+//! 4. a walk over its batch-norm layers' running statistics
+//!    ([`Layer::visit_norms_mut`]).
+//!
+//! Both passes carry a [`Probe`], which tracks the path of the layer being run (so that
+//! errors name it) and lets an [`Observer`] see activations at *taps*: the input and
+//! output of every layer that reports one.
+//!
+//! The trait is generic over the tensor type through [`Layer::Input`] and
+//! [`Layer::Output`]: the ndarray backend in [`crate::nn`] is one implementation, and a
+//! network with its own tensor type plugs into the same stages. Parameters and
+//! activations cross the boundary as host `f32` slices, which every CPU backend can
+//! provide without copying.
+
+use crate::error::Result;
+
+/// What a parameter tensor is for. Stages select parameters by role: magnitude pruning
+/// touches only [`ParamRole::Weight`]; REFLOW only the running statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ParamRole {
+    /// The weight of a convolution or linear layer: the only prunable role.
+    Weight,
+    /// The bias of a convolution or linear layer.
+    Bias,
+    /// A normalisation layer's scale γ.
+    NormWeight,
+    /// A normalisation layer's shift β.
+    NormBias,
+    /// A normalisation layer's running mean (a buffer, not a trainable parameter).
+    RunningMean,
+    /// A normalisation layer's running variance (a buffer, not a trainable parameter).
+    RunningVar,
+}
+
+impl ParamRole {
+    /// True for the weights magnitude pruning may zero (conv and linear weights).
+    pub fn is_prunable(self) -> bool {
+        matches!(self, ParamRole::Weight)
+    }
+
+    /// True for what PyTorch counts in `model.parameters()`: everything but the running
+    /// statistics.
+    pub fn is_trainable(self) -> bool {
+        !matches!(self, ParamRole::RunningMean | ParamRole::RunningVar)
+    }
+}
+
+/// A read-only view of one parameter tensor, in row-major (C) order.
+#[derive(Debug, Clone, Copy)]
+pub struct Param<'a> {
+    /// The torchvision-style name, e.g. `layer1.0.conv1.weight`.
+    pub name: &'a str,
+    /// What the tensor is for.
+    pub role: ParamRole,
+    /// The tensor's shape, e.g. `[64, 64, 3, 3]`.
+    pub shape: &'a [usize],
+    /// The values, row-major.
+    pub data: &'a [f32],
+}
+
+/// A mutable view of one parameter tensor, in row-major (C) order.
+#[derive(Debug)]
+pub struct ParamMut<'a> {
+    /// The torchvision-style name, e.g. `layer1.0.conv1.weight`.
+    pub name: &'a str,
+    /// What the tensor is for.
+    pub role: ParamRole,
+    /// The tensor's shape.
+    pub shape: &'a [usize],
+    /// The values, row-major.
+    pub data: &'a mut [f32],
+}
+
+/// The running statistics of one batch-norm layer, as REFLOW needs them.
+#[derive(Debug)]
+pub struct NormStatsMut<'a> {
+    /// Per-channel running mean.
+    pub running_mean: &'a mut [f32],
+    /// Per-channel running (unbiased) variance.
+    pub running_var: &'a mut [f32],
+    /// How many calibration batches have been folded in (PyTorch's
+    /// `num_batches_tracked`); drives the cumulative average.
+    pub num_batches_tracked: &'a mut i64,
+    /// The ε added to the variance before normalising.
+    pub eps: f32,
+}
+
+/// The running statistics of one batch-norm layer, read-only.
+#[derive(Debug, Clone, Copy)]
+pub struct NormStats<'a> {
+    /// Per-channel running mean.
+    pub running_mean: &'a [f32],
+    /// Per-channel running (unbiased) variance.
+    pub running_var: &'a [f32],
+    /// How many batches have been folded in (PyTorch's `num_batches_tracked`).
+    pub num_batches_tracked: i64,
+    /// The ε added to the variance before normalising.
+    pub eps: f32,
+}
+
+/// How a batch-norm layer updates its running statistics during
+/// [`Layer::forward_train`]. In both rules the layer normalises by the batch's own
+/// (biased) statistics, and folds the batch mean and the *unbiased* batch variance into
+/// its running statistics — PyTorch's train-mode `BatchNorm`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum NormUpdate {
+    /// Equal-weight average over batches: after batch k,
+    /// `running += (batch − running) / k`, with k the layer's `num_batches_tracked`
+    /// after increment. PyTorch's `momentum=None`.
+    Cumulative,
+    /// Exponential moving average: `running = (1 − m)·running + m·batch`.
+    /// PyTorch's `momentum=m`.
+    Ema {
+        /// The weight of the new batch, in (0, 1].
+        momentum: f64,
+    },
+}
+
+impl NormUpdate {
+    /// The weight given to the new batch, once `num_batches_tracked` has been
+    /// incremented for it.
+    pub fn factor(self, num_batches_tracked: i64) -> f64 {
+        match self {
+            NormUpdate::Cumulative => 1.0 / num_batches_tracked.max(1) as f64,
+            NormUpdate::Ema { momentum } => momentum,
+        }
+    }
+}
+
+/// What kind of layer a tap belongs to, so observers can select e.g. every
+/// batch-norm output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LayerKind {
+    /// A convolution.
+    Conv,
+    /// A batch-normalisation layer (1-d or 2-d).
+    BatchNorm,
+    /// A fully connected layer.
+    Linear,
+    /// A pooling layer.
+    Pool,
+    /// A composite such as a residual block.
+    Block,
+    /// Anything else a user reports.
+    Other,
+}
+
+/// Which side of a layer a tap is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// The tensor the layer receives.
+    Input,
+    /// The tensor the layer produces.
+    Output,
+}
+
+/// Identifies one tap: a layer (by its torchvision-style path, e.g.
+/// `layer2.0.downsample.1`), its kind, and the side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tap<'a> {
+    /// The layer's path, as in the state dict without the parameter suffix.
+    pub layer: &'a str,
+    /// The layer's kind.
+    pub kind: LayerKind,
+    /// Input or output.
+    pub site: Site,
+}
+
+/// An activation tensor seen at a tap, as `[batch, channels, spatial]` in row-major
+/// order: for NCHW, `spatial = H·W`; for a `[N, C]` matrix, `spatial = 1`.
+#[derive(Debug, Clone, Copy)]
+pub struct Activation<'a> {
+    /// The values.
+    pub data: &'a [f32],
+    /// Number of samples.
+    pub batch: usize,
+    /// Number of channels (features).
+    pub channels: usize,
+    /// Values per sample and channel.
+    pub spatial: usize,
+}
+
+impl<'a> Activation<'a> {
+    /// Wraps a row-major `[batch, channels, spatial]` slice.
+    ///
+    /// Returns `None` when the lengths disagree.
+    pub fn new(data: &'a [f32], batch: usize, channels: usize, spatial: usize) -> Option<Self> {
+        (batch.checked_mul(channels)?.checked_mul(spatial)? == data.len()).then_some(Self {
+            data,
+            batch,
+            channels,
+            spatial,
+        })
+    }
+
+    /// The `spatial` values of sample `n`, channel `c`.
+    pub fn plane(&self, n: usize, c: usize) -> &'a [f32] {
+        let start = (n * self.channels + c) * self.spatial;
+        &self.data[start..start + self.spatial]
+    }
+}
+
+/// Receives activations at taps during a forward pass.
+///
+/// # Example: record the mean of every batch-norm output
+///
+/// ```
+/// use reflow::layer::{Activation, LayerKind, Observer, Site, Tap};
+/// use std::collections::BTreeMap;
+///
+/// #[derive(Default)]
+/// struct Means(BTreeMap<String, f64>);
+///
+/// impl Observer for Means {
+///     fn wants(&self, tap: &Tap<'_>) -> bool {
+///         tap.kind == LayerKind::BatchNorm && tap.site == Site::Output
+///     }
+///     fn observe(&mut self, tap: &Tap<'_>, act: Activation<'_>) {
+///         let sum: f64 = act.data.iter().map(|&v| v as f64).sum();
+///         self.0.insert(tap.layer.to_string(), sum / act.data.len() as f64);
+///     }
+/// }
+/// ```
+pub trait Observer {
+    /// Whether this observer wants the activation at `tap`. Layers skip the work of
+    /// reporting (and fused kernels stay fused) where this returns `false`.
+    fn wants(&self, tap: &Tap<'_>) -> bool;
+
+    /// Called with the activation at `tap` when [`Observer::wants`] said yes.
+    fn observe(&mut self, tap: &Tap<'_>, activation: Activation<'_>);
+}
+
+/// The context a forward pass carries: the path of the layer being run and an optional
+/// [`Observer`].
+///
+/// Composite layers run a child inside [`Probe::scoped`] with the child's name, so the
+/// path always names the running layer in torchvision style (`layer3.1.bn2`); leaf
+/// layers use [`Probe::path`] in their errors and [`Probe::emit`] to report activations.
+pub struct Probe<'o> {
+    observer: Option<&'o mut dyn Observer>,
+    path: String,
+}
+
+impl Default for Probe<'_> {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl std::fmt::Debug for Probe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("path", &self.path)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl<'o> Probe<'o> {
+    /// A probe that observes nothing.
+    pub fn none() -> Self {
+        Probe {
+            observer: None,
+            path: String::new(),
+        }
+    }
+
+    /// A probe that shows activations to `observer`.
+    pub fn new(observer: &'o mut dyn Observer) -> Self {
+        Probe {
+            observer: Some(observer),
+            path: String::new(),
+        }
+    }
+
+    /// The path of the layer now running; empty at the top.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The path of a child of the running layer, e.g. `layer1.0` + `conv1`.
+    pub fn child_path(&self, name: &str) -> String {
+        join(&self.path, name)
+    }
+
+    /// Runs `f` with `name` appended to the path, then restores the path.
+    pub fn scoped<R>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        let len = self.path.len();
+        if !name.is_empty() {
+            if !self.path.is_empty() {
+                self.path.push('.');
+            }
+            self.path.push_str(name);
+        }
+        let result = f(self);
+        self.path.truncate(len);
+        result
+    }
+
+    /// Whether the observer wants the running layer's activation at `site`.
+    pub fn wants(&self, kind: LayerKind, site: Site) -> bool {
+        match &self.observer {
+            Some(o) => o.wants(&Tap {
+                layer: &self.path,
+                kind,
+                site,
+            }),
+            None => false,
+        }
+    }
+
+    /// Shows the running layer's activation at `site` to the observer, if it wants it.
+    pub fn emit(&mut self, kind: LayerKind, site: Site, activation: Activation<'_>) {
+        if let Some(o) = self.observer.as_deref_mut() {
+            let tap = Tap {
+                layer: &self.path,
+                kind,
+                site,
+            };
+            if o.wants(&tap) {
+                o.observe(&tap, activation);
+            }
+        }
+    }
+}
+
+/// Joins a parent path and a child name with a dot, as PyTorch names modules.
+pub fn join(prefix: &str, name: &str) -> String {
+    match (prefix.is_empty(), name.is_empty()) {
+        (true, _) => name.to_string(),
+        (false, true) => prefix.to_string(),
+        (false, false) => format!("{prefix}.{name}"),
+    }
+}
+
+/// A network, or a part of one, as the pruning, statistics and recalibration stages see
+/// it.
+///
+/// Implement it for your own network to run it through the same stages as the bundled
+/// ResNets: a composite runs each child in [`Probe::scoped`] and prefixes its
+/// children's names in the two walks (see [`join`]); a leaf reports its parameters
+/// under their own short names (`weight`, `bias`, ...).
+pub trait Layer {
+    /// What the layer consumes.
+    type Input;
+    /// What the layer produces.
+    type Output;
+
+    /// The inference pass: batch-norm layers use their running statistics.
+    fn forward_with(&self, input: &Self::Input, probe: &mut Probe<'_>) -> Result<Self::Output>;
+
+    /// The inference pass without an observer.
+    fn forward(&self, input: &Self::Input) -> Result<Self::Output> {
+        self.forward_with(input, &mut Probe::none())
+    }
+
+    /// The calibration pass: every batch-norm layer normalises by the batch's statistics
+    /// and folds them into its running statistics by `update`. No other state changes.
+    fn forward_train(
+        &mut self,
+        input: &Self::Input,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Self::Output>;
+
+    /// Calls `f` once for every parameter tensor, in a fixed order.
+    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>));
+
+    /// Calls `f` once for every parameter tensor, mutably, in the same order as
+    /// [`Layer::visit_params`].
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>));
+
+    /// Calls `f` with the path and running statistics of every batch-norm layer, in
+    /// forward order.
+    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>));
+
+    /// Mutable twin of [`Layer::visit_norms`].
+    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>));
+}
+
+/// Re-emits a child's parameters under `prefix`: the building block of
+/// [`Layer::visit_params`] for composites.
+pub fn visit_child<L: Layer + ?Sized>(child: &L, prefix: &str, f: &mut dyn FnMut(Param<'_>)) {
+    child.visit_params(&mut |p| {
+        let name = join(prefix, p.name);
+        f(Param { name: &name, ..p })
+    });
+}
+
+/// Mutable twin of [`visit_child`].
+pub fn visit_child_mut<L: Layer + ?Sized>(
+    child: &mut L,
+    prefix: &str,
+    f: &mut dyn FnMut(ParamMut<'_>),
+) {
+    child.visit_params_mut(&mut |p| {
+        let name = join(prefix, p.name);
+        f(ParamMut {
+            name: &name,
+            role: p.role,
+            shape: p.shape,
+            data: p.data,
+        })
+    });
+}
+
+/// Re-emits a child's batch-norm layers under `prefix`: the building block of
+/// [`Layer::visit_norms`] for composites.
+pub fn visit_child_norms<L: Layer + ?Sized>(
+    child: &L,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, NormStats<'_>),
+) {
+    child.visit_norms(&mut |name, s| f(&join(prefix, name), s));
+}
+
+/// Mutable twin of [`visit_child_norms`].
+pub fn visit_child_norms_mut<L: Layer + ?Sized>(
+    child: &mut L,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, NormStatsMut<'_>),
+) {
+    child.visit_norms_mut(&mut |name, s| f(&join(prefix, name), s));
+}
+
+/// Counts the parameters PyTorch's `sum(p.numel() for p in model.parameters())` counts:
+/// all but the running statistics.
+pub fn count_parameters<L: Layer + ?Sized>(layer: &L) -> usize {
+    let mut n = 0;
+    layer.visit_params(&mut |p| {
+        if p.role.is_trainable() {
+            n += p.data.len();
+        }
+    });
+    n
+}
+
+/// Counts the prunable weights (conv and linear weights).
+pub fn count_prunable<L: Layer + ?Sized>(layer: &L) -> usize {
+    let mut n = 0;
+    layer.visit_params(&mut |p| {
+        if p.role.is_prunable() {
+            n += p.data.len();
+        }
+    });
+    n
+}

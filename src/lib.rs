@@ -1,0 +1,63 @@
+//! # reflow
+//!
+//! One-shot pruning of trained convolutional networks, without gradients, and recovery
+//! of their accuracy by REFLOW: re-estimating every batch-norm layer's running
+//! statistics on a small calibration set (Saikumar & Varghese, *Signal Collapse in
+//! One-Shot Pruning*, arXiv 2502.15790).
+//!
+//! The crate is organised as stages that see a network only through the [`Layer`]
+//! trait, so the bundled torchvision-layout ResNets and a user's own network go
+//! through the same code:
+//!
+//! - [`layer`]: the [`Layer`] trait — forward passes, parameter walks by
+//!   torchvision-style name, batch-norm calibration mode, activation taps;
+//! - [`nn`]: the ndarray reference backend (conv, batch norm, pooling, linear, ...);
+//! - [`models`]: ResNet, ResNeXt and Wide ResNet in torchvision's layout, with presets
+//!   and architecture inference from a checkpoint;
+//! - [`StateDict`] and [`io`]: safetensors checkpoints and IDX data;
+//! - [`stats`]: streaming, mergeable activation statistics.
+//!
+//! ## Quick start
+//!
+//! Load a torchvision-layout checkpoint, inspect it, and run it:
+//!
+//! ```
+//! use reflow::prelude::*;
+//! use ndarray::Array4;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("resnet20.safetensors");
+//! # StateDict::from_layer(&ResNet::new(ResNetConfig::cifar_resnet(20)?)?).write_safetensors(&path)?;
+//! // A CIFAR-style ResNet-20 saved from PyTorch with safetensors' `save_file(model.state_dict(), ...)`.
+//! let net = ResNet::load(&path, Stem::Cifar)?;
+//! println!("{:?}: {} parameters", net.config().layers, count_parameters(&net));
+//!
+//! let images = Array4::<f32>::zeros((8, 3, 32, 32));
+//! let logits = net.forward(&images)?;
+//! assert_eq!(logits.dim(), (8, 10));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod io;
+pub mod layer;
+pub mod models;
+pub mod nn;
+pub mod state_dict;
+pub mod stats;
+
+pub use error::{Error, Result};
+pub use layer::Layer;
+pub use state_dict::StateDict;
+
+/// The items most programs need: `use reflow::prelude::*;`.
+pub mod prelude {
+    pub use crate::error::{Error, Result};
+    pub use crate::io::{Dataset, IdxImages, IdxLabels, Normalization};
+    pub use crate::layer::{count_parameters, count_prunable, Layer, NormUpdate, Probe};
+    pub use crate::models::{BlockKind, ResNet, ResNetConfig, Stem};
+    pub use crate::state_dict::StateDict;
+    pub use crate::stats::{ActivationStats, ChannelMoments};
+}

@@ -1,0 +1,243 @@
+//! The ResNet network: stem, residual stages, classifier.
+
+use super::config::{BlockKind, ResNetConfig, Stem};
+use crate::error::{Error, Result};
+use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
+use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe};
+use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Flatten, Linear};
+use crate::nn::{MaxPool2d, Relu, Residual, Sequential, Tensor2, Tensor4};
+use crate::state_dict::StateDict;
+use std::path::Path;
+
+/// PyTorch's default batch-norm ε.
+const BN_EPS: f32 = 1e-5;
+
+/// A ResNet, ResNeXt or Wide ResNet with torchvision's module names, so that its
+/// parameters are named exactly as in a torchvision `state_dict`.
+///
+/// Input `[N, in_channels, H, W]`, output logits `[N, num_classes]`.
+///
+/// ```
+/// use reflow::layer::{count_parameters, Layer};
+/// use reflow::models::{ResNet, ResNetConfig};
+/// use ndarray::Array4;
+///
+/// let net = ResNet::new(ResNetConfig::cifar_resnet(20)?.with_in_channels(1))?;
+/// assert_eq!(count_parameters(&net), 272_186);
+/// let logits = net.forward(&Array4::zeros((2, 1, 28, 28)))?;
+/// assert_eq!(logits.dim(), (2, 10));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ResNet {
+    config: ResNetConfig,
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    maxpool: Option<MaxPool2d>,
+    /// `layer1`, `layer2`, ...: each a chain of residual blocks named `0`, `1`, ...
+    stages: Vec<(String, Sequential)>,
+    fc: Linear,
+}
+
+impl ResNet {
+    /// Builds the network with zero weights, γ = 1, β = 0 and running statistics
+    /// (0, 1); fill it from a checkpoint with [`StateDict::load_into`], or use
+    /// [`ResNet::from_state_dict`].
+    pub fn new(config: ResNetConfig) -> Result<Self> {
+        config.validate()?;
+        let k = config.stem.kernel();
+        let conv1 = Conv2d::new(
+            Conv2dConfig::new(config.in_channels, config.stem_width, k)
+                .stride(if config.stem == Stem::Imagenet { 2 } else { 1 })
+                .padding(k / 2),
+        )?;
+        let maxpool = match config.stem {
+            Stem::Imagenet => Some(MaxPool2d::new(3, 2, 1)?),
+            Stem::Cifar => None,
+        };
+        let mut inp = config.stem_width;
+        let mut stages = Vec::with_capacity(config.layers.len());
+        for (s, (&blocks, &planes)) in config.layers.iter().zip(&config.planes).enumerate() {
+            let mut stage = Sequential::new();
+            for b in 0..blocks {
+                let stride = if b == 0 {
+                    ResNetConfig::stage_stride(s)
+                } else {
+                    1
+                };
+                stage = stage.push(b.to_string(), block(&config, inp, planes, stride)?);
+                inp = config.stage_out(planes);
+            }
+            stages.push((format!("layer{}", s + 1), stage));
+        }
+        Ok(ResNet {
+            bn1: BatchNorm2d::new(config.stem_width, BN_EPS),
+            fc: Linear::new(inp, config.num_classes, true),
+            conv1,
+            maxpool,
+            stages,
+            config,
+        })
+    }
+
+    /// Builds the network a torchvision-layout state dict describes (see
+    /// [`ResNetConfig::infer`]) and loads it strictly.
+    pub fn from_state_dict(state: &StateDict, stem: Stem) -> Result<Self> {
+        let mut net = ResNet::new(ResNetConfig::infer(state, stem)?)?;
+        state.load_into(&mut net)?;
+        Ok(net)
+    }
+
+    /// Reads a safetensors checkpoint in torchvision layout and builds the network it
+    /// describes.
+    pub fn load(path: impl AsRef<Path>, stem: Stem) -> Result<Self> {
+        Self::from_state_dict(&StateDict::read_safetensors(path)?, stem)
+    }
+
+    /// The network's shape.
+    pub fn config(&self) -> &ResNetConfig {
+        &self.config
+    }
+
+    /// Runs the stem and the stages, returning the feature map before pooling.
+    fn features(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        let y = probe.scoped("conv1", |p| self.conv1.forward_with(x, p))?;
+        let y = probe.scoped("bn1", |p| self.bn1.forward_with(&y, p))?;
+        let mut y = Relu.forward_with(&y, probe)?;
+        if let Some(pool) = &self.maxpool {
+            y = probe.scoped("maxpool", |p| pool.forward_with(&y, p))?;
+        }
+        for (name, stage) in &self.stages {
+            y = probe.scoped(name, |p| stage.forward_with(&y, p))?;
+        }
+        Ok(y)
+    }
+
+    fn features_train(
+        &mut self,
+        x: &Tensor4,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Tensor4> {
+        let y = probe.scoped("conv1", |p| self.conv1.forward_train(x, update, p))?;
+        let y = probe.scoped("bn1", |p| self.bn1.forward_train(&y, update, p))?;
+        let mut y = Relu.forward_with(&y, probe)?;
+        if let Some(pool) = &self.maxpool {
+            y = probe.scoped("maxpool", |p| pool.forward_with(&y, p))?;
+        }
+        for (name, stage) in &mut self.stages {
+            y = probe.scoped(name, |p| stage.forward_train(&y, update, p))?;
+        }
+        Ok(y)
+    }
+
+    fn head(&self, y: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
+        let y = probe.scoped("avgpool", |p| AdaptiveAvgPool2d.forward_with(y, p))?;
+        let y = Flatten.forward_with(&y, probe)?;
+        probe.scoped("fc", |p| self.fc.forward_with(&y, p))
+    }
+
+    fn check_input(&self, x: &Tensor4) -> Result<()> {
+        if x.dim().1 != self.config.in_channels {
+            return Err(Error::shape(
+                "ResNet input",
+                format!("[_, {}, _, _]", self.config.in_channels),
+                x.shape(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One residual block with torchvision's child names.
+fn block(cfg: &ResNetConfig, inp: usize, planes: usize, stride: usize) -> Result<Residual> {
+    let (w, out) = (cfg.inner_width(planes), cfg.stage_out(planes));
+    let bn = |c| BatchNorm2d::new(c, BN_EPS);
+    let body = match cfg.block {
+        BlockKind::Basic => Sequential::new()
+            .push("conv1", Conv2d::new(Conv2dConfig::new(inp, w, 3).stride(stride).padding(1))?)
+            .push("bn1", bn(w))
+            .push("relu", Relu)
+            .push("conv2", Conv2d::new(Conv2dConfig::new(w, out, 3).padding(1))?)
+            .push("bn2", bn(out)),
+        BlockKind::Bottleneck => Sequential::new()
+            .push("conv1", Conv2d::new(Conv2dConfig::new(inp, w, 1))?)
+            .push("bn1", bn(w))
+            .push("relu", Relu)
+            .push(
+                "conv2",
+                Conv2d::new(
+                    Conv2dConfig::new(w, w, 3)
+                        .stride(stride)
+                        .padding(1)
+                        .groups(cfg.groups),
+                )?,
+            )
+            .push("bn2", bn(w))
+            .push("relu", Relu)
+            .push("conv3", Conv2d::new(Conv2dConfig::new(w, out, 1))?)
+            .push("bn3", bn(out)),
+    };
+    Ok(if stride != 1 || inp != out {
+        let shortcut = Sequential::new()
+            .push("0", Conv2d::new(Conv2dConfig::new(inp, out, 1).stride(stride))?)
+            .push("1", bn(out));
+        Residual::with_shortcut(body, "downsample", shortcut)
+    } else {
+        Residual::identity(body)
+    })
+}
+
+impl Layer for ResNet {
+    type Input = Tensor4;
+    type Output = Tensor2;
+
+    fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
+        self.check_input(x)?;
+        let y = self.features(x, probe)?;
+        self.head(&y, probe)
+    }
+
+    fn forward_train(
+        &mut self,
+        x: &Tensor4,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Tensor2> {
+        self.check_input(x)?;
+        let y = self.features_train(x, update, probe)?;
+        self.head(&y, probe)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
+        visit_child(&self.conv1, "conv1", f);
+        visit_child(&self.bn1, "bn1", f);
+        for (name, stage) in &self.stages {
+            visit_child(stage, name, f);
+        }
+        visit_child(&self.fc, "fc", f);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
+        visit_child_mut(&mut self.conv1, "conv1", f);
+        visit_child_mut(&mut self.bn1, "bn1", f);
+        for (name, stage) in &mut self.stages {
+            visit_child_mut(stage, name, f);
+        }
+        visit_child_mut(&mut self.fc, "fc", f);
+    }
+
+    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
+        visit_child_norms(&self.bn1, "bn1", f);
+        for (name, stage) in &self.stages {
+            visit_child_norms(stage, name, f);
+        }
+    }
+
+    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
+        visit_child_norms_mut(&mut self.bn1, "bn1", f);
+        for (name, stage) in &mut self.stages {
+            visit_child_norms_mut(stage, name, f);
+        }
+    }
+}

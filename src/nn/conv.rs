@@ -1,0 +1,451 @@
+//! 2-d convolution, NCHW, as im2col + GEMM.
+
+use super::gemm::{gemm, Threads};
+use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
+use crate::error::{Error, Result};
+use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole};
+use crate::layer::{Probe, Site};
+use ndarray::Array4;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// The hyper-parameters of a [`Conv2d`], with PyTorch's meaning and defaults.
+///
+/// ```
+/// use reflow::nn::Conv2dConfig;
+/// let cfg = Conv2dConfig::new(64, 128, 3).stride(2).padding(1).groups(32);
+/// assert_eq!(cfg.weight_shape(), [128, 2, 3, 3]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel size `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// Stride `[sh, sw]`; default `[1, 1]`.
+    pub stride: [usize; 2],
+    /// Zero padding `[ph, pw]` on each side; default `[0, 0]`.
+    pub padding: [usize; 2],
+    /// Dilation `[dh, dw]`; default `[1, 1]`.
+    pub dilation: [usize; 2],
+    /// Channel groups; both channel counts must divide by it. Default 1.
+    pub groups: usize,
+    /// Whether the layer has a bias; default `false` (as in ResNets).
+    pub bias: bool,
+}
+
+impl Conv2dConfig {
+    /// A square `kernel`×`kernel` convolution, stride 1, no padding, no bias.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Conv2dConfig {
+            in_channels,
+            out_channels,
+            kernel: [kernel, kernel],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+            bias: false,
+        }
+    }
+
+    /// Sets the same stride on both axes.
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = [stride, stride];
+        self
+    }
+
+    /// Sets the same padding on both axes.
+    pub fn padding(mut self, padding: usize) -> Self {
+        self.padding = [padding, padding];
+        self
+    }
+
+    /// Sets the same dilation on both axes.
+    pub fn dilation(mut self, dilation: usize) -> Self {
+        self.dilation = [dilation, dilation];
+        self
+    }
+
+    /// Sets the number of groups.
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Adds (or removes) a bias.
+    pub fn bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// The weight's shape, `[out, in / groups, kh, kw]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.in_channels / self.groups.max(1),
+            self.kernel[0],
+            self.kernel[1],
+        ]
+    }
+
+    /// Rejects zero sizes and channel counts that do not divide by `groups`.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("kernel", self.kernel[0].min(self.kernel[1])),
+            ("stride", self.stride[0].min(self.stride[1])),
+            ("dilation", self.dilation[0].min(self.dilation[1])),
+            ("groups", self.groups),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::invalid(name, "must be positive"));
+            }
+        }
+        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
+            return Err(Error::invalid(
+                "groups",
+                format!(
+                    "{} does not divide in_channels {} and out_channels {}",
+                    self.groups, self.in_channels, self.out_channels
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A 2-d convolution over NCHW `f32` tensors: PyTorch's `nn.Conv2d` with zero padding.
+///
+/// Parameters: `weight` `[out, in / groups, kh, kw]` (role [`ParamRole::Weight`]) and,
+/// when configured, `bias` `[out]`.
+///
+/// ```
+/// use reflow::layer::Layer;
+/// use reflow::nn::{Conv2d, Conv2dConfig};
+/// use ndarray::Array4;
+///
+/// let conv = Conv2d::new(Conv2dConfig::new(3, 8, 3).padding(1).stride(2))?;
+/// let y = conv.forward(&Array4::zeros((2, 3, 32, 32)))?;
+/// assert_eq!(y.dim(), (2, 8, 16, 16));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    config: Conv2dConfig,
+    weight: ParamTensor,
+    bias: Option<ParamTensor>,
+}
+
+thread_local! {
+    /// The im2col buffer of the current thread, grown as needed and reused.
+    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Conv2d {
+    /// A convolution with zero weights (and bias), to be filled from a checkpoint.
+    pub fn new(config: Conv2dConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Conv2d {
+            weight: ParamTensor::filled(&config.weight_shape(), 0.0),
+            bias: config
+                .bias
+                .then(|| ParamTensor::filled(&[config.out_channels], 0.0)),
+            config,
+        })
+    }
+
+    /// The layer's hyper-parameters.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+
+    /// The weight, row-major `[out, in / groups, kh, kw]`.
+    pub fn weight(&self) -> &[f32] {
+        &self.weight.data
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_ref().map(|b| b.data.as_slice())
+    }
+
+    /// Output `(H', W')` for an `h`×`w` input, or `None` when the kernel does not fit.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let c = &self.config;
+        Some((
+            window_output_len(h, c.kernel[0], c.stride[0], c.padding[0], c.dilation[0])?,
+            window_output_len(w, c.kernel[1], c.stride[1], c.padding[1], c.dilation[1])?,
+        ))
+    }
+
+    fn is_pointwise(&self) -> bool {
+        let c = &self.config;
+        c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0]
+    }
+
+    fn run(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        check_channels(probe, x, self.config.in_channels)?;
+        emit4(probe, LayerKind::Conv, Site::Input, x);
+        let (n, _, h, w) = x.dim();
+        let (ho, wo) = self.output_size(h, w).ok_or_else(|| {
+            Error::shape(
+                layer_context(probe),
+                format!(
+                    "spatial size of at least the kernel's span {:?}",
+                    self.config.kernel
+                ),
+                x.shape(),
+            )
+        })?;
+        let x = x.as_standard_layout();
+        let mut y = Array4::<f32>::zeros((n, self.config.out_channels, ho, wo));
+        let threads = rayon::current_num_threads();
+        let in_len = x.len() / n.max(1);
+        let out_len = y.len() / n.max(1);
+        let (xs, ys) = (
+            x.as_slice().expect("standard layout"),
+            y.as_slice_mut().expect("fresh array"),
+        );
+        if n >= threads {
+            ys.par_chunks_mut(out_len.max(1))
+                .zip(xs.par_chunks(in_len.max(1)))
+                .for_each(|(yi, xi)| self.image(xi, yi, h, w, ho, wo, Threads::One));
+        } else {
+            for (yi, xi) in ys.chunks_mut(out_len.max(1)).zip(xs.chunks(in_len.max(1))) {
+                self.image(xi, yi, h, w, ho, wo, Threads::All);
+            }
+        }
+        emit4(probe, LayerKind::Conv, Site::Output, &y);
+        Ok(y)
+    }
+
+    /// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]`.
+    #[allow(clippy::too_many_arguments)]
+    fn image(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        h: usize,
+        w: usize,
+        ho: usize,
+        wo: usize,
+        t: Threads,
+    ) {
+        let c = &self.config;
+        let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
+        let k = cg * c.kernel[0] * c.kernel[1];
+        let spatial = ho * wo;
+        let pointwise = self.is_pointwise();
+        COLUMNS.with_borrow_mut(|cols| {
+            if !pointwise && cols.len() < k * spatial {
+                cols.resize(k * spatial, 0.0);
+            }
+            for g in 0..c.groups {
+                let xg = &x[g * cg * h * w..(g + 1) * cg * h * w];
+                let wg = &self.weight.data[g * og * k..(g + 1) * og * k];
+                let yg = &mut y[g * og * spatial..(g + 1) * og * spatial];
+                let b = if pointwise {
+                    xg
+                } else {
+                    let cols = &mut cols[..k * spatial];
+                    self.im2col(xg, cols, h, w, ho, wo);
+                    &*cols
+                };
+                gemm(yg, wg, b, og, k, spatial, t);
+            }
+        });
+        if let Some(bias) = &self.bias {
+            for (plane, &b) in y.chunks_mut(spatial).zip(&bias.data) {
+                plane.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    }
+
+    /// Lays out the receptive fields of `x` `[cg, h, w]` as the columns of
+    /// `cols` `[cg·kh·kw, ho·wo]`, zero where the window hangs over the padding.
+    fn im2col(&self, x: &[f32], cols: &mut [f32], h: usize, w: usize, ho: usize, wo: usize) {
+        let c = &self.config;
+        let [kh, kw] = c.kernel;
+        let [sh, sw] = c.stride;
+        let [ph, pw] = c.padding;
+        let [dh, dw] = c.dilation;
+        let mut rows = cols.chunks_exact_mut(ho * wo);
+        for plane in x.chunks_exact(h * w) {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let row = rows.next().expect("cols has cg·kh·kw rows");
+                    for (oi, out) in row.chunks_exact_mut(wo).enumerate() {
+                        let ih = (oi * sh + ki * dh) as isize - ph as isize;
+                        if ih < 0 || ih >= h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[ih as usize * w..(ih as usize + 1) * w];
+                        let offset = (kj * dw) as isize - pw as isize;
+                        for (oj, v) in out.iter_mut().enumerate() {
+                            let iw = (oj * sw) as isize + offset;
+                            *v = if iw >= 0 && iw < w as isize {
+                                src[iw as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Layer for Conv2d {
+    type Input = Tensor4;
+    type Output = Tensor4;
+
+    fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        self.run(x, probe)
+    }
+
+    fn forward_train(
+        &mut self,
+        x: &Tensor4,
+        _update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Tensor4> {
+        self.run(x, probe)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
+        f(Param {
+            name: "weight",
+            role: ParamRole::Weight,
+            shape: &self.weight.shape,
+            data: &self.weight.data,
+        });
+        if let Some(b) = &self.bias {
+            f(Param {
+                name: "bias",
+                role: ParamRole::Bias,
+                shape: &b.shape,
+                data: &b.data,
+            });
+        }
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
+        f(ParamMut {
+            name: "weight",
+            role: ParamRole::Weight,
+            shape: &self.weight.shape,
+            data: &mut self.weight.data,
+        });
+        if let Some(b) = &mut self.bias {
+            f(ParamMut {
+                name: "bias",
+                role: ParamRole::Bias,
+                shape: &b.shape,
+                data: &mut b.data,
+            });
+        }
+    }
+
+    fn visit_norms(&self, _f: &mut dyn FnMut(&str, NormStats<'_>)) {}
+
+    fn visit_norms_mut(&mut self, _f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {}
+}
+
+/// Splits a batch along its first axis — used by tests to check batch independence.
+#[cfg(test)]
+pub(crate) fn first_image(x: &Tensor4) -> Tensor4 {
+    use ndarray::Axis;
+    x.index_axis(Axis(0), 0).insert_axis(Axis(0)).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(shape: (usize, usize, usize, usize)) -> Tensor4 {
+        let mut i = 0.0f32;
+        Array4::from_shape_simple_fn(shape, || {
+            i += 1.0;
+            (i * 0.37).sin()
+        })
+    }
+
+    /// The definition of convolution, written out with no cleverness.
+    fn direct(conv: &Conv2d, x: &Tensor4) -> Tensor4 {
+        let c = conv.config;
+        let (n, _, h, w) = x.dim();
+        let (ho, wo) = conv.output_size(h, w).unwrap();
+        let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
+        let wt = ndarray::ArrayView4::from_shape(c.weight_shape(), conv.weight()).unwrap();
+        Array4::from_shape_fn((n, c.out_channels, ho, wo), |(b, o, i, j)| {
+            let g = o / og;
+            let mut acc = conv.bias().map_or(0.0, |bias| bias[o] as f64);
+            for ci in 0..cg {
+                for ki in 0..c.kernel[0] {
+                    for kj in 0..c.kernel[1] {
+                        let ih = (i * c.stride[0] + ki * c.dilation[0]) as isize
+                            - c.padding[0] as isize;
+                        let iw = (j * c.stride[1] + kj * c.dilation[1]) as isize
+                            - c.padding[1] as isize;
+                        if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                            acc += wt[[o, ci, ki, kj]] as f64
+                                * x[[b, g * cg + ci, ih as usize, iw as usize]] as f64;
+                        }
+                    }
+                }
+            }
+            acc as f32
+        })
+    }
+
+    #[test]
+    fn im2col_gemm_equals_the_definition() {
+        let configs = [
+            Conv2dConfig::new(4, 6, 3).padding(1),
+            Conv2dConfig::new(4, 6, 3).stride(2).bias(true),
+            Conv2dConfig::new(4, 8, 3).dilation(2).padding(2).groups(2),
+            Conv2dConfig::new(4, 4, 3).groups(4).padding(1).stride(2),
+            Conv2dConfig::new(4, 6, 1),
+            Conv2dConfig::new(4, 6, 1).stride(2),
+        ];
+        for cfg in configs {
+            let mut conv = Conv2d::new(cfg).unwrap();
+            let mut i = 0.0f32;
+            conv.visit_params_mut(&mut |p| {
+                p.data.iter_mut().for_each(|v| {
+                    i += 1.0;
+                    *v = (i * 0.11).cos()
+                })
+            });
+            let x = ramp((3, 4, 7, 6));
+            let got = conv.forward(&x).unwrap();
+            let want = direct(&conv, &x);
+            let err = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
+            assert!(err < 1e-5, "{cfg:?}: max error {err}");
+            let single = conv.forward(&first_image(&x)).unwrap();
+            assert_eq!(single, first_image(&got), "{cfg:?}: batch independence");
+        }
+    }
+
+    #[test]
+    fn wrong_channel_count_is_an_error_naming_the_shape() {
+        let conv = Conv2d::new(Conv2dConfig::new(3, 4, 3)).unwrap();
+        let err = conv.forward(&Array4::zeros((1, 2, 5, 5))).unwrap_err();
+        assert!(err.to_string().contains("[1, 2, 5, 5]"), "{err}");
+        let err = conv.forward(&Array4::zeros((1, 3, 2, 2))).unwrap_err();
+        assert!(matches!(err, Error::Shape { .. }), "{err}");
+    }
+
+    #[test]
+    fn invalid_groups_are_rejected() {
+        assert!(Conv2d::new(Conv2dConfig::new(6, 4, 3).groups(4)).is_err());
+        assert!(Conv2d::new(Conv2dConfig::new(6, 4, 0)).is_err());
+    }
+}

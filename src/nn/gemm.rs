@@ -1,0 +1,65 @@
+//! Single-precision matrix products on row-major slices, backed by faer.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// How many threads one product may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// One thread: the caller already parallelises around the product.
+    One,
+    /// All of rayon's threads.
+    All,
+}
+
+impl Threads {
+    fn par(self) -> Par {
+        match self {
+            Threads::One => Par::Seq,
+            Threads::All => Par::rayon(0),
+        }
+    }
+}
+
+/// `c[m×n] = a[m×k] · b[k×n]`, all row-major.
+pub(crate) fn gemm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, t: Threads) {
+    debug_assert_eq!(c.len(), m * n);
+    let a = MatRef::from_row_major_slice(a, m, k);
+    let b = MatRef::from_row_major_slice(b, k, n);
+    let c = MatMut::from_row_major_slice_mut(c, m, n);
+    matmul(c, Accum::Replace, a, b, 1.0f32, t.par());
+}
+
+/// `c[m×n] = a[m×k] · bᵀ`, with `b` stored row-major as `[n×k]`.
+pub(crate) fn gemm_bt(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    t: Threads,
+) {
+    debug_assert_eq!(c.len(), m * n);
+    let a = MatRef::from_row_major_slice(a, m, k);
+    let b = MatRef::from_row_major_slice(b, n, k).transpose();
+    let c = MatMut::from_row_major_slice_mut(c, m, n);
+    matmul(c, Accum::Replace, a, b, 1.0f32, t.par());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_products_match_the_definition() {
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2x3
+        let b = [1.0, 0.0, 2.0, 1.0, 0.0, 3.0]; // 3x2
+        let mut c = [0.0; 4];
+        gemm(&mut c, &a, &b, 2, 3, 2, Threads::One);
+        assert_eq!(c, [5.0, 11.0, 14.0, 23.0]);
+        let bt = [1.0, 2.0, 0.0, 0.0, 1.0, 3.0]; // b transposed, 2x3
+        gemm_bt(&mut c, &a, &bt, 2, 3, 2, Threads::All);
+        assert_eq!(c, [5.0, 11.0, 14.0, 23.0]);
+    }
+}

@@ -1,0 +1,129 @@
+//! Fully connected layer.
+
+use super::gemm::{gemm_bt, Threads};
+use super::{emit2, layer_context, ParamTensor, Tensor2};
+use crate::error::{Error, Result};
+use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole};
+use crate::layer::{Probe, Site};
+use ndarray::Array2;
+
+/// `y = x Wᵀ + b` on `[N, in]` matrices: PyTorch's `nn.Linear`.
+///
+/// Parameters: `weight` `[out, in]` (role [`ParamRole::Weight`]) and, when present,
+/// `bias` `[out]`.
+///
+/// ```
+/// use reflow::layer::Layer;
+/// use reflow::nn::Linear;
+/// use ndarray::Array2;
+///
+/// let fc = Linear::new(512, 10, true);
+/// assert_eq!(fc.forward(&Array2::zeros((4, 512)))?.dim(), (4, 10));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: ParamTensor,
+    bias: Option<ParamTensor>,
+}
+
+impl Linear {
+    /// A layer with zero weights (and bias), to be filled from a checkpoint.
+    pub fn new(in_features: usize, out_features: usize, bias: bool) -> Self {
+        Linear {
+            weight: ParamTensor::filled(&[out_features, in_features], 0.0),
+            bias: bias.then(|| ParamTensor::filled(&[out_features], 0.0)),
+        }
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.shape[1]
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.shape[0]
+    }
+
+    fn run(&self, x: &Tensor2, probe: &mut Probe<'_>) -> Result<Tensor2> {
+        let (n, i) = x.dim();
+        if i != self.in_features() {
+            return Err(Error::shape(
+                layer_context(probe),
+                format!("[_, {}]", self.in_features()),
+                x.shape(),
+            ));
+        }
+        emit2(probe, LayerKind::Linear, Site::Input, x);
+        let o = self.out_features();
+        let x = x.as_standard_layout();
+        let mut y = Array2::<f32>::zeros((n, o));
+        let ys = y.as_slice_mut().expect("fresh array");
+        let xs = x.as_slice().expect("standard layout");
+        gemm_bt(ys, xs, &self.weight.data, n, i, o, Threads::All);
+        if let Some(b) = &self.bias {
+            for row in ys.chunks_mut(o.max(1)) {
+                row.iter_mut().zip(&b.data).for_each(|(v, &b)| *v += b);
+            }
+        }
+        emit2(probe, LayerKind::Linear, Site::Output, &y);
+        Ok(y)
+    }
+}
+
+impl Layer for Linear {
+    type Input = Tensor2;
+    type Output = Tensor2;
+
+    fn forward_with(&self, x: &Tensor2, probe: &mut Probe<'_>) -> Result<Tensor2> {
+        self.run(x, probe)
+    }
+
+    fn forward_train(
+        &mut self,
+        x: &Tensor2,
+        _update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Tensor2> {
+        self.run(x, probe)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
+        f(Param {
+            name: "weight",
+            role: ParamRole::Weight,
+            shape: &self.weight.shape,
+            data: &self.weight.data,
+        });
+        if let Some(b) = &self.bias {
+            f(Param {
+                name: "bias",
+                role: ParamRole::Bias,
+                shape: &b.shape,
+                data: &b.data,
+            });
+        }
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
+        f(ParamMut {
+            name: "weight",
+            role: ParamRole::Weight,
+            shape: &self.weight.shape,
+            data: &mut self.weight.data,
+        });
+        if let Some(b) = &mut self.bias {
+            f(ParamMut {
+                name: "bias",
+                role: ParamRole::Bias,
+                shape: &b.shape,
+                data: &mut b.data,
+            });
+        }
+    }
+
+    fn visit_norms(&self, _f: &mut dyn FnMut(&str, NormStats<'_>)) {}
+
+    fn visit_norms_mut(&mut self, _f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {}
+}

@@ -1,0 +1,120 @@
+//! The ndarray reference backend: NCHW `f32` layers that implement [`Layer`].
+//!
+//! | layer | input → output |
+//! |---|---|
+//! | [`Conv2d`] | `[N, C, H, W]` → `[N, O, H', W']` (stride, padding, dilation, groups, bias) |
+//! | [`BatchNorm2d`] | `[N, C, H, W]` → same (eval and calibration modes) |
+//! | [`Relu`] | `[N, C, H, W]` → same |
+//! | [`MaxPool2d`] | `[N, C, H, W]` → `[N, C, H', W']` (padding acts as −∞) |
+//! | [`AdaptiveAvgPool2d`] | `[N, C, H, W]` → `[N, C, 1, 1]` |
+//! | [`Flatten`] | `[N, C, H, W]` → `[N, C·H·W]` |
+//! | [`Linear`] | `[N, I]` → `[N, O]` |
+//! | [`Sequential`] | a named chain of `[N, C, H, W]` layers |
+//! | [`Residual`] | `relu(body(x) + shortcut(x))` |
+//!
+//! Convolutions run as im2col + GEMM (per group), with 1×1 stride-1 convolutions
+//! multiplying the input directly; images of a batch are spread over rayon's threads.
+//!
+//! [`Layer`]: crate::layer::Layer
+
+mod activation;
+mod batch_norm;
+mod conv;
+mod gemm;
+mod linear;
+mod pool;
+mod sequential;
+
+pub use activation::Relu;
+pub use batch_norm::BatchNorm2d;
+pub use conv::{Conv2d, Conv2dConfig};
+pub use linear::Linear;
+pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
+pub use sequential::{Residual, Sequential};
+
+use crate::error::{Error, Result};
+use crate::layer::{Activation, LayerKind, Probe, Site};
+use ndarray::{Array2, Array4};
+
+/// An NCHW `f32` activation tensor.
+pub type Tensor4 = Array4<f32>;
+
+/// A `[N, features]` `f32` activation matrix.
+pub type Tensor2 = Array2<f32>;
+
+/// A boxed layer of the ndarray backend that maps NCHW tensors to NCHW tensors, as
+/// [`Sequential`] holds them.
+pub type BoxedLayer =
+    Box<dyn crate::layer::Layer<Input = Tensor4, Output = Tensor4> + Send + Sync>;
+
+/// A learnable tensor of a layer: row-major values and their shape.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ParamTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl ParamTensor {
+    pub fn filled(shape: &[usize], value: f32) -> Self {
+        ParamTensor {
+            shape: shape.to_vec(),
+            data: vec![value; shape.iter().product()],
+        }
+    }
+}
+
+/// Shows `x` to the probe's observer at `site`, if it wants it.
+pub(crate) fn emit4(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tensor4) {
+    if probe.wants(kind, site) {
+        let (n, c, h, w) = x.dim();
+        let data = x.as_standard_layout();
+        if let Some(act) = data.as_slice().and_then(|s| Activation::new(s, n, c, h * w)) {
+            probe.emit(kind, site, act);
+        }
+    }
+}
+
+/// Shows the `[N, F]` matrix `x` to the probe's observer at `site`, if it wants it.
+pub(crate) fn emit2(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tensor2) {
+    if probe.wants(kind, site) {
+        let (n, f) = x.dim();
+        let data = x.as_standard_layout();
+        if let Some(act) = data.as_slice().and_then(|s| Activation::new(s, n, f, 1)) {
+            probe.emit(kind, site, act);
+        }
+    }
+}
+
+/// Checks that `x` has `channels` channels, naming the running layer otherwise.
+pub(crate) fn check_channels(probe: &Probe<'_>, x: &Tensor4, channels: usize) -> Result<()> {
+    if x.dim().1 != channels {
+        return Err(Error::shape(
+            layer_context(probe),
+            format!("[_, {channels}, _, _]"),
+            x.shape(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn layer_context(probe: &Probe<'_>) -> String {
+    if probe.path().is_empty() {
+        "input".to_string()
+    } else {
+        probe.path().to_string()
+    }
+}
+
+/// Output length of a convolution or pooling window along one axis, or `None` when the
+/// window does not fit.
+pub(crate) fn window_output_len(
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let span = dilation * (kernel - 1) + 1;
+    let padded = len + 2 * padding;
+    (padded >= span).then(|| (padded - span) / stride + 1)
+}

@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests: fixture paths, tensors from fixture files,
+//! and the parity tolerance.
+#![allow(dead_code)]
+
+use ndarray::{ArrayD, IxDyn};
+use reflow::layer::{Activation, LayerKind, Observer, Site, Tap};
+use reflow::StateDict;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Reads `tests/fixtures/<name>` as a state dict.
+pub fn read(name: &str) -> StateDict {
+    StateDict::read_safetensors(fixture(name)).expect("fixture reads")
+}
+
+/// The float tensor `key` of `state` as an n-d array.
+pub fn array(state: &StateDict, key: &str) -> ArrayD<f32> {
+    let t = state
+        .get(key)
+        .unwrap_or_else(|| panic!("fixture has no {key}"));
+    ArrayD::from_shape_vec(IxDyn(&t.shape), t.as_f32().expect("float").to_vec()).unwrap()
+}
+
+/// The tensors of `state` under `prefix.`, with the prefix removed.
+pub fn strip_prefix(state: &StateDict, prefix: &str) -> StateDict {
+    let mut out = StateDict::new();
+    for (k, t) in state.iter() {
+        if let Some(rest) = k.strip_prefix(&format!("{prefix}.")) {
+            out.insert(rest, t.clone());
+        }
+    }
+    out
+}
+
+/// max |got − want| / max |want|: the parity criterion is that this is ≤ 1e-4.
+pub fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length");
+    let scale = want.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    err / scale.max(f64::MIN_POSITIVE)
+}
+
+/// The parity tolerance of the issue: 1e-4 of the tensor's max |value|.
+pub const PARITY: f64 = 1e-4;
+
+/// Records a copy of every batch-norm output, by layer path.
+#[derive(Default)]
+pub struct BnOutputs(pub BTreeMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl Observer for BnOutputs {
+    fn wants(&self, tap: &Tap<'_>) -> bool {
+        tap.kind == LayerKind::BatchNorm && tap.site == Site::Output
+    }
+
+    fn observe(&mut self, tap: &Tap<'_>, act: Activation<'_>) {
+        self.0.insert(
+            tap.layer.to_string(),
+            (vec![act.batch, act.channels, act.spatial], act.data.to_vec()),
+        );
+    }
+}

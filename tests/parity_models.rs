@@ -1,0 +1,56 @@
+//! Whole networks against PyTorch/torchvision: logits and every batch-norm output, by
+//! name, for the fixtures made by `scripts/make_fixtures.py`.
+
+mod common;
+
+use common::{array, read, relative_error, BnOutputs, PARITY};
+use ndarray::Ix4;
+use reflow::layer::{Layer, Probe};
+use reflow::models::{BlockKind, ResNet, ResNetConfig, Stem};
+
+/// Loads `<name>.safetensors`, runs `<name>.io.safetensors`'s input, and compares the
+/// logits and every `bn/<layer>` output.
+fn check(name: &str, stem: Stem) -> ResNetConfig {
+    let net = ResNet::from_state_dict(&read(&format!("{name}.safetensors")), stem).unwrap();
+    let io = read(&format!("{name}.io.safetensors"));
+    let input = array(&io, "input").into_dimensionality::<Ix4>().unwrap();
+
+    let mut bn = BnOutputs::default();
+    let logits = net.forward_with(&input, &mut Probe::new(&mut bn)).unwrap();
+    let want = array(&io, "logits");
+    assert_eq!(logits.shape(), want.shape());
+    let err = relative_error(logits.as_slice().unwrap(), want.as_slice().unwrap());
+    assert!(err <= PARITY, "{name} logits: relative error {err:e}");
+    eprintln!("{name} logits: {err:.2e}");
+
+    let expected: Vec<String> = io
+        .keys()
+        .filter_map(|k| k.strip_prefix("bn/").map(str::to_string))
+        .collect();
+    let seen: Vec<String> = bn.0.keys().cloned().collect();
+    assert_eq!(seen, expected, "{name}: the set of batch-norm layers");
+    for (layer, (_, got)) in &bn.0 {
+        let want = array(&io, &format!("bn/{layer}"));
+        let err = relative_error(got, want.as_slice().unwrap());
+        assert!(err <= PARITY, "{name} {layer}: relative error {err:e}");
+    }
+    // The observed pass and the plain pass agree exactly.
+    assert_eq!(net.forward(&input).unwrap(), logits);
+    net.config().clone()
+}
+
+#[test]
+fn cifar_resnet20_matches_pytorch() {
+    let cfg = check("resnet20_cifar", Stem::Cifar);
+    assert_eq!(cfg, ResNetConfig::cifar_resnet(20).unwrap());
+}
+
+#[test]
+fn grouped_bottleneck_resnext_matches_pytorch() {
+    let cfg = check("resnext_small", Stem::Imagenet);
+    assert_eq!(cfg.block, BlockKind::Bottleneck);
+    assert_eq!(cfg.groups, 4);
+    assert_eq!(cfg.layers, [2, 2, 2, 1]);
+    assert_eq!(cfg.planes, [16, 32, 64, 128]);
+    assert_eq!((cfg.stem_width, cfg.in_channels, cfg.num_classes), (16, 3, 7));
+}
