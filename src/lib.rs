@@ -61,3 +61,8 @@ pub mod prelude {
     pub use crate::state_dict::StateDict;
     pub use crate::stats::{ActivationStats, ChannelMoments};
 }
+
+/// The README's examples, compiled as doctests so they stay correct.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -19,7 +19,10 @@ fn save_then_load_is_bit_exact() {
     let original = read("resnet20_cifar.safetensors");
     let net = ResNet::from_state_dict(&original, Stem::Cifar).unwrap();
     let saved = StateDict::from_layer(&net);
-    assert_eq!(saved, original, "the model's state dict is the checkpoint's");
+    assert_eq!(
+        saved, original,
+        "the model's state dict is the checkpoint's"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("copy.safetensors");
@@ -72,7 +75,9 @@ fn reencode(state: &StateDict, dtype: Dtype, size: usize, encode: fn(f32) -> Vec
 #[test]
 fn half_bfloat_and_double_checkpoints_load_as_f32() {
     let original = read("resnet20_cifar.safetensors");
-    let cases: [(Dtype, usize, fn(f32) -> Vec<u8>, fn(f32) -> f32); 3] = [
+    type Encode = fn(f32) -> Vec<u8>;
+    type Round = fn(f32) -> f32;
+    let cases: [(Dtype, usize, Encode, Round); 3] = [
         (
             Dtype::F16,
             2,
@@ -118,7 +123,10 @@ fn num_batches_tracked_is_optional_but_kept_when_present() {
     }
     let net = ResNet::from_state_dict(&state, Stem::Cifar).unwrap();
     let back = StateDict::from_layer(&net);
-    assert_eq!(back.get("bn1.num_batches_tracked").unwrap().data, TensorData::I64(vec![0]));
+    assert_eq!(
+        back.get("bn1.num_batches_tracked").unwrap().data,
+        TensorData::I64(vec![0])
+    );
 }
 
 #[test]
@@ -153,7 +161,11 @@ fn strict_load_names_missing_unexpected_and_mismatched_keys() {
     ] {
         assert!(text.contains(needle), "{needle} not in: {text}");
     }
-    assert_eq!(StateDict::from_layer(&net), before, "a failed load changes nothing");
+    assert_eq!(
+        StateDict::from_layer(&net),
+        before,
+        "a failed load changes nothing"
+    );
 
     // Partial loading takes what fits and reports the rest.
     let report = state.load_into_partial(&mut net).unwrap();
@@ -170,12 +182,12 @@ fn strict_load_names_missing_unexpected_and_mismatched_keys() {
 #[test]
 fn integer_parameters_are_a_dtype_error_naming_the_key() {
     let mut state = read("resnet20_cifar.safetensors");
-    state.insert(
-        "fc.bias",
-        StoredTensor::i64(vec![10], vec![1; 10]).unwrap(),
-    );
+    state.insert("fc.bias", StoredTensor::i64(vec![10], vec![1; 10]).unwrap());
     let err = ResNet::from_state_dict(&state, Stem::Cifar).unwrap_err();
-    assert!(matches!(&err, Error::UnsupportedDtype { key, .. } if key == "fc.bias"), "{err}");
+    assert!(
+        matches!(&err, Error::UnsupportedDtype { key, .. } if key == "fc.bias"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,18 +240,28 @@ fn inference_names_the_first_key_that_does_not_fit() {
     let s = StateDict::from_layer(&reflow::nn::Linear::new(3, 2, true));
     assert_eq!(arch_key(&s, Stem::Imagenet), "conv1.weight");
     let mut s = base.clone();
-    let stages: Vec<String> = s.keys().filter(|k| k.starts_with("layer")).map(str::to_string).collect();
+    let stages: Vec<String> = s
+        .keys()
+        .filter(|k| k.starts_with("layer"))
+        .map(str::to_string)
+        .collect();
     stages.iter().for_each(|k| {
         s.remove(k);
     });
     assert_eq!(arch_key(&s, Stem::Imagenet), "layer1.0.conv1.weight");
     // A classifier that does not fit the last stage.
     let mut s = base.clone();
-    s.insert("fc.weight", StoredTensor::f32(vec![7, 100], vec![0.0; 700]).unwrap());
+    s.insert(
+        "fc.weight",
+        StoredTensor::f32(vec![7, 100], vec![0.0; 700]).unwrap(),
+    );
     assert_eq!(arch_key(&s, Stem::Imagenet), "fc.weight");
     // A rank-2 tensor where a conv weight belongs.
     let mut s = base.clone();
-    s.insert("layer2.0.conv1.weight", StoredTensor::f32(vec![2, 2], vec![0.0; 4]).unwrap());
+    s.insert(
+        "layer2.0.conv1.weight",
+        StoredTensor::f32(vec![2, 2], vec![0.0; 4]).unwrap(),
+    );
     assert_eq!(arch_key(&s, Stem::Imagenet), "layer2.0.conv1.weight");
     // A missing block tensor is caught by the strict load, by name.
     let mut s = base;
@@ -251,10 +273,15 @@ fn inference_names_the_first_key_that_does_not_fit() {
 #[test]
 fn wrong_input_channels_at_forward_are_a_shape_error() {
     let net = small_net();
-    let err = net.forward(&ndarray::Array4::zeros((2, 1, 16, 16))).unwrap_err();
+    let err = net
+        .forward(&ndarray::Array4::zeros((2, 1, 16, 16)))
+        .unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("[2, 1, 16, 16]") && text.contains("[_, 3, _, _]"), "{text}");
+    assert!(
+        text.contains("[2, 1, 16, 16]") && text.contains("[_, 3, _, _]"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -264,7 +291,9 @@ fn errors_inside_a_network_name_the_layer_path() {
     let inner = Sequential::new().push("conv", Conv2d::new(Conv2dConfig::new(4, 4, 5)).unwrap());
     let mut outer = Sequential::new().push("inner", inner);
     // Too small for the 5x5 kernel.
-    let err = outer.forward(&ndarray::Array4::zeros((1, 4, 3, 3))).unwrap_err();
+    let err = outer
+        .forward(&ndarray::Array4::zeros((1, 4, 3, 3)))
+        .unwrap_err();
     assert!(err.to_string().starts_with("inner.conv:"), "{err}");
     // Wrong channel count, in the calibration pass.
     let x = ndarray::Array4::zeros((1, 3, 9, 9));
@@ -272,4 +301,63 @@ fn errors_inside_a_network_name_the_layer_path() {
         .forward_train(&x, NormUpdate::Cumulative, &mut Probe::none())
         .unwrap_err();
     assert!(err.to_string().starts_with("inner.conv:"), "{err}");
+}
+
+/// Writes a checkpoint whose batch-norm statistics reflow itself changed (one
+/// calibration pass), with reflow's logits beside it, to
+/// `target/tmp/pytorch-check/`. `scripts/check_saved.py` then shows that PyTorch
+/// loads it with `strict=True` and computes the same logits:
+///
+/// ```sh
+/// python scripts/check_saved.py --stem imagenet \
+///     --weights target/tmp/pytorch-check/resnext_small.safetensors \
+///     --io target/tmp/pytorch-check/resnext_small.io.safetensors
+/// ```
+#[test]
+fn saved_checkpoints_carry_reflows_state() {
+    use reflow::layer::{NormUpdate, Probe};
+    let io = read("resnext_small.io.safetensors");
+    let input = common::array(&io, "input")
+        .into_dimensionality::<ndarray::Ix4>()
+        .unwrap();
+    let mut net =
+        ResNet::from_state_dict(&read("resnext_small.safetensors"), Stem::Imagenet).unwrap();
+    let dense = net.forward(&input).unwrap();
+    net.forward_train(
+        &input,
+        NormUpdate::Ema { momentum: 0.5 },
+        &mut Probe::none(),
+    )
+    .unwrap();
+    let logits = net.forward(&input).unwrap();
+    assert_ne!(logits, dense, "the calibration pass changed the statistics");
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pytorch-check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = dir.join("resnext_small.safetensors");
+    StateDict::from_layer(&net)
+        .write_safetensors(&weights)
+        .unwrap();
+    let mut check = StateDict::new();
+    check.insert(
+        "input",
+        StoredTensor::f32(input.shape().to_vec(), input.iter().copied().collect()).unwrap(),
+    );
+    check.insert(
+        "logits",
+        StoredTensor::f32(logits.shape().to_vec(), logits.iter().copied().collect()).unwrap(),
+    );
+    check
+        .write_safetensors(dir.join("resnext_small.io.safetensors"))
+        .unwrap();
+
+    let back = ResNet::load(&weights, Stem::Imagenet).unwrap();
+    assert_eq!(back.forward(&input).unwrap(), logits);
+    assert_eq!(
+        StateDict::from_layer(&back)
+            .get("bn1.num_batches_tracked")
+            .unwrap()
+            .data,
+        TensorData::I64(vec![8])
+    );
 }

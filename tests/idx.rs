@@ -100,9 +100,17 @@ fn corrupt_files_are_idx_errors_naming_the_file() {
     let mut rank = good.clone();
     rank[3] = 2;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("truncated-data", good[..good.len() - 1].to_vec(), "truncated"),
+        (
+            "truncated-data",
+            good[..good.len() - 1].to_vec(),
+            "truncated",
+        ),
         ("truncated-header", good[..6].to_vec(), "truncated header"),
-        ("too-long", [good.as_slice(), &[1]].concat(), "the file has 9"),
+        (
+            "too-long",
+            [good.as_slice(), &[1]].concat(),
+            "the file has 9",
+        ),
         ("bad-magic", b"\x89PNG\r\n\x1a\n".to_vec(), "magic"),
         ("float-dtype", float, "dtype 0x0d"),
         ("wrong-rank", rank, "rank 2"),
@@ -114,7 +122,10 @@ fn corrupt_files_are_idx_errors_naming_the_file() {
         let err = IdxImages::read(write(&dir, name, &bytes)).unwrap_err();
         assert!(matches!(err, Error::Idx { .. }), "{name}: {err}");
         let text = err.to_string();
-        assert!(text.contains(name) && text.contains(needle), "{name}: {text}");
+        assert!(
+            text.contains(name) && text.contains(needle),
+            "{name}: {text}"
+        );
     }
     let err = IdxLabels::from_bytes(&idx(&[2, 1, 1], &[0, 0])).unwrap_err();
     assert!(err.to_string().contains("rank 3"), "{err}");

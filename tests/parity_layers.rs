@@ -11,7 +11,10 @@ use serde_json::Value;
 
 fn pair(v: &Value, key: &str) -> [usize; 2] {
     let a = v[key].as_array().unwrap_or_else(|| panic!("{key}"));
-    [a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize]
+    [
+        a[0].as_u64().unwrap() as usize,
+        a[1].as_u64().unwrap() as usize,
+    ]
 }
 
 fn num(v: &Value, key: &str) -> usize {

@@ -52,5 +52,8 @@ fn grouped_bottleneck_resnext_matches_pytorch() {
     assert_eq!(cfg.groups, 4);
     assert_eq!(cfg.layers, [2, 2, 2, 1]);
     assert_eq!(cfg.planes, [16, 32, 64, 128]);
-    assert_eq!((cfg.stem_width, cfg.in_channels, cfg.num_classes), (16, 3, 7));
+    assert_eq!(
+        (cfg.stem_width, cfg.in_channels, cfg.num_classes),
+        (16, 3, 7)
+    );
 }

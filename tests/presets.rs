@@ -4,18 +4,32 @@ use reflow::layer::{count_parameters, Layer};
 use reflow::models::{ResNet, ResNetConfig, Stem};
 use reflow::StateDict;
 
+type Preset = fn() -> ResNetConfig;
+
 /// torchvision's `sum(p.numel() for p in model.parameters())`.
-const TORCHVISION: [(&str, fn() -> ResNetConfig, usize); 10] = [
+const TORCHVISION: [(&str, Preset, usize); 10] = [
     ("resnet18", ResNetConfig::resnet18, 11_689_512),
     ("resnet34", ResNetConfig::resnet34, 21_797_672),
     ("resnet50", ResNetConfig::resnet50, 25_557_032),
     ("resnet101", ResNetConfig::resnet101, 44_549_160),
     ("resnet152", ResNetConfig::resnet152, 60_192_808),
     ("resnext50_32x4d", ResNetConfig::resnext50_32x4d, 25_028_904),
-    ("resnext101_32x8d", ResNetConfig::resnext101_32x8d, 88_791_336),
-    ("resnext101_64x4d", ResNetConfig::resnext101_64x4d, 83_455_272),
+    (
+        "resnext101_32x8d",
+        ResNetConfig::resnext101_32x8d,
+        88_791_336,
+    ),
+    (
+        "resnext101_64x4d",
+        ResNetConfig::resnext101_64x4d,
+        83_455_272,
+    ),
     ("wide_resnet50_2", ResNetConfig::wide_resnet50_2, 68_883_240),
-    ("wide_resnet101_2", ResNetConfig::wide_resnet101_2, 126_886_696),
+    (
+        "wide_resnet101_2",
+        ResNetConfig::wide_resnet101_2,
+        126_886_696,
+    ),
 ];
 
 #[test]
@@ -56,7 +70,12 @@ fn forward_shapes_follow_the_stem() {
     let x = ndarray::Array4::zeros((1, 3, 64, 64));
     let net = ResNet::new(ResNetConfig::resnext50_32x4d().with_num_classes(5)).unwrap();
     assert_eq!(net.forward(&x).unwrap().dim(), (1, 5));
-    let net = ResNet::new(ResNetConfig::cifar_resnet(20).unwrap().with_stem(Stem::Cifar)).unwrap();
+    let net = ResNet::new(
+        ResNetConfig::cifar_resnet(20)
+            .unwrap()
+            .with_stem(Stem::Cifar),
+    )
+    .unwrap();
     assert_eq!(net.forward(&x).unwrap().dim(), (1, 10));
 }
 
@@ -97,6 +116,9 @@ fn invalid_configurations_are_rejected() {
     ];
     for cfg in bad {
         let err = ResNet::new(cfg.clone()).unwrap_err();
-        assert!(matches!(err, reflow::Error::InvalidArgument { .. }), "{cfg:?}: {err}");
+        assert!(
+            matches!(err, reflow::Error::InvalidArgument { .. }),
+            "{cfg:?}: {err}"
+        );
     }
 }

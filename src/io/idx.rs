@@ -39,7 +39,10 @@ fn idx_error(path: &Path, reason: impl Into<String>) -> Error {
 /// dtype, the rank and that the data is exactly as long as the dimensions say.
 fn parse(bytes: &[u8], path: &Path, ranks: &[usize]) -> Result<(Vec<usize>, Vec<u8>)> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        return Err(idx_error(path, "missing IDX magic (expected 00 00 <dtype> <rank>)"));
+        return Err(idx_error(
+            path,
+            "missing IDX magic (expected 00 00 <dtype> <rank>)",
+        ));
     }
     if bytes[2] != UBYTE {
         return Err(idx_error(
@@ -49,7 +52,10 @@ fn parse(bytes: &[u8], path: &Path, ranks: &[usize]) -> Result<(Vec<usize>, Vec<
     }
     let rank = bytes[3] as usize;
     if !ranks.contains(&rank) {
-        return Err(idx_error(path, format!("rank {rank}, expected one of {ranks:?}")));
+        return Err(idx_error(
+            path,
+            format!("rank {rank}, expected one of {ranks:?}"),
+        ));
     }
     let header = 4 + 4 * rank;
     if bytes.len() < header {
@@ -99,10 +105,10 @@ impl IdxImages {
 
     fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
         let (d, pixels) = parse(bytes, path, &[3, 4])?;
-        let dims = match d.as_slice() {
-            &[n, h, w] => [n, 1, h, w],
-            &[n, c, h, w] => [n, c, h, w],
-            _ => unreachable!("rank checked by parse"),
+        let dims = match *d.as_slice() {
+            [n, h, w] => [n, 1, h, w],
+            [n, c, h, w] => [n, c, h, w],
+            _ => return Err(idx_error(path, format!("dimensions {d:?} are not images"))),
         };
         if dims[1..].contains(&0) {
             return Err(idx_error(path, format!("empty image dimensions {d:?}")));
@@ -262,7 +268,10 @@ impl Normalization {
             return Err(Error::invalid("mean", format!("{mean:?} is not finite")));
         }
         if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(Error::invalid("std", format!("{std:?} must be finite and positive")));
+            return Err(Error::invalid(
+                "std",
+                format!("{std:?} must be finite and positive"),
+            ));
         }
         Ok(Normalization { mean, std })
     }

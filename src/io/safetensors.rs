@@ -64,7 +64,9 @@ impl StateDict {
             let data = match view.dtype() {
                 Dtype::F32 => TensorData::F32(decode(raw, f32::from_le_bytes)),
                 Dtype::F64 => TensorData::F32(decode(raw, |b| f64::from_le_bytes(b) as f32)),
-                Dtype::F16 => TensorData::F32(decode(raw, |b| half::f16::from_le_bytes(b).to_f32())),
+                Dtype::F16 => {
+                    TensorData::F32(decode(raw, |b| half::f16::from_le_bytes(b).to_f32()))
+                }
                 Dtype::BF16 => {
                     TensorData::F32(decode(raw, |b| half::bf16::from_le_bytes(b).to_f32()))
                 }
@@ -95,8 +97,12 @@ impl StateDict {
             .iter()
             .map(|(name, t)| {
                 let (dtype, bytes) = match &t.data {
-                    TensorData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                    TensorData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                    TensorData::F32(v) => {
+                        (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                    }
+                    TensorData::I64(v) => {
+                        (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                    }
                 };
                 (
                     name,

@@ -287,10 +287,16 @@ impl ResNetConfig {
             ));
         }
         if let Some(k) = self.layers.iter().position(|&n| n == 0) {
-            return Err(Error::invalid("layers", format!("stage {} has no block", k + 1)));
+            return Err(Error::invalid(
+                "layers",
+                format!("stage {} has no block", k + 1),
+            ));
         }
         if let Some(k) = self.planes.iter().position(|&p| self.inner_width(p) == 0) {
-            return Err(Error::invalid("planes", format!("stage {} has zero width", k + 1)));
+            return Err(Error::invalid(
+                "planes",
+                format!("stage {} has zero width", k + 1),
+            ));
         }
         if self.block == BlockKind::Basic && (self.groups != 1 || self.width_per_group != 64) {
             return Err(Error::invalid(

@@ -47,12 +47,8 @@ impl ResNetConfig {
     /// ```
     pub fn infer(state: &StateDict, stem: Stem) -> Result<ResNetConfig> {
         let stem_shape = shape_of(state, "conv1.weight", 4)?;
-        let [stem_width, in_channels, kh, kw] = [
-            stem_shape[0],
-            stem_shape[1],
-            stem_shape[2],
-            stem_shape[3],
-        ];
+        let [stem_width, in_channels, kh, kw] =
+            [stem_shape[0], stem_shape[1], stem_shape[2], stem_shape[3]];
         if kh != stem.kernel() || kw != stem.kernel() {
             return Err(arch(
                 "conv1.weight",
@@ -93,7 +89,9 @@ impl ResNetConfig {
                     if out % 4 != 0 {
                         return Err(arch(
                             &key,
-                            format!("{out} output channels is not 4 × planes (bottleneck expansion)"),
+                            format!(
+                                "{out} output channels is not 4 × planes (bottleneck expansion)"
+                            ),
                         ));
                     }
                     let key = format!("layer{stage}.0.conv2.weight");
@@ -106,10 +104,7 @@ impl ResNetConfig {
                     }
                     let g = width / per_group;
                     if stage > 1 && g != groups {
-                        return Err(arch(
-                            &key,
-                            format!("{g} groups, but stage 1 has {groups}"),
-                        ));
+                        return Err(arch(&key, format!("{g} groups, but stage 1 has {groups}")));
                     }
                     groups = g;
                     out / 4

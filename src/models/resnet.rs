@@ -155,10 +155,16 @@ fn block(cfg: &ResNetConfig, inp: usize, planes: usize, stride: usize) -> Result
     let bn = |c| BatchNorm2d::new(c, BN_EPS);
     let body = match cfg.block {
         BlockKind::Basic => Sequential::new()
-            .push("conv1", Conv2d::new(Conv2dConfig::new(inp, w, 3).stride(stride).padding(1))?)
+            .push(
+                "conv1",
+                Conv2d::new(Conv2dConfig::new(inp, w, 3).stride(stride).padding(1))?,
+            )
             .push("bn1", bn(w))
             .push("relu", Relu)
-            .push("conv2", Conv2d::new(Conv2dConfig::new(w, out, 3).padding(1))?)
+            .push(
+                "conv2",
+                Conv2d::new(Conv2dConfig::new(w, out, 3).padding(1))?,
+            )
             .push("bn2", bn(out)),
         BlockKind::Bottleneck => Sequential::new()
             .push("conv1", Conv2d::new(Conv2dConfig::new(inp, w, 1))?)
@@ -180,7 +186,10 @@ fn block(cfg: &ResNetConfig, inp: usize, planes: usize, stride: usize) -> Result
     };
     Ok(if stride != 1 || inp != out {
         let shortcut = Sequential::new()
-            .push("0", Conv2d::new(Conv2dConfig::new(inp, out, 1).stride(stride))?)
+            .push(
+                "0",
+                Conv2d::new(Conv2dConfig::new(inp, out, 1).stride(stride))?,
+            )
             .push("1", bn(out));
         Residual::with_shortcut(body, "downsample", shortcut)
     } else {

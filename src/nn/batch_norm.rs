@@ -2,7 +2,9 @@
 
 use super::{check_channels, emit4, layer_context, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole};
+use crate::layer::{
+    Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole,
+};
 use crate::layer::{Probe, Site};
 use ndarray::Array4;
 use rayon::prelude::*;
@@ -208,7 +210,11 @@ impl Layer for BatchNorm2d {
         let entries = [
             ("weight", ParamRole::NormWeight, &mut self.weight),
             ("bias", ParamRole::NormBias, &mut self.bias),
-            ("running_mean", ParamRole::RunningMean, &mut self.running_mean),
+            (
+                "running_mean",
+                ParamRole::RunningMean,
+                &mut self.running_mean,
+            ),
             ("running_var", ParamRole::RunningVar, &mut self.running_var),
         ];
         for (name, role, t) in entries {
@@ -277,7 +283,10 @@ mod tests {
             .unwrap();
         let m = channel_moments(y.as_slice().unwrap(), 2, 3, 20);
         for (mean, var) in m {
-            assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "{mean} {var}");
+            assert!(
+                mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5,
+                "{mean} {var}"
+            );
         }
     }
 

@@ -3,7 +3,7 @@
 use super::gemm::{gemm, Threads};
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole};
+use crate::layer::LayerKind;
 use crate::layer::{Probe, Site};
 use ndarray::Array4;
 use rayon::prelude::*;
@@ -302,61 +302,7 @@ impl Conv2d {
     }
 }
 
-impl Layer for Conv2d {
-    type Input = Tensor4;
-    type Output = Tensor4;
-
-    fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
-        self.run(x, probe)
-    }
-
-    fn forward_train(
-        &mut self,
-        x: &Tensor4,
-        _update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor4> {
-        self.run(x, probe)
-    }
-
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
-        f(Param {
-            name: "weight",
-            role: ParamRole::Weight,
-            shape: &self.weight.shape,
-            data: &self.weight.data,
-        });
-        if let Some(b) = &self.bias {
-            f(Param {
-                name: "bias",
-                role: ParamRole::Bias,
-                shape: &b.shape,
-                data: &b.data,
-            });
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        f(ParamMut {
-            name: "weight",
-            role: ParamRole::Weight,
-            shape: &self.weight.shape,
-            data: &mut self.weight.data,
-        });
-        if let Some(b) = &mut self.bias {
-            f(ParamMut {
-                name: "bias",
-                role: ParamRole::Bias,
-                shape: &b.shape,
-                data: &mut b.data,
-            });
-        }
-    }
-
-    fn visit_norms(&self, _f: &mut dyn FnMut(&str, NormStats<'_>)) {}
-
-    fn visit_norms_mut(&mut self, _f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {}
-}
+plain_layer!(Conv2d, Tensor4, Tensor4, weight_bias);
 
 /// Splits a batch along its first axis — used by tests to check batch independence.
 #[cfg(test)]
@@ -368,6 +314,7 @@ pub(crate) fn first_image(x: &Tensor4) -> Tensor4 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::Layer;
 
     fn ramp(shape: (usize, usize, usize, usize)) -> Tensor4 {
         let mut i = 0.0f32;
@@ -390,10 +337,10 @@ mod tests {
             for ci in 0..cg {
                 for ki in 0..c.kernel[0] {
                     for kj in 0..c.kernel[1] {
-                        let ih = (i * c.stride[0] + ki * c.dilation[0]) as isize
-                            - c.padding[0] as isize;
-                        let iw = (j * c.stride[1] + kj * c.dilation[1]) as isize
-                            - c.padding[1] as isize;
+                        let ih =
+                            (i * c.stride[0] + ki * c.dilation[0]) as isize - c.padding[0] as isize;
+                        let iw =
+                            (j * c.stride[1] + kj * c.dilation[1]) as isize - c.padding[1] as isize;
                         if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
                             acc += wt[[o, ci, ki, kj]] as f64
                                 * x[[b, g * cg + ci, ih as usize, iw as usize]] as f64;

@@ -3,7 +3,7 @@
 use super::gemm::{gemm_bt, Threads};
 use super::{emit2, layer_context, ParamTensor, Tensor2};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole};
+use crate::layer::LayerKind;
 use crate::layer::{Probe, Site};
 use ndarray::Array2;
 
@@ -72,58 +72,4 @@ impl Linear {
     }
 }
 
-impl Layer for Linear {
-    type Input = Tensor2;
-    type Output = Tensor2;
-
-    fn forward_with(&self, x: &Tensor2, probe: &mut Probe<'_>) -> Result<Tensor2> {
-        self.run(x, probe)
-    }
-
-    fn forward_train(
-        &mut self,
-        x: &Tensor2,
-        _update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor2> {
-        self.run(x, probe)
-    }
-
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
-        f(Param {
-            name: "weight",
-            role: ParamRole::Weight,
-            shape: &self.weight.shape,
-            data: &self.weight.data,
-        });
-        if let Some(b) = &self.bias {
-            f(Param {
-                name: "bias",
-                role: ParamRole::Bias,
-                shape: &b.shape,
-                data: &b.data,
-            });
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        f(ParamMut {
-            name: "weight",
-            role: ParamRole::Weight,
-            shape: &self.weight.shape,
-            data: &mut self.weight.data,
-        });
-        if let Some(b) = &mut self.bias {
-            f(ParamMut {
-                name: "bias",
-                role: ParamRole::Bias,
-                shape: &b.shape,
-                data: &mut b.data,
-            });
-        }
-    }
-
-    fn visit_norms(&self, _f: &mut dyn FnMut(&str, NormStats<'_>)) {}
-
-    fn visit_norms_mut(&mut self, _f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {}
-}
+plain_layer!(Linear, Tensor2, Tensor2, weight_bias);

@@ -17,14 +17,6 @@
 //!
 //! [`Layer`]: crate::layer::Layer
 
-mod activation;
-mod batch_norm;
-mod conv;
-mod gemm;
-mod linear;
-mod pool;
-mod sequential;
-
 pub use activation::Relu;
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
@@ -33,7 +25,7 @@ pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
 pub use sequential::{Residual, Sequential};
 
 use crate::error::{Error, Result};
-use crate::layer::{Activation, LayerKind, Probe, Site};
+use crate::layer::{Activation, LayerKind, Param, ParamMut, ParamRole, Probe, Site};
 use ndarray::{Array2, Array4};
 
 /// An NCHW `f32` activation tensor.
@@ -44,8 +36,7 @@ pub type Tensor2 = Array2<f32>;
 
 /// A boxed layer of the ndarray backend that maps NCHW tensors to NCHW tensors, as
 /// [`Sequential`] holds them.
-pub type BoxedLayer =
-    Box<dyn crate::layer::Layer<Input = Tensor4, Output = Tensor4> + Send + Sync>;
+pub type BoxedLayer = Box<dyn crate::layer::Layer<Input = Tensor4, Output = Tensor4> + Send + Sync>;
 
 /// A learnable tensor of a layer: row-major values and their shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,12 +54,117 @@ impl ParamTensor {
     }
 }
 
+/// Reports a weight (role [`ParamRole::Weight`]) and an optional bias: the parameter
+/// walk of convolutions and linear layers.
+pub(crate) fn visit_weight_bias(
+    weight: &ParamTensor,
+    bias: Option<&ParamTensor>,
+    f: &mut dyn FnMut(Param<'_>),
+) {
+    let entries = std::iter::once(("weight", ParamRole::Weight, weight))
+        .chain(bias.map(|b| ("bias", ParamRole::Bias, b)));
+    for (name, role, t) in entries {
+        f(Param {
+            name,
+            role,
+            shape: &t.shape,
+            data: &t.data,
+        });
+    }
+}
+
+/// Mutable twin of [`visit_weight_bias`].
+pub(crate) fn visit_weight_bias_mut(
+    weight: &mut ParamTensor,
+    bias: Option<&mut ParamTensor>,
+    f: &mut dyn FnMut(ParamMut<'_>),
+) {
+    let entries = std::iter::once(("weight", ParamRole::Weight, weight))
+        .chain(bias.map(|b| ("bias", ParamRole::Bias, b)));
+    for (name, role, t) in entries {
+        f(ParamMut {
+            name,
+            role,
+            shape: &t.shape,
+            data: &mut t.data,
+        });
+    }
+}
+
+/// Implements [`Layer`] for a layer without batch norm whose two passes are the same
+/// inherent `run(&self, x, probe)`: either without parameters (`stateless`) or with
+/// a `weight: ParamTensor` and a `bias: Option<ParamTensor>` (`weight_bias`).
+macro_rules! plain_layer {
+    ($ty:ty, $input:ty, $output:ty, stateless) => {
+        plain_layer!(@impl $ty, $input, $output, |_s, _f| {}, |_s, _f| {});
+    };
+    ($ty:ty, $input:ty, $output:ty, weight_bias) => {
+        plain_layer!(
+            @impl $ty, $input, $output,
+            |s, f| $crate::nn::visit_weight_bias(&s.weight, s.bias.as_ref(), f),
+            |s, f| $crate::nn::visit_weight_bias_mut(&mut s.weight, s.bias.as_mut(), f)
+        );
+    };
+    (@impl $ty:ty, $input:ty, $output:ty, |$s:ident, $f:ident| $visit:expr, |$sm:ident, $fm:ident| $visit_mut:expr) => {
+        impl $crate::layer::Layer for $ty {
+            type Input = $input;
+            type Output = $output;
+
+            fn forward_with(
+                &self,
+                x: &$input,
+                probe: &mut $crate::layer::Probe<'_>,
+            ) -> $crate::error::Result<$output> {
+                self.run(x, probe)
+            }
+
+            fn forward_train(
+                &mut self,
+                x: &$input,
+                _update: $crate::layer::NormUpdate,
+                probe: &mut $crate::layer::Probe<'_>,
+            ) -> $crate::error::Result<$output> {
+                self.run(x, probe)
+            }
+
+            fn visit_params(&self, $f: &mut dyn FnMut($crate::layer::Param<'_>)) {
+                let $s = self;
+                $visit
+            }
+
+            fn visit_params_mut(&mut self, $fm: &mut dyn FnMut($crate::layer::ParamMut<'_>)) {
+                let $sm = self;
+                $visit_mut
+            }
+
+            fn visit_norms(&self, _f: &mut dyn FnMut(&str, $crate::layer::NormStats<'_>)) {}
+
+            fn visit_norms_mut(
+                &mut self,
+                _f: &mut dyn FnMut(&str, $crate::layer::NormStatsMut<'_>),
+            ) {
+            }
+        }
+    };
+}
+
+mod activation;
+mod batch_norm;
+mod conv;
+mod gemm;
+mod linear;
+mod pool;
+mod sequential;
+
 /// Shows `x` to the probe's observer at `site`, if it wants it.
 pub(crate) fn emit4(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tensor4) {
     if probe.wants(kind, site) {
         let (n, c, h, w) = x.dim();
         let data = x.as_standard_layout();
-        if let Some(act) = data.as_slice().and_then(|s| Activation::new(s, n, c, h * w)) {
+        if let Some(act) = data
+            .as_slice()
+            .and_then(|s| Activation::new(s, n, c, h * w))
+        {
             probe.emit(kind, site, act);
         }
     }

@@ -2,39 +2,8 @@
 
 use super::{emit4, layer_context, window_output_len, Tensor2, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe, Site};
+use crate::layer::{LayerKind, Probe, Site};
 use ndarray::{Array4, Axis, Zip};
-
-/// Implements the parameter-free, mode-independent parts of [`Layer`].
-macro_rules! stateless_layer {
-    ($ty:ty, $input:ty, $output:ty) => {
-        impl Layer for $ty {
-            type Input = $input;
-            type Output = $output;
-
-            fn forward_with(&self, x: &$input, probe: &mut Probe<'_>) -> Result<$output> {
-                self.run(x, probe)
-            }
-
-            fn forward_train(
-                &mut self,
-                x: &$input,
-                _update: NormUpdate,
-                probe: &mut Probe<'_>,
-            ) -> Result<$output> {
-                self.run(x, probe)
-            }
-
-            fn visit_params(&self, _f: &mut dyn FnMut(Param<'_>)) {}
-
-            fn visit_params_mut(&mut self, _f: &mut dyn FnMut(ParamMut<'_>)) {}
-
-            fn visit_norms(&self, _f: &mut dyn FnMut(&str, NormStats<'_>)) {}
-
-            fn visit_norms_mut(&mut self, _f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {}
-        }
-    };
-}
 
 /// 2-d max pooling: PyTorch's `nn.MaxPool2d` (floor mode). Padding never wins: it acts
 /// as −∞.
@@ -144,7 +113,7 @@ impl MaxPool2d {
     }
 }
 
-stateless_layer!(MaxPool2d, Tensor4, Tensor4);
+plain_layer!(MaxPool2d, Tensor4, Tensor4, stateless);
 
 /// Averages each channel over its whole plane: PyTorch's `nn.AdaptiveAvgPool2d(1)`.
 /// Output `[N, C, 1, 1]`.
@@ -166,13 +135,15 @@ impl AdaptiveAvgPool2d {
             .sum_axis(Axis(3))
             .sum_axis(Axis(2))
             .mapv(|s| (s / (h * w) as f64) as f32);
-        let y = mean.into_shape_with_order((n, c, 1, 1)).expect("n·c values");
+        let y = mean
+            .into_shape_with_order((n, c, 1, 1))
+            .expect("n·c values");
         emit4(probe, LayerKind::Pool, Site::Output, &y);
         Ok(y)
     }
 }
 
-stateless_layer!(AdaptiveAvgPool2d, Tensor4, Tensor4);
+plain_layer!(AdaptiveAvgPool2d, Tensor4, Tensor4, stateless);
 
 impl AdaptiveAvgPool2d {
     /// Pools and flattens in one step: `[N, C, H, W]` → `[N, C]`.
@@ -197,4 +168,4 @@ impl Flatten {
     }
 }
 
-stateless_layer!(Flatten, Tensor4, Tensor2);
+plain_layer!(Flatten, Tensor4, Tensor2, stateless);

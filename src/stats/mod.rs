@@ -99,10 +99,7 @@ impl ChannelMoments {
         if channels != self.channels() {
             return Err(Error::invalid(
                 "activation",
-                format!(
-                    "{channels} channels, statistics have {}",
-                    self.channels()
-                ),
+                format!("{channels} channels, statistics have {}", self.channels()),
             ));
         }
         Ok(())

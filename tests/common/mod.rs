@@ -65,7 +65,10 @@ impl Observer for BnOutputs {
     fn observe(&mut self, tap: &Tap<'_>, act: Activation<'_>) {
         self.0.insert(
             tap.layer.to_string(),
-            (vec![act.batch, act.channels, act.spatial], act.data.to_vec()),
+            (
+                vec![act.batch, act.channels, act.spatial],
+                act.data.to_vec(),
+            ),
         );
     }
 }
