@@ -15,7 +15,11 @@
 //! - [`models`]: ResNet, ResNeXt and Wide ResNet in torchvision's layout, with presets
 //!   and architecture inference from a checkpoint;
 //! - [`StateDict`] and [`io`]: safetensors checkpoints and IDX data;
-//! - [`stats`]: streaming, mergeable activation statistics.
+//! - [`prune`]: one-shot magnitude (and random) pruning, masks, sparsity reports;
+//! - [`stats`]: streaming, mergeable activation statistics and the signal metric;
+//! - [`rescale`]: REFLOW, re-estimating batch-norm statistics on calibration data;
+//! - [`pipeline`]: the stages composed, prune → measure → rescale → measure;
+//! - [`metrics`]: top-1 accuracy.
 //!
 //! ## Quick start
 //!
@@ -44,7 +48,11 @@ pub mod error;
 pub mod io;
 pub mod layer;
 pub mod models;
+pub mod metrics;
 pub mod nn;
+pub mod pipeline;
+pub mod prune;
+pub mod rescale;
 pub mod state_dict;
 pub mod stats;
 
@@ -57,9 +65,13 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::io::{Dataset, IdxImages, IdxLabels, Normalization};
     pub use crate::layer::{count_parameters, count_prunable, Layer, NormUpdate, Probe};
+    pub use crate::metrics::{accuracy, Accuracy};
     pub use crate::models::{BlockKind, ResNet, ResNetConfig, Stem};
+    pub use crate::pipeline::{Pipeline, PipelineReport};
+    pub use crate::prune::{MagnitudePruner, Masks, Pruner, RandomPruner, Scope, SparsityReport};
+    pub use crate::rescale::{CalibrationData, ImageBatches, Reflow, ReflowMode, Rescaler};
     pub use crate::state_dict::StateDict;
-    pub use crate::stats::{ActivationStats, ChannelMoments};
+    pub use crate::stats::{measure_signal, ActivationStats, ChannelMoments, Signal};
 }
 
 /// The README's examples, compiled as doctests so they stay correct.

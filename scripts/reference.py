@@ -1,0 +1,491 @@
+"""PyTorch reference for reflow's `prune` example (one-shot magnitude pruning + REFLOW).
+
+Takes the flags of the `prune` contract in
+/work/shared/design/checkpoints-and-cli.md (all except --save-dir) and writes the
+same --json report, so the Rust implementation can be compared with PyTorch run
+for run:
+
+    /root/venvs/ref/bin/python scripts/reference.py \
+        --weights assets/fashion-mnist/resnet20_fmnist.safetensors --stem cifar \
+        --test-images assets/fashion-mnist/t10k-images-idx3-ubyte.gz \
+        --test-labels assets/fashion-mnist/t10k-labels-idx1-ubyte.gz \
+        --calib-images assets/fashion-mnist/calib-images-idx3-ubyte.gz \
+        --mean 0.2860 --std 0.3530 --json /tmp/reference_global.json
+
+Protocol (see method.md for the definitions):
+
+1. Load the state dict, build the network with `infer_from_state_dict`, strict
+   load, eval mode. Evaluate top-1 (argmax) on the whole test set in batches of
+   256, and the per-BN signal metric on the first --signal-images test images.
+2. For each sparsity, in the order given, starting from a fresh copy of the dense
+   network: prune the Conv2d/Linear weights (minus --exclude) with
+   torch.nn.utils.prune (global_unstructured or per-tensor l1_unstructured,
+   L1 magnitude), make it permanent, evaluate; then REFLOW the BN running
+   statistics (--mode cumulative | ema | exact) on the first --calib-count
+   calibration images and evaluate again.
+
+On bad input: a one-line error on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.utils.prune as prune  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_resnet import infer_config, infer_from_state_dict  # noqa: E402
+
+EVAL_BATCH = 256      # test-set evaluation batch (contract: whole test set, batches of 256)
+SIGNAL_BATCH = 256    # batch used for the signal metric (statistics accumulated in float64)
+
+
+class InputError(Exception):
+    """Bad user input: reported as a one-line error, exit code 2."""
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read a u8 IDX file, gzip-compressed or not (detected from the gzip magic bytes)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise InputError(f"{path}: corrupt gzip data ({e})") from None
+    if len(raw) < 4:
+        raise InputError(f"{path}: too short for an IDX header")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise InputError(f"{path}: not a u8 IDX file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise InputError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    count = math.prod(dims)
+    if len(raw) - offset != count:
+        raise InputError(f"{path}: header {dims} needs {count} data bytes but {len(raw) - offset} follow")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def load_images(path: str, mean: list[float], std: list[float]) -> torch.Tensor:
+    """IDX images [N, H, W] or [N, C, H, W] -> float32 [N, C, H, W], (u8/255 - mean_c)/std_c."""
+    arr = read_idx(path)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise InputError(f"{path}: images must be [N, H, W] or [N, C, H, W], got dims {list(arr.shape)}")
+    if arr.shape[1] != len(mean):
+        raise InputError(f"{path}: {arr.shape[1]} channel(s) but --mean/--std give {len(mean)} value(s)")
+    x = torch.from_numpy(arr.copy()).float() / 255.0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def load_labels(path: str) -> torch.Tensor:
+    arr = read_idx(path)
+    if arr.ndim != 1:
+        raise InputError(f"{path}: labels must be [N], got dims {list(arr.shape)}")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------
+# Model, evaluation and the signal metric
+# ---------------------------------------------------------------------------
+
+
+def load_model(path: str, stem: str) -> tuple[nn.Module, dict]:
+    from safetensors.torch import load_file
+
+    try:
+        sd = load_file(path)
+    except Exception as e:  # safetensors raises several error types
+        raise InputError(f"cannot load safetensors file {path}: {e}") from None
+    # Weights may be stored as f16 / bf16 / f64; compute in f32 (num_batches_tracked stays int64).
+    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    try:
+        cfg = infer_config(sd, stem)
+        model = infer_from_state_dict(sd, stem)
+        model.load_state_dict(sd, strict=True)
+    except (KeyError, ValueError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise InputError(f"{path}: not a torchvision-layout ResNet for stem {stem!r}: {msg}") from None
+    return model.eval(), cfg
+
+
+def bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """BatchNorm2d modules in module (= state-dict) order, with their state-dict prefixes."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def prunable_params(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(parameter name, module) for the weight of every Conv2d and Linear, in module order."""
+    return [(f"{name}.weight", m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Top-1 accuracy (argmax of the logits) over the whole set, eval mode, batches of 256."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), EVAL_BATCH):
+        logits = model(images[i: i + EVAL_BATCH])
+        correct += int((logits.argmax(dim=1) == labels[i: i + EVAL_BATCH]).sum())
+    return correct / len(images), correct
+
+
+@torch.no_grad()
+def bn_signal(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Signal metric of every BN layer (eval mode) on `images`.
+
+    For BN output Y [N, C, H, W]: v_c = biased variance of Y[:, c] over (N, H, W),
+    S = mean_c v_c. Per-channel count, sum and sum of squares are accumulated in
+    float64 over batches. The statistics are taken inside the forward hook, i.e.
+    before torchvision's in-place ReLU can overwrite the BN output.
+    """
+    model.eval()
+    if len(images) == 0:
+        return {}
+    sums: dict[str, list] = {}
+
+    def make_hook(name: str):
+        def hook(_module, _inputs, output):
+            y = output.detach().double()
+            acc = sums.setdefault(name, [0, 0.0, 0.0])
+            acc[0] += y.shape[0] * y.shape[2] * y.shape[3]
+            acc[1] = acc[1] + y.sum(dim=(0, 2, 3))
+            acc[2] = acc[2] + (y * y).sum(dim=(0, 2, 3))
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(name)) for name, m in bn_layers(model)]
+    try:
+        for i in range(0, len(images), SIGNAL_BATCH):
+            model(images[i: i + SIGNAL_BATCH])
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, _ in bn_layers(model):
+        n, s, sq = sums[name]
+        mean = s / n
+        var = (sq / n - mean * mean).clamp_min(0.0)  # biased variance per channel
+        out[name] = float(var.mean())
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Pruning
+# ---------------------------------------------------------------------------
+
+
+def is_excluded(name: str, exclude: list[str]) -> bool:
+    """A parameter is excluded if its name starts with any --exclude entry (plain string prefix)."""
+    return any(name.startswith(e) for e in exclude)
+
+
+def prune_model(model: nn.Module, sparsity: float, scope: str, exclude: list[str]) -> None:
+    """One-shot L1-magnitude pruning of the non-excluded Conv2d/Linear weights, made permanent.
+
+    torch.nn.utils.prune zeroes exactly round(s * N) weights (Python round: half to
+    even) with the smallest |w|: over the concatenation of all selected tensors for
+    the global scope, per tensor for the layer scope.
+    """
+    targets = [(m, "weight") for name, m in prunable_params(model) if not is_excluded(name, exclude)]
+    if not targets:
+        return
+    if scope == "global":
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
+    else:
+        for m, pname in targets:
+            prune.l1_unstructured(m, pname, amount=sparsity)
+    for m, pname in targets:
+        prune.remove(m, pname)  # weight = weight_orig * mask, a plain parameter again
+
+
+def layer_report(model: nn.Module) -> tuple[list[dict], float]:
+    """Per-tensor sparsity (fraction of exact zeros) of every Conv2d/Linear weight, and the total."""
+    layers, zeros, total = [], 0, 0
+    for name, m in prunable_params(model):
+        w = m.weight.detach()
+        z = int((w == 0).sum())
+        layers.append({"name": name, "numel": w.numel(), "sparsity": z / w.numel()})
+        zeros += z
+        total += w.numel()
+    return layers, (zeros / total if total else 0.0)
+
+
+# ---------------------------------------------------------------------------
+# REFLOW
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reflow_running(model: nn.Module, calib: torch.Tensor, batch: int, momentum: float | None) -> None:
+    """Cumulative (momentum=None) or EMA (momentum=m) re-estimation of BN running statistics.
+
+    Every BN layer is reset (mean 0, var 1, num_batches_tracked 0); the network runs
+    in train mode over the calibration images in file order, in batches of `batch`
+    (the last one may be smaller). Train-mode BN normalises by the batch statistics
+    and updates its running statistics with the unbiased batch variance. Only BN
+    buffers change: there are no gradients and no other train-mode layers.
+    """
+    for _, bn in bn_layers(model):
+        bn.reset_running_stats()
+        bn.momentum = momentum
+    model.train()
+    for i in range(0, len(calib), batch):
+        model(calib[i: i + batch])
+    model.eval()
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a forward pass once the layer of interest has been seen."""
+
+
+@torch.no_grad()
+def reflow_exact(model: nn.Module, calib: torch.Tensor, batch: int) -> None:
+    """Layer-sequential population statistics.
+
+    For each BN in module order, with every BN in eval mode and the upstream BN
+    layers already recalibrated: mean and unbiased variance of its input over all
+    calibration images (per batch in float64, batches merged with Chan's parallel
+    formula), stored as running_mean / running_var; num_batches_tracked = number of
+    batches. The forward pass stops at the BN being calibrated.
+    """
+    model.eval()
+    num_batches = math.ceil(len(calib) / batch)
+    for _, bn in bn_layers(model):
+        state = {"n": 0, "mean": None, "m2": None}
+
+        def pre_hook(_module, inputs, state=state):
+            x = inputs[0].detach().double()
+            nb = x.shape[0] * x.shape[2] * x.shape[3]
+            bmean = x.mean(dim=(0, 2, 3))
+            bm2 = ((x - bmean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3))
+            if state["n"] == 0:
+                state.update(n=nb, mean=bmean, m2=bm2)
+            else:
+                n = state["n"] + nb
+                delta = bmean - state["mean"]
+                state["mean"] = state["mean"] + delta * (nb / n)
+                state["m2"] = state["m2"] + bm2 + delta * delta * (state["n"] * nb / n)
+                state["n"] = n
+            raise _StopForward
+
+        handle = bn.register_forward_pre_hook(pre_hook)
+        try:
+            for i in range(0, len(calib), batch):
+                try:
+                    model(calib[i: i + batch])
+                except _StopForward:
+                    pass
+        finally:
+            handle.remove()
+        n = state["n"]
+        if n < 2:
+            raise InputError(f"--mode exact needs at least 2 values per channel, got {n}")
+        bn.running_mean.copy_(state["mean"].float())
+        bn.running_var.copy_((state["m2"] / (n - 1)).float())
+        bn.num_batches_tracked.fill_(num_batches)
+
+
+def reflow(model: nn.Module, calib: torch.Tensor, args) -> None:
+    if args.mode == "cumulative":
+        reflow_running(model, calib, args.calib_batch, momentum=None)
+    elif args.mode == "ema":
+        reflow_running(model, calib, args.calib_batch, momentum=args.momentum)
+    else:
+        reflow_exact(model, calib, args.calib_batch)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("empty list")
+    return vals
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="PyTorch reference of reflow's prune example")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--stem", choices=["cifar", "imagenet"], default="imagenet")
+    ap.add_argument("--test-images", required=True)
+    ap.add_argument("--test-labels", required=True)
+    ap.add_argument("--calib-images", required=True)
+    ap.add_argument("--calib-count", type=int, default=1024)
+    ap.add_argument("--calib-batch", type=int, default=128)
+    ap.add_argument("--mean", type=float_list, required=True)
+    ap.add_argument("--std", type=float_list, required=True)
+    ap.add_argument("--sparsity", type=float_list, default=[0.5, 0.7, 0.8, 0.9])
+    ap.add_argument("--scope", choices=["global", "layer"], default="global")
+    ap.add_argument("--exclude", default="", help="comma-separated parameter names or prefixes")
+    ap.add_argument("--mode", choices=["cumulative", "ema", "exact"], default="cumulative")
+    ap.add_argument("--momentum", type=float, default=0.1)
+    ap.add_argument("--signal-images", type=int, default=1000)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    args.exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
+    return args
+
+
+def validate(args, in_channels: int, n_calib_file: int) -> None:
+    if len(args.mean) != len(args.std):
+        raise InputError(f"--mean has {len(args.mean)} value(s) but --std has {len(args.std)}")
+    if len(args.mean) != in_channels:
+        raise InputError(f"the network takes {in_channels} input channel(s) but --mean/--std give {len(args.mean)}")
+    if any(s <= 0 for s in args.std):
+        raise InputError("--std values must be > 0")
+    for s in args.sparsity:
+        if not 0.0 <= s < 1.0:
+            raise InputError(f"--sparsity {s} is not in [0, 1)")
+    if args.calib_count < 1 or args.calib_batch < 1:
+        raise InputError("--calib-count and --calib-batch must be >= 1")
+    if args.calib_count > n_calib_file:
+        raise InputError(f"--calib-count {args.calib_count} but {args.calib_images} holds {n_calib_file} images")
+    if args.signal_images < 0:
+        raise InputError("--signal-images must be >= 0")
+    if not 0.0 < args.momentum <= 1.0:
+        raise InputError(f"--momentum {args.momentum} is not in (0, 1]")
+
+
+def print_report(report: dict, args) -> None:
+    m = report["model"]
+    print(f"model: {m['block']} stages {m['stages']} groups {m['groups']} stem {m['stem']}  "
+          f"params {m['params']:,}  prunable {m['prunable']:,}")
+    print(f"REFLOW mode {args.mode}" + (f" (momentum {args.momentum})" if args.mode == "ema" else "")
+          + f", {args.calib_count} calibration images, batch {args.calib_batch}; scope {args.scope}"
+          + (f"; excluded: {', '.join(args.exclude)}" if args.exclude else ""))
+    d = report["dense"]
+    print(f"dense top-1: {d['top1']:.4f} ({d['correct']})\n")
+    print(f"{'sparsity':>8} {'actual':>8} {'pruned top-1':>14} {'reflow top-1':>14} {'secs':>7}")
+    for r in report["runs"]:
+        print(f"{r['sparsity']:8.3f} {r['actual_sparsity']:8.4f} "
+              f"{r['pruned_top1']:8.4f} ({r['pruned_correct']:4d}) {r['reflow_top1']:8.4f} ({r['reflow_correct']:4d}) "
+              f"{r['secs']:7.2f}")
+    if not d["bn_signal"]:
+        return
+    # Signal metric ratios S / S_dense per BN layer: pruned (p) and after REFLOW (r).
+    print(f"\nBN signal (S_dense, then S/S_dense pruned p and after REFLOW r; "
+          f"first {args.signal_images} test images)")
+    head = f"{'bn layer':24s} {'S_dense':>9}" + "".join(
+        f" {'p@' + format(r['sparsity'], 'g'):>8} {'r@' + format(r['sparsity'], 'g'):>8}" for r in report["runs"])
+    print(head)
+    for name, s in d["bn_signal"].items():
+        row = f"{name:24s} {s:9.4f}"
+        for r in report["runs"]:
+            row += f" {r['bn_signal_pruned'][name] / s:8.4f} {r['bn_signal_reflow'][name] / s:8.4f}"
+        print(row)
+
+
+def run(args) -> dict:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    model, cfg = load_model(args.weights, args.stem)
+    in_channels = cfg["in_channels"]
+    if len(args.mean) != in_channels or len(args.std) != in_channels:
+        validate(args, in_channels, 0)  # raises the channel-count error
+    test_x = load_images(args.test_images, args.mean, args.std)
+    test_y = load_labels(args.test_labels)
+    if len(test_x) != len(test_y):
+        raise InputError(f"{len(test_x)} test images but {len(test_y)} test labels")
+    if len(test_x) == 0:
+        raise InputError("the test set is empty")
+    calib_all = load_images(args.calib_images, args.mean, args.std)
+    validate(args, in_channels, len(calib_all))
+    calib = calib_all[: args.calib_count]
+    signal_x = test_x[: min(args.signal_images, len(test_x))]
+
+    names = [n for n, _ in prunable_params(model)]
+    for e in args.exclude:
+        if not any(n.startswith(e) for n in names):
+            raise InputError(f"--exclude {e!r} matches no Conv2d/Linear weight")
+
+    report = {
+        "model": {
+            "stem": args.stem,
+            "stages": cfg["layers"],
+            "block": cfg["block"],
+            "groups": cfg["groups"],
+            "params": sum(p.numel() for p in model.parameters()),
+            "prunable": sum(m.weight.numel() for _, m in prunable_params(model)),
+        }
+    }
+    t0 = time.time()
+    top1, correct = evaluate(model, test_x, test_y)
+    report["dense"] = {"top1": top1, "correct": correct, "bn_signal": bn_signal(model, signal_x)}
+    print(f"[reference] dense top-1 {top1:.4f} ({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
+
+    runs = []
+    for s in args.sparsity:
+        t0 = time.time()
+        net = copy.deepcopy(model)
+        prune_model(net, s, args.scope, args.exclude)
+        layers, actual = layer_report(net)
+        p_top1, p_correct = evaluate(net, test_x, test_y)
+        p_signal = bn_signal(net, signal_x)
+        reflow(net, calib, args)
+        r_top1, r_correct = evaluate(net, test_x, test_y)
+        r_signal = bn_signal(net, signal_x)
+        secs = time.time() - t0
+        runs.append({
+            "scope": args.scope, "sparsity": s, "actual_sparsity": actual,
+            "pruned_top1": p_top1, "pruned_correct": p_correct,
+            "reflow_top1": r_top1, "reflow_correct": r_correct,
+            "bn_signal_pruned": p_signal, "bn_signal_reflow": r_signal,
+            "layers": layers, "secs": secs,
+        })
+        print(f"[reference] sparsity {s:g}: pruned {p_top1:.4f} -> reflow {r_top1:.4f} ({secs:.1f}s)",
+              file=sys.stderr, flush=True)
+    report["runs"] = runs
+    return report
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_report(report, args)
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        except OSError as e:
+            print(f"error: cannot write {args.json}: {e.strerror}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

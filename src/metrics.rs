@@ -1,0 +1,95 @@
+//! Classification accuracy.
+
+use crate::error::{Error, Result};
+use crate::io::{Dataset, Normalization};
+use crate::layer::Layer;
+use crate::nn::{Tensor2, Tensor4};
+use serde::{Deserialize, Serialize};
+
+/// Correct predictions out of a total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accuracy {
+    /// Samples whose highest logit is the label's.
+    pub correct: usize,
+    /// Samples evaluated.
+    pub total: usize,
+}
+
+impl Accuracy {
+    /// `correct / total`; 0 for no samples.
+    pub fn top1(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+}
+
+/// The index of the largest value; the first on ties, and the first NaN if any (as
+/// PyTorch's `argmax`).
+pub fn argmax(row: impl IntoIterator<Item = f32>) -> usize {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, v) in row.into_iter().enumerate() {
+        if v.is_nan() {
+            return i;
+        }
+        if v > best.1 || i == 0 {
+            best = (i, v);
+        }
+    }
+    best.0
+}
+
+/// Top-1 accuracy of a classifier on a data set, in batches of `batch_size`.
+///
+/// ```
+/// use reflow::prelude::*;
+/// use reflow::metrics::accuracy;
+///
+/// let net = ResNet::new(ResNetConfig::cifar_resnet(20)?.with_in_channels(1))?;
+/// let data = Dataset::new(
+///     IdxImages::from_pixels([4, 1, 8, 8], vec![128; 256])?,
+///     IdxLabels::from_vec(vec![0, 1, 0, 3]),
+/// )?;
+/// // Zero weights give equal logits: class 0 everywhere.
+/// let acc = accuracy(&net, &data, 3, &Normalization::fashion_mnist())?;
+/// assert_eq!((acc.correct, acc.total), (2, 4));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+pub fn accuracy<L>(
+    model: &L,
+    data: &Dataset,
+    batch_size: usize,
+    norm: &Normalization,
+) -> Result<Accuracy>
+where
+    L: Layer<Input = Tensor4, Output = Tensor2> + ?Sized,
+{
+    let mut acc = Accuracy::default();
+    for batch in data.batches(batch_size, norm)? {
+        let batch = batch?;
+        let logits = model.forward(&batch.images)?;
+        if logits.nrows() != batch.labels.len() {
+            return Err(Error::shape(
+                "logits",
+                format!("[{}, _]", batch.labels.len()),
+                logits.shape(),
+            ));
+        }
+        for (row, &label) in logits.rows().into_iter().zip(batch.labels) {
+            acc.correct += (argmax(row.iter().copied()) == label as usize) as usize;
+        }
+        acc.total += batch.labels.len();
+    }
+    Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_takes_the_first_maximum_and_nan() {
+        assert_eq!(argmax([1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax([1.0, f32::NAN, 3.0]), 1);
+        assert_eq!(argmax([f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax([-1.0]), 0);
+    }
+}

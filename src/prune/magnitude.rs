@@ -1,0 +1,75 @@
+//! Magnitude pruning: remove the weights of smallest |w|.
+
+use super::plan::{PrunePlan, Scope};
+use super::select::{magnitude_key, rank};
+use super::{Masks, Pruner};
+use crate::error::Result;
+use crate::layer::Layer;
+
+/// One-shot magnitude (L1) pruning: in each ranking, exactly `round(s · n)` weights of
+/// smallest |w| are removed — the masks of PyTorch's
+/// `prune.global_unstructured(..., L1Unstructured)` ([`Scope::Global`]) or per-tensor
+/// `prune.l1_unstructured` ([`Scope::Layer`]). Ties in |w| go to the weight that comes
+/// first (parameter walk order, then row-major), so results are deterministic, and a
+/// higher sparsity's pruned set always contains a lower one's.
+///
+/// ```
+/// use reflow::prune::{MagnitudePruner, Scope};
+///
+/// let pruner = MagnitudePruner::new(0.8)
+///     .scope(Scope::Layer)
+///     .exclude("conv1")                       // never prune the stem
+///     .with_override("fc.weight", 0.5);       // a gentler classifier
+/// assert_eq!(pruner.plan().sparsity, 0.8);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct MagnitudePruner {
+    plan: PrunePlan,
+}
+
+impl MagnitudePruner {
+    /// Removes the fraction `sparsity` of the prunable weights, globally ranked. The
+    /// value is checked when the pruner runs: it must lie in `[0, 1)`.
+    pub fn new(sparsity: f64) -> Self {
+        MagnitudePruner {
+            plan: PrunePlan::new(sparsity),
+        }
+    }
+
+    /// A pruner with a complete plan.
+    pub fn from_plan(plan: PrunePlan) -> Self {
+        MagnitudePruner { plan }
+    }
+
+    /// Sets the scope.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.plan.scope = scope;
+        self
+    }
+
+    /// Never prunes the parameters named `name_or_prefix` (`fc`, `layer1.0`,
+    /// `conv1.weight`).
+    pub fn exclude(mut self, name_or_prefix: impl Into<String>) -> Self {
+        self.plan.exclude.push(name_or_prefix.into());
+        self
+    }
+
+    /// Prunes tensor `name` (`layer1.0.conv1.weight` or `layer1.0.conv1`) on its own,
+    /// at `sparsity`.
+    pub fn with_override(mut self, name: impl Into<String>, sparsity: f64) -> Self {
+        self.plan.overrides.insert(name.into(), sparsity);
+        self
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &PrunePlan {
+        &self.plan
+    }
+}
+
+impl Pruner for MagnitudePruner {
+    fn masks<L: Layer + ?Sized>(&self, model: &L) -> Result<Masks> {
+        let groups = self.plan.groups(model)?;
+        Ok(rank(model, &groups, |_, _, w| magnitude_key(w)))
+    }
+}

@@ -1,0 +1,55 @@
+//! One-shot pruning: deciding which weights to remove ([`Pruner`]), the decision as
+//! data ([`Masks`]), and what came of it ([`SparsityReport`]).
+//!
+//! Pruning works on any [`Layer`]: it reads the weights through
+//! [`Layer::visit_params`], and only tensors of role
+//! [`ParamRole::Weight`](crate::layer::ParamRole::Weight) — convolution and linear
+//! weights — are ever pruned.
+//!
+//! ```
+//! use reflow::prelude::*;
+//! use reflow::prune::{MagnitudePruner, Pruner, Scope};
+//!
+//! let mut net = ResNet::new(ResNetConfig::cifar_resnet(20)?)?;
+//! # let mut i = 0u32;
+//! # net.visit_params_mut(&mut |p| p.data.iter_mut().for_each(|v| { i = i.wrapping_mul(747796405).wrapping_add(2891336453); *v = (i >> 9) as f32 / 8388608.0 - 1.0; }));
+//! let pruner = MagnitudePruner::new(0.9).scope(Scope::Global).exclude("conv1");
+//! let masks = pruner.masks(&net)?;     // decide (read-only)
+//! masks.apply(&mut net)?;              // apply
+//! let report = reflow::prune::SparsityReport::measure(&net);
+//! assert!((report.prunable_sparsity() - 0.9).abs() < 0.01);
+//! assert_eq!(report.tensor("conv1.weight").unwrap().zeros, 0);
+//! # Ok::<(), reflow::Error>(())
+//! ```
+
+mod magnitude;
+mod mask;
+mod plan;
+mod random;
+mod report;
+mod select;
+
+pub use magnitude::MagnitudePruner;
+pub use mask::{Masks, TensorMask};
+pub use plan::{PrunePlan, Scope};
+pub use random::RandomPruner;
+pub use report::{SparsityReport, TensorSparsity};
+
+use crate::error::Result;
+use crate::layer::Layer;
+
+/// Decides which prunable weights of a network to remove.
+///
+/// A pruner reads the model (never changes it) and returns [`Masks`]; applying them
+/// is a separate step, so masks can be inspected, saved and re-applied.
+pub trait Pruner {
+    /// Validates the pruner's parameters against `model`, then decides the masks.
+    fn masks<L: Layer + ?Sized>(&self, model: &L) -> Result<Masks>;
+
+    /// Decides the masks, applies them, and reports the sparsity achieved.
+    fn prune<L: Layer + ?Sized>(&self, model: &mut L) -> Result<(Masks, SparsityReport)> {
+        let masks = self.masks(model)?;
+        masks.apply(model)?;
+        Ok((masks, SparsityReport::measure(model)))
+    }
+}

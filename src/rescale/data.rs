@@ -1,0 +1,168 @@
+//! Calibration batches.
+
+use crate::error::{Error, Result};
+use crate::io::{IdxImages, Normalization};
+use crate::nn::Tensor4;
+
+/// A sequence of input batches that can be walked several times, in the same order
+/// each time.
+///
+/// Implemented for slices and vectors of batches (kept in memory) and for
+/// [`ImageBatches`] (made on the fly from an IDX file).
+pub trait CalibrationData<I> {
+    /// Number of batches.
+    fn num_batches(&self) -> usize;
+
+    /// Calls `f` with every batch in order, stopping at the first error.
+    fn try_for_each_batch(&self, f: &mut dyn FnMut(&I) -> Result<()>) -> Result<()>;
+}
+
+impl<I> CalibrationData<I> for [I] {
+    fn num_batches(&self) -> usize {
+        self.len()
+    }
+
+    fn try_for_each_batch(&self, f: &mut dyn FnMut(&I) -> Result<()>) -> Result<()> {
+        self.iter().try_for_each(f)
+    }
+}
+
+impl<I> CalibrationData<I> for Vec<I> {
+    fn num_batches(&self) -> usize {
+        self.len()
+    }
+
+    fn try_for_each_batch(&self, f: &mut dyn FnMut(&I) -> Result<()>) -> Result<()> {
+        self.iter().try_for_each(f)
+    }
+}
+
+/// `count` images of an IDX file, normalised, in batches of `batch_size` (the last may
+/// be smaller): the first `count` in file order, or — with [`ImageBatches::shuffled`] —
+/// `count` images drawn by a seeded shuffle of the whole file.
+///
+/// ```
+/// use reflow::io::{IdxImages, Normalization};
+/// use reflow::rescale::{CalibrationData, ImageBatches};
+///
+/// let images = IdxImages::from_pixels([10, 1, 2, 2], vec![0; 40])?;
+/// let norm = Normalization::fashion_mnist();
+/// let batches = ImageBatches::new(&images, 7, 3, &norm)?;
+/// assert_eq!(batches.num_batches(), 3); // 3 + 3 + 1
+/// assert!(ImageBatches::new(&images, 0, 3, &norm).is_err()); // empty calibration set
+/// assert!(ImageBatches::new(&images, 11, 3, &norm).is_err()); // more than the file has
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ImageBatches<'a> {
+    images: &'a IdxImages,
+    order: Vec<usize>,
+    batch_size: usize,
+    norm: &'a Normalization,
+}
+
+impl<'a> ImageBatches<'a> {
+    /// The first `count` images of `images`, in batches of `batch_size`. Fails when
+    /// `count` is 0 or more than the file holds, when `batch_size` is 0, or when the
+    /// normalisation does not have one value per channel.
+    pub fn new(
+        images: &'a IdxImages,
+        count: usize,
+        batch_size: usize,
+        norm: &'a Normalization,
+    ) -> Result<Self> {
+        if count == 0 {
+            return Err(Error::invalid("calibration count", "empty calibration set (0 images)"));
+        }
+        if count > images.len() {
+            return Err(Error::Data(format!(
+                "{count} calibration images asked for, the file has {}",
+                images.len()
+            )));
+        }
+        if batch_size == 0 {
+            return Err(Error::invalid("calibration batch size", "must be positive"));
+        }
+        if norm.channels() != images.channels() {
+            return Err(Error::invalid(
+                "mean/std",
+                format!(
+                    "{} values given for images with {} channels",
+                    norm.channels(),
+                    images.channels()
+                ),
+            ));
+        }
+        Ok(ImageBatches {
+            images,
+            order: (0..count).collect(),
+            batch_size,
+            norm,
+        })
+    }
+
+    /// Draws the `count` images by a seeded shuffle of the whole file instead of
+    /// taking the first ones; the batches keep the shuffled order.
+    pub fn shuffled(mut self, seed: u64) -> Self {
+        let count = self.order.len();
+        let mut all: Vec<usize> = (0..self.images.len()).collect();
+        // Fisher–Yates with a xorshift64* generator: portable and reproducible.
+        let mut state = seed ^ 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for i in (1..all.len()).rev() {
+            let j = (next() % (i as u64 + 1)) as usize;
+            all.swap(i, j);
+        }
+        all.truncate(count);
+        self.order = all;
+        self
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Always false: an empty calibration set is rejected at construction.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The image indices, in batch order.
+    pub fn indices(&self) -> &[usize] {
+        &self.order
+    }
+
+    fn batch(&self, indices: &[usize]) -> Result<Tensor4> {
+        // Consecutive runs are copied as ranges (the common, unshuffled case).
+        if indices.windows(2).all(|w| w[1] == w[0] + 1) {
+            let start = indices[0];
+            return self.images.to_tensor(start..start + indices.len(), self.norm);
+        }
+        let parts = indices
+            .iter()
+            .map(|&i| self.images.to_tensor(i..i + 1, self.norm))
+            .collect::<Result<Vec<_>>>()?;
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views)
+            .map_err(|e| Error::invalid("calibration batch", e.to_string()))
+    }
+}
+
+impl CalibrationData<Tensor4> for ImageBatches<'_> {
+    fn num_batches(&self) -> usize {
+        self.order.len().div_ceil(self.batch_size)
+    }
+
+    fn try_for_each_batch(&self, f: &mut dyn FnMut(&Tensor4) -> Result<()>) -> Result<()> {
+        for chunk in self.order.chunks(self.batch_size) {
+            f(&self.batch(chunk)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,45 @@
+//! Recalibration: changing only normalisation statistics, never a trainable weight.
+//!
+//! - [`CalibrationData`]: batches a recalibration can go over, as often as it needs.
+//! - [`ImageBatches`]: the first (or a seeded random) `count` images of an IDX file,
+//!   normalised, in batches.
+//! - [`Rescaler`]: the stage's trait; [`Reflow`] is REFLOW, with the three statistic
+//!   modes of [`ReflowMode`].
+
+mod data;
+mod reflow;
+
+pub use data::{CalibrationData, ImageBatches};
+pub use reflow::{Reflow, ReflowMode};
+
+use crate::error::Result;
+use crate::layer::Layer;
+use serde::{Deserialize, Serialize};
+
+/// What a recalibration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescaleReport {
+    /// Normalisation layers recalibrated.
+    pub layers: usize,
+    /// Calibration batches in the data.
+    pub batches: usize,
+    /// Forward passes over the calibration data.
+    pub passes: usize,
+}
+
+/// Changes a network's normalisation statistics (or, for networks without batch norm,
+/// per-channel scales) from calibration data, and nothing else.
+pub trait Rescaler {
+    /// Checks the rescaler's own parameters, so that a pipeline can reject them
+    /// before it changes anything.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Recalibrates `model` on `data`. On error the statistics are restored to what
+    /// they were, so a failed recalibration leaves the model as it was.
+    fn rescale<L, D>(&self, model: &mut L, data: &D) -> Result<RescaleReport>
+    where
+        L: Layer + ?Sized,
+        D: CalibrationData<L::Input> + ?Sized;
+}
