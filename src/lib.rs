@@ -47,8 +47,8 @@
 pub mod error;
 pub mod io;
 pub mod layer;
-pub mod models;
 pub mod metrics;
+pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod prune;
@@ -67,7 +67,7 @@ pub mod prelude {
     pub use crate::layer::{count_parameters, count_prunable, Layer, NormUpdate, Probe};
     pub use crate::metrics::{accuracy, Accuracy};
     pub use crate::models::{BlockKind, ResNet, ResNetConfig, Stem};
-    pub use crate::pipeline::{Pipeline, PipelineReport};
+    pub use crate::pipeline::{Pipeline, PipelineReport, Stage};
     pub use crate::prune::{MagnitudePruner, Masks, Pruner, RandomPruner, Scope, SparsityReport};
     pub use crate::rescale::{CalibrationData, ImageBatches, Reflow, ReflowMode, Rescaler};
     pub use crate::state_dict::StateDict;

@@ -31,6 +31,18 @@ impl SignalReport {
     }
 }
 
+/// A point between the stages of a [`Pipeline`], where
+/// [`Pipeline::run_inspecting`] shows the model to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Before pruning.
+    Dense,
+    /// Pruned, not yet rescaled.
+    Pruned,
+    /// Pruned and rescaled.
+    Rescaled,
+}
+
 /// What a [`Pipeline`] did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelineReport {
@@ -97,20 +109,45 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
     }
 
     /// Runs the stages on `model`, rescaling on `calibration`.
-    pub fn run<L>(&self, model: &mut L, calibration: &dyn CalibrationData<I>) -> Result<PipelineReport>
+    pub fn run<L>(
+        &self,
+        model: &mut L,
+        calibration: &dyn CalibrationData<I>,
+    ) -> Result<PipelineReport>
+    where
+        L: Layer<Input = I> + ?Sized,
+    {
+        self.run_inspecting(model, calibration, |_, _| Ok(()))
+    }
+
+    /// Like [`Pipeline::run`], and calls `inspect` with the model at each [`Stage`] —
+    /// to evaluate its accuracy, say, or to report progress. An error from `inspect`
+    /// stops the pipeline.
+    pub fn run_inspecting<L>(
+        &self,
+        model: &mut L,
+        calibration: &dyn CalibrationData<I>,
+        mut inspect: impl FnMut(Stage, &L) -> Result<()>,
+    ) -> Result<PipelineReport>
     where
         L: Layer<Input = I> + ?Sized,
     {
         self.rescaler.validate()?;
         if calibration.num_batches() == 0 {
-            return Err(Error::invalid("calibration data", "empty calibration set (0 batches)"));
+            return Err(Error::invalid(
+                "calibration data",
+                "empty calibration set (0 batches)",
+            ));
         }
         let masks = self.pruner.masks(model)?;
+        inspect(Stage::Dense, model)?;
         let dense = self.measure.map(|d| measure_signal(model, d)).transpose()?;
         masks.apply(model)?;
         let sparsity = SparsityReport::measure(model);
+        inspect(Stage::Pruned, model)?;
         let pruned = self.measure.map(|d| measure_signal(model, d)).transpose()?;
         let rescale = self.rescaler.rescale(model, calibration)?;
+        inspect(Stage::Rescaled, model)?;
         let rescaled = self.measure.map(|d| measure_signal(model, d)).transpose()?;
         let signal = match (dense, pruned, rescaled) {
             (Some(dense), Some(pruned), Some(rescaled)) => Some(SignalReport {

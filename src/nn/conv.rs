@@ -121,7 +121,7 @@ impl Conv2dConfig {
 
 /// A 2-d convolution over NCHW `f32` tensors: PyTorch's `nn.Conv2d` with zero padding.
 ///
-/// Parameters: `weight` `[out, in / groups, kh, kw]` (role [`ParamRole::Weight`]) and,
+/// Parameters: `weight` `[out, in / groups, kh, kw]` (role [`ParamRole::Weight`](crate::layer::ParamRole::Weight)) and,
 /// when configured, `bias` `[out]`.
 ///
 /// ```

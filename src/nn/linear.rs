@@ -9,7 +9,7 @@ use ndarray::Array2;
 
 /// `y = x Wᵀ + b` on `[N, in]` matrices: PyTorch's `nn.Linear`.
 ///
-/// Parameters: `weight` `[out, in]` (role [`ParamRole::Weight`]) and, when present,
+/// Parameters: `weight` `[out, in]` (role [`ParamRole::Weight`](crate::layer::ParamRole::Weight)) and, when present,
 /// `bias` `[out]`.
 ///
 /// ```

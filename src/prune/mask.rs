@@ -74,7 +74,12 @@ impl TensorMask {
 
     /// Whether every weight this mask prunes is also pruned by `other`.
     pub fn is_subset_of(&self, other: &TensorMask) -> bool {
-        self.len == other.len && self.pruned.iter().zip(&other.pruned).all(|(a, b)| a & !b == 0)
+        self.len == other.len
+            && self
+                .pruned
+                .iter()
+                .zip(&other.pruned)
+                .all(|(a, b)| a & !b == 0)
     }
 
     /// Zeroes the pruned weights of `data`.
@@ -170,7 +175,8 @@ impl Masks {
             }
         });
         if seen != self.tensors.len() {
-            let mut names: BTreeMap<&str, ()> = self.tensors.keys().map(|k| (k.as_str(), ())).collect();
+            let mut names: BTreeMap<&str, ()> =
+                self.tensors.keys().map(|k| (k.as_str(), ())).collect();
             model.visit_params(&mut |p| {
                 names.remove(p.name);
             });
@@ -193,7 +199,9 @@ impl Masks {
     pub fn to_state_dict(&self) -> StateDict {
         let mut state = StateDict::new();
         for (name, m) in &self.tensors {
-            let keep = (0..m.len).map(|i| if m.is_pruned(i) { 0.0 } else { 1.0 }).collect();
+            let keep = (0..m.len)
+                .map(|i| if m.is_pruned(i) { 0.0 } else { 1.0 })
+                .collect();
             let t = StoredTensor::f32(m.shape.clone(), keep).expect("len matches shape");
             state.insert(format!("{name}{MASK_SUFFIX}"), t);
         }
@@ -212,7 +220,10 @@ impl Masks {
                 crate::state_dict::TensorData::F32(v) => v.clone(),
                 crate::state_dict::TensorData::I64(v) => v.iter().map(|&x| x as f32).collect(),
             };
-            masks.insert(name, TensorMask::from_pruned(&t.shape, values.iter().map(|&v| v == 0.0))?);
+            masks.insert(
+                name,
+                TensorMask::from_pruned(&t.shape, values.iter().map(|&v| v == 0.0))?,
+            );
         }
         Ok(masks)
     }

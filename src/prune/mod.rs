@@ -31,7 +31,7 @@ mod select;
 
 pub use magnitude::MagnitudePruner;
 pub use mask::{Masks, TensorMask};
-pub use plan::{PrunePlan, Scope};
+pub use plan::{removal_count, PrunePlan, Scope};
 pub use random::RandomPruner;
 pub use report::{SparsityReport, TensorSparsity};
 

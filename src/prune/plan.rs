@@ -74,10 +74,7 @@ pub fn removal_count(sparsity: f64, n: usize) -> usize {
 
 fn check_fraction(name: &str, s: f64) -> Result<()> {
     if s.is_nan() || !(0.0..1.0).contains(&s) {
-        return Err(Error::invalid(
-            name,
-            format!("{s} is outside [0, 1)"),
-        ));
+        return Err(Error::invalid(name, format!("{s} is outside [0, 1)")));
     }
     Ok(())
 }
@@ -102,15 +99,28 @@ impl PrunePlan {
         }
     }
 
+    /// Checks the plan's own numbers: the sparsity and every override must lie in
+    /// `[0, 1)`.
+    pub fn validate(&self) -> Result<()> {
+        check_fraction("sparsity", self.sparsity)?;
+        for (name, &s) in &self.overrides {
+            check_fraction(&format!("sparsity override for \"{name}\""), s)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the plan against `model` without deciding anything: the numbers, and that
+    /// every override and exclusion names a prunable parameter.
+    pub fn check<L: Layer + ?Sized>(&self, model: &L) -> Result<()> {
+        self.groups(model).map(|_| ())
+    }
+
     /// Checks every parameter against `model` and groups its prunable tensors into
     /// rankings. Fails, before any work, on a sparsity that is NaN or outside
     /// `[0, 1)`, an override or exclusion that names no prunable tensor, a tensor both
     /// excluded and overridden, or a prunable weight that is NaN.
     pub(crate) fn groups<L: Layer + ?Sized>(&self, model: &L) -> Result<Vec<Group>> {
-        check_fraction("sparsity", self.sparsity)?;
-        for (name, &s) in &self.overrides {
-            check_fraction(&format!("sparsity override for \"{name}\""), s)?;
-        }
+        self.validate()?;
         let mut prunable = Vec::new();
         let mut nan = None;
         model.visit_params(&mut |p| {

@@ -3,7 +3,7 @@
 
 use super::mask::{Masks, TensorMask};
 use super::plan::Group;
-use crate::layer::Layer;
+use crate::layer::{Layer, Param};
 use std::collections::HashSet;
 
 /// Where a ranking is cut: every weight whose key is below `threshold` is removed, and
@@ -51,6 +51,54 @@ pub(crate) fn magnitude_key(w: f32) -> u32 {
     w.abs().to_bits()
 }
 
+/// Builds the masks of every group: collects each group's keys in walk order, cuts
+/// the ranking, then walks again to mark the removed weights. `key(t, i, w)` scores
+/// weight `i` (value `w`) of the `t`-th prunable tensor of the model.
+pub(crate) fn rank<L: Layer + ?Sized>(
+    model: &L,
+    groups: &[Group],
+    key: impl Fn(usize, usize, f32) -> u32,
+) -> Masks {
+    let mut masks = Masks::new();
+    for group in groups {
+        let members: HashSet<&str> = group.tensors.iter().map(String::as_str).collect();
+        let mut keys = Vec::new();
+        walk_prunable(model, |t, p| {
+            if members.contains(p.name) {
+                keys.extend(p.data.iter().enumerate().map(|(i, &w)| key(t, i, w)));
+            }
+        });
+        // One cut for the whole group, so ties are taken in group order across tensors.
+        let mut cut = Cut::smallest(keys, group.remove);
+        walk_prunable(model, |t, p| {
+            if !members.contains(p.name) {
+                return;
+            }
+            let mut mask = TensorMask::keep_all(p.shape);
+            if let Some(cut) = cut.as_mut() {
+                for (i, &w) in p.data.iter().enumerate() {
+                    if cut.take(key(t, i, w)) {
+                        mask.prune(i);
+                    }
+                }
+            }
+            masks.insert(p.name, mask);
+        });
+    }
+    masks
+}
+
+/// Calls `f(t, param)` for the `t`-th prunable tensor, in walk order.
+fn walk_prunable<L: Layer + ?Sized>(model: &L, mut f: impl FnMut(usize, Param<'_>)) {
+    let mut t = 0;
+    model.visit_params(&mut |p| {
+        if p.role.is_prunable() {
+            f(t, p);
+            t += 1;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,7 +113,10 @@ mod tests {
     #[test]
     fn ties_go_to_the_earlier_position() {
         let keys = [5, 1, 3, 1, 3, 3, 9];
-        assert_eq!(mark(&keys, 4), [false, true, true, true, true, false, false]);
+        assert_eq!(
+            mark(&keys, 4),
+            [false, true, true, true, true, false, false]
+        );
         assert_eq!(mark(&keys, 0), [false; 7]);
         assert_eq!(mark(&keys, 7), [true; 7]);
     }
@@ -76,52 +127,4 @@ mod tests {
         v.sort_by_key(|&w| magnitude_key(w));
         assert_eq!(v, [-0.0, 1e-30, -0.25, 0.5, 2.0, -3.0]);
     }
-}
-
-/// Builds the masks of every group: collects each group's keys in walk order, cuts
-/// the ranking, then walks again to mark the removed weights. `key(t, i, w)` scores
-/// weight `i` (value `w`) of the `t`-th prunable tensor of the model.
-pub(crate) fn rank<L: Layer + ?Sized>(
-    model: &L,
-    groups: &[Group],
-    key: impl Fn(usize, usize, f32) -> u32,
-) -> Masks {
-    let mut masks = Masks::new();
-    for group in groups {
-        let members: HashSet<&str> = group.tensors.iter().map(String::as_str).collect();
-        let mut keys = Vec::new();
-        walk_prunable(model, &mut |t, name, _, data| {
-            if members.contains(name) {
-                keys.extend(data.iter().enumerate().map(|(i, &w)| key(t, i, w)));
-            }
-        });
-        // One cut for the whole group, so ties are taken in group order across tensors.
-        let mut cut = Cut::smallest(keys, group.remove);
-        walk_prunable(model, &mut |t, name, shape, data| {
-            if !members.contains(name) {
-                return;
-            }
-            let mut mask = TensorMask::keep_all(shape);
-            if let Some(cut) = cut.as_mut() {
-                for (i, &w) in data.iter().enumerate() {
-                    if cut.take(key(t, i, w)) {
-                        mask.prune(i);
-                    }
-                }
-            }
-            masks.insert(name, mask);
-        });
-    }
-    masks
-}
-
-/// Calls `f(t, name, shape, data)` for the `t`-th prunable tensor, in walk order.
-fn walk_prunable<L: Layer + ?Sized>(model: &L, f: &mut dyn FnMut(usize, &str, &[usize], &[f32])) {
-    let mut t = 0;
-    model.visit_params(&mut |p| {
-        if p.role.is_prunable() {
-            f(t, p.name, p.shape, p.data);
-            t += 1;
-        }
-    });
 }

@@ -72,7 +72,10 @@ impl<'a> ImageBatches<'a> {
         norm: &'a Normalization,
     ) -> Result<Self> {
         if count == 0 {
-            return Err(Error::invalid("calibration count", "empty calibration set (0 images)"));
+            return Err(Error::invalid(
+                "calibration count",
+                "empty calibration set (0 images)",
+            ));
         }
         if count > images.len() {
             return Err(Error::Data(format!(
@@ -142,7 +145,9 @@ impl<'a> ImageBatches<'a> {
         // Consecutive runs are copied as ranges (the common, unshuffled case).
         if indices.windows(2).all(|w| w[1] == w[0] + 1) {
             let start = indices[0];
-            return self.images.to_tensor(start..start + indices.len(), self.norm);
+            return self
+                .images
+                .to_tensor(start..start + indices.len(), self.norm);
         }
         let parts = indices
             .iter()

@@ -84,7 +84,6 @@ impl Reflow {
     pub fn mode(&self) -> ReflowMode {
         self.mode
     }
-
 }
 
 impl Rescaler for Reflow {
@@ -100,7 +99,6 @@ impl Rescaler for Reflow {
         Ok(())
     }
 
-
     fn rescale<L, D>(&self, model: &mut L, data: &D) -> Result<RescaleReport>
     where
         L: Layer + ?Sized,
@@ -109,7 +107,10 @@ impl Rescaler for Reflow {
         self.validate()?;
         let batches = data.num_batches();
         if batches == 0 {
-            return Err(Error::invalid("calibration data", "empty calibration set (0 batches)"));
+            return Err(Error::invalid(
+                "calibration data",
+                "empty calibration set (0 batches)",
+            ));
         }
         let snapshot = Snapshot::take(model);
         let result = match self.mode {
@@ -154,7 +155,6 @@ impl Snapshot {
         });
     }
 }
-
 
 /// Reset, then one train-mode pass.
 fn running<L, D>(model: &mut L, data: &D, update: NormUpdate) -> Result<RescaleReport>

@@ -158,7 +158,10 @@ impl Observer for Recorder {
             .entry(tap.layer, activation.channels)
             .update(activation);
         if let (Err(e), None) = (result, &self.error) {
-            self.error = Some(Error::invalid(format!("tap \"{}\"", tap.layer), e.to_string()));
+            self.error = Some(Error::invalid(
+                format!("tap \"{}\"", tap.layer),
+                e.to_string(),
+            ));
         }
     }
 }

@@ -26,7 +26,10 @@ impl Signal {
                 .iter()
                 .map(|(name, m)| {
                     let v = m.variance();
-                    (name.to_string(), v.iter().sum::<f64>() / v.len().max(1) as f64)
+                    (
+                        name.to_string(),
+                        v.iter().sum::<f64>() / v.len().max(1) as f64,
+                    )
                 })
                 .collect(),
         }

@@ -1,0 +1,426 @@
+//! Prune a torchvision-layout ResNet checkpoint at several sparsities, evaluate it,
+//! recalibrate it with REFLOW, evaluate again, and report.
+//!
+//! ```sh
+//! cargo run --release --example prune -- \
+//!     --weights assets/fashion-mnist/resnet20_fmnist.safetensors --stem cifar \
+//!     --test-images assets/fashion-mnist/t10k-images-idx3-ubyte.gz \
+//!     --test-labels assets/fashion-mnist/t10k-labels-idx1-ubyte.gz \
+//!     --calib-images assets/fashion-mnist/calib-images-idx3-ubyte.gz \
+//!     --mean 0.2860 --std 0.3530 --json report.json
+//! ```
+//!
+//! The flags and the JSON report are specified in `docs/prune-example.md`.
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use reflow::prelude::*;
+use reflow::prune::{PrunePlan, SparsityReport};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Prune a ResNet checkpoint one-shot, then recover it with REFLOW.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// safetensors state dict in torchvision layout.
+    #[arg(long, value_name = "PATH")]
+    weights: PathBuf,
+    /// Stem kind: cifar (3x3, no max pool) or imagenet (7x7 stride 2 + max pool).
+    #[arg(long, default_value = "imagenet")]
+    stem: String,
+    /// Test images, IDX (.gz ok).
+    #[arg(long, value_name = "PATH")]
+    test_images: PathBuf,
+    /// Test labels, IDX (.gz ok).
+    #[arg(long, value_name = "PATH")]
+    test_labels: PathBuf,
+    /// Calibration images, IDX (.gz ok); taken in file order.
+    #[arg(long, value_name = "PATH")]
+    calib_images: PathBuf,
+    /// Number of calibration images.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    calib_count: usize,
+    /// Calibration batch size.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    calib_batch: usize,
+    /// Per-channel means, comma-separated.
+    #[arg(long, value_name = "LIST")]
+    mean: String,
+    /// Per-channel standard deviations, comma-separated.
+    #[arg(long, value_name = "LIST")]
+    std: String,
+    /// Sparsities, comma-separated, each in [0, 1).
+    #[arg(long, default_value = "0.5,0.7,0.8,0.9", value_name = "LIST")]
+    sparsity: String,
+    /// Pruning scope: global or layer.
+    #[arg(long, default_value = "global")]
+    scope: String,
+    /// Parameter names or prefixes never pruned, comma-separated.
+    #[arg(long, default_value = "", value_name = "LIST")]
+    exclude: String,
+    /// REFLOW statistic mode: cumulative, ema or exact.
+    #[arg(long, default_value = "cumulative")]
+    mode: String,
+    /// Momentum for --mode ema.
+    #[arg(long, default_value_t = 0.1, value_name = "M")]
+    momentum: f64,
+    /// First N test images used for the per-BN signal metric.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    signal_images: usize,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write <DIR>/s<sparsity>.safetensors, pruned and recalibrated.
+    #[arg(long, value_name = "DIR")]
+    save_dir: Option<PathBuf>,
+}
+
+/// Batch size for evaluation and signal measurement.
+const EVAL_BATCH: usize = 256;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's message, on one line: everything before the usage text.
+            let text = e.to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", message.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_list<T: std::str::FromStr>(flag: &str, text: &str) -> reflow::Result<Vec<T>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|_| Error::InvalidArgument {
+                name: format!("--{flag}"),
+                reason: format!("\"{s}\" is not a number"),
+            })
+        })
+        .collect()
+}
+
+fn invalid(flag: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        name: format!("--{flag}"),
+        reason: reason.into(),
+    }
+}
+
+/// Every flag checked before any file is read.
+struct Plan {
+    stem: Stem,
+    scope: Scope,
+    sparsities: Vec<f64>,
+    exclude: Vec<String>,
+    reflow: Reflow,
+    norm: Normalization,
+}
+
+fn plan(args: &Args) -> reflow::Result<Plan> {
+    let sparsities: Vec<f64> = parse_list("sparsity", &args.sparsity)?;
+    if sparsities.is_empty() {
+        return Err(invalid("sparsity", "no value given"));
+    }
+    for &s in &sparsities {
+        PrunePlan::new(s)
+            .validate()
+            .map_err(|_| invalid("sparsity", format!("{s} is outside [0, 1)")))?;
+    }
+    let reflow = match args.mode.as_str() {
+        "cumulative" => Reflow::cumulative(),
+        "ema" => Reflow::ema(args.momentum),
+        "exact" => Reflow::exact(),
+        other => {
+            return Err(invalid(
+                "mode",
+                format!("\"{other}\" (expected cumulative, ema or exact)"),
+            ))
+        }
+    };
+    reflow.validate()?;
+    if args.calib_count == 0 {
+        return Err(invalid("calib-count", "empty calibration set (0 images)"));
+    }
+    if args.calib_batch == 0 {
+        return Err(invalid("calib-batch", "must be positive"));
+    }
+    if args.signal_images == 0 {
+        return Err(invalid("signal-images", "must be positive"));
+    }
+    let mean = parse_list("mean", &args.mean)?;
+    let std = parse_list("std", &args.std)?;
+    let norm = Normalization::new(mean, std)?;
+    Ok(Plan {
+        stem: args.stem.parse()?,
+        scope: args.scope.parse()?,
+        sparsities,
+        exclude: args
+            .exclude
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        reflow,
+        norm,
+    })
+}
+
+fn signal_json(signal: &Signal) -> Value {
+    Value::Object(
+        signal
+            .layers
+            .iter()
+            .map(|(name, v)| (name.clone(), json!(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn layers_json(report: &SparsityReport) -> Value {
+    report
+        .tensors
+        .iter()
+        .map(|t| json!({"name": t.name, "numel": t.numel, "sparsity": t.sparsity()}))
+        .collect()
+}
+
+fn last_ratio(signal: &Signal, dense: &Signal) -> f64 {
+    signal.ratio_to(dense).last().map_or(f64::NAN, |(_, r)| r)
+}
+
+fn run(args: &Args) -> reflow::Result<()> {
+    let plan = plan(args)?;
+
+    let mut net = ResNet::load(&args.weights, plan.stem)?;
+    let cfg = net.config().clone();
+    if plan.norm.channels() != cfg.in_channels {
+        return Err(invalid(
+            "mean/--std",
+            format!(
+                "{} values given; the model takes {} input channel(s)",
+                plan.norm.channels(),
+                cfg.in_channels
+            ),
+        ));
+    }
+    let test = Dataset::new(
+        IdxImages::read(&args.test_images)?,
+        IdxLabels::read(&args.test_labels)?,
+    )?;
+    if args.signal_images > test.len() {
+        return Err(invalid(
+            "signal-images",
+            format!(
+                "{} asked for, the test set has {}",
+                args.signal_images,
+                test.len()
+            ),
+        ));
+    }
+    let calib_images = IdxImages::read(&args.calib_images)?;
+    let calibration = ImageBatches::new(
+        &calib_images,
+        args.calib_count,
+        args.calib_batch,
+        &plan.norm,
+    )
+    .map_err(|e| match e {
+        Error::Data(m) => Error::Data(format!("--calib-images: {m}")),
+        other => other,
+    })?;
+    let signal_data = ImageBatches::new(test.images(), args.signal_images, EVAL_BATCH, &plan.norm)?;
+    let pruners: Vec<MagnitudePruner> = plan
+        .sparsities
+        .iter()
+        .map(|&s| {
+            let p = plan
+                .exclude
+                .iter()
+                .fold(MagnitudePruner::new(s).scope(plan.scope), |p, e| {
+                    p.exclude(e.clone())
+                });
+            p.plan().check(&net).map(|_| p)
+        })
+        .collect::<reflow::Result<_>>()?;
+    let save = |s: f64, net: &ResNet| -> reflow::Result<()> {
+        let Some(dir) = &args.save_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        let path = dir.join(format!("s{s}.safetensors"));
+        if same_file(&path, &args.weights) {
+            return Err(invalid(
+                "save-dir",
+                format!("{} is the input checkpoint", path.display()),
+            ));
+        }
+        StateDict::from_layer(net).write_safetensors(path)
+    };
+
+    let progress = ProgressBar::new(1 + 2 * plan.sparsities.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    progress.set_message("dense model");
+    let dense_state = StateDict::from_layer(&net);
+    let dense_acc = accuracy(&net, &test, EVAL_BATCH, &plan.norm)?;
+    let dense_signal = measure_signal(&net, &signal_data)?;
+    progress.inc(1);
+
+    let mut runs = Vec::new();
+    let mut rows = Vec::new();
+    for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
+        let started = Instant::now();
+        dense_state.load_into(&mut net)?;
+        progress.set_message(format!("sparsity {s}"));
+        let mut pruned_acc = Accuracy::default();
+        let mut reflow_acc = Accuracy::default();
+        let report = Pipeline::new(pruner, plan.reflow)
+            .measure_on(&signal_data)
+            .run_inspecting(&mut net, &calibration, |stage, model| {
+                match stage {
+                    Stage::Dense => {}
+                    Stage::Pruned => {
+                        pruned_acc = accuracy(model, &test, EVAL_BATCH, &plan.norm)?;
+                        progress.inc(1);
+                    }
+                    Stage::Rescaled => {
+                        reflow_acc = accuracy(model, &test, EVAL_BATCH, &plan.norm)?;
+                        progress.inc(1);
+                    }
+                }
+                Ok(())
+            })?;
+        save(s, &net)?;
+        let secs = started.elapsed().as_secs_f64();
+        let signal = report.signal.expect("measured on the signal images");
+        rows.push((
+            s,
+            report.sparsity.prunable_sparsity(),
+            pruned_acc,
+            reflow_acc,
+            last_ratio(&signal.pruned, &dense_signal),
+            last_ratio(&signal.rescaled, &dense_signal),
+            secs,
+        ));
+        runs.push(json!({
+            "scope": plan.scope.to_string(),
+            "sparsity": s,
+            "actual_sparsity": report.sparsity.prunable_sparsity(),
+            "pruned_top1": pruned_acc.top1(),
+            "pruned_correct": pruned_acc.correct,
+            "reflow_top1": reflow_acc.top1(),
+            "reflow_correct": reflow_acc.correct,
+            "bn_signal_pruned": signal_json(&signal.pruned),
+            "bn_signal_reflow": signal_json(&signal.rescaled),
+            "layers": layers_json(&report.sparsity),
+            "secs": secs,
+        }));
+    }
+    progress.finish_and_clear();
+
+    let stages: Vec<usize> = cfg.layers.clone();
+    println!(
+        "model: {} stem, stages {:?}, {} blocks, groups {}, {} parameters ({} prunable)",
+        cfg.stem,
+        stages,
+        cfg.block,
+        cfg.groups,
+        count_parameters(&net),
+        count_prunable(&net)
+    );
+    println!(
+        "dense: top-1 {:.4} ({}/{}), last BN signal {:.4}",
+        dense_acc.top1(),
+        dense_acc.correct,
+        dense_acc.total,
+        dense_signal.last().map_or(f64::NAN, |(_, v)| v)
+    );
+    println!(
+        "{:<7} {:>8} {:>7} {:>13} {:>13} {:>16} {:>16} {:>6}",
+        "scope",
+        "sparsity",
+        "actual",
+        "pruned top-1",
+        "REFLOW top-1",
+        "signal pruned/d",
+        "signal REFLOW/d",
+        "secs"
+    );
+    for (s, actual, p, r, sp, sr, secs) in rows {
+        println!(
+            "{:<7} {:>8.3} {:>7.4} {:>13.4} {:>13.4} {:>16.4} {:>16.4} {:>6.1}",
+            plan.scope.to_string(),
+            s,
+            actual,
+            p.top1(),
+            r.top1(),
+            sp,
+            sr,
+            secs
+        );
+    }
+    println!(
+        "(signal: last batch-norm layer, relative to the dense network, on {} test images)",
+        args.signal_images
+    );
+
+    if let Some(path) = &args.json {
+        let report = json!({
+            "model": {
+                "stem": cfg.stem.to_string(),
+                "stages": stages,
+                "block": cfg.block.to_string(),
+                "groups": cfg.groups,
+                "params": count_parameters(&net),
+                "prunable": count_prunable(&net),
+            },
+            "dense": {
+                "top1": dense_acc.top1(),
+                "correct": dense_acc.correct,
+                "bn_signal": signal_json(&dense_signal),
+            },
+            "runs": runs,
+        });
+        let text = serde_json::to_string_pretty(&report).expect("JSON values serialise");
+        reflow::io::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

@@ -1,0 +1,293 @@
+//! The `prune` example as a user runs it: a small successful run with every output,
+//! and one clear line on stderr (no panic, no backtrace) for each kind of bad input.
+
+mod common;
+
+use reflow::prelude::*;
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The example binary, next to this test (`target/<profile>/examples/`). `cargo test`
+/// builds examples; `cargo build --example prune` makes sure it is current when this
+/// test runs alone.
+fn prune_binary() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--example", "prune"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the prune example failed");
+    });
+    let deps = std::env::current_exe().unwrap();
+    let dir = deps.parent().unwrap().parent().unwrap();
+    dir.join("examples")
+        .join(format!("prune{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn gz_idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    dims.iter()
+        .for_each(|d| bytes.extend_from_slice(&d.to_be_bytes()));
+    bytes.extend_from_slice(data);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&bytes).unwrap();
+    std::fs::write(path, e.finish().unwrap()).unwrap();
+}
+
+/// 3-channel 16x16 images (the ResNet-20 fixture takes 3 channels): 40 test images,
+/// 24 calibration images.
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pixels = |n: usize, seed: usize| -> Vec<u8> {
+            (0..n * 3 * 256)
+                .map(|i| ((i * 2_654_435_761 + seed) >> 7) as u8)
+                .collect()
+        };
+        gz_idx(
+            &dir.path().join("test-images.gz"),
+            &[40, 3, 16, 16],
+            &pixels(40, 1),
+        );
+        gz_idx(
+            &dir.path().join("test-labels.gz"),
+            &[40],
+            &(0..40).map(|i| (i % 10) as u8).collect::<Vec<_>>(),
+        );
+        gz_idx(&dir.path().join("short-labels.gz"), &[39], &[0; 39]);
+        gz_idx(
+            &dir.path().join("calib-images.gz"),
+            &[24, 3, 16, 16],
+            &pixels(24, 2),
+        );
+        Files { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    fn args(&self) -> Vec<String> {
+        let weights = common::fixture("resnet20_cifar.safetensors");
+        [
+            "--weights",
+            weights.to_str().unwrap(),
+            "--stem",
+            "cifar",
+            "--test-images",
+            &self.path("test-images.gz"),
+            "--test-labels",
+            &self.path("test-labels.gz"),
+            "--calib-images",
+            &self.path("calib-images.gz"),
+            "--calib-count",
+            "16",
+            "--calib-batch",
+            "8",
+            "--signal-images",
+            "10",
+            "--mean",
+            "0.5,0.5,0.5",
+            "--std",
+            "0.25,0.25,0.25",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(prune_binary()).args(args).output().unwrap()
+}
+
+/// `args` with the value of `flag` replaced (or the flag added).
+fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args[i + 1] = value.to_string(),
+        None => args.extend([flag.to_string(), value.to_string()]),
+    }
+    args
+}
+
+#[test]
+fn a_small_run_reports_prunes_recalibrates_and_saves() {
+    let files = Files::new();
+    let json = files.path("report.json");
+    let save = files.path("saved");
+    let mut args = with(files.args(), "--sparsity", "0.5,0.9");
+    args = with(args, "--json", &json);
+    args = with(args, "--save-dir", &save);
+    args = with(args, "--exclude", "conv1,fc");
+    let out = run(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("REFLOW top-1") && stdout.contains("0.900"),
+        "{stdout}"
+    );
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["model"]["stages"], serde_json::json!([3, 3, 3]));
+    assert_eq!(report["model"]["block"], "basic");
+    assert_eq!(report["model"]["params"], 272_474);
+    assert_eq!(
+        report["dense"]["correct"].as_u64().unwrap() as f64 / 40.0,
+        report["dense"]["top1"].as_f64().unwrap()
+    );
+    let dense_signal = report["dense"]["bn_signal"].as_object().unwrap();
+    assert_eq!(dense_signal.len(), 21);
+    assert_eq!(dense_signal.keys().next().unwrap(), "bn1", "forward order");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, s) in runs.iter().zip([0.5, 0.9]) {
+        assert_eq!(run["sparsity"], s);
+        assert_eq!(run["scope"], "global");
+        assert!(run["bn_signal_pruned"]
+            .as_object()
+            .unwrap()
+            .contains_key("layer2.0.downsample.1"));
+        let layers = run["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 22);
+        assert_eq!(layers[0]["name"], "conv1.weight");
+        assert_eq!(layers[0]["sparsity"], 0.0, "conv1 excluded");
+        // actual_sparsity counts every conv/linear weight, the excluded ones too.
+        let actual = run["actual_sparsity"].as_f64().unwrap();
+        assert!(actual < s && actual > s - 0.01, "{actual}");
+    }
+
+    // The saved checkpoint is the pruned, recalibrated network: it loads strictly and
+    // has the run's sparsity.
+    let net = ResNet::load(format!("{save}/s0.9.safetensors"), Stem::Cifar).unwrap();
+    let sparsity = reflow::prune::SparsityReport::measure(&net).prunable_sparsity();
+    assert_eq!(sparsity, runs[1]["actual_sparsity"].as_f64().unwrap());
+    assert!(Path::new(&format!("{save}/s0.5.safetensors")).exists());
+}
+
+#[test]
+fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
+    let files = Files::new();
+    let base = files.args();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            with(base.clone(), "--weights", "/nonexistent/model.safetensors"),
+            "No such file",
+        ),
+        (
+            with(
+                base.clone(),
+                "--weights",
+                common::fixture("layers.safetensors").to_str().unwrap(),
+            ),
+            "not a ResNet state dict",
+        ),
+        (
+            with(base.clone(), "--weights", &files.path("test-labels.gz")),
+            "not a valid safetensors file",
+        ),
+        (
+            with(base.clone(), "--sparsity", "0.5,1.2"),
+            "1.2 is outside [0, 1)",
+        ),
+        (with(base.clone(), "--sparsity", "NaN"), "outside [0, 1)"),
+        (
+            with(base.clone(), "--calib-count", "0"),
+            "empty calibration set",
+        ),
+        (with(base.clone(), "--calib-count", "25"), "the file has 24"),
+        (
+            with(base.clone(), "--mean", "0.5"),
+            "1 means and 3 standard deviations",
+        ),
+        (
+            with(with(base.clone(), "--mean", "0.5"), "--std", "0.2"),
+            "1 values given; the model takes 3",
+        ),
+        (
+            with(
+                base.clone(),
+                "--test-labels",
+                &files.path("short-labels.gz"),
+            ),
+            "40 images but 39 labels",
+        ),
+        (
+            with(base.clone(), "--test-images", &files.path("test-labels.gz")),
+            "invalid IDX file",
+        ),
+        (with(base.clone(), "--stem", "imagenet"), "is --stem right?"),
+        (
+            with(base.clone(), "--stem", "mobile"),
+            "expected \"cifar\" or \"imagenet\"",
+        ),
+        (
+            with(base.clone(), "--scope", "channel"),
+            "expected \"global\" or \"layer\"",
+        ),
+        (
+            with(base.clone(), "--exclude", "layer9"),
+            "\"layer9\" matches no prunable parameter",
+        ),
+        (
+            with(base.clone(), "--mode", "magic"),
+            "expected cumulative, ema or exact",
+        ),
+        (
+            with(with(base.clone(), "--mode", "ema"), "--momentum", "0"),
+            "momentum",
+        ),
+        (
+            with(base.clone(), "--signal-images", "41"),
+            "the test set has 40",
+        ),
+        (
+            with(base.clone(), "--calib-batch", "x"),
+            "invalid value 'x'",
+        ),
+        (
+            vec!["--weights".into(), "w.safetensors".into()],
+            "required arguments were not provided",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{needle}: exit 0");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{needle}: {stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_input_checkpoint_is_never_overwritten() {
+    let files = Files::new();
+    let dir = files.path("models");
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = format!("{dir}/s0.5.safetensors");
+    std::fs::copy(common::fixture("resnet20_cifar.safetensors"), &weights).unwrap();
+    let before = std::fs::read(&weights).unwrap();
+    let mut args = with(files.args(), "--weights", &weights);
+    args = with(args, "--sparsity", "0.5");
+    args = with(args, "--save-dir", &dir);
+    let out = run(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the input checkpoint"));
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+}
