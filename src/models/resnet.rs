@@ -4,8 +4,8 @@ use super::config::{BlockKind, ResNetConfig, Stem};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe};
-use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Flatten, Linear};
-use crate::nn::{MaxPool2d, Relu, Residual, Sequential, Tensor2, Tensor4};
+use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Flatten, Linear};
+use crate::nn::{MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
 use crate::state_dict::StateDict;
 use std::path::Path;
 
@@ -31,8 +31,8 @@ const BN_EPS: f32 = 1e-5;
 #[derive(Debug)]
 pub struct ResNet {
     config: ResNetConfig,
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
+    /// `conv1` → `bn1` → ReLU.
+    stem: ConvBn,
     maxpool: Option<MaxPool2d>,
     /// `layer1`, `layer2`, ...: each a chain of residual blocks named `0`, `1`, ...
     stages: Vec<(String, Sequential)>,
@@ -46,10 +46,13 @@ impl ResNet {
     pub fn new(config: ResNetConfig) -> Result<Self> {
         config.validate()?;
         let k = config.stem.kernel();
-        let conv1 = Conv2d::new(
+        let stem = unit(
             Conv2dConfig::new(config.in_channels, config.stem_width, k)
                 .stride(if config.stem == Stem::Imagenet { 2 } else { 1 })
                 .padding(k / 2),
+            "conv1",
+            "bn1",
+            true,
         )?;
         let maxpool = match config.stem {
             Stem::Imagenet => Some(MaxPool2d::new(3, 2, 1)?),
@@ -71,9 +74,8 @@ impl ResNet {
             stages.push((format!("layer{}", s + 1), stage));
         }
         Ok(ResNet {
-            bn1: BatchNorm2d::new(config.stem_width, BN_EPS),
             fc: Linear::new(inp, config.num_classes, true),
-            conv1,
+            stem,
             maxpool,
             stages,
             config,
@@ -101,9 +103,7 @@ impl ResNet {
 
     /// Runs the stem and the stages, returning the feature map before pooling.
     fn features(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
-        let y = probe.scoped("conv1", |p| self.conv1.forward_with(x, p))?;
-        let y = probe.scoped("bn1", |p| self.bn1.forward_with(&y, p))?;
-        let mut y = Relu.forward_with(&y, probe)?;
+        let mut y = self.stem.forward_with(x, probe)?;
         if let Some(pool) = &self.maxpool {
             y = probe.scoped("maxpool", |p| pool.forward_with(&y, p))?;
         }
@@ -119,9 +119,7 @@ impl ResNet {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Tensor4> {
-        let y = probe.scoped("conv1", |p| self.conv1.forward_train(x, update, p))?;
-        let y = probe.scoped("bn1", |p| self.bn1.forward_train(&y, update, p))?;
-        let mut y = Relu.forward_with(&y, probe)?;
+        let mut y = self.stem.forward_train(x, update, probe)?;
         if let Some(pool) = &self.maxpool {
             y = probe.scoped("maxpool", |p| pool.forward_with(&y, p))?;
         }
@@ -149,48 +147,67 @@ impl ResNet {
     }
 }
 
+/// `conv → bn (→ relu)` under the given names, fused in eval mode.
+fn unit(conv: Conv2dConfig, conv_name: &str, bn_name: &str, relu: bool) -> Result<ConvBn> {
+    let bn = BatchNorm2d::new(conv.out_channels, BN_EPS);
+    ConvBn::new(conv_name, Conv2d::new(conv)?, bn_name, bn, relu)
+}
+
 /// One residual block with torchvision's child names.
 fn block(cfg: &ResNetConfig, inp: usize, planes: usize, stride: usize) -> Result<Residual> {
     let (w, out) = (cfg.inner_width(planes), cfg.stage_out(planes));
-    let bn = |c| BatchNorm2d::new(c, BN_EPS);
     let body = match cfg.block {
         BlockKind::Basic => Sequential::new()
             .push(
-                "conv1",
-                Conv2d::new(Conv2dConfig::new(inp, w, 3).stride(stride).padding(1))?,
+                "",
+                unit(
+                    Conv2dConfig::new(inp, w, 3).stride(stride).padding(1),
+                    "conv1",
+                    "bn1",
+                    true,
+                )?,
             )
-            .push("bn1", bn(w))
-            .push("relu", Relu)
             .push(
-                "conv2",
-                Conv2d::new(Conv2dConfig::new(w, out, 3).padding(1))?,
-            )
-            .push("bn2", bn(out)),
+                "",
+                unit(
+                    Conv2dConfig::new(w, out, 3).padding(1),
+                    "conv2",
+                    "bn2",
+                    false,
+                )?,
+            ),
         BlockKind::Bottleneck => Sequential::new()
-            .push("conv1", Conv2d::new(Conv2dConfig::new(inp, w, 1))?)
-            .push("bn1", bn(w))
-            .push("relu", Relu)
             .push(
-                "conv2",
-                Conv2d::new(
+                "",
+                unit(Conv2dConfig::new(inp, w, 1), "conv1", "bn1", true)?,
+            )
+            .push(
+                "",
+                unit(
                     Conv2dConfig::new(w, w, 3)
                         .stride(stride)
                         .padding(1)
                         .groups(cfg.groups),
+                    "conv2",
+                    "bn2",
+                    true,
                 )?,
             )
-            .push("bn2", bn(w))
-            .push("relu", Relu)
-            .push("conv3", Conv2d::new(Conv2dConfig::new(w, out, 1))?)
-            .push("bn3", bn(out)),
+            .push(
+                "",
+                unit(Conv2dConfig::new(w, out, 1), "conv3", "bn3", false)?,
+            ),
     };
     Ok(if stride != 1 || inp != out {
-        let shortcut = Sequential::new()
-            .push(
+        let shortcut = Sequential::new().push(
+            "",
+            unit(
+                Conv2dConfig::new(inp, out, 1).stride(stride),
                 "0",
-                Conv2d::new(Conv2dConfig::new(inp, out, 1).stride(stride))?,
-            )
-            .push("1", bn(out));
+                "1",
+                false,
+            )?,
+        );
         Residual::with_shortcut(body, "downsample", shortcut)
     } else {
         Residual::identity(body)
@@ -219,8 +236,7 @@ impl Layer for ResNet {
     }
 
     fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
-        visit_child(&self.conv1, "conv1", f);
-        visit_child(&self.bn1, "bn1", f);
+        self.stem.visit_params(f);
         for (name, stage) in &self.stages {
             visit_child(stage, name, f);
         }
@@ -228,8 +244,7 @@ impl Layer for ResNet {
     }
 
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        visit_child_mut(&mut self.conv1, "conv1", f);
-        visit_child_mut(&mut self.bn1, "bn1", f);
+        self.stem.visit_params_mut(f);
         for (name, stage) in &mut self.stages {
             visit_child_mut(stage, name, f);
         }
@@ -237,14 +252,14 @@ impl Layer for ResNet {
     }
 
     fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
-        visit_child_norms(&self.bn1, "bn1", f);
+        self.stem.visit_norms(f);
         for (name, stage) in &self.stages {
             visit_child_norms(stage, name, f);
         }
     }
 
     fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
-        visit_child_norms_mut(&mut self.bn1, "bn1", f);
+        self.stem.visit_norms_mut(f);
         for (name, stage) in &mut self.stages {
             visit_child_norms_mut(stage, name, f);
         }

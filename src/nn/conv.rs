@@ -189,6 +189,19 @@ impl Conv2d {
     }
 
     fn run(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        let y = self.run_fused(x, probe, &Epilogue::default())?;
+        emit4(probe, LayerKind::Conv, Site::Output, &y);
+        Ok(y)
+    }
+
+    /// Convolves `x` and applies `epilogue` to each output plane while it is still in
+    /// cache. Reports the input tap, not the output (which the epilogue has changed).
+    pub(crate) fn run_fused(
+        &self,
+        x: &Tensor4,
+        probe: &mut Probe<'_>,
+        epilogue: &Epilogue<'_>,
+    ) -> Result<Tensor4> {
         check_channels(probe, x, self.config.in_channels)?;
         emit4(probe, LayerKind::Conv, Site::Input, x);
         let (n, _, h, w) = x.dim();
@@ -214,27 +227,25 @@ impl Conv2d {
         if n >= threads {
             ys.par_chunks_mut(out_len.max(1))
                 .zip(xs.par_chunks(in_len.max(1)))
-                .for_each(|(yi, xi)| self.image(xi, yi, h, w, ho, wo, Threads::One));
+                .for_each(|(yi, xi)| self.image(xi, yi, (h, w), (ho, wo), Threads::One, epilogue));
         } else {
             for (yi, xi) in ys.chunks_mut(out_len.max(1)).zip(xs.chunks(in_len.max(1))) {
-                self.image(xi, yi, h, w, ho, wo, Threads::All);
+                self.image(xi, yi, (h, w), (ho, wo), Threads::All, epilogue);
             }
         }
-        emit4(probe, LayerKind::Conv, Site::Output, &y);
         Ok(y)
     }
 
-    /// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]`.
-    #[allow(clippy::too_many_arguments)]
+    /// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]`, then applies the
+    /// bias and the epilogue.
     fn image(
         &self,
         x: &[f32],
         y: &mut [f32],
-        h: usize,
-        w: usize,
-        ho: usize,
-        wo: usize,
+        (h, w): (usize, usize),
+        (ho, wo): (usize, usize),
         t: Threads,
+        epilogue: &Epilogue<'_>,
     ) {
         let c = &self.config;
         let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
@@ -259,11 +270,8 @@ impl Conv2d {
                 gemm(yg, wg, b, og, k, spatial, t);
             }
         });
-        if let Some(bias) = &self.bias {
-            for (plane, &b) in y.chunks_mut(spatial).zip(&bias.data) {
-                plane.iter_mut().for_each(|v| *v += b);
-            }
-        }
+        let bias = self.bias.as_ref().map(|b| b.data.as_slice());
+        epilogue.apply(y, spatial, bias);
     }
 
     /// Lays out the receptive fields of `x` `[cg, h, w]` as the columns of
@@ -278,22 +286,28 @@ impl Conv2d {
         for plane in x.chunks_exact(h * w) {
             for ki in 0..kh {
                 for kj in 0..kw {
-                    let row = rows.next().expect("cols has cg·kh·kw rows");
+                    let Some(row) = rows.next() else { return };
+                    // Input column of output column oj: oj·sw + offset.
+                    let offset = (kj * dw) as isize - pw as isize;
+                    let (lo, hi) = valid_range(offset, sw, w, wo);
                     for (oi, out) in row.chunks_exact_mut(wo).enumerate() {
                         let ih = (oi * sh + ki * dh) as isize - ph as isize;
-                        if ih < 0 || ih >= h as isize {
+                        if ih < 0 || ih >= h as isize || lo >= hi {
                             out.fill(0.0);
                             continue;
                         }
                         let src = &plane[ih as usize * w..(ih as usize + 1) * w];
-                        let offset = (kj * dw) as isize - pw as isize;
-                        for (oj, v) in out.iter_mut().enumerate() {
-                            let iw = (oj * sw) as isize + offset;
-                            *v = if iw >= 0 && iw < w as isize {
-                                src[iw as usize]
-                            } else {
-                                0.0
-                            };
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        let start = (lo as isize * sw as isize + offset) as usize;
+                        if sw == 1 {
+                            out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                        } else {
+                            for (v, &s) in
+                                out[lo..hi].iter_mut().zip(src[start..].iter().step_by(sw))
+                            {
+                                *v = s;
+                            }
                         }
                     }
                 }
@@ -303,6 +317,55 @@ impl Conv2d {
 }
 
 plain_layer!(Conv2d, Tensor4, Tensor4, weight_bias);
+
+/// What to do to each output plane right after the product: `v = (v + bias)·scale +
+/// shift`, then ReLU if asked. The default adds the bias only.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// Per output channel; 1 when absent.
+    pub scale: Option<&'a [f32]>,
+    /// Per output channel; 0 when absent.
+    pub shift: Option<&'a [f32]>,
+    /// Clamp at zero.
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    fn apply(&self, y: &mut [f32], spatial: usize, bias: Option<&[f32]>) {
+        if bias.is_none() && self.scale.is_none() && self.shift.is_none() && !self.relu {
+            return;
+        }
+        for (o, plane) in y.chunks_mut(spatial.max(1)).enumerate() {
+            let a = self.scale.map_or(1.0, |s| s[o]);
+            let b = bias.map_or(0.0, |b| b[o]) * a + self.shift.map_or(0.0, |s| s[o]);
+            if self.relu {
+                plane.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
+            } else {
+                plane.iter_mut().for_each(|v| *v = *v * a + b);
+            }
+        }
+    }
+}
+
+/// The output columns `[lo, hi)` whose input column `oj·stride + offset` lies in
+/// `[0, w)`.
+fn valid_range(offset: isize, stride: usize, w: usize, wo: usize) -> (usize, usize) {
+    let s = stride as isize;
+    // Smallest oj with oj·s + offset ≥ 0.
+    let lo = if offset >= 0 {
+        0
+    } else {
+        (-offset + s - 1) / s
+    };
+    // Smallest oj with oj·s + offset ≥ w.
+    let hi = if offset >= w as isize {
+        0
+    } else {
+        (w as isize - offset + s - 1) / s
+    };
+    let wo = wo as isize;
+    (lo.min(wo) as usize, hi.clamp(0, wo) as usize)
+}
 
 /// Splits a batch along its first axis — used by tests to check batch independence.
 #[cfg(test)]

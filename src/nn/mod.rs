@@ -9,6 +9,7 @@
 //! | [`AdaptiveAvgPool2d`] | `[N, C, H, W]` → `[N, C, 1, 1]` |
 //! | [`Flatten`] | `[N, C, H, W]` → `[N, C·H·W]` |
 //! | [`Linear`] | `[N, I]` → `[N, O]` |
+//! | [`ConvBn`] | `relu?(bn(conv(x)))`, fused in eval mode |
 //! | [`Sequential`] | a named chain of `[N, C, H, W]` layers |
 //! | [`Residual`] | `relu(body(x) + shortcut(x))` |
 //!
@@ -20,6 +21,7 @@
 pub use activation::Relu;
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
+pub use conv_bn::ConvBn;
 pub use linear::Linear;
 pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
 pub use sequential::{Residual, Sequential};
@@ -151,6 +153,7 @@ macro_rules! plain_layer {
 mod activation;
 mod batch_norm;
 mod conv;
+mod conv_bn;
 mod gemm;
 mod linear;
 mod pool;

@@ -42,7 +42,9 @@ impl Sequential {
         Self::default()
     }
 
-    /// Appends `layer` under `name`.
+    /// Appends `layer` under `name`. An empty name puts the layer's own parameter
+    /// names and taps at this level (for a layer such as [`ConvBn`](super::ConvBn)
+    /// that names its parts itself).
     pub fn push<L>(mut self, name: impl Into<String>, layer: L) -> Self
     where
         L: Layer<Input = Tensor4, Output = Tensor4> + Send + Sync + 'static,

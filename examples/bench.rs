@@ -1,0 +1,113 @@
+//! Times reflow's forward pass and prints images/s and GFLOP/s.
+//!
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50]`
+//!
+//! `scripts/bench_torch.py` times PyTorch on the same shapes and prints the ratio.
+
+use ndarray::Array4;
+use reflow::layer::{Activation, Layer, LayerKind, Observer, Probe, Site, Tap};
+use reflow::models::{ResNet, ResNetConfig};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Records each convolution's output spatial size, to count FLOPs.
+#[derive(Default)]
+struct ConvShapes(HashMap<String, usize>);
+
+impl Observer for ConvShapes {
+    fn wants(&self, tap: &Tap<'_>) -> bool {
+        tap.kind == LayerKind::Conv && tap.site == Site::Output
+    }
+    fn observe(&mut self, tap: &Tap<'_>, act: Activation<'_>) {
+        self.0.insert(tap.layer.to_string(), act.spatial);
+    }
+}
+
+/// Multiply-adds ×2 of every convolution and linear layer, per image.
+fn flops_per_image(net: &ResNet, x: &Array4<f32>) -> f64 {
+    let mut shapes = ConvShapes::default();
+    net.forward_with(x, &mut Probe::new(&mut shapes)).unwrap();
+    let mut flops = 0.0;
+    net.visit_params(&mut |p| {
+        if p.role.is_prunable() {
+            let layer = p.name.trim_end_matches(".weight");
+            let spatial = shapes.0.get(layer).copied().unwrap_or(1);
+            flops += 2.0 * p.data.len() as f64 * spatial as f64;
+        }
+    });
+    flops
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str, default: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map_or(default, |v| v.parse().expect("a number"))
+    };
+    let threads = flag("--threads", 0);
+    let runs = flag("--runs", 5);
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .expect("thread pool");
+    }
+    let cases = [
+        (
+            "resnet50@224 b8",
+            ResNetConfig::resnet50(),
+            (8, 3, 224, 224),
+        ),
+        (
+            "resnet20@28 b256",
+            ResNetConfig::cifar_resnet(20).unwrap().with_in_channels(1),
+            (256, 1, 28, 28),
+        ),
+    ];
+    let only = args
+        .iter()
+        .position(|a| a == "--model")
+        .and_then(|i| args.get(i + 1));
+    println!("threads: {}", rayon::current_num_threads());
+    for (name, cfg, shape) in cases {
+        if only.is_some_and(|m| !name.starts_with(m.as_str())) {
+            continue;
+        }
+        let mut net = ResNet::new(cfg).unwrap();
+        let mut i = 0u32;
+        net.visit_params_mut(&mut |p| {
+            if p.role.is_prunable() {
+                p.data.iter_mut().for_each(|v| {
+                    i = i.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    *v = ((i >> 9) as f32 / (1 << 23) as f32 - 0.5) * 0.05;
+                })
+            }
+        });
+        let x = Array4::from_shape_fn(shape, |(n, c, h, w)| ((n + c + h * w) % 17) as f32 / 17.0);
+        let flops = flops_per_image(&net, &x);
+        net.forward(&x).unwrap(); // warm-up
+        let times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(net.forward(&x).unwrap());
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let t = median(times);
+        let ips = shape.0 as f64 / t;
+        println!(
+            "{name:<18} {:>9.1} images/s  {:>7.1} GFLOP/s  ({:.1} ms per batch, {:.2} GFLOP per image)",
+            ips,
+            ips * flops / 1e9,
+            t * 1e3,
+            flops / 1e9
+        );
+    }
+}

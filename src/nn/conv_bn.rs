@@ -1,0 +1,193 @@
+//! A convolution followed by batch norm (and optionally ReLU), fused in eval mode.
+
+use super::conv::Epilogue;
+use super::{BatchNorm2d, Conv2d, Tensor4};
+use crate::error::{Error, Result};
+use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
+use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut};
+use crate::layer::{Probe, Site};
+
+/// `relu?(bn(conv(x)))` with the two layers under their own names (`conv1` and `bn1`,
+/// or `0` and `1` in a torchvision `downsample`), so the parameters and taps are
+/// exactly those of the separate layers.
+///
+/// In eval mode, when no observer wants the convolution's output or the batch norm's
+/// input or output, the batch norm's scale and shift (and the ReLU) are applied to
+/// each output plane right after the product, while it is in cache: one pass and one
+/// allocation instead of three. Otherwise — and always in calibration mode, where the
+/// batch statistics need the whole convolution output — the layers run one after the
+/// other. Both paths compute the same values.
+///
+/// ```
+/// use reflow::layer::{count_parameters, Layer};
+/// use reflow::nn::{BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
+/// use ndarray::Array4;
+///
+/// let conv = Conv2d::new(Conv2dConfig::new(3, 8, 3).padding(1))?;
+/// let unit = ConvBn::new("conv1", conv, "bn1", BatchNorm2d::new(8, 1e-5), true)?;
+/// assert_eq!(count_parameters(&unit), 8 * 27 + 16);
+/// assert_eq!(unit.forward(&Array4::zeros((1, 3, 5, 5)))?.dim(), (1, 8, 5, 5));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConvBn {
+    conv_name: String,
+    conv: Conv2d,
+    bn_name: String,
+    bn: BatchNorm2d,
+    relu: bool,
+}
+
+impl ConvBn {
+    /// Joins `conv` and `bn` (which must have as many channels as `conv` outputs),
+    /// followed by ReLU when `relu` is set.
+    pub fn new(
+        conv_name: impl Into<String>,
+        conv: Conv2d,
+        bn_name: impl Into<String>,
+        bn: BatchNorm2d,
+        relu: bool,
+    ) -> Result<Self> {
+        if conv.config().out_channels != bn.channels() {
+            return Err(Error::invalid(
+                "ConvBn",
+                format!(
+                    "the convolution outputs {} channels, the batch norm has {}",
+                    conv.config().out_channels,
+                    bn.channels()
+                ),
+            ));
+        }
+        Ok(ConvBn {
+            conv_name: conv_name.into(),
+            conv,
+            bn_name: bn_name.into(),
+            bn,
+            relu,
+        })
+    }
+
+    /// The convolution.
+    pub fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+
+    /// The batch norm.
+    pub fn bn(&self) -> &BatchNorm2d {
+        &self.bn
+    }
+
+    /// Whether the observer wants a tensor that only the unfused path materialises.
+    fn observed(&self, probe: &mut Probe<'_>) -> bool {
+        probe.scoped(&self.conv_name, |p| p.wants(LayerKind::Conv, Site::Output))
+            || probe.scoped(&self.bn_name, |p| {
+                p.wants(LayerKind::BatchNorm, Site::Input)
+                    || p.wants(LayerKind::BatchNorm, Site::Output)
+            })
+    }
+
+    fn relu_in_place(&self, mut y: Tensor4) -> Tensor4 {
+        if self.relu {
+            y.mapv_inplace(|v| v.max(0.0));
+        }
+        y
+    }
+}
+
+impl Layer for ConvBn {
+    type Input = Tensor4;
+    type Output = Tensor4;
+
+    fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        if self.observed(probe) {
+            let y = probe.scoped(&self.conv_name, |p| self.conv.forward_with(x, p))?;
+            let y = probe.scoped(&self.bn_name, |p| self.bn.forward_with(&y, p))?;
+            return Ok(self.relu_in_place(y));
+        }
+        let (scale, shift) = self.bn.eval_affine();
+        let epilogue = Epilogue {
+            scale: Some(&scale),
+            shift: Some(&shift),
+            relu: self.relu,
+        };
+        probe.scoped(&self.conv_name, |p| self.conv.run_fused(x, p, &epilogue))
+    }
+
+    fn forward_train(
+        &mut self,
+        x: &Tensor4,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Tensor4> {
+        let y = probe.scoped(&self.conv_name, |p| self.conv.forward_train(x, update, p))?;
+        let y = probe.scoped(&self.bn_name, |p| self.bn.forward_train(&y, update, p))?;
+        Ok(self.relu_in_place(y))
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
+        visit_child(&self.conv, &self.conv_name, f);
+        visit_child(&self.bn, &self.bn_name, f);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
+        visit_child_mut(&mut self.conv, &self.conv_name, f);
+        visit_child_mut(&mut self.bn, &self.bn_name, f);
+    }
+
+    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
+        visit_child_norms(&self.bn, &self.bn_name, f);
+    }
+
+    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
+        visit_child_norms_mut(&mut self.bn, &self.bn_name, f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Activation, Observer, Tap};
+    use crate::nn::Conv2dConfig;
+    use ndarray::Array4;
+
+    struct WantsBn;
+    impl Observer for WantsBn {
+        fn wants(&self, tap: &Tap<'_>) -> bool {
+            tap.kind == LayerKind::BatchNorm
+        }
+        fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
+    }
+
+    #[test]
+    fn fused_and_unfused_paths_agree() {
+        for (bias, relu) in [(false, true), (true, false)] {
+            let conv = Conv2d::new(Conv2dConfig::new(3, 4, 3).padding(1).bias(bias)).unwrap();
+            let mut unit = ConvBn::new("c", conv, "b", BatchNorm2d::new(4, 1e-3), relu).unwrap();
+            let mut i = 0.0f32;
+            unit.visit_params_mut(&mut |p| {
+                p.data.iter_mut().for_each(|v| {
+                    i += 0.37;
+                    *v = i.sin() + if p.name == "b.running_var" { 1.5 } else { 0.0 };
+                })
+            });
+            let x = Array4::from_shape_fn((2, 3, 6, 5), |(a, b, c, d)| {
+                ((a + 2 * b + c * d) as f32).cos()
+            });
+            let fused = unit.forward(&x).unwrap();
+            let unfused = unit
+                .forward_with(&x, &mut Probe::new(&mut WantsBn))
+                .unwrap();
+            let err = (&fused - &unfused)
+                .mapv(f32::abs)
+                .fold(0.0f32, |m, &v| m.max(v));
+            assert!(err < 1e-5, "bias {bias} relu {relu}: {err}");
+            assert_eq!(relu, fused.iter().all(|&v| v >= 0.0));
+        }
+    }
+
+    #[test]
+    fn mismatched_channels_are_rejected() {
+        let conv = Conv2d::new(Conv2dConfig::new(3, 4, 3)).unwrap();
+        assert!(ConvBn::new("c", conv, "b", BatchNorm2d::new(5, 1e-5), false).is_err());
+    }
+}
