@@ -144,7 +144,16 @@ pub struct Conv2d {
 thread_local! {
     /// The im2col buffer of the current thread, grown as needed and reused.
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The product buffer of the current thread, when several images share a product.
+    static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Products narrower than this many columns are widened by convolving several images
+/// at once (small feature maps, e.g. 7×7, make thin, slow products).
+const MIN_PRODUCT_COLUMNS: usize = 512;
+
+/// The im2col buffer of one multi-image product stays below this many floats (8 MiB).
+const MAX_COLUMN_FLOATS: usize = 1 << 21;
 
 impl Conv2d {
     /// A convolution with zero weights (and bias), to be filled from a checkpoint.
@@ -224,72 +233,113 @@ impl Conv2d {
             x.as_slice().expect("standard layout"),
             y.as_slice_mut().expect("fresh array"),
         );
+        let images = self.images_per_product(n, ho * wo, threads);
+        let shape = Shapes { h, w, ho, wo };
         if n >= threads {
-            ys.par_chunks_mut(out_len.max(1))
-                .zip(xs.par_chunks(in_len.max(1)))
-                .for_each(|(yi, xi)| self.image(xi, yi, (h, w), (ho, wo), Threads::One, epilogue));
+            ys.par_chunks_mut((images * out_len).max(1))
+                .zip(xs.par_chunks((images * in_len).max(1)))
+                .for_each(|(yc, xc)| self.chunk(xc, yc, shape, Threads::One, epilogue));
         } else {
-            for (yi, xi) in ys.chunks_mut(out_len.max(1)).zip(xs.chunks(in_len.max(1))) {
-                self.image(xi, yi, (h, w), (ho, wo), Threads::All, epilogue);
+            let (yc, xc) = (ys.chunks_mut(out_len.max(1)), xs.chunks(in_len.max(1)));
+            for (yi, xi) in yc.zip(xc) {
+                self.chunk(xi, yi, shape, Threads::All, epilogue);
             }
         }
         Ok(y)
     }
 
-    /// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]`, then applies the
-    /// bias and the epilogue.
-    fn image(
-        &self,
-        x: &[f32],
-        y: &mut [f32],
-        (h, w): (usize, usize),
-        (ho, wo): (usize, usize),
-        t: Threads,
-        epilogue: &Epilogue<'_>,
-    ) {
+    /// How many images share one product: enough for [`MIN_PRODUCT_COLUMNS`] columns,
+    /// within [`MAX_COLUMN_FLOATS`], leaving every thread a share of the batch.
+    fn images_per_product(&self, n: usize, spatial: usize, threads: usize) -> usize {
+        let c = &self.config;
+        let k = c.in_channels / c.groups * c.kernel[0] * c.kernel[1];
+        let wanted = MIN_PRODUCT_COLUMNS.div_ceil(spatial.max(1));
+        let fits = MAX_COLUMN_FLOATS / (k * spatial).max(1);
+        let share = n.div_ceil(threads.max(1));
+        wanted.min(fits).min(share).max(1)
+    }
+
+    /// Convolves the images `x` `[B, C, h, w]` into `y` `[B, O, ho, wo]` with one
+    /// product per group, then applies the bias and the epilogue.
+    fn chunk(&self, x: &[f32], y: &mut [f32], sh: Shapes, t: Threads, epilogue: &Epilogue<'_>) {
         let c = &self.config;
         let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
         let k = cg * c.kernel[0] * c.kernel[1];
-        let spatial = ho * wo;
+        let (plane_in, spatial) = (sh.h * sh.w, sh.ho * sh.wo);
+        let images = y.len() / (c.out_channels * spatial).max(1);
+        let width = images * spatial;
         let pointwise = self.is_pointwise();
         COLUMNS.with_borrow_mut(|cols| {
-            if !pointwise && cols.len() < k * spatial {
-                cols.resize(k * spatial, 0.0);
-            }
-            for g in 0..c.groups {
-                let xg = &x[g * cg * h * w..(g + 1) * cg * h * w];
-                let wg = &self.weight.data[g * og * k..(g + 1) * og * k];
-                let yg = &mut y[g * og * spatial..(g + 1) * og * spatial];
-                let b = if pointwise {
-                    xg
-                } else {
-                    let cols = &mut cols[..k * spatial];
-                    self.im2col(xg, cols, h, w, ho, wo);
-                    &*cols
-                };
-                gemm(yg, wg, b, og, k, spatial, t);
-            }
+            PRODUCT.with_borrow_mut(|product| {
+                let direct = images == 1;
+                if !(direct && pointwise) && cols.len() < k * width {
+                    cols.resize(k * width, 0.0);
+                }
+                if !direct && product.len() < og * width {
+                    product.resize(og * width, 0.0);
+                }
+                for g in 0..c.groups {
+                    let wg = &self.weight.data[g * og * k..(g + 1) * og * k];
+                    let image_in = |i: usize| {
+                        let start = (i * c.in_channels + g * cg) * plane_in;
+                        &x[start..start + cg * plane_in]
+                    };
+                    let b: &[f32] = if direct && pointwise {
+                        image_in(0)
+                    } else {
+                        let cols = &mut cols[..k * width];
+                        for i in 0..images {
+                            if pointwise {
+                                for (r, src) in image_in(i).chunks_exact(spatial).enumerate() {
+                                    let at = r * width + i * spatial;
+                                    cols[at..at + spatial].copy_from_slice(src);
+                                }
+                            } else {
+                                self.im2col(image_in(i), cols, width, i * spatial, sh);
+                            }
+                        }
+                        cols
+                    };
+                    if direct {
+                        let yg = &mut y[g * og * spatial..(g + 1) * og * spatial];
+                        gemm(yg, wg, b, og, k, spatial, t);
+                        continue;
+                    }
+                    let product = &mut product[..og * width];
+                    gemm(product, wg, b, og, k, width, t);
+                    for (o, row) in product.chunks_exact(width).enumerate() {
+                        for (i, src) in row.chunks_exact(spatial).enumerate() {
+                            let at = (i * c.out_channels + g * og + o) * spatial;
+                            y[at..at + spatial].copy_from_slice(src);
+                        }
+                    }
+                }
+            })
         });
         let bias = self.bias.as_ref().map(|b| b.data.as_slice());
-        epilogue.apply(y, spatial, bias);
+        for yi in y.chunks_mut((c.out_channels * spatial).max(1)) {
+            epilogue.apply(yi, spatial, bias);
+        }
     }
 
-    /// Lays out the receptive fields of `x` `[cg, h, w]` as the columns of
-    /// `cols` `[cg·kh·kw, ho·wo]`, zero where the window hangs over the padding.
-    fn im2col(&self, x: &[f32], cols: &mut [f32], h: usize, w: usize, ho: usize, wo: usize) {
+    /// Lays out the receptive fields of `x` `[cg, h, w]` as columns: row `r` (one
+    /// per input channel and kernel offset) of the `ho·wo` columns goes to
+    /// `cols[r·ld + offset..]`, zero where the window hangs over the padding.
+    fn im2col(&self, x: &[f32], cols: &mut [f32], ld: usize, offset: usize, sh: Shapes) {
+        let Shapes { h, w, ho, wo } = sh;
         let c = &self.config;
         let [kh, kw] = c.kernel;
         let [sh, sw] = c.stride;
         let [ph, pw] = c.padding;
         let [dh, dw] = c.dilation;
-        let mut rows = cols.chunks_exact_mut(ho * wo);
+        let mut rows = cols.chunks_mut(ld).map(|r| &mut r[offset..offset + ho * wo]);
         for plane in x.chunks_exact(h * w) {
             for ki in 0..kh {
                 for kj in 0..kw {
                     let Some(row) = rows.next() else { return };
-                    // Input column of output column oj: oj·sw + offset.
-                    let offset = (kj * dw) as isize - pw as isize;
-                    let (lo, hi) = valid_range(offset, sw, w, wo);
+                    // Input column of output column oj: oj·sw + shift.
+                    let shift = (kj * dw) as isize - pw as isize;
+                    let (lo, hi) = valid_range(shift, sw, w, wo);
                     for (oi, out) in row.chunks_exact_mut(wo).enumerate() {
                         let ih = (oi * sh + ki * dh) as isize - ph as isize;
                         if ih < 0 || ih >= h as isize || lo >= hi {
@@ -299,7 +349,7 @@ impl Conv2d {
                         let src = &plane[ih as usize * w..(ih as usize + 1) * w];
                         out[..lo].fill(0.0);
                         out[hi..].fill(0.0);
-                        let start = (lo as isize * sw as isize + offset) as usize;
+                        let start = (lo as isize * sw as isize + shift) as usize;
                         if sw == 1 {
                             out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                         } else {
@@ -317,6 +367,15 @@ impl Conv2d {
 }
 
 plain_layer!(Conv2d, Tensor4, Tensor4, weight_bias);
+
+/// Input and output plane sizes of one convolution call.
+#[derive(Debug, Clone, Copy)]
+struct Shapes {
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+}
 
 /// What to do to each output plane right after the product: `v = (v + bias)·scale +
 /// shift`, then ReLU if asked. The default adds the bias only.
