@@ -12,14 +12,16 @@
 //!
 //! The flags and the JSON report are specified in `docs/prune-example.md`.
 
+#[path = "shared/protocol.rs"]
+mod protocol;
+
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use protocol::{last_ratio, progress_bar, Protocol, EVAL_BATCH};
 use reflow::prelude::*;
 use reflow::prune::{PrunePlan, SparsityReport};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 /// Prune a ResNet checkpoint one-shot, then recover it with REFLOW.
 #[derive(Parser, Debug)]
@@ -77,9 +79,6 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     save_dir: Option<PathBuf>,
 }
-
-/// Batch size for evaluation and signal measurement.
-const EVAL_BATCH: usize = 256;
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -201,16 +200,28 @@ fn signal_json(signal: &Signal) -> Value {
     )
 }
 
+fn run_json(run: &protocol::Run, scope: Scope) -> Value {
+    json!({
+        "scope": scope.to_string(),
+        "sparsity": run.sparsity,
+        "actual_sparsity": run.report.sparsity.prunable_sparsity(),
+        "pruned_top1": run.pruned.accuracy.top1(),
+        "pruned_correct": run.pruned.accuracy.correct,
+        "reflow_top1": run.reflow.accuracy.top1(),
+        "reflow_correct": run.reflow.accuracy.correct,
+        "bn_signal_pruned": signal_json(&run.pruned.signal),
+        "bn_signal_reflow": signal_json(&run.reflow.signal),
+        "layers": layers_json(&run.report.sparsity),
+        "secs": run.secs,
+    })
+}
+
 fn layers_json(report: &SparsityReport) -> Value {
     report
         .tensors
         .iter()
         .map(|t| json!({"name": t.name, "numel": t.numel, "sparsity": t.sparsity()}))
         .collect()
-}
-
-fn last_ratio(signal: &Signal, dense: &Signal) -> f64 {
-    signal.ratio_to(dense).last().map_or(f64::NAN, |(_, r)| r)
 }
 
 fn run(args: &Args) -> reflow::Result<()> {
@@ -285,66 +296,24 @@ fn run(args: &Args) -> reflow::Result<()> {
         StateDict::from_layer(net).write_safetensors(path)
     };
 
-    let progress = ProgressBar::new(1 + 2 * plan.sparsities.len() as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("valid template"),
-    );
+    let protocol = Protocol {
+        test: &test,
+        norm: &plan.norm,
+        calibration: &calibration,
+        signal_images: &signal_data,
+        reflow: plan.reflow,
+    };
+    let progress = progress_bar(1 + 2 * plan.sparsities.len() as u64);
     progress.set_message("dense model");
     let dense_state = StateDict::from_layer(&net);
-    let dense_acc = accuracy(&net, &test, EVAL_BATCH, &plan.norm)?;
-    let dense_signal = measure_signal(&net, &signal_data)?;
+    let dense = protocol.evaluate(&net)?;
     progress.inc(1);
 
     let mut runs = Vec::new();
-    let mut rows = Vec::new();
     for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
-        let started = Instant::now();
-        dense_state.load_into(&mut net)?;
-        progress.set_message(format!("sparsity {s}"));
-        let mut pruned_acc = Accuracy::default();
-        let mut reflow_acc = Accuracy::default();
-        let report = Pipeline::new(pruner, plan.reflow)
-            .measure_on(&signal_data)
-            .run_inspecting(&mut net, &calibration, |stage, model| {
-                match stage {
-                    Stage::Dense => {}
-                    Stage::Pruned => {
-                        pruned_acc = accuracy(model, &test, EVAL_BATCH, &plan.norm)?;
-                        progress.inc(1);
-                    }
-                    Stage::Rescaled => {
-                        reflow_acc = accuracy(model, &test, EVAL_BATCH, &plan.norm)?;
-                        progress.inc(1);
-                    }
-                }
-                Ok(())
-            })?;
+        let run = protocol.run(&mut net, &dense_state, &dense.signal, s, pruner, &progress)?;
         save(s, &net)?;
-        let secs = started.elapsed().as_secs_f64();
-        let signal = report.signal.expect("measured on the signal images");
-        rows.push((
-            s,
-            report.sparsity.prunable_sparsity(),
-            pruned_acc,
-            reflow_acc,
-            last_ratio(&signal.pruned, &dense_signal),
-            last_ratio(&signal.rescaled, &dense_signal),
-            secs,
-        ));
-        runs.push(json!({
-            "scope": plan.scope.to_string(),
-            "sparsity": s,
-            "actual_sparsity": report.sparsity.prunable_sparsity(),
-            "pruned_top1": pruned_acc.top1(),
-            "pruned_correct": pruned_acc.correct,
-            "reflow_top1": reflow_acc.top1(),
-            "reflow_correct": reflow_acc.correct,
-            "bn_signal_pruned": signal_json(&signal.pruned),
-            "bn_signal_reflow": signal_json(&signal.rescaled),
-            "layers": layers_json(&report.sparsity),
-            "secs": secs,
-        }));
+        runs.push(run);
     }
     progress.finish_and_clear();
 
@@ -360,10 +329,10 @@ fn run(args: &Args) -> reflow::Result<()> {
     );
     println!(
         "dense: top-1 {:.4} ({}/{}), last BN signal {:.4}",
-        dense_acc.top1(),
-        dense_acc.correct,
-        dense_acc.total,
-        dense_signal.last().map_or(f64::NAN, |(_, v)| v)
+        dense.accuracy.top1(),
+        dense.accuracy.correct,
+        dense.accuracy.total,
+        dense.signal.last().map_or(f64::NAN, |(_, v)| v)
     );
     println!(
         "{:<7} {:>8} {:>7} {:>13} {:>13} {:>16} {:>16} {:>6}",
@@ -376,17 +345,17 @@ fn run(args: &Args) -> reflow::Result<()> {
         "signal REFLOW/d",
         "secs"
     );
-    for (s, actual, p, r, sp, sr, secs) in rows {
+    for run in &runs {
         println!(
             "{:<7} {:>8.3} {:>7.4} {:>13.4} {:>13.4} {:>16.4} {:>16.4} {:>6.1}",
             plan.scope.to_string(),
-            s,
-            actual,
-            p.top1(),
-            r.top1(),
-            sp,
-            sr,
-            secs
+            run.sparsity,
+            run.report.sparsity.prunable_sparsity(),
+            run.pruned.accuracy.top1(),
+            run.reflow.accuracy.top1(),
+            last_ratio(&run.pruned.signal, &dense.signal),
+            last_ratio(&run.reflow.signal, &dense.signal),
+            run.secs
         );
     }
     println!(
@@ -405,11 +374,11 @@ fn run(args: &Args) -> reflow::Result<()> {
                 "prunable": count_prunable(&net),
             },
             "dense": {
-                "top1": dense_acc.top1(),
-                "correct": dense_acc.correct,
-                "bn_signal": signal_json(&dense_signal),
+                "top1": dense.accuracy.top1(),
+                "correct": dense.accuracy.correct,
+                "bn_signal": signal_json(&dense.signal),
             },
-            "runs": runs,
+            "runs": runs.iter().map(|run| run_json(run, plan.scope)).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&report).expect("JSON values serialise");
         reflow::io::write_atomic(path, text.as_bytes())?;

@@ -89,6 +89,7 @@ pub struct Pipeline<'d, P, R, I> {
     pruner: P,
     rescaler: R,
     measure: Option<&'d dyn CalibrationData<I>>,
+    dense_signal: Option<Signal>,
 }
 
 impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
@@ -98,6 +99,7 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
             pruner,
             rescaler,
             measure: None,
+            dense_signal: None,
         }
     }
 
@@ -105,6 +107,14 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
     /// pruning and after rescaling.
     pub fn measure_on(mut self, data: &'d dyn CalibrationData<I>) -> Self {
         self.measure = Some(data);
+        self
+    }
+
+    /// The dense network's signal, measured before on the same data: the pipeline
+    /// then does not measure it again (useful when one dense network is pruned at
+    /// several sparsities).
+    pub fn dense_signal(mut self, signal: Signal) -> Self {
+        self.dense_signal = Some(signal);
         self
     }
 
@@ -141,7 +151,10 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
         }
         let masks = self.pruner.masks(model)?;
         inspect(Stage::Dense, model)?;
-        let dense = self.measure.map(|d| measure_signal(model, d)).transpose()?;
+        let dense = match &self.dense_signal {
+            Some(known) => self.measure.map(|_| known.clone()),
+            None => self.measure.map(|d| measure_signal(model, d)).transpose()?,
+        };
         masks.apply(model)?;
         let sparsity = SparsityReport::measure(model);
         inspect(Stage::Pruned, model)?;

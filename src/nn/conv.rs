@@ -1,6 +1,6 @@
 //! 2-d convolution, NCHW, as im2col + GEMM.
 
-use super::gemm::{gemm, Threads};
+use super::gemm::{gemm, gemm_strided_b, Threads};
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::LayerKind;
@@ -146,14 +146,21 @@ thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The product buffer of the current thread, when several images share a product.
     static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The zero-padded input image of the current thread (shifted products).
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Products narrower than this many columns are widened by convolving several images
 /// at once (small feature maps, e.g. 7×7, make thin, slow products).
 const MIN_PRODUCT_COLUMNS: usize = 512;
 
-/// The im2col buffer of one multi-image product stays below this many floats (8 MiB).
-const MAX_COLUMN_FLOATS: usize = 1 << 21;
+/// The im2col buffer of one multi-image product stays below this many floats (1 MiB,
+/// about what a core's L2 cache holds).
+const MAX_COLUMN_FLOATS: usize = 1 << 18;
+
+/// Stride-1 convolutions whose padded output rows give at least this many columns use
+/// shifted products instead of im2col.
+const MIN_SHIFTED_COLUMNS: usize = 512;
 
 impl Conv2d {
     /// A convolution with zero weights (and bias), to be filled from a checkpoint.
@@ -269,6 +276,12 @@ impl Conv2d {
         let images = y.len() / (c.out_channels * spatial).max(1);
         let width = images * spatial;
         let pointwise = self.is_pointwise();
+        if images == 1 && self.shifted_columns(sh).is_some() {
+            self.shifted(x, y, sh, t);
+            let bias = self.bias.as_ref().map(|b| b.data.as_slice());
+            epilogue.apply(y, spatial, bias);
+            return;
+        }
         COLUMNS.with_borrow_mut(|cols| {
             PRODUCT.with_borrow_mut(|product| {
                 let direct = images == 1;
@@ -322,6 +335,80 @@ impl Conv2d {
         }
     }
 
+    /// The width of the shifted products for an input of `sh`, when they apply: stride
+    /// 1, a kernel larger than 1×1, and padded output rows wide enough.
+    fn shifted_columns(&self, sh: Shapes) -> Option<usize> {
+        let c = &self.config;
+        let columns = sh.ho * (sh.w + 2 * c.padding[1]);
+        (c.stride == [1, 1] && c.kernel != [1, 1] && columns >= MIN_SHIFTED_COLUMNS)
+            .then_some(columns)
+    }
+
+    /// A stride-1 convolution of one image without im2col: the input is zero-padded
+    /// once, and for each kernel offset `(ki, kj)` the rows of the padded planes,
+    /// shifted by that offset, are multiplied by the weights' `[:, :, ki, kj]` slice and
+    /// accumulated. The product has the padded width; the extra columns are dropped.
+    fn shifted(&self, x: &[f32], y: &mut [f32], sh: Shapes, t: Threads) {
+        let c = &self.config;
+        let [kh, kw] = c.kernel;
+        let [ph, pw] = c.padding;
+        let [dh, dw] = c.dilation;
+        let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
+        let (hp, wp) = (sh.h + 2 * ph, sh.w + 2 * pw);
+        let wide = sh.ho * wp;
+        // Weights regrouped as [group][ki][kj][o][c], one [og × cg] matrix per offset.
+        let mut slices = vec![0.0f32; self.weight.data.len()];
+        for (i, &v) in self.weight.data.iter().enumerate() {
+            let (kj, rest) = (i % kw, i / kw);
+            let (ki, rest) = (rest % kh, rest / kh);
+            let (ci, o) = (rest % cg, rest / cg);
+            let (g, og_i) = (o / og, o % og);
+            slices[(((g * kh + ki) * kw + kj) * og + og_i) * cg + ci] = v;
+        }
+        PADDED.with_borrow_mut(|pad| {
+            PRODUCT.with_borrow_mut(|product| {
+                // Slack at the end: the last shifted rows read past the last plane.
+                pad.clear();
+                pad.resize(c.in_channels * hp * wp + (kw - 1) * dw, 0.0);
+                for (ch, plane) in x.chunks_exact(sh.h * sh.w).enumerate() {
+                    for (i, row) in plane.chunks_exact(sh.w).enumerate() {
+                        let at = ch * hp * wp + (i + ph) * wp + pw;
+                        pad[at..at + sh.w].copy_from_slice(row);
+                    }
+                }
+                if product.len() < og * wide {
+                    product.resize(og * wide, 0.0);
+                }
+                let product = &mut product[..og * wide];
+                for g in 0..c.groups {
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            let at = ((g * kh + ki) * kw + kj) * og * cg;
+                            let a = &slices[at..at + og * cg];
+                            let shift = g * cg * hp * wp + ki * dh * wp + kj * dw;
+                            let first = ki == 0 && kj == 0;
+                            gemm_strided_b(
+                                product,
+                                a,
+                                &pad[shift..],
+                                hp * wp,
+                                (og, cg, wide),
+                                !first,
+                                t,
+                            );
+                        }
+                    }
+                    for (o, row) in product.chunks_exact(wide).enumerate() {
+                        let out = &mut y[(g * og + o) * sh.ho * sh.wo..][..sh.ho * sh.wo];
+                        for (dst, src) in out.chunks_exact_mut(sh.wo).zip(row.chunks_exact(wp)) {
+                            dst.copy_from_slice(&src[..sh.wo]);
+                        }
+                    }
+                }
+            })
+        });
+    }
+
     /// Lays out the receptive fields of `x` `[cg, h, w]` as columns: row `r` (one
     /// per input channel and kernel offset) of the `ho·wo` columns goes to
     /// `cols[r·ld + offset..]`, zero where the window hangs over the padding.
@@ -332,7 +419,9 @@ impl Conv2d {
         let [sh, sw] = c.stride;
         let [ph, pw] = c.padding;
         let [dh, dw] = c.dilation;
-        let mut rows = cols.chunks_mut(ld).map(|r| &mut r[offset..offset + ho * wo]);
+        let mut rows = cols
+            .chunks_mut(ld)
+            .map(|r| &mut r[offset..offset + ho * wo]);
         for plane in x.chunks_exact(h * w) {
             for ki in 0..kh {
                 for kj in 0..kw {
@@ -500,6 +589,50 @@ mod tests {
             assert!(err < 1e-5, "{cfg:?}: max error {err}");
             let single = conv.forward(&first_image(&x)).unwrap();
             assert_eq!(single, first_image(&got), "{cfg:?}: batch independence");
+        }
+    }
+
+    #[test]
+    fn shifted_products_equal_the_definition() {
+        let configs = [
+            Conv2dConfig::new(3, 5, 3).padding(1),
+            Conv2dConfig::new(4, 6, 3)
+                .padding(2)
+                .dilation(2)
+                .groups(2)
+                .bias(true),
+            Conv2dConfig::new(2, 3, 5).padding(1),
+            Conv2dConfig {
+                kernel: [3, 1],
+                padding: [1, 0],
+                ..Conv2dConfig::new(2, 2, 1)
+            },
+        ];
+        for cfg in configs {
+            let mut conv = Conv2d::new(cfg).unwrap();
+            let mut i = 0.0f32;
+            conv.visit_params_mut(&mut |p| {
+                p.data.iter_mut().for_each(|v| {
+                    i += 1.0;
+                    *v = (i * 0.23).sin()
+                })
+            });
+            let x = ramp((3, cfg.in_channels, 26, 25));
+            let (ho, wo) = conv.output_size(26, 25).unwrap();
+            let sh = Shapes {
+                h: 26,
+                w: 25,
+                ho,
+                wo,
+            };
+            assert!(
+                conv.shifted_columns(sh).is_some(),
+                "{cfg:?} takes the shifted path"
+            );
+            let got = conv.forward(&x).unwrap();
+            let want = direct(&conv, &x);
+            let err = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
+            assert!(err < 1e-4, "{cfg:?}: max error {err}");
         }
     }
 

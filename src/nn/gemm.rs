@@ -30,6 +30,30 @@ pub(crate) fn gemm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: u
     matmul(c, Accum::Replace, a, b, 1.0f32, t.par());
 }
 
+/// `c[m×n] (+)= a[m×k] · b`, where row `r` of `b` starts at `b[r·ldb]` (`ldb ≥ n`):
+/// the rows of a strided view. Adds to `c` when `accumulate`, else overwrites it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_strided_b(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    t: Threads,
+) {
+    debug_assert_eq!(c.len(), m * n);
+    let a = MatRef::from_row_major_slice(a, m, k);
+    let b = MatRef::from_row_major_slice_with_stride(b, k, n, ldb);
+    let c = MatMut::from_row_major_slice_mut(c, m, n);
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    matmul(c, accum, a, b, 1.0f32, t.par());
+}
+
 /// `c[m×n] = a[m×k] · bᵀ`, with `b` stored row-major as `[n×k]`.
 pub(crate) fn gemm_bt(
     c: &mut [f32],
