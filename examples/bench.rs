@@ -1,6 +1,6 @@
 //! Times reflow's forward pass and prints images/s and GFLOP/s.
 //!
-//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50]`
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50] [--tsv]`
 //!
 //! `scripts/bench_torch.py` times PyTorch on the same shapes and prints the ratio.
 
@@ -75,7 +75,9 @@ fn main() {
         .iter()
         .position(|a| a == "--model")
         .and_then(|i| args.get(i + 1));
-    println!("threads: {}", rayon::current_num_threads());
+    if !args.iter().any(|a| a == "--tsv") {
+        println!("threads: {}", rayon::current_num_threads());
+    }
     for (name, cfg, shape) in cases {
         if only.is_some_and(|m| !name.starts_with(m.as_str())) {
             continue;
@@ -102,6 +104,14 @@ fn main() {
             .collect();
         let t = median(times);
         let ips = shape.0 as f64 / t;
+        if args.iter().any(|a| a == "--tsv") {
+            println!(
+                "{name}\t{}\t{ips:.3}\t{:.3}",
+                rayon::current_num_threads(),
+                ips * flops / 1e9
+            );
+            continue;
+        }
         println!(
             "{name:<18} {:>9.1} images/s  {:>7.1} GFLOP/s  ({:.1} ms per batch, {:.2} GFLOP per image)",
             ips,

@@ -9,24 +9,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The example binary, next to this test (`target/<profile>/examples/`). `cargo test`
-/// builds examples; `cargo build --example prune` makes sure it is current when this
-/// test runs alone.
 fn prune_binary() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--example", "prune"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the prune example failed");
-    });
-    let deps = std::env::current_exe().unwrap();
-    let dir = deps.parent().unwrap().parent().unwrap();
-    dir.join("examples")
-        .join(format!("prune{}", std::env::consts::EXE_SUFFIX))
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| common::example_binary("prune"))
+        .clone()
 }
 
 fn gz_idx(path: &Path, dims: &[u32], data: &[u8]) {

@@ -242,14 +242,19 @@ impl Conv2d {
         );
         let images = self.images_per_product(n, ho * wo, threads);
         let shape = Shapes { h, w, ho, wo };
+        let shifted = self.shifted_columns(shape).map(|_| self.offset_slices());
+        let plan = Plan {
+            shape,
+            shifted: shifted.as_deref(),
+        };
         if n >= threads {
             ys.par_chunks_mut((images * out_len).max(1))
                 .zip(xs.par_chunks((images * in_len).max(1)))
-                .for_each(|(yc, xc)| self.chunk(xc, yc, shape, Threads::One, epilogue));
+                .for_each(|(yc, xc)| self.chunk(xc, yc, plan, Threads::One, epilogue));
         } else {
             let (yc, xc) = (ys.chunks_mut(out_len.max(1)), xs.chunks(in_len.max(1)));
             for (yi, xi) in yc.zip(xc) {
-                self.chunk(xi, yi, shape, Threads::All, epilogue);
+                self.chunk(xi, yi, plan, Threads::All, epilogue);
             }
         }
         Ok(y)
@@ -268,7 +273,8 @@ impl Conv2d {
 
     /// Convolves the images `x` `[B, C, h, w]` into `y` `[B, O, ho, wo]` with one
     /// product per group, then applies the bias and the epilogue.
-    fn chunk(&self, x: &[f32], y: &mut [f32], sh: Shapes, t: Threads, epilogue: &Epilogue<'_>) {
+    fn chunk(&self, x: &[f32], y: &mut [f32], plan: Plan<'_>, t: Threads, epilogue: &Epilogue<'_>) {
+        let sh = plan.shape;
         let c = &self.config;
         let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
         let k = cg * c.kernel[0] * c.kernel[1];
@@ -276,8 +282,8 @@ impl Conv2d {
         let images = y.len() / (c.out_channels * spatial).max(1);
         let width = images * spatial;
         let pointwise = self.is_pointwise();
-        if images == 1 && self.shifted_columns(sh).is_some() {
-            self.shifted(x, y, sh, t);
+        if let (1, Some(slices)) = (images, plan.shifted) {
+            self.shifted(x, y, sh, slices, t);
             let bias = self.bias.as_ref().map(|b| b.data.as_slice());
             epilogue.apply(y, spatial, bias);
             return;
@@ -344,11 +350,33 @@ impl Conv2d {
             .then_some(columns)
     }
 
+    /// The weights regrouped as `[group][ki][kj][o][c]`: one `[O/g × C/g]` matrix per
+    /// kernel offset, for [`Conv2d::shifted`].
+    fn offset_slices(&self) -> Vec<f32> {
+        let c = &self.config;
+        let [kh, kw] = c.kernel;
+        let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
+        let mut slices = vec![0.0f32; self.weight.data.len()];
+        let mut taps = self.weight.data.chunks_exact(kh * kw);
+        for o in 0..c.out_channels {
+            let (g, oi) = (o / og, o % og);
+            for ci in 0..cg {
+                let Some(kernel) = taps.next() else {
+                    return slices;
+                };
+                for (k, &v) in kernel.iter().enumerate() {
+                    slices[((g * kh * kw + k) * og + oi) * cg + ci] = v;
+                }
+            }
+        }
+        slices
+    }
+
     /// A stride-1 convolution of one image without im2col: the input is zero-padded
     /// once, and for each kernel offset `(ki, kj)` the rows of the padded planes,
     /// shifted by that offset, are multiplied by the weights' `[:, :, ki, kj]` slice and
     /// accumulated. The product has the padded width; the extra columns are dropped.
-    fn shifted(&self, x: &[f32], y: &mut [f32], sh: Shapes, t: Threads) {
+    fn shifted(&self, x: &[f32], y: &mut [f32], sh: Shapes, slices: &[f32], t: Threads) {
         let c = &self.config;
         let [kh, kw] = c.kernel;
         let [ph, pw] = c.padding;
@@ -356,15 +384,6 @@ impl Conv2d {
         let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
         let (hp, wp) = (sh.h + 2 * ph, sh.w + 2 * pw);
         let wide = sh.ho * wp;
-        // Weights regrouped as [group][ki][kj][o][c], one [og × cg] matrix per offset.
-        let mut slices = vec![0.0f32; self.weight.data.len()];
-        for (i, &v) in self.weight.data.iter().enumerate() {
-            let (kj, rest) = (i % kw, i / kw);
-            let (ki, rest) = (rest % kh, rest / kh);
-            let (ci, o) = (rest % cg, rest / cg);
-            let (g, og_i) = (o / og, o % og);
-            slices[(((g * kh + ki) * kw + kj) * og + og_i) * cg + ci] = v;
-        }
         PADDED.with_borrow_mut(|pad| {
             PRODUCT.with_borrow_mut(|product| {
                 // Slack at the end: the last shifted rows read past the last plane.
@@ -456,6 +475,14 @@ impl Conv2d {
 }
 
 plain_layer!(Conv2d, Tensor4, Tensor4, weight_bias);
+
+/// What every chunk of one convolution call shares.
+#[derive(Debug, Clone, Copy)]
+struct Plan<'a> {
+    shape: Shapes,
+    /// The weights by kernel offset, when the call uses shifted products.
+    shifted: Option<&'a [f32]>,
+}
 
 /// Input and output plane sizes of one convolution call.
 #[derive(Debug, Clone, Copy)]
