@@ -16,7 +16,7 @@
 mod protocol;
 
 use clap::Parser;
-use protocol::{last_ratio, progress_bar, Protocol, EVAL_BATCH};
+use protocol::{last_ratio, progress_bar, Protocol};
 use reflow::prelude::*;
 use reflow::prune::{PrunePlan, SparsityReport};
 use serde_json::{json, Map, Value};
@@ -264,7 +264,6 @@ fn run(args: &Args) -> reflow::Result<()> {
         Error::Data(m) => Error::Data(format!("--calib-images: {m}")),
         other => other,
     })?;
-    let signal_data = ImageBatches::new(test.images(), args.signal_images, EVAL_BATCH, &plan.norm)?;
     let pruners: Vec<MagnitudePruner> = plan
         .sparsities
         .iter()
@@ -300,7 +299,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         test: &test,
         norm: &plan.norm,
         calibration: &calibration,
-        signal_images: &signal_data,
+        signal_images: args.signal_images,
         reflow: plan.reflow,
     };
     let progress = progress_bar(1 + 2 * plan.sparsities.len() as u64);
@@ -311,7 +310,7 @@ fn run(args: &Args) -> reflow::Result<()> {
 
     let mut runs = Vec::new();
     for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
-        let run = protocol.run(&mut net, &dense_state, &dense.signal, s, pruner, &progress)?;
+        let run = protocol.run(&mut net, &dense_state, s, pruner, &progress)?;
         save(s, &net)?;
         runs.push(run);
     }

@@ -103,12 +103,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let calib_images = IdxImages::read(file("calib-images-idx3-ubyte.gz"))?;
     let norm = Normalization::new(vec![MEAN], vec![STD])?;
     let calibration = ImageBatches::new(&calib_images, args.calib_count, args.calib_batch, &norm)?;
-    let signal_images = ImageBatches::new(
-        test.images(),
-        args.signal_images.min(test.len()),
-        protocol::EVAL_BATCH,
-        &norm,
-    )?;
     let pruners = args
         .sparsity
         .iter()
@@ -130,7 +124,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         test: &test,
         norm: &norm,
         calibration: &calibration,
-        signal_images: &signal_images,
+        signal_images: args.signal_images.min(test.len()),
         reflow: Reflow::cumulative(),
     };
     let progress = progress_bar(1 + 2 * pruners.len() as u64);
@@ -141,7 +135,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     progress.inc(1);
     let mut runs = Vec::new();
     for (&s, pruner) in args.sparsity.iter().zip(pruners) {
-        runs.push(protocol.run(&mut net, &dense_state, &dense.signal, s, pruner, &progress)?);
+        runs.push(protocol.run(&mut net, &dense_state, s, pruner, &progress)?);
     }
     progress.finish_and_clear();
 
@@ -149,7 +143,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "signal: mean over channels of the variance of the last batch-norm output \
          (layer3.2.bn2), relative to the dense network; {} test images. {:.1} s in all.",
-        signal_images.len(),
+        protocol.signal_images,
         started.elapsed().as_secs_f64()
     );
 

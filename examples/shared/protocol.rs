@@ -5,7 +5,9 @@
 //! signal metric of every batch-norm layer at each step.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use reflow::metrics::argmax;
 use reflow::prelude::*;
+use reflow::stats::{Recorder, TapSelector};
 use std::time::Instant;
 
 /// Batch size for evaluation and signal measurement.
@@ -31,7 +33,8 @@ pub struct Protocol<'a> {
     pub test: &'a Dataset,
     pub norm: &'a Normalization,
     pub calibration: &'a ImageBatches<'a>,
-    pub signal_images: &'a ImageBatches<'a>,
+    /// The signal metric is measured on the first this many test images.
+    pub signal_images: usize,
     pub reflow: Reflow,
 }
 
@@ -46,21 +49,40 @@ pub fn progress_bar(steps: u64) -> ProgressBar {
 }
 
 impl Protocol<'_> {
-    /// Evaluates the network as it is.
+    /// Top-1 on the whole test set and the signal metric on its first
+    /// `signal_images` images, in one pass: those images run with a recorder at every
+    /// batch-norm output, the others without.
     pub fn evaluate(&self, net: &ResNet) -> reflow::Result<Evaluation> {
+        let images = self.test.images();
+        let labels = self.test.labels().as_slice();
+        let mut recorder = Recorder::new(TapSelector::batch_norm_outputs());
+        let mut accuracy = Accuracy::default();
+        let observed = self.signal_images.min(self.test.len());
+        let ranges = chunks(0, observed).chain(chunks(observed, self.test.len()));
+        for range in ranges {
+            let x = images.to_tensor(range.clone(), self.norm)?;
+            let logits = if range.start < observed {
+                net.forward_with(&x, &mut Probe::new(&mut recorder))?
+            } else {
+                net.forward(&x)?
+            };
+            for (row, &label) in logits.rows().into_iter().zip(&labels[range]) {
+                accuracy.correct += (argmax(row.iter().copied()) == label as usize) as usize;
+                accuracy.total += 1;
+            }
+        }
         Ok(Evaluation {
-            accuracy: accuracy(net, self.test, EVAL_BATCH, self.norm)?,
-            signal: measure_signal(net, self.signal_images)?,
+            accuracy,
+            signal: Signal::from_stats(&recorder.finish()?),
         })
     }
 
-    /// Restores `dense` (whose signal is `dense_signal`) into `net`, then prunes with `pruner`, evaluates, recalibrates
+    /// Restores `dense` into `net`, then prunes with `pruner`, evaluates, recalibrates
     /// and evaluates again. Ticks `progress` after each evaluation.
     pub fn run(
         &self,
         net: &mut ResNet,
         dense: &StateDict,
-        dense_signal: &Signal,
         sparsity: f64,
         pruner: MagnitudePruner,
         progress: &ProgressBar,
@@ -68,38 +90,36 @@ impl Protocol<'_> {
         let started = Instant::now();
         dense.load_into(net)?;
         progress.set_message(format!("sparsity {sparsity}"));
-        let (mut pruned, mut reflow) = (Accuracy::default(), Accuracy::default());
-        let report = Pipeline::new(pruner, self.reflow)
-            .measure_on(self.signal_images)
-            .dense_signal(dense_signal.clone())
-            .run_inspecting(net, self.calibration, |stage, model| {
+        let (mut pruned, mut reflow) = (None, None);
+        let report = Pipeline::new(pruner, self.reflow).run_inspecting(
+            net,
+            self.calibration,
+            |stage, model| {
                 let slot = match stage {
                     Stage::Dense => return Ok(()),
                     Stage::Pruned => &mut pruned,
                     Stage::Rescaled => &mut reflow,
                 };
-                *slot = accuracy(model, self.test, EVAL_BATCH, self.norm)?;
+                *slot = Some(self.evaluate(model)?);
                 progress.inc(1);
                 Ok(())
-            })?;
-        let signal = report
-            .signal
-            .clone()
-            .expect("measured on the signal images");
+            },
+        )?;
         Ok(Run {
             sparsity,
-            pruned: Evaluation {
-                accuracy: pruned,
-                signal: signal.pruned,
-            },
-            reflow: Evaluation {
-                accuracy: reflow,
-                signal: signal.rescaled,
-            },
+            pruned: pruned.expect("evaluated after pruning"),
+            reflow: reflow.expect("evaluated after REFLOW"),
             report,
             secs: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// `start..end` in ranges of at most [`EVAL_BATCH`].
+fn chunks(start: usize, end: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (start..end)
+        .step_by(EVAL_BATCH)
+        .map(move |s| s..(s + EVAL_BATCH).min(end))
 }
 
 /// The last batch-norm layer's signal relative to the dense network's.
