@@ -310,6 +310,7 @@ where
     chart
         .configure_mesh()
         .x_desc("batch-norm layer, by depth (bn1 … layer3.2.bn2)")
+        .x_label_formatter(&|x| format!("{}", x.round() as i64))
         .y_desc("signal / dense signal")
         .label_style(("sans-serif", 14))
         .draw()?;

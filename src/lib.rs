@@ -42,6 +42,38 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! ## Prune, measure, recalibrate
+//!
+//! The stages compose in a [`Pipeline`](pipeline::Pipeline): magnitude pruning, the
+//! signal metric of every batch-norm layer before and after, and REFLOW.
+//!
+//! ```
+//! use reflow::prelude::*;
+//! use ndarray::Array4;
+//!
+//! # let state = StateDict::read_safetensors(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/resnet20_cifar.safetensors"))?;
+//! let mut net = ResNet::from_state_dict(&state, Stem::Cifar)?;
+//! // Calibration and held-out batches: any `CalibrationData`, e.g. `ImageBatches`
+//! // over an IDX file, or tensors in memory as here.
+//! let batch = |seed: usize| Array4::from_shape_fn((16, 3, 16, 16), |(n, c, h, w)| {
+//!     (((seed + n) * 7 + c * 5 + h * 3 + w) % 11) as f32 / 5.0 - 1.0
+//! });
+//! let calibration = vec![batch(0), batch(1), batch(2)];
+//! let held_out = vec![batch(3)];
+//!
+//! let report = Pipeline::new(MagnitudePruner::new(0.8), Reflow::cumulative())
+//!     .measure_on(&held_out)
+//!     .run(&mut net, &calibration)?;
+//!
+//! assert!((report.sparsity.prunable_sparsity() - 0.8).abs() < 1e-3);
+//! let signal = report.signal.expect("measured on the held-out batch");
+//! let (layer, pruned) = signal.pruned_ratio().last().map(|(l, r)| (l.to_string(), r)).unwrap();
+//! let rescaled = signal.rescaled_ratio().get(&layer).unwrap();
+//! println!("{layer}: signal {pruned:.3} of dense after pruning, {rescaled:.3} after REFLOW");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 #![warn(missing_docs)]
 
 pub mod error;

@@ -146,8 +146,10 @@ thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The product buffer of the current thread, when several images share a product.
     static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The zero-padded input image of the current thread (shifted products).
-    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The zero-padded input image of the current thread (shifted products), with the
+    /// geometry `[channels, hp, wp, ph, pw, length]` it was laid out for: while that stays the
+    /// same, the border is still zero and only the interior is rewritten.
+    static PADDED: RefCell<(Vec<f32>, [usize; 6])> = const { RefCell::new((Vec::new(), [0; 6])) };
 }
 
 /// Products narrower than this many columns are widened by convolving several images
@@ -160,7 +162,7 @@ const MAX_COLUMN_FLOATS: usize = 1 << 18;
 
 /// Stride-1 convolutions whose padded output rows give at least this many columns use
 /// shifted products instead of im2col.
-const MIN_SHIFTED_COLUMNS: usize = 512;
+const MIN_SHIFTED_COLUMNS: usize = 192;
 
 impl Conv2d {
     /// A convolution with zero weights (and bias), to be filled from a checkpoint.
@@ -283,9 +285,7 @@ impl Conv2d {
         let width = images * spatial;
         let pointwise = self.is_pointwise();
         if let (1, Some(slices)) = (images, plan.shifted) {
-            self.shifted(x, y, sh, slices, t);
-            let bias = self.bias.as_ref().map(|b| b.data.as_slice());
-            epilogue.apply(y, spatial, bias);
+            self.shifted(x, y, sh, slices, t, epilogue);
             return;
         }
         COLUMNS.with_borrow_mut(|cols| {
@@ -350,8 +350,8 @@ impl Conv2d {
             .then_some(columns)
     }
 
-    /// The weights regrouped as `[group][ki][kj][o][c]`: one `[O/g × C/g]` matrix per
-    /// kernel offset, for [`Conv2d::shifted`].
+    /// The weights regrouped as `[group][ki][o][c][kj]`: one `[O/g × C/g·kw]` matrix
+    /// per kernel row, for [`Conv2d::shifted`].
     fn offset_slices(&self) -> Vec<f32> {
         let c = &self.config;
         let [kh, kw] = c.kernel;
@@ -364,35 +364,60 @@ impl Conv2d {
                 let Some(kernel) = taps.next() else {
                     return slices;
                 };
-                for (k, &v) in kernel.iter().enumerate() {
-                    slices[((g * kh * kw + k) * og + oi) * cg + ci] = v;
+                for (ki, row) in kernel.chunks_exact(kw).enumerate() {
+                    let at = (((g * kh + ki) * og + oi) * cg + ci) * kw;
+                    slices[at..at + kw].copy_from_slice(row);
                 }
             }
         }
         slices
     }
 
-    /// A stride-1 convolution of one image without im2col: the input is zero-padded
-    /// once, and for each kernel offset `(ki, kj)` the rows of the padded planes,
-    /// shifted by that offset, are multiplied by the weights' `[:, :, ki, kj]` slice and
-    /// accumulated. The product has the padded width; the extra columns are dropped.
-    fn shifted(&self, x: &[f32], y: &mut [f32], sh: Shapes, slices: &[f32], t: Threads) {
+    /// A stride-1 convolution of one image without im2col. Each input plane is laid
+    /// out zero-padded `kw` times, the `kj`-th copy shifted left by `kj·dw`; then for
+    /// each kernel row `ki` the copies, shifted down by `ki·dh` rows, are multiplied by
+    /// the weights' `[:, :, ki, :]` slice and accumulated. The product has the padded
+    /// width; the extra columns are dropped as the epilogue writes the output.
+    fn shifted(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        sh: Shapes,
+        slices: &[f32],
+        t: Threads,
+        epilogue: &Epilogue<'_>,
+    ) {
         let c = &self.config;
         let [kh, kw] = c.kernel;
         let [ph, pw] = c.padding;
         let [dh, dw] = c.dilation;
         let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
         let (hp, wp) = (sh.h + 2 * ph, sh.w + 2 * pw);
+        let plane = hp * wp;
         let wide = sh.ho * wp;
-        PADDED.with_borrow_mut(|pad| {
+        let bias = self.bias.as_ref().map(|b| b.data.as_slice());
+        PADDED.with_borrow_mut(|(pad, geometry)| {
             PRODUCT.with_borrow_mut(|product| {
-                // Slack at the end: the last shifted rows read past the last plane.
-                pad.clear();
-                pad.resize(c.in_channels * hp * wp + (kw - 1) * dw, 0.0);
-                for (ch, plane) in x.chunks_exact(sh.h * sh.w).enumerate() {
-                    for (i, row) in plane.chunks_exact(sh.w).enumerate() {
-                        let at = ch * hp * wp + (i + ph) * wp + pw;
-                        pad[at..at + sh.w].copy_from_slice(row);
+                // While the geometry is unchanged, every position outside the copied
+                // interiors is still zero.
+                let len = c.in_channels * kw * plane;
+                let layout = [c.in_channels, hp, wp, ph, pw, kw * dw];
+                if *geometry != layout {
+                    pad.clear();
+                    pad.resize(len, 0.0);
+                    *geometry = layout;
+                }
+                for (ch, input) in x.chunks_exact(sh.h * sh.w).enumerate() {
+                    for kj in 0..kw {
+                        // Padded column q holds input column q + kj·dw − pw.
+                        let shift = (kj * dw) as isize - pw as isize;
+                        let (lo, hi) = valid_range(shift, 1, sh.w, wp);
+                        let base = (ch * kw + kj) * plane;
+                        for (i, row) in input.chunks_exact(sh.w).enumerate() {
+                            let at = base + (i + ph) * wp;
+                            let from = (lo as isize + shift) as usize;
+                            pad[at + lo..at + hi].copy_from_slice(&row[from..from + hi - lo]);
+                        }
                     }
                 }
                 if product.len() < og * wide {
@@ -401,26 +426,18 @@ impl Conv2d {
                 let product = &mut product[..og * wide];
                 for g in 0..c.groups {
                     for ki in 0..kh {
-                        for kj in 0..kw {
-                            let at = ((g * kh + ki) * kw + kj) * og * cg;
-                            let a = &slices[at..at + og * cg];
-                            let shift = g * cg * hp * wp + ki * dh * wp + kj * dw;
-                            let first = ki == 0 && kj == 0;
-                            gemm_strided_b(
-                                product,
-                                a,
-                                &pad[shift..],
-                                hp * wp,
-                                (og, cg, wide),
-                                !first,
-                                t,
-                            );
-                        }
+                        let at = (g * kh + ki) * og * cg * kw;
+                        let a = &slices[at..at + og * cg * kw];
+                        let start = g * cg * kw * plane + ki * dh * wp;
+                        let b = &pad[start..];
+                        gemm_strided_b(product, a, b, plane, (og, cg * kw, wide), ki > 0, t);
                     }
                     for (o, row) in product.chunks_exact(wide).enumerate() {
-                        let out = &mut y[(g * og + o) * sh.ho * sh.wo..][..sh.ho * sh.wo];
+                        let channel = g * og + o;
+                        let out = &mut y[channel * sh.ho * sh.wo..][..sh.ho * sh.wo];
+                        let (a, b) = epilogue.affine(channel, bias);
                         for (dst, src) in out.chunks_exact_mut(sh.wo).zip(row.chunks_exact(wp)) {
-                            dst.copy_from_slice(&src[..sh.wo]);
+                            epilogue.map(dst, &src[..sh.wo], a, b);
                         }
                     }
                 }
@@ -506,13 +523,33 @@ pub(crate) struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
+    /// `(a, b)` such that channel `o`'s output is `v·a + b` before the ReLU.
+    fn affine(&self, o: usize, bias: Option<&[f32]>) -> (f32, f32) {
+        let a = self.scale.map_or(1.0, |s| s[o]);
+        (
+            a,
+            bias.map_or(0.0, |b| b[o]) * a + self.shift.map_or(0.0, |s| s[o]),
+        )
+    }
+
+    /// `dst = relu?(src·a + b)`.
+    fn map(&self, dst: &mut [f32], src: &[f32], a: f32, b: f32) {
+        if self.relu {
+            dst.iter_mut()
+                .zip(src)
+                .for_each(|(d, &v)| *d = (v * a + b).max(0.0));
+        } else {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * a + b);
+        }
+    }
+
+    /// Applies the epilogue in place to planes of `spatial` values.
     fn apply(&self, y: &mut [f32], spatial: usize, bias: Option<&[f32]>) {
         if bias.is_none() && self.scale.is_none() && self.shift.is_none() && !self.relu {
             return;
         }
         for (o, plane) in y.chunks_mut(spatial.max(1)).enumerate() {
-            let a = self.scale.map_or(1.0, |s| s[o]);
-            let b = bias.map_or(0.0, |b| b[o]) * a + self.shift.map_or(0.0, |s| s[o]);
+            let (a, b) = self.affine(o, bias);
             if self.relu {
                 plane.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
             } else {

@@ -1,7 +1,7 @@
 //! A convolution followed by batch norm (and optionally ReLU), fused in eval mode.
 
 use super::conv::Epilogue;
-use super::{BatchNorm2d, Conv2d, Tensor4};
+use super::{emit4, BatchNorm2d, Conv2d, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut};
@@ -11,12 +11,13 @@ use crate::layer::{Probe, Site};
 /// or `0` and `1` in a torchvision `downsample`), so the parameters and taps are
 /// exactly those of the separate layers.
 ///
-/// In eval mode, when no observer wants the convolution's output or the batch norm's
-/// input or output, the batch norm's scale and shift (and the ReLU) are applied to
-/// each output plane right after the product, while it is in cache: one pass and one
-/// allocation instead of three. Otherwise — and always in calibration mode, where the
-/// batch statistics need the whole convolution output — the layers run one after the
-/// other. Both paths compute the same values.
+/// In eval mode, the batch norm's scale and shift (and the ReLU) are applied to each
+/// output plane right after the product, while it is in cache: one pass and one
+/// allocation instead of three. When an observer wants the batch norm's output, the
+/// ReLU waits until it has seen it; when it wants the convolution's output (the batch
+/// norm's input) — and always in calibration mode, where the batch statistics need the
+/// whole convolution output — the layers run one after the other. All paths compute
+/// the same values.
 ///
 /// ```
 /// use reflow::layer::{count_parameters, Layer};
@@ -77,18 +78,18 @@ impl ConvBn {
         &self.bn
     }
 
-    /// Whether the observer wants a tensor that only the unfused path materialises.
-    fn observed(&self, probe: &mut Probe<'_>) -> bool {
+    /// Whether the observer wants the convolution's output (the batch norm's input),
+    /// which only the unfused path materialises.
+    fn conv_output_observed(&self, probe: &mut Probe<'_>) -> bool {
         probe.scoped(&self.conv_name, |p| p.wants(LayerKind::Conv, Site::Output))
             || probe.scoped(&self.bn_name, |p| {
                 p.wants(LayerKind::BatchNorm, Site::Input)
-                    || p.wants(LayerKind::BatchNorm, Site::Output)
             })
     }
 
     fn relu_in_place(&self, mut y: Tensor4) -> Tensor4 {
         if self.relu {
-            y.mapv_inplace(|v| v.max(0.0));
+            y.par_mapv_inplace(|v| v.max(0.0));
         }
         y
     }
@@ -99,18 +100,29 @@ impl Layer for ConvBn {
     type Output = Tensor4;
 
     fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
-        if self.observed(probe) {
+        if self.conv_output_observed(probe) {
             let y = probe.scoped(&self.conv_name, |p| self.conv.forward_with(x, p))?;
             let y = probe.scoped(&self.bn_name, |p| self.bn.forward_with(&y, p))?;
             return Ok(self.relu_in_place(y));
         }
+        // The batch norm's output is wanted: fuse it, show it, then apply the ReLU.
+        let bn_output_observed = probe.scoped(&self.bn_name, |p| {
+            p.wants(LayerKind::BatchNorm, Site::Output)
+        });
         let (scale, shift) = self.bn.eval_affine();
         let epilogue = Epilogue {
             scale: Some(&scale),
             shift: Some(&shift),
-            relu: self.relu,
+            relu: self.relu && !bn_output_observed,
         };
-        probe.scoped(&self.conv_name, |p| self.conv.run_fused(x, p, &epilogue))
+        let y = probe.scoped(&self.conv_name, |p| self.conv.run_fused(x, p, &epilogue))?;
+        if !bn_output_observed {
+            return Ok(y);
+        }
+        probe.scoped(&self.bn_name, |p| {
+            emit4(p, LayerKind::BatchNorm, Site::Output, &y)
+        });
+        Ok(self.relu_in_place(y))
     }
 
     fn forward_train(
@@ -150,12 +162,15 @@ mod tests {
     use crate::nn::Conv2dConfig;
     use ndarray::Array4;
 
-    struct WantsBn;
-    impl Observer for WantsBn {
+    /// Keeps copies of the taps it wants.
+    struct Wants(Site, Vec<Vec<f32>>);
+    impl Observer for Wants {
         fn wants(&self, tap: &Tap<'_>) -> bool {
-            tap.kind == LayerKind::BatchNorm
+            tap.kind == LayerKind::BatchNorm && tap.site == self.0
         }
-        fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
+        fn observe(&mut self, _: &Tap<'_>, a: Activation<'_>) {
+            self.1.push(a.data.to_vec());
+        }
     }
 
     #[test]
@@ -174,14 +189,28 @@ mod tests {
                 ((a + 2 * b + c * d) as f32).cos()
             });
             let fused = unit.forward(&x).unwrap();
-            let unfused = unit
-                .forward_with(&x, &mut Probe::new(&mut WantsBn))
-                .unwrap();
-            let err = (&fused - &unfused)
-                .mapv(f32::abs)
-                .fold(0.0f32, |m, &v| m.max(v));
-            assert!(err < 1e-5, "bias {bias} relu {relu}: {err}");
+            let mut input = Wants(Site::Input, vec![]);
+            let unfused = unit.forward_with(&x, &mut Probe::new(&mut input)).unwrap();
+            let mut output = Wants(Site::Output, vec![]);
+            let shown = unit.forward_with(&x, &mut Probe::new(&mut output)).unwrap();
+            for other in [&unfused, &shown] {
+                let err = (&fused - other)
+                    .mapv(f32::abs)
+                    .fold(0.0f32, |m, &v| m.max(v));
+                assert!(err < 1e-5, "bias {bias} relu {relu}: {err}");
+            }
             assert_eq!(relu, fused.iter().all(|&v| v >= 0.0));
+            // The batch norm's output is shown before the ReLU, as the layers compute it.
+            let bn_out = unit
+                .bn()
+                .forward(&unit.conv().forward(&x).unwrap())
+                .unwrap();
+            assert_eq!((input.1.len(), output.1.len()), (1, 1));
+            let err = bn_out
+                .iter()
+                .zip(&output.1[0])
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < 1e-5, "bias {bias} relu {relu}: {err}");
         }
     }
 

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, LayerKind, NormStats};
 use crate::layer::{NormStatsMut, NormUpdate, Param, ParamMut, Probe, Site};
+use ndarray::Zip;
 
 /// Layers run one after the other, each under its own name: PyTorch's
 /// `nn.Sequential` (whose children are named `0`, `1`, ...) or a module with named
@@ -163,7 +164,9 @@ impl Residual {
                 s.shape(),
             ));
         }
-        y.zip_mut_with(s, |a, &b| *a = (*a + b).max(0.0));
+        Zip::from(&mut y)
+            .and(s)
+            .par_for_each(|a, &b| *a = (*a + b).max(0.0));
         emit4(probe, LayerKind::Block, Site::Output, &y);
         Ok(y)
     }

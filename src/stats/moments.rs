@@ -3,6 +3,7 @@
 use super::ActivationStats;
 use crate::error::{Error, Result};
 use crate::layer::Activation;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Per-channel count, mean and sum of squared deviations (M2), in `f64`.
@@ -98,11 +99,19 @@ impl ActivationStats for ChannelMoments {
         if n_b == 0 {
             return Ok(());
         }
-        for c in 0..a.channels {
-            let planes = (0..a.batch).map(|n| a.plane(n, c));
-            let sum: f64 = planes.clone().flatten().map(|&v| v as f64).sum();
-            let mean_b = sum / n_b as f64;
-            let m2_b: f64 = planes.flatten().map(|&v| (v as f64 - mean_b).powi(2)).sum();
+        // Channels in parallel; within a channel a fixed order, so the result does not
+        // depend on the thread count.
+        let batch: Vec<(f64, f64)> = (0..a.channels)
+            .into_par_iter()
+            .map(|c| {
+                let planes = (0..a.batch).map(|n| a.plane(n, c));
+                let sum: f64 = planes.clone().flatten().map(|&v| v as f64).sum();
+                let mean_b = sum / n_b as f64;
+                let m2_b: f64 = planes.flatten().map(|&v| (v as f64 - mean_b).powi(2)).sum();
+                (mean_b, m2_b)
+            })
+            .collect();
+        for (c, (mean_b, m2_b)) in batch.into_iter().enumerate() {
             self.combine(c, n_b, mean_b, m2_b);
         }
         self.count += n_b;
