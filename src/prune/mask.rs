@@ -43,6 +43,11 @@ impl TensorMask {
         Ok(mask)
     }
 
+    /// The bitset, 64 weights per word (bit `j` of word `c` is weight `64·c + j`).
+    pub(crate) fn words_mut(&mut self) -> &mut [u64] {
+        &mut self.pruned
+    }
+
     pub(crate) fn prune(&mut self, i: usize) {
         self.pruned[i / 64] |= 1 << (i % 64);
     }
