@@ -81,6 +81,39 @@ impl BatchNorm2d {
         self.num_batches_tracked
     }
 
+    /// Calibration mode on a tensor the caller owns (checked: channels, standard
+    /// layout, more than one value per channel): normalises `y` in place by its batch
+    /// statistics (then applies ReLU if `relu`), and folds them into the running
+    /// statistics by `update`.
+    pub(crate) fn train_in_place(&mut self, y: &mut Tensor4, update: NormUpdate, relu: bool) {
+        let (n, c, h, w) = y.dim();
+        let count = n * h * w;
+        let ys = y.as_slice_mut().expect("standard layout");
+        let moments = channel_moments(ys, n, c, h * w);
+        let mean: Vec<f32> = moments.iter().map(|m| m.0 as f32).collect();
+        let var: Vec<f32> = moments.iter().map(|m| m.1 as f32).collect();
+        let (scale, shift) = self.affine(&mean, &var);
+        ys.par_chunks_mut((h * w).max(1))
+            .enumerate()
+            .for_each(|(i, plane)| {
+                let (a, b) = (scale[i % c], shift[i % c]);
+                if relu {
+                    plane.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
+                } else {
+                    plane.iter_mut().for_each(|v| *v = *v * a + b);
+                }
+            });
+        self.num_batches_tracked += 1;
+        let f = update.factor(self.num_batches_tracked);
+        let unbias = count as f64 / (count - 1) as f64;
+        for (ch, &(m, v)) in moments.iter().enumerate() {
+            let rm = &mut self.running_mean.data[ch];
+            *rm = ((1.0 - f) * *rm as f64 + f * m) as f32;
+            let rv = &mut self.running_var.data[ch];
+            *rv = ((1.0 - f) * *rv as f64 + f * v * unbias) as f32;
+        }
+    }
+
     /// Per-channel `(scale, shift)` such that `y = scale·x + shift` in eval mode.
     pub fn eval_affine(&self) -> (Vec<f32>, Vec<f32>) {
         self.affine(&self.running_mean.data, &self.running_var.data)
@@ -118,23 +151,33 @@ impl BatchNorm2d {
     }
 }
 
-/// Per-channel mean and biased variance of an NCHW tensor, accumulated in f64 (two
-/// passes: the mean, then the squared deviations from it).
+/// Per-channel mean and biased variance of an NCHW tensor, in f64. Each `[H, W]`
+/// plane's mean and sum of squared deviations are computed in parallel (two passes over
+/// a plane that stays in cache), then merged channel by channel in image order, so the
+/// result does not depend on the thread count.
 pub(crate) fn channel_moments(x: &[f32], n: usize, c: usize, spatial: usize) -> Vec<(f64, f64)> {
-    let count = (n * spatial) as f64;
+    let planes: Vec<(f64, f64)> = x
+        .par_chunks(spatial.max(1))
+        .with_min_len(16)
+        .map(|p| {
+            let mean = p.iter().map(|&v| v as f64).sum::<f64>() / p.len().max(1) as f64;
+            let m2 = p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
+            (mean, m2)
+        })
+        .collect();
     (0..c)
-        .into_par_iter()
         .map(|ch| {
-            let planes = (0..n).map(|i| &x[(i * c + ch) * spatial..(i * c + ch + 1) * spatial]);
-            let sum: f64 = planes
-                .clone()
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+            let of = |i: usize| planes[i * c + ch];
+            // Equal-sized planes: the overall mean is the mean of the plane means, and
+            // M2 adds the spread of the plane means to the planes' own M2.
+            let mean = (0..n).map(|i| of(i).0).sum::<f64>() / n.max(1) as f64;
+            let m2: f64 = (0..n)
+                .map(|i| {
+                    let (m, m2) = of(i);
+                    m2 + spatial as f64 * (m - mean).powi(2)
+                })
                 .sum();
-            let mean = sum / count;
-            let m2: f64 = planes
-                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                .sum();
-            (mean, m2 / count)
+            (mean, m2 / (n * spatial).max(1) as f64)
         })
         .collect()
 }
@@ -160,7 +203,7 @@ impl Layer for BatchNorm2d {
     ) -> Result<Tensor4> {
         check_channels(probe, x, self.channels())?;
         emit4(probe, LayerKind::BatchNorm, Site::Input, x);
-        let (n, c, h, w) = x.dim();
+        let (n, _, h, w) = x.dim();
         let count = n * h * w;
         if count < 2 {
             return Err(Error::shape(
@@ -169,22 +212,8 @@ impl Layer for BatchNorm2d {
                 x.shape(),
             ));
         }
-        let xs = x.as_standard_layout();
-        let moments = channel_moments(xs.as_slice().expect("standard layout"), n, c, h * w);
-        let mean: Vec<f32> = moments.iter().map(|m| m.0 as f32).collect();
-        let var: Vec<f32> = moments.iter().map(|m| m.1 as f32).collect();
-        let (scale, shift) = self.affine(&mean, &var);
-        let y = self.normalise(x, &scale, &shift);
-
-        self.num_batches_tracked += 1;
-        let f = update.factor(self.num_batches_tracked);
-        let unbias = count as f64 / (count - 1) as f64;
-        for (ch, &(m, v)) in moments.iter().enumerate() {
-            let rm = &mut self.running_mean.data[ch];
-            *rm = ((1.0 - f) * *rm as f64 + f * m) as f32;
-            let rv = &mut self.running_var.data[ch];
-            *rv = ((1.0 - f) * *rv as f64 + f * v * unbias) as f32;
-        }
+        let mut y = x.as_standard_layout().into_owned();
+        self.train_in_place(&mut y, update, false);
         emit4(probe, LayerKind::BatchNorm, Site::Output, &y);
         Ok(y)
     }

@@ -131,8 +131,35 @@ impl Layer for ConvBn {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Tensor4> {
-        let y = probe.scoped(&self.conv_name, |p| self.conv.forward_train(x, update, p))?;
-        let y = probe.scoped(&self.bn_name, |p| self.bn.forward_train(&y, update, p))?;
+        if self.conv_output_observed(probe) {
+            let y = probe.scoped(&self.conv_name, |p| self.conv.forward_train(x, update, p))?;
+            let y = probe.scoped(&self.bn_name, |p| self.bn.forward_train(&y, update, p))?;
+            return Ok(self.relu_in_place(y));
+        }
+        // The convolution's output is the batch norm's to normalise in place.
+        let mut y = probe.scoped(&self.conv_name, |p| {
+            self.conv.run_fused(x, p, &Epilogue::default())
+        })?;
+        let (n, _, h, w) = y.dim();
+        if n * h * w < 2 {
+            let path = probe.child_path(&self.bn_name);
+            return Err(Error::shape(
+                path,
+                "more than one value per channel to compute batch statistics",
+                y.shape(),
+            ));
+        }
+        let bn_output_observed = probe.scoped(&self.bn_name, |p| {
+            p.wants(LayerKind::BatchNorm, Site::Output)
+        });
+        self.bn
+            .train_in_place(&mut y, update, self.relu && !bn_output_observed);
+        if !bn_output_observed {
+            return Ok(y);
+        }
+        probe.scoped(&self.bn_name, |p| {
+            emit4(p, LayerKind::BatchNorm, Site::Output, &y)
+        });
         Ok(self.relu_in_place(y))
     }
 
@@ -212,6 +239,38 @@ mod tests {
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(err < 1e-5, "bias {bias} relu {relu}: {err}");
         }
+    }
+
+    #[test]
+    fn fused_and_unfused_calibration_agree() {
+        let conv = Conv2d::new(Conv2dConfig::new(3, 4, 3).padding(1).bias(true)).unwrap();
+        let mut fused = ConvBn::new("c", conv, "b", BatchNorm2d::new(4, 1e-5), true).unwrap();
+        let mut i = 0.0f32;
+        fused.visit_params_mut(&mut |p| {
+            p.data.iter_mut().for_each(|v| {
+                i += 0.41;
+                *v = i.cos()
+            })
+        });
+        let mut unfused = fused.clone();
+        let x = Array4::from_shape_fn((3, 3, 7, 6), |(a, b, c, d)| {
+            ((a * 5 + b + c * d) as f32).sin()
+        });
+        let update = NormUpdate::Ema { momentum: 0.3 };
+        let y1 = fused.forward_train(&x, update, &mut Probe::none()).unwrap();
+        let mut input = Wants(Site::Input, vec![]);
+        let y2 = unfused
+            .forward_train(&x, update, &mut Probe::new(&mut input))
+            .unwrap();
+        assert_eq!(input.1.len(), 1, "the unfused path ran");
+        let err = (&y1 - &y2).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+        assert!(err < 1e-5, "{err}");
+        let (a, b) = (fused.bn().running_var(), unfused.bn().running_var());
+        assert!(a
+            .iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() < 1e-6 * y.abs().max(1.0)));
+        assert_eq!(fused.bn().num_batches_tracked(), 1);
     }
 
     #[test]
