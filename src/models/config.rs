@@ -187,7 +187,7 @@ impl ResNetConfig {
     /// 3 channels, 10 classes, 1×1-convolution shortcuts in torchvision's
     /// `downsample` layout.
     pub fn cifar_resnet(depth: usize) -> Result<Self> {
-        if depth < 8 || (depth - 2) % 6 != 0 {
+        if depth < 8 || !(depth - 2).is_multiple_of(6) {
             return Err(Error::invalid(
                 "depth",
                 format!("{depth} is not 6n + 2 with n ≥ 1 (20, 32, 44, 56, 110, ...)"),

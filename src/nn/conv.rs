@@ -1,5 +1,6 @@
 //! 2-d convolution, NCHW, as im2col + GEMM.
 
+use super::direct;
 use super::gemm::{gemm, gemm_strided_b, Threads};
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
@@ -106,7 +107,9 @@ impl Conv2dConfig {
                 return Err(Error::invalid(name, "must be positive"));
             }
         }
-        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
+        if !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
             return Err(Error::invalid(
                 "groups",
                 format!(
@@ -244,11 +247,28 @@ impl Conv2d {
         );
         let images = self.images_per_product(n, ho * wo, threads);
         let shape = Shapes { h, w, ho, wo };
-        let shifted = self.shifted_columns(shape).map(|_| self.offset_slices());
+        let direct = direct::applies(&self.config).then(|| {
+            let bias = self.bias.as_ref().map(|b| b.data.as_slice());
+            let (scale, shift) = (0..self.config.out_channels)
+                .map(|o| epilogue.affine(o, bias))
+                .unzip::<f32, f32, Vec<f32>, Vec<f32>>();
+            (direct::pack(&self.config, &self.weight.data), scale, shift)
+        });
+        let shifted = match direct {
+            None => self.shifted_columns(shape).map(|_| self.offset_slices()),
+            Some(_) => None,
+        };
         let plan = Plan {
             shape,
             shifted: shifted.as_deref(),
+            direct: direct.as_ref().map(|(packed, scale, shift)| Direct {
+                packed,
+                scale,
+                shift,
+                relu: epilogue.relu,
+            }),
         };
+        let images = if direct.is_some() { 1 } else { images };
         if n >= threads {
             ys.par_chunks_mut((images * out_len).max(1))
                 .zip(xs.par_chunks((images * in_len).max(1)))
@@ -284,6 +304,20 @@ impl Conv2d {
         let images = y.len() / (c.out_channels * spatial).max(1);
         let width = images * spatial;
         let pointwise = self.is_pointwise();
+        if let Some(Direct {
+            packed,
+            scale,
+            shift,
+            relu,
+        }) = plan.direct
+        {
+            let (per_in, per_out) = (c.in_channels * plane_in, c.out_channels * spatial);
+            for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
+                let shapes = ((sh.h, sh.w), (sh.ho, sh.wo));
+                direct::image(c, packed, xi, yi, shapes.0, shapes.1, (scale, shift, relu));
+            }
+            return;
+        }
         if let (1, Some(slices)) = (images, plan.shifted) {
             self.shifted(x, y, sh, slices, t, epilogue);
             return;
@@ -499,6 +533,17 @@ struct Plan<'a> {
     shape: Shapes,
     /// The weights by kernel offset, when the call uses shifted products.
     shifted: Option<&'a [f32]>,
+    /// When the call uses the direct kernel: its weights and epilogue.
+    direct: Option<Direct<'a>>,
+}
+
+/// The packed weights and the per-channel epilogue of a direct-kernel call.
+#[derive(Debug, Clone, Copy)]
+struct Direct<'a> {
+    packed: &'a [f32],
+    scale: &'a [f32],
+    shift: &'a [f32],
+    relu: bool,
 }
 
 /// Input and output plane sizes of one convolution call.
@@ -698,6 +743,36 @@ mod tests {
                 "{cfg:?} takes the shifted path"
             );
             check(&conv, &ramp((3, cfg.in_channels, 26, 25)));
+        }
+    }
+
+    #[test]
+    fn direct_kernel_equals_the_definition() {
+        // Output widths that exercise every block shape and the leftovers.
+        let cases = [
+            (Conv2dConfig::new(3, 16, 3).padding(1), (28, 28)),
+            (Conv2dConfig::new(16, 32, 3).padding(1).bias(true), (14, 14)),
+            (Conv2dConfig::new(8, 16, 3).padding(1), (7, 9)),
+            (Conv2dConfig::new(4, 16, 3).padding(2).dilation(2), (11, 33)),
+            (Conv2dConfig::new(2, 32, 5).padding(1), (6, 5)),
+            (Conv2dConfig::new(16, 32, 3).padding(1).stride(2), (28, 28)),
+            (Conv2dConfig::new(6, 16, 3).padding(1).stride(2), (9, 13)),
+            (Conv2dConfig::new(16, 32, 1).stride(2), (14, 14)),
+            (Conv2dConfig::new(3, 16, 7).padding(3).stride(2), (20, 18)),
+            (
+                Conv2dConfig {
+                    kernel: [1, 3],
+                    padding: [0, 1],
+                    ..Conv2dConfig::new(5, 16, 1)
+                },
+                (3, 61),
+            ),
+        ];
+        for (cfg, (h, w)) in cases {
+            if !direct::applies(&cfg) {
+                eprintln!("no AVX-512F here: {cfg:?} takes the GEMM path");
+            }
+            check(&filled(cfg), &ramp((2, cfg.in_channels, h, w)));
         }
     }
 

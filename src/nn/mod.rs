@@ -154,6 +154,7 @@ mod activation;
 mod batch_norm;
 mod conv;
 mod conv_bn;
+mod direct;
 mod gemm;
 mod linear;
 mod pool;

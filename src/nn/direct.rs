@@ -1,0 +1,266 @@
+//! Direct convolution for convolutions with few input channels, on x86-64 processors
+//! with AVX-512F.
+//!
+//! im2col + GEMM moves a lot of data for the small channel counts of CIFAR-style
+//! networks (16–64 channels). Here each output row is computed in blocks of up to 14
+//! pixels × 16 output channels held in 28 vector registers: for every input channel and
+//! kernel offset, one vector of 16 weights is multiplied by each pixel's input value
+//! and accumulated. Narrow feature maps take several rows per block (2 × 14, 4 × 7), so
+//! that every weight vector loaded feeds up to 28 multiply-adds. The input is read from a zero-padded copy of the image; the
+//! weights are repacked once per call as `[O/16][C][kh][kw][16]`.
+//!
+//! The sums run over the input channels and kernel offsets in the same order for every
+//! output, and the result differs from the GEMM path only by rounding.
+
+use super::conv::Conv2dConfig;
+use std::cell::RefCell;
+
+/// Output channels per block: one AVX-512 vector of `f32`.
+pub(crate) const LANES: usize = 16;
+
+/// Block widths the kernel is compiled for, widest first.
+const WIDTHS: [usize; 6] = [28, 14, 7, 4, 2, 1];
+
+/// Pixels per block (rows × columns): accumulators held in vector registers (AVX-512
+/// has 32; the rest hold the weights).
+const BLOCK: usize = 28;
+
+thread_local! {
+    /// The zero-padded input image of the current thread, with the geometry
+    /// `[channels, hp, wp, ph, pw]` it was laid out for: while that stays the same,
+    /// the border is still zero and only the interior is rewritten.
+    static PADDED: RefCell<(Vec<f32>, [usize; 5])> = const { RefCell::new((Vec::new(), [0; 5])) };
+}
+
+/// Whether the direct kernel handles `config` on this processor: x86-64 with
+/// AVX-512F, one group, a multiple of 16 output channels, few input channels (where
+/// GEMM is least efficient), and not a 1×1 stride-1 convolution (a plain product).
+pub(crate) fn applies(config: &Conv2dConfig) -> bool {
+    config.groups == 1
+        && config.out_channels.is_multiple_of(LANES)
+        && !(config.kernel == [1, 1] && config.stride == [1, 1])
+        && config.in_channels <= 64
+        && avx512_available()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_available() -> bool {
+    false
+}
+
+/// The weights `[O, C, kh, kw]` repacked as `[O/16][C][kh][kw][16]`.
+pub(crate) fn pack(config: &Conv2dConfig, weight: &[f32]) -> Vec<f32> {
+    let [kh, kw] = config.kernel;
+    let per_out = config.in_channels * kh * kw;
+    let mut packed = vec![0.0; weight.len()];
+    for (o, filter) in weight.chunks_exact(per_out).enumerate() {
+        let (block, lane) = (o / LANES, o % LANES);
+        for (r, &v) in filter.iter().enumerate() {
+            packed[(block * per_out + r) * LANES + lane] = v;
+        }
+    }
+    packed
+}
+
+/// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]` and applies
+/// `y = relu?(y·scale + shift)` per output channel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn image(
+    config: &Conv2dConfig,
+    packed: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+    (scale, shift, relu): (&[f32], &[f32], bool),
+) {
+    let [kh, kw] = config.kernel;
+    let [ph, pw] = config.padding;
+    let [dh, dw] = config.dilation;
+    let [sh, sw] = config.stride;
+    let c_in = config.in_channels;
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let plane = hp * wp;
+    let per_out = c_in * kh * kw;
+    PADDED.with_borrow_mut(|(pad, geometry)| {
+        let layout = [c_in, hp, wp, ph, pw];
+        if *geometry != layout {
+            pad.clear();
+            pad.resize(c_in * plane, 0.0);
+            *geometry = layout;
+        }
+        for (ch, input) in x.chunks_exact(h * w).enumerate() {
+            for (i, row) in input.chunks_exact(w).enumerate() {
+                let at = ch * plane + (i + ph) * wp + pw;
+                pad[at..at + w].copy_from_slice(row);
+            }
+        }
+        let geometry = Geometry {
+            c_in,
+            plane,
+            wp,
+            kernel: [kh, kw],
+            dilation: [dh, dw],
+            stride: [sh, sw],
+        };
+        let mut acc = [[0.0f32; LANES]; BLOCK];
+        // Block shape: n pixels of `rows` consecutive output rows, n from WIDTHS.
+        let width = WIDTHS.iter().copied().find(|&n| n <= wo).unwrap_or(1);
+        let rows = (BLOCK / width).min(4);
+        for (block, filters) in packed.chunks_exact(per_out * LANES).enumerate() {
+            let out = block * LANES;
+            let mut oi = 0;
+            while oi < ho {
+                let r = if ho - oi >= rows { rows } else { 1 };
+                let mut oj = 0;
+                while oj < wo {
+                    let n = WIDTHS
+                        .iter()
+                        .copied()
+                        .find(|&n| n <= (wo - oj).min(width))
+                        .unwrap_or(1);
+                    geometry.block(pad, filters, (oi, r), (oj, n), &mut acc[..r * n]);
+                    // Channel by channel and row by row, so each channel's n outputs
+                    // are one contiguous store.
+                    for lane in 0..LANES {
+                        let o = out + lane;
+                        let (a, b) = (scale[o], shift[o]);
+                        for (dr, sums) in acc[..r * n].chunks_exact(n).enumerate() {
+                            let at = (o * ho + oi + dr) * wo + oj;
+                            for (dst, s) in y[at..at + n].iter_mut().zip(sums) {
+                                let v = s[lane] * a + b;
+                                *dst = if relu { v.max(0.0) } else { v };
+                            }
+                        }
+                    }
+                    oj += n;
+                }
+                oi += r;
+            }
+        }
+    });
+}
+
+/// What the kernel needs to find an input value in the padded image.
+struct Geometry {
+    c_in: usize,
+    plane: usize,
+    wp: usize,
+    kernel: [usize; 2],
+    dilation: [usize; 2],
+    stride: [usize; 2],
+}
+
+impl Geometry {
+    /// The raw sums of `r` output rows from `oi`, pixels `oj..oj + n` of each, for 16
+    /// output channels (`filters`, `[C][kh][kw][16]`), into `acc` (row-major `[r][n]`).
+    fn block(
+        &self,
+        pad: &[f32],
+        filters: &[f32],
+        (oi, r): (usize, usize),
+        (oj, n): (usize, usize),
+        acc: &mut [[f32; LANES]],
+    ) {
+        let [kh, kw] = self.kernel;
+        let [dh, dw] = self.dilation;
+        // Every read lies inside the padded image: the last one is at
+        // (c_in − 1)·plane + (oi + r − 1 + (kh − 1)·dh)·wp + oj + n − 1 + (kw − 1)·dw,
+        // and stride-1 output rows fit the padded rows with the kernel's span.
+        let last = (self.c_in - 1) * self.plane + (oi + r - 1 + (kh - 1) * dh) * self.wp + oj + n
+            - 1
+            + (kw - 1) * dw;
+        assert!(last < pad.len() && filters.len() == self.c_in * kh * kw * LANES);
+        assert_eq!(acc.len(), r * n);
+        #[cfg(target_arch = "x86_64")]
+        {
+            macro_rules! dispatch {
+                ($(($R:literal, $N:literal)),*) => {
+                    match (r, n) {
+                        // SAFETY: `applies` checked AVX-512F; the reads are in bounds
+                        // (asserted above).
+                        $(($R, $N) => unsafe { avx512::block::<$R, $N>(self, pad, filters, oi, oj, acc) },)*
+                        _ => {
+                            for (k, a) in acc.chunks_exact_mut(1).enumerate() {
+                                let (dr, j) = (k / n, k % n);
+                                // SAFETY: as above, one pixel at a time.
+                                unsafe { avx512::block::<1, 1>(self, pad, filters, oi + dr, oj + j, a) }
+                            }
+                        }
+                    }
+                };
+            }
+            dispatch!(
+                (1, 28),
+                (1, 14),
+                (1, 7),
+                (1, 4),
+                (1, 2),
+                (1, 1),
+                (2, 14),
+                (2, 7),
+                (2, 4),
+                (2, 2),
+                (2, 1),
+                (4, 7),
+                (4, 4),
+                (4, 2),
+                (4, 1)
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (pad, filters, oi, oj, acc);
+            unreachable!("the direct kernel is only chosen on x86-64");
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Geometry, LANES};
+    use std::arch::x86_64::*;
+
+    /// `R` rows × `N` pixels × 16 output channels, into `out` (`[R][N]`).
+    ///
+    /// # Safety
+    /// The processor supports AVX-512F, and every read (see [`Geometry::block`]) lies
+    /// inside `pad` and `filters`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block<const R: usize, const N: usize>(
+        g: &Geometry,
+        pad: &[f32],
+        filters: &[f32],
+        oi: usize,
+        oj: usize,
+        out: &mut [[f32; LANES]],
+    ) {
+        let [kh, kw] = g.kernel;
+        let [dh, dw] = g.dilation;
+        let [sh, sw] = g.stride;
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        let (p, f) = (pad.as_ptr(), filters.as_ptr());
+        for c in 0..g.c_in {
+            for ki in 0..kh {
+                let row = c * g.plane + (oi * sh + ki * dh) * g.wp + oj * sw;
+                for kj in 0..kw {
+                    let wv = _mm512_loadu_ps(f.add(((c * kh + ki) * kw + kj) * LANES));
+                    for (dr, accs) in acc.iter_mut().enumerate() {
+                        let src = p.add(row + dr * sh * g.wp + kj * dw);
+                        for (j, a) in accs.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*src.add(j * sw)), wv, *a);
+                        }
+                    }
+                }
+            }
+        }
+        for (a, o) in acc.iter().flatten().zip(out.iter_mut()) {
+            _mm512_storeu_ps(o.as_mut_ptr(), *a);
+        }
+    }
+}
