@@ -4,8 +4,8 @@ use super::config::{BlockKind, ResNetConfig, Stem};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe};
+use crate::nn::{recycle, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
 use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Flatten, Linear};
-use crate::nn::{MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
 use crate::state_dict::StateDict;
 use std::path::Path;
 
@@ -105,10 +105,12 @@ impl ResNet {
     fn features(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         let mut y = self.stem.forward_with(x, probe)?;
         if let Some(pool) = &self.maxpool {
-            y = probe.scoped("maxpool", |p| pool.forward_with(&y, p))?;
+            let next = probe.scoped("maxpool", |p| pool.forward_with(&y, p))?;
+            recycle(std::mem::replace(&mut y, next));
         }
         for (name, stage) in &self.stages {
-            y = probe.scoped(name, |p| stage.forward_with(&y, p))?;
+            let next = probe.scoped(name, |p| stage.forward_with(&y, p))?;
+            recycle(std::mem::replace(&mut y, next));
         }
         Ok(y)
     }
@@ -121,10 +123,12 @@ impl ResNet {
     ) -> Result<Tensor4> {
         let mut y = self.stem.forward_train(x, update, probe)?;
         if let Some(pool) = &self.maxpool {
-            y = probe.scoped("maxpool", |p| pool.forward_with(&y, p))?;
+            let next = probe.scoped("maxpool", |p| pool.forward_with(&y, p))?;
+            recycle(std::mem::replace(&mut y, next));
         }
         for (name, stage) in &mut self.stages {
-            y = probe.scoped(name, |p| stage.forward_train(&y, update, p))?;
+            let next = probe.scoped(name, |p| stage.forward_train(&y, update, p))?;
+            recycle(std::mem::replace(&mut y, next));
         }
         Ok(y)
     }
@@ -221,7 +225,9 @@ impl Layer for ResNet {
     fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
         self.check_input(x)?;
         let y = self.features(x, probe)?;
-        self.head(&y, probe)
+        let logits = self.head(&y, probe);
+        recycle(y);
+        logits
     }
 
     fn forward_train(
@@ -232,7 +238,9 @@ impl Layer for ResNet {
     ) -> Result<Tensor2> {
         self.check_input(x)?;
         let y = self.features_train(x, update, probe)?;
-        self.head(&y, probe)
+        let logits = self.head(&y, probe);
+        recycle(y);
+        logits
     }
 
     fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {

@@ -6,7 +6,6 @@ use crate::layer::{
     Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole,
 };
 use crate::layer::{Probe, Site};
-use ndarray::Array4;
 use rayon::prelude::*;
 
 /// Batch normalisation over the channels of NCHW tensors: PyTorch's `nn.BatchNorm2d`
@@ -134,7 +133,7 @@ impl BatchNorm2d {
         let (n, c, h, w) = x.dim();
         let spatial = h * w;
         let x = x.as_standard_layout();
-        let mut y = Array4::<f32>::zeros((n, c, h, w));
+        let mut y = super::overwritten((n, c, h, w));
         let xs = x.as_slice().expect("standard layout");
         y.as_slice_mut()
             .expect("fresh array")
@@ -285,6 +284,7 @@ impl Layer for BatchNorm2d {
 mod tests {
     use super::*;
     use crate::layer::Probe;
+    use ndarray::Array4;
 
     #[test]
     fn cumulative_update_averages_batches_with_equal_weight() {

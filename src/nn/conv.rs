@@ -6,7 +6,6 @@ use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor
 use crate::error::{Error, Result};
 use crate::layer::LayerKind;
 use crate::layer::{Probe, Site};
-use ndarray::Array4;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -237,7 +236,7 @@ impl Conv2d {
             )
         })?;
         let x = x.as_standard_layout();
-        let mut y = Array4::<f32>::zeros((n, self.config.out_channels, ho, wo));
+        let mut y = super::overwritten((n, self.config.out_channels, ho, wo));
         let threads = rayon::current_num_threads();
         let in_len = x.len() / n.max(1);
         let out_len = y.len() / n.max(1);
@@ -635,6 +634,7 @@ pub(crate) fn first_image(x: &Tensor4) -> Tensor4 {
 mod tests {
     use super::*;
     use crate::layer::Layer;
+    use ndarray::Array4;
 
     fn ramp(shape: (usize, usize, usize, usize)) -> Tensor4 {
         let mut i = 0.0f32;

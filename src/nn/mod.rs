@@ -24,6 +24,7 @@ pub use conv::{Conv2d, Conv2dConfig};
 pub use conv_bn::ConvBn;
 pub use linear::Linear;
 pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
+pub(crate) use pool_alloc::{overwritten, recycle};
 pub use sequential::{Residual, Sequential};
 
 use crate::error::{Error, Result};
@@ -158,6 +159,7 @@ mod direct;
 mod gemm;
 mod linear;
 mod pool;
+mod pool_alloc;
 mod sequential;
 
 /// Shows `x` to the probe's observer at `site`, if it wants it.

@@ -3,7 +3,8 @@
 use super::{emit4, layer_context, window_output_len, Tensor2, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{LayerKind, Probe, Site};
-use ndarray::{Array4, Axis, Zip};
+use ndarray::{Array4, Zip};
+use rayon::prelude::*;
 
 /// 2-d max pooling: PyTorch's `nn.MaxPool2d` (floor mode). Padding never wins: it acts
 /// as −∞.
@@ -79,7 +80,7 @@ impl MaxPool2d {
                 x.shape(),
             ));
         };
-        let mut y = Array4::<f32>::zeros((n, c, ho, wo));
+        let mut y = super::overwritten((n, c, ho, wo));
         Zip::from(y.outer_iter_mut())
             .and(x.outer_iter())
             .par_for_each(|mut yi, xi| {
@@ -130,14 +131,14 @@ impl AdaptiveAvgPool2d {
                 x.shape(),
             ));
         }
-        let mean = x
-            .mapv(|v| v as f64)
-            .sum_axis(Axis(3))
-            .sum_axis(Axis(2))
-            .mapv(|s| (s / (h * w) as f64) as f32);
-        let y = mean
-            .into_shape_with_order((n, c, 1, 1))
-            .expect("n·c values");
+        let x = x.as_standard_layout();
+        let means: Vec<f32> = x
+            .as_slice()
+            .expect("standard layout")
+            .par_chunks(h * w)
+            .map(|plane| (plane.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64) as f32)
+            .collect();
+        let y = Array4::from_shape_vec((n, c, 1, 1), means).expect("n·c values");
         emit4(probe, LayerKind::Pool, Site::Output, &y);
         Ok(y)
     }

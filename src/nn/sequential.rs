@@ -1,6 +1,6 @@
 //! Composition: a named chain of layers, and a residual connection.
 
-use super::{emit4, BoxedLayer, Tensor4};
+use super::{emit4, recycle, BoxedLayer, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, LayerKind, NormStats};
@@ -80,7 +80,8 @@ impl Layer for Sequential {
         };
         let mut y = probe.scoped(first_name, |p| first.forward_with(x, p))?;
         for (name, layer) in rest {
-            y = probe.scoped(name, |p| layer.forward_with(&y, p))?;
+            let next = probe.scoped(name, |p| layer.forward_with(&y, p))?;
+            recycle(std::mem::replace(&mut y, next));
         }
         Ok(y)
     }
@@ -96,7 +97,8 @@ impl Layer for Sequential {
         };
         let mut y = probe.scoped(first_name, |p| first.forward_train(x, update, p))?;
         for (name, layer) in rest {
-            y = probe.scoped(name, |p| layer.forward_train(&y, update, p))?;
+            let next = probe.scoped(name, |p| layer.forward_train(&y, update, p))?;
+            recycle(std::mem::replace(&mut y, next));
         }
         Ok(y)
     }
@@ -181,7 +183,9 @@ impl Layer for Residual {
         match &self.shortcut {
             Some((name, sc)) => {
                 let s = probe.scoped(name, |p| sc.forward_with(x, p))?;
-                self.add_relu(y, &s, probe)
+                let out = self.add_relu(y, &s, probe);
+                recycle(s);
+                out
             }
             None => self.add_relu(y, x, probe),
         }
@@ -197,7 +201,9 @@ impl Layer for Residual {
         match &mut self.shortcut {
             Some((name, sc)) => {
                 let s = probe.scoped(name, |p| sc.forward_train(x, update, p))?;
-                self.add_relu(y, &s, probe)
+                let out = self.add_relu(y, &s, probe);
+                recycle(s);
+                out
             }
             None => self.add_relu(y, x, probe),
         }
