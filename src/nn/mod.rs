@@ -13,8 +13,9 @@
 //! | [`Sequential`] | a named chain of `[N, C, H, W]` layers |
 //! | [`Residual`] | `relu(body(x) + shortcut(x))` |
 //!
-//! Convolutions run as im2col + GEMM (per group), with 1×1 stride-1 convolutions
-//! multiplying the input directly; images of a batch are spread over rayon's threads.
+//! Convolutions run as a direct AVX-512 kernel (few input channels, when the processor
+//! has it), as shifted or im2col GEMM products otherwise, and 1×1 stride-1 convolutions
+//! multiply the input directly; images of a batch are spread over rayon's threads.
 //!
 //! [`Layer`]: crate::layer::Layer
 
