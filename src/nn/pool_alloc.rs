@@ -11,7 +11,7 @@ use ndarray::Array4;
 use std::cell::RefCell;
 
 /// Recycled buffers kept per thread.
-const KEPT: usize = 4;
+const KEPT: usize = 2;
 
 thread_local! {
     static BUFFERS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
