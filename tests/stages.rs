@@ -263,3 +263,23 @@ fn layer_statistics_serialise_and_merge() {
     let ratio = signal.ratio_to(&signal);
     assert!(ratio.layers.iter().all(|(_, r)| (r - 1.0).abs() < 1e-12));
 }
+
+#[test]
+fn a_known_dense_signal_is_not_measured_again() {
+    let data = batches(1, 4);
+    let mut model = net();
+    let measured = measure_signal(&model, &data).unwrap();
+    let known = Signal {
+        layers: vec![("bn1".to_string(), 42.0)],
+    };
+    let report = Pipeline::new(MagnitudePruner::new(0.5), Reflow::cumulative())
+        .measure_on(&data)
+        .dense_signal(known.clone())
+        .run(&mut model, &data)
+        .unwrap();
+    let signal = report.signal.unwrap();
+    assert_eq!(signal.dense, known, "taken as given");
+    assert_ne!(signal.dense, measured);
+    assert_eq!(signal.pruned.layers.len(), 21, "the others are measured");
+    assert_eq!(signal.pruned_ratio().layers.len(), 1);
+}
