@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe};
 use crate::nn::{recycle, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
-use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Flatten, Linear};
+use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Linear};
 use crate::state_dict::StateDict;
 use std::path::Path;
 
@@ -134,8 +134,7 @@ impl ResNet {
     }
 
     fn head(&self, y: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
-        let y = probe.scoped("avgpool", |p| AdaptiveAvgPool2d.forward_with(y, p))?;
-        let y = Flatten.forward_with(&y, probe)?;
+        let y = probe.scoped("avgpool", |p| AdaptiveAvgPool2d.pool_flat(y, p))?;
         probe.scoped("fc", |p| self.fc.forward_with(&y, p))
     }
 
