@@ -150,6 +150,19 @@ impl BatchNorm2d {
     }
 }
 
+/// Batch statistics need more than one value per channel; `context` names the layer.
+pub(crate) fn require_batch_statistics(context: String, x: &Tensor4) -> Result<()> {
+    let (n, _, h, w) = x.dim();
+    if n * h * w < 2 {
+        return Err(Error::shape(
+            context,
+            "more than one value per channel to compute batch statistics",
+            x.shape(),
+        ));
+    }
+    Ok(())
+}
+
 /// Per-channel mean and biased variance of an NCHW tensor, in f64. Each `[H, W]`
 /// plane's mean and sum of squared deviations are computed in parallel (two passes over
 /// a plane that stays in cache), then merged channel by channel in image order, so the
@@ -202,15 +215,7 @@ impl Layer for BatchNorm2d {
     ) -> Result<Tensor4> {
         check_channels(probe, x, self.channels())?;
         emit4(probe, LayerKind::BatchNorm, Site::Input, x);
-        let (n, _, h, w) = x.dim();
-        let count = n * h * w;
-        if count < 2 {
-            return Err(Error::shape(
-                layer_context(probe),
-                "more than one value per channel to compute batch statistics",
-                x.shape(),
-            ));
-        }
+        require_batch_statistics(layer_context(probe), x)?;
         let mut y = x.as_standard_layout().into_owned();
         self.train_in_place(&mut y, update, false);
         emit4(probe, LayerKind::BatchNorm, Site::Output, &y);

@@ -1,5 +1,6 @@
 //! A convolution followed by batch norm (and optionally ReLU), fused in eval mode.
 
+use super::batch_norm::require_batch_statistics;
 use super::conv::Epilogue;
 use super::{emit4, BatchNorm2d, Conv2d, Tensor4};
 use crate::error::{Error, Result};
@@ -140,15 +141,7 @@ impl Layer for ConvBn {
         let mut y = probe.scoped(&self.conv_name, |p| {
             self.conv.run_fused(x, p, &Epilogue::default())
         })?;
-        let (n, _, h, w) = y.dim();
-        if n * h * w < 2 {
-            let path = probe.child_path(&self.bn_name);
-            return Err(Error::shape(
-                path,
-                "more than one value per channel to compute batch statistics",
-                y.shape(),
-            ));
-        }
+        require_batch_statistics(probe.child_path(&self.bn_name), &y)?;
         let bn_output_observed = probe.scoped(&self.bn_name, |p| {
             p.wants(LayerKind::BatchNorm, Site::Output)
         });

@@ -1,6 +1,6 @@
 //! Magnitude pruning: remove the weights of smallest |w|.
 
-use super::plan::{PrunePlan, Scope};
+use super::plan::PrunePlan;
 use super::select::{magnitude_key, rank};
 use super::{Masks, Pruner};
 use crate::error::Result;
@@ -8,8 +8,8 @@ use crate::layer::Layer;
 
 /// One-shot magnitude (L1) pruning: in each ranking, exactly `round(s · n)` weights of
 /// smallest |w| are removed — the masks of PyTorch's
-/// `prune.global_unstructured(..., L1Unstructured)` ([`Scope::Global`]) or per-tensor
-/// `prune.l1_unstructured` ([`Scope::Layer`]). Ties in |w| go to the weight that comes
+/// `prune.global_unstructured(..., L1Unstructured)` ([`Scope::Global`](super::Scope::Global)) or per-tensor
+/// `prune.l1_unstructured` ([`Scope::Layer`](super::Scope::Layer)). Ties in |w| go to the weight that comes
 /// first (parameter walk order, then row-major), so results are deterministic, and a
 /// higher sparsity's pruned set always contains a lower one's.
 ///
@@ -41,30 +41,7 @@ impl MagnitudePruner {
         MagnitudePruner { plan }
     }
 
-    /// Sets the scope.
-    pub fn scope(mut self, scope: Scope) -> Self {
-        self.plan.scope = scope;
-        self
-    }
-
-    /// Never prunes the parameters named `name_or_prefix` (`fc`, `layer1.0`,
-    /// `conv1.weight`).
-    pub fn exclude(mut self, name_or_prefix: impl Into<String>) -> Self {
-        self.plan.exclude.push(name_or_prefix.into());
-        self
-    }
-
-    /// Prunes tensor `name` (`layer1.0.conv1.weight` or `layer1.0.conv1`) on its own,
-    /// at `sparsity`.
-    pub fn with_override(mut self, name: impl Into<String>, sparsity: f64) -> Self {
-        self.plan.overrides.insert(name.into(), sparsity);
-        self
-    }
-
-    /// The plan.
-    pub fn plan(&self) -> &PrunePlan {
-        &self.plan
-    }
+    super::plan::plan_builder!();
 }
 
 impl Pruner for MagnitudePruner {

@@ -59,6 +59,37 @@ pub struct PrunePlan {
     pub exclude: Vec<String>,
 }
 
+/// The builder methods every pruner with a `plan: PrunePlan` field shares.
+macro_rules! plan_builder {
+    () => {
+        /// Sets the scope.
+        pub fn scope(mut self, scope: $crate::prune::Scope) -> Self {
+            self.plan.scope = scope;
+            self
+        }
+
+        /// Never prunes the parameters named `name_or_prefix` (`fc`, `layer1.0`,
+        /// `conv1.weight`).
+        pub fn exclude(mut self, name_or_prefix: impl Into<String>) -> Self {
+            self.plan.exclude.push(name_or_prefix.into());
+            self
+        }
+
+        /// Prunes tensor `name` (`layer1.0.conv1.weight` or `layer1.0.conv1`) on its
+        /// own, at `sparsity`.
+        pub fn with_override(mut self, name: impl Into<String>, sparsity: f64) -> Self {
+            self.plan.overrides.insert(name.into(), sparsity);
+            self
+        }
+
+        /// The plan.
+        pub fn plan(&self) -> &$crate::prune::PrunePlan {
+            &self.plan
+        }
+    };
+}
+pub(crate) use plan_builder;
+
 /// One ranking: the tensors that compete, and how many of their weights go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Group {

@@ -1,6 +1,6 @@
 //! Random pruning: the baseline magnitude pruning must beat.
 
-use super::plan::{PrunePlan, Scope};
+use super::plan::PrunePlan;
 use super::select::rank;
 use super::{Masks, Pruner};
 use crate::error::Result;
@@ -39,22 +39,7 @@ impl RandomPruner {
         RandomPruner { plan, seed }
     }
 
-    /// Sets the scope.
-    pub fn scope(mut self, scope: Scope) -> Self {
-        self.plan.scope = scope;
-        self
-    }
-
-    /// Never prunes the parameters named `name_or_prefix`.
-    pub fn exclude(mut self, name_or_prefix: impl Into<String>) -> Self {
-        self.plan.exclude.push(name_or_prefix.into());
-        self
-    }
-
-    /// The plan.
-    pub fn plan(&self) -> &PrunePlan {
-        &self.plan
-    }
+    super::plan::plan_builder!();
 }
 
 /// SplitMix64: a small, well-mixed, portable hash of a 64-bit value.
