@@ -172,9 +172,8 @@ pub(crate) fn channel_moments(x: &[f32], n: usize, c: usize, spatial: usize) -> 
         .par_chunks(spatial.max(1))
         .with_min_len(16)
         .map(|p| {
-            let mean = p.iter().map(|&v| v as f64).sum::<f64>() / p.len().max(1) as f64;
-            let m2 = p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
-            (mean, m2)
+            let mean = lane_sum(p, |v| v) / p.len().max(1) as f64;
+            (mean, lane_sum(p, |v| (v - mean) * (v - mean)))
         })
         .collect();
     (0..c)
@@ -192,6 +191,21 @@ pub(crate) fn channel_moments(x: &[f32], n: usize, c: usize, spatial: usize) -> 
             (mean, m2 / (n * spatial).max(1) as f64)
         })
         .collect()
+}
+
+/// `Σ f(v)` over `values` in f64, in eight independent lanes so that the additions
+/// pipeline and vectorise (a single running sum waits on each addition in turn).
+fn lane_sum(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v as f64);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 impl Layer for BatchNorm2d {
