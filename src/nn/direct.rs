@@ -124,19 +124,16 @@ pub(crate) fn image(
                         .copied()
                         .find(|&n| n <= (wo - oj).min(width))
                         .unwrap_or(1);
-                    geometry.block(pad, filters, (oi, r), (oj, n), &mut acc[..r * n]);
-                    // Channel by channel and row by row, so each channel's n outputs
-                    // are one contiguous store.
-                    for lane in 0..LANES {
-                        let o = out + lane;
-                        let (a, b) = (scale[o], shift[o]);
-                        for (dr, sums) in acc[..r * n].chunks_exact(n).enumerate() {
-                            let at = (o * ho + oi + dr) * wo + oj;
-                            for (dst, s) in y[at..at + n].iter_mut().zip(sums) {
-                                let v = s[lane] * a + b;
-                                *dst = if relu { v.max(0.0) } else { v };
-                            }
-                        }
+                    let acc = &mut acc[..r * n];
+                    geometry.block(pad, filters, (oi, r), (oj, n), acc);
+                    // The block's pixels lie in one run of each channel's plane when it
+                    // spans whole rows (or is one row), else in one run per row.
+                    let at = (out * ho + oi) * wo + oj;
+                    let runs = if n == wo || r == 1 { 1 } else { r };
+                    let run = r * n / runs;
+                    let epilogue = (&scale[out..out + LANES], &shift[out..out + LANES], relu);
+                    for (k, pixels) in acc.chunks_exact(run).enumerate() {
+                        store_channels(pixels, epilogue, y, at + k * wo, ho * wo);
                     }
                     oj += n;
                 }
@@ -144,6 +141,36 @@ pub(crate) fn image(
             }
         }
     });
+}
+
+/// Writes `pixels` (consecutive output pixels, each a vector of 16 channels) to the
+/// 16 channel planes of `y` (`plane` apart), from offset `at` of the first one, after
+/// `relu?(v·scale + shift)` per channel.
+fn store_channels(
+    pixels: &[[f32; LANES]],
+    (scale, shift, relu): (&[f32], &[f32], bool),
+    y: &mut [f32],
+    at: usize,
+    plane: usize,
+) {
+    for (k, chunk) in pixels.chunks(LANES).enumerate() {
+        let start = at + k * LANES;
+        assert!(start + (LANES - 1) * plane + chunk.len() <= y.len());
+        assert!(scale.len() == LANES && shift.len() == LANES);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the direct kernel only runs with AVX-512F; the writes are in bounds
+        // (asserted above).
+        unsafe {
+            avx512::store_channels(
+                chunk,
+                (scale, shift, relu),
+                y.as_mut_ptr().add(start),
+                plane,
+            )
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the direct kernel is only chosen on x86-64");
+    }
 }
 
 /// What the kernel needs to find an input value in the padded image.
@@ -181,15 +208,17 @@ impl Geometry {
         {
             macro_rules! dispatch {
                 ($(($R:literal, $N:literal)),*) => {
-                    match (r, n) {
-                        // SAFETY: `applies` checked AVX-512F; the reads are in bounds
-                        // (asserted above).
-                        $(($R, $N) => unsafe { avx512::block::<$R, $N>(self, pad, filters, oi, oj, acc) },)*
+                    // SAFETY (every call): `applies` checked AVX-512F; the reads are in
+                    // bounds (asserted above).
+                    match (self.stride[1], r, n) {
+                        $((1, $R, $N) => unsafe { avx512::block::<$R, $N, 1>(self, pad, filters, oi, oj, acc) },)*
+                        $((2, $R, $N) => unsafe { avx512::block::<$R, $N, 2>(self, pad, filters, oi, oj, acc) },)*
+                        $((_, $R, $N) => unsafe { avx512::block::<$R, $N, 0>(self, pad, filters, oi, oj, acc) },)*
                         _ => {
                             for (k, a) in acc.chunks_exact_mut(1).enumerate() {
                                 let (dr, j) = (k / n, k % n);
-                                // SAFETY: as above, one pixel at a time.
-                                unsafe { avx512::block::<1, 1>(self, pad, filters, oi + dr, oj + j, a) }
+                                // One pixel at a time.
+                                unsafe { avx512::block::<1, 1, 0>(self, pad, filters, oi + dr, oj + j, a) }
                             }
                         }
                     }
@@ -226,13 +255,16 @@ mod avx512 {
     use super::{Geometry, LANES};
     use std::arch::x86_64::*;
 
-    /// `R` rows × `N` pixels × 16 output channels, into `out` (`[R][N]`).
+    /// `R` rows × `N` pixels × 16 output channels, into `out` (`[R][N]`). `SW` is the
+    /// horizontal stride when it is known at compile time (1 or 2: then the input
+    /// values of a block sit at constant offsets from one address), 0 to read it from
+    /// `g`.
     ///
     /// # Safety
     /// The processor supports AVX-512F, and every read (see [`Geometry::block`]) lies
     /// inside `pad` and `filters`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block<const R: usize, const N: usize>(
+    pub(super) unsafe fn block<const R: usize, const N: usize, const SW: usize>(
         g: &Geometry,
         pad: &[f32],
         filters: &[f32],
@@ -243,6 +275,7 @@ mod avx512 {
         let [kh, kw] = g.kernel;
         let [dh, dw] = g.dilation;
         let [sh, sw] = g.stride;
+        let sw = if SW == 0 { sw } else { SW };
         let mut acc = [[_mm512_setzero_ps(); N]; R];
         let (p, f) = (pad.as_ptr(), filters.as_ptr());
         for c in 0..g.c_in {
@@ -261,6 +294,84 @@ mod avx512 {
         }
         for (a, o) in acc.iter().flatten().zip(out.iter_mut()) {
             _mm512_storeu_ps(o.as_mut_ptr(), *a);
+        }
+    }
+
+    /// Lane `l` of `idx[k][0]` / `idx[k][1]`: where [`transpose`]'s step `k` takes the
+    /// new lane `l` of the lower / upper register of a pair from (0–15: the lower
+    /// register, 16–31: the upper one).
+    const STEPS: [[[i32; LANES]; 2]; 4] = {
+        let mut idx = [[[0; LANES]; 2]; 4];
+        let mut k = 0;
+        while k < 4 {
+            let h = 1 << k;
+            let mut l = 0;
+            while l < LANES as i32 {
+                let low_half = l & h == 0;
+                idx[k][0][l as usize] = if low_half { l } else { 16 + l - h };
+                idx[k][1][l as usize] = if low_half { l + h } else { 16 + l };
+                l += 1;
+            }
+            k += 1;
+        }
+        idx
+    };
+
+    /// Transposes the 16 × 16 matrix whose rows are `v`. Step `k` swaps bit `k` of the
+    /// row index with bit `k` of the lane index, for registers `h = 2^k` apart.
+    #[target_feature(enable = "avx512f")]
+    fn transpose(v: &mut [__m512; LANES]) {
+        for (k, [low, high]) in STEPS.iter().enumerate() {
+            // SAFETY: reads 16 i32 from arrays of 16.
+            let (low, high) = unsafe {
+                (
+                    _mm512_loadu_si512(low.as_ptr().cast()),
+                    _mm512_loadu_si512(high.as_ptr().cast()),
+                )
+            };
+            let h = 1 << k;
+            for i in (0..LANES).filter(|i| i & h == 0) {
+                let (a, b) = (v[i], v[i + h]);
+                v[i] = _mm512_permutex2var_ps(a, low, b);
+                v[i + h] = _mm512_permutex2var_ps(a, high, b);
+            }
+        }
+    }
+
+    /// Up to 16 pixels' channel vectors, `relu?(v·scale + shift)`, transposed and
+    /// stored as lane `l`'s run at `dst + l·plane`.
+    ///
+    /// # Safety
+    /// The processor supports AVX-512F; `scale` and `shift` hold 16 values; the 16
+    /// runs of `pixels.len()` values from `dst` are writable.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store_channels(
+        pixels: &[[f32; LANES]],
+        (scale, shift, relu): (&[f32], &[f32], bool),
+        dst: *mut f32,
+        plane: usize,
+    ) {
+        let (a, b) = unsafe {
+            (
+                _mm512_loadu_ps(scale.as_ptr()),
+                _mm512_loadu_ps(shift.as_ptr()),
+            )
+        };
+        let mut v = [_mm512_setzero_ps(); LANES];
+        for (r, px) in v.iter_mut().zip(pixels) {
+            // SAFETY: 16 floats.
+            let x = _mm512_add_ps(_mm512_mul_ps(unsafe { _mm512_loadu_ps(px.as_ptr()) }, a), b);
+            *r = if relu {
+                _mm512_max_ps(x, _mm512_setzero_ps())
+            } else {
+                x
+            };
+        }
+        transpose(&mut v);
+        let mask = ((1u32 << pixels.len()) - 1) as __mmask16;
+        for (lane, row) in v.iter().enumerate() {
+            // SAFETY: in bounds by the caller's contract.
+            unsafe { _mm512_mask_storeu_ps(dst.add(lane * plane), mask, *row) };
         }
     }
 }
