@@ -27,14 +27,15 @@ pub(crate) fn overwritten(shape: (usize, usize, usize, usize)) -> Tensor4 {
         let best = buffers
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.len() >= len)
-            .min_by_key(|(_, b)| b.len())
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i)?;
         Some(buffers.swap_remove(best))
     });
     let data = match recycled {
         Some(mut data) => {
-            data.truncate(len);
+            // Zeros only where the buffer was shorter than `len`.
+            data.resize(len, 0.0);
             data
         }
         None => vec![0.0; len],
@@ -48,8 +49,8 @@ pub(crate) fn recycle(tensor: Tensor4) {
     BUFFERS.with_borrow_mut(|buffers| {
         if buffers.len() < KEPT {
             buffers.push(data);
-        } else if let Some(smallest) = buffers.iter_mut().min_by_key(|b| b.len()) {
-            if smallest.len() < data.len() {
+        } else if let Some(smallest) = buffers.iter_mut().min_by_key(|b| b.capacity()) {
+            if smallest.capacity() < data.capacity() {
                 *smallest = data;
             }
         }
