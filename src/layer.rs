@@ -288,6 +288,13 @@ impl<'o> Probe<'o> {
         }
     }
 
+    /// Whether no observer is attached, so that no activation will be shown: a layer
+    /// may then schedule its work differently (e.g. in micro-batches), as long as it
+    /// computes the same output.
+    pub fn is_silent(&self) -> bool {
+        self.observer.is_none()
+    }
+
     /// The path of the layer now running; empty at the top.
     pub fn path(&self) -> &str {
         &self.path

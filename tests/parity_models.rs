@@ -5,7 +5,7 @@ mod common;
 
 use common::{array, read, relative_error, BnOutputs, PARITY};
 use ndarray::Ix4;
-use reflow::layer::{Layer, Probe};
+use reflow::layer::{Activation, Layer, Observer, Probe, Tap};
 use reflow::models::{BlockKind, ResNet, ResNetConfig, Stem};
 
 /// Loads `<name>.safetensors`, runs `<name>.io.safetensors`'s input, and compares the
@@ -36,7 +36,47 @@ fn check(name: &str, stem: Stem) -> ResNetConfig {
     }
     // The observed pass and the plain pass agree exactly.
     assert_eq!(net.forward(&input).unwrap(), logits);
+    // A large unobserved batch runs in micro-batches: copies of the inputs get the
+    // same logits, wherever they fall.
+    let copies = 20;
+    let views = vec![input.view(); copies];
+    let batch = ndarray::concatenate(ndarray::Axis(0), &views).unwrap();
+    let tiled = net.forward(&batch).unwrap();
+    for (k, part) in tiled
+        .axis_chunks_iter(ndarray::Axis(0), input.dim().0)
+        .enumerate()
+    {
+        let err = relative_error(part.as_slice().unwrap(), want.as_slice().unwrap());
+        assert!(
+            err <= PARITY,
+            "{name} copy {k} of {copies}: relative error {err:e}"
+        );
+    }
+    // Distinct images come back in their order, as from one pass over the batch (an
+    // observer, even one that wants nothing, makes every layer see the whole batch).
+    let mut batch = batch;
+    for (k, mut image) in batch.outer_iter_mut().enumerate() {
+        image.mapv_inplace(|v| v * (1.0 + 0.01 * k as f32));
+    }
+    let whole = net
+        .forward_with(&batch, &mut Probe::new(&mut Nothing))
+        .unwrap();
+    let micro = net.forward(&batch).unwrap();
+    let err = relative_error(micro.as_slice().unwrap(), whole.as_slice().unwrap());
+    assert!(
+        err <= 1e-6,
+        "{name}: micro-batches against one pass: {err:e}"
+    );
     net.config().clone()
+}
+
+/// Wants no activation.
+struct Nothing;
+impl Observer for Nothing {
+    fn wants(&self, _: &Tap<'_>) -> bool {
+        false
+    }
+    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
 }
 
 #[test]

@@ -7,15 +7,30 @@ use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, 
 use crate::nn::{recycle, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
 use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Linear};
 use crate::state_dict::StateDict;
+use ndarray::Axis;
+use rayon::prelude::*;
 use std::path::Path;
 
 /// PyTorch's default batch-norm ε.
 const BN_EPS: f32 = 1e-5;
 
+/// The size of the widest activation of a micro-batch in an unobserved eval pass (see
+/// [`ResNet::forward_with`]): small enough to stay in a core's level-2 cache between
+/// layers at CIFAR sizes (sizes from 256 KiB to 1 MiB ran ResNet-20 at 28 × 28 equally
+/// fast, 15–20 % faster than whole-batch layers at batch 256).
+const MICRO_BATCH_BYTES: usize = 1 << 19;
+
 /// A ResNet, ResNeXt or Wide ResNet with torchvision's module names, so that its
 /// parameters are named exactly as in a torchvision `state_dict`.
 ///
 /// Input `[N, in_channels, H, W]`, output logits `[N, num_classes]`.
+///
+/// An eval pass that nobody observes ([`Layer::forward`], or a [`Probe`] without an
+/// observer) runs large batches in micro-batches, in parallel, each through the whole
+/// network while its activations stay in the core's cache (a few images at a time,
+/// so that the widest activation is about 512 KiB); the logits are those of one pass
+/// over the whole batch. An observed pass runs each layer over the whole batch, so that
+/// every tap shows the whole batch's activation.
 ///
 /// ```
 /// use reflow::layer::{count_parameters, Layer};
@@ -133,6 +148,42 @@ impl ResNet {
         Ok(y)
     }
 
+    /// How many images to run through the whole network at a time in an unobserved
+    /// eval pass: enough that the widest activation of a micro-batch is about
+    /// [`MICRO_BATCH_BYTES`], and at least two (products over several small images
+    /// run faster than one at a time).
+    fn micro_batch(&self, x: &Tensor4) -> usize {
+        let (n, _, h, w) = x.dim();
+        let (ho, wo) = self.stem.conv().output_size(h, w).unwrap_or((h, w));
+        let per_image = self.config.stem_width * ho * wo * std::mem::size_of::<f32>();
+        let m = (MICRO_BATCH_BYTES / per_image.max(1)).max(2);
+        // As many micro-batches as that takes, of (nearly) equal size.
+        n.div_ceil(n.div_ceil(m).max(1))
+    }
+
+    /// The eval pass of `x` in micro-batches of `m` images, run in parallel, each
+    /// through the whole network while its activations stay in the core's cache,
+    /// instead of each layer over the whole batch. Each image's logits are computed
+    /// exactly as in one pass (batch norm uses its running statistics).
+    fn forward_in_micro_batches(&self, x: &Tensor4, m: usize) -> Result<Tensor2> {
+        let parts = x
+            .axis_chunks_iter(Axis(0), m)
+            .into_par_iter()
+            .map(|chunk| {
+                let mut probe = Probe::none();
+                let y = self.features(&chunk.to_owned(), &mut probe)?;
+                let logits = self.head(&y, &mut probe);
+                recycle(y);
+                logits
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut logits = Tensor2::zeros((x.dim().0, self.config.num_classes));
+        for (mut rows, part) in logits.axis_chunks_iter_mut(Axis(0), m).zip(&parts) {
+            rows.assign(part);
+        }
+        Ok(logits)
+    }
+
     fn head(&self, y: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
         let y = probe.scoped("avgpool", |p| AdaptiveAvgPool2d.pool_flat(y, p))?;
         probe.scoped("fc", |p| self.fc.forward_with(&y, p))
@@ -223,6 +274,11 @@ impl Layer for ResNet {
 
     fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
         self.check_input(x)?;
+        let n = x.dim().0;
+        let m = self.micro_batch(x);
+        if n > m && probe.is_silent() {
+            return self.forward_in_micro_batches(x, m);
+        }
         let y = self.features(x, probe)?;
         let logits = self.head(&y, probe);
         recycle(y);
