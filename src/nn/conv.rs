@@ -8,6 +8,7 @@ use crate::layer::LayerKind;
 use crate::layer::{Probe, Site};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 /// The hyper-parameters of a [`Conv2d`], with PyTorch's meaning and defaults.
 ///
@@ -141,6 +142,18 @@ pub struct Conv2d {
     config: Conv2dConfig,
     weight: ParamTensor,
     bias: Option<ParamTensor>,
+    /// The weights rearranged for the direct kernel or the shifted products, made on
+    /// first use and dropped whenever the parameters are lent out mutably.
+    rearranged: Rearranged,
+}
+
+/// Copies of a convolution's weights in the orders its kernels read them.
+#[derive(Debug, Clone, Default)]
+struct Rearranged {
+    /// `[O/16][C][kh][kw][16]`, for [`direct`].
+    direct: OnceLock<Vec<f32>>,
+    /// `[group][ki][o][c][kj]`, for [`Conv2d::shifted`].
+    shifted: OnceLock<Vec<f32>>,
 }
 
 thread_local! {
@@ -171,6 +184,7 @@ impl Conv2d {
     pub fn new(config: Conv2dConfig) -> Result<Self> {
         config.validate()?;
         Ok(Conv2d {
+            rearranged: Rearranged::default(),
             weight: ParamTensor::filled(&config.weight_shape(), 0.0),
             bias: config
                 .bias
@@ -201,6 +215,11 @@ impl Conv2d {
             window_output_len(h, c.kernel[0], c.stride[0], c.padding[0], c.dilation[0])?,
             window_output_len(w, c.kernel[1], c.stride[1], c.padding[1], c.dilation[1])?,
         ))
+    }
+
+    /// Drops the rearranged copies of the weights, which no longer match them.
+    fn weights_changed(&mut self) {
+        self.rearranged = Rearranged::default();
     }
 
     fn is_pointwise(&self) -> bool {
@@ -251,15 +270,24 @@ impl Conv2d {
             let (scale, shift) = (0..self.config.out_channels)
                 .map(|o| epilogue.affine(o, bias))
                 .unzip::<f32, f32, Vec<f32>, Vec<f32>>();
-            (direct::pack(&self.config, &self.weight.data), scale, shift)
+            let packed = self
+                .rearranged
+                .direct
+                .get_or_init(|| direct::pack(&self.config, &self.weight.data));
+            (packed, scale, shift)
         });
         let shifted = match direct {
-            None => self.shifted_columns(shape).map(|_| self.offset_slices()),
+            None => self.shifted_columns(shape).map(|_| {
+                self.rearranged
+                    .shifted
+                    .get_or_init(|| self.offset_slices())
+                    .as_slice()
+            }),
             Some(_) => None,
         };
         let plan = Plan {
             shape,
-            shifted: shifted.as_deref(),
+            shifted,
             direct: direct.as_ref().map(|(packed, scale, shift)| Direct {
                 packed,
                 scale,
@@ -524,7 +552,7 @@ impl Conv2d {
     }
 }
 
-plain_layer!(Conv2d, Tensor4, Tensor4, weight_bias);
+plain_layer!(Conv2d, Tensor4, Tensor4, weight_bias, then weights_changed);
 
 /// What every chunk of one convolution call shares.
 #[derive(Debug, Clone, Copy)]
@@ -773,6 +801,23 @@ mod tests {
                 eprintln!("no AVX-512F here: {cfg:?} takes the GEMM path");
             }
             check(&filled(cfg), &ramp((2, cfg.in_channels, h, w)));
+        }
+    }
+
+    #[test]
+    fn rearranged_weights_follow_changes_to_the_weights() {
+        // One configuration per kernel that reads rearranged weights.
+        let cases = [
+            (Conv2dConfig::new(8, 16, 3).padding(1), (9, 9)),
+            (Conv2dConfig::new(80, 8, 3).padding(1), (12, 30)),
+        ];
+        for (cfg, (h, w)) in cases {
+            let mut conv = filled(cfg);
+            let x = ramp((2, cfg.in_channels, h, w));
+            let before = check(&conv, &x);
+            conv.visit_params_mut(&mut |p| p.data.iter_mut().for_each(|v| *v = -*v));
+            let after = check(&conv, &x);
+            assert!(after.iter().zip(&before).any(|(a, b)| a != b), "{cfg:?}");
         }
     }
 

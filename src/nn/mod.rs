@@ -109,6 +109,17 @@ macro_rules! plain_layer {
             |s, f| $crate::nn::visit_weight_bias_mut(&mut s.weight, s.bias.as_mut(), f)
         );
     };
+    // As above, then `$changed(&mut self)` (e.g. to drop values derived from the weights).
+    ($ty:ty, $input:ty, $output:ty, weight_bias, then $changed:ident) => {
+        plain_layer!(
+            @impl $ty, $input, $output,
+            |s, f| $crate::nn::visit_weight_bias(&s.weight, s.bias.as_ref(), f),
+            |s, f| {
+                $crate::nn::visit_weight_bias_mut(&mut s.weight, s.bias.as_mut(), f);
+                s.$changed();
+            }
+        );
+    };
     (@impl $ty:ty, $input:ty, $output:ty, |$s:ident, $f:ident| $visit:expr, |$sm:ident, $fm:ident| $visit_mut:expr) => {
         impl $crate::layer::Layer for $ty {
             type Input = $input;
