@@ -1,10 +1,12 @@
 //! Benchmarks of the stages: the global magnitude threshold on 88.8 M weights, and a
-//! REFLOW calibration batch next to an eval forward of the same batch. Run with
-//! `cargo bench --bench stages`.
+//! REFLOW calibration batch next to an eval forward of the same batch, both as
+//! `forward` runs it (micro-batches) and layer by layer over the whole batch (the
+//! schedule calibration must follow: each batch norm needs the whole batch's
+//! statistics before the next layer can run). Run with `cargo bench --bench stages`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::Array4;
-use reflow::layer::Layer;
+use reflow::layer::{Activation, Layer, Observer, Probe, Tap};
 use reflow::models::{ResNet, ResNetConfig};
 use reflow::prune::{MagnitudePruner, Pruner};
 use reflow::rescale::{Reflow, Rescaler};
@@ -22,6 +24,15 @@ fn fill(net: &mut ResNet) {
             })
         }
     });
+}
+
+/// Wants no activation; with it attached, every layer runs over the whole batch.
+struct Nothing;
+impl Observer for Nothing {
+    fn wants(&self, _: &Tap<'_>) -> bool {
+        false
+    }
+    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
 }
 
 fn global_threshold(c: &mut Criterion) {
@@ -45,6 +56,9 @@ fn calibration(c: &mut Criterion) {
     let mut group = c.benchmark_group("resnet20 b128");
     group.sample_size(20);
     group.bench_function("eval forward", |b| b.iter(|| net.forward(&x).unwrap()));
+    group.bench_function("eval forward, layer by layer", |b| {
+        b.iter(|| net.forward_with(&x, &mut Probe::new(&mut Nothing)).unwrap())
+    });
     group.bench_function("REFLOW calibration batch", |b| {
         b.iter(|| Reflow::cumulative().rescale(&mut net, &batches).unwrap())
     });

@@ -81,14 +81,19 @@ impl BatchNorm2d {
     }
 
     /// Calibration mode on a tensor the caller owns (checked: channels, standard
-    /// layout, more than one value per channel): normalises `y` in place by its batch
-    /// statistics (then applies ReLU if `relu`), and folds them into the running
-    /// statistics by `update`.
-    pub(crate) fn train_in_place(&mut self, y: &mut Tensor4, update: NormUpdate, relu: bool) {
+    /// layout, more than one value per channel), given its per-channel batch mean and
+    /// biased variance (`moments`): normalises `y` in place by them (then applies ReLU
+    /// if `relu`), and folds them into the running statistics by `update`.
+    pub(crate) fn train_in_place(
+        &mut self,
+        y: &mut Tensor4,
+        moments: &[(f64, f64)],
+        update: NormUpdate,
+        relu: bool,
+    ) {
         let (n, c, h, w) = y.dim();
         let count = n * h * w;
         let ys = y.as_slice_mut().expect("standard layout");
-        let moments = channel_moments(ys, n, c, h * w);
         let mean: Vec<f32> = moments.iter().map(|m| m.0 as f32).collect();
         let var: Vec<f32> = moments.iter().map(|m| m.1 as f32).collect();
         let (scale, shift) = self.affine(&mean, &var);
@@ -171,11 +176,26 @@ pub(crate) fn channel_moments(x: &[f32], n: usize, c: usize, spatial: usize) -> 
     let planes: Vec<(f64, f64)> = x
         .par_chunks(spatial.max(1))
         .with_min_len(16)
-        .map(|p| {
-            let mean = lane_sum(p, |v| v) / p.len().max(1) as f64;
-            (mean, lane_sum(p, |v| (v - mean) * (v - mean)))
-        })
+        .map(plane_moments)
         .collect();
+    merge_plane_moments(&planes, n, c, spatial)
+}
+
+/// The mean of `plane` and the sum of squared deviations from it, in f64.
+pub(crate) fn plane_moments(plane: &[f32]) -> (f64, f64) {
+    let mean = lane_sum(plane, |v| v) / plane.len().max(1) as f64;
+    (mean, lane_sum(plane, |v| (v - mean) * (v - mean)))
+}
+
+/// Per-channel mean and biased variance from each plane's `(mean, sum of squared
+/// deviations)` (`planes` is `[N × C]`, `spatial` values per plane), merged in image
+/// order.
+pub(crate) fn merge_plane_moments(
+    planes: &[(f64, f64)],
+    n: usize,
+    c: usize,
+    spatial: usize,
+) -> Vec<(f64, f64)> {
     (0..c)
         .map(|ch| {
             let of = |i: usize| planes[i * c + ch];
@@ -231,7 +251,9 @@ impl Layer for BatchNorm2d {
         emit4(probe, LayerKind::BatchNorm, Site::Input, x);
         require_batch_statistics(layer_context(probe), x)?;
         let mut y = x.as_standard_layout().into_owned();
-        self.train_in_place(&mut y, update, false);
+        let (n, c, h, w) = y.dim();
+        let moments = channel_moments(y.as_slice().expect("standard layout"), n, c, h * w);
+        self.train_in_place(&mut y, &moments, update, false);
         emit4(probe, LayerKind::BatchNorm, Site::Output, &y);
         Ok(y)
     }

@@ -1,5 +1,6 @@
 //! 2-d convolution, NCHW, as im2col + GEMM.
 
+use super::batch_norm::{merge_plane_moments, plane_moments};
 use super::direct;
 use super::gemm::{gemm, gemm_strided_b, Threads};
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
@@ -241,6 +242,34 @@ impl Conv2d {
         probe: &mut Probe<'_>,
         epilogue: &Epilogue<'_>,
     ) -> Result<Tensor4> {
+        self.convolve(x, probe, epilogue, None)
+    }
+
+    /// The convolution (with its bias) of `x` and each output channel's batch mean and
+    /// biased variance, gathered while each image's output is in cache (by the direct
+    /// kernel as it stores its blocks), for batch norm in calibration mode. Reports
+    /// the input tap only.
+    pub(crate) fn run_with_moments(
+        &self,
+        x: &Tensor4,
+        probe: &mut Probe<'_>,
+    ) -> Result<(Tensor4, Vec<(f64, f64)>)> {
+        let (n, c) = (x.dim().0, self.config.out_channels);
+        let mut planes = vec![(0.0, 0.0); n * c];
+        let y = self.convolve(x, probe, &Epilogue::default(), Some(&mut planes))?;
+        let spatial = y.dim().2 * y.dim().3;
+        Ok((y, merge_plane_moments(&planes, n, c, spatial)))
+    }
+
+    /// [`Conv2d::run_fused`], and when `moments` is given (`[N × O]`), each output
+    /// plane's mean and sum of squared deviations from it (before the ReLU).
+    fn convolve(
+        &self,
+        x: &Tensor4,
+        probe: &mut Probe<'_>,
+        epilogue: &Epilogue<'_>,
+        moments: Option<&mut [(f64, f64)]>,
+    ) -> Result<Tensor4> {
         check_channels(probe, x, self.config.in_channels)?;
         emit4(probe, LayerKind::Conv, Site::Input, x);
         let (n, _, h, w) = x.dim();
@@ -296,14 +325,31 @@ impl Conv2d {
             }),
         };
         let images = if direct.is_some() { 1 } else { images };
-        if n >= threads {
-            ys.par_chunks_mut((images * out_len).max(1))
-                .zip(xs.par_chunks((images * in_len).max(1)))
-                .for_each(|(yc, xc)| self.chunk(xc, yc, plan, Threads::One, epilogue));
-        } else {
-            let (yc, xc) = (ys.chunks_mut(out_len.max(1)), xs.chunks(in_len.max(1)));
-            for (yi, xi) in yc.zip(xc) {
-                self.chunk(xi, yi, plan, Threads::All, epilogue);
+        let (y_len, x_len) = ((images * out_len).max(1), (images * in_len).max(1));
+        let m_len = (images * self.config.out_channels).max(1);
+        let run = |xc: &[f32], yc: &mut [f32], mc: Option<&mut [(f64, f64)]>, t| {
+            self.chunk(xc, yc, plan, t, epilogue, mc)
+        };
+        match (n >= threads, moments) {
+            (true, Some(m)) => ys
+                .par_chunks_mut(y_len)
+                .zip(xs.par_chunks(x_len))
+                .zip(m.par_chunks_mut(m_len))
+                .for_each(|((yc, xc), mc)| run(xc, yc, Some(mc), Threads::One)),
+            (true, None) => ys
+                .par_chunks_mut(y_len)
+                .zip(xs.par_chunks(x_len))
+                .for_each(|(yc, xc)| run(xc, yc, None, Threads::One)),
+            (false, Some(m)) => {
+                let chunks = ys.chunks_mut(y_len).zip(xs.chunks(x_len));
+                for ((yc, xc), mc) in chunks.zip(m.chunks_mut(m_len)) {
+                    run(xc, yc, Some(mc), Threads::All);
+                }
+            }
+            (false, None) => {
+                for (yc, xc) in ys.chunks_mut(y_len).zip(xs.chunks(x_len)) {
+                    run(xc, yc, None, Threads::All);
+                }
             }
         }
         Ok(y)
@@ -322,7 +368,47 @@ impl Conv2d {
 
     /// Convolves the images `x` `[B, C, h, w]` into `y` `[B, O, ho, wo]` with one
     /// product per group, then applies the bias and the epilogue.
-    fn chunk(&self, x: &[f32], y: &mut [f32], plan: Plan<'_>, t: Threads, epilogue: &Epilogue<'_>) {
+    /// Fills `moments` (`[B × O]`), when given, with each output plane's mean and
+    /// sum of squared deviations, before the ReLU.
+    fn chunk(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        plan: Plan<'_>,
+        t: Threads,
+        epilogue: &Epilogue<'_>,
+        mut moments: Option<&mut [(f64, f64)]>,
+    ) {
+        let (None, Some(moments)) = (plan.direct, moments.as_deref_mut()) else {
+            return self.chunk_with_kernel(x, y, plan, t, epilogue, moments);
+        };
+        // Other kernels: the moments of the planes just written, while in cache, before
+        // the ReLU.
+        let linear = Epilogue {
+            relu: false,
+            ..*epilogue
+        };
+        self.chunk_with_kernel(x, y, plan, t, &linear, None);
+        let spatial = plan.shape.ho * plan.shape.wo;
+        for (m, plane) in moments.iter_mut().zip(y.chunks_exact(spatial.max(1))) {
+            *m = plane_moments(plane);
+        }
+        if epilogue.relu {
+            y.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+
+    /// [`Conv2d::chunk`] by the kernel `plan` chose; only the direct kernel fills
+    /// `moments`.
+    fn chunk_with_kernel(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        plan: Plan<'_>,
+        t: Threads,
+        epilogue: &Epilogue<'_>,
+        moments: Option<&mut [(f64, f64)]>,
+    ) {
         let sh = plan.shape;
         let c = &self.config;
         let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
@@ -339,9 +425,12 @@ impl Conv2d {
         }) = plan.direct
         {
             let (per_in, per_out) = (c.in_channels * plane_in, c.out_channels * spatial);
+            let shapes = ((sh.h, sh.w), (sh.ho, sh.wo));
+            let epilogue = (scale, shift, relu);
+            let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
             for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
-                let shapes = ((sh.h, sh.w), (sh.ho, sh.wo));
-                direct::image(c, packed, xi, yi, shapes.0, shapes.1, (scale, shift, relu));
+                let m = moments.as_mut().and_then(|m| m.next());
+                direct::image(c, packed, xi, yi, shapes.0, shapes.1, epilogue, m);
             }
             return;
         }
@@ -661,7 +750,8 @@ pub(crate) fn first_image(x: &Tensor4) -> Tensor4 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::Layer;
+    use crate::layer::{Layer, Probe};
+    use crate::nn::batch_norm::channel_moments;
     use ndarray::Array4;
 
     fn ramp(shape: (usize, usize, usize, usize)) -> Tensor4 {
@@ -818,6 +908,36 @@ mod tests {
             conv.visit_params_mut(&mut |p| p.data.iter_mut().for_each(|v| *v = -*v));
             let after = check(&conv, &x);
             assert!(after.iter().zip(&before).any(|(a, b)| a != b), "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn moments_gathered_while_convolving_equal_those_of_the_output() {
+        let cases = [
+            // Direct kernel: several pixel blocks per plane, 2 output blocks.
+            (Conv2dConfig::new(8, 32, 3).padding(1).bias(true), (13, 30)),
+            (Conv2dConfig::new(16, 16, 3).padding(1).stride(2), (14, 14)),
+            // GEMM and shifted products.
+            (Conv2dConfig::new(4, 6, 3).bias(true), (9, 9)),
+            (Conv2dConfig::new(80, 8, 3).padding(1), (12, 30)),
+        ];
+        for (cfg, (h, w)) in cases {
+            let conv = filled(cfg);
+            let x = ramp((3, cfg.in_channels, h, w)).mapv(|v| v + 2.0);
+            let (y, got) = conv.run_with_moments(&x, &mut Probe::none()).unwrap();
+            assert_eq!(y, conv.forward(&x).unwrap(), "{cfg:?}");
+            let (n, c, ho, wo) = y.dim();
+            let want = channel_moments(y.as_slice().unwrap(), n, c, ho * wo);
+            for (ch, ((gm, gv), (wm, wv))) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (gm - wm).abs() <= 1e-6 * wm.abs().max(1.0),
+                    "{cfg:?} {ch}: mean {gm} {wm}"
+                );
+                assert!(
+                    (gv - wv).abs() <= 1e-6 * wv.abs(),
+                    "{cfg:?} {ch}: var {gv} {wv}"
+                );
+            }
         }
     }
 

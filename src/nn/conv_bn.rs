@@ -137,16 +137,16 @@ impl Layer for ConvBn {
             let y = probe.scoped(&self.bn_name, |p| self.bn.forward_train(&y, update, p))?;
             return Ok(self.relu_in_place(y));
         }
-        // The convolution's output is the batch norm's to normalise in place.
-        let mut y = probe.scoped(&self.conv_name, |p| {
-            self.conv.run_fused(x, p, &Epilogue::default())
-        })?;
+        // The convolution gathers the batch statistics as it writes its output, which
+        // is the batch norm's to normalise in place.
+        let (mut y, moments) =
+            probe.scoped(&self.conv_name, |p| self.conv.run_with_moments(x, p))?;
         require_batch_statistics(probe.child_path(&self.bn_name), &y)?;
         let bn_output_observed = probe.scoped(&self.bn_name, |p| {
             p.wants(LayerKind::BatchNorm, Site::Output)
         });
-        self.bn
-            .train_in_place(&mut y, update, self.relu && !bn_output_observed);
+        let relu = self.relu && !bn_output_observed;
+        self.bn.train_in_place(&mut y, &moments, update, relu);
         if !bn_output_observed {
             return Ok(y);
         }

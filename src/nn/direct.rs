@@ -68,7 +68,9 @@ pub(crate) fn pack(config: &Conv2dConfig, weight: &[f32]) -> Vec<f32> {
 }
 
 /// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]` and applies
-/// `y = relu?(y·scale + shift)` per output channel.
+/// `y = relu?(y·scale + shift)` per output channel; fills `moments` (`[O]`), when
+/// given, with each output plane's mean and sum of squared deviations from it before
+/// the ReLU, gathered block by block as the outputs are stored.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn image(
     config: &Conv2dConfig,
@@ -78,6 +80,7 @@ pub(crate) fn image(
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
     (scale, shift, relu): (&[f32], &[f32], bool),
+    mut moments: Option<&mut [(f64, f64)]>,
 ) {
     let [kh, kw] = config.kernel;
     let [ph, pw] = config.padding;
@@ -114,6 +117,7 @@ pub(crate) fn image(
         let rows = (BLOCK / width).min(4);
         for (block, filters) in packed.chunks_exact(per_out * LANES).enumerate() {
             let out = block * LANES;
+            let mut stats = moments.is_some().then(Moments::default);
             let mut oi = 0;
             while oi < ho {
                 let r = if ho - oi >= rows { rows } else { 1 };
@@ -133,25 +137,42 @@ pub(crate) fn image(
                     let run = r * n / runs;
                     let epilogue = (&scale[out..out + LANES], &shift[out..out + LANES], relu);
                     for (k, pixels) in acc.chunks_exact(run).enumerate() {
-                        store_channels(pixels, epilogue, y, at + k * wo, ho * wo);
+                        let stats = stats.as_mut();
+                        store_channels(pixels, epilogue, y, at + k * wo, ho * wo, stats);
                     }
                     oj += n;
                 }
                 oi += r;
             }
+            if let (Some(stats), Some(moments)) = (stats, moments.as_deref_mut()) {
+                let planes = stats.mean.iter().zip(&stats.m2);
+                for (m, (&mean, &m2)) in moments[out..out + LANES].iter_mut().zip(planes) {
+                    *m = (mean, m2);
+                }
+            }
         }
     });
 }
 
+/// The running count, mean and sum of squared deviations of 16 output channels' values.
+#[derive(Debug, Default)]
+pub(crate) struct Moments {
+    count: f64,
+    mean: [f64; LANES],
+    m2: [f64; LANES],
+}
+
 /// Writes `pixels` (consecutive output pixels, each a vector of 16 channels) to the
 /// 16 channel planes of `y` (`plane` apart), from offset `at` of the first one, after
-/// `relu?(v·scale + shift)` per channel.
+/// `relu?(v·scale + shift)` per channel; merges the values before the ReLU into
+/// `stats`, when given.
 fn store_channels(
     pixels: &[[f32; LANES]],
     (scale, shift, relu): (&[f32], &[f32], bool),
     y: &mut [f32],
     at: usize,
     plane: usize,
+    mut stats: Option<&mut Moments>,
 ) {
     for (k, chunk) in pixels.chunks(LANES).enumerate() {
         let start = at + k * LANES;
@@ -161,11 +182,13 @@ fn store_channels(
         // SAFETY: the direct kernel only runs with AVX-512F; the writes are in bounds
         // (asserted above).
         unsafe {
+            let dst = y.as_mut_ptr().add(start);
             avx512::store_channels(
                 chunk,
                 (scale, shift, relu),
-                y.as_mut_ptr().add(start),
+                dst,
                 plane,
+                stats.as_deref_mut(),
             )
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -252,7 +275,7 @@ impl Geometry {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Geometry, LANES};
+    use super::{Geometry, Moments, LANES};
     use std::arch::x86_64::*;
 
     /// `R` rows × `N` pixels × 16 output channels, into `out` (`[R][N]`). `SW` is the
@@ -350,7 +373,9 @@ mod avx512 {
         (scale, shift, relu): (&[f32], &[f32], bool),
         dst: *mut f32,
         plane: usize,
+        stats: Option<&mut Moments>,
     ) {
+        // SAFETY: 16 floats each.
         let (a, b) = unsafe {
             (
                 _mm512_loadu_ps(scale.as_ptr()),
@@ -360,12 +385,15 @@ mod avx512 {
         let mut v = [_mm512_setzero_ps(); LANES];
         for (r, px) in v.iter_mut().zip(pixels) {
             // SAFETY: 16 floats.
-            let x = _mm512_add_ps(_mm512_mul_ps(unsafe { _mm512_loadu_ps(px.as_ptr()) }, a), b);
-            *r = if relu {
-                _mm512_max_ps(x, _mm512_setzero_ps())
-            } else {
-                x
-            };
+            *r = _mm512_add_ps(_mm512_mul_ps(unsafe { _mm512_loadu_ps(px.as_ptr()) }, a), b);
+        }
+        if let Some(stats) = stats {
+            merge(stats, &v[..pixels.len()]);
+        }
+        if relu {
+            for r in &mut v {
+                *r = _mm512_max_ps(*r, _mm512_setzero_ps());
+            }
         }
         transpose(&mut v);
         let mask = ((1u32 << pixels.len()) - 1) as __mmask16;
@@ -373,5 +401,52 @@ mod avx512 {
             // SAFETY: in bounds by the caller's contract.
             unsafe { _mm512_mask_storeu_ps(dst.add(lane * plane), mask, *row) };
         }
+    }
+
+    /// Merges the values `v` (pixels × 16 channels) into `stats`: their mean and sum
+    /// of squared deviations in `f32` (two passes over registers), then Chan et al.'s
+    /// update of the running `f64` moments.
+    #[target_feature(enable = "avx512f")]
+    fn merge(stats: &mut Moments, v: &[__m512]) {
+        let count = v.len() as f32;
+        let sum = v
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        let mean = _mm512_div_ps(sum, _mm512_set1_ps(count));
+        let m2 = v.iter().fold(_mm512_setzero_ps(), |s, &x| {
+            let d = _mm512_sub_ps(x, mean);
+            _mm512_fmadd_ps(d, d, s)
+        });
+        let (na, nb) = (stats.count, count as f64);
+        let total = na + nb;
+        let (wb, wab) = (_mm512_set1_pd(nb / total), _mm512_set1_pd(na * nb / total));
+        for half in 0..2 {
+            let (mb, qb) = (widen(mean, half), widen(m2, half));
+            let at = half * LANES / 2;
+            // SAFETY: 8 doubles from `at` of arrays of 16.
+            unsafe {
+                let ma = _mm512_loadu_pd(stats.mean.as_ptr().add(at));
+                let qa = _mm512_loadu_pd(stats.m2.as_ptr().add(at));
+                let delta = _mm512_sub_pd(mb, ma);
+                let q = _mm512_add_pd(qa, _mm512_fmadd_pd(_mm512_mul_pd(delta, delta), wab, qb));
+                _mm512_storeu_pd(
+                    stats.mean.as_mut_ptr().add(at),
+                    _mm512_fmadd_pd(delta, wb, ma),
+                );
+                _mm512_storeu_pd(stats.m2.as_mut_ptr().add(at), q);
+            }
+        }
+        stats.count = total;
+    }
+
+    /// Lanes `8·half .. 8·half + 8` of `v` as doubles.
+    #[target_feature(enable = "avx512f")]
+    fn widen(v: __m512, half: usize) -> __m512d {
+        let part = if half == 0 {
+            _mm512_castps512_ps256(v)
+        } else {
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+        };
+        _mm512_cvtps_pd(part)
     }
 }
