@@ -1,9 +1,9 @@
 //! 2-d convolution, NCHW, as im2col + GEMM.
 
 use super::batch_norm::{merge_plane_moments, plane_moments};
-use super::direct;
 use super::gemm::{gemm, gemm_strided_b, Threads};
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
+use super::{direct, winograd};
 use crate::error::{Error, Result};
 use crate::layer::LayerKind;
 use crate::layer::{Probe, Site};
@@ -148,6 +148,9 @@ pub struct Conv2d {
     rearranged: Rearranged,
 }
 
+/// Makes a copy of a convolution's weights in the order one of its kernels reads them.
+type Rearrange = fn(&Conv2dConfig, &[f32]) -> Vec<f32>;
+
 /// Copies of a convolution's weights in the orders its kernels read them.
 #[derive(Debug, Clone, Default)]
 struct Rearranged {
@@ -155,6 +158,8 @@ struct Rearranged {
     direct: OnceLock<Vec<f32>>,
     /// `[group][ki][o][c][kj]`, for [`Conv2d::shifted`].
     shifted: OnceLock<Vec<f32>>,
+    /// `[O/16][ξ][C][16]`, the kernels in Winograd's domain, for [`winograd`].
+    winograd: OnceLock<Vec<f32>>,
 }
 
 thread_local! {
@@ -294,16 +299,22 @@ impl Conv2d {
         );
         let images = self.images_per_product(n, ho * wo, threads);
         let shape = Shapes { h, w, ho, wo };
-        let direct = direct::applies(&self.config).then(|| {
+        let kernel = if winograd::applies(&self.config) {
+            Some(DirectKernel::Winograd)
+        } else {
+            direct::applies(&self.config).then_some(DirectKernel::Direct)
+        };
+        let direct = kernel.map(|kernel| {
             let bias = self.bias.as_ref().map(|b| b.data.as_slice());
             let (scale, shift) = (0..self.config.out_channels)
                 .map(|o| epilogue.affine(o, bias))
                 .unzip::<f32, f32, Vec<f32>, Vec<f32>>();
-            let packed = self
-                .rearranged
-                .direct
-                .get_or_init(|| direct::pack(&self.config, &self.weight.data));
-            (packed, scale, shift)
+            let (cache, rearrange): (_, Rearrange) = match kernel {
+                DirectKernel::Direct => (&self.rearranged.direct, direct::pack),
+                DirectKernel::Winograd => (&self.rearranged.winograd, winograd::transform_weights),
+            };
+            let packed = cache.get_or_init(|| rearrange(&self.config, &self.weight.data));
+            (kernel, packed, scale, shift)
         });
         let shifted = match direct {
             None => self.shifted_columns(shape).map(|_| {
@@ -317,12 +328,15 @@ impl Conv2d {
         let plan = Plan {
             shape,
             shifted,
-            direct: direct.as_ref().map(|(packed, scale, shift)| Direct {
-                packed,
-                scale,
-                shift,
-                relu: epilogue.relu,
-            }),
+            direct: direct
+                .as_ref()
+                .map(|&(kernel, packed, ref scale, ref shift)| Direct {
+                    kernel,
+                    packed,
+                    scale,
+                    shift,
+                    relu: epilogue.relu,
+                }),
         };
         let images = if direct.is_some() { 1 } else { images };
         let (y_len, x_len) = ((images * out_len).max(1), (images * in_len).max(1));
@@ -418,6 +432,7 @@ impl Conv2d {
         let width = images * spatial;
         let pointwise = self.is_pointwise();
         if let Some(Direct {
+            kernel,
             packed,
             scale,
             shift,
@@ -425,12 +440,16 @@ impl Conv2d {
         }) = plan.direct
         {
             let (per_in, per_out) = (c.in_channels * plane_in, c.out_channels * spatial);
-            let shapes = ((sh.h, sh.w), (sh.ho, sh.wo));
+            let ((h, w), (ho, wo)) = ((sh.h, sh.w), (sh.ho, sh.wo));
             let epilogue = (scale, shift, relu);
+            let image = match kernel {
+                DirectKernel::Direct => direct::image,
+                DirectKernel::Winograd => winograd::image,
+            };
             let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
             for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
                 let m = moments.as_mut().and_then(|m| m.next());
-                direct::image(c, packed, xi, yi, shapes.0, shapes.1, epilogue, m);
+                image(c, packed, xi, yi, (h, w), (ho, wo), epilogue, m);
             }
             return;
         }
@@ -653,13 +672,24 @@ struct Plan<'a> {
     direct: Option<Direct<'a>>,
 }
 
-/// The packed weights and the per-channel epilogue of a direct-kernel call.
+/// The rearranged weights and the per-channel epilogue of a call to one of the
+/// kernels that work image by image and apply the epilogue as they store.
 #[derive(Debug, Clone, Copy)]
 struct Direct<'a> {
+    kernel: DirectKernel,
     packed: &'a [f32],
     scale: &'a [f32],
     shift: &'a [f32],
     relu: bool,
+}
+
+/// The kernels of [`Direct`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirectKernel {
+    /// [`direct`]: one multiply-add per input value and weight.
+    Direct,
+    /// [`winograd`]: Winograd's F(2×2, 3×3).
+    Winograd,
 }
 
 /// Input and output plane sizes of one convolution call.
@@ -889,6 +919,27 @@ mod tests {
         for (cfg, (h, w)) in cases {
             if !direct::applies(&cfg) {
                 eprintln!("no AVX-512F here: {cfg:?} takes the GEMM path");
+            }
+            check(&filled(cfg), &ramp((2, cfg.in_channels, h, w)));
+        }
+    }
+
+    #[test]
+    fn winograd_equals_the_definition() {
+        // Odd and even sizes (tiles past the edge), padding 0 to 2, blocks of whole
+        // tile rows and pieces of wide rows, partial vectors of tiles.
+        let cases = [
+            (Conv2dConfig::new(16, 16, 3).padding(1), (28, 28)),
+            (Conv2dConfig::new(32, 32, 3).padding(1).bias(true), (7, 7)),
+            (Conv2dConfig::new(64, 64, 3).padding(1), (14, 14)),
+            (Conv2dConfig::new(16, 48, 3), (9, 13)),
+            (Conv2dConfig::new(24, 16, 3).padding(2), (5, 6)),
+            (Conv2dConfig::new(16, 32, 3).padding(1), (3, 70)),
+            (Conv2dConfig::new(17, 16, 3).padding(1), (1, 1)),
+        ];
+        for (cfg, (h, w)) in cases {
+            if !winograd::applies(&cfg) {
+                eprintln!("no AVX-512F here: {cfg:?} takes another path");
             }
             check(&filled(cfg), &ramp((2, cfg.in_channels, h, w)));
         }

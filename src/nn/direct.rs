@@ -32,6 +32,58 @@ thread_local! {
     static PADDED: RefCell<(Vec<f32>, [usize; 5])> = const { RefCell::new((Vec::new(), [0; 5])) };
 }
 
+/// Sixteen floats on a cache line of their own: vectors stored and loaded through it
+/// never straddle two lines.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub(crate) [f32; LANES]);
+
+/// `lines` as arrays of 16 floats.
+pub(crate) fn as_arrays(lines: &mut [Line]) -> &mut [[f32; LANES]] {
+    // SAFETY: `Line` is `repr(C)` around `[f32; 16]`, 64 bytes, with no padding.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len()) }
+}
+
+/// `lines` as floats.
+pub(crate) fn as_floats(lines: &mut [Line]) -> &mut [f32] {
+    // SAFETY: as in `as_arrays`, 16 floats per line.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * LANES) }
+}
+
+/// Zeros after the padded image, so that a kernel may read a vector or two past the
+/// last row.
+const SLACK: usize = 64;
+
+/// Runs `f` on `x` (`[channels, h, w]`) laid out in this thread's buffer as
+/// `[channels, hp, wp]` with `(ph, pw)` zero rows and columns before it and zeros
+/// after it (then [`SLACK`] zeros).
+pub(crate) fn padded<R>(
+    x: &[f32],
+    channels: usize,
+    (h, w): (usize, usize),
+    (ph, pw): (usize, usize),
+    (hp, wp): (usize, usize),
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    assert!(ph + h <= hp && pw + w <= wp && x.len() == channels * h * w);
+    let plane = hp * wp;
+    PADDED.with_borrow_mut(|(pad, geometry)| {
+        let layout = [channels, hp, wp, ph, pw];
+        if *geometry != layout {
+            pad.clear();
+            pad.resize(channels * plane + SLACK, 0.0);
+            *geometry = layout;
+        }
+        for (ch, input) in x.chunks_exact(h * w).enumerate() {
+            for (i, row) in input.chunks_exact(w).enumerate() {
+                let at = ch * plane + (i + ph) * wp + pw;
+                pad[at..at + w].copy_from_slice(row);
+            }
+        }
+        f(pad)
+    })
+}
+
 /// Whether the direct kernel handles `config` on this processor: x86-64 with
 /// AVX-512F, one group, a multiple of 16 output channels, few input channels (where
 /// GEMM is least efficient), and not a 1×1 stride-1 convolution (a plain product).
@@ -44,12 +96,12 @@ pub(crate) fn applies(config: &Conv2dConfig) -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx512_available() -> bool {
+pub(crate) fn avx512_available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn avx512_available() -> bool {
+pub(crate) fn avx512_available() -> bool {
     false
 }
 
@@ -90,19 +142,7 @@ pub(crate) fn image(
     let (hp, wp) = (h + 2 * ph, w + 2 * pw);
     let plane = hp * wp;
     let per_out = c_in * kh * kw;
-    PADDED.with_borrow_mut(|(pad, geometry)| {
-        let layout = [c_in, hp, wp, ph, pw];
-        if *geometry != layout {
-            pad.clear();
-            pad.resize(c_in * plane, 0.0);
-            *geometry = layout;
-        }
-        for (ch, input) in x.chunks_exact(h * w).enumerate() {
-            for (i, row) in input.chunks_exact(w).enumerate() {
-                let at = ch * plane + (i + ph) * wp + pw;
-                pad[at..at + w].copy_from_slice(row);
-            }
-        }
+    padded(x, c_in, (h, w), (ph, pw), (hp, wp), |pad| {
         let geometry = Geometry {
             c_in,
             plane,
@@ -111,7 +151,8 @@ pub(crate) fn image(
             dilation: [dh, dw],
             stride: [sh, sw],
         };
-        let mut acc = [[0.0f32; LANES]; BLOCK];
+        let mut lines = [Line::default(); BLOCK];
+        let acc = as_arrays(&mut lines);
         // Block shape: n pixels of `rows` consecutive output rows, n from WIDTHS.
         let width = WIDTHS.iter().copied().find(|&n| n <= wo).unwrap_or(1);
         let rows = (BLOCK / width).min(4);
@@ -145,9 +186,8 @@ pub(crate) fn image(
                 oi += r;
             }
             if let (Some(stats), Some(moments)) = (stats, moments.as_deref_mut()) {
-                let planes = stats.mean.iter().zip(&stats.m2);
-                for (m, (&mean, &m2)) in moments[out..out + LANES].iter_mut().zip(planes) {
-                    *m = (mean, m2);
+                for (lane, m) in moments[out..out + LANES].iter_mut().enumerate() {
+                    *m = stats.plane(lane);
                 }
             }
         }
@@ -162,11 +202,18 @@ pub(crate) struct Moments {
     m2: [f64; LANES],
 }
 
+impl Moments {
+    /// Lane `lane`'s mean and sum of squared deviations.
+    pub(crate) fn plane(&self, lane: usize) -> (f64, f64) {
+        (self.mean[lane], self.m2[lane])
+    }
+}
+
 /// Writes `pixels` (consecutive output pixels, each a vector of 16 channels) to the
 /// 16 channel planes of `y` (`plane` apart), from offset `at` of the first one, after
 /// `relu?(v·scale + shift)` per channel; merges the values before the ReLU into
 /// `stats`, when given.
-fn store_channels(
+pub(crate) fn store_channels(
     pixels: &[[f32; LANES]],
     (scale, shift, relu): (&[f32], &[f32], bool),
     y: &mut [f32],

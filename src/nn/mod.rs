@@ -173,6 +173,7 @@ mod linear;
 mod pool;
 mod pool_alloc;
 mod sequential;
+mod winograd;
 
 /// Shows `x` to the probe's observer at `site`, if it wants it.
 pub(crate) fn emit4(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tensor4) {

@@ -1,0 +1,497 @@
+//! Winograd's F(2×2, 3×3) convolution, for 3×3 stride-1 convolutions of 16 to 64
+//! channels on x86-64 processors with AVX-512F.
+//!
+//! Each 2×2 block of output pixels (a *tile*) is computed from the 4×4 input window
+//! around it with 16 multiplications per input and output channel instead of 36: the
+//! window `d` and the kernel `g` are carried to a 4×4 domain (`V = Bᵀ d B`,
+//! `U = G g Gᵀ`), multiplied element by element and summed over the input channels
+//! (`M = Σ_c U ⊙ V`: sixteen products of `[tiles × C]` by `[C × 16]`, one per element
+//! ξ of the 4×4 domain), and carried back (`Y = Aᵀ M A`). The matrices are those of
+//! Lavin and Gray, *Fast Algorithms for Convolutional Neural Networks* (2016):
+//!
+//! ```text
+//! Bᵀ = [1  0 −1  0]     G = [ 1    0    0 ]     Aᵀ = [1  1  1  0]
+//!      [0  1  1  0]         [ ½    ½    ½ ]          [0  1 −1 −1]
+//!      [0 −1  1  0]         [ ½   −½    ½ ]
+//!      [0  1  0 −1]         [ 0    0    1 ]
+//! ```
+//!
+//! The kernels are transformed once (in `f64`, then rounded) and kept with the
+//! convolution. The transforms only add and subtract (and halve, for `G`), so the
+//! result differs from the direct sum by rounding alone, a few units in the last
+//! place of the largest terms. Tiles are processed in blocks of up to 28, whose
+//! products run in vector registers as in the direct kernel; the output goes through
+//! the same epilogue (batch norm, ReLU, calibration moments).
+
+use super::conv::Conv2dConfig;
+use super::direct::{as_arrays, as_floats, avx512_available, padded, store_channels};
+use super::direct::{Line, Moments, LANES};
+use std::cell::RefCell;
+
+/// Tiles per block: accumulators held in vector registers during a product.
+const BLOCK: usize = 28;
+
+/// Distance between input channels in the transformed input of a block: the block's
+/// tiles, rounded up to whole vectors of 16 tiles (whole cache lines).
+const TILE_STRIDE: usize = BLOCK.div_ceil(LANES) * LANES;
+
+/// Distance between the elements ξ of the transformed input: one cache line more than
+/// its `C` channels, so that the 16 stores of a transformed window do not all fall in
+/// the same set of the level-1 cache (at 64 channels, `C·TILE_STRIDE` floats are a
+/// multiple of 4 KiB).
+fn xi_stride(c_in: usize) -> usize {
+    c_in * TILE_STRIDE + LANES
+}
+
+/// Whether Winograd's algorithm handles `config` on this processor: a 3×3 kernel,
+/// stride 1, no dilation, one group, a multiple of 16 output channels, and 16 to 64
+/// channels in and out (fewer input channels leave the transforms too large a share;
+/// more make the transformed kernels too large to stay in cache).
+pub(crate) fn applies(config: &Conv2dConfig) -> bool {
+    config.kernel == [3, 3]
+        && config.stride == [1, 1]
+        && config.dilation == [1, 1]
+        && config.groups == 1
+        && config.out_channels.is_multiple_of(LANES)
+        && (16..=64).contains(&config.in_channels)
+        && config.out_channels <= 64
+        && avx512_available()
+}
+
+/// The kernels `[O, C, 3, 3]` carried to the Winograd domain, `U = G g Gᵀ`, laid out
+/// as `[O/16][ξ][C][16]`.
+pub(crate) fn transform_weights(config: &Conv2dConfig, weight: &[f32]) -> Vec<f32> {
+    let c_in = config.in_channels;
+    let mut u = vec![0.0; config.out_channels * c_in * 16];
+    for (k, g) in weight.chunks_exact(9).enumerate() {
+        let (o, c) = (k / c_in, k % c_in);
+        let g: Vec<f64> = g.iter().map(|&v| v as f64).collect();
+        // G·g, 4 × 3.
+        let mut gg = [[0.0f64; 3]; 4];
+        for col in 0..3 {
+            let (a, b, d) = (g[col], g[3 + col], g[6 + col]);
+            gg[0][col] = a;
+            gg[1][col] = (a + b + d) / 2.0;
+            gg[2][col] = (a - b + d) / 2.0;
+            gg[3][col] = d;
+        }
+        // (G·g)·Gᵀ, 4 × 4.
+        for (p, &[a, b, d]) in gg.iter().enumerate() {
+            for (q, v) in [a, (a + b + d) / 2.0, (a - b + d) / 2.0, d]
+                .into_iter()
+                .enumerate()
+            {
+                let xi = 4 * p + q;
+                u[(((o / LANES) * 16 + xi) * c_in + c) * LANES + o % LANES] = v as f32;
+            }
+        }
+    }
+    u
+}
+
+/// Per-thread working memory, grown as needed and reused across calls, in whole cache
+/// lines.
+struct Scratch {
+    /// The transformed input of a block, `[ξ][C][TILE_STRIDE]` (ξ [`xi_stride`]
+    /// apart).
+    v: Vec<Line>,
+    /// The products of a block, `[ξ][BLOCK]` vectors of 16 output channels.
+    m: Vec<Line>,
+    /// The output pixels of a block, by output row.
+    pixels: Vec<Line>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            v: Vec::new(),
+            m: Vec::new(),
+            pixels: Vec::new(),
+        })
+    };
+}
+
+/// A run of tiles in one tile row: row `row`, columns `col..col + len`.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    row: usize,
+    col: usize,
+    len: usize,
+}
+
+/// The blocks of at most [`BLOCK`] tiles of a `th × tw` tile grid: whole tile rows
+/// when they fit, else pieces of one row.
+fn blocks(th: usize, tw: usize) -> Vec<Vec<Segment>> {
+    if tw <= BLOCK {
+        let rows = BLOCK / tw;
+        (0..th)
+            .step_by(rows)
+            .map(|r0| {
+                (r0..(r0 + rows).min(th))
+                    .map(|row| Segment {
+                        row,
+                        col: 0,
+                        len: tw,
+                    })
+                    .collect()
+            })
+            .collect()
+    } else {
+        (0..th)
+            .flat_map(|row| {
+                (0..tw).step_by(BLOCK).map(move |col| {
+                    vec![Segment {
+                        row,
+                        col,
+                        len: BLOCK.min(tw - col),
+                    }]
+                })
+            })
+            .collect()
+    }
+}
+
+/// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]` with the transformed
+/// kernels `u` (from [`transform_weights`]), then applies `y = relu?(y·scale + shift)`
+/// per output channel; fills `moments` (`[O]`), when given, with each output plane's
+/// mean and sum of squared deviations from it before the ReLU.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn image(
+    config: &Conv2dConfig,
+    u: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+    (scale, shift, relu): (&[f32], &[f32], bool),
+    moments: Option<&mut [(f64, f64)]>,
+) {
+    let [ph, pw] = config.padding;
+    let c_in = config.in_channels;
+    let out_blocks = config.out_channels / LANES;
+    let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
+    // Every tile's 4 × 4 window lies in the padded image.
+    let (hp, wp) = ((2 * th + 2).max(h + 2 * ph), (2 * tw + 2).max(w + 2 * pw));
+    assert_eq!(u.len(), out_blocks * 16 * c_in * LANES);
+    let mut stats: Vec<Moments> = match moments {
+        Some(_) => (0..out_blocks).map(|_| Moments::default()).collect(),
+        None => Vec::new(),
+    };
+    padded(x, c_in, (h, w), (ph, pw), (hp, wp), |pad| {
+        let geometry = Geometry {
+            c_in,
+            plane: hp * wp,
+            wp,
+        };
+        SCRATCH.with_borrow_mut(|scratch| {
+            // Two output rows of 2·tw pixels per tile row of the block.
+            let rows_per_block = if tw <= BLOCK { BLOCK / tw } else { 1 };
+            let pixel_rows = 2 * rows_per_block * 2 * tw.min(BLOCK);
+            for (buffer, len) in [
+                (&mut scratch.v, 16 * xi_stride(c_in) / LANES),
+                (&mut scratch.m, 16 * BLOCK),
+                (&mut scratch.pixels, pixel_rows),
+            ] {
+                buffer.resize(buffer.len().max(len), Line::default());
+            }
+            let v = as_floats(&mut scratch.v);
+            let m = as_arrays(&mut scratch.m);
+            let pixels = as_arrays(&mut scratch.pixels);
+            for block in blocks(th, tw) {
+                geometry.transform_input(pad, &block, v);
+                let tiles: usize = block.iter().map(|s| s.len).sum();
+                for (kb, u) in u.chunks_exact(16 * c_in * LANES).enumerate() {
+                    for xi in 0..16 {
+                        let (v, u) = (&v[xi * xi_stride(c_in)..], &u[xi * c_in * LANES..]);
+                        multiply(v, u, c_in, &mut m[xi * BLOCK..xi * BLOCK + tiles]);
+                    }
+                    let out = kb * LANES;
+                    let epilogue = (&scale[out..out + LANES], &shift[out..out + LANES], relu);
+                    let mut j = 0;
+                    for (s, seg) in block.iter().enumerate() {
+                        let width = 2 * seg.len;
+                        let rows = &mut pixels[2 * s * width..2 * (s + 1) * width];
+                        for t in 0..seg.len {
+                            let [y00, y01, y10, y11] = transform_output(m, j);
+                            rows[2 * t] = y00;
+                            rows[2 * t + 1] = y01;
+                            rows[width + 2 * t] = y10;
+                            rows[width + 2 * t + 1] = y11;
+                            j += 1;
+                        }
+                        // The tile row's output rows, without the columns past `wo`.
+                        let (col, cols) = (2 * seg.col, (2 * seg.len).min(wo - 2 * seg.col));
+                        for dr in 0..2.min(ho - 2 * seg.row) {
+                            let at = (out * ho + 2 * seg.row + dr) * wo + col;
+                            let run = &rows[dr * width..dr * width + cols];
+                            store_channels(run, epilogue, y, at, ho * wo, stats.get_mut(kb));
+                        }
+                    }
+                }
+            }
+        });
+    });
+    if let Some(moments) = moments {
+        for (kb, s) in stats.iter().enumerate() {
+            for (lane, m) in moments[kb * LANES..(kb + 1) * LANES].iter_mut().enumerate() {
+                *m = s.plane(lane);
+            }
+        }
+    }
+}
+
+/// Where the input transform finds its windows in the padded image.
+struct Geometry {
+    c_in: usize,
+    plane: usize,
+    wp: usize,
+}
+
+impl Geometry {
+    /// `V = Bᵀ d B` for every tile of `block` and input channel, into `v`, laid out
+    /// `[ξ][C][TILE_STRIDE]` (ξ [`xi_stride`] apart) with the block's tiles in order.
+    ///
+    /// The tiles go 16 at a time, one vector each, from the pieces of tile rows that
+    /// fall in those 16 (a piece fills its lanes by masked loads), so that every store
+    /// fills one whole cache line.
+    fn transform_input(&self, pad: &[f32], block: &[Segment], v: &mut [f32]) {
+        assert!(v.len() >= 16 * xi_stride(self.c_in));
+        let tiles: usize = block.iter().map(|s| s.len).sum();
+        for j0 in (0..tiles).step_by(LANES) {
+            let mut pieces = [Piece::default(); LANES];
+            let mut count = 0;
+            let mut start = 0;
+            for seg in block {
+                let (lo, hi) = (start.max(j0), (start + seg.len).min(j0 + LANES));
+                if lo < hi {
+                    // Lanes lo − j0 .. hi − j0 hold tiles lo − start .. of the segment;
+                    // lane l's window corner is at `base + 2l`.
+                    let corner = 2 * seg.row * self.wp + 2 * (seg.col + lo - start);
+                    let (l0, l1) = (lo - j0, hi - j0);
+                    // Reads: values base + 2·l0 .. base + 2·l1 + 2 of each row, in
+                    // every channel.
+                    let last =
+                        (self.c_in - 1) * self.plane + corner + 3 * self.wp + 2 * (l1 - l0) + 2;
+                    assert!(last <= pad.len());
+                    let raw = ((1u64 << (2 * l1)) - 1) & !((1u64 << (2 * l0)) - 1);
+                    pieces[count] = Piece {
+                        base: corner as isize - 2 * l0 as isize,
+                        low: raw as u16,
+                        high: (raw >> 16) as u16,
+                    };
+                    count += 1;
+                }
+                start += seg.len;
+            }
+            assert!(j0 + LANES <= TILE_STRIDE);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `applies` checked AVX-512F; each piece reads only the lanes of its
+            // mask, inside `pad` (asserted above); the stores are inside `v`.
+            unsafe {
+                avx512::transform_input(self, pad, &pieces[..count], v, j0)
+            };
+        }
+    }
+}
+
+/// The tiles of one tile row that fall in a vector of 16: the values of lane `l`'s
+/// window row start at `base + 2l` (plus the row and channel offsets), and `low` /
+/// `high` select the raw values (two per lane: `2l`, `2l + 1`) of the first / second
+/// 16 that belong to this piece.
+#[derive(Debug, Clone, Copy, Default)]
+struct Piece {
+    base: isize,
+    low: u16,
+    high: u16,
+}
+
+/// `m[j] = Σ_c v[c·TILE_STRIDE + j] · u[c]` for the tiles `j` of `m` (at most
+/// [`BLOCK`]): one element ξ of the Winograd domain, 16 output channels, with one
+/// accumulator per tile.
+fn multiply(v: &[f32], u: &[f32], c_in: usize, m: &mut [[f32; LANES]]) {
+    assert!(v.len() >= (c_in - 1) * TILE_STRIDE + m.len() && u.len() >= c_in * LANES);
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! dispatch {
+            ($($N:literal),*) => {
+                match m.len() {
+                    // SAFETY: AVX-512F is checked by `applies`; the reads are in bounds
+                    // (asserted above).
+                    $($N => unsafe { avx512::multiply::<$N>(v, u, c_in, m) },)*
+                    _ => unreachable!("blocks hold at most BLOCK tiles"),
+                }
+            };
+        }
+        dispatch!(
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+            25, 26, 27, 28
+        );
+    }
+}
+
+/// `Y = Aᵀ M A`: the 2 × 2 output pixels (row-major) of tile `j` from its 16
+/// products `m[ξ·BLOCK + j]`.
+fn transform_output(m: &[[f32; LANES]], j: usize) -> [[f32; LANES]; 4] {
+    assert!(15 * BLOCK + j < m.len());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is checked by `applies`; the reads are in bounds (asserted).
+    unsafe {
+        avx512::transform_output(m, j)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("Winograd's algorithm is only chosen on x86-64")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{xi_stride, Geometry, Piece, BLOCK, LANES, TILE_STRIDE};
+    use std::arch::x86_64::*;
+
+    /// Lane `l` of `EVEN` / `ODD`: element `2l` / `2l + 1` of two registers.
+    const EVEN: [i32; LANES] = {
+        let mut idx = [0; LANES];
+        let mut l = 0;
+        while l < LANES {
+            idx[l] = 2 * l as i32;
+            l += 1;
+        }
+        idx
+    };
+    const ODD: [i32; LANES] = {
+        let mut idx = EVEN;
+        let mut l = 0;
+        while l < LANES {
+            idx[l] += 1;
+            l += 1;
+        }
+        idx
+    };
+
+    /// The transformed windows of the 16 tiles whose lanes `pieces` fill, stored at
+    /// tile `j` of `v`.
+    ///
+    /// # Safety
+    /// AVX-512F; the masked reads of every piece lie inside `pad` in every channel and
+    /// window row; `v` holds 16 × [`xi_stride`] values and `j + 16 ≤ TILE_STRIDE`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_input(
+        g: &Geometry,
+        pad: &[f32],
+        pieces: &[Piece],
+        v: &mut [f32],
+        j: usize,
+    ) {
+        // SAFETY: arrays of 16 i32.
+        let (even, odd) = unsafe {
+            (
+                _mm512_loadu_si512(EVEN.as_ptr().cast()),
+                _mm512_loadu_si512(ODD.as_ptr().cast()),
+            )
+        };
+        let (pad, out) = (pad.as_ptr(), v.as_mut_ptr());
+        for c in 0..g.c_in {
+            // d[r][q]: window row r, column q, for 16 tiles (columns 2t + q).
+            let mut d = [[_mm512_setzero_ps(); 4]; 4];
+            for (r, dr) in d.iter_mut().enumerate() {
+                let row = (c * g.plane + r * g.wp) as isize;
+                let zero = _mm512_setzero_ps();
+                let (mut a, mut b, mut e, mut f) = (zero, zero, zero, zero);
+                for piece in pieces {
+                    // Only the lanes of the masks are read (the caller's contract);
+                    // the others may lie outside `pad`.
+                    let p = pad.wrapping_offset(piece.base + row);
+                    unsafe {
+                        a = _mm512_mask_loadu_ps(a, piece.low, p);
+                        b = _mm512_mask_loadu_ps(b, piece.high, p.wrapping_add(16));
+                        e = _mm512_mask_loadu_ps(e, piece.low, p.wrapping_add(2));
+                        f = _mm512_mask_loadu_ps(f, piece.high, p.wrapping_add(18));
+                    }
+                }
+                *dr = [
+                    _mm512_permutex2var_ps(a, even, b),
+                    _mm512_permutex2var_ps(a, odd, b),
+                    _mm512_permutex2var_ps(e, even, f),
+                    _mm512_permutex2var_ps(e, odd, f),
+                ];
+            }
+            // Bᵀ d: combine rows.
+            let bt = |x: [__m512; 4]| {
+                [
+                    _mm512_sub_ps(x[0], x[2]),
+                    _mm512_add_ps(x[1], x[2]),
+                    _mm512_sub_ps(x[2], x[1]),
+                    _mm512_sub_ps(x[1], x[3]),
+                ]
+            };
+            let col = |q: usize| bt([d[0][q], d[1][q], d[2][q], d[3][q]]);
+            let e = [col(0), col(1), col(2), col(3)];
+            // (Bᵀ d) B: combine columns; ξ = 4p + q.
+            let rows: [[__m512; 4]; 4] =
+                std::array::from_fn(|p| bt([e[0][p], e[1][p], e[2][p], e[3][p]]));
+            for (p, row) in rows.into_iter().enumerate() {
+                for (q, value) in row.into_iter().enumerate() {
+                    let at = (4 * p + q) * xi_stride(g.c_in) + c * TILE_STRIDE + j;
+                    // SAFETY: 16 values from `at`, inside `v` (the caller's contract).
+                    unsafe { _mm512_storeu_ps(out.add(at), value) };
+                }
+            }
+        }
+    }
+
+    /// `m[j] = Σ_c v[c·TILE_STRIDE + j] · u[c]` for `N` tiles: `N` accumulators, one
+    /// vector of 16 output channels each.
+    ///
+    /// # Safety
+    /// AVX-512F; `v` holds `(c_in − 1)·TILE_STRIDE + N` values, `u` `16·c_in`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn multiply<const N: usize>(
+        v: &[f32],
+        u: &[f32],
+        c_in: usize,
+        m: &mut [[f32; LANES]],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); N];
+        let (v, u) = (v.as_ptr(), u.as_ptr());
+        for c in 0..c_in {
+            // SAFETY: in bounds by the caller's contract.
+            unsafe {
+                let w = _mm512_loadu_ps(u.add(c * LANES));
+                let row = v.add(c * TILE_STRIDE);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*row.add(j)), w, *a);
+                }
+            }
+        }
+        for (a, out) in acc.iter().zip(m.iter_mut()) {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *a) };
+        }
+    }
+
+    /// [`super::transform_output`].
+    ///
+    /// # Safety
+    /// AVX-512F; `m` holds `15·BLOCK + j + 1` vectors.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output(m: &[[f32; LANES]], j: usize) -> [[f32; LANES]; 4] {
+        // SAFETY: in bounds by the caller's contract.
+        let at = |xi: usize| unsafe { _mm512_loadu_ps(m.as_ptr().add(xi * BLOCK + j).cast()) };
+        let (add, sub) = (_mm512_add_ps, _mm512_sub_ps);
+        // Aᵀ M, rows 0 and 1.
+        let s0: [__m512; 4] = std::array::from_fn(|q| add(add(at(q), at(4 + q)), at(8 + q)));
+        let s1: [__m512; 4] = std::array::from_fn(|q| sub(sub(at(4 + q), at(8 + q)), at(12 + q)));
+        // (Aᵀ M) A.
+        let y = [
+            add(add(s0[0], s0[1]), s0[2]),
+            sub(sub(s0[1], s0[2]), s0[3]),
+            add(add(s1[0], s1[1]), s1[2]),
+            sub(sub(s1[1], s1[2]), s1[3]),
+        ];
+        let mut out = [[0.0f32; LANES]; 4];
+        for (o, v) in out.iter_mut().zip(y) {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
+        }
+        out
+    }
+}
