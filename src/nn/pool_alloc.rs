@@ -7,11 +7,21 @@
 //! this thread's few recycled buffers before asking the allocator.
 
 use super::Tensor4;
-use ndarray::Array4;
+use ndarray::{Array4, ShapeBuilder};
 use std::cell::RefCell;
 
-/// Recycled buffers kept per thread.
-const KEPT: usize = 2;
+/// Recycled buffers kept per thread, at most.
+const KEPT: usize = 4;
+
+/// Buffers kept per thread whatever their size; the others only while all the kept
+/// buffers together stay under [`KEPT_BYTES`]. Four buffers cover a residual block's
+/// live tensors (input, two convolution outputs, shortcut), so that a pass in small
+/// micro-batches never allocates; two cap the memory kept for whole-batch passes of
+/// large networks.
+const KEPT_ANY_SIZE: usize = 2;
+
+/// See [`KEPT_ANY_SIZE`].
+const KEPT_BYTES: usize = 64 << 20;
 
 thread_local! {
     static BUFFERS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -20,34 +30,47 @@ thread_local! {
 /// An NCHW tensor for a layer that writes every element: in recycled memory, with the
 /// values a previous tensor left there, when a large enough buffer is free; zeros
 /// otherwise. Skipping the zero fill saves a pass over the output.
+///
+/// A recycled buffer may be longer than the tensor: the tensor then uses its first
+/// elements (standard layout, so [`ndarray::ArrayBase::as_slice`] holds exactly the
+/// tensor), and the buffer keeps its length for the next, possibly larger, tensor
+/// without being zeroed again.
 pub(crate) fn overwritten(shape: (usize, usize, usize, usize)) -> Tensor4 {
     let len = shape.0 * shape.1 * shape.2 * shape.3;
     let recycled = BUFFERS.with_borrow_mut(|buffers| {
-        // The smallest buffer that fits.
-        let best = buffers
+        // The smallest buffer that fits without zeroing; else the largest, to grow.
+        let fits = buffers
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i)?;
+            .filter(|(_, b)| b.len() >= len)
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
+        let best = fits.or_else(|| {
+            (0..buffers.len())
+                .filter(|&i| buffers[i].capacity() >= len)
+                .max_by_key(|&i| buffers[i].len())
+        })?;
         Some(buffers.swap_remove(best))
     });
-    let data = match recycled {
-        Some(mut data) => {
-            // Zeros only where the buffer was shorter than `len`.
-            data.resize(len, 0.0);
-            data
-        }
-        None => vec![0.0; len],
-    };
-    Array4::from_shape_vec(shape, data).expect("len matches the shape")
+    let mut data = recycled.unwrap_or_default();
+    if data.len() < len {
+        // Zeros only where the buffer was shorter.
+        data.resize(len, 0.0);
+    }
+    let (_, c, h, w) = shape;
+    let strides = (c * h * w, h * w, w, 1);
+    Array4::from_shape_vec(shape.strides(strides), data).expect("the buffer holds the shape")
 }
 
 /// Gives `tensor`'s memory back for reuse by [`zeros`] on this thread.
 pub(crate) fn recycle(tensor: Tensor4) {
     let (data, _) = tensor.into_raw_vec_and_offset();
     BUFFERS.with_borrow_mut(|buffers| {
-        if buffers.len() < KEPT {
+        let bytes = |b: &Vec<f32>| b.capacity() * std::mem::size_of::<f32>();
+        let kept: usize = buffers.iter().map(bytes).sum();
+        if buffers.len() < KEPT_ANY_SIZE
+            || (buffers.len() < KEPT && kept + bytes(&data) <= KEPT_BYTES)
+        {
             buffers.push(data);
         } else if let Some(smallest) = buffers.iter_mut().min_by_key(|b| b.capacity()) {
             if smallest.capacity() < data.capacity() {

@@ -24,7 +24,7 @@
 //! the same epilogue (batch norm, ReLU, calibration moments).
 
 use super::conv::Conv2dConfig;
-use super::direct::{as_arrays, as_floats, avx512_available, padded, store_channels};
+use super::direct::{as_arrays, as_floats, avx512_available, store_channels};
 use super::direct::{Line, Moments, LANES};
 use std::cell::RefCell;
 
@@ -170,19 +170,18 @@ pub(crate) fn image(
     let c_in = config.in_channels;
     let out_blocks = config.out_channels / LANES;
     let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
-    // Every tile's 4 × 4 window lies in the padded image.
-    let (hp, wp) = ((2 * th + 2).max(h + 2 * ph), (2 * tw + 2).max(w + 2 * pw));
     assert_eq!(u.len(), out_blocks * 16 * c_in * LANES);
+    assert_eq!(x.len(), c_in * h * w);
     let mut stats: Vec<Moments> = match moments {
         Some(_) => (0..out_blocks).map(|_| Moments::default()).collect(),
         None => Vec::new(),
     };
-    padded(x, c_in, (h, w), (ph, pw), (hp, wp), |pad| {
-        let geometry = Geometry {
-            c_in,
-            plane: hp * wp,
-            wp,
-        };
+    let geometry = Geometry {
+        c_in,
+        size: [h, w],
+        padding: [ph, pw],
+    };
+    {
         SCRATCH.with_borrow_mut(|scratch| {
             // Two output rows of 2·tw pixels per tile row of the block.
             let rows_per_block = if tw <= BLOCK { BLOCK / tw } else { 1 };
@@ -198,7 +197,7 @@ pub(crate) fn image(
             let m = as_arrays(&mut scratch.m);
             let pixels = as_arrays(&mut scratch.pixels);
             for block in blocks(th, tw) {
-                geometry.transform_input(pad, &block, v);
+                geometry.transform_input(x, &block, v);
                 let tiles: usize = block.iter().map(|s| s.len).sum();
                 for (kb, u) in u.chunks_exact(16 * c_in * LANES).enumerate() {
                     for xi in 0..16 {
@@ -230,7 +229,7 @@ pub(crate) fn image(
                 }
             }
         });
-    });
+    }
     if let Some(moments) = moments {
         for (kb, s) in stats.iter().enumerate() {
             for (lane, m) in moments[kb * LANES..(kb + 1) * LANES].iter_mut().enumerate() {
@@ -240,22 +239,27 @@ pub(crate) fn image(
     }
 }
 
-/// Where the input transform finds its windows in the padded image.
+/// Where the input transform finds its windows: in the image `[C, h, w]`, with
+/// `padding` rows and columns of zeros around it that are never stored (the loads
+/// leave those values zero).
 struct Geometry {
     c_in: usize,
-    plane: usize,
-    wp: usize,
+    size: [usize; 2],
+    padding: [usize; 2],
 }
 
 impl Geometry {
-    /// `V = Bᵀ d B` for every tile of `block` and input channel, into `v`, laid out
-    /// `[ξ][C][TILE_STRIDE]` (ξ [`xi_stride`] apart) with the block's tiles in order.
+    /// `V = Bᵀ d B` for every tile of `block` and input channel of `x`, into `v`, laid
+    /// out `[ξ][C][TILE_STRIDE]` (ξ [`xi_stride`] apart) with the block's tiles in
+    /// order.
     ///
     /// The tiles go 16 at a time, one vector each, from the pieces of tile rows that
-    /// fall in those 16 (a piece fills its lanes by masked loads), so that every store
-    /// fills one whole cache line.
-    fn transform_input(&self, pad: &[f32], block: &[Segment], v: &mut [f32]) {
-        assert!(v.len() >= 16 * xi_stride(self.c_in));
+    /// fall in those 16; a piece fills its lanes by masked loads of the values inside
+    /// the image, so that the padding reads as zeros and every store fills one whole
+    /// cache line.
+    fn transform_input(&self, x: &[f32], block: &[Segment], v: &mut [f32]) {
+        let ([h, w], [ph, pw]) = (self.size, self.padding);
+        assert!(v.len() >= 16 * xi_stride(self.c_in) && x.len() == self.c_in * h * w);
         let tiles: usize = block.iter().map(|s| s.len).sum();
         for j0 in (0..tiles).step_by(LANES) {
             let mut pieces = [Piece::default(); LANES];
@@ -264,20 +268,29 @@ impl Geometry {
             for seg in block {
                 let (lo, hi) = (start.max(j0), (start + seg.len).min(j0 + LANES));
                 if lo < hi {
-                    // Lanes lo − j0 .. hi − j0 hold tiles lo − start .. of the segment;
-                    // lane l's window corner is at `base + 2l`.
-                    let corner = 2 * seg.row * self.wp + 2 * (seg.col + lo - start);
+                    // Lanes l0..l1 hold the segment's tiles from lo − start; lane l's
+                    // window starts at image column `first + 2l`, row `top`.
                     let (l0, l1) = (lo - j0, hi - j0);
-                    // Reads: values base + 2·l0 .. base + 2·l1 + 2 of each row, in
-                    // every channel.
-                    let last =
-                        (self.c_in - 1) * self.plane + corner + 3 * self.wp + 2 * (l1 - l0) + 2;
-                    assert!(last <= pad.len());
-                    let raw = ((1u64 << (2 * l1)) - 1) & !((1u64 << (2 * l0)) - 1);
+                    let first = 2 * (seg.col + lo - start) as isize - 2 * l0 as isize - pw as isize;
+                    let top = 2 * seg.row as isize - ph as isize;
+                    // Value i of the vectors a, b, e, f (starting at columns first,
+                    // first + 16, first + 2, first + 18) is used when its lane (i / 2,
+                    // 8 + i / 2) is in l0..l1, and read when its column is inside.
+                    let mask = |offset: isize, lanes: usize| {
+                        (0..LANES).fold(0u16, |m, i| {
+                            let lane = (lanes + i) / 2;
+                            let col = first + offset + i as isize;
+                            let used = (l0..l1).contains(&lane) && (0..w as isize).contains(&col);
+                            m | (u16::from(used) << i)
+                        })
+                    };
+                    let rows = (0..4).fold(0u8, |m, r| {
+                        m | (u8::from((0..h as isize).contains(&(top + r as isize))) << r)
+                    });
                     pieces[count] = Piece {
-                        base: corner as isize - 2 * l0 as isize,
-                        low: raw as u16,
-                        high: (raw >> 16) as u16,
+                        base: top * w as isize + first,
+                        masks: [mask(0, 0), mask(16, 16), mask(2, 0), mask(18, 16)],
+                        rows,
                     };
                     count += 1;
                 }
@@ -285,24 +298,26 @@ impl Geometry {
             }
             assert!(j0 + LANES <= TILE_STRIDE);
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `applies` checked AVX-512F; each piece reads only the lanes of its
-            // mask, inside `pad` (asserted above); the stores are inside `v`.
+            // SAFETY: `applies` checked AVX-512F; each piece reads only the values its
+            // masks select in the rows it marks, which lie inside the image (so inside
+            // `x`); the stores are inside `v`.
             unsafe {
-                avx512::transform_input(self, pad, &pieces[..count], v, j0)
+                avx512::transform_input(self, x, &pieces[..count], v, j0)
             };
         }
     }
 }
 
-/// The tiles of one tile row that fall in a vector of 16: the values of lane `l`'s
-/// window row start at `base + 2l` (plus the row and channel offsets), and `low` /
-/// `high` select the raw values (two per lane: `2l`, `2l + 1`) of the first / second
-/// 16 that belong to this piece.
+/// The tiles of one tile row that fall in a vector of 16: row `r` of lane `l`'s
+/// window starts at `base + r·w + 2l` in channel 0 (it may lie outside the image);
+/// `masks` select the values of the vectors `a`, `b`, `e`, `f` (16 values from `0`,
+/// `16`, `2`, `18` past `base + r·w`) that belong to the piece and lie inside the
+/// image, and bit `r` of `rows` whether window row `r` does.
 #[derive(Debug, Clone, Copy, Default)]
 struct Piece {
     base: isize,
-    low: u16,
-    high: u16,
+    masks: [u16; 4],
+    rows: u8,
 }
 
 /// `m[j] = Σ_c v[c·TILE_STRIDE + j] · u[c]` for the tiles `j` of `m` (at most
@@ -367,16 +382,16 @@ mod avx512 {
         idx
     };
 
-    /// The transformed windows of the 16 tiles whose lanes `pieces` fill, stored at
-    /// tile `j` of `v`.
+    /// The transformed windows of the 16 tiles whose lanes `pieces` fill, from the
+    /// image `x`, stored at tile `j` of `v`.
     ///
     /// # Safety
-    /// AVX-512F; the masked reads of every piece lie inside `pad` in every channel and
-    /// window row; `v` holds 16 × [`xi_stride`] values and `j + 16 ≤ TILE_STRIDE`.
+    /// AVX-512F; the values each piece selects lie inside `x` in every channel; `v`
+    /// holds 16 × [`xi_stride`] values and `j + 16 ≤ TILE_STRIDE`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transform_input(
         g: &Geometry,
-        pad: &[f32],
+        x: &[f32],
         pieces: &[Piece],
         v: &mut [f32],
         j: usize,
@@ -388,25 +403,27 @@ mod avx512 {
                 _mm512_loadu_si512(ODD.as_ptr().cast()),
             )
         };
-        let (pad, out) = (pad.as_ptr(), v.as_mut_ptr());
+        let [h, w] = g.size;
+        let (x, out) = (x.as_ptr(), v.as_mut_ptr());
         for c in 0..g.c_in {
             // d[r][q]: window row r, column q, for 16 tiles (columns 2t + q).
             let mut d = [[_mm512_setzero_ps(); 4]; 4];
             for (r, dr) in d.iter_mut().enumerate() {
-                let row = (c * g.plane + r * g.wp) as isize;
+                let row = (c * h * w + r * w) as isize;
                 let zero = _mm512_setzero_ps();
-                let (mut a, mut b, mut e, mut f) = (zero, zero, zero, zero);
-                for piece in pieces {
-                    // Only the lanes of the masks are read (the caller's contract);
-                    // the others may lie outside `pad`.
-                    let p = pad.wrapping_offset(piece.base + row);
-                    unsafe {
-                        a = _mm512_mask_loadu_ps(a, piece.low, p);
-                        b = _mm512_mask_loadu_ps(b, piece.high, p.wrapping_add(16));
-                        e = _mm512_mask_loadu_ps(e, piece.low, p.wrapping_add(2));
-                        f = _mm512_mask_loadu_ps(f, piece.high, p.wrapping_add(18));
+                let mut raw = [zero; 4];
+                for piece in pieces.iter().filter(|p| p.rows & (1 << r) != 0) {
+                    let p = x.wrapping_offset(piece.base + row);
+                    for ((value, mask), offset) in
+                        raw.iter_mut().zip(piece.masks).zip([0, 16, 2, 18])
+                    {
+                        // SAFETY: only the values of the mask are read, and they lie
+                        // inside `x` (the caller's contract); the others may not.
+                        *value =
+                            unsafe { _mm512_mask_loadu_ps(*value, mask, p.wrapping_add(offset)) };
                     }
                 }
+                let [a, b, e, f] = raw;
                 *dr = [
                     _mm512_permutex2var_ps(a, even, b),
                     _mm512_permutex2var_ps(a, odd, b),
