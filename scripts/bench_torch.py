@@ -2,13 +2,16 @@
 
 For each thread count (1 and 2 by default) this runs reflow's `bench` example and
 PyTorch on the same model shapes and inputs (random weights; the time of a forward
-pass does not depend on them), with a warm-up and the median of --runs timed runs,
-and prints images/s for both, the ratio reflow/PyTorch, and reflow's GFLOP/s as a
-percentage of the machine's peak (--peak, 346 GFLOP/s measured on 2 cores here).
+pass does not depend on them), with a warm-up and the median of --runs timed runs. It
+repeats that for --rounds rounds, each timing reflow then PyTorch, because this
+machine's speed drifts by ±10 % over minutes, and prints the medians over the rounds
+of images/s for both, the ratio reflow/PyTorch (with its range over the rounds), and
+reflow's GFLOP/s as a percentage of the machine's peak (--peak, 346 GFLOP/s measured
+on 2 cores here).
 
 Usage, from the repository root:
     cargo build --release --example bench
-    /root/venvs/ref/bin/python scripts/bench_torch.py [--threads 1,2] [--runs 5]
+    /root/venvs/ref/bin/python scripts/bench_torch.py [--threads 1,2] [--runs 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -76,21 +79,43 @@ def time_reflow(threads: int, runs: int) -> dict[str, tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per case (median)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per case and round (median)")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="rounds, each timing reflow then PyTorch, so that both see the same machine state",
+    )
     parser.add_argument("--peak", type=float, default=346.0, help="machine peak GFLOP/s (2 cores)")
     args = parser.parse_args()
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; median of {args.runs} runs after warm-up")
-    header = f"{'case':<18} {'threads':>7} {'PyTorch img/s':>14} {'reflow img/s':>13} {'ratio':>6} {'reflow GFLOP/s':>15} {'% of peak':>9}"
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs; per round the median of {args.runs} "
+        f"runs after warm-up; median of {args.rounds} rounds (ratio range over the rounds)"
+    )
+    header = (
+        f"{'case':<18} {'threads':>7} {'PyTorch img/s':>14} {'reflow img/s':>13} {'ratio':>6} "
+        f"{'(range)':>11} {'reflow GFLOP/s':>15} {'% of peak':>9}"
+    )
     print(header)
     print("-" * len(header))
     for threads in [int(t) for t in args.threads.split(",")]:
-        ours = time_reflow(threads, args.runs)
+        ours: dict[str, list[tuple[float, float]]] = {name: [] for name in CASES}
+        theirs: dict[str, list[float]] = {name: [] for name in CASES}
+        for _ in range(args.rounds):
+            for name, result in time_reflow(threads, args.runs).items():
+                ours[name].append(result)
+            for name in CASES:
+                theirs[name].append(time_torch(name, threads, args.runs))
         for name in CASES:
-            theirs = time_torch(name, threads, args.runs)
-            ips, gflops = ours[name]
+            ips = statistics.median(r[0] for r in ours[name])
+            gflops = statistics.median(r[1] for r in ours[name])
+            torch_ips = statistics.median(theirs[name])
+            ratios = [r[0] / t for r, t in zip(ours[name], theirs[name])]
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
             peak = args.peak * threads / 2
-            print(f"{name:<18} {threads:>7} {theirs:>14.1f} {ips:>13.1f} {ips / theirs:>6.2f} {gflops:>15.1f} {100 * gflops / peak:>8.1f}%")
+            print(
+                f"{name:<18} {threads:>7} {torch_ips:>14.1f} {ips:>13.1f} {ips / torch_ips:>6.2f} "
+                f"{spread:>11} {gflops:>15.1f} {100 * gflops / peak:>8.1f}%"
+            )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ use super::config::{BlockKind, ResNetConfig, Stem};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe};
-use crate::nn::{recycle, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
+use crate::nn::{recycle, serially, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
 use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Linear};
 use crate::state_dict::StateDict;
 use ndarray::Axis;
@@ -170,11 +170,13 @@ impl ResNet {
             .axis_chunks_iter(Axis(0), m)
             .into_par_iter()
             .map(|chunk| {
-                let mut probe = Probe::none();
-                let y = self.features(&chunk.to_owned(), &mut probe)?;
-                let logits = self.head(&y, &mut probe);
-                recycle(y);
-                logits
+                serially(|| {
+                    let mut probe = Probe::none();
+                    let y = self.features(&chunk.to_owned(), &mut probe)?;
+                    let logits = self.head(&y, &mut probe);
+                    recycle(y);
+                    logits
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let mut logits = Tensor2::zeros((x.dim().0, self.config.num_classes));

@@ -290,7 +290,7 @@ impl Conv2d {
         })?;
         let x = x.as_standard_layout();
         let mut y = super::overwritten((n, self.config.out_channels, ho, wo));
-        let threads = rayon::current_num_threads();
+        let threads = super::serial::threads();
         let in_len = x.len() / n.max(1);
         let out_len = y.len() / n.max(1);
         let (xs, ys) = (
@@ -344,7 +344,15 @@ impl Conv2d {
         let run = |xc: &[f32], yc: &mut [f32], mc: Option<&mut [(f64, f64)]>, t| {
             self.chunk(xc, yc, plan, t, epilogue, mc)
         };
-        match (n >= threads, moments) {
+        // In parallel over the images when there are enough of them; else one image
+        // at a time, each product over all threads (when there are several).
+        let parallel = threads > 1 && n >= threads;
+        let t = if threads > 1 {
+            Threads::All
+        } else {
+            Threads::One
+        };
+        match (parallel, moments) {
             (true, Some(m)) => ys
                 .par_chunks_mut(y_len)
                 .zip(xs.par_chunks(x_len))
@@ -357,12 +365,12 @@ impl Conv2d {
             (false, Some(m)) => {
                 let chunks = ys.chunks_mut(y_len).zip(xs.chunks(x_len));
                 for ((yc, xc), mc) in chunks.zip(m.chunks_mut(m_len)) {
-                    run(xc, yc, Some(mc), Threads::All);
+                    run(xc, yc, Some(mc), t);
                 }
             }
             (false, None) => {
                 for (yc, xc) in ys.chunks_mut(y_len).zip(xs.chunks(x_len)) {
-                    run(xc, yc, None, Threads::All);
+                    run(xc, yc, None, t);
                 }
             }
         }

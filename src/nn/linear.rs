@@ -1,6 +1,6 @@
 //! Fully connected layer.
 
-use super::gemm::{gemm_bt, Threads};
+use super::gemm::gemm_bt;
 use super::{emit2, layer_context, ParamTensor, Tensor2};
 use crate::error::{Error, Result};
 use crate::layer::LayerKind;
@@ -61,7 +61,15 @@ impl Linear {
         let mut y = Array2::<f32>::zeros((n, o));
         let ys = y.as_slice_mut().expect("fresh array");
         let xs = x.as_slice().expect("standard layout");
-        gemm_bt(ys, xs, &self.weight.data, n, i, o, Threads::All);
+        gemm_bt(
+            ys,
+            xs,
+            &self.weight.data,
+            n,
+            i,
+            o,
+            super::serial::product_threads(),
+        );
         if let Some(b) = &self.bias {
             for row in ys.chunks_mut(o.max(1)) {
                 row.iter_mut().zip(&b.data).for_each(|(v, &b)| *v += b);

@@ -27,6 +27,7 @@ pub use linear::Linear;
 pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
 pub(crate) use pool_alloc::{overwritten, recycle};
 pub use sequential::{Residual, Sequential};
+pub(crate) use serial::serially;
 
 use crate::error::{Error, Result};
 use crate::layer::{Activation, LayerKind, Param, ParamMut, ParamRole, Probe, Site};
@@ -173,6 +174,7 @@ mod linear;
 mod pool;
 mod pool_alloc;
 mod sequential;
+mod serial;
 mod winograd;
 
 /// Shows `x` to the probe's observer at `site`, if it wants it.

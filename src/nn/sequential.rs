@@ -166,9 +166,12 @@ impl Residual {
                 s.shape(),
             ));
         }
-        Zip::from(&mut y)
-            .and(s)
-            .par_for_each(|a, &b| *a = (*a + b).max(0.0));
+        let add_relu = |a: &mut f32, &b: &f32| *a = (*a + b).max(0.0);
+        if super::serial::threads() > 1 {
+            Zip::from(&mut y).and(s).par_for_each(add_relu);
+        } else {
+            Zip::from(&mut y).and(s).for_each(add_relu);
+        }
         emit4(probe, LayerKind::Block, Site::Output, &y);
         Ok(y)
     }
