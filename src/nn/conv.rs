@@ -1,4 +1,6 @@
-//! 2-d convolution, NCHW, as im2col + GEMM.
+//! 2-d convolution, NCHW: the layer, its GEMM paths (plain products, shifted products,
+//! im2col), and the choice among them and the AVX-512 kernels of [`super::winograd`]
+//! and [`super::direct`].
 
 use super::batch_norm::{merge_plane_moments, plane_moments};
 use super::gemm::{gemm, gemm_strided_b, Threads};
@@ -124,6 +126,12 @@ impl Conv2dConfig {
 }
 
 /// A 2-d convolution over NCHW `f32` tensors: PyTorch's `nn.Conv2d` with zero padding.
+///
+/// Each call takes the fastest path that applies: on x86-64 with AVX-512F, Winograd's
+/// F(2×2, 3×3) for 3×3 stride-1 convolutions of 16 to 64 channels and a direct kernel
+/// for other convolutions with few input channels; else faer GEMMs (a plain product
+/// for 1×1 stride-1 convolutions, shifted products or im2col). All compute the same
+/// sums up to rounding (see `docs/layers.md`).
 ///
 /// Parameters: `weight` `[out, in / groups, kh, kw]` (role [`ParamRole::Weight`](crate::layer::ParamRole::Weight)) and,
 /// when configured, `bias` `[out]`.

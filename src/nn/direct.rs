@@ -2,12 +2,18 @@
 //! with AVX-512F.
 //!
 //! im2col + GEMM moves a lot of data for the small channel counts of CIFAR-style
-//! networks (16–64 channels). Here each output row is computed in blocks of up to 14
+//! networks (16–64 channels). Here each output row is computed in blocks of up to 28
 //! pixels × 16 output channels held in 28 vector registers: for every input channel and
 //! kernel offset, one vector of 16 weights is multiplied by each pixel's input value
 //! and accumulated. Narrow feature maps take several rows per block (2 × 14, 4 × 7), so
-//! that every weight vector loaded feeds up to 28 multiply-adds. The input is read from a zero-padded copy of the image; the
-//! weights are repacked once per call as `[O/16][C][kh][kw][16]`.
+//! that every weight vector loaded feeds up to 28 multiply-adds. The input is read from
+//! a zero-padded copy of the image; the weights are packed as `[O/16][C][kh][kw][16]`
+//! (once, and kept with the convolution).
+//!
+//! The epilogue ([`store_channels`], shared with [`super::winograd`]) applies batch
+//! norm and ReLU to each block, gathers the calibration moments when asked, and
+//! transposes 16 pixels × 16 channels in registers to store whole runs of each
+//! channel's plane.
 //!
 //! The sums run over the input channels and kernel offsets in the same order for every
 //! output, and the result differs from the GEMM path only by rounding.
