@@ -952,6 +952,14 @@ mod tests {
             (Conv2dConfig::new(24, 16, 3).padding(2), (5, 6)),
             (Conv2dConfig::new(16, 32, 3).padding(1), (3, 70)),
             (Conv2dConfig::new(17, 16, 3).padding(1), (1, 1)),
+            (Conv2dConfig::new(16, 16, 3).padding(3), (4, 5)),
+            (
+                Conv2dConfig {
+                    padding: [0, 2],
+                    ..Conv2dConfig::new(20, 16, 3)
+                },
+                (6, 11),
+            ),
         ];
         for (cfg, (h, w)) in cases {
             if !winograd::applies(&cfg) {
@@ -984,6 +992,9 @@ mod tests {
             // Direct kernel: several pixel blocks per plane, 2 output blocks.
             (Conv2dConfig::new(8, 32, 3).padding(1).bias(true), (13, 30)),
             (Conv2dConfig::new(16, 16, 3).padding(1).stride(2), (14, 14)),
+            // Winograd: several tile blocks and output blocks, odd sizes.
+            (Conv2dConfig::new(16, 32, 3).padding(1).bias(true), (13, 30)),
+            (Conv2dConfig::new(32, 16, 3).padding(1), (7, 7)),
             // GEMM and shifted products.
             (Conv2dConfig::new(4, 6, 3).bias(true), (9, 9)),
             (Conv2dConfig::new(80, 8, 3).padding(1), (12, 30)),
