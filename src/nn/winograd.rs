@@ -19,9 +19,11 @@
 //! The kernels are transformed once (in `f64`, then rounded) and kept with the
 //! convolution. The transforms only add and subtract (and halve, for `G`), so the
 //! result differs from the direct sum by rounding alone, a few units in the last
-//! place of the largest terms. Tiles are processed in blocks of up to 28, whose
-//! products run in vector registers as in the direct kernel; the output goes through
-//! the same epilogue (batch norm, ReLU, calibration moments).
+//! place of the largest terms. The input windows are read straight from the image by
+//! masked loads, so that the padding reads as zeros without a padded copy. Tiles are
+//! processed in blocks of up to 28, whose products run in vector registers as in the
+//! direct kernel; the output goes through the same epilogue (batch norm, ReLU,
+//! calibration moments).
 
 use super::conv::Conv2dConfig;
 use super::direct::{as_arrays, as_floats, avx512_available, store_channels};
@@ -99,6 +101,32 @@ struct Scratch {
     m: Vec<Line>,
     /// The output pixels of a block, by output row.
     pixels: Vec<Line>,
+}
+
+impl Scratch {
+    /// The buffers for `c_in` input channels and tile rows of `tw` tiles, grown as
+    /// needed: the transformed input, the products and the output pixels.
+    fn buffers(
+        &mut self,
+        c_in: usize,
+        tw: usize,
+    ) -> (&mut [f32], &mut [[f32; LANES]], &mut [[f32; LANES]]) {
+        // Two output rows of 2·tw pixels per tile row of a block.
+        let rows_per_block = if tw <= BLOCK { BLOCK / tw } else { 1 };
+        let pixels = 2 * rows_per_block * 2 * tw.min(BLOCK);
+        for (buffer, len) in [
+            (&mut self.v, 16 * xi_stride(c_in) / LANES),
+            (&mut self.m, 16 * BLOCK),
+            (&mut self.pixels, pixels),
+        ] {
+            buffer.resize(buffer.len().max(len), Line::default());
+        }
+        (
+            as_floats(&mut self.v),
+            as_arrays(&mut self.m),
+            as_arrays(&mut self.pixels),
+        )
+    }
 }
 
 thread_local! {
@@ -181,59 +209,74 @@ pub(crate) fn image(
         size: [h, w],
         padding: [ph, pw],
     };
-    {
-        SCRATCH.with_borrow_mut(|scratch| {
-            // Two output rows of 2·tw pixels per tile row of the block.
-            let rows_per_block = if tw <= BLOCK { BLOCK / tw } else { 1 };
-            let pixel_rows = 2 * rows_per_block * 2 * tw.min(BLOCK);
-            for (buffer, len) in [
-                (&mut scratch.v, 16 * xi_stride(c_in) / LANES),
-                (&mut scratch.m, 16 * BLOCK),
-                (&mut scratch.pixels, pixel_rows),
-            ] {
-                buffer.resize(buffer.len().max(len), Line::default());
-            }
-            let v = as_floats(&mut scratch.v);
-            let m = as_arrays(&mut scratch.m);
-            let pixels = as_arrays(&mut scratch.pixels);
-            for block in blocks(th, tw) {
-                geometry.transform_input(x, &block, v);
-                let tiles: usize = block.iter().map(|s| s.len).sum();
-                for (kb, u) in u.chunks_exact(16 * c_in * LANES).enumerate() {
-                    for xi in 0..16 {
-                        let (v, u) = (&v[xi * xi_stride(c_in)..], &u[xi * c_in * LANES..]);
-                        multiply(v, u, c_in, &mut m[xi * BLOCK..xi * BLOCK + tiles]);
-                    }
-                    let out = kb * LANES;
-                    let epilogue = (&scale[out..out + LANES], &shift[out..out + LANES], relu);
-                    let mut j = 0;
-                    for (s, seg) in block.iter().enumerate() {
-                        let width = 2 * seg.len;
-                        let rows = &mut pixels[2 * s * width..2 * (s + 1) * width];
-                        for t in 0..seg.len {
-                            let [y00, y01, y10, y11] = transform_output(m, j);
-                            rows[2 * t] = y00;
-                            rows[2 * t + 1] = y01;
-                            rows[width + 2 * t] = y10;
-                            rows[width + 2 * t + 1] = y11;
-                            j += 1;
-                        }
-                        // The tile row's output rows, without the columns past `wo`.
-                        let (col, cols) = (2 * seg.col, (2 * seg.len).min(wo - 2 * seg.col));
-                        for dr in 0..2.min(ho - 2 * seg.row) {
-                            let at = (out * ho + 2 * seg.row + dr) * wo + col;
-                            let run = &rows[dr * width..dr * width + cols];
-                            store_channels(run, epilogue, y, at, ho * wo, stats.get_mut(kb));
-                        }
-                    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let (v, m, pixels) = scratch.buffers(c_in, tw);
+        for block in blocks(th, tw) {
+            geometry.transform_input(x, &block, v);
+            let tiles: usize = block.iter().map(|s| s.len).sum();
+            for (kb, u) in u.chunks_exact(16 * c_in * LANES).enumerate() {
+                for xi in 0..16 {
+                    let (v, u) = (&v[xi * xi_stride(c_in)..], &u[xi * c_in * LANES..]);
+                    multiply(v, u, c_in, &mut m[xi * BLOCK..xi * BLOCK + tiles]);
                 }
+                let out = kb * LANES;
+                let epilogue = (&scale[out..out + LANES], &shift[out..out + LANES], relu);
+                let y = Output {
+                    y: &mut *y,
+                    first: out * ho * wo,
+                    size: [ho, wo],
+                };
+                y.store(&block, m, pixels, epilogue, stats.get_mut(kb));
             }
-        });
-    }
+        }
+    });
     if let Some(moments) = moments {
         for (kb, s) in stats.iter().enumerate() {
             for (lane, m) in moments[kb * LANES..(kb + 1) * LANES].iter_mut().enumerate() {
                 *m = s.plane(lane);
+            }
+        }
+    }
+}
+
+/// Where a block's outputs go: the planes of 16 output channels from offset `first` of
+/// `y`, each `size` = `[ho, wo]`.
+struct Output<'a> {
+    y: &'a mut [f32],
+    first: usize,
+    size: [usize; 2],
+}
+
+impl Output<'_> {
+    /// `Y = Aᵀ M A` for every tile of `block` (products `m`), laid out by output row in
+    /// `pixels`, then stored row by row through the epilogue (and `stats`), without
+    /// the rows and columns past the output's edge.
+    fn store(
+        self,
+        block: &[Segment],
+        m: &[[f32; LANES]],
+        pixels: &mut [[f32; LANES]],
+        epilogue: (&[f32], &[f32], bool),
+        mut stats: Option<&mut Moments>,
+    ) {
+        let [ho, wo] = self.size;
+        let mut j = 0;
+        for (s, seg) in block.iter().enumerate() {
+            let width = 2 * seg.len;
+            let rows = &mut pixels[2 * s * width..2 * (s + 1) * width];
+            for t in 0..seg.len {
+                let [y00, y01, y10, y11] = transform_output(m, j);
+                rows[2 * t] = y00;
+                rows[2 * t + 1] = y01;
+                rows[width + 2 * t] = y10;
+                rows[width + 2 * t + 1] = y11;
+                j += 1;
+            }
+            let (col, cols) = (2 * seg.col, (2 * seg.len).min(wo - 2 * seg.col));
+            for dr in 0..2.min(ho - 2 * seg.row) {
+                let at = self.first + (2 * seg.row + dr) * wo + col;
+                let run = &rows[dr * width..dr * width + cols];
+                store_channels(run, epilogue, self.y, at, ho * wo, stats.as_deref_mut());
             }
         }
     }
