@@ -5,7 +5,7 @@ mod common;
 
 use ndarray::Array4;
 use reflow::io::{IdxImages, Normalization};
-use reflow::layer::{LayerKind, Site};
+use reflow::layer::{Activation, LayerKind, Observer, Probe, Site, Tap};
 use reflow::prelude::*;
 use reflow::prune::TensorMask;
 use reflow::stats::{Recorder, TapSelector};
@@ -282,4 +282,41 @@ fn a_known_dense_signal_is_not_measured_again() {
     assert_ne!(signal.dense, measured);
     assert_eq!(signal.pruned.layers.len(), 21, "the others are measured");
     assert_eq!(signal.pruned_ratio().layers.len(), 1);
+}
+
+/// Wants no activation; attached, it makes every layer run on its own.
+struct Nothing;
+impl Observer for Nothing {
+    fn wants(&self, _: &Tap<'_>) -> bool {
+        false
+    }
+    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
+}
+
+#[test]
+fn a_calibration_pass_nobody_observes_equals_the_layer_by_layer_pass() {
+    // Unobserved, each batch norm is applied where its output is next read (the next
+    // convolution's input, the residual add); observed, each runs as its own pass.
+    // The two compute the same values, to the bit.
+    let (mut fused, mut separate) = (net(), net());
+    for x in batches(3, 5) {
+        let a = fused.forward_train(&x, NormUpdate::Cumulative, &mut Probe::none());
+        let mut nothing = Nothing;
+        let mut probe = Probe::new(&mut nothing);
+        let b = separate.forward_train(&x, NormUpdate::Cumulative, &mut probe);
+        assert_eq!(a.unwrap(), b.unwrap());
+    }
+    let stats = |net: &ResNet| {
+        let mut all = Vec::new();
+        net.visit_norms(&mut |name, s| {
+            all.push((
+                name.to_string(),
+                s.running_mean.to_vec(),
+                s.running_var.to_vec(),
+            ))
+        });
+        all
+    };
+    assert_eq!(stats(&fused), stats(&separate));
+    assert_eq!(stats(&fused).len(), 21);
 }

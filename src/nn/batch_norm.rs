@@ -1,5 +1,6 @@
 //! 2-d batch normalisation with eval and calibration (train-statistics) modes.
 
+use super::pending::ChannelMap;
 use super::{check_channels, emit4, layer_context, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{
@@ -91,22 +92,25 @@ impl BatchNorm2d {
         update: NormUpdate,
         relu: bool,
     ) {
-        let (n, c, h, w) = y.dim();
-        let count = n * h * w;
-        let ys = y.as_slice_mut().expect("standard layout");
+        let (n, _, h, w) = y.dim();
+        self.absorb(moments, n * h * w, update, relu)
+            .apply_in_place(y);
+    }
+
+    /// Calibration mode without the output: folds the batch's per-channel mean and
+    /// biased variance (`moments`, over `count` values per channel) into the running
+    /// statistics by `update`, and returns the map that normalises the batch (then
+    /// applies ReLU if `relu`).
+    pub(crate) fn absorb(
+        &mut self,
+        moments: &[(f64, f64)],
+        count: usize,
+        update: NormUpdate,
+        relu: bool,
+    ) -> ChannelMap {
         let mean: Vec<f32> = moments.iter().map(|m| m.0 as f32).collect();
         let var: Vec<f32> = moments.iter().map(|m| m.1 as f32).collect();
         let (scale, shift) = self.affine(&mean, &var);
-        ys.par_chunks_mut((h * w).max(1))
-            .enumerate()
-            .for_each(|(i, plane)| {
-                let (a, b) = (scale[i % c], shift[i % c]);
-                if relu {
-                    plane.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
-                } else {
-                    plane.iter_mut().for_each(|v| *v = *v * a + b);
-                }
-            });
         self.num_batches_tracked += 1;
         let f = update.factor(self.num_batches_tracked);
         let unbias = count as f64 / (count - 1) as f64;
@@ -116,6 +120,7 @@ impl BatchNorm2d {
             let rv = &mut self.running_var.data[ch];
             *rv = ((1.0 - f) * *rv as f64 + f * v * unbias) as f32;
         }
+        ChannelMap { scale, shift, relu }
     }
 
     /// Per-channel `(scale, shift)` such that `y = scale·x + shift` in eval mode.

@@ -4,6 +4,7 @@
 
 use super::batch_norm::{merge_plane_moments, plane_moments};
 use super::gemm::{gemm, gemm_strided_b, Threads};
+use super::pending::ChannelMap;
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
 use super::{direct, winograd};
 use crate::error::{Error, Result};
@@ -255,35 +256,56 @@ impl Conv2d {
         probe: &mut Probe<'_>,
         epilogue: &Epilogue<'_>,
     ) -> Result<Tensor4> {
-        self.convolve(x, probe, epilogue, None)
+        self.convolve(x, None, probe, epilogue, None)
     }
 
-    /// The convolution (with its bias) of `x` and each output channel's batch mean and
-    /// biased variance, gathered while each image's output is in cache (by the direct
-    /// kernel as it stores its blocks), for batch norm in calibration mode. Reports
-    /// the input tap only.
+    /// The convolution (with its bias) of `x`, mapped by `input` first when given, and
+    /// each output channel's batch mean and biased variance, gathered while each
+    /// image's output is in cache (by the AVX-512 kernels as they store their blocks),
+    /// for batch norm in calibration mode. Reports the (mapped) input tap only.
+    ///
+    /// The AVX-512 kernels apply `input` as they read the input; the other paths map
+    /// a copy first.
     pub(crate) fn run_with_moments(
         &self,
         x: &Tensor4,
+        input: Option<&ChannelMap>,
         probe: &mut Probe<'_>,
     ) -> Result<(Tensor4, Vec<(f64, f64)>)> {
         let (n, c) = (x.dim().0, self.config.out_channels);
         let mut planes = vec![(0.0, 0.0); n * c];
-        let y = self.convolve(x, probe, &Epilogue::default(), Some(&mut planes))?;
+        let y = self.convolve(x, input, probe, &Epilogue::default(), Some(&mut planes))?;
         let spatial = y.dim().2 * y.dim().3;
         Ok((y, merge_plane_moments(&planes, n, c, spatial)))
     }
 
-    /// [`Conv2d::run_fused`], and when `moments` is given (`[N × O]`), each output
-    /// plane's mean and sum of squared deviations from it (before the ReLU).
+    /// [`Conv2d::run_fused`] of `x` mapped by `input`, and when `moments` is given
+    /// (`[N × O]`), each output plane's mean and sum of squared deviations from it
+    /// (before the ReLU).
     fn convolve(
         &self,
         x: &Tensor4,
+        input: Option<&ChannelMap>,
         probe: &mut Probe<'_>,
         epilogue: &Epilogue<'_>,
         moments: Option<&mut [(f64, f64)]>,
     ) -> Result<Tensor4> {
         check_channels(probe, x, self.config.in_channels)?;
+        let kernel = if winograd::applies(&self.config) {
+            Some(DirectKernel::Winograd)
+        } else {
+            direct::applies(&self.config).then_some(DirectKernel::Direct)
+        };
+        if let Some(map) = input {
+            if kernel.is_none() || probe.wants(LayerKind::Conv, Site::Input) {
+                let mut mapped = super::overwritten(x.dim());
+                mapped.assign(x);
+                map.apply_in_place(&mut mapped);
+                let y = self.convolve(&mapped, None, probe, epilogue, moments);
+                super::recycle(mapped);
+                return y;
+            }
+        }
         emit4(probe, LayerKind::Conv, Site::Input, x);
         let (n, _, h, w) = x.dim();
         let (ho, wo) = self.output_size(h, w).ok_or_else(|| {
@@ -307,11 +329,6 @@ impl Conv2d {
         );
         let images = self.images_per_product(n, ho * wo, threads);
         let shape = Shapes { h, w, ho, wo };
-        let kernel = if winograd::applies(&self.config) {
-            Some(DirectKernel::Winograd)
-        } else {
-            direct::applies(&self.config).then_some(DirectKernel::Direct)
-        };
         let direct = kernel.map(|kernel| {
             let bias = self.bias.as_ref().map(|b| b.data.as_slice());
             let (scale, shift) = (0..self.config.out_channels)
@@ -340,6 +357,7 @@ impl Conv2d {
                 .as_ref()
                 .map(|&(kernel, packed, ref scale, ref shift)| Direct {
                     kernel,
+                    input,
                     packed,
                     scale,
                     shift,
@@ -449,6 +467,7 @@ impl Conv2d {
         let pointwise = self.is_pointwise();
         if let Some(Direct {
             kernel,
+            input,
             packed,
             scale,
             shift,
@@ -465,7 +484,7 @@ impl Conv2d {
             let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
             for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
                 let m = moments.as_mut().and_then(|m| m.next());
-                image(c, packed, xi, yi, (h, w), (ho, wo), epilogue, m);
+                image(c, packed, xi, yi, (h, w), (ho, wo), epilogue, input, m);
             }
             return;
         }
@@ -693,6 +712,8 @@ struct Plan<'a> {
 #[derive(Debug, Clone, Copy)]
 struct Direct<'a> {
     kernel: DirectKernel,
+    /// The map to apply to the input as it is read.
+    input: Option<&'a ChannelMap>,
     packed: &'a [f32],
     scale: &'a [f32],
     shift: &'a [f32],
@@ -1002,7 +1023,7 @@ mod tests {
         for (cfg, (h, w)) in cases {
             let conv = filled(cfg);
             let x = ramp((3, cfg.in_channels, h, w)).mapv(|v| v + 2.0);
-            let (y, got) = conv.run_with_moments(&x, &mut Probe::none()).unwrap();
+            let (y, got) = conv.run_with_moments(&x, None, &mut Probe::none()).unwrap();
             assert_eq!(y, conv.forward(&x).unwrap(), "{cfg:?}");
             let (n, c, ho, wo) = y.dim();
             let want = channel_moments(y.as_slice().unwrap(), n, c, ho * wo);
@@ -1016,6 +1037,35 @@ mod tests {
                     "{cfg:?} {ch}: var {gv} {wv}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn an_input_map_is_applied_as_the_input_is_read() {
+        let cases = [
+            // Winograd, the direct kernel (with padding), a GEMM path.
+            (Conv2dConfig::new(16, 32, 3).padding(1), (9, 13)),
+            (Conv2dConfig::new(8, 16, 3).padding(1).stride(2), (9, 13)),
+            (Conv2dConfig::new(80, 8, 3).padding(1), (12, 30)),
+        ];
+        for (cfg, (h, w)) in cases {
+            let conv = filled(cfg);
+            let x = ramp((2, cfg.in_channels, h, w));
+            let c = cfg.in_channels;
+            let map = ChannelMap {
+                scale: (0..c).map(|i| 0.5 + i as f32 / c as f32).collect(),
+                shift: (0..c).map(|i| i as f32 / c as f32 - 0.6).collect(),
+                relu: true,
+            };
+            let mut mapped = x.clone();
+            map.apply_in_place(&mut mapped);
+            let want = conv
+                .run_with_moments(&mapped, None, &mut Probe::none())
+                .unwrap();
+            let got = conv
+                .run_with_moments(&x, Some(&map), &mut Probe::none())
+                .unwrap();
+            assert_eq!(got, want, "{cfg:?}");
         }
     }
 

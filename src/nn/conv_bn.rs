@@ -2,6 +2,7 @@
 
 use super::batch_norm::require_batch_statistics;
 use super::conv::Epilogue;
+use super::pending::{ChannelMap, Pending};
 use super::{emit4, BatchNorm2d, Conv2d, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
@@ -88,6 +89,28 @@ impl ConvBn {
             })
     }
 
+    /// Calibration mode for a pass that nobody observes, leaving the batch norm's
+    /// output to whatever reads it next: the convolution of `x` (mapped by `input` as
+    /// it is read, when given) with the batch's statistics folded into the running
+    /// statistics, and the map that normalises it (and applies the ReLU).
+    pub(crate) fn train_pending(
+        &mut self,
+        x: &Tensor4,
+        input: Option<&ChannelMap>,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Pending> {
+        let (raw, moments) =
+            probe.scoped(&self.conv_name, |p| self.conv.run_with_moments(x, input, p))?;
+        require_batch_statistics(probe.child_path(&self.bn_name), &raw)?;
+        let (n, _, h, w) = raw.dim();
+        let map = self.bn.absorb(&moments, n * h * w, update, self.relu);
+        Ok(Pending {
+            raw,
+            map: Some(map),
+        })
+    }
+
     fn relu_in_place(&self, mut y: Tensor4) -> Tensor4 {
         if self.relu {
             y.par_mapv_inplace(|v| v.max(0.0));
@@ -140,7 +163,7 @@ impl Layer for ConvBn {
         // The convolution gathers the batch statistics as it writes its output, which
         // is the batch norm's to normalise in place.
         let (mut y, moments) =
-            probe.scoped(&self.conv_name, |p| self.conv.run_with_moments(x, p))?;
+            probe.scoped(&self.conv_name, |p| self.conv.run_with_moments(x, None, p))?;
         require_batch_statistics(probe.child_path(&self.bn_name), &y)?;
         let bn_output_observed = probe.scoped(&self.bn_name, |p| {
             p.wants(LayerKind::BatchNorm, Site::Output)

@@ -19,6 +19,7 @@
 //! output, and the result differs from the GEMM path only by rounding.
 
 use super::conv::Conv2dConfig;
+use super::pending::ChannelMap;
 use std::cell::RefCell;
 
 /// Output channels per block: one AVX-512 vector of `f32`.
@@ -60,11 +61,12 @@ pub(crate) fn as_floats(lines: &mut [Line]) -> &mut [f32] {
 /// last row.
 const SLACK: usize = 64;
 
-/// Runs `f` on `x` (`[channels, h, w]`) laid out in this thread's buffer as
-/// `[channels, hp, wp]` with `(ph, pw)` zero rows and columns before it and zeros
-/// after it (then [`SLACK`] zeros).
+/// Runs `f` on `x` (`[channels, h, w]`, mapped by `input` when given) laid out in
+/// this thread's buffer as `[channels, hp, wp]` with `(ph, pw)` zero rows and columns
+/// before it and zeros after it (then [`SLACK`] zeros).
 pub(crate) fn padded<R>(
     x: &[f32],
+    input: Option<&ChannelMap>,
     channels: usize,
     (h, w): (usize, usize),
     (ph, pw): (usize, usize),
@@ -80,10 +82,13 @@ pub(crate) fn padded<R>(
             pad.resize(channels * plane + SLACK, 0.0);
             *geometry = layout;
         }
-        for (ch, input) in x.chunks_exact(h * w).enumerate() {
-            for (i, row) in input.chunks_exact(w).enumerate() {
+        for (ch, plane_in) in x.chunks_exact(h * w).enumerate() {
+            for (i, row) in plane_in.chunks_exact(w).enumerate() {
                 let at = ch * plane + (i + ph) * wp + pw;
                 pad[at..at + w].copy_from_slice(row);
+                if let Some(map) = input {
+                    map.apply_to_plane(ch, &mut pad[at..at + w]);
+                }
             }
         }
         f(pad)
@@ -125,8 +130,9 @@ pub(crate) fn pack(config: &Conv2dConfig, weight: &[f32]) -> Vec<f32> {
     packed
 }
 
-/// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]` and applies
-/// `y = relu?(y·scale + shift)` per output channel; fills `moments` (`[O]`), when
+/// Convolves one image `x` `[C, h, w]` (mapped by `input` first, when given) into `y`
+/// `[O, ho, wo]` and applies `y = relu?(y·scale + shift)` per output channel; fills
+/// `moments` (`[O]`), when
 /// given, with each output plane's mean and sum of squared deviations from it before
 /// the ReLU, gathered block by block as the outputs are stored.
 #[allow(clippy::too_many_arguments)]
@@ -138,6 +144,7 @@ pub(crate) fn image(
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
     (scale, shift, relu): (&[f32], &[f32], bool),
+    input: Option<&ChannelMap>,
     mut moments: Option<&mut [(f64, f64)]>,
 ) {
     let [kh, kw] = config.kernel;
@@ -148,7 +155,7 @@ pub(crate) fn image(
     let (hp, wp) = (h + 2 * ph, w + 2 * pw);
     let plane = hp * wp;
     let per_out = c_in * kh * kw;
-    padded(x, c_in, (h, w), (ph, pw), (hp, wp), |pad| {
+    padded(x, input, c_in, (h, w), (ph, pw), (hp, wp), |pad| {
         let geometry = Geometry {
             c_in,
             plane,

@@ -171,6 +171,7 @@ mod conv_bn;
 mod direct;
 mod gemm;
 mod linear;
+mod pending;
 mod pool;
 mod pool_alloc;
 mod sequential;

@@ -1,11 +1,14 @@
 //! Composition: a named chain of layers, and a residual connection.
 
-use super::{emit4, recycle, BoxedLayer, Tensor4};
+use super::pending::{ChannelMap, Pending};
+use super::{emit4, recycle, BoxedLayer, ConvBn, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, LayerKind, NormStats};
 use crate::layer::{NormStatsMut, NormUpdate, Param, ParamMut, Probe, Site};
 use ndarray::Zip;
+use rayon::prelude::*;
+use std::any::Any;
 
 /// Layers run one after the other, each under its own name: PyTorch's
 /// `nn.Sequential` (whose children are named `0`, `1`, ...) or a module with named
@@ -26,7 +29,31 @@ use ndarray::Zip;
 /// ```
 #[derive(Default)]
 pub struct Sequential {
-    layers: Vec<(String, BoxedLayer)>,
+    layers: Vec<(String, Child)>,
+}
+
+/// A layer of a [`Sequential`]. [`ConvBn`] units are kept by type, so that a
+/// calibration pass can leave their batch norm's output to the next reader (see
+/// [`Pending`]); any other layer is boxed.
+enum Child {
+    Unit(Box<ConvBn>),
+    Layer(BoxedLayer),
+}
+
+impl Child {
+    fn layer(&self) -> &(dyn Layer<Input = Tensor4, Output = Tensor4> + Send + Sync) {
+        match self {
+            Child::Unit(unit) => unit.as_ref(),
+            Child::Layer(layer) => layer.as_ref(),
+        }
+    }
+
+    fn layer_mut(&mut self) -> &mut (dyn Layer<Input = Tensor4, Output = Tensor4> + Send + Sync) {
+        match self {
+            Child::Unit(unit) => unit.as_mut(),
+            Child::Layer(layer) => layer.as_mut(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Sequential {
@@ -50,8 +77,51 @@ impl Sequential {
     where
         L: Layer<Input = Tensor4, Output = Tensor4> + Send + Sync + 'static,
     {
-        self.layers.push((name.into(), Box::new(layer)));
+        let mut slot = Some(layer);
+        let child = match (&mut slot as &mut dyn Any).downcast_mut::<Option<ConvBn>>() {
+            Some(unit) => unit.take().map(|unit| Child::Unit(Box::new(unit))),
+            None => slot.take().map(|layer| Child::Layer(Box::new(layer))),
+        };
+        self.layers.extend(child.map(|child| (name.into(), child)));
         self
+    }
+
+    /// Calibration mode for a pass that nobody observes: like
+    /// [`Layer::forward_train`], but a final [`ConvBn`] leaves its batch norm's output
+    /// pending, and each [`ConvBn`] reads the pending output of the one before it
+    /// through its map (no pass of its own over the batch-norm outputs).
+    pub(crate) fn train_pending(
+        &mut self,
+        x: &Tensor4,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Pending> {
+        let mut current: Option<Pending> = None;
+        for (name, child) in &mut self.layers {
+            let next = match child {
+                Child::Unit(unit) => {
+                    let (input, map) = match &current {
+                        None => (x, None),
+                        Some(p) => (&p.raw, p.map.as_ref()),
+                    };
+                    probe.scoped(name, |p| unit.train_pending(input, map, update, p))?
+                }
+                Child::Layer(layer) => {
+                    // Other layers read the batch norm's output itself.
+                    let ready = current.take().map(Pending::into_tensor);
+                    let input = ready.as_ref().unwrap_or(x);
+                    let y = probe.scoped(name, |p| layer.forward_train(input, update, p))?;
+                    if let Some(ready) = ready {
+                        recycle(ready);
+                    }
+                    Pending::ready(y)
+                }
+            };
+            if let Some(previous) = current.replace(next) {
+                recycle(previous.raw);
+            }
+        }
+        Ok(current.unwrap_or_else(|| Pending::ready(x.clone())))
     }
 
     /// Number of layers.
@@ -78,9 +148,9 @@ impl Layer for Sequential {
         let Some(((first_name, first), rest)) = self.layers.split_first() else {
             return Ok(x.clone());
         };
-        let mut y = probe.scoped(first_name, |p| first.forward_with(x, p))?;
+        let mut y = probe.scoped(first_name, |p| first.layer().forward_with(x, p))?;
         for (name, layer) in rest {
-            let next = probe.scoped(name, |p| layer.forward_with(&y, p))?;
+            let next = probe.scoped(name, |p| layer.layer().forward_with(&y, p))?;
             recycle(std::mem::replace(&mut y, next));
         }
         Ok(y)
@@ -92,12 +162,17 @@ impl Layer for Sequential {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Tensor4> {
+        if probe.is_silent() {
+            return Ok(self.train_pending(x, update, probe)?.into_tensor());
+        }
         let Some(((first_name, first), rest)) = self.layers.split_first_mut() else {
             return Ok(x.clone());
         };
-        let mut y = probe.scoped(first_name, |p| first.forward_train(x, update, p))?;
+        let mut y = probe.scoped(first_name, |p| {
+            first.layer_mut().forward_train(x, update, p)
+        })?;
         for (name, layer) in rest {
-            let next = probe.scoped(name, |p| layer.forward_train(&y, update, p))?;
+            let next = probe.scoped(name, |p| layer.layer_mut().forward_train(&y, update, p))?;
             recycle(std::mem::replace(&mut y, next));
         }
         Ok(y)
@@ -105,25 +180,25 @@ impl Layer for Sequential {
 
     fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
         for (name, layer) in &self.layers {
-            visit_child(layer.as_ref(), name, f);
+            visit_child(layer.layer(), name, f);
         }
     }
 
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
         for (name, layer) in &mut self.layers {
-            visit_child_mut(layer.as_mut(), name, f);
+            visit_child_mut(layer.layer_mut(), name, f);
         }
     }
 
     fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
         for (name, layer) in &self.layers {
-            visit_child_norms(layer.as_ref(), name, f);
+            visit_child_norms(layer.layer(), name, f);
         }
     }
 
     fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
         for (name, layer) in &mut self.layers {
-            visit_child_norms_mut(layer.as_mut(), name, f);
+            visit_child_norms_mut(layer.layer_mut(), name, f);
         }
     }
 }
@@ -156,6 +231,65 @@ impl Residual {
             body,
             shortcut: Some((name.into(), shortcut)),
         }
+    }
+
+    /// `relu(map_y(y) + map_s(s))`, in `y`'s memory: the residual add with the body's
+    /// and the shortcut's pending batch norms applied on the way (each map, then the
+    /// sum, rounded as the separate passes would).
+    fn add_relu_mapped(
+        &self,
+        y: Pending,
+        s: &Tensor4,
+        s_map: Option<&ChannelMap>,
+        probe: &mut Probe<'_>,
+    ) -> Result<Tensor4> {
+        let Pending { raw: mut out, map } = y;
+        if out.dim() != s.dim() {
+            return Err(Error::shape(
+                format!("{} (residual add)", probe.path()),
+                format!("the body's output shape {:?}", out.shape()),
+                s.shape(),
+            ));
+        }
+        let (_, c, h, w) = out.dim();
+        let spatial = (h * w).max(1);
+        let s = s.as_standard_layout();
+        // Channel `ch`'s map as (scale, shift, relu); the identity when there is none.
+        let affine = |m: Option<&ChannelMap>, ch: usize| {
+            m.map_or((1.0, 0.0, false), |m| (m.scale[ch], m.shift[ch], m.relu))
+        };
+        let plane = |(i, (o, s)): (usize, (&mut [f32], &[f32]))| {
+            let ((a, b, relu_y), (a_s, b_s, relu_s)) =
+                (affine(map.as_ref(), i % c), affine(s_map, i % c));
+            if relu_y || relu_s {
+                let clamp = |v: f32, relu: bool| if relu { v.max(0.0) } else { v };
+                for (o, &s) in o.iter_mut().zip(s) {
+                    *o = (clamp(*o * a + b, relu_y) + clamp(s * a_s + b_s, relu_s)).max(0.0);
+                }
+            } else {
+                // (v·1 + 0 is v: without a map, the values are added as they are.)
+                for (o, &s) in o.iter_mut().zip(s) {
+                    *o = ((*o * a + b) + (s * a_s + b_s)).max(0.0);
+                }
+            }
+        };
+        let (os, ss) = (
+            out.as_slice_mut().expect("standard layout"),
+            s.as_slice().expect("standard layout"),
+        );
+        if super::serial::threads() > 1 {
+            os.par_chunks_mut(spatial)
+                .zip(ss.par_chunks(spatial))
+                .enumerate()
+                .for_each(plane);
+        } else {
+            os.chunks_mut(spatial)
+                .zip(ss.chunks(spatial))
+                .enumerate()
+                .for_each(plane);
+        }
+        emit4(probe, LayerKind::Block, Site::Output, &out);
+        Ok(out)
     }
 
     fn add_relu(&self, mut y: Tensor4, s: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
@@ -200,6 +334,19 @@ impl Layer for Residual {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Tensor4> {
+        if probe.is_silent() {
+            // The batch norms ending the body and the shortcut are applied in the add.
+            let y = self.body.train_pending(x, update, probe)?;
+            return match &mut self.shortcut {
+                Some((name, sc)) => {
+                    let s = probe.scoped(name, |p| sc.train_pending(x, update, p))?;
+                    let out = self.add_relu_mapped(y, &s.raw, s.map.as_ref(), probe);
+                    recycle(s.raw);
+                    out
+                }
+                None => self.add_relu_mapped(y, x, None, probe),
+            };
+        }
         let y = self.body.forward_train(x, update, probe)?;
         match &mut self.shortcut {
             Some((name, sc)) => {

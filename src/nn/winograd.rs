@@ -28,6 +28,7 @@
 use super::conv::Conv2dConfig;
 use super::direct::{as_arrays, as_floats, avx512_available, store_channels};
 use super::direct::{Line, Moments, LANES};
+use super::pending::ChannelMap;
 use std::cell::RefCell;
 
 /// Tiles per block: accumulators held in vector registers during a product.
@@ -130,6 +131,8 @@ impl Scratch {
 }
 
 thread_local! {
+    /// The current image mapped by a pending batch norm.
+    static MAPPED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SCRATCH: RefCell<Scratch> = const {
         RefCell::new(Scratch {
             v: Vec::new(),
@@ -179,10 +182,11 @@ fn blocks(th: usize, tw: usize) -> Vec<Vec<Segment>> {
     }
 }
 
-/// Convolves one image `x` `[C, h, w]` into `y` `[O, ho, wo]` with the transformed
-/// kernels `u` (from [`transform_weights`]), then applies `y = relu?(y·scale + shift)`
-/// per output channel; fills `moments` (`[O]`), when given, with each output plane's
-/// mean and sum of squared deviations from it before the ReLU.
+/// Convolves one image `x` `[C, h, w]` (mapped by `input` as it is read, when given)
+/// into `y` `[O, ho, wo]` with the transformed kernels `u` (from
+/// [`transform_weights`]), then applies `y = relu?(y·scale + shift)` per output
+/// channel; fills `moments` (`[O]`), when given, with each output plane's mean and sum
+/// of squared deviations from it before the ReLU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn image(
     config: &Conv2dConfig,
@@ -192,6 +196,7 @@ pub(crate) fn image(
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
     (scale, shift, relu): (&[f32], &[f32], bool),
+    input: Option<&ChannelMap>,
     moments: Option<&mut [(f64, f64)]>,
 ) {
     let [ph, pw] = config.padding;
@@ -209,26 +214,41 @@ pub(crate) fn image(
         size: [h, w],
         padding: [ph, pw],
     };
-    SCRATCH.with_borrow_mut(|scratch| {
-        let (v, m, pixels) = scratch.buffers(c_in, tw);
-        for block in blocks(th, tw) {
-            geometry.transform_input(x, &block, v);
-            let tiles: usize = block.iter().map(|s| s.len).sum();
-            for (kb, u) in u.chunks_exact(16 * c_in * LANES).enumerate() {
-                for xi in 0..16 {
-                    let (v, u) = (&v[xi * xi_stride(c_in)..], &u[xi * c_in * LANES..]);
-                    multiply(v, u, c_in, &mut m[xi * BLOCK..xi * BLOCK + tiles]);
+    MAPPED.with_borrow_mut(|mapped| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let (v, m, pixels) = scratch.buffers(c_in, tw);
+            // A mapped input is mapped once, into this thread's copy of the image (in
+            // cache for the transform, which reads each value about four times).
+            let x = match input {
+                None => x,
+                Some(map) => {
+                    mapped.clear();
+                    mapped.extend_from_slice(x);
+                    for (ch, plane) in mapped.chunks_exact_mut(h * w).enumerate() {
+                        map.apply_to_plane(ch, plane);
+                    }
+                    &mapped[..]
                 }
-                let out = kb * LANES;
-                let epilogue = (&scale[out..out + LANES], &shift[out..out + LANES], relu);
-                let y = Output {
-                    y: &mut *y,
-                    first: out * ho * wo,
-                    size: [ho, wo],
-                };
-                y.store(&block, m, pixels, epilogue, stats.get_mut(kb));
+            };
+            for block in blocks(th, tw) {
+                geometry.transform_input(x, &block, v);
+                let tiles: usize = block.iter().map(|s| s.len).sum();
+                for (kb, u) in u.chunks_exact(16 * c_in * LANES).enumerate() {
+                    for xi in 0..16 {
+                        let (v, u) = (&v[xi * xi_stride(c_in)..], &u[xi * c_in * LANES..]);
+                        multiply(v, u, c_in, &mut m[xi * BLOCK..xi * BLOCK + tiles]);
+                    }
+                    let out = kb * LANES;
+                    let epilogue = (&scale[out..out + LANES], &shift[out..out + LANES], relu);
+                    let y = Output {
+                        y: &mut *y,
+                        first: out * ho * wo,
+                        size: [ho, wo],
+                    };
+                    y.store(&block, m, pixels, epilogue, stats.get_mut(kb));
+                }
             }
-        }
+        })
     });
     if let Some(moments) = moments {
         for (kb, s) in stats.iter().enumerate() {
