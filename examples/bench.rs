@@ -1,14 +1,86 @@
-//! Times reflow's forward pass and prints images/s and GFLOP/s.
+//! Times reflow's forward pass and prints images/s and GFLOP/s; then a REFLOW
+//! calibration batch next to the eval pass of the same batch.
 //!
-//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50] [--tsv]`
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|calibration] [--tsv]`
 //!
-//! `scripts/bench_torch.py` times PyTorch on the same shapes and prints the ratio.
+//! `scripts/bench_torch.py` times PyTorch on the same shapes and prints the ratio
+//! (from `--tsv`, which prints the forward passes only).
 
 use ndarray::Array4;
 use reflow::layer::{Activation, Layer, LayerKind, Observer, Probe, Site, Tap};
 use reflow::models::{ResNet, ResNetConfig};
+use reflow::rescale::{Reflow, Rescaler};
 use std::collections::HashMap;
 use std::time::Instant;
+
+/// Wants no activation; attached, it makes every layer run over the whole batch.
+struct Nothing;
+
+impl Observer for Nothing {
+    fn wants(&self, _: &Tap<'_>) -> bool {
+        false
+    }
+    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
+}
+
+/// Deterministic weights, small enough to keep activations in range.
+fn fill(net: &mut ResNet) {
+    let mut i = 0u32;
+    net.visit_params_mut(&mut |p| {
+        if p.role.is_prunable() {
+            p.data.iter_mut().for_each(|v| {
+                i = i.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *v = ((i >> 9) as f32 / (1 << 23) as f32 - 0.5) * 0.05;
+            })
+        }
+    });
+}
+
+/// A REFLOW calibration batch of ResNet-20 at batch 128 next to the eval pass of the
+/// same batch, in micro-batches (as `forward` runs it) and layer by layer (the order
+/// calibration must follow), timed in turn `runs` times so that all three see the same
+/// machine state; prints the medians and the ratios.
+fn calibration(runs: usize) {
+    let mut net = ResNet::new(ResNetConfig::cifar_resnet(20).unwrap().with_in_channels(1)).unwrap();
+    fill(&mut net);
+    let x = Array4::from_shape_fn((128, 1, 28, 28), |(n, _, h, w)| {
+        ((n + h * w) % 13) as f32 / 13.0
+    });
+    let batches = vec![x.clone()];
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let (mut eval, mut layered, mut calib) = (vec![], vec![], vec![]);
+    for _ in 0..runs + 1 {
+        eval.push(time(&mut || {
+            std::hint::black_box(net.forward(&x).unwrap());
+        }));
+        layered.push(time(&mut || {
+            let mut nothing = Nothing;
+            let mut probe = Probe::new(&mut nothing);
+            std::hint::black_box(net.forward_with(&x, &mut probe).unwrap());
+        }));
+        calib.push(time(&mut || {
+            Reflow::cumulative().rescale(&mut net, &batches).unwrap();
+        }));
+    }
+    // The first round warms up.
+    let (eval, layered, calib) = (
+        median(eval[1..].to_vec()),
+        median(layered[1..].to_vec()),
+        median(calib[1..].to_vec()),
+    );
+    println!(
+        "resnet20@28 b128: eval {:.1} ms, eval layer by layer {:.1} ms, calibration batch {:.1} ms = {:.2}x layer by layer, {:.2}x eval",
+        eval * 1e3,
+        layered * 1e3,
+        calib * 1e3,
+        calib / layered,
+        calib / eval
+    );
+}
 
 /// Records each convolution's output spatial size, to count FLOPs.
 #[derive(Default)]
@@ -83,15 +155,7 @@ fn main() {
             continue;
         }
         let mut net = ResNet::new(cfg).unwrap();
-        let mut i = 0u32;
-        net.visit_params_mut(&mut |p| {
-            if p.role.is_prunable() {
-                p.data.iter_mut().for_each(|v| {
-                    i = i.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    *v = ((i >> 9) as f32 / (1 << 23) as f32 - 0.5) * 0.05;
-                })
-            }
-        });
+        fill(&mut net);
         let x = Array4::from_shape_fn(shape, |(n, c, h, w)| ((n + c + h * w) % 17) as f32 / 17.0);
         let flops = flops_per_image(&net, &x);
         net.forward(&x).unwrap(); // warm-up
@@ -119,5 +183,9 @@ fn main() {
             t * 1e3,
             flops / 1e9
         );
+    }
+    let tsv = args.iter().any(|a| a == "--tsv");
+    if !tsv && only.is_none_or(|m| m == "calibration") {
+        calibration(runs.max(10));
     }
 }

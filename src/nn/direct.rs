@@ -232,24 +232,23 @@ pub(crate) fn store_channels(
     y: &mut [f32],
     at: usize,
     plane: usize,
-    mut stats: Option<&mut Moments>,
+    stats: Option<&mut Moments>,
 ) {
+    assert!(scale.len() == LANES && shift.len() == LANES);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(stats) = stats {
+        // SAFETY: the AVX-512 kernels only run with AVX-512F; 16 scales and shifts.
+        unsafe { avx512::merge(stats, pixels, (scale, shift)) };
+    }
     for (k, chunk) in pixels.chunks(LANES).enumerate() {
         let start = at + k * LANES;
         assert!(start + (LANES - 1) * plane + chunk.len() <= y.len());
-        assert!(scale.len() == LANES && shift.len() == LANES);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the direct kernel only runs with AVX-512F; the writes are in bounds
         // (asserted above).
         unsafe {
             let dst = y.as_mut_ptr().add(start);
-            avx512::store_channels(
-                chunk,
-                (scale, shift, relu),
-                dst,
-                plane,
-                stats.as_deref_mut(),
-            )
+            avx512::store_channels(chunk, (scale, shift, relu), dst, plane)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("the direct kernel is only chosen on x86-64");
@@ -433,7 +432,6 @@ mod avx512 {
         (scale, shift, relu): (&[f32], &[f32], bool),
         dst: *mut f32,
         plane: usize,
-        stats: Option<&mut Moments>,
     ) {
         // SAFETY: 16 floats each.
         let (a, b) = unsafe {
@@ -446,9 +444,6 @@ mod avx512 {
         for (r, px) in v.iter_mut().zip(pixels) {
             // SAFETY: 16 floats.
             *r = _mm512_add_ps(_mm512_mul_ps(unsafe { _mm512_loadu_ps(px.as_ptr()) }, a), b);
-        }
-        if let Some(stats) = stats {
-            merge(stats, &v[..pixels.len()]);
         }
         if relu {
             for r in &mut v {
@@ -463,18 +458,36 @@ mod avx512 {
         }
     }
 
-    /// Merges the values `v` (pixels × 16 channels) into `stats`: their mean and sum
-    /// of squared deviations in `f32` (two passes over registers), then Chan et al.'s
-    /// update of the running `f64` moments.
+    /// Merges the values `pixels·scale + shift` (pixels × 16 channels) into `stats`:
+    /// their mean and sum of squared deviations in `f32` (two passes over the run, in
+    /// the level-1 cache), then Chan et al.'s update of the running `f64` moments.
+    ///
+    /// # Safety
+    /// The processor supports AVX-512F; `scale` and `shift` hold 16 values.
     #[target_feature(enable = "avx512f")]
-    fn merge(stats: &mut Moments, v: &[__m512]) {
-        let count = v.len() as f32;
-        let sum = v
+    pub(super) unsafe fn merge(
+        stats: &mut Moments,
+        pixels: &[[f32; LANES]],
+        (scale, shift): (&[f32], &[f32]),
+    ) {
+        // SAFETY: 16 floats each.
+        let (a, b) = unsafe {
+            (
+                _mm512_loadu_ps(scale.as_ptr()),
+                _mm512_loadu_ps(shift.as_ptr()),
+            )
+        };
+        // SAFETY: 16 floats.
+        let value = |px: &[f32; LANES]| {
+            _mm512_add_ps(_mm512_mul_ps(unsafe { _mm512_loadu_ps(px.as_ptr()) }, a), b)
+        };
+        let count = pixels.len() as f32;
+        let sum = pixels
             .iter()
-            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+            .fold(_mm512_setzero_ps(), |s, px| _mm512_add_ps(s, value(px)));
         let mean = _mm512_div_ps(sum, _mm512_set1_ps(count));
-        let m2 = v.iter().fold(_mm512_setzero_ps(), |s, &x| {
-            let d = _mm512_sub_ps(x, mean);
+        let m2 = pixels.iter().fold(_mm512_setzero_ps(), |s, px| {
+            let d = _mm512_sub_ps(value(px), mean);
             _mm512_fmadd_ps(d, d, s)
         });
         let (na, nb) = (stats.count, count as f64);

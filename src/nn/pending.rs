@@ -28,6 +28,17 @@ impl ChannelMap {
         }
     }
 
+    /// `to = map(from)` for channel `c`, value by value.
+    pub fn map_plane(&self, c: usize, from: &[f32], to: &mut [f32]) {
+        let (a, b) = (self.scale[c], self.shift[c]);
+        let pairs = to.iter_mut().zip(from);
+        if self.relu {
+            pairs.for_each(|(t, &v)| *t = (v * a + b).max(0.0));
+        } else {
+            pairs.for_each(|(t, &v)| *t = v * a + b);
+        }
+    }
+
     /// Applies the map to every value of `y`, in place, in parallel over the planes
     /// (on the calling thread alone inside [`super::serial::serially`]).
     pub fn apply_in_place(&self, y: &mut Tensor4) {

@@ -222,10 +222,10 @@ pub(crate) fn image(
             let x = match input {
                 None => x,
                 Some(map) => {
-                    mapped.clear();
-                    mapped.extend_from_slice(x);
-                    for (ch, plane) in mapped.chunks_exact_mut(h * w).enumerate() {
-                        map.apply_to_plane(ch, plane);
+                    mapped.resize(x.len(), 0.0);
+                    let planes = mapped.chunks_exact_mut(h * w).zip(x.chunks_exact(h * w));
+                    for (ch, (to, from)) in planes.enumerate() {
+                        map.map_plane(ch, from, to);
                     }
                     &mapped[..]
                 }
