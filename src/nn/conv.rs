@@ -232,6 +232,22 @@ impl Conv2d {
         ))
     }
 
+    /// The kernel that works image by image and applies the epilogue as it stores,
+    /// when one handles this convolution on this processor.
+    fn image_kernel(&self) -> Option<DirectKernel> {
+        if winograd::applies(&self.config) {
+            Some(DirectKernel::Winograd)
+        } else {
+            direct::applies(&self.config).then_some(DirectKernel::Direct)
+        }
+    }
+
+    /// Whether [`Conv2d::run_with_moments`] applies an input map as it reads the input
+    /// (else it maps a copy first, which costs the memory of the input).
+    pub(crate) fn maps_input_as_read(&self) -> bool {
+        self.image_kernel().is_some()
+    }
+
     /// Drops the rearranged copies of the weights, which no longer match them.
     fn weights_changed(&mut self) {
         self.rearranged = Rearranged::default();
@@ -291,11 +307,7 @@ impl Conv2d {
         moments: Option<&mut [(f64, f64)]>,
     ) -> Result<Tensor4> {
         check_channels(probe, x, self.config.in_channels)?;
-        let kernel = if winograd::applies(&self.config) {
-            Some(DirectKernel::Winograd)
-        } else {
-            direct::applies(&self.config).then_some(DirectKernel::Direct)
-        };
+        let kernel = self.image_kernel();
         if let Some(map) = input {
             if kernel.is_none() || probe.wants(LayerKind::Conv, Site::Input) {
                 let mut mapped = super::overwritten(x.dim());

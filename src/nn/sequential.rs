@@ -100,6 +100,11 @@ impl Sequential {
         for (name, child) in &mut self.layers {
             let next = match child {
                 Child::Unit(unit) => {
+                    // A convolution that cannot map its input as it reads it gets the
+                    // batch norm's output, made in place (not in a mapped copy).
+                    if !unit.conv().maps_input_as_read() {
+                        current = current.map(|p| Pending::ready(p.into_tensor()));
+                    }
                     let (input, map) = match &current {
                         None => (x, None),
                         Some(p) => (&p.raw, p.map.as_ref()),
