@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{array, read, relative_error, BnOutputs, PARITY};
+use common::{array, read, relative_error, BnOutputs, Nothing, PARITY};
 use ndarray::Ix4;
-use reflow::layer::{Activation, Layer, Observer, Probe, Tap};
+use reflow::layer::{Layer, Probe};
 use reflow::models::{BlockKind, ResNet, ResNetConfig, Stem};
 
 /// Loads `<name>.safetensors`, runs `<name>.io.safetensors`'s input, and compares the
@@ -68,15 +68,6 @@ fn check(name: &str, stem: Stem) -> ResNetConfig {
         "{name}: micro-batches against one pass: {err:e}"
     );
     net.config().clone()
-}
-
-/// Wants no activation.
-struct Nothing;
-impl Observer for Nothing {
-    fn wants(&self, _: &Tap<'_>) -> bool {
-        false
-    }
-    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
 }
 
 #[test]

@@ -3,9 +3,10 @@
 
 mod common;
 
+use common::Nothing;
 use ndarray::Array4;
 use reflow::io::{IdxImages, Normalization};
-use reflow::layer::{Activation, LayerKind, Observer, Probe, Site, Tap};
+use reflow::layer::{LayerKind, Probe, Site};
 use reflow::prelude::*;
 use reflow::prune::TensorMask;
 use reflow::stats::{Recorder, TapSelector};
@@ -282,15 +283,6 @@ fn a_known_dense_signal_is_not_measured_again() {
     assert_ne!(signal.dense, measured);
     assert_eq!(signal.pruned.layers.len(), 21, "the others are measured");
     assert_eq!(signal.pruned_ratio().layers.len(), 1);
-}
-
-/// Wants no activation; attached, it makes every layer run on its own.
-struct Nothing;
-impl Observer for Nothing {
-    fn wants(&self, _: &Tap<'_>) -> bool {
-        false
-    }
-    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
 }
 
 #[test]

@@ -487,16 +487,23 @@ impl Conv2d {
         }) = plan.direct
         {
             let (per_in, per_out) = (c.in_channels * plane_in, c.out_channels * spatial);
-            let ((h, w), (ho, wo)) = ((sh.h, sh.w), (sh.ho, sh.wo));
-            let epilogue = (scale, shift, relu);
+            let call = direct::ImageCall {
+                config: c,
+                weights: packed,
+                size: [sh.h, sh.w],
+                out_size: [sh.ho, sh.wo],
+                scale,
+                shift,
+                relu,
+                input,
+            };
             let image = match kernel {
                 DirectKernel::Direct => direct::image,
                 DirectKernel::Winograd => winograd::image,
             };
             let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
             for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
-                let m = moments.as_mut().and_then(|m| m.next());
-                image(c, packed, xi, yi, (h, w), (ho, wo), epilogue, input, m);
+                image(&call, xi, yi, moments.as_mut().and_then(|m| m.next()));
             }
             return;
         }
@@ -882,6 +889,21 @@ mod tests {
         conv
     }
 
+    /// Compares each case's convolution (of a 2-image ramp) with the definition; says
+    /// so when the processor sends a case elsewhere than `path` (`takes` false).
+    fn check_path(
+        cases: &[(Conv2dConfig, (usize, usize))],
+        takes: fn(&Conv2dConfig) -> bool,
+        path: &str,
+    ) {
+        for &(cfg, (h, w)) in cases {
+            if !takes(&cfg) {
+                eprintln!("not {path} on this processor: {cfg:?}");
+            }
+            check(&filled(cfg), &ramp((2, cfg.in_channels, h, w)));
+        }
+    }
+
     /// Compares the convolution of `x` with the definition; returns the output.
     fn check(conv: &Conv2d, x: &Tensor4) -> Tensor4 {
         let got = conv.forward(x).unwrap();
@@ -965,12 +987,7 @@ mod tests {
                 (3, 61),
             ),
         ];
-        for (cfg, (h, w)) in cases {
-            if !direct::applies(&cfg) {
-                eprintln!("no AVX-512F here: {cfg:?} takes the GEMM path");
-            }
-            check(&filled(cfg), &ramp((2, cfg.in_channels, h, w)));
-        }
+        check_path(&cases, direct::applies, "the direct kernel");
     }
 
     #[test]
@@ -994,12 +1011,7 @@ mod tests {
                 (6, 11),
             ),
         ];
-        for (cfg, (h, w)) in cases {
-            if !winograd::applies(&cfg) {
-                eprintln!("no AVX-512F here: {cfg:?} takes another path");
-            }
-            check(&filled(cfg), &ramp((2, cfg.in_channels, h, w)));
-        }
+        check_path(&cases, winograd::applies, "Winograd's algorithm");
     }
 
     #[test]

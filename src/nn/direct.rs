@@ -130,23 +130,46 @@ pub(crate) fn pack(config: &Conv2dConfig, weight: &[f32]) -> Vec<f32> {
     packed
 }
 
-/// Convolves one image `x` `[C, h, w]` (mapped by `input` first, when given) into `y`
-/// `[O, ho, wo]` and applies `y = relu?(y·scale + shift)` per output channel; fills
-/// `moments` (`[O]`), when
-/// given, with each output plane's mean and sum of squared deviations from it before
-/// the ReLU, gathered block by block as the outputs are stored.
-#[allow(clippy::too_many_arguments)]
+/// A call of a kernel that convolves image by image ([`image`], and
+/// [`super::winograd::image`]): everything but the image, its output and the moments.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ImageCall<'a> {
+    pub config: &'a Conv2dConfig,
+    /// The weights in the order the kernel reads them.
+    pub weights: &'a [f32],
+    /// Input `[h, w]`.
+    pub size: [usize; 2],
+    /// Output `[ho, wo]`.
+    pub out_size: [usize; 2],
+    /// Per output channel, `y = relu?(y·scale + shift)`.
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub relu: bool,
+    /// A pending batch norm's map, applied to the input as it is read.
+    pub input: Option<&'a ChannelMap>,
+}
+
+/// Convolves one image `x` `[C, h, w]` (mapped by `call.input` first, when given)
+/// into `y` `[O, ho, wo]` with the weights packed by [`pack`] and applies the
+/// epilogue; fills `moments` (`[O]`), when given, with each output plane's mean and
+/// sum of squared deviations from it before the ReLU, gathered block by block as the
+/// outputs are stored.
 pub(crate) fn image(
-    config: &Conv2dConfig,
-    packed: &[f32],
+    call: &ImageCall<'_>,
     x: &[f32],
     y: &mut [f32],
-    (h, w): (usize, usize),
-    (ho, wo): (usize, usize),
-    (scale, shift, relu): (&[f32], &[f32], bool),
-    input: Option<&ChannelMap>,
     mut moments: Option<&mut [(f64, f64)]>,
 ) {
+    let ImageCall {
+        config,
+        weights: packed,
+        size: [h, w],
+        out_size: [ho, wo],
+        scale,
+        shift,
+        relu,
+        input,
+    } = *call;
     let [kh, kw] = config.kernel;
     let [ph, pw] = config.padding;
     let [dh, dw] = config.dilation;

@@ -27,8 +27,7 @@
 
 use super::conv::Conv2dConfig;
 use super::direct::{as_arrays, as_floats, avx512_available, store_channels};
-use super::direct::{Line, Moments, LANES};
-use super::pending::ChannelMap;
+use super::direct::{ImageCall, Line, Moments, LANES};
 use std::cell::RefCell;
 
 /// Tiles per block: accumulators held in vector registers during a product.
@@ -182,23 +181,27 @@ fn blocks(th: usize, tw: usize) -> Vec<Vec<Segment>> {
     }
 }
 
-/// Convolves one image `x` `[C, h, w]` (mapped by `input` as it is read, when given)
-/// into `y` `[O, ho, wo]` with the transformed kernels `u` (from
-/// [`transform_weights`]), then applies `y = relu?(y·scale + shift)` per output
-/// channel; fills `moments` (`[O]`), when given, with each output plane's mean and sum
-/// of squared deviations from it before the ReLU.
-#[allow(clippy::too_many_arguments)]
+/// Convolves one image `x` `[C, h, w]` (mapped by `call.input` as it is read, when
+/// given) into `y` `[O, ho, wo]` with the kernels transformed by
+/// [`transform_weights`], then applies the epilogue; fills `moments` (`[O]`), when
+/// given, with each output plane's mean and sum of squared deviations from it before
+/// the ReLU.
 pub(crate) fn image(
-    config: &Conv2dConfig,
-    u: &[f32],
+    call: &ImageCall<'_>,
     x: &[f32],
     y: &mut [f32],
-    (h, w): (usize, usize),
-    (ho, wo): (usize, usize),
-    (scale, shift, relu): (&[f32], &[f32], bool),
-    input: Option<&ChannelMap>,
     moments: Option<&mut [(f64, f64)]>,
 ) {
+    let ImageCall {
+        config,
+        weights: u,
+        size: [h, w],
+        out_size: [ho, wo],
+        scale,
+        shift,
+        relu,
+        input,
+    } = *call;
     let [ph, pw] = config.padding;
     let c_in = config.in_channels;
     let out_blocks = config.out_channels / LANES;

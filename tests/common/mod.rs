@@ -89,3 +89,16 @@ impl Observer for BnOutputs {
         );
     }
 }
+
+/// Wants no activation. Attached to a probe, it makes a network run each layer over
+/// the whole batch, as an observed pass does (no micro-batches, one pass per batch
+/// norm in calibration), while observing nothing.
+pub struct Nothing;
+
+impl Observer for Nothing {
+    fn wants(&self, _: &Tap<'_>) -> bool {
+        false
+    }
+
+    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
+}
