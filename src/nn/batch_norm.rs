@@ -1,6 +1,6 @@
 //! 2-d batch normalisation with eval and calibration (train-statistics) modes.
 
-use super::pending::ChannelMap;
+use super::pending::{affine_into, ChannelMap};
 use super::{check_channels, emit4, layer_context, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{
@@ -150,12 +150,7 @@ impl BatchNorm2d {
             .par_chunks_mut(spatial.max(1))
             .zip(xs.par_chunks(spatial.max(1)))
             .enumerate()
-            .for_each(|(i, (yp, xp))| {
-                let (a, b) = (scale[i % c], shift[i % c]);
-                for (yv, &xv) in yp.iter_mut().zip(xp) {
-                    *yv = xv * a + b;
-                }
-            });
+            .for_each(|(i, (yp, xp))| affine_into(xp, yp, scale[i % c], shift[i % c], false));
         y
     }
 }

@@ -4,7 +4,7 @@
 
 use super::batch_norm::{merge_plane_moments, plane_moments};
 use super::gemm::{gemm, gemm_strided_b, Threads};
-use super::pending::ChannelMap;
+use super::pending::{affine_in_place, affine_into, ChannelMap};
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
 use super::{direct, winograd};
 use crate::error::{Error, Result};
@@ -781,13 +781,7 @@ impl Epilogue<'_> {
 
     /// `dst = relu?(src·a + b)`.
     fn map(&self, dst: &mut [f32], src: &[f32], a: f32, b: f32) {
-        if self.relu {
-            dst.iter_mut()
-                .zip(src)
-                .for_each(|(d, &v)| *d = (v * a + b).max(0.0));
-        } else {
-            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * a + b);
-        }
+        affine_into(src, dst, a, b, self.relu);
     }
 
     /// Applies the epilogue in place to planes of `spatial` values.
@@ -797,11 +791,7 @@ impl Epilogue<'_> {
         }
         for (o, plane) in y.chunks_mut(spatial.max(1)).enumerate() {
             let (a, b) = self.affine(o, bias);
-            if self.relu {
-                plane.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
-            } else {
-                plane.iter_mut().for_each(|v| *v = *v * a + b);
-            }
+            affine_in_place(plane, a, b, self.relu);
         }
     }
 }

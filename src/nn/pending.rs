@@ -20,23 +20,12 @@ pub(crate) struct ChannelMap {
 impl ChannelMap {
     /// Applies channel `c`'s map to every value of `plane`, in place.
     pub fn apply_to_plane(&self, c: usize, plane: &mut [f32]) {
-        let (a, b) = (self.scale[c], self.shift[c]);
-        if self.relu {
-            plane.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
-        } else {
-            plane.iter_mut().for_each(|v| *v = *v * a + b);
-        }
+        affine_in_place(plane, self.scale[c], self.shift[c], self.relu);
     }
 
     /// `to = map(from)` for channel `c`, value by value.
     pub fn map_plane(&self, c: usize, from: &[f32], to: &mut [f32]) {
-        let (a, b) = (self.scale[c], self.shift[c]);
-        let pairs = to.iter_mut().zip(from);
-        if self.relu {
-            pairs.for_each(|(t, &v)| *t = (v * a + b).max(0.0));
-        } else {
-            pairs.for_each(|(t, &v)| *t = v * a + b);
-        }
+        affine_into(from, to, self.scale[c], self.shift[c], self.relu);
     }
 
     /// Applies the map to every value of `y`, in place, in parallel over the planes
@@ -51,6 +40,26 @@ impl ChannelMap {
         } else {
             ys.chunks_mut(spatial).enumerate().for_each(plane);
         }
+    }
+}
+
+/// `values = relu?(values·a + b)`, in place (multiply, then add: every layer rounds
+/// its affine maps this way, so fused and separate passes agree to the bit).
+pub(crate) fn affine_in_place(values: &mut [f32], a: f32, b: f32, relu: bool) {
+    if relu {
+        values.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
+    } else {
+        values.iter_mut().for_each(|v| *v = *v * a + b);
+    }
+}
+
+/// `to = relu?(from·a + b)`, value by value, as [`affine_in_place`].
+pub(crate) fn affine_into(from: &[f32], to: &mut [f32], a: f32, b: f32, relu: bool) {
+    let pairs = to.iter_mut().zip(from);
+    if relu {
+        pairs.for_each(|(t, &v)| *t = (v * a + b).max(0.0));
+    } else {
+        pairs.for_each(|(t, &v)| *t = v * a + b);
     }
 }
 
