@@ -81,22 +81,6 @@ impl BatchNorm2d {
         self.num_batches_tracked
     }
 
-    /// Calibration mode on a tensor the caller owns (checked: channels, standard
-    /// layout, more than one value per channel), given its per-channel batch mean and
-    /// biased variance (`moments`): normalises `y` in place by them (then applies ReLU
-    /// if `relu`), and folds them into the running statistics by `update`.
-    pub(crate) fn train_in_place(
-        &mut self,
-        y: &mut Tensor4,
-        moments: &[(f64, f64)],
-        update: NormUpdate,
-        relu: bool,
-    ) {
-        let (n, _, h, w) = y.dim();
-        self.absorb(moments, n * h * w, update, relu)
-            .apply_in_place(y);
-    }
-
     /// Calibration mode without the output: folds the batch's per-channel mean and
     /// biased variance (`moments`, over `count` values per channel) into the running
     /// statistics by `update`, and returns the map that normalises the batch (then
@@ -253,7 +237,8 @@ impl Layer for BatchNorm2d {
         let mut y = x.as_standard_layout().into_owned();
         let (n, c, h, w) = y.dim();
         let moments = channel_moments(y.as_slice().expect("standard layout"), n, c, h * w);
-        self.train_in_place(&mut y, &moments, update, false);
+        self.absorb(&moments, n * h * w, update, false)
+            .apply_in_place(&mut y);
         emit4(probe, LayerKind::BatchNorm, Site::Output, &y);
         Ok(y)
     }

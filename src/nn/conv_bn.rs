@@ -100,11 +100,23 @@ impl ConvBn {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Pending> {
+        self.train_unit(x, input, self.relu, update, probe)
+    }
+
+    /// [`ConvBn::train_pending`], with the ReLU in the map only if `relu`.
+    fn train_unit(
+        &mut self,
+        x: &Tensor4,
+        input: Option<&ChannelMap>,
+        relu: bool,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Pending> {
         let (raw, moments) =
             probe.scoped(&self.conv_name, |p| self.conv.run_with_moments(x, input, p))?;
         require_batch_statistics(probe.child_path(&self.bn_name), &raw)?;
         let (n, _, h, w) = raw.dim();
-        let map = self.bn.absorb(&moments, n * h * w, update, self.relu);
+        let map = self.bn.absorb(&moments, n * h * w, update, relu);
         Ok(Pending {
             raw,
             map: Some(map),
@@ -161,15 +173,12 @@ impl Layer for ConvBn {
             return Ok(self.relu_in_place(y));
         }
         // The convolution gathers the batch statistics as it writes its output, which
-        // is the batch norm's to normalise in place.
-        let (mut y, moments) =
-            probe.scoped(&self.conv_name, |p| self.conv.run_with_moments(x, None, p))?;
-        require_batch_statistics(probe.child_path(&self.bn_name), &y)?;
+        // the batch norm then normalises in place.
         let bn_output_observed = probe.scoped(&self.bn_name, |p| {
             p.wants(LayerKind::BatchNorm, Site::Output)
         });
         let relu = self.relu && !bn_output_observed;
-        self.bn.train_in_place(&mut y, &moments, update, relu);
+        let y = self.train_unit(x, None, relu, update, probe)?.into_tensor();
         if !bn_output_observed {
             return Ok(y);
         }

@@ -6,7 +6,6 @@ use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, LayerKind, NormStats};
 use crate::layer::{NormStatsMut, NormUpdate, Param, ParamMut, Probe, Site};
-use ndarray::Zip;
 use rayon::prelude::*;
 use std::any::Any;
 
@@ -238,7 +237,7 @@ impl Residual {
         }
     }
 
-    /// `relu(map_y(y) + map_s(s))`, in `y`'s memory: the residual add with the body's
+    /// `relu(map_y(y) + map_s(s))`, in `y`'s memory: the residual add, with the body's
     /// and the shortcut's pending batch norms applied on the way (each map, then the
     /// sum, rounded as the separate passes would).
     fn add_relu_mapped(
@@ -256,6 +255,10 @@ impl Residual {
                 s.shape(),
             ));
         }
+        if !out.is_standard_layout() {
+            // A custom body layer may return any layout.
+            out = out.as_standard_layout().into_owned();
+        }
         let (_, c, h, w) = out.dim();
         let spatial = (h * w).max(1);
         let s = s.as_standard_layout();
@@ -266,7 +269,11 @@ impl Residual {
         let plane = |(i, (o, s)): (usize, (&mut [f32], &[f32]))| {
             let ((a, b, relu_y), (a_s, b_s, relu_s)) =
                 (affine(map.as_ref(), i % c), affine(s_map, i % c));
-            if relu_y || relu_s {
+            if map.is_none() && s_map.is_none() {
+                for (o, &s) in o.iter_mut().zip(s) {
+                    *o = (*o + s).max(0.0);
+                }
+            } else if relu_y || relu_s {
                 let clamp = |v: f32, relu: bool| if relu { v.max(0.0) } else { v };
                 for (o, &s) in o.iter_mut().zip(s) {
                     *o = (clamp(*o * a + b, relu_y) + clamp(s * a_s + b_s, relu_s)).max(0.0);
@@ -297,22 +304,9 @@ impl Residual {
         Ok(out)
     }
 
-    fn add_relu(&self, mut y: Tensor4, s: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
-        if y.dim() != s.dim() {
-            return Err(Error::shape(
-                format!("{} (residual add)", probe.path()),
-                format!("the body's output shape {:?}", y.shape()),
-                s.shape(),
-            ));
-        }
-        let add_relu = |a: &mut f32, &b: &f32| *a = (*a + b).max(0.0);
-        if super::serial::threads() > 1 {
-            Zip::from(&mut y).and(s).par_for_each(add_relu);
-        } else {
-            Zip::from(&mut y).and(s).for_each(add_relu);
-        }
-        emit4(probe, LayerKind::Block, Site::Output, &y);
-        Ok(y)
+    /// `relu(y + s)`, in `y`'s memory.
+    fn add_relu(&self, y: Tensor4, s: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        self.add_relu_mapped(Pending::ready(y), s, None, probe)
     }
 }
 

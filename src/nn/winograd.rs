@@ -149,36 +149,43 @@ struct Segment {
     len: usize,
 }
 
-/// The blocks of at most [`BLOCK`] tiles of a `th × tw` tile grid: whole tile rows
-/// when they fit, else pieces of one row.
-fn blocks(th: usize, tw: usize) -> Vec<Vec<Segment>> {
-    if tw <= BLOCK {
-        let rows = BLOCK / tw;
-        (0..th)
-            .step_by(rows)
-            .map(|r0| {
-                (r0..(r0 + rows).min(th))
-                    .map(|row| Segment {
-                        row,
-                        col: 0,
-                        len: tw,
-                    })
-                    .collect()
-            })
-            .collect()
-    } else {
-        (0..th)
-            .flat_map(|row| {
-                (0..tw).step_by(BLOCK).map(move |col| {
-                    vec![Segment {
-                        row,
-                        col,
-                        len: BLOCK.min(tw - col),
-                    }]
-                })
-            })
-            .collect()
+/// At most [`BLOCK`] tiles: the same columns `col..col + len` of the tile rows
+/// `row..row + rows` (whole rows, or a piece of one row).
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    row: usize,
+    rows: usize,
+    col: usize,
+    len: usize,
+}
+
+impl Block {
+    fn tiles(&self) -> usize {
+        self.rows * self.len
     }
+
+    /// The block's tiles, row by row.
+    fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
+        (self.row..self.row + self.rows).map(|row| Segment {
+            row,
+            col: self.col,
+            len: self.len,
+        })
+    }
+}
+
+/// The blocks of a `th × tw` tile grid: as many whole tile rows as fit in [`BLOCK`]
+/// tiles, else pieces of one row.
+fn blocks(th: usize, tw: usize) -> impl Iterator<Item = Block> {
+    let rows = (BLOCK / tw.max(1)).max(1);
+    (0..th).step_by(rows).flat_map(move |row| {
+        (0..tw).step_by(BLOCK).map(move |col| Block {
+            row,
+            rows: rows.min(th - row),
+            col,
+            len: BLOCK.min(tw - col),
+        })
+    })
 }
 
 /// Convolves one image `x` `[C, h, w]` (mapped by `call.input` as it is read, when
@@ -235,7 +242,7 @@ pub(crate) fn image(
             };
             for block in blocks(th, tw) {
                 geometry.transform_input(x, &block, v);
-                let tiles: usize = block.iter().map(|s| s.len).sum();
+                let tiles = block.tiles();
                 for (kb, u) in u.chunks_exact(16 * c_in * LANES).enumerate() {
                     for xi in 0..16 {
                         let (v, u) = (&v[xi * xi_stride(c_in)..], &u[xi * c_in * LANES..]);
@@ -276,7 +283,7 @@ impl Output<'_> {
     /// the rows and columns past the output's edge.
     fn store(
         self,
-        block: &[Segment],
+        block: &Block,
         m: &[[f32; LANES]],
         pixels: &mut [[f32; LANES]],
         epilogue: (&[f32], &[f32], bool),
@@ -284,7 +291,7 @@ impl Output<'_> {
     ) {
         let [ho, wo] = self.size;
         let mut j = 0;
-        for (s, seg) in block.iter().enumerate() {
+        for (s, seg) in block.segments().enumerate() {
             let width = 2 * seg.len;
             let rows = &mut pixels[2 * s * width..2 * (s + 1) * width];
             for t in 0..seg.len {
@@ -323,15 +330,15 @@ impl Geometry {
     /// fall in those 16; a piece fills its lanes by masked loads of the values inside
     /// the image, so that the padding reads as zeros and every store fills one whole
     /// cache line.
-    fn transform_input(&self, x: &[f32], block: &[Segment], v: &mut [f32]) {
+    fn transform_input(&self, x: &[f32], block: &Block, v: &mut [f32]) {
         let ([h, w], [ph, pw]) = (self.size, self.padding);
         assert!(v.len() >= 16 * xi_stride(self.c_in) && x.len() == self.c_in * h * w);
-        let tiles: usize = block.iter().map(|s| s.len).sum();
+        let tiles = block.tiles();
         for j0 in (0..tiles).step_by(LANES) {
             let mut pieces = [Piece::default(); LANES];
             let mut count = 0;
             let mut start = 0;
-            for seg in block {
+            for seg in block.segments() {
                 let (lo, hi) = (start.max(j0), (start + seg.len).min(j0 + LANES));
                 if lo < hi {
                     // Lanes l0..l1 hold the segment's tiles from lo − start; lane l's
