@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::Array4;
-use reflow::layer::{Activation, Layer, Observer, Probe, Tap};
+use reflow::layer::{Layer, Probe, Schedule};
 use reflow::models::{ResNet, ResNetConfig};
 use reflow::prune::{MagnitudePruner, Pruner};
 use reflow::rescale::{Reflow, Rescaler};
@@ -24,15 +24,6 @@ fn fill(net: &mut ResNet) {
             })
         }
     });
-}
-
-/// Wants no activation; with it attached, every layer runs over the whole batch.
-struct Nothing;
-impl Observer for Nothing {
-    fn wants(&self, _: &Tap<'_>) -> bool {
-        false
-    }
-    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
 }
 
 fn global_threshold(c: &mut Criterion) {
@@ -57,7 +48,10 @@ fn calibration(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("eval forward", |b| b.iter(|| net.forward(&x).unwrap()));
     group.bench_function("eval forward, layer by layer", |b| {
-        b.iter(|| net.forward_with(&x, &mut Probe::new(&mut Nothing)).unwrap())
+        b.iter(|| {
+            net.forward_with(&x, &mut Probe::none().with_schedule(Schedule::LayerByLayer))
+                .unwrap()
+        })
     });
     group.bench_function("REFLOW calibration batch", |b| {
         b.iter(|| Reflow::cumulative().rescale(&mut net, &batches).unwrap())

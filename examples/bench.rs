@@ -1,27 +1,22 @@
 //! Times reflow's forward pass and prints images/s and GFLOP/s; then a REFLOW
 //! calibration batch next to the eval pass of the same batch.
 //!
-//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|calibration] [--tsv]`
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|calibration] [--level portable|avx2|avx512|neon] [--tsv]`
+//!
+//! `--level` caps the kernels (as `REFLOW_KERNEL` does). Before the timings it prints
+//! the kernel level in use and the machine's peak on that many threads at that level
+//! (at the widest level the processor has when the level is `portable`).
 //!
 //! `scripts/bench_torch.py` times PyTorch on the same shapes and prints the ratio
-//! (from `--tsv`, which prints the forward passes only).
+//! (from `--tsv`, which prints the level, the peak and the forward passes only).
 
 use ndarray::Array4;
-use reflow::layer::{Activation, Layer, LayerKind, Observer, Probe, Site, Tap};
+use reflow::cpu::{self, Level};
+use reflow::layer::{Activation, Layer, LayerKind, Observer, Probe, Schedule, Site, Tap};
 use reflow::models::{ResNet, ResNetConfig};
 use reflow::rescale::{Reflow, Rescaler};
 use std::collections::HashMap;
 use std::time::Instant;
-
-/// Wants no activation; attached, it makes every layer run over the whole batch.
-struct Nothing;
-
-impl Observer for Nothing {
-    fn wants(&self, _: &Tap<'_>) -> bool {
-        false
-    }
-    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
-}
 
 /// Deterministic weights, small enough to keep activations in range.
 fn fill(net: &mut ResNet) {
@@ -58,8 +53,7 @@ fn calibration(runs: usize) {
             std::hint::black_box(net.forward(&x).unwrap());
         }));
         layered.push(time(&mut || {
-            let mut nothing = Nothing;
-            let mut probe = Probe::new(&mut nothing);
+            let mut probe = Probe::none().with_schedule(Schedule::LayerByLayer);
             std::hint::black_box(net.forward_with(&x, &mut probe).unwrap());
         }));
         calib.push(time(&mut || {
@@ -147,8 +141,32 @@ fn main() {
         .iter()
         .position(|a| a == "--model")
         .and_then(|i| args.get(i + 1));
-    if !args.iter().any(|a| a == "--tsv") {
-        println!("threads: {}", rayon::current_num_threads());
+    if let Some(level) = args
+        .iter()
+        .position(|a| a == "--level")
+        .and_then(|i| args.get(i + 1))
+    {
+        cpu::set_max_level(level.parse().unwrap_or_else(|e| panic!("--level: {e}")));
+    }
+    let level = cpu::level();
+    // The peak of the level in use, or of the widest one when the level has no
+    // kernels of its own.
+    let peak_level = if level == Level::Portable {
+        cpu::detected()
+    } else {
+        level
+    };
+    let peak: f64 = rayon::broadcast(|_| cpu::peak_gflops(peak_level).unwrap_or(f64::NAN))
+        .into_iter()
+        .sum();
+    let threads_used = rayon::current_num_threads();
+    if args.iter().any(|a| a == "--tsv") {
+        println!("level\t{threads_used}\t{level}\t{peak_level}");
+        println!("peak\t{threads_used}\t{peak:.3}\t{peak_level}");
+    } else {
+        println!(
+            "threads: {threads_used}, kernel level {level}, peak {peak:.1} GFLOP/s (multiply-adds at {peak_level})"
+        );
     }
     for (name, cfg, shape) in cases {
         if only.is_some_and(|m| !name.starts_with(m.as_str())) {

@@ -6,12 +6,20 @@ pass does not depend on them), with a warm-up and the median of --runs timed run
 repeats that for --rounds rounds, each timing reflow then PyTorch, because this
 machine's speed drifts by ±10 % over minutes, and prints the medians over the rounds
 of images/s for both, the ratio reflow/PyTorch (with its range over the rounds), and
-reflow's GFLOP/s as a percentage of the machine's peak (--peak, 346 GFLOP/s measured
-on 2 cores here).
+reflow's GFLOP/s as a percentage of this machine's peak, which the bench example
+measures with a multiply-add loop on as many threads at the kernel level in use.
+
+It first prints the processor's model, the kernel level reflow chose and PyTorch's
+CPU capability.
+
+--level caps both sides at an instruction set, to estimate a machine that has no
+wider one: reflow through REFLOW_KERNEL, PyTorch through ATEN_CPU_CAPABILITY and
+ONEDNN_MAX_CPU_ISA (set before torch is imported). `--level avx2` on an AVX-512
+machine runs both as an AVX2 + FMA machine would, at this machine's clock and caches.
 
 Usage, from the repository root:
     cargo build --release --example bench
-    /root/venvs/ref/bin/python scripts/bench_torch.py [--threads 1,2] [--runs 5] [--rounds 3]
+    /root/venvs/ref/bin/python scripts/bench_torch.py [--threads 1,2] [--runs 5] [--rounds 3] [--level avx2]
 """
 
 from __future__ import annotations
@@ -24,8 +32,22 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torchvision
+# PyTorch reads its caps when it loads: --level is applied before the import.
+LEVELS = {
+    # reflow level -> (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
+    "avx512": ("avx512", "AVX512_CORE"),
+    "avx2": ("avx2", "AVX2"),
+    "portable": ("default", "SSE41"),
+}
+if "--level" in sys.argv:
+    _level = sys.argv[sys.argv.index("--level") + 1]
+    if _level not in LEVELS:
+        sys.exit(f"--level: one of {', '.join(LEVELS)}")
+    os.environ["REFLOW_KERNEL"] = _level
+    os.environ["ATEN_CPU_CAPABILITY"], os.environ["ONEDNN_MAX_CPU_ISA"] = LEVELS[_level]
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,8 +82,20 @@ def time_torch(name: str, threads: int, runs: int) -> float:
     return shape[0] / statistics.median(times)
 
 
-def time_reflow(threads: int, runs: int) -> dict[str, tuple[float, float]]:
-    """images/s and GFLOP/s per case, from the bench example's TSV output."""
+def cpu_model() -> str:
+    """The processor's model name, as the kernel reports it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown processor"
+
+
+def time_reflow(threads: int, runs: int) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+    """images/s and GFLOP/s per case, and the kernel level and measured peak, from the
+    bench example's TSV output."""
     exe = ROOT / "target" / "release" / "examples" / "bench"
     if not exe.exists():
         sys.exit(f"{exe} not found: run `cargo build --release --example bench` first")
@@ -69,11 +103,14 @@ def time_reflow(threads: int, runs: int) -> dict[str, tuple[float, float]]:
         [str(exe), "--threads", str(threads), "--runs", str(runs), "--tsv"],
         check=True, capture_output=True, text=True,
     ).stdout
-    result = {}
+    result, info = {}, {}
     for line in out.splitlines():
-        name, _, ips, gflops = line.split("\t")
-        result[name] = (float(ips), float(gflops))
-    return result
+        name, _, a, b = line.split("\t")
+        if name in ("level", "peak"):
+            info[name], info[name + " of"] = a, b
+        else:
+            result[name] = (float(a), float(b))
+    return result, info
 
 
 def main() -> None:
@@ -84,25 +121,36 @@ def main() -> None:
         "--rounds", type=int, default=3,
         help="rounds, each timing reflow then PyTorch, so that both see the same machine state",
     )
-    parser.add_argument("--peak", type=float, default=346.0, help="machine peak GFLOP/s (2 cores)")
+    parser.add_argument(
+        "--level", choices=sorted(LEVELS),
+        help="cap reflow and PyTorch at this instruction set (applied before torch loads)",
+    )
     args = parser.parse_args()
 
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs")
     print(
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs; per round the median of {args.runs} "
-        f"runs after warm-up; median of {args.rounds} rounds (ratio range over the rounds)"
+        f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"{', oneDNN capped at ' + os.environ['ONEDNN_MAX_CPU_ISA'] if args.level else ''}); "
+        f"per round the median of {args.runs} runs after warm-up; median of {args.rounds} "
+        "rounds (ratio range over the rounds)"
     )
+    levels_seen = set()
     header = (
         f"{'case':<18} {'threads':>7} {'PyTorch img/s':>14} {'reflow img/s':>13} {'ratio':>6} "
-        f"{'(range)':>11} {'reflow GFLOP/s':>15} {'% of peak':>9}"
+        f"{'(range)':>11} {'reflow GFLOP/s':>15} {'peak':>6} {'% of peak':>9}"
     )
     print(header)
     print("-" * len(header))
     for threads in [int(t) for t in args.threads.split(",")]:
         ours: dict[str, list[tuple[float, float]]] = {name: [] for name in CASES}
         theirs: dict[str, list[float]] = {name: [] for name in CASES}
+        peaks = []
         for _ in range(args.rounds):
-            for name, result in time_reflow(threads, args.runs).items():
+            results, info = time_reflow(threads, args.runs)
+            for name, result in results.items():
                 ours[name].append(result)
+            peaks.append(float(info["peak"]))
+            levels_seen.add((info["level"], info["peak of"]))
             for name in CASES:
                 theirs[name].append(time_torch(name, threads, args.runs))
         for name in CASES:
@@ -111,11 +159,17 @@ def main() -> None:
             torch_ips = statistics.median(theirs[name])
             ratios = [r[0] / t for r, t in zip(ours[name], theirs[name])]
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-            peak = args.peak * threads / 2
+            peak = statistics.median(peaks)
             print(
                 f"{name:<18} {threads:>7} {torch_ips:>14.1f} {ips:>13.1f} {ips / torch_ips:>6.2f} "
-                f"{spread:>11} {gflops:>15.1f} {100 * gflops / peak:>8.1f}%"
+                f"{spread:>11} {gflops:>15.1f} {peak:>6.0f} {100 * gflops / peak:>8.1f}%"
             )
+
+    for level, peak_of in sorted(levels_seen):
+        print(
+            f"reflow kernel level: {level}; peak: {peak_of} multiply-adds on as many threads "
+            "(median over the rounds)"
+        )
 
 
 if __name__ == "__main__":

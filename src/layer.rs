@@ -245,8 +245,33 @@ pub trait Observer {
     fn observe(&mut self, tap: &Tap<'_>, activation: Activation<'_>);
 }
 
-/// The context a forward pass carries: the path of the layer being run and an optional
-/// [`Observer`].
+/// The order in which a pass may run its layers. Both compute the same values; the
+/// schedule changes only the speed and what an observer could see.
+///
+/// ```
+/// use reflow::layer::{Probe, Schedule};
+///
+/// assert_eq!(Probe::none().schedule(), Schedule::Fused);
+/// let probe = Probe::none().with_schedule(Schedule::LayerByLayer);
+/// assert_eq!(probe.schedule(), Schedule::LayerByLayer);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Schedule {
+    /// The fastest order: an eval pass of a large batch runs in micro-batches through
+    /// the whole network (each micro-batch's activations stay in a core's cache), and a
+    /// calibration pass applies each batch norm where its output is next read. The
+    /// default of a probe without an observer.
+    #[default]
+    Fused,
+    /// Each layer over the whole batch in turn, each batch norm as a pass of its own:
+    /// the order in which an observer sees every tap once per pass, with the whole
+    /// batch. Always the schedule of a probe with an observer.
+    LayerByLayer,
+}
+
+/// The context a forward pass carries: the path of the layer being run, an optional
+/// [`Observer`], and the [`Schedule`] the layers may follow.
 ///
 /// Composite layers run a child inside [`Probe::scoped`] with the child's name, so the
 /// path always names the running layer in torchvision style (`layer3.1.bn2`); leaf
@@ -254,6 +279,7 @@ pub trait Observer {
 pub struct Probe<'o> {
     observer: Option<&'o mut dyn Observer>,
     path: String,
+    schedule: Schedule,
 }
 
 impl Default for Probe<'_> {
@@ -267,32 +293,46 @@ impl std::fmt::Debug for Probe<'_> {
         f.debug_struct("Probe")
             .field("path", &self.path)
             .field("observed", &self.observer.is_some())
+            .field("schedule", &self.schedule())
             .finish()
     }
 }
 
 impl<'o> Probe<'o> {
-    /// A probe that observes nothing.
+    /// A probe that observes nothing, with the [`Schedule::Fused`] schedule.
     pub fn none() -> Self {
         Probe {
             observer: None,
             path: String::new(),
+            schedule: Schedule::Fused,
         }
     }
 
-    /// A probe that shows activations to `observer`.
+    /// A probe that shows activations to `observer`; it runs
+    /// [`Schedule::LayerByLayer`].
     pub fn new(observer: &'o mut dyn Observer) -> Self {
         Probe {
             observer: Some(observer),
             path: String::new(),
+            schedule: Schedule::LayerByLayer,
         }
     }
 
-    /// Whether no observer is attached, so that no activation will be shown: a layer
-    /// may then schedule its work differently (e.g. in micro-batches), as long as it
-    /// computes the same output.
-    pub fn is_silent(&self) -> bool {
-        self.observer.is_none()
+    /// The probe with `schedule` for the layers of a pass without an observer (with
+    /// one, the pass runs [`Schedule::LayerByLayer`] whatever is set here, so that
+    /// every tap shows the whole batch).
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The schedule the layers follow: the one set, or [`Schedule::LayerByLayer`]
+    /// when an observer is attached.
+    pub fn schedule(&self) -> Schedule {
+        match self.observer {
+            Some(_) => Schedule::LayerByLayer,
+            None => self.schedule,
+        }
     }
 
     /// The path of the layer now running; empty at the top.

@@ -12,6 +12,8 @@
 //! - [`layer`]: the [`Layer`] trait — forward passes, parameter walks by
 //!   torchvision-style name, batch-norm calibration mode, activation taps;
 //! - [`nn`]: the ndarray reference backend (conv, batch norm, pooling, linear, ...);
+//! - [`cpu`]: which vector instructions the kernels use (AVX-512, AVX2, NEON, or
+//!   portable products), chosen at run time, and how to cap them;
 //! - [`models`]: ResNet, ResNeXt and Wide ResNet in torchvision's layout, with presets
 //!   and architecture inference from a checkpoint;
 //! - [`StateDict`] and [`io`]: safetensors checkpoints and IDX data;
@@ -75,7 +77,13 @@
 //! ```
 
 #![warn(missing_docs)]
+// `unsafe` lives in the kernel modules alone (`nn::kernels`, which allows it), each
+// block with its `SAFETY` reason.
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cpu;
 pub mod error;
 pub mod io;
 pub mod layer;
@@ -96,7 +104,7 @@ pub use state_dict::StateDict;
 pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::io::{Dataset, IdxImages, IdxLabels, Normalization};
-    pub use crate::layer::{count_parameters, count_prunable, Layer, NormUpdate, Probe};
+    pub use crate::layer::{count_parameters, count_prunable, Layer, NormUpdate, Probe, Schedule};
     pub use crate::metrics::{accuracy, Accuracy};
     pub use crate::models::{BlockKind, ResNet, ResNetConfig, Stem};
     pub use crate::pipeline::{Pipeline, PipelineReport, Stage};

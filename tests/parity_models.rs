@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{array, read, relative_error, BnOutputs, Nothing, PARITY};
+use common::{array, read, relative_error, BnOutputs, PARITY};
 use ndarray::Ix4;
-use reflow::layer::{Layer, Probe};
+use reflow::layer::{Layer, Probe, Schedule};
 use reflow::models::{BlockKind, ResNet, ResNetConfig, Stem};
 
 /// Loads `<name>.safetensors`, runs `<name>.io.safetensors`'s input, and compares the
@@ -52,14 +52,17 @@ fn check(name: &str, stem: Stem) -> ResNetConfig {
             "{name} copy {k} of {copies}: relative error {err:e}"
         );
     }
-    // Distinct images come back in their order, as from one pass over the batch (an
-    // observer, even one that wants nothing, makes every layer see the whole batch).
+    // Distinct images come back in their order, as from one pass over the batch (the
+    // layer-by-layer schedule makes every layer see the whole batch).
     let mut batch = batch;
     for (k, mut image) in batch.outer_iter_mut().enumerate() {
         image.mapv_inplace(|v| v * (1.0 + 0.01 * k as f32));
     }
     let whole = net
-        .forward_with(&batch, &mut Probe::new(&mut Nothing))
+        .forward_with(
+            &batch,
+            &mut Probe::none().with_schedule(Schedule::LayerByLayer),
+        )
         .unwrap();
     let micro = net.forward(&batch).unwrap();
     let err = relative_error(micro.as_slice().unwrap(), whole.as_slice().unwrap());
@@ -72,19 +75,23 @@ fn check(name: &str, stem: Stem) -> ResNetConfig {
 
 #[test]
 fn cifar_resnet20_matches_pytorch() {
-    let cfg = check("resnet20_cifar", Stem::Cifar);
-    assert_eq!(cfg, ResNetConfig::cifar_resnet(20).unwrap());
+    common::at_every_level(|_| {
+        let cfg = check("resnet20_cifar", Stem::Cifar);
+        assert_eq!(cfg, ResNetConfig::cifar_resnet(20).unwrap());
+    });
 }
 
 #[test]
 fn grouped_bottleneck_resnext_matches_pytorch() {
-    let cfg = check("resnext_small", Stem::Imagenet);
-    assert_eq!(cfg.block, BlockKind::Bottleneck);
-    assert_eq!(cfg.groups, 4);
-    assert_eq!(cfg.layers, [2, 2, 2, 1]);
-    assert_eq!(cfg.planes, [16, 32, 64, 128]);
-    assert_eq!(
-        (cfg.stem_width, cfg.in_channels, cfg.num_classes),
-        (16, 3, 7)
-    );
+    common::at_every_level(|_| {
+        let cfg = check("resnext_small", Stem::Imagenet);
+        assert_eq!(cfg.block, BlockKind::Bottleneck);
+        assert_eq!(cfg.groups, 4);
+        assert_eq!(cfg.layers, [2, 2, 2, 1]);
+        assert_eq!(cfg.planes, [16, 32, 64, 128]);
+        assert_eq!(
+            (cfg.stem_width, cfg.in_channels, cfg.num_classes),
+            (16, 3, 7)
+        );
+    });
 }

@@ -102,10 +102,14 @@ fn check_against_torch(mode: &str, reflow: Reflow) {
 
 #[test]
 fn cumulative_reflow_equals_pytorch_momentum_none() {
-    check_against_torch("cumulative", Reflow::cumulative());
+    common::at_every_level(|_| {
+        check_against_torch("cumulative", Reflow::cumulative());
+    });
 }
 
 #[test]
 fn ema_reflow_equals_pytorch_momentum_0_1() {
-    check_against_torch("ema", Reflow::ema(0.1));
+    common::at_every_level(|_| {
+        check_against_torch("ema", Reflow::ema(0.1));
+    });
 }

@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::Nothing;
 use ndarray::Array4;
 use reflow::io::{IdxImages, Normalization};
-use reflow::layer::{LayerKind, Probe, Site};
+use reflow::layer::{LayerKind, Probe, Schedule, Site};
 use reflow::prelude::*;
 use reflow::prune::TensorMask;
 use reflow::stats::{Recorder, TapSelector};
@@ -151,48 +150,50 @@ fn masks_save_load_and_reapply() {
 
 #[test]
 fn exact_reflow_matches_population_statistics_layer_by_layer() {
-    let mut model = net();
-    MagnitudePruner::new(0.8).prune(&mut model).unwrap();
-    let data = batches(3, 1);
-    let report = Reflow::exact().rescale(&mut model, &data).unwrap();
-    assert_eq!((report.layers, report.passes), (21, 21));
-    // With every layer recalibrated, one eval pass sees at each BN input exactly the
-    // statistics the layer now holds.
-    let mut rec = Recorder::new(TapSelector {
-        kind: Some(LayerKind::BatchNorm),
-        site: Site::Input,
-        layers: None,
+    common::at_every_level(|_| {
+        let mut model = net();
+        MagnitudePruner::new(0.8).prune(&mut model).unwrap();
+        let data = batches(3, 1);
+        let report = Reflow::exact().rescale(&mut model, &data).unwrap();
+        assert_eq!((report.layers, report.passes), (21, 21));
+        // With every layer recalibrated, one eval pass sees at each BN input exactly the
+        // statistics the layer now holds.
+        let mut rec = Recorder::new(TapSelector {
+            kind: Some(LayerKind::BatchNorm),
+            site: Site::Input,
+            layers: None,
+        });
+        for x in &data {
+            model.forward_with(x, &mut Probe::new(&mut rec)).unwrap();
+        }
+        let stats = rec.finish().unwrap();
+        assert_eq!(stats.len(), 21);
+        let state = StateDict::from_layer(&model);
+        for (layer, m) in stats.iter() {
+            let var = state
+                .get(&format!("{layer}.running_var"))
+                .unwrap()
+                .as_f32()
+                .unwrap();
+            let mean = state
+                .get(&format!("{layer}.running_mean"))
+                .unwrap()
+                .as_f32()
+                .unwrap();
+            let err_v = common::relative_error(
+                var,
+                &m.unbiased_variance()
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect::<Vec<_>>(),
+            );
+            let err_m = common::relative_error(
+                mean,
+                &m.mean().iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            );
+            assert!(err_v < 1e-5 && err_m < 1e-5, "{layer}: {err_v:e} {err_m:e}");
+        }
     });
-    for x in &data {
-        model.forward_with(x, &mut Probe::new(&mut rec)).unwrap();
-    }
-    let stats = rec.finish().unwrap();
-    assert_eq!(stats.len(), 21);
-    let state = StateDict::from_layer(&model);
-    for (layer, m) in stats.iter() {
-        let var = state
-            .get(&format!("{layer}.running_var"))
-            .unwrap()
-            .as_f32()
-            .unwrap();
-        let mean = state
-            .get(&format!("{layer}.running_mean"))
-            .unwrap()
-            .as_f32()
-            .unwrap();
-        let err_v = common::relative_error(
-            var,
-            &m.unbiased_variance()
-                .iter()
-                .map(|&v| v as f32)
-                .collect::<Vec<_>>(),
-        );
-        let err_m = common::relative_error(
-            mean,
-            &m.mean().iter().map(|&v| v as f32).collect::<Vec<_>>(),
-        );
-        assert!(err_v < 1e-5 && err_m < 1e-5, "{layer}: {err_v:e} {err_m:e}");
-    }
 }
 
 #[test]
@@ -286,29 +287,30 @@ fn a_known_dense_signal_is_not_measured_again() {
 }
 
 #[test]
-fn a_calibration_pass_nobody_observes_equals_the_layer_by_layer_pass() {
-    // Unobserved, each batch norm is applied where its output is next read (the next
-    // convolution's input, the residual add); observed, each runs as its own pass.
-    // The two compute the same values, to the bit.
-    let (mut fused, mut separate) = (net(), net());
-    for x in batches(3, 5) {
-        let a = fused.forward_train(&x, NormUpdate::Cumulative, &mut Probe::none());
-        let mut nothing = Nothing;
-        let mut probe = Probe::new(&mut nothing);
-        let b = separate.forward_train(&x, NormUpdate::Cumulative, &mut probe);
-        assert_eq!(a.unwrap(), b.unwrap());
-    }
-    let stats = |net: &ResNet| {
-        let mut all = Vec::new();
-        net.visit_norms(&mut |name, s| {
-            all.push((
-                name.to_string(),
-                s.running_mean.to_vec(),
-                s.running_var.to_vec(),
-            ))
-        });
-        all
-    };
-    assert_eq!(stats(&fused), stats(&separate));
-    assert_eq!(stats(&fused).len(), 21);
+fn a_fused_calibration_pass_equals_the_layer_by_layer_pass() {
+    common::at_every_level(|_| {
+        // Fused, each batch norm is applied where its output is next read (the next
+        // convolution's input, the residual add); layer by layer, each runs as its own
+        // pass. The two compute the same values, to the bit, at every kernel level.
+        let (mut fused, mut separate) = (net(), net());
+        for x in batches(3, 5) {
+            let a = fused.forward_train(&x, NormUpdate::Cumulative, &mut Probe::none());
+            let mut probe = Probe::none().with_schedule(Schedule::LayerByLayer);
+            let b = separate.forward_train(&x, NormUpdate::Cumulative, &mut probe);
+            assert_eq!(a.unwrap(), b.unwrap());
+        }
+        let stats = |net: &ResNet| {
+            let mut all = Vec::new();
+            net.visit_norms(&mut |name, s| {
+                all.push((
+                    name.to_string(),
+                    s.running_mean.to_vec(),
+                    s.running_var.to_vec(),
+                ))
+            });
+            all
+        };
+        assert_eq!(stats(&fused), stats(&separate));
+        assert_eq!(stats(&fused).len(), 21);
+    });
 }

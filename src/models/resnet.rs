@@ -3,7 +3,7 @@
 use super::config::{BlockKind, ResNetConfig, Stem};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
-use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe};
+use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe, Schedule};
 use crate::nn::{recycle, serially, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
 use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Linear};
 use crate::state_dict::StateDict;
@@ -14,7 +14,7 @@ use std::path::Path;
 /// PyTorch's default batch-norm ε.
 const BN_EPS: f32 = 1e-5;
 
-/// The size of the widest activation of a micro-batch in an unobserved eval pass (see
+/// The size of the widest activation of a micro-batch in a fused eval pass (see
 /// [`ResNet::forward_with`]): small enough to stay in a core's level-2 cache between
 /// layers at CIFAR sizes (sizes from 256 KiB to 1 MiB ran ResNet-20 at 28 × 28 equally
 /// fast, 15–20 % faster than whole-batch layers at batch 256).
@@ -25,11 +25,12 @@ const MICRO_BATCH_BYTES: usize = 1 << 19;
 ///
 /// Input `[N, in_channels, H, W]`, output logits `[N, num_classes]`.
 ///
-/// An eval pass that nobody observes ([`Layer::forward`], or a [`Probe`] without an
-/// observer) runs large batches in micro-batches, in parallel, each through the whole
-/// network while its activations stay in the core's cache (a few images at a time,
-/// so that the widest activation is about 512 KiB); the logits are those of one pass
-/// over the whole batch. An observed pass runs each layer over the whole batch, so that
+/// An eval pass with the [`Schedule::Fused`] schedule ([`Layer::forward`], or a
+/// [`Probe`] without an observer) runs large batches in micro-batches, in parallel,
+/// each through the whole network while its activations stay in the core's cache (a
+/// few images at a time, so that the widest activation is about 512 KiB); the logits
+/// are those of one pass over the whole batch. With [`Schedule::LayerByLayer`] (always
+/// the schedule of an observed pass) each layer runs over the whole batch, so that
 /// every tap shows the whole batch's activation.
 ///
 /// ```
@@ -278,7 +279,7 @@ impl Layer for ResNet {
         self.check_input(x)?;
         let n = x.dim().0;
         let m = self.micro_batch(x);
-        if n > m && probe.is_silent() {
+        if n > m && probe.schedule() == Schedule::Fused {
             return self.forward_in_micro_batches(x, m);
         }
         let y = self.features(x, probe)?;

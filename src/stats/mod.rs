@@ -16,6 +16,7 @@ mod recorder;
 mod signal;
 
 pub use moments::ChannelMoments;
+pub(crate) use moments::{chan_merge, channel_moments, merge_plane_moments, plane_moments};
 pub use recorder::{LayerStats, Recorder, TapSelector};
 pub use signal::{measure_signal, Signal};
 

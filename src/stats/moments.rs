@@ -67,18 +67,14 @@ impl ChannelMoments {
         self.m2.iter().map(|m2| m2 / n).collect()
     }
 
-    /// Combines `(count, mean, m2)` of channel `c` with another set by Chan et al.'s
-    /// formula.
+    /// Combines `(count, mean, m2)` of channel `c` with another set by [`chan_merge`].
     fn combine(&mut self, c: usize, n_b: u64, mean_b: f64, m2_b: f64) {
-        let n_a = self.count as f64;
-        let n_b = n_b as f64;
-        let n = n_a + n_b;
-        if n == 0.0 {
-            return;
-        }
-        let delta = mean_b - self.mean[c];
-        self.mean[c] += delta * n_b / n;
-        self.m2[c] += m2_b + delta * delta * n_a * n_b / n;
+        (self.mean[c], self.m2[c]) = chan_merge(
+            self.count as f64,
+            (self.mean[c], self.m2[c]),
+            n_b as f64,
+            (mean_b, m2_b),
+        );
     }
 
     fn check(&self, channels: usize) -> Result<()> {
@@ -90,6 +86,92 @@ impl ChannelMoments {
         }
         Ok(())
     }
+}
+
+/// Chan et al.'s merge of the moments of two sets of values: `(mean, m2)` of `n_a`
+/// values and of `n_b` values give the `(mean, m2)` of all of them (`m2` is the sum of
+/// squared deviations from the mean). The one formula every merge of the crate uses,
+/// the vector kernels' included (they are tested against it).
+///
+/// Rounded as written: `mean_a + δ·(n_b/n)` and `m2_a + (m2_b + δ²·(n_a·n_b/n))` with
+/// fused multiply-adds, `δ = mean_b − mean_a`. With no values at all it returns the
+/// first set.
+#[inline(always)]
+pub(crate) fn chan_merge(
+    n_a: f64,
+    (mean_a, m2_a): (f64, f64),
+    n_b: f64,
+    (mean_b, m2_b): (f64, f64),
+) -> (f64, f64) {
+    let n = n_a + n_b;
+    if n == 0.0 {
+        return (mean_a, m2_a);
+    }
+    let delta = mean_b - mean_a;
+    (
+        delta.mul_add(n_b / n, mean_a),
+        m2_a + (delta * delta).mul_add(n_a * n_b / n, m2_b),
+    )
+}
+
+/// Per-channel mean and biased variance of an NCHW tensor, in f64. Each `[H, W]`
+/// plane's mean and sum of squared deviations are computed in parallel (two passes over
+/// a plane that stays in cache), then merged channel by channel in image order, so the
+/// result does not depend on the thread count.
+pub(crate) fn channel_moments(x: &[f32], n: usize, c: usize, spatial: usize) -> Vec<(f64, f64)> {
+    let planes: Vec<(f64, f64)> = x
+        .par_chunks(spatial.max(1))
+        .with_min_len(16)
+        .map(plane_moments)
+        .collect();
+    merge_plane_moments(&planes, n, c, spatial)
+}
+
+/// The mean of `plane` and the sum of squared deviations from it, in f64.
+pub(crate) fn plane_moments(plane: &[f32]) -> (f64, f64) {
+    let mean = lane_sum(plane, |v| v) / plane.len().max(1) as f64;
+    (mean, lane_sum(plane, |v| (v - mean) * (v - mean)))
+}
+
+/// Per-channel mean and biased variance from each plane's `(mean, sum of squared
+/// deviations)` (`planes` is `[N × C]`, `spatial` values per plane), merged in image
+/// order.
+pub(crate) fn merge_plane_moments(
+    planes: &[(f64, f64)],
+    n: usize,
+    c: usize,
+    spatial: usize,
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .map(|ch| {
+            let of = |i: usize| planes[i * c + ch];
+            // Equal-sized planes: the overall mean is the mean of the plane means, and
+            // M2 adds the spread of the plane means to the planes' own M2.
+            let mean = (0..n).map(|i| of(i).0).sum::<f64>() / n.max(1) as f64;
+            let m2: f64 = (0..n)
+                .map(|i| {
+                    let (m, m2) = of(i);
+                    m2 + spatial as f64 * (m - mean).powi(2)
+                })
+                .sum();
+            (mean, m2 / (n * spatial).max(1) as f64)
+        })
+        .collect()
+}
+
+/// `Σ f(v)` over `values` in f64, in eight independent lanes so that the additions
+/// pipeline and vectorise (a single running sum waits on each addition in turn).
+fn lane_sum(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0.0f64; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v as f64);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 impl ActivationStats for ChannelMoments {

@@ -90,15 +90,25 @@ impl Observer for BnOutputs {
     }
 }
 
-/// Wants no activation. Attached to a probe, it makes a network run each layer over
-/// the whole batch, as an observed pass does (no micro-batches, one pass per batch
-/// norm in calibration), while observing nothing.
-pub struct Nothing;
-
-impl Observer for Nothing {
-    fn wants(&self, _: &Tap<'_>) -> bool {
-        false
+/// Runs `f` at every kernel level this machine supports ([`reflow::cpu::supported`]),
+/// with the process-wide cap set to that level meanwhile, then restores the cap.
+/// The tests of one binary that call it take turns, so that each runs wholly at the
+/// level it names; the level is printed, so a failure's output says which one failed.
+pub fn at_every_level(mut f: impl FnMut(reflow::cpu::Level)) {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    /// Restores the cap, also when `f` panics.
+    struct Restore(reflow::cpu::Level);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            reflow::cpu::set_max_level(self.0);
+        }
     }
-
-    fn observe(&mut self, _: &Tap<'_>, _: Activation<'_>) {}
+    let _restore = Restore(reflow::cpu::max_level());
+    for level in reflow::cpu::supported() {
+        reflow::cpu::set_max_level(level);
+        assert_eq!(reflow::cpu::level(), level);
+        eprintln!("kernel level {level}");
+        f(level);
+    }
 }

@@ -1,13 +1,14 @@
 //! A convolution followed by batch norm (and optionally ReLU), fused in eval mode.
 
 use super::batch_norm::require_batch_statistics;
-use super::conv::Epilogue;
-use super::pending::{ChannelMap, Pending};
+use super::pending::Pending;
 use super::{emit4, BatchNorm2d, Conv2d, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut};
 use crate::layer::{Probe, Site};
+use crate::nn::engine::Epilogue;
+use crate::nn::runtime::ChannelMap;
 
 /// `relu?(bn(conv(x)))` with the two layers under their own names (`conv1` and `bn1`,
 /// or `0` and `1` in a torchvision `downsample`), so the parameters and taps are

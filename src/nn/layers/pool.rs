@@ -80,7 +80,7 @@ impl MaxPool2d {
                 x.shape(),
             ));
         };
-        let mut y = super::overwritten((n, c, ho, wo));
+        let mut y = crate::nn::runtime::overwritten((n, c, ho, wo));
         Zip::from(y.outer_iter_mut())
             .and(x.outer_iter())
             .par_for_each(|mut yi, xi| {

@@ -1,12 +1,13 @@
 //! 2-d batch normalisation with eval and calibration (train-statistics) modes.
 
-use super::pending::{affine_into, ChannelMap};
 use super::{check_channels, emit4, layer_context, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{
     Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole,
 };
 use crate::layer::{Probe, Site};
+use crate::nn::runtime::{affine_into, overwritten, ChannelMap};
+use crate::stats::channel_moments;
 use rayon::prelude::*;
 
 /// Batch normalisation over the channels of NCHW tensors: PyTorch's `nn.BatchNorm2d`
@@ -127,7 +128,7 @@ impl BatchNorm2d {
         let (n, c, h, w) = x.dim();
         let spatial = h * w;
         let x = x.as_standard_layout();
-        let mut y = super::overwritten((n, c, h, w));
+        let mut y = overwritten((n, c, h, w));
         let xs = x.as_slice().expect("standard layout");
         y.as_slice_mut()
             .expect("fresh array")
@@ -150,66 +151,6 @@ pub(crate) fn require_batch_statistics(context: String, x: &Tensor4) -> Result<(
         ));
     }
     Ok(())
-}
-
-/// Per-channel mean and biased variance of an NCHW tensor, in f64. Each `[H, W]`
-/// plane's mean and sum of squared deviations are computed in parallel (two passes over
-/// a plane that stays in cache), then merged channel by channel in image order, so the
-/// result does not depend on the thread count.
-pub(crate) fn channel_moments(x: &[f32], n: usize, c: usize, spatial: usize) -> Vec<(f64, f64)> {
-    let planes: Vec<(f64, f64)> = x
-        .par_chunks(spatial.max(1))
-        .with_min_len(16)
-        .map(plane_moments)
-        .collect();
-    merge_plane_moments(&planes, n, c, spatial)
-}
-
-/// The mean of `plane` and the sum of squared deviations from it, in f64.
-pub(crate) fn plane_moments(plane: &[f32]) -> (f64, f64) {
-    let mean = lane_sum(plane, |v| v) / plane.len().max(1) as f64;
-    (mean, lane_sum(plane, |v| (v - mean) * (v - mean)))
-}
-
-/// Per-channel mean and biased variance from each plane's `(mean, sum of squared
-/// deviations)` (`planes` is `[N × C]`, `spatial` values per plane), merged in image
-/// order.
-pub(crate) fn merge_plane_moments(
-    planes: &[(f64, f64)],
-    n: usize,
-    c: usize,
-    spatial: usize,
-) -> Vec<(f64, f64)> {
-    (0..c)
-        .map(|ch| {
-            let of = |i: usize| planes[i * c + ch];
-            // Equal-sized planes: the overall mean is the mean of the plane means, and
-            // M2 adds the spread of the plane means to the planes' own M2.
-            let mean = (0..n).map(|i| of(i).0).sum::<f64>() / n.max(1) as f64;
-            let m2: f64 = (0..n)
-                .map(|i| {
-                    let (m, m2) = of(i);
-                    m2 + spatial as f64 * (m - mean).powi(2)
-                })
-                .sum();
-            (mean, m2 / (n * spatial).max(1) as f64)
-        })
-        .collect()
-}
-
-/// `Σ f(v)` over `values` in f64, in eight independent lanes so that the additions
-/// pipeline and vectorise (a single running sum waits on each addition in turn).
-fn lane_sum(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    const LANES: usize = 8;
-    let mut lanes = [0.0f64; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += f(v as f64);
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
 }
 
 impl Layer for BatchNorm2d {

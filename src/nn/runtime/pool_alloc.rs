@@ -6,8 +6,9 @@
 //! the tensors they no longer need to [`recycle`]; [`overwritten`] takes memory from
 //! this thread's few recycled buffers before asking the allocator.
 
-use super::Tensor4;
 use ndarray::{Array4, ShapeBuilder};
+
+type Tensor4 = Array4<f32>;
 use std::cell::RefCell;
 
 /// Recycled buffers kept per thread, at most.

@@ -1,10 +1,10 @@
 //! Fully connected layer.
 
-use super::gemm::gemm_bt;
 use super::{emit2, layer_context, ParamTensor, Tensor2};
 use crate::error::{Error, Result};
 use crate::layer::LayerKind;
 use crate::layer::{Probe, Site};
+use crate::nn::engine::gemm::gemm_bt;
 use ndarray::Array2;
 
 /// `y = x Wᵀ + b` on `[N, in]` matrices: PyTorch's `nn.Linear`.
@@ -68,7 +68,7 @@ impl Linear {
             n,
             i,
             o,
-            super::serial::product_threads(),
+            crate::nn::runtime::product_threads(),
         );
         if let Some(b) = &self.bias {
             for row in ys.chunks_mut(o.max(1)) {

@@ -25,9 +25,9 @@
 //! direct kernel; the output goes through the same epilogue (batch norm, ReLU,
 //! calibration moments).
 
-use super::conv::Conv2dConfig;
-use super::direct::{as_arrays, as_floats, avx512_available, store_channels};
-use super::direct::{ImageCall, Line, Moments, LANES};
+use super::direct::{Geometry, ImageCall};
+use super::store::{as_arrays, as_floats, store_channels, Affine, Line, Moments};
+use super::{Kernel, Kernels, Simd, LANES};
 use std::cell::RefCell;
 
 /// Tiles per block: accumulators held in vector registers during a product.
@@ -45,26 +45,17 @@ fn xi_stride(c_in: usize) -> usize {
     c_in * TILE_STRIDE + LANES
 }
 
-/// Whether Winograd's algorithm handles `config` on this processor: a 3×3 kernel,
-/// stride 1, no dilation, one group, a multiple of 16 output channels, and 16 to 64
-/// channels in and out (fewer input channels leave the transforms too large a share;
-/// more make the transformed kernels too large to stay in cache).
-pub(crate) fn applies(config: &Conv2dConfig) -> bool {
-    config.kernel == [3, 3]
-        && config.stride == [1, 1]
-        && config.dilation == [1, 1]
-        && config.groups == 1
-        && config.out_channels.is_multiple_of(LANES)
-        && (16..=64).contains(&config.in_channels)
-        && config.out_channels <= 64
-        && avx512_available()
+/// Whether Winograd's F(2×2, 3×3) computes `g`: a 3×3 kernel, stride 1, no dilation.
+pub(crate) fn computes(g: &Geometry) -> bool {
+    g.kernel == [3, 3] && g.stride == [1, 1] && g.dilation == [1, 1] && g.is_valid()
 }
 
 /// The kernels `[O, C, 3, 3]` carried to the Winograd domain, `U = G g Gᵀ`, laid out
 /// as `[O/16][ξ][C][16]`.
-pub(crate) fn transform_weights(config: &Conv2dConfig, weight: &[f32]) -> Vec<f32> {
-    let c_in = config.in_channels;
-    let mut u = vec![0.0; config.out_channels * c_in * 16];
+pub(crate) fn transform_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+    let c_in = g.c_in;
+    assert_eq!(weight.len(), g.c_out * c_in * 9);
+    let mut u = vec![0.0; g.c_out * c_in * 16];
     for (k, g) in weight.chunks_exact(9).enumerate() {
         let (o, c) = (k / c_in, k % c_in);
         let g: Vec<f64> = g.iter().map(|&v| v as f64).collect();
@@ -194,42 +185,28 @@ fn blocks(th: usize, tw: usize) -> impl Iterator<Item = Block> {
 /// given, with each output plane's mean and sum of squared deviations from it before
 /// the ReLU.
 pub(crate) fn image(
+    kernels: Kernels,
     call: &ImageCall<'_>,
     x: &[f32],
     y: &mut [f32],
     moments: Option<&mut [(f64, f64)]>,
 ) {
-    let ImageCall {
-        config,
-        weights: u,
-        size: [h, w],
-        out_size: [ho, wo],
-        scale,
-        shift,
-        relu,
-        input,
-    } = *call;
-    let [ph, pw] = config.padding;
-    let c_in = config.in_channels;
-    let out_blocks = config.out_channels / LANES;
-    let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
-    assert_eq!(u.len(), out_blocks * 16 * c_in * LANES);
-    assert_eq!(x.len(), c_in * h * w);
+    call.check(x, y, moments.as_deref());
+    let g = call.geometry;
+    assert!(computes(g), "{g:?}");
+    assert_eq!(call.weights.len(), g.c_out * 16 * g.c_in);
+    let ([h, w], [_, wo]) = (g.size, g.out_size);
+    let (c_in, out_blocks) = (g.c_in, g.c_out / LANES);
     let mut stats: Vec<Moments> = match moments {
         Some(_) => (0..out_blocks).map(|_| Moments::default()).collect(),
         None => Vec::new(),
     };
-    let geometry = Geometry {
-        c_in,
-        size: [h, w],
-        padding: [ph, pw],
-    };
     MAPPED.with_borrow_mut(|mapped| {
         SCRATCH.with_borrow_mut(|scratch| {
-            let (v, m, pixels) = scratch.buffers(c_in, tw);
+            let (v, m, pixels) = scratch.buffers(c_in, wo.div_ceil(2));
             // A mapped input is mapped once, into this thread's copy of the image (in
             // cache for the transform, which reads each value about four times).
-            let x = match input {
+            let x = match call.input {
                 None => x,
                 Some(map) => {
                     mapped.resize(x.len(), 0.0);
@@ -240,31 +217,86 @@ pub(crate) fn image(
                     &mapped[..]
                 }
             };
-            for block in blocks(th, tw) {
-                geometry.transform_input(x, &block, v);
-                let tiles = block.tiles();
-                for (kb, u) in u.chunks_exact(16 * c_in * LANES).enumerate() {
-                    for xi in 0..16 {
-                        let (v, u) = (&v[xi * xi_stride(c_in)..], &u[xi * c_in * LANES..]);
-                        multiply(v, u, c_in, &mut m[xi * BLOCK..xi * BLOCK + tiles]);
-                    }
-                    let out = kb * LANES;
-                    let epilogue = (&scale[out..out + LANES], &shift[out..out + LANES], relu);
-                    let y = Output {
-                        y: &mut *y,
-                        first: out * ho * wo,
-                        size: [ho, wo],
-                    };
-                    y.store(&block, m, pixels, epilogue, stats.get_mut(kb));
-                }
-            }
+            let work = Work {
+                v,
+                m,
+                pixels,
+                stats: &mut stats,
+            };
+            kernels.run(Blocks { call, x, y, work })
         })
     });
     if let Some(moments) = moments {
-        for (kb, s) in stats.iter().enumerate() {
+        for (kb, st) in stats.iter().enumerate() {
             for (lane, m) in moments[kb * LANES..(kb + 1) * LANES].iter_mut().enumerate() {
-                *m = s.plane(lane);
+                *m = st.plane(lane);
             }
+        }
+    }
+}
+
+/// The working memory of one image: the transformed input, the products, the output
+/// pixels of a block, and the moments of each block of 16 output channels (empty
+/// when not asked for).
+struct Work<'a> {
+    v: &'a mut [f32],
+    m: &'a mut [[f32; LANES]],
+    pixels: &'a mut [[f32; LANES]],
+    stats: &'a mut [Moments],
+}
+
+/// [`image`] with its working memory, as a [`Kernel`].
+struct Blocks<'a> {
+    call: &'a ImageCall<'a>,
+    x: &'a [f32],
+    y: &'a mut [f32],
+    work: Work<'a>,
+}
+
+impl Kernel for Blocks<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        blocks_on(s, self.call, self.x, self.y, self.work)
+    }
+}
+
+/// [`image`] on the instruction set of `s`. Everything it calls is inlined into
+/// [`Simd::vectorize`], compiled for that instruction set.
+#[inline(always)]
+fn blocks_on<S: Simd>(s: S, call: &ImageCall<'_>, x: &[f32], y: &mut [f32], work: Work<'_>) {
+    let g = call.geometry;
+    let [ho, wo] = g.out_size;
+    let c_in = g.c_in;
+    let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
+    let windows = Windows {
+        c_in,
+        size: g.size,
+        padding: g.padding,
+    };
+    let Work {
+        v,
+        m,
+        pixels,
+        stats,
+    } = work;
+    for block in blocks(th, tw) {
+        windows.transform_input(s, x, &block, v);
+        let tiles = block.tiles();
+        for (kb, u) in call.weights.chunks_exact(16 * c_in * LANES).enumerate() {
+            for xi in 0..16 {
+                let (v, u) = (&v[xi * xi_stride(c_in)..], &u[xi * c_in * LANES..]);
+                multiply(s, v, u, c_in, &mut m[xi * BLOCK..xi * BLOCK + tiles]);
+            }
+            let out = kb * LANES;
+            let map = Affine::of(call.scale, call.shift, out, call.relu);
+            let y = Output {
+                y: &mut *y,
+                first: out * ho * wo,
+                size: [ho, wo],
+            };
+            y.store(s, &block, m, pixels, map, stats.get_mut(kb));
         }
     }
 }
@@ -281,21 +313,23 @@ impl Output<'_> {
     /// `Y = Aᵀ M A` for every tile of `block` (products `m`), laid out by output row in
     /// `pixels`, then stored row by row through the epilogue (and `stats`), without
     /// the rows and columns past the output's edge.
-    fn store(
+    #[inline(always)]
+    fn store<S: Simd>(
         self,
+        s: S,
         block: &Block,
         m: &[[f32; LANES]],
         pixels: &mut [[f32; LANES]],
-        epilogue: (&[f32], &[f32], bool),
+        map: Affine<'_>,
         mut stats: Option<&mut Moments>,
     ) {
         let [ho, wo] = self.size;
         let mut j = 0;
-        for (s, seg) in block.segments().enumerate() {
+        for (k, seg) in block.segments().enumerate() {
             let width = 2 * seg.len;
-            let rows = &mut pixels[2 * s * width..2 * (s + 1) * width];
+            let rows = &mut pixels[2 * k * width..2 * (k + 1) * width];
             for t in 0..seg.len {
-                let [y00, y01, y10, y11] = transform_output(m, j);
+                let [y00, y01, y10, y11] = transform_output(s, m, j);
                 rows[2 * t] = y00;
                 rows[2 * t + 1] = y01;
                 rows[width + 2 * t] = y10;
@@ -306,7 +340,7 @@ impl Output<'_> {
             for dr in 0..2.min(ho - 2 * seg.row) {
                 let at = self.first + (2 * seg.row + dr) * wo + col;
                 let run = &rows[dr * width..dr * width + cols];
-                store_channels(run, epilogue, self.y, at, ho * wo, stats.as_deref_mut());
+                store_channels(s, run, map, self.y, at, ho * wo, stats.as_deref_mut());
             }
         }
     }
@@ -315,22 +349,23 @@ impl Output<'_> {
 /// Where the input transform finds its windows: in the image `[C, h, w]`, with
 /// `padding` rows and columns of zeros around it that are never stored (the loads
 /// leave those values zero).
-struct Geometry {
+struct Windows {
     c_in: usize,
     size: [usize; 2],
     padding: [usize; 2],
 }
 
-impl Geometry {
+impl Windows {
     /// `V = Bᵀ d B` for every tile of `block` and input channel of `x`, into `v`, laid
     /// out `[ξ][C][TILE_STRIDE]` (ξ [`xi_stride`] apart) with the block's tiles in
     /// order.
     ///
-    /// The tiles go 16 at a time, one vector each, from the pieces of tile rows that
+    /// The tiles go 16 at a time, one lane each, from the pieces of tile rows that
     /// fall in those 16; a piece fills its lanes by masked loads of the values inside
     /// the image, so that the padding reads as zeros and every store fills one whole
     /// cache line.
-    fn transform_input(&self, x: &[f32], block: &Block, v: &mut [f32]) {
+    #[inline(always)]
+    fn transform_input<S: Simd>(&self, s: S, x: &[f32], block: &Block, v: &mut [f32]) {
         let ([h, w], [ph, pw]) = (self.size, self.padding);
         assert!(v.len() >= 16 * xi_stride(self.c_in) && x.len() == self.c_in * h * w);
         let tiles = block.tiles();
@@ -370,15 +405,88 @@ impl Geometry {
                 start += seg.len;
             }
             assert!(j0 + LANES <= TILE_STRIDE);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `applies` checked AVX-512F; each piece reads only the values its
-            // masks select in the rows it marks, which lie inside the image (so inside
-            // `x`); the stores are inside `v`.
-            unsafe {
-                avx512::transform_input(self, x, &pieces[..count], v, j0)
-            };
+            // SAFETY: each piece reads only the values its masks select in the rows it
+            // marks, which lie inside the image (so inside `x`); the stores are inside
+            // `v` (asserted above).
+            unsafe { self.transform_pieces(s, x, &pieces[..count], v, j0) };
         }
     }
+
+    /// The transformed windows of the 16 tiles whose lanes `pieces` fill, from the
+    /// image `x`, stored at tile `j` of `v`.
+    ///
+    /// # Safety
+    /// The values each piece selects lie inside `x` in every channel; `v` holds
+    /// 16 × [`xi_stride`] values and `j + 16 ≤ TILE_STRIDE`.
+    #[inline(always)]
+    unsafe fn transform_pieces<S: Simd>(
+        &self,
+        s: S,
+        x: &[f32],
+        pieces: &[Piece],
+        v: &mut [f32],
+        j: usize,
+    ) {
+        let [h, w] = self.size;
+        let (x, out) = (x.as_ptr(), v.as_mut_ptr());
+        // The pieces' masks in the instruction set's form, made once for all channels.
+        let mut masks = [[s.mask(0); 4]; LANES];
+        for (m, piece) in masks.iter_mut().zip(pieces) {
+            #[allow(clippy::needless_range_loop)]
+            for k in 0..4 {
+                m[k] = s.mask(piece.masks[k]);
+            }
+        }
+        for c in 0..self.c_in {
+            // d[r][q]: window row r, column q, for 16 tiles (columns 2t + q).
+            let mut d = [[s.zero(); 4]; 4];
+            for (r, dr) in d.iter_mut().enumerate() {
+                let row = (c * h * w + r * w) as isize;
+                let mut raw = [s.zero(); 4];
+                for (piece, masks) in pieces.iter().zip(&masks) {
+                    if piece.rows & (1 << r) == 0 {
+                        continue;
+                    }
+                    let p = x.wrapping_offset(piece.base + row);
+                    for k in 0..4 {
+                        let at = p.wrapping_add([0, 16, 2, 18][k]);
+                        // SAFETY: only the values of the mask are read, and they lie
+                        // inside `x` (the caller's contract); the others may not.
+                        raw[k] = unsafe { s.mask_load(raw[k], masks[k], at) };
+                    }
+                }
+                let [a, b, e, f] = raw;
+                let ((d0, d1), (d2, d3)) = (s.deinterleave(a, b), s.deinterleave(e, f));
+                *dr = [d0, d1, d2, d3];
+            }
+            // Bᵀ d: combine rows; e[q] is column q of Bᵀ d.
+            let mut e = [[s.zero(); 4]; 4];
+            for (q, e) in e.iter_mut().enumerate() {
+                *e = bt(s, [d[0][q], d[1][q], d[2][q], d[3][q]]);
+            }
+            // (Bᵀ d) B: combine columns; ξ = 4p + q.
+            #[allow(clippy::needless_range_loop)]
+            for p in 0..4 {
+                let row = bt(s, [e[0][p], e[1][p], e[2][p], e[3][p]]);
+                for (q, value) in row.into_iter().enumerate() {
+                    let at = (4 * p + q) * xi_stride(self.c_in) + c * TILE_STRIDE + j;
+                    // SAFETY: 16 values from `at`, inside `v` (the caller's contract).
+                    unsafe { s.store_ptr(out.add(at), value) };
+                }
+            }
+        }
+    }
+}
+
+/// `Bᵀ x` for a column `x` of four rows (or, on rows, `x B`).
+#[inline(always)]
+fn bt<S: Simd>(s: S, x: [S::V; 4]) -> [S::V; 4] {
+    [
+        s.sub(x[0], x[2]),
+        s.add(x[1], x[2]),
+        s.sub(x[2], x[1]),
+        s.sub(x[1], x[3]),
+    ]
 }
 
 /// The tiles of one tile row that fall in a vector of 16: row `r` of lane `l`'s
@@ -395,193 +503,91 @@ struct Piece {
 
 /// `m[j] = Σ_c v[c·TILE_STRIDE + j] · u[c]` for the tiles `j` of `m` (at most
 /// [`BLOCK`]): one element ξ of the Winograd domain, 16 output channels, with one
-/// accumulator per tile.
-fn multiply(v: &[f32], u: &[f32], c_in: usize, m: &mut [[f32; LANES]]) {
+/// accumulator per tile, [`Simd::PIXELS`] tiles at a time.
+#[inline(always)]
+fn multiply<S: Simd>(s: S, v: &[f32], u: &[f32], c_in: usize, m: &mut [[f32; LANES]]) {
     assert!(v.len() >= (c_in - 1) * TILE_STRIDE + m.len() && u.len() >= c_in * LANES);
-    #[cfg(target_arch = "x86_64")]
-    {
+    for (k, m) in m.chunks_mut(S::PIXELS).enumerate() {
+        let v = &v[k * S::PIXELS..];
         macro_rules! dispatch {
             ($($N:literal),*) => {
                 match m.len() {
-                    // SAFETY: AVX-512F is checked by `applies`; the reads are in bounds
-                    // (asserted above).
-                    $($N => unsafe { avx512::multiply::<$N>(v, u, c_in, m) },)*
-                    _ => unreachable!("blocks hold at most BLOCK tiles"),
+                    $($N => {
+                        // SAFETY: the reads are in bounds (asserted above).
+                        unsafe { multiply_n::<S, $N>(s, v, u, c_in, m) }
+                    })*
+                    _ => unreachable!("at most PIXELS tiles"),
                 }
             };
         }
-        dispatch!(
-            1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
-            25, 26, 27, 28
-        );
+        if S::PIXELS >= BLOCK {
+            dispatch!(
+                1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+                24, 25, 26, 27, 28
+            );
+        } else {
+            dispatch!(1, 2, 3, 4, 5, 6);
+        }
+    }
+}
+
+/// [`multiply`] of `N` tiles: `N` accumulators, one group of 16 output channels each.
+///
+/// # Safety
+/// `v` holds `(c_in − 1)·TILE_STRIDE + N` values, `u` `16·c_in`.
+#[inline(always)]
+unsafe fn multiply_n<S: Simd, const N: usize>(
+    s: S,
+    v: &[f32],
+    u: &[f32],
+    c_in: usize,
+    m: &mut [[f32; LANES]],
+) {
+    let mut acc = [s.zero(); N];
+    let (v, u) = (v.as_ptr(), u.as_ptr());
+    for c in 0..c_in {
+        // SAFETY: in bounds by the caller's contract.
+        unsafe {
+            let w = s.load_ptr(u.add(c * LANES));
+            let row = v.add(c * TILE_STRIDE);
+            // Index loops over the constant size unroll, so the accumulators stay
+            // in registers.
+            #[allow(clippy::needless_range_loop)]
+            for j in 0..N {
+                acc[j] = s.fma(s.splat(*row.add(j)), w, acc[j]);
+            }
+        }
+    }
+    for j in 0..N {
+        s.store(&mut m[j], acc[j]);
     }
 }
 
 /// `Y = Aᵀ M A`: the 2 × 2 output pixels (row-major) of tile `j` from its 16
 /// products `m[ξ·BLOCK + j]`.
-fn transform_output(m: &[[f32; LANES]], j: usize) -> [[f32; LANES]; 4] {
-    assert!(15 * BLOCK + j < m.len());
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is checked by `applies`; the reads are in bounds (asserted).
-    unsafe {
-        avx512::transform_output(m, j)
+#[inline(always)]
+fn transform_output<S: Simd>(s: S, m: &[[f32; LANES]], j: usize) -> [[f32; LANES]; 4] {
+    // Aᵀ M, rows 0 and 1.
+    let (mut s0, mut s1) = ([s.zero(); 4], [s.zero(); 4]);
+    for q in 0..4 {
+        let (m0, m1) = (s.load(&m[q * BLOCK + j]), s.load(&m[(4 + q) * BLOCK + j]));
+        let (m2, m3) = (
+            s.load(&m[(8 + q) * BLOCK + j]),
+            s.load(&m[(12 + q) * BLOCK + j]),
+        );
+        s0[q] = s.add(s.add(m0, m1), m2);
+        s1[q] = s.sub(s.sub(m1, m2), m3);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("Winograd's algorithm is only chosen on x86-64")
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{xi_stride, Geometry, Piece, BLOCK, LANES, TILE_STRIDE};
-    use std::arch::x86_64::*;
-
-    /// Lane `l` of `EVEN` / `ODD`: element `2l` / `2l + 1` of two registers.
-    const EVEN: [i32; LANES] = {
-        let mut idx = [0; LANES];
-        let mut l = 0;
-        while l < LANES {
-            idx[l] = 2 * l as i32;
-            l += 1;
-        }
-        idx
-    };
-    const ODD: [i32; LANES] = {
-        let mut idx = EVEN;
-        let mut l = 0;
-        while l < LANES {
-            idx[l] += 1;
-            l += 1;
-        }
-        idx
-    };
-
-    /// The transformed windows of the 16 tiles whose lanes `pieces` fill, from the
-    /// image `x`, stored at tile `j` of `v`.
-    ///
-    /// # Safety
-    /// AVX-512F; the values each piece selects lie inside `x` in every channel; `v`
-    /// holds 16 × [`xi_stride`] values and `j + 16 ≤ TILE_STRIDE`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_input(
-        g: &Geometry,
-        x: &[f32],
-        pieces: &[Piece],
-        v: &mut [f32],
-        j: usize,
-    ) {
-        // SAFETY: arrays of 16 i32.
-        let (even, odd) = unsafe {
-            (
-                _mm512_loadu_si512(EVEN.as_ptr().cast()),
-                _mm512_loadu_si512(ODD.as_ptr().cast()),
-            )
-        };
-        let [h, w] = g.size;
-        let (x, out) = (x.as_ptr(), v.as_mut_ptr());
-        for c in 0..g.c_in {
-            // d[r][q]: window row r, column q, for 16 tiles (columns 2t + q).
-            let mut d = [[_mm512_setzero_ps(); 4]; 4];
-            for (r, dr) in d.iter_mut().enumerate() {
-                let row = (c * h * w + r * w) as isize;
-                let zero = _mm512_setzero_ps();
-                let mut raw = [zero; 4];
-                for piece in pieces.iter().filter(|p| p.rows & (1 << r) != 0) {
-                    let p = x.wrapping_offset(piece.base + row);
-                    for ((value, mask), offset) in
-                        raw.iter_mut().zip(piece.masks).zip([0, 16, 2, 18])
-                    {
-                        // SAFETY: only the values of the mask are read, and they lie
-                        // inside `x` (the caller's contract); the others may not.
-                        *value =
-                            unsafe { _mm512_mask_loadu_ps(*value, mask, p.wrapping_add(offset)) };
-                    }
-                }
-                let [a, b, e, f] = raw;
-                *dr = [
-                    _mm512_permutex2var_ps(a, even, b),
-                    _mm512_permutex2var_ps(a, odd, b),
-                    _mm512_permutex2var_ps(e, even, f),
-                    _mm512_permutex2var_ps(e, odd, f),
-                ];
-            }
-            // Bᵀ d: combine rows.
-            let bt = |x: [__m512; 4]| {
-                [
-                    _mm512_sub_ps(x[0], x[2]),
-                    _mm512_add_ps(x[1], x[2]),
-                    _mm512_sub_ps(x[2], x[1]),
-                    _mm512_sub_ps(x[1], x[3]),
-                ]
-            };
-            let col = |q: usize| bt([d[0][q], d[1][q], d[2][q], d[3][q]]);
-            let e = [col(0), col(1), col(2), col(3)];
-            // (Bᵀ d) B: combine columns; ξ = 4p + q.
-            let rows: [[__m512; 4]; 4] =
-                std::array::from_fn(|p| bt([e[0][p], e[1][p], e[2][p], e[3][p]]));
-            for (p, row) in rows.into_iter().enumerate() {
-                for (q, value) in row.into_iter().enumerate() {
-                    let at = (4 * p + q) * xi_stride(g.c_in) + c * TILE_STRIDE + j;
-                    // SAFETY: 16 values from `at`, inside `v` (the caller's contract).
-                    unsafe { _mm512_storeu_ps(out.add(at), value) };
-                }
-            }
-        }
+    // (Aᵀ M) A.
+    let y = [
+        s.add(s.add(s0[0], s0[1]), s0[2]),
+        s.sub(s.sub(s0[1], s0[2]), s0[3]),
+        s.add(s.add(s1[0], s1[1]), s1[2]),
+        s.sub(s.sub(s1[1], s1[2]), s1[3]),
+    ];
+    let mut out = [[0.0f32; LANES]; 4];
+    for (o, v) in out.iter_mut().zip(y) {
+        s.store(o, v);
     }
-
-    /// `m[j] = Σ_c v[c·TILE_STRIDE + j] · u[c]` for `N` tiles: `N` accumulators, one
-    /// vector of 16 output channels each.
-    ///
-    /// # Safety
-    /// AVX-512F; `v` holds `(c_in − 1)·TILE_STRIDE + N` values, `u` `16·c_in`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn multiply<const N: usize>(
-        v: &[f32],
-        u: &[f32],
-        c_in: usize,
-        m: &mut [[f32; LANES]],
-    ) {
-        let mut acc = [_mm512_setzero_ps(); N];
-        let (v, u) = (v.as_ptr(), u.as_ptr());
-        for c in 0..c_in {
-            // SAFETY: in bounds by the caller's contract.
-            unsafe {
-                let w = _mm512_loadu_ps(u.add(c * LANES));
-                let row = v.add(c * TILE_STRIDE);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*row.add(j)), w, *a);
-                }
-            }
-        }
-        for (a, out) in acc.iter().zip(m.iter_mut()) {
-            // SAFETY: 16 floats.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *a) };
-        }
-    }
-
-    /// [`super::transform_output`].
-    ///
-    /// # Safety
-    /// AVX-512F; `m` holds `15·BLOCK + j + 1` vectors.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_output(m: &[[f32; LANES]], j: usize) -> [[f32; LANES]; 4] {
-        // SAFETY: in bounds by the caller's contract.
-        let at = |xi: usize| unsafe { _mm512_loadu_ps(m.as_ptr().add(xi * BLOCK + j).cast()) };
-        let (add, sub) = (_mm512_add_ps, _mm512_sub_ps);
-        // Aᵀ M, rows 0 and 1.
-        let s0: [__m512; 4] = std::array::from_fn(|q| add(add(at(q), at(4 + q)), at(8 + q)));
-        let s1: [__m512; 4] = std::array::from_fn(|q| sub(sub(at(4 + q), at(8 + q)), at(12 + q)));
-        // (Aᵀ M) A.
-        let y = [
-            add(add(s0[0], s0[1]), s0[2]),
-            sub(sub(s0[1], s0[2]), s0[3]),
-            add(add(s1[0], s1[1]), s1[2]),
-            sub(sub(s1[1], s1[2]), s1[3]),
-        ];
-        let mut out = [[0.0f32; LANES]; 4];
-        for (o, v) in out.iter_mut().zip(y) {
-            // SAFETY: 16 floats.
-            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
-        }
-        out
-    }
+    out
 }

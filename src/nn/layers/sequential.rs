@@ -1,11 +1,12 @@
 //! Composition: a named chain of layers, and a residual connection.
 
-use super::pending::{ChannelMap, Pending};
-use super::{emit4, recycle, BoxedLayer, ConvBn, Tensor4};
+use super::pending::Pending;
+use super::{emit4, BoxedLayer, ConvBn, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, LayerKind, NormStats};
-use crate::layer::{NormStatsMut, NormUpdate, Param, ParamMut, Probe, Site};
+use crate::layer::{NormStatsMut, NormUpdate, Param, ParamMut, Probe, Schedule, Site};
+use crate::nn::runtime::{recycle, ChannelMap};
 use rayon::prelude::*;
 use std::any::Any;
 
@@ -166,7 +167,7 @@ impl Layer for Sequential {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Tensor4> {
-        if probe.is_silent() {
+        if probe.schedule() == Schedule::Fused {
             return Ok(self.train_pending(x, update, probe)?.into_tensor());
         }
         let Some(((first_name, first), rest)) = self.layers.split_first_mut() else {
@@ -289,7 +290,7 @@ impl Residual {
             out.as_slice_mut().expect("standard layout"),
             s.as_slice().expect("standard layout"),
         );
-        if super::serial::threads() > 1 {
+        if crate::nn::runtime::threads() > 1 {
             os.par_chunks_mut(spatial)
                 .zip(ss.par_chunks(spatial))
                 .enumerate()
@@ -333,7 +334,7 @@ impl Layer for Residual {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Tensor4> {
-        if probe.is_silent() {
+        if probe.schedule() == Schedule::Fused {
             // The batch norms ending the body and the shortcut are applied in the add.
             let y = self.body.train_pending(x, update, probe)?;
             return match &mut self.shortcut {

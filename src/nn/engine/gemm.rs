@@ -1,23 +1,14 @@
 //! Single-precision matrix products on row-major slices, backed by faer.
 
+use crate::nn::runtime::Threads;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
-/// How many threads one product may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Threads {
-    /// One thread: the caller already parallelises around the product.
-    One,
-    /// All of rayon's threads.
-    All,
-}
-
-impl Threads {
-    fn par(self) -> Par {
-        match self {
-            Threads::One => Par::Seq,
-            Threads::All => Par::rayon(0),
-        }
+/// faer's name for `t`.
+fn par(t: Threads) -> Par {
+    match t {
+        Threads::One => Par::Seq,
+        Threads::All => Par::rayon(0),
     }
 }
 
@@ -27,7 +18,7 @@ pub(crate) fn gemm(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: u
     let a = MatRef::from_row_major_slice(a, m, k);
     let b = MatRef::from_row_major_slice(b, k, n);
     let c = MatMut::from_row_major_slice_mut(c, m, n);
-    matmul(c, Accum::Replace, a, b, 1.0f32, t.par());
+    matmul(c, Accum::Replace, a, b, 1.0f32, par(t));
 }
 
 /// `c[m×n] (+)= a[m×k] · b`, where row `r` of `b` starts at `b[r·ldb]` (`ldb ≥ n`):
@@ -51,7 +42,7 @@ pub(crate) fn gemm_strided_b(
     } else {
         Accum::Replace
     };
-    matmul(c, accum, a, b, 1.0f32, t.par());
+    matmul(c, accum, a, b, 1.0f32, par(t));
 }
 
 /// `c[m×n] = a[m×k] · bᵀ`, with `b` stored row-major as `[n×k]`.
@@ -68,7 +59,7 @@ pub(crate) fn gemm_bt(
     let a = MatRef::from_row_major_slice(a, m, k);
     let b = MatRef::from_row_major_slice(b, n, k).transpose();
     let c = MatMut::from_row_major_slice_mut(c, m, n);
-    matmul(c, Accum::Replace, a, b, 1.0f32, t.par());
+    matmul(c, Accum::Replace, a, b, 1.0f32, par(t));
 }
 
 #[cfg(test)]

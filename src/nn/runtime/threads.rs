@@ -2,11 +2,19 @@
 //!
 //! Layers spread their work over rayon's threads. When the caller already runs
 //! independent work on every thread (the micro-batches of an eval pass), splitting each
-//! layer again only moves data between cores; inside [`serially`] the layers of this
-//! module run on the calling thread alone.
+//! layer again only moves data between cores; inside [`serially`] the layers of
+//! [`crate::nn`] run on the calling thread alone.
 
-use super::gemm::Threads;
 use std::cell::Cell;
+
+/// How many threads one piece of work (a matrix product) may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// One thread: the caller already parallelises around it.
+    One,
+    /// All of rayon's threads.
+    All,
+}
 
 thread_local! {
     static SERIAL: Cell<bool> = const { Cell::new(false) };

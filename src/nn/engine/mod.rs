@@ -1,0 +1,306 @@
+//! The convolution engine: which way each call computes ([`path`]), the matrix-product
+//! paths ([`gemm_paths`], on faer through [`gemm`]), and the driver that spreads the
+//! images of a batch over the threads and hands them to a path.
+//!
+//! The engine knows convolutions as numbers (a [`Conv2dConfig`], weights, a bias), not
+//! as layers: the layer ([`crate::nn::Conv2d`]) checks its input, reports its taps and
+//! owns the weights; the image kernels ([`crate::nn::kernels`]) know only their own
+//! geometry.
+
+mod config;
+pub(crate) mod gemm;
+mod gemm_paths;
+pub(crate) mod path;
+
+pub use config::Conv2dConfig;
+pub(crate) use path::{ConvPath, Shapes};
+
+use crate::nn::kernels::direct::{self, ImageCall};
+use crate::nn::kernels::{winograd, Isa};
+use crate::nn::runtime::{affine_in_place, affine_into, threads, ChannelMap, Threads};
+use crate::stats::plane_moments;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Copies of a convolution's weights in the orders its paths read them, made on first
+/// use; whoever changes the weights drops them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rearranged {
+    /// `[O/16][C][kh][kw][16]`, for the direct kernel.
+    direct: OnceLock<Vec<f32>>,
+    /// `[group][ki][o][c][kj]`, for the shifted products.
+    shifted: OnceLock<Vec<f32>>,
+    /// `[O/16][ξ][C][16]`, the kernels in Winograd's domain.
+    winograd: OnceLock<Vec<f32>>,
+}
+
+/// What to do to each output plane right after the product: `v = (v + bias)·scale +
+/// shift`, then ReLU if asked. The default adds the bias only.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// Per output channel; 1 when absent.
+    pub scale: Option<&'a [f32]>,
+    /// Per output channel; 0 when absent.
+    pub shift: Option<&'a [f32]>,
+    /// Clamp at zero.
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// `(a, b)` such that channel `o`'s output is `v·a + b` before the ReLU.
+    fn affine(&self, o: usize, bias: Option<&[f32]>) -> (f32, f32) {
+        let a = self.scale.map_or(1.0, |s| s[o]);
+        (
+            a,
+            bias.map_or(0.0, |b| b[o]) * a + self.shift.map_or(0.0, |s| s[o]),
+        )
+    }
+
+    /// `dst = relu?(src·a + b)`.
+    fn map(&self, dst: &mut [f32], src: &[f32], a: f32, b: f32) {
+        affine_into(src, dst, a, b, self.relu);
+    }
+
+    /// Applies the epilogue in place to planes of `spatial` values.
+    fn apply(&self, y: &mut [f32], spatial: usize, bias: Option<&[f32]>) {
+        if bias.is_none() && self.scale.is_none() && self.shift.is_none() && !self.relu {
+            return;
+        }
+        for (o, plane) in y.chunks_mut(spatial.max(1)).enumerate() {
+            let (a, b) = self.affine(o, bias);
+            affine_in_place(plane, a, b, self.relu);
+        }
+    }
+}
+
+/// One convolution as the engine computes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Convolution<'a> {
+    pub config: &'a Conv2dConfig,
+    /// `[out, in / groups, kh, kw]`, row-major.
+    pub weight: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub rearranged: &'a Rearranged,
+}
+
+/// The images of one call: `n` images of `[C, h, w]` in `x`, their `[O, ho, wo]`
+/// outputs in `y`.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
+    pub x: &'a [f32],
+    pub y: &'a mut [f32],
+    pub n: usize,
+    pub shape: Shapes,
+}
+
+/// Products narrower than this many columns are widened by convolving several images
+/// at once (small feature maps, e.g. 7×7, make thin, slow products).
+const MIN_PRODUCT_COLUMNS: usize = 512;
+
+/// The im2col buffer of one multi-image product stays below this many floats (1 MiB,
+/// about what a core's L2 cache holds).
+const MAX_COLUMN_FLOATS: usize = 1 << 18;
+
+impl Convolution<'_> {
+    /// Whether calls on `isa` apply an input map as they read the input (the image
+    /// kernels); else [`Convolution::run`] must be given a mapped input.
+    pub(crate) fn maps_input_as_read(&self, isa: Isa) -> bool {
+        path::image_kernel(self.config, isa).is_some()
+    }
+
+    /// Convolves the batch on `isa` (its input mapped by `input` as it is read, which
+    /// only the image kernels do: see [`Convolution::maps_input_as_read`]), applies
+    /// `epilogue` to each output plane while it is in cache, and fills `moments`
+    /// (`[N × O]`), when given, with each output plane's mean and sum of squared
+    /// deviations from it, before the ReLU.
+    pub(crate) fn run(
+        &self,
+        batch: Batch<'_>,
+        input: Option<&ChannelMap>,
+        epilogue: &Epilogue<'_>,
+        moments: Option<&mut [(f64, f64)]>,
+        isa: Isa,
+    ) {
+        let Batch { x, y, n, shape } = batch;
+        let c = self.config;
+        let threads = threads();
+        let images = self.images_per_product(n, shape.ho * shape.wo, threads);
+        let path = path::choose(c, shape, images, isa);
+        assert!(
+            input.is_none() || path.kernels().is_some(),
+            "only the image kernels map their input"
+        );
+        let images = if path.kernels().is_some() { 1 } else { images };
+        let (in_len, out_len) = (x.len() / n.max(1), y.len() / n.max(1));
+        let bias = self.bias;
+        let (scale, shift): (Vec<f32>, Vec<f32>) = match path.kernels() {
+            Some(_) => (0..c.out_channels)
+                .map(|o| epilogue.affine(o, bias))
+                .unzip(),
+            None => Default::default(),
+        };
+        let geometry = path::geometry(c, shape);
+        let plan = Plan {
+            path,
+            shape,
+            weights: self.path_weights(path, &geometry),
+            kernel_call: ImageCall {
+                geometry: &geometry,
+                weights: &[],
+                scale: &scale,
+                shift: &shift,
+                relu: epilogue.relu,
+                input,
+            },
+            epilogue,
+        };
+        let (y_len, x_len) = ((images * out_len).max(1), (images * in_len).max(1));
+        let m_len = (images * c.out_channels).max(1);
+        let run = |xc: &[f32], yc: &mut [f32], mc: Option<&mut [(f64, f64)]>, t| {
+            self.chunk(xc, yc, &plan, t, mc)
+        };
+        // In parallel over the images when there are enough of them; else one image
+        // at a time, each product over all threads (when there are several).
+        let parallel = threads > 1 && n >= threads;
+        let t = if threads > 1 {
+            Threads::All
+        } else {
+            Threads::One
+        };
+        match (parallel, moments) {
+            (true, Some(m)) => y
+                .par_chunks_mut(y_len)
+                .zip(x.par_chunks(x_len))
+                .zip(m.par_chunks_mut(m_len))
+                .for_each(|((yc, xc), mc)| run(xc, yc, Some(mc), Threads::One)),
+            (true, None) => y
+                .par_chunks_mut(y_len)
+                .zip(x.par_chunks(x_len))
+                .for_each(|(yc, xc)| run(xc, yc, None, Threads::One)),
+            (false, Some(m)) => {
+                let chunks = y.chunks_mut(y_len).zip(x.chunks(x_len));
+                for ((yc, xc), mc) in chunks.zip(m.chunks_mut(m_len)) {
+                    run(xc, yc, Some(mc), t);
+                }
+            }
+            (false, None) => {
+                for (yc, xc) in y.chunks_mut(y_len).zip(x.chunks(x_len)) {
+                    run(xc, yc, None, t);
+                }
+            }
+        }
+    }
+
+    /// The weights in the order `path` reads them (made once and kept).
+    fn path_weights(&self, path: ConvPath, geometry: &direct::Geometry) -> &[f32] {
+        let r = self.rearranged;
+        match path {
+            ConvPath::Direct(_) => r.direct.get_or_init(|| direct::pack(geometry, self.weight)),
+            ConvPath::Winograd(_) => r
+                .winograd
+                .get_or_init(|| winograd::transform_weights(geometry, self.weight)),
+            ConvPath::Shifted => r
+                .shifted
+                .get_or_init(|| gemm_paths::offset_slices(self.config, self.weight)),
+            ConvPath::Pointwise | ConvPath::Im2col => self.weight,
+        }
+    }
+
+    /// How many images share one product: enough for [`MIN_PRODUCT_COLUMNS`] columns,
+    /// within [`MAX_COLUMN_FLOATS`], leaving every thread a share of the batch.
+    fn images_per_product(&self, n: usize, spatial: usize, threads: usize) -> usize {
+        let c = self.config;
+        let k = c.in_channels / c.groups * c.kernel[0] * c.kernel[1];
+        let wanted = MIN_PRODUCT_COLUMNS.div_ceil(spatial.max(1));
+        let fits = MAX_COLUMN_FLOATS / (k * spatial).max(1);
+        let share = n.div_ceil(threads.max(1));
+        wanted.min(fits).min(share).max(1)
+    }
+
+    /// Convolves the images `x` `[B, C, h, w]` into `y` `[B, O, ho, wo]` by the plan's
+    /// path, then applies the bias and the epilogue. Fills `moments` (`[B × O]`), when
+    /// given, with each output plane's mean and sum of squared deviations, before the
+    /// ReLU.
+    fn chunk(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        plan: &Plan<'_>,
+        t: Threads,
+        moments: Option<&mut [(f64, f64)]>,
+    ) {
+        if let Some(kernels) = plan.path.kernels() {
+            let c = self.config;
+            let sh = plan.shape;
+            let (per_in, per_out) = (c.in_channels * sh.h * sh.w, c.out_channels * sh.ho * sh.wo);
+            let call = ImageCall {
+                weights: plan.weights,
+                ..plan.kernel_call
+            };
+            let image = match plan.path {
+                ConvPath::Winograd(_) => winograd::image,
+                _ => direct::image,
+            };
+            let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
+            for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
+                image(
+                    kernels,
+                    &call,
+                    xi,
+                    yi,
+                    moments.as_mut().and_then(|m| m.next()),
+                );
+            }
+            return;
+        }
+        let Some(moments) = moments else {
+            return self.products(x, y, plan, t, plan.epilogue);
+        };
+        // The moments of the planes just written, while in cache, before the ReLU.
+        let linear = Epilogue {
+            relu: false,
+            ..*plan.epilogue
+        };
+        self.products(x, y, plan, t, &linear);
+        let spatial = plan.shape.ho * plan.shape.wo;
+        for (m, plane) in moments.iter_mut().zip(y.chunks_exact(spatial.max(1))) {
+            *m = plane_moments(plane);
+        }
+        if plan.epilogue.relu {
+            y.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+
+    /// [`Convolution::chunk`] by one of the matrix-product paths.
+    fn products(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        plan: &Plan<'_>,
+        t: Threads,
+        epilogue: &Epilogue<'_>,
+    ) {
+        let sh = plan.shape;
+        if plan.path == ConvPath::Shifted {
+            let slices = plan.weights;
+            gemm_paths::shifted(self, x, y, sh, slices, t, epilogue);
+            return;
+        }
+        gemm_paths::columns(self, x, y, sh, plan.path == ConvPath::Pointwise, t);
+        let spatial = sh.ho * sh.wo;
+        for yi in y.chunks_mut((self.config.out_channels * spatial).max(1)) {
+            epilogue.apply(yi, spatial, self.bias);
+        }
+    }
+}
+
+/// What every chunk of one call shares.
+struct Plan<'a> {
+    path: ConvPath,
+    shape: Shapes,
+    /// The weights in the order the path reads them.
+    weights: &'a [f32],
+    /// The image kernels' call, but for the weights.
+    kernel_call: ImageCall<'a>,
+    epilogue: &'a Epilogue<'a>,
+}

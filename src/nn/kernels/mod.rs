@@ -1,0 +1,374 @@
+//! The convolution kernels that work image by image: the only `unsafe` code of the
+//! crate.
+//!
+//! Each kernel is written once, generic over [`Simd`]: a group of sixteen `f32` lanes
+//! held in one AVX-512 register, two AVX2 registers, four NEON registers, or a plain
+//! array. Sixteen lanes are sixteen output channels everywhere, so the packed weights,
+//! the scratch layouts and the epilogue are the same at every level, and the portable
+//! [`Scalar`] implementation runs (and tests) the very code that NEON runs.
+//!
+//! A token per instruction set ([`Avx512`], [`Avx2`], [`Neon`], [`Scalar`]) proves
+//! that the processor has it: its only constructor, `detect`, checks the feature at
+//! run time. Every safe entry point takes a token (inside [`Kernels`]), and the
+//! kernel runs inside the token's [`Simd::vectorize`], compiled with the instruction
+//! set enabled.
+//!
+//! - [`direct`]: direct convolution for few input channels;
+//! - [`winograd`]: Winograd's F(2×2, 3×3);
+//! - [`store`]: the epilogue both share (batch norm, ReLU, calibration moments,
+//!   transposed stores).
+//!
+//! The kernels take their own geometry ([`direct::Geometry`]), never a layer's
+//! configuration.
+
+// The crate denies `unsafe` everywhere else.
+#![allow(unsafe_code)]
+
+pub(crate) mod direct;
+pub(crate) mod peak;
+pub(crate) mod store;
+pub(crate) mod winograd;
+
+mod avx2;
+mod avx512;
+mod neon;
+mod scalar;
+
+pub(crate) use avx2::Avx2;
+pub(crate) use avx512::Avx512;
+pub(crate) use neon::Neon;
+pub(crate) use scalar::Scalar;
+
+use crate::cpu::Level;
+
+/// Lanes of a [`Simd`] group: output channels per block of every kernel.
+pub(crate) const LANES: usize = 16;
+
+/// A computation written once over [`Simd`]: [`Simd::vectorize`] compiles it for
+/// each instruction set.
+///
+/// `run` must be `#[inline(always)]`, and so must everything on its hot path: a
+/// function that is not inlined into the vectorised context is compiled for the
+/// baseline processor, and the intrinsics it calls become function calls. (A closure
+/// cannot be marked so, which is why kernels are values of this trait.)
+pub(crate) trait Kernel {
+    /// What the kernel returns.
+    type Output;
+    /// The computation, on the instruction set of `s`.
+    fn run<S: Simd>(self, s: S) -> Self::Output;
+}
+
+/// Sixteen `f32` lanes in the registers of one instruction set.
+///
+/// Implemented by zero-sized tokens that exist only where the instruction set does:
+/// the safe methods may therefore use it. Every method is `#[inline(always)]`, so that
+/// generic kernels compile to the instruction set once inlined into
+/// [`Simd::vectorize`].
+pub(crate) trait Simd: Copy + Send + Sync + 'static {
+    /// The sixteen lanes.
+    type V: Copy;
+
+    /// A selection of lanes, as [`Simd::mask_load`] takes it.
+    type Mask: Copy;
+
+    /// Pixels whose sixteen-channel accumulators fit in registers next to the weights
+    /// and one broadcast value: 28 of AVX-512's 32 registers; 6 groups of two (AVX2,
+    /// 16 registers) or four (NEON, 32 registers).
+    const PIXELS: usize;
+
+    /// Runs `kernel` compiled with this instruction set enabled: [`Kernel::run`] and
+    /// everything it calls inline into a function with the instruction set's target
+    /// feature.
+    fn vectorize<K: Kernel>(self, kernel: K) -> K::Output;
+
+    /// All lanes zero.
+    fn zero(self) -> Self::V;
+    /// All lanes `v`.
+    fn splat(self, v: f32) -> Self::V;
+    /// Sixteen values.
+    fn load(self, v: &[f32; LANES]) -> Self::V;
+    /// Writes the sixteen lanes.
+    fn store(self, to: &mut [f32; LANES], v: Self::V);
+    /// `a + b`.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a − b`.
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b`.
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b`.
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b + c`, rounded once.
+    fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `max(v, 0)` lane by lane (0 for NaN, as x86's `max(v, 0)`).
+    fn relu(self, v: Self::V) -> Self::V;
+
+    /// Sixteen values from `p`.
+    ///
+    /// # Safety
+    /// `p..p + 16` is readable.
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V;
+
+    /// Writes the sixteen lanes to `p`.
+    ///
+    /// # Safety
+    /// `p..p + 16` is writable.
+    unsafe fn store_ptr(self, p: *mut f32, v: Self::V);
+
+    /// The lanes whose bit is set in `bits` (lane `i`: bit `i`), for
+    /// [`Simd::mask_load`] (made once, used for many loads).
+    fn mask(self, bits: u16) -> Self::Mask;
+
+    /// `src` with lane `i` replaced by `*p.add(i)` where `mask` selects lane `i`.
+    ///
+    /// # Safety
+    /// `p.add(i)` is readable for every selected lane `i`; the other lanes are not
+    /// read.
+    unsafe fn mask_load(self, src: Self::V, mask: Self::Mask, p: *const f32) -> Self::V;
+
+    /// Writes lanes `0..count` (at most 16) to `p..p + count`.
+    ///
+    /// # Safety
+    /// `p..p + count` is writable.
+    unsafe fn store_first(self, p: *mut f32, v: Self::V, count: usize);
+
+    /// The even and odd lanes of the 32 values `a ++ b`: `([a0, a2, …, a14, b0, …,
+    /// b14], [a1, a3, …, b15])`.
+    fn deinterleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
+
+    /// Transposes the 16 × 16 matrix whose rows are `rows`.
+    fn transpose(self, rows: &mut [Self::V; LANES]);
+}
+
+/// The instruction set the image kernels run on, with its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    /// Plain arrays: any processor. Only tests choose it (the engine prefers faer's
+    /// products to unvectorised kernels): it runs the code NEON runs, on every machine.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Scalar(Scalar),
+    /// aarch64 NEON.
+    Neon(Neon),
+    /// x86-64 AVX2 + FMA.
+    Avx2(Avx2),
+    /// x86-64 AVX-512F.
+    Avx512(Avx512),
+}
+
+/// What a convolution call may run on: faer's products alone, or the image kernels
+/// too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// Only matrix products ([`Level::Portable`]).
+    Portable,
+    /// The image kernels on this instruction set (and matrix products).
+    Kernels(Kernels),
+}
+
+impl Isa {
+    /// The widest instruction set the processor has within the cap of
+    /// [`crate::cpu::max_level`].
+    pub(crate) fn current() -> Isa {
+        Isa::at_most(crate::cpu::max_level())
+    }
+
+    /// The widest instruction set the processor has at or below `level`.
+    pub(crate) fn at_most(level: Level) -> Isa {
+        let avx512 = (level >= Level::Avx512).then(Avx512::detect).flatten();
+        let avx2 = (level >= Level::Avx2).then(Avx2::detect).flatten();
+        let neon = (level >= Level::Neon).then(Neon::detect).flatten();
+        match (avx512, avx2, neon) {
+            (Some(t), _, _) => Isa::Kernels(Kernels::Avx512(t)),
+            (None, Some(t), _) => Isa::Kernels(Kernels::Avx2(t)),
+            (None, None, Some(t)) => Isa::Kernels(Kernels::Neon(t)),
+            (None, None, None) => Isa::Portable,
+        }
+    }
+
+    /// The level this instruction set is ([`Level::Portable`] for [`Kernels::Scalar`],
+    /// which only tests choose).
+    pub(crate) fn level(self) -> Level {
+        match self {
+            Isa::Portable | Isa::Kernels(Kernels::Scalar(_)) => Level::Portable,
+            Isa::Kernels(Kernels::Neon(_)) => Level::Neon,
+            Isa::Kernels(Kernels::Avx2(_)) => Level::Avx2,
+            Isa::Kernels(Kernels::Avx512(_)) => Level::Avx512,
+        }
+    }
+
+    /// The image kernels' instruction set, if any.
+    pub(crate) fn kernels(self) -> Option<Kernels> {
+        match self {
+            Isa::Portable => None,
+            Isa::Kernels(k) => Some(k),
+        }
+    }
+}
+
+/// Implements [`Simd`] for a token that cannot exist on this target (its `detect`
+/// returns `None` here), so that generic code compiles for every target.
+macro_rules! unavailable {
+    ($token:ty) => {
+        impl $crate::nn::kernels::Simd for $token {
+            type V = [f32; $crate::nn::kernels::LANES];
+            type Mask = u16;
+            const PIXELS: usize = 1;
+
+            fn vectorize<K: $crate::nn::kernels::Kernel>(self, _: K) -> K::Output {
+                unreachable!("no token of an instruction set this target lacks")
+            }
+            fn zero(self) -> Self::V {
+                unreachable!()
+            }
+            fn splat(self, _: f32) -> Self::V {
+                unreachable!()
+            }
+            fn load(self, _: &[f32; 16]) -> Self::V {
+                unreachable!()
+            }
+            fn store(self, _: &mut [f32; 16], _: Self::V) {
+                unreachable!()
+            }
+            fn add(self, _: Self::V, _: Self::V) -> Self::V {
+                unreachable!()
+            }
+            fn sub(self, _: Self::V, _: Self::V) -> Self::V {
+                unreachable!()
+            }
+            fn mul(self, _: Self::V, _: Self::V) -> Self::V {
+                unreachable!()
+            }
+            fn div(self, _: Self::V, _: Self::V) -> Self::V {
+                unreachable!()
+            }
+            fn fma(self, _: Self::V, _: Self::V, _: Self::V) -> Self::V {
+                unreachable!()
+            }
+            fn relu(self, _: Self::V) -> Self::V {
+                unreachable!()
+            }
+            unsafe fn load_ptr(self, _: *const f32) -> Self::V {
+                unreachable!()
+            }
+            unsafe fn store_ptr(self, _: *mut f32, _: Self::V) {
+                unreachable!()
+            }
+            fn mask(self, _: u16) -> u16 {
+                unreachable!()
+            }
+            unsafe fn mask_load(self, _: Self::V, _: u16, _: *const f32) -> Self::V {
+                unreachable!()
+            }
+            unsafe fn store_first(self, _: *mut f32, _: Self::V, _: usize) {
+                unreachable!()
+            }
+            fn deinterleave(self, _: Self::V, _: Self::V) -> (Self::V, Self::V) {
+                unreachable!()
+            }
+            fn transpose(self, _: &mut [Self::V; 16]) {
+                unreachable!()
+            }
+        }
+    };
+}
+use unavailable;
+
+impl Kernels {
+    /// Runs `kernel` on this instruction set.
+    pub(crate) fn run<K: Kernel>(self, kernel: K) -> K::Output {
+        match self {
+            Kernels::Scalar(s) => s.vectorize(kernel),
+            Kernels::Neon(s) => s.vectorize(kernel),
+            Kernels::Avx2(s) => s.vectorize(kernel),
+            Kernels::Avx512(s) => s.vectorize(kernel),
+        }
+    }
+}
+
+/// Every kernel instruction set this processor has, [`Kernels::Scalar`] first: what
+/// the kernels' tests run on.
+#[cfg(test)]
+pub(crate) fn every_kernels() -> Vec<Kernels> {
+    let mut all = vec![Kernels::Scalar(Scalar::detect())];
+    all.extend(Neon::detect().map(Kernels::Neon));
+    all.extend(Avx2::detect().map(Kernels::Avx2));
+    all.extend(Avx512::detect().map(Kernels::Avx512));
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs every primitive on fixed values; the results must equal the scalar
+    /// reference's bit for bit.
+    struct Primitives;
+
+    impl Kernel for Primitives {
+        type Output = Vec<[f32; LANES]>;
+
+        #[inline(always)]
+        fn run<S: Simd>(self, s: S) -> Self::Output {
+            primitives(s)
+        }
+    }
+
+    #[inline(always)]
+    fn primitives<S: Simd>(s: S) -> Vec<[f32; LANES]> {
+        let a: [f32; LANES] = std::array::from_fn(|i| (i as f32 * 0.7).sin() * 3.0);
+        let b: [f32; LANES] = std::array::from_fn(|i| (i as f32 * 1.3).cos() + 0.25);
+        let mem: [f32; 40] = std::array::from_fn(|i| i as f32 - 20.5);
+        {
+            let (va, vb) = (s.load(&a), s.load(&b));
+            let out = |v: S::V| {
+                let mut o = [0.0; LANES];
+                s.store(&mut o, v);
+                o
+            };
+            let mut rows: [S::V; LANES] =
+                std::array::from_fn(|r| s.load(&std::array::from_fn(|c| (r * 16 + c) as f32)));
+            s.transpose(&mut rows);
+            let (even, odd) = s.deinterleave(va, vb);
+            // SAFETY: the masked lanes (every other one, from index 3) lie in `mem`.
+            let masked =
+                unsafe { s.mask_load(vb, s.mask(0b0101_1010_0011_1100), mem.as_ptr().add(3)) };
+            let mut first = [9.0f32; LANES];
+            // SAFETY: 5 values of an array of 16.
+            unsafe { s.store_first(first.as_mut_ptr(), va, 5) };
+            let mut v = vec![
+                out(s.add(va, vb)),
+                out(s.sub(va, vb)),
+                out(s.mul(va, vb)),
+                out(s.div(va, vb)),
+                out(s.fma(va, vb, s.splat(0.5))),
+                out(s.relu(va)),
+                out(even),
+                out(odd),
+                out(masked),
+                first,
+                // SAFETY: 16 values from index 7 of 40.
+                out(unsafe { s.load_ptr(mem.as_ptr().add(7)) }),
+            ];
+            v.extend(rows.iter().map(|&r| out(r)));
+            v
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_computes_the_scalar_primitives() {
+        let want = Kernels::Scalar(Scalar::detect()).run(Primitives);
+        // The transpose and the de-interleave, checked against their definitions.
+        for (r, row) in want[11..].iter().enumerate() {
+            assert!(row
+                .iter()
+                .enumerate()
+                .all(|(c, &v)| v == (c * 16 + r) as f32));
+        }
+        let b2 = (2.0f32 * 1.3).cos() + 0.25;
+        assert_eq!((want[6][9], want[7][9]), (b2, (3.0f32 * 1.3).cos() + 0.25));
+        assert_eq!(want[8][3], 6.0 - 20.5, "lane 3 read from index 3 + 3");
+        assert_eq!(want[9][5], 9.0, "store_first leaves the rest");
+        for kernels in every_kernels() {
+            assert_eq!(kernels.run(Primitives), want, "{kernels:?}");
+        }
+    }
+}

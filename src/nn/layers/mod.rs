@@ -1,0 +1,203 @@
+//! The layers: what each computes, its parameters and its taps. How a convolution
+//! computes is the engine's business ([`crate::nn::engine`]).
+
+pub use activation::Relu;
+pub use batch_norm::BatchNorm2d;
+pub use conv::{Conv2d, Conv2dConfig};
+pub use conv_bn::ConvBn;
+pub use linear::Linear;
+pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
+pub use sequential::{Residual, Sequential};
+
+use crate::error::{Error, Result};
+use crate::layer::{Activation, LayerKind, Param, ParamMut, ParamRole, Probe, Site};
+pub(crate) use crate::nn::{BoxedLayer, Tensor2, Tensor4};
+
+/// A learnable tensor of a layer: row-major values and their shape.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ParamTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl ParamTensor {
+    pub fn filled(shape: &[usize], value: f32) -> Self {
+        ParamTensor {
+            shape: shape.to_vec(),
+            data: vec![value; shape.iter().product()],
+        }
+    }
+}
+
+/// Reports a weight (role [`ParamRole::Weight`]) and an optional bias: the parameter
+/// walk of convolutions and linear layers.
+pub(crate) fn visit_weight_bias(
+    weight: &ParamTensor,
+    bias: Option<&ParamTensor>,
+    f: &mut dyn FnMut(Param<'_>),
+) {
+    let entries = std::iter::once(("weight", ParamRole::Weight, weight))
+        .chain(bias.map(|b| ("bias", ParamRole::Bias, b)));
+    for (name, role, t) in entries {
+        f(Param {
+            name,
+            role,
+            shape: &t.shape,
+            data: &t.data,
+        });
+    }
+}
+
+/// Mutable twin of [`visit_weight_bias`].
+pub(crate) fn visit_weight_bias_mut(
+    weight: &mut ParamTensor,
+    bias: Option<&mut ParamTensor>,
+    f: &mut dyn FnMut(ParamMut<'_>),
+) {
+    let entries = std::iter::once(("weight", ParamRole::Weight, weight))
+        .chain(bias.map(|b| ("bias", ParamRole::Bias, b)));
+    for (name, role, t) in entries {
+        f(ParamMut {
+            name,
+            role,
+            shape: &t.shape,
+            data: &mut t.data,
+        });
+    }
+}
+
+/// Implements [`Layer`] for a layer without batch norm whose two passes are the same
+/// inherent `run(&self, x, probe)`: either without parameters (`stateless`) or with
+/// a `weight: ParamTensor` and a `bias: Option<ParamTensor>` (`weight_bias`).
+macro_rules! plain_layer {
+    ($ty:ty, $input:ty, $output:ty, stateless) => {
+        plain_layer!(@impl $ty, $input, $output, |_s, _f| {}, |_s, _f| {});
+    };
+    ($ty:ty, $input:ty, $output:ty, weight_bias) => {
+        plain_layer!(
+            @impl $ty, $input, $output,
+            |s, f| $crate::nn::layers::visit_weight_bias(&s.weight, s.bias.as_ref(), f),
+            |s, f| $crate::nn::layers::visit_weight_bias_mut(&mut s.weight, s.bias.as_mut(), f)
+        );
+    };
+    // As above, then `$changed(&mut self)` (e.g. to drop values derived from the weights).
+    ($ty:ty, $input:ty, $output:ty, weight_bias, then $changed:ident) => {
+        plain_layer!(
+            @impl $ty, $input, $output,
+            |s, f| $crate::nn::layers::visit_weight_bias(&s.weight, s.bias.as_ref(), f),
+            |s, f| {
+                $crate::nn::layers::visit_weight_bias_mut(&mut s.weight, s.bias.as_mut(), f);
+                s.$changed();
+            }
+        );
+    };
+    (@impl $ty:ty, $input:ty, $output:ty, |$s:ident, $f:ident| $visit:expr, |$sm:ident, $fm:ident| $visit_mut:expr) => {
+        impl $crate::layer::Layer for $ty {
+            type Input = $input;
+            type Output = $output;
+
+            fn forward_with(
+                &self,
+                x: &$input,
+                probe: &mut $crate::layer::Probe<'_>,
+            ) -> $crate::error::Result<$output> {
+                self.run(x, probe)
+            }
+
+            fn forward_train(
+                &mut self,
+                x: &$input,
+                _update: $crate::layer::NormUpdate,
+                probe: &mut $crate::layer::Probe<'_>,
+            ) -> $crate::error::Result<$output> {
+                self.run(x, probe)
+            }
+
+            fn visit_params(&self, $f: &mut dyn FnMut($crate::layer::Param<'_>)) {
+                let $s = self;
+                $visit
+            }
+
+            fn visit_params_mut(&mut self, $fm: &mut dyn FnMut($crate::layer::ParamMut<'_>)) {
+                let $sm = self;
+                $visit_mut
+            }
+
+            fn visit_norms(&self, _f: &mut dyn FnMut(&str, $crate::layer::NormStats<'_>)) {}
+
+            fn visit_norms_mut(
+                &mut self,
+                _f: &mut dyn FnMut(&str, $crate::layer::NormStatsMut<'_>),
+            ) {
+            }
+        }
+    };
+}
+
+mod activation;
+mod batch_norm;
+mod conv;
+mod conv_bn;
+mod linear;
+mod pending;
+mod pool;
+mod sequential;
+
+/// Shows `x` to the probe's observer at `site`, if it wants it.
+pub(crate) fn emit4(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tensor4) {
+    if probe.wants(kind, site) {
+        let (n, c, h, w) = x.dim();
+        let data = x.as_standard_layout();
+        if let Some(act) = data
+            .as_slice()
+            .and_then(|s| Activation::new(s, n, c, h * w))
+        {
+            probe.emit(kind, site, act);
+        }
+    }
+}
+
+/// Shows the `[N, F]` matrix `x` to the probe's observer at `site`, if it wants it.
+pub(crate) fn emit2(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tensor2) {
+    if probe.wants(kind, site) {
+        let (n, f) = x.dim();
+        let data = x.as_standard_layout();
+        if let Some(act) = data.as_slice().and_then(|s| Activation::new(s, n, f, 1)) {
+            probe.emit(kind, site, act);
+        }
+    }
+}
+
+/// Checks that `x` has `channels` channels, naming the running layer otherwise.
+pub(crate) fn check_channels(probe: &Probe<'_>, x: &Tensor4, channels: usize) -> Result<()> {
+    if x.dim().1 != channels {
+        return Err(Error::shape(
+            layer_context(probe),
+            format!("[_, {channels}, _, _]"),
+            x.shape(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn layer_context(probe: &Probe<'_>) -> String {
+    if probe.path().is_empty() {
+        "input".to_string()
+    } else {
+        probe.path().to_string()
+    }
+}
+
+/// Output length of a convolution or pooling window along one axis, or `None` when the
+/// window does not fit.
+pub(crate) fn window_output_len(
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let span = dilation * (kernel - 1) + 1;
+    let padded = len + 2 * padding;
+    (padded >= span).then(|| (padded - span) / stride + 1)
+}
