@@ -13,31 +13,26 @@
 //! | [`Sequential`] | a named chain of `[N, C, H, W]` layers |
 //! | [`Residual`] | `relu(body(x) + shortcut(x))` |
 //!
-//! The layers hold the semantics ([`layers`](self) of this module); a convolution
-//! engine chooses how each call computes (Winograd or direct image kernels, plain,
-//! shifted or im2col products) from the configuration, the shape and the instruction
-//! set of [`crate::cpu`]; the image kernels are written once over sixteen lanes and
-//! compiled for AVX-512, AVX2 and NEON; a runtime keeps activation memory and decides
-//! how many threads a layer may use. Images of a batch are spread over rayon's threads.
+//! Inside, four parts, each importing only those after it:
+//!
+//! - the layers above: what each computes, its parameters and its taps;
+//! - a convolution engine: which way each call computes (Winograd or direct image
+//!   kernels; plain, shifted or im2col products on faer) — one pure function of the
+//!   configuration, the input's shape and the instruction set of [`crate::cpu`];
+//! - the image kernels, written once over sixteen lanes and compiled for AVX-512,
+//!   AVX2 + FMA and NEON (the crate's only `unsafe` code);
+//! - a runtime: the per-thread activation pool, how many threads a layer may use, and
+//!   the per-channel maps that travel with activations.
+//!
+//! Images of a batch are spread over rayon's threads.
 //!
 //! [`Layer`]: crate::layer::Layer
+
 pub use layers::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Flatten};
-pub use layers::{Linear, MaxPool2d, Relu, Residual, Sequential};
+pub use layers::{BoxedLayer, Linear, MaxPool2d, Relu, Residual, Sequential, Tensor2, Tensor4};
 pub(crate) use runtime::{recycle, serially};
 
 pub(crate) mod engine;
 pub(crate) mod kernels;
 mod layers;
 pub(crate) mod runtime;
-
-use ndarray::{Array2, Array4};
-
-/// An NCHW `f32` activation tensor.
-pub type Tensor4 = Array4<f32>;
-
-/// A `[N, features]` `f32` activation matrix.
-pub type Tensor2 = Array2<f32>;
-
-/// A boxed layer of the ndarray backend that maps NCHW tensors to NCHW tensors, as
-/// [`Sequential`] holds them.
-pub type BoxedLayer = Box<dyn crate::layer::Layer<Input = Tensor4, Output = Tensor4> + Send + Sync>;

@@ -3,19 +3,7 @@
 
 use super::gemm::{gemm, gemm_strided_b};
 use super::{Conv2dConfig, Convolution, Epilogue, Shapes};
-use crate::nn::runtime::Threads;
-use std::cell::RefCell;
-
-thread_local! {
-    /// The im2col buffer of the current thread, grown as needed and reused.
-    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The product buffer of the current thread, when several images share a product.
-    static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The zero-padded input image of the current thread (shifted products), with the
-    /// geometry `[channels, hp, wp, ph, pw, length]` it was laid out for: while that
-    /// stays the same, the border is still zero and only the interior is rewritten.
-    static PADDED: RefCell<(Vec<f32>, [usize; 6])> = const { RefCell::new((Vec::new(), [0; 6])) };
-}
+use crate::nn::runtime::{with_scratch, Scratch, Threads};
 
 /// Convolves the images `x` `[B, C, h, w]` into `y` `[B, O, ho, wo]` with one product
 /// per group: of the input itself (`pointwise`, one image), of the images laid side by
@@ -35,52 +23,55 @@ pub(super) fn columns(
     let (plane_in, spatial) = (sh.h * sh.w, sh.ho * sh.wo);
     let images = y.len() / (c.out_channels * spatial).max(1);
     let width = images * spatial;
-    COLUMNS.with_borrow_mut(|cols| {
-        PRODUCT.with_borrow_mut(|product| {
-            let direct = images == 1;
-            if !(direct && pointwise) && cols.len() < k * width {
-                cols.resize(k * width, 0.0);
-            }
-            if !direct && product.len() < og * width {
-                product.resize(og * width, 0.0);
-            }
-            for g in 0..c.groups {
-                let wg = &conv.weight[g * og * k..(g + 1) * og * k];
-                let image_in = |i: usize| {
-                    let start = (i * c.in_channels + g * cg) * plane_in;
-                    &x[start..start + cg * plane_in]
-                };
-                let b: &[f32] = if direct && pointwise {
-                    image_in(0)
-                } else {
-                    let cols = &mut cols[..k * width];
-                    for i in 0..images {
-                        if pointwise {
-                            for (r, src) in image_in(i).chunks_exact(spatial).enumerate() {
-                                let at = r * width + i * spatial;
-                                cols[at..at + spatial].copy_from_slice(src);
-                            }
-                        } else {
-                            im2col(c, image_in(i), cols, width, i * spatial, sh);
+    with_scratch(|scratch| {
+        let Scratch {
+            columns: cols,
+            product,
+            ..
+        } = scratch;
+        let direct = images == 1;
+        if !(direct && pointwise) && cols.len() < k * width {
+            cols.resize(k * width, 0.0);
+        }
+        if !direct && product.len() < og * width {
+            product.resize(og * width, 0.0);
+        }
+        for g in 0..c.groups {
+            let wg = &conv.weight[g * og * k..(g + 1) * og * k];
+            let image_in = |i: usize| {
+                let start = (i * c.in_channels + g * cg) * plane_in;
+                &x[start..start + cg * plane_in]
+            };
+            let b: &[f32] = if direct && pointwise {
+                image_in(0)
+            } else {
+                let cols = &mut cols[..k * width];
+                for i in 0..images {
+                    if pointwise {
+                        for (r, src) in image_in(i).chunks_exact(spatial).enumerate() {
+                            let at = r * width + i * spatial;
+                            cols[at..at + spatial].copy_from_slice(src);
                         }
+                    } else {
+                        im2col(c, image_in(i), cols, width, i * spatial, sh);
                     }
-                    cols
-                };
-                if direct {
-                    let yg = &mut y[g * og * spatial..(g + 1) * og * spatial];
-                    gemm(yg, wg, b, og, k, spatial, t);
-                    continue;
                 }
-                let product = &mut product[..og * width];
-                gemm(product, wg, b, og, k, width, t);
-                for (o, row) in product.chunks_exact(width).enumerate() {
-                    for (i, src) in row.chunks_exact(spatial).enumerate() {
-                        let at = (i * c.out_channels + g * og + o) * spatial;
-                        y[at..at + spatial].copy_from_slice(src);
-                    }
+                cols
+            };
+            if direct {
+                let yg = &mut y[g * og * spatial..(g + 1) * og * spatial];
+                gemm(yg, wg, b, og, k, spatial, t);
+                continue;
+            }
+            let product = &mut product[..og * width];
+            gemm(product, wg, b, og, k, width, t);
+            for (o, row) in product.chunks_exact(width).enumerate() {
+                for (i, src) in row.chunks_exact(spatial).enumerate() {
+                    let at = (i * c.out_channels + g * og + o) * spatial;
+                    y[at..at + spatial].copy_from_slice(src);
                 }
             }
-        })
+        }
     });
 }
 
@@ -129,52 +120,49 @@ pub(super) fn shifted(
     let plane = hp * wp;
     let wide = sh.ho * wp;
     let bias = conv.bias;
-    PADDED.with_borrow_mut(|(pad, geometry)| {
-        PRODUCT.with_borrow_mut(|product| {
-            // While the geometry is unchanged, every position outside the copied
-            // interiors is still zero.
-            let len = c.in_channels * kw * plane;
-            let layout = [c.in_channels, hp, wp, ph, pw, kw * dw];
-            if *geometry != layout {
-                pad.clear();
-                pad.resize(len, 0.0);
-                *geometry = layout;
-            }
-            for (ch, input) in x.chunks_exact(sh.h * sh.w).enumerate() {
-                for kj in 0..kw {
-                    // Padded column q holds input column q + kj·dw − pw.
-                    let shift = (kj * dw) as isize - pw as isize;
-                    let (lo, hi) = valid_range(shift, 1, sh.w, wp);
-                    let base = (ch * kw + kj) * plane;
-                    for (i, row) in input.chunks_exact(sh.w).enumerate() {
-                        let at = base + (i + ph) * wp;
-                        let from = (lo as isize + shift) as usize;
-                        pad[at + lo..at + hi].copy_from_slice(&row[from..from + hi - lo]);
-                    }
+    with_scratch(|scratch| {
+        let Scratch {
+            shifted, product, ..
+        } = scratch;
+        // While the layout is unchanged, every position outside the copied
+        // interiors is still zero.
+        let len = c.in_channels * kw * plane;
+        let layout = [c.in_channels, hp, wp, ph, pw, kw * dw];
+        let pad = shifted.for_layout(layout, len);
+        for (ch, input) in x.chunks_exact(sh.h * sh.w).enumerate() {
+            for kj in 0..kw {
+                // Padded column q holds input column q + kj·dw − pw.
+                let shift = (kj * dw) as isize - pw as isize;
+                let (lo, hi) = valid_range(shift, 1, sh.w, wp);
+                let base = (ch * kw + kj) * plane;
+                for (i, row) in input.chunks_exact(sh.w).enumerate() {
+                    let at = base + (i + ph) * wp;
+                    let from = (lo as isize + shift) as usize;
+                    pad[at + lo..at + hi].copy_from_slice(&row[from..from + hi - lo]);
                 }
             }
-            if product.len() < og * wide {
-                product.resize(og * wide, 0.0);
+        }
+        if product.len() < og * wide {
+            product.resize(og * wide, 0.0);
+        }
+        let product = &mut product[..og * wide];
+        for g in 0..c.groups {
+            for ki in 0..kh {
+                let at = (g * kh + ki) * og * cg * kw;
+                let a = &slices[at..at + og * cg * kw];
+                let start = g * cg * kw * plane + ki * dh * wp;
+                let b = &pad[start..];
+                gemm_strided_b(product, a, b, plane, (og, cg * kw, wide), ki > 0, t);
             }
-            let product = &mut product[..og * wide];
-            for g in 0..c.groups {
-                for ki in 0..kh {
-                    let at = (g * kh + ki) * og * cg * kw;
-                    let a = &slices[at..at + og * cg * kw];
-                    let start = g * cg * kw * plane + ki * dh * wp;
-                    let b = &pad[start..];
-                    gemm_strided_b(product, a, b, plane, (og, cg * kw, wide), ki > 0, t);
-                }
-                for (o, row) in product.chunks_exact(wide).enumerate() {
-                    let channel = g * og + o;
-                    let out = &mut y[channel * sh.ho * sh.wo..][..sh.ho * sh.wo];
-                    let (a, b) = epilogue.affine(channel, bias);
-                    for (dst, src) in out.chunks_exact_mut(sh.wo).zip(row.chunks_exact(wp)) {
-                        epilogue.map(dst, &src[..sh.wo], a, b);
-                    }
+            for (o, row) in product.chunks_exact(wide).enumerate() {
+                let channel = g * og + o;
+                let out = &mut y[channel * sh.ho * sh.wo..][..sh.ho * sh.wo];
+                let (a, b) = epilogue.affine(channel, bias);
+                for (dst, src) in out.chunks_exact_mut(sh.wo).zip(row.chunks_exact(wp)) {
+                    epilogue.map(dst, &src[..sh.wo], a, b);
                 }
             }
-        })
+        }
     });
 }
 

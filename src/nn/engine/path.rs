@@ -1,8 +1,8 @@
 //! Which way a convolution call computes: one pure function of the configuration, the
 //! call's shape and the instruction set.
 
+use super::Conv2dConfig;
 use crate::nn::kernels::{direct, Isa, Kernels, LANES};
-use crate::nn::Conv2dConfig;
 
 /// A way to compute a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,28 +18,20 @@
 //! The sums run over the input channels and kernel offsets in the same order for every
 //! output, and the result differs from the GEMM path only by rounding.
 
-use super::store::{as_arrays, store_channels, Affine, Line, Moments};
+use super::store::{as_arrays, store_channels, Affine, Moments};
 use super::{Kernel, Kernels, Simd, LANES};
-use crate::nn::runtime::ChannelMap;
-use std::cell::RefCell;
+use crate::nn::runtime::{with_scratch, ChannelMap, Line};
 
 /// Pixels per block at most (rows × columns): the accumulators of the widest
 /// instruction set ([`Simd::PIXELS`]).
 const BLOCK: usize = 28;
-
-thread_local! {
-    /// The zero-padded input image of the current thread, with the geometry
-    /// `[channels, hp, wp, ph, pw]` it was laid out for: while that stays the same,
-    /// the border is still zero and only the interior is rewritten.
-    static PADDED: RefCell<(Vec<f32>, [usize; 5])> = const { RefCell::new((Vec::new(), [0; 5])) };
-}
 
 /// Zeros after the padded image, so that a kernel may read a vector or two past the
 /// last row.
 const SLACK: usize = 64;
 
 /// Runs `f` on `x` (`[channels, h, w]`, mapped by `input` when given) laid out in
-/// this thread's buffer as `[channels, hp, wp]` with `(ph, pw)` zero rows and columns
+/// this thread's scratch memory as `[channels, hp, wp]` with `(ph, pw)` zero rows and columns
 /// before it and zeros after it (then [`SLACK`] zeros).
 pub(crate) fn padded<R>(
     x: &[f32],
@@ -52,13 +44,9 @@ pub(crate) fn padded<R>(
 ) -> R {
     assert!(ph + h <= hp && pw + w <= wp && x.len() == channels * h * w);
     let plane = hp * wp;
-    PADDED.with_borrow_mut(|(pad, geometry)| {
-        let layout = [channels, hp, wp, ph, pw];
-        if *geometry != layout {
-            pad.clear();
-            pad.resize(channels * plane + SLACK, 0.0);
-            *geometry = layout;
-        }
+    with_scratch(|scratch| {
+        let layout = [channels, hp, wp, ph, pw, 0];
+        let pad = scratch.padded.for_layout(layout, channels * plane + SLACK);
         for (ch, plane_in) in x.chunks_exact(h * w).enumerate() {
             for (i, row) in plane_in.chunks_exact(w).enumerate() {
                 let at = ch * plane + (i + ph) * wp + pw;

@@ -39,7 +39,7 @@ pub(crate) use avx512::Avx512;
 pub(crate) use neon::Neon;
 pub(crate) use scalar::Scalar;
 
-use crate::cpu::Level;
+use crate::cpu::level::{max_level, Level};
 
 /// Lanes of a [`Simd`] group: output channels per block of every kernel.
 pub(crate) const LANES: usize = 16;
@@ -168,7 +168,7 @@ impl Isa {
     /// The widest instruction set the processor has within the cap of
     /// [`crate::cpu::max_level`].
     pub(crate) fn current() -> Isa {
-        Isa::at_most(crate::cpu::max_level())
+        Isa::at_most(max_level())
     }
 
     /// The widest instruction set the processor has at or below `level`.

@@ -3,13 +3,8 @@
 //! channel's plane.
 
 use super::{Simd, LANES};
+use crate::nn::runtime::Line;
 use crate::stats::chan_merge;
-
-/// Sixteen floats on a cache line of their own: vectors stored and loaded through it
-/// never straddle two lines.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(64))]
-pub(crate) struct Line(pub(crate) [f32; LANES]);
 
 /// `lines` as arrays of 16 floats.
 pub(crate) fn as_arrays(lines: &mut [Line]) -> &mut [[f32; LANES]] {

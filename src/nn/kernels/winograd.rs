@@ -26,9 +26,9 @@
 //! calibration moments).
 
 use super::direct::{Geometry, ImageCall};
-use super::store::{as_arrays, as_floats, store_channels, Affine, Line, Moments};
+use super::store::{as_arrays, as_floats, store_channels, Affine, Moments};
 use super::{Kernel, Kernels, Simd, LANES};
-use std::cell::RefCell;
+use crate::nn::runtime::{with_scratch, Line, Scratch};
 
 /// Tiles per block: accumulators held in vector registers during a product.
 const BLOCK: usize = 28;
@@ -82,54 +82,26 @@ pub(crate) fn transform_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
     u
 }
 
-/// Per-thread working memory, grown as needed and reused across calls, in whole cache
-/// lines.
-struct Scratch {
-    /// The transformed input of a block, `[ξ][C][TILE_STRIDE]` (ξ [`xi_stride`]
-    /// apart).
-    v: Vec<Line>,
-    /// The products of a block, `[ξ][BLOCK]` vectors of 16 output channels.
-    m: Vec<Line>,
-    /// The output pixels of a block, by output row.
-    pixels: Vec<Line>,
-}
-
-impl Scratch {
-    /// The buffers for `c_in` input channels and tile rows of `tw` tiles, grown as
-    /// needed: the transformed input, the products and the output pixels.
-    fn buffers(
-        &mut self,
-        c_in: usize,
-        tw: usize,
-    ) -> (&mut [f32], &mut [[f32; LANES]], &mut [[f32; LANES]]) {
-        // Two output rows of 2·tw pixels per tile row of a block.
-        let rows_per_block = if tw <= BLOCK { BLOCK / tw } else { 1 };
-        let pixels = 2 * rows_per_block * 2 * tw.min(BLOCK);
-        for (buffer, len) in [
-            (&mut self.v, 16 * xi_stride(c_in) / LANES),
-            (&mut self.m, 16 * BLOCK),
-            (&mut self.pixels, pixels),
-        ] {
-            buffer.resize(buffer.len().max(len), Line::default());
-        }
-        (
-            as_floats(&mut self.v),
-            as_arrays(&mut self.m),
-            as_arrays(&mut self.pixels),
-        )
+/// Winograd's buffers in this thread's scratch memory, grown as needed, for `c_in`
+/// input channels and tile rows of `tw` tiles: the transformed input of a block,
+/// `[ξ][C][TILE_STRIDE]` (ξ [`xi_stride`] apart); its products, `[ξ][BLOCK]` groups of
+/// 16 output channels; its output pixels, by output row. All in whole cache lines.
+fn buffers(
+    [v, m, pixels]: &mut [Vec<Line>; 3],
+    c_in: usize,
+    tw: usize,
+) -> (&mut [f32], &mut [[f32; LANES]], &mut [[f32; LANES]]) {
+    // Two output rows of 2·tw pixels per tile row of a block.
+    let rows_per_block = if tw <= BLOCK { BLOCK / tw } else { 1 };
+    let pixel_count = 2 * rows_per_block * 2 * tw.min(BLOCK);
+    for (buffer, len) in [
+        (&mut *v, 16 * xi_stride(c_in) / LANES),
+        (&mut *m, 16 * BLOCK),
+        (&mut *pixels, pixel_count),
+    ] {
+        buffer.resize(buffer.len().max(len), Line::default());
     }
-}
-
-thread_local! {
-    /// The current image mapped by a pending batch norm.
-    static MAPPED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    static SCRATCH: RefCell<Scratch> = const {
-        RefCell::new(Scratch {
-            v: Vec::new(),
-            m: Vec::new(),
-            pixels: Vec::new(),
-        })
-    };
+    (as_floats(v), as_arrays(m), as_arrays(pixels))
 }
 
 /// A run of tiles in one tile row: row `row`, columns `col..col + len`.
@@ -201,30 +173,29 @@ pub(crate) fn image(
         Some(_) => (0..out_blocks).map(|_| Moments::default()).collect(),
         None => Vec::new(),
     };
-    MAPPED.with_borrow_mut(|mapped| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let (v, m, pixels) = scratch.buffers(c_in, wo.div_ceil(2));
-            // A mapped input is mapped once, into this thread's copy of the image (in
-            // cache for the transform, which reads each value about four times).
-            let x = match call.input {
-                None => x,
-                Some(map) => {
-                    mapped.resize(x.len(), 0.0);
-                    let planes = mapped.chunks_exact_mut(h * w).zip(x.chunks_exact(h * w));
-                    for (ch, (to, from)) in planes.enumerate() {
-                        map.map_plane(ch, from, to);
-                    }
-                    &mapped[..]
+    with_scratch(|scratch| {
+        let Scratch { mapped, lines, .. } = scratch;
+        let (v, m, pixels) = buffers(lines, c_in, wo.div_ceil(2));
+        // A mapped input is mapped once, into this thread's copy of the image (in
+        // cache for the transform, which reads each value about four times).
+        let x = match call.input {
+            None => x,
+            Some(map) => {
+                mapped.resize(x.len(), 0.0);
+                let planes = mapped.chunks_exact_mut(h * w).zip(x.chunks_exact(h * w));
+                for (ch, (to, from)) in planes.enumerate() {
+                    map.map_plane(ch, from, to);
                 }
-            };
-            let work = Work {
-                v,
-                m,
-                pixels,
-                stats: &mut stats,
-            };
-            kernels.run(Blocks { call, x, y, work })
-        })
+                &mapped[..]
+            }
+        };
+        let work = Work {
+            v,
+            m,
+            pixels,
+            stats: &mut stats,
+        };
+        kernels.run(Blocks { call, x, y, work })
     });
     if let Some(moments) = moments {
         for (kb, st) in stats.iter().enumerate() {

@@ -328,8 +328,15 @@ mod tests {
             let conv = filled(cfg);
             let x = ramp((3, 4, 7, 6));
             let got = check(&conv, &x);
+            // An image's output does not depend on the batch around it, up to the
+            // rounding of faer's products, whose kernels depend on the product's width
+            // on some processors (bit for bit on x86-64, a few units in the last place
+            // with NEON).
             let single = conv.forward(&first_image(&x)).unwrap();
-            assert_eq!(single, first_image(&got), "{cfg:?}: batch independence");
+            let err = (&single - &first_image(&got))
+                .mapv(f32::abs)
+                .fold(0.0f32, |a, &b| a.max(b));
+            assert!(err <= 1e-6, "{cfg:?}: batch independence, {err}");
         }
     }
 

@@ -11,7 +11,17 @@ pub use sequential::{Residual, Sequential};
 
 use crate::error::{Error, Result};
 use crate::layer::{Activation, LayerKind, Param, ParamMut, ParamRole, Probe, Site};
-pub(crate) use crate::nn::{BoxedLayer, Tensor2, Tensor4};
+use ndarray::{Array2, Array4};
+
+/// An NCHW `f32` activation tensor.
+pub type Tensor4 = Array4<f32>;
+
+/// A `[N, features]` `f32` activation matrix.
+pub type Tensor2 = Array2<f32>;
+
+/// A boxed layer of the ndarray backend that maps NCHW tensors to NCHW tensors, as
+/// [`Sequential`] holds them.
+pub type BoxedLayer = Box<dyn crate::layer::Layer<Input = Tensor4, Output = Tensor4> + Send + Sync>;
 
 /// A learnable tensor of a layer: row-major values and their shape.
 #[derive(Debug, Clone, PartialEq)]
