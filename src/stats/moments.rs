@@ -209,3 +209,31 @@ impl ActivationStats for ChannelMoments {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(mean, m2)` of `values`, in two passes.
+    fn two_pass(values: &[f64]) -> (f64, f64) {
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        (mean, values.iter().map(|v| (v - mean).powi(2)).sum())
+    }
+
+    #[test]
+    fn chan_merge_gives_the_moments_of_the_union() {
+        let a: Vec<f64> = (0..37)
+            .map(|i| (i as f64 * 0.7).sin() * 3.0 + 1.0)
+            .collect();
+        let b: Vec<f64> = (0..11).map(|i| (i as f64 * 1.9).cos() - 4.0).collect();
+        let (n_a, n_b) = (a.len() as f64, b.len() as f64);
+        let (mean, m2) = chan_merge(n_a, two_pass(&a), n_b, two_pass(&b));
+        let (want_mean, want_m2) = two_pass(&[a.clone(), b.clone()].concat());
+        assert!((mean - want_mean).abs() < 1e-12, "{mean} {want_mean}");
+        assert!((m2 - want_m2).abs() < 1e-10 * want_m2, "{m2} {want_m2}");
+        // Nothing merged into something, and something into nothing.
+        assert_eq!(chan_merge(n_a, two_pass(&a), 0.0, (0.0, 0.0)), two_pass(&a));
+        assert_eq!(chan_merge(0.0, (0.0, 0.0), n_b, two_pass(&b)), two_pass(&b));
+        assert_eq!(chan_merge(0.0, (1.0, 2.0), 0.0, (3.0, 4.0)), (1.0, 2.0));
+    }
+}
