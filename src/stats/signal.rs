@@ -1,7 +1,7 @@
 //! The signal-collapse metric of the paper.
 
 use super::{LayerStats, Recorder, TapSelector};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layer::{Layer, Probe};
 use crate::rescale::CalibrationData;
 use serde::{Deserialize, Serialize};
@@ -76,10 +76,23 @@ where
     L: Layer + ?Sized,
     D: CalibrationData<L::Input> + ?Sized,
 {
+    if data.num_batches() == 0 {
+        return Err(Error::invalid(
+            "signal data",
+            "no batches to measure the signal on",
+        ));
+    }
     let mut recorder = Recorder::new(TapSelector::batch_norm_outputs());
     data.try_for_each_batch(&mut |x| {
         model.forward_with(x, &mut Probe::new(&mut recorder))?;
         Ok(())
     })?;
-    Ok(Signal::from_stats(&recorder.finish()?))
+    let stats = recorder.finish()?;
+    if let Some((layer, _)) = stats.iter().find(|(_, m)| m.count() == 0) {
+        return Err(Error::invalid(
+            "signal data",
+            format!("no value reached {layer}: the batches hold no images"),
+        ));
+    }
+    Ok(Signal::from_stats(&stats))
 }

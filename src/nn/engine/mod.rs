@@ -17,7 +17,7 @@ pub(crate) use path::{ConvPath, Shapes};
 
 use crate::nn::kernels::direct::{self, ImageCall};
 use crate::nn::kernels::{winograd, Isa};
-use crate::nn::runtime::{affine_in_place, affine_into, threads, ChannelMap, Threads};
+use crate::nn::runtime::{affine_in_place, affine_into, relu, threads, ChannelMap, Threads};
 use crate::stats::plane_moments;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -267,7 +267,7 @@ impl Convolution<'_> {
             *m = plane_moments(plane);
         }
         if plan.epilogue.relu {
-            y.iter_mut().for_each(|v| *v = v.max(0.0));
+            y.iter_mut().for_each(|v| *v = relu(*v));
         }
     }
 

@@ -189,7 +189,8 @@ mod imp {
 
         #[inline(always)]
         fn relu(self, v: V) -> V {
-            both!(_mm256_max_ps, v, self.zero())
+            // `max(0, v)` returns its second operand when either is NaN: NaN stays NaN.
+            both!(_mm256_max_ps, self.zero(), v)
         }
 
         #[inline(always)]

@@ -136,7 +136,9 @@ mod imp {
         #[inline(always)]
         fn relu(self, v: __m512) -> __m512 {
             // SAFETY: AVX-512F (the token).
-            unsafe { _mm512_max_ps(v, _mm512_setzero_ps()) }
+            // `max(0, v)` returns its second operand when either is NaN: NaN stays
+            // NaN.
+            unsafe { _mm512_max_ps(_mm512_setzero_ps(), v) }
         }
 
         #[inline(always)]

@@ -99,7 +99,7 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn div(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a · b + c`, rounded once.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// `max(v, 0)` lane by lane (0 for NaN, as x86's `max(v, 0)`).
+    /// `max(v, 0)` lane by lane, NaN staying NaN (as PyTorch's ReLU; x86's `max(0, v)`).
     fn relu(self, v: Self::V) -> Self::V;
 
     /// Sixteen values from `p`.
@@ -341,6 +341,19 @@ mod tests {
                 out(s.div(va, vb)),
                 out(s.fma(va, vb, s.splat(0.5))),
                 out(s.relu(va)),
+                // NaN stays NaN; negative zero and infinities as `max(0, v)` gives them.
+                out(s.relu(s.load(&std::array::from_fn(|i| {
+                    [
+                        f32::NAN,
+                        -1.0,
+                        -0.0,
+                        0.0,
+                        f32::INFINITY,
+                        f32::NEG_INFINITY,
+                        3.5,
+                        -2.5,
+                    ][i % 8]
+                })))),
                 out(even),
                 out(odd),
                 out(masked),
@@ -355,20 +368,30 @@ mod tests {
 
     #[test]
     fn every_instruction_set_computes_the_scalar_primitives() {
+        // Bit patterns, so that NaN equals NaN.
+        let bits = |v: Vec<[f32; LANES]>| -> Vec<[u32; LANES]> {
+            v.into_iter().map(|a| a.map(f32::to_bits)).collect()
+        };
         let want = Kernels::Scalar(Scalar::detect()).run(Primitives);
         // The transpose and the de-interleave, checked against their definitions.
-        for (r, row) in want[11..].iter().enumerate() {
+        assert!(want[6][0].is_nan() && want[6][1] == 0.0 && want[6][4] == f32::INFINITY);
+        assert_eq!((want[6][5], want[6][6]), (0.0, 3.5));
+        for (r, row) in want[12..].iter().enumerate() {
             assert!(row
                 .iter()
                 .enumerate()
                 .all(|(c, &v)| v == (c * 16 + r) as f32));
         }
         let b2 = (2.0f32 * 1.3).cos() + 0.25;
-        assert_eq!((want[6][9], want[7][9]), (b2, (3.0f32 * 1.3).cos() + 0.25));
-        assert_eq!(want[8][3], 6.0 - 20.5, "lane 3 read from index 3 + 3");
-        assert_eq!(want[9][5], 9.0, "store_first leaves the rest");
+        assert_eq!((want[7][9], want[8][9]), (b2, (3.0f32 * 1.3).cos() + 0.25));
+        assert_eq!(want[9][3], 6.0 - 20.5, "lane 3 read from index 3 + 3");
+        assert_eq!(want[10][5], 9.0, "store_first leaves the rest");
         for kernels in every_kernels() {
-            assert_eq!(kernels.run(Primitives), want, "{kernels:?}");
+            assert_eq!(
+                bits(kernels.run(Primitives)),
+                bits(want.clone()),
+                "{kernels:?}"
+            );
         }
     }
 }

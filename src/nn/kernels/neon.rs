@@ -138,15 +138,15 @@ mod imp {
 
         #[inline(always)]
         fn relu(self, v: V) -> V {
-            // As x86: 0 unless `v > 0` (NEON's `max` would return NaN).
+            // 0 where `0 > v`, else `v` (NaN stays NaN), as on x86.
             let z = self.zero();
             // SAFETY: NEON (the token).
             unsafe {
                 [
-                    vbslq_f32(vcgtq_f32(v[0], z[0]), v[0], z[0]),
-                    vbslq_f32(vcgtq_f32(v[1], z[1]), v[1], z[1]),
-                    vbslq_f32(vcgtq_f32(v[2], z[2]), v[2], z[2]),
-                    vbslq_f32(vcgtq_f32(v[3], z[3]), v[3], z[3]),
+                    vbslq_f32(vcgtq_f32(z[0], v[0]), z[0], v[0]),
+                    vbslq_f32(vcgtq_f32(z[1], v[1]), z[1], v[1]),
+                    vbslq_f32(vcgtq_f32(z[2], v[2]), z[2], v[2]),
+                    vbslq_f32(vcgtq_f32(z[3], v[3]), z[3], v[3]),
                 ]
             }
         }

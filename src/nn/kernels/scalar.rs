@@ -80,8 +80,8 @@ impl Simd for Scalar {
 
     #[inline(always)]
     fn relu(self, v: V) -> V {
-        // As x86's `max(v, 0)`: the second operand when the comparison fails.
-        v.map(|x| if x > 0.0 { x } else { 0.0 })
+        // As x86's `max(0, v)`: 0 where `0 > v`, else `v`, so NaN stays NaN.
+        v.map(|x| if 0.0 > x { 0.0 } else { x })
     }
 
     #[inline(always)]

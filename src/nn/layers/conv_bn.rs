@@ -126,7 +126,7 @@ impl ConvBn {
 
     fn relu_in_place(&self, mut y: Tensor4) -> Tensor4 {
         if self.relu {
-            y.par_mapv_inplace(|v| v.max(0.0));
+            y.par_mapv_inplace(crate::nn::runtime::relu);
         }
         y
     }

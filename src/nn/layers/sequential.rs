@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
 use crate::layer::{Layer, LayerKind, NormStats};
 use crate::layer::{NormStatsMut, NormUpdate, Param, ParamMut, Probe, Schedule, Site};
-use crate::nn::runtime::{recycle, ChannelMap};
+use crate::nn::runtime::{recycle, relu, ChannelMap};
 use rayon::prelude::*;
 use std::any::Any;
 
@@ -272,17 +272,17 @@ impl Residual {
                 (affine(map.as_ref(), i % c), affine(s_map, i % c));
             if map.is_none() && s_map.is_none() {
                 for (o, &s) in o.iter_mut().zip(s) {
-                    *o = (*o + s).max(0.0);
+                    *o = relu(*o + s);
                 }
             } else if relu_y || relu_s {
-                let clamp = |v: f32, relu: bool| if relu { v.max(0.0) } else { v };
+                let clamp = |v: f32, on: bool| if on { relu(v) } else { v };
                 for (o, &s) in o.iter_mut().zip(s) {
-                    *o = (clamp(*o * a + b, relu_y) + clamp(s * a_s + b_s, relu_s)).max(0.0);
+                    *o = relu(clamp(*o * a + b, relu_y) + clamp(s * a_s + b_s, relu_s));
                 }
             } else {
                 // (v·1 + 0 is v: without a map, the values are added as they are.)
                 for (o, &s) in o.iter_mut().zip(s) {
-                    *o = ((*o * a + b) + (s * a_s + b_s)).max(0.0);
+                    *o = relu((*o * a + b) + (s * a_s + b_s));
                 }
             }
         };

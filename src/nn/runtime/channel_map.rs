@@ -38,21 +38,32 @@ impl ChannelMap {
     }
 }
 
+/// `max(v, 0)` as PyTorch's ReLU computes it: NaN stays NaN (`f32::max` would
+/// return 0), and so on every kernel level (x86's `max(0, v)`, NEON's select).
+#[inline(always)]
+pub(crate) fn relu(v: f32) -> f32 {
+    if 0.0 > v {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// `values = relu?(values·a + b)`, in place (multiply, then add: every layer rounds
 /// its affine maps this way, so fused and separate passes agree to the bit).
-pub(crate) fn affine_in_place(values: &mut [f32], a: f32, b: f32, relu: bool) {
-    if relu {
-        values.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
+pub(crate) fn affine_in_place(values: &mut [f32], a: f32, b: f32, clamp: bool) {
+    if clamp {
+        values.iter_mut().for_each(|v| *v = relu(*v * a + b));
     } else {
         values.iter_mut().for_each(|v| *v = *v * a + b);
     }
 }
 
 /// `to = relu?(from·a + b)`, value by value, as [`affine_in_place`].
-pub(crate) fn affine_into(from: &[f32], to: &mut [f32], a: f32, b: f32, relu: bool) {
+pub(crate) fn affine_into(from: &[f32], to: &mut [f32], a: f32, b: f32, clamp: bool) {
     let pairs = to.iter_mut().zip(from);
-    if relu {
-        pairs.for_each(|(t, &v)| *t = (v * a + b).max(0.0));
+    if clamp {
+        pairs.for_each(|(t, &v)| *t = relu(v * a + b));
     } else {
         pairs.for_each(|(t, &v)| *t = v * a + b);
     }

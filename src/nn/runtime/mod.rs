@@ -8,7 +8,7 @@ mod pool_alloc;
 mod scratch;
 mod threads;
 
-pub(crate) use channel_map::{affine_in_place, affine_into, ChannelMap};
+pub(crate) use channel_map::{affine_in_place, affine_into, relu, ChannelMap};
 pub(crate) use pool_alloc::{overwritten, recycle};
 pub(crate) use scratch::{with_scratch, Line, Scratch};
 pub(crate) use threads::{product_threads, serially, threads, Threads};

@@ -38,6 +38,10 @@ thread_local! {
 /// without being zeroed again.
 pub(crate) fn overwritten(shape: (usize, usize, usize, usize)) -> Tensor4 {
     let len = shape.0 * shape.1 * shape.2 * shape.3;
+    if len == 0 {
+        // An empty tensor (e.g. a batch of no images) needs no memory.
+        return Tensor4::zeros(shape);
+    }
     let recycled = BUFFERS.with_borrow_mut(|buffers| {
         // The smallest buffer that fits without zeroing; else the largest, to grow.
         let fits = buffers

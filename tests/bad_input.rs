@@ -1,0 +1,83 @@
+//! Regression tests for bad input that once broke reflow: each case by name (issue 13
+//! lists them). Cases that depend on the kernels run at every kernel level.
+
+mod common;
+
+use ndarray::Array4;
+use reflow::layer::{Layer, NormUpdate, Probe};
+use reflow::models::{ResNet, ResNetConfig, Stem};
+use reflow::nn::Relu;
+use reflow::rescale::{Reflow, Rescaler};
+use reflow::stats::measure_signal;
+
+/// The ResNet-20 fixture (random weights), three input channels.
+fn net() -> ResNet {
+    ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors"), Stem::Cifar).unwrap()
+}
+
+#[test]
+fn nan_propagates_through_relu_as_in_pytorch() {
+    let x = Array4::from_shape_vec((1, 1, 1, 3), vec![f32::NAN, -1.0, 2.0]).unwrap();
+    let y = Relu.forward(&x).unwrap();
+    assert!(y[[0, 0, 0, 0]].is_nan());
+    assert_eq!((y[[0, 0, 0, 1]], y[[0, 0, 0, 2]]), (0.0, 2.0));
+}
+
+#[test]
+fn nan_in_an_image_reaches_the_logits_at_every_kernel_level() {
+    // Before, every fused ReLU turned NaN into 0 and the logits came out finite.
+    let net = net();
+    common::at_every_level(|level| {
+        let mut x = Array4::from_shape_fn((12, 3, 16, 16), |(n, c, h, w)| {
+            ((n + 2 * c + h * w) % 7) as f32 / 7.0 - 0.5
+        });
+        x[[5, 1, 8, 8]] = f32::NAN;
+        for y in [
+            net.forward(&x).unwrap(),
+            net.forward_with(
+                &x,
+                &mut Probe::none().with_schedule(reflow::layer::Schedule::LayerByLayer),
+            )
+            .unwrap(),
+        ] {
+            assert!(
+                y.row(5).iter().all(|v| v.is_nan()),
+                "{level}: {:?}",
+                y.row(5)
+            );
+            assert!(
+                y.row(4).iter().all(|v| v.is_finite()),
+                "{level}: other images are finite"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_batch_of_no_images() {
+    // Before, every pass panicked in the activation pool.
+    let mut net = ResNet::new(ResNetConfig::cifar_resnet(20).unwrap()).unwrap();
+    let empty = Array4::<f32>::zeros((0, 3, 16, 16));
+    // An eval pass of no images has no logits.
+    assert_eq!(net.forward(&empty).unwrap().dim(), (0, 10));
+    // Calibration needs values: an error naming the first batch norm.
+    let err = net
+        .forward_train(&empty, NormUpdate::Cumulative, &mut Probe::none())
+        .unwrap_err();
+    assert!(err.to_string().contains("bn1"), "{err}");
+    let before = net.forward(&Array4::ones((2, 3, 16, 16))).unwrap();
+    let err = Reflow::cumulative()
+        .rescale(&mut net, &vec![empty.clone()])
+        .unwrap_err();
+    assert!(err.to_string().contains("batch statistics"), "{err}");
+    assert_eq!(
+        net.forward(&Array4::ones((2, 3, 16, 16))).unwrap(),
+        before,
+        "restored"
+    );
+    // The signal of no images is an error, not a signal of zeros.
+    let err = measure_signal(&net, &vec![empty]).unwrap_err();
+    assert!(err.to_string().contains("no images"), "{err}");
+    let none: Vec<Array4<f32>> = vec![];
+    assert!(measure_signal(&net, &none).is_err());
+}
