@@ -81,3 +81,59 @@ fn a_batch_of_no_images() {
     let none: Vec<Array4<f32>> = vec![];
     assert!(measure_signal(&net, &none).is_err());
 }
+
+/// `state` with `key` replaced by a float tensor of `shape` (filled with 0.01).
+fn with_tensor(mut state: reflow::StateDict, key: &str, shape: Vec<usize>) -> reflow::StateDict {
+    let n = shape.iter().product();
+    state.insert(
+        key,
+        reflow::state_dict::StoredTensor::f32(shape, vec![0.01; n]).unwrap(),
+    );
+    state
+}
+
+/// Loading `state` fails, fast, with an architecture error whose text has `needle`.
+fn refused(state: &reflow::StateDict, stem: Stem, needle: &str) {
+    let t = std::time::Instant::now();
+    let err = ResNet::from_state_dict(state, stem).unwrap_err();
+    assert!(matches!(err, reflow::Error::Architecture { .. }), "{err}");
+    assert!(err.to_string().contains(needle), "{err}");
+    assert!(
+        t.elapsed().as_secs_f64() < 1.0,
+        "refused before any allocation"
+    );
+}
+
+#[test]
+fn a_zero_sized_width_tensor_is_refused_before_anything_is_allocated() {
+    // [100000, 0, 3, 3] holds no value but once made a 360 GB network (an abort).
+    let state = common::read("resnet20_cifar.safetensors");
+    let state = with_tensor(state, "layer1.0.conv1.weight", vec![100_000, 0, 3, 3]);
+    refused(&state, Stem::Cifar, "zero-sized");
+}
+
+#[test]
+fn a_width_larger_than_the_file_can_hold_is_refused_before_anything_is_allocated() {
+    let state = common::read("resnet20_cifar.safetensors");
+    let state = with_tensor(state, "layer1.0.conv1.weight", vec![100_000, 1, 1, 1]);
+    refused(&state, Stem::Cifar, "the file holds only");
+}
+
+#[test]
+fn thousands_of_block_keys_are_refused_before_any_block_is_built() {
+    // 40,000 empty `layerN.i.conv1.weight` keys once built 40,000 blocks (894 MB).
+    let mut state = common::read("resnet20_cifar.safetensors");
+    for i in 3..40_000 {
+        let empty = reflow::state_dict::StoredTensor::f32(vec![0], vec![]).unwrap();
+        state.insert(format!("layer1.{i}.conv1.weight"), empty);
+    }
+    refused(&state, Stem::Cifar, "the file holds only");
+}
+
+#[test]
+fn a_bottleneck_with_a_zero_sized_conv3_is_an_error_not_a_panic() {
+    // Once a division by zero in the architecture inference.
+    let state = common::read("resnext_small.safetensors");
+    let state = with_tensor(state, "layer1.0.conv3.weight", vec![0, 16, 1, 1]);
+    refused(&state, Stem::Imagenet, "zero-sized");
+}

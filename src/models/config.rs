@@ -308,34 +308,46 @@ impl ResNetConfig {
     }
 
     /// The number of parameters PyTorch counts (weights, biases, BN γ and β), computed
-    /// from the configuration alone.
+    /// from the configuration alone (saturating at `usize::MAX` for configurations too
+    /// large to build).
     pub fn num_parameters(&self) -> usize {
-        let conv = |i: usize, o: usize, k: usize, g: usize| o * (i / g) * k * k;
-        let bn = |c: usize| 2 * c;
+        let conv = |i: usize, o: usize, k: usize, g: usize| {
+            o.saturating_mul(i / g.max(1))
+                .saturating_mul(k)
+                .saturating_mul(k)
+        };
+        let bn = |c: usize| c.saturating_mul(2);
         let k = self.stem.kernel();
-        let mut n = conv(self.in_channels, self.stem_width, k, 1) + bn(self.stem_width);
+        let mut n =
+            conv(self.in_channels, self.stem_width, k, 1).saturating_add(bn(self.stem_width));
         let mut inp = self.stem_width;
         for (s, (&blocks, &planes)) in self.layers.iter().zip(&self.planes).enumerate() {
             let (w, out) = (self.inner_width(planes), self.stage_out(planes));
             for b in 0..blocks {
                 let stride = if b == 0 { Self::stage_stride(s) } else { 1 };
-                n += match self.block {
-                    BlockKind::Basic => conv(inp, w, 3, 1) + bn(w) + conv(w, out, 3, 1) + bn(out),
-                    BlockKind::Bottleneck => {
-                        conv(inp, w, 1, 1)
-                            + bn(w)
-                            + conv(w, w, 3, self.groups)
-                            + bn(w)
-                            + conv(w, out, 1, 1)
-                            + bn(out)
+                let parts = match self.block {
+                    BlockKind::Basic => {
+                        vec![conv(inp, w, 3, 1), bn(w), conv(w, out, 3, 1), bn(out)]
                     }
+                    BlockKind::Bottleneck => vec![
+                        conv(inp, w, 1, 1),
+                        bn(w),
+                        conv(w, w, 3, self.groups),
+                        bn(w),
+                        conv(w, out, 1, 1),
+                        bn(out),
+                    ],
                 };
+                n = parts.into_iter().fold(n, usize::saturating_add);
                 if stride != 1 || inp != out {
-                    n += conv(inp, out, 1, 1) + bn(out);
+                    n = n
+                        .saturating_add(conv(inp, out, 1, 1))
+                        .saturating_add(bn(out));
                 }
                 inp = out;
             }
         }
-        n + inp * self.num_classes + self.num_classes
+        n.saturating_add(inp.saturating_mul(self.num_classes))
+            .saturating_add(self.num_classes)
     }
 }

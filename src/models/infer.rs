@@ -23,6 +23,12 @@ fn shape_of<'s>(state: &'s StateDict, key: &str, rank: usize) -> Result<&'s [usi
             ),
         ));
     }
+    if t.shape.contains(&0) {
+        return Err(arch(
+            key,
+            format!("a zero-sized tensor, shape {}", Shape(t.shape.clone())),
+        ));
+    }
     Ok(&t.shape)
 }
 
@@ -154,6 +160,30 @@ impl ResNetConfig {
             ));
         }
         config.validate()?;
+        // Nothing may be built for more values than the file holds: a mis-shaped or
+        // zero-sized tensor elsewhere (or thousands of block keys) must not make the
+        // network, and its allocation, huge. The strict load names the keys.
+        let needed = config.num_parameters();
+        let stored = state
+            .iter()
+            .map(|(_, t)| t.numel())
+            .fold(0usize, usize::saturating_add);
+        if needed > stored {
+            // The key of the widest tensor the reading took a width from.
+            let widest = std::iter::once("conv1.weight".to_string())
+                .chain((1..=config.layers.len()).map(|s| format!("layer{s}.0.conv1.weight")))
+                .max_by_key(|k| state.get(k).map_or(0, |t| t.shape[0]))
+                .unwrap_or_default();
+            return Err(arch(
+                &widest,
+                format!(
+                    "the architecture read off the keys ({} stages of {:?} blocks, widths {:?}) needs {needed} parameters, but the file holds only {stored} values",
+                    config.layers.len(),
+                    config.layers,
+                    widths
+                ),
+            ));
+        }
         Ok(config)
     }
 }
