@@ -175,6 +175,17 @@ pub enum Error {
         found: Shape,
     },
 
+    /// A stored value cannot be right: NaN or infinite, or a negative running
+    /// variance. [`crate::StateDict::load_into_as_stored`] loads such a checkpoint
+    /// anyway.
+    #[error("checkpoint value: key \"{key}\": {reason}")]
+    BadValue {
+        /// The tensor.
+        key: String,
+        /// What is wrong, and where.
+        reason: String,
+    },
+
     /// A configuration or argument is out of range.
     #[error("invalid {name}: {reason}")]
     InvalidArgument {

@@ -2,7 +2,7 @@
 //! [`Layer`].
 
 use crate::error::{Error, Result, Shape, ShapeMismatch, StateDictMismatch};
-use crate::layer::{join, Layer};
+use crate::layer::{join, Layer, ParamRole};
 use std::collections::BTreeMap;
 
 /// The values of a stored tensor: floating point (held as `f32`, whatever the file's
@@ -223,14 +223,59 @@ impl StateDict {
 
     /// Loads every tensor into `layer`, strictly: when any key is missing or
     /// unexpected, or any shape differs, nothing is changed and the error lists every
-    /// problem by name ([`Error::StateDict`]).
+    /// problem by name ([`Error::StateDict`]). So too when a value cannot be right —
+    /// NaN or infinite, or a negative running variance ([`Error::BadValue`], naming
+    /// the first such key): [`StateDict::load_into_as_stored`] loads those anyway.
     pub fn load_into<L: Layer + ?Sized>(&self, layer: &mut L) -> Result<()> {
+        self.check_values(layer)?;
+        self.load_into_as_stored(layer)
+    }
+
+    /// [`StateDict::load_into`] without the check of the values: for a checkpoint
+    /// whose non-finite values are meant (NaN propagates through the network, as in
+    /// PyTorch).
+    pub fn load_into_as_stored<L: Layer + ?Sized>(&self, layer: &mut L) -> Result<()> {
         let report = self.check(layer)?;
         if !report.is_empty() {
             return Err(Error::StateDict(report));
         }
         self.copy_into(layer);
         Ok(())
+    }
+
+    /// The first value among the tensors `layer` would load that cannot be right:
+    /// NaN or infinite anywhere, negative in a running variance.
+    fn check_values<L: Layer + ?Sized>(&self, layer: &L) -> Result<()> {
+        let mut first = None;
+        layer.visit_params(&mut |p| {
+            if first.is_some() {
+                return;
+            }
+            let Some(values) = self.tensors.get(p.name).and_then(|t| t.as_f32()) else {
+                return;
+            };
+            let bad = if p.role == ParamRole::RunningVar {
+                values.iter().position(|v| !v.is_finite() || *v < 0.0)
+            } else {
+                values.iter().position(|v| !v.is_finite())
+            };
+            if let Some(i) = bad {
+                first = Some(Error::BadValue {
+                    key: p.name.to_string(),
+                    reason: format!(
+                        "{} at index {i} (of {}){}",
+                        values[i],
+                        values.len(),
+                        if p.role == ParamRole::RunningVar && values[i] < 0.0 {
+                            ": a variance cannot be negative"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+        });
+        first.map_or(Ok(()), Err)
     }
 
     /// Loads the tensors whose key and shape fit `layer` and returns what did not fit,

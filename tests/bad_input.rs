@@ -137,3 +137,47 @@ fn a_bottleneck_with_a_zero_sized_conv3_is_an_error_not_a_panic() {
     let state = with_tensor(state, "layer1.0.conv3.weight", vec![0, 16, 1, 1]);
     refused(&state, Stem::Imagenet, "zero-sized");
 }
+
+#[test]
+fn corrupt_numbers_in_a_checkpoint_are_refused_naming_the_key() {
+    // Once loaded silently: NaN in a running variance, γ or fc.bias, a negative
+    // running variance, an infinite weight.
+    let cases = [
+        ("bn1.running_var", f32::NAN, "NaN"),
+        ("layer2.1.bn2.weight", f32::NAN, "NaN"),
+        ("fc.bias", f32::NAN, "NaN"),
+        ("layer3.0.bn1.running_var", -0.5, "negative"),
+        ("layer1.2.conv2.weight", f32::INFINITY, "inf"),
+    ];
+    for (key, value, needle) in cases {
+        let mut state = common::read("resnet20_cifar.safetensors");
+        let t = state.get(key).unwrap().clone();
+        let mut data = t.as_f32().unwrap().to_vec();
+        data[3] = value;
+        state.insert(
+            key,
+            reflow::state_dict::StoredTensor::f32(t.shape.clone(), data).unwrap(),
+        );
+        let err = ResNet::from_state_dict(&state, Stem::Cifar).unwrap_err();
+        assert!(
+            matches!(err, reflow::Error::BadValue { .. }),
+            "{key}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(key) && text.contains(needle) && text.contains("index 3"),
+            "{text}"
+        );
+        // Loaded on purpose, the value is there.
+        let mut net = ResNet::new(ResNetConfig::infer(&state, Stem::Cifar).unwrap()).unwrap();
+        state.load_into_as_stored(&mut net).unwrap();
+        let mut seen = None;
+        net.visit_params(&mut |p| {
+            if p.name == key {
+                seen = Some(p.data[3]);
+            }
+        });
+        let seen = seen.unwrap();
+        assert!(seen.to_bits() == value.to_bits(), "{key}: {seen}");
+    }
+}
