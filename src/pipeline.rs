@@ -155,13 +155,26 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
             Some(known) => self.measure.map(|_| known.clone()),
             None => self.measure.map(|d| measure_signal(model, d)).transpose()?,
         };
+        // What the masks will zero, and the running statistics, so that a failure
+        // after pruning leaves the model as it was given.
+        let weights = Snapshot::take(model, &masks);
         masks.apply(model)?;
-        let sparsity = SparsityReport::measure(model);
-        inspect(Stage::Pruned, model)?;
-        let pruned = self.measure.map(|d| measure_signal(model, d)).transpose()?;
-        let rescale = self.rescaler.rescale(model, calibration)?;
-        inspect(Stage::Rescaled, model)?;
-        let rescaled = self.measure.map(|d| measure_signal(model, d)).transpose()?;
+        let after = (|| {
+            let sparsity = SparsityReport::measure(model);
+            inspect(Stage::Pruned, model)?;
+            let pruned = self.measure.map(|d| measure_signal(model, d)).transpose()?;
+            let rescale = self.rescaler.rescale(model, calibration)?;
+            inspect(Stage::Rescaled, model)?;
+            let rescaled = self.measure.map(|d| measure_signal(model, d)).transpose()?;
+            Ok((sparsity, pruned, rescale, rescaled))
+        })();
+        let (sparsity, pruned, rescale, rescaled) = match after {
+            Ok(done) => done,
+            Err(e) => {
+                weights.restore(model);
+                return Err(e);
+            }
+        };
         let signal = match (dense, pruned, rescaled) {
             (Some(dense), Some(pruned), Some(rescaled)) => Some(SignalReport {
                 dense,
@@ -176,5 +189,51 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
             signal,
             masks,
         })
+    }
+}
+
+/// The tensors a set of masks covers and every batch norm's running statistics, as
+/// they were before a pipeline changed them.
+struct Snapshot {
+    params: Vec<(String, Vec<f32>)>,
+    norms: Vec<(Vec<f32>, Vec<f32>, i64)>,
+}
+
+impl Snapshot {
+    fn take<L: Layer + ?Sized>(model: &L, masks: &Masks) -> Self {
+        let mut params = Vec::new();
+        model.visit_params(&mut |p| {
+            if masks.get(p.name).is_some() {
+                params.push((p.name.to_string(), p.data.to_vec()));
+            }
+        });
+        let mut norms = Vec::new();
+        model.visit_norms(&mut |_, s| {
+            norms.push((
+                s.running_mean.to_vec(),
+                s.running_var.to_vec(),
+                s.num_batches_tracked,
+            ))
+        });
+        Snapshot { params, norms }
+    }
+
+    fn restore<L: Layer + ?Sized>(self, model: &mut L) {
+        let mut params = self.params.into_iter().peekable();
+        model.visit_params_mut(&mut |p| {
+            if params.peek().is_some_and(|(name, _)| name == p.name) {
+                if let Some((_, data)) = params.next() {
+                    p.data.copy_from_slice(&data);
+                }
+            }
+        });
+        let mut norms = self.norms.into_iter();
+        model.visit_norms_mut(&mut |_, s| {
+            if let Some((mean, var, count)) = norms.next() {
+                s.running_mean.copy_from_slice(&mean);
+                s.running_var.copy_from_slice(&var);
+                *s.num_batches_tracked = count;
+            }
+        });
     }
 }

@@ -181,3 +181,22 @@ fn corrupt_numbers_in_a_checkpoint_are_refused_naming_the_key() {
         assert!(seen.to_bits() == value.to_bits(), "{key}: {seen}");
     }
 }
+
+#[test]
+fn a_pipeline_that_fails_leaves_the_model_as_it_was() {
+    // Once: calibration data with the wrong channel count failed after the pruning,
+    // and the model stayed pruned.
+    use reflow::pipeline::Pipeline;
+    use reflow::prune::MagnitudePruner;
+    let mut net = net();
+    let before = reflow::StateDict::from_layer(&net);
+    let wrong = vec![Array4::<f32>::ones((4, 1, 16, 16))];
+    let err = Pipeline::new(MagnitudePruner::new(0.8), Reflow::cumulative())
+        .run(&mut net, &wrong)
+        .unwrap_err();
+    assert!(matches!(err, reflow::Error::Shape { .. }), "{err}");
+    let after = reflow::StateDict::from_layer(&net);
+    for (key, t) in before.iter() {
+        assert_eq!(after.get(key), Some(t), "{key} changed");
+    }
+}
