@@ -73,6 +73,19 @@ where
                 logits.shape(),
             ));
         }
+        if acc.total == 0 {
+            // Once the number of classes is known (after the first batch), every
+            // label of the data set must name one: a label past the last class is
+            // a wrong file, not a wrong answer.
+            let classes = logits.ncols();
+            let labels = data.labels().as_slice();
+            if let Some(i) = labels.iter().position(|&l| l as usize >= classes) {
+                return Err(Error::Data(format!(
+                    "label {} of sample {i}, but the network has {classes} classes",
+                    labels[i]
+                )));
+            }
+        }
         for (row, &label) in logits.rows().into_iter().zip(batch.labels) {
             acc.correct += (argmax(row.iter().copied()) == label as usize) as usize;
         }

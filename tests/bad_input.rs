@@ -200,3 +200,45 @@ fn a_pipeline_that_fails_leaves_the_model_as_it_was() {
         assert_eq!(after.get(key), Some(t), "{key} changed");
     }
 }
+
+#[test]
+fn labels_past_the_last_class_are_an_error_not_wrong_answers() {
+    use reflow::io::{Dataset, IdxImages, IdxLabels, Normalization};
+    let net = ResNet::new(ResNetConfig::cifar_resnet(20).unwrap().with_in_channels(1)).unwrap();
+    let data = Dataset::new(
+        IdxImages::from_pixels([6, 1, 8, 8], vec![100; 384]).unwrap(),
+        IdxLabels::from_vec(vec![0, 1, 2, 3, 10, 4]),
+    )
+    .unwrap();
+    let err =
+        reflow::metrics::accuracy(&net, &data, 2, &Normalization::fashion_mnist()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("label 10 of sample 4") && text.contains("10 classes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_vanishing_std_is_refused() {
+    use reflow::io::Normalization;
+    for std in [1e-40, 0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let err = Normalization::new(vec![0.5], vec![std]).unwrap_err();
+        assert!(err.to_string().contains("std"), "{std}: {err}");
+    }
+    assert!(Normalization::new(vec![0.5], vec![1e-6]).is_ok());
+}
+
+#[test]
+fn exact_reflow_refuses_a_single_value_per_channel_as_the_running_modes_do() {
+    // Once: `exact` wrote running_var = 0 where `cumulative` refused.
+    use reflow::nn::{BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
+    let conv = Conv2d::new(Conv2dConfig::new(2, 4, 1)).unwrap();
+    let mut unit = ConvBn::new("conv", conv, "bn", BatchNorm2d::new(4, 1e-5), true).unwrap();
+    let one_value = vec![Array4::<f32>::ones((1, 2, 1, 1))];
+    for reflow in [Reflow::exact(), Reflow::cumulative(), Reflow::ema(0.1)] {
+        let err = reflow.rescale(&mut unit, &one_value).unwrap_err();
+        assert!(err.to_string().contains("bn"), "{err}");
+        assert_eq!(unit.bn().running_var(), [1.0; 4], "unchanged");
+    }
+}

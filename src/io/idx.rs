@@ -236,6 +236,9 @@ impl IdxLabels {
     }
 }
 
+/// The smallest standard deviation a [`Normalization`] accepts.
+pub const MIN_STD: f32 = 1e-12;
+
 /// Per-channel normalisation `x = (p / 255 − mean_c) / std_c`.
 ///
 /// ```
@@ -267,10 +270,10 @@ impl Normalization {
         if mean.iter().any(|m| !m.is_finite()) {
             return Err(Error::invalid("mean", format!("{mean:?} is not finite")));
         }
-        if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        if std.iter().any(|s| !(s.is_finite() && *s > MIN_STD)) {
             return Err(Error::invalid(
                 "std",
-                format!("{std:?} must be finite and positive"),
+                format!("{std:?} must be finite and above {MIN_STD:e} (dividing by less turns pixels into infinities)"),
             ));
         }
         Ok(Normalization { mean, std })

@@ -11,4 +11,4 @@ mod idx;
 mod safetensors;
 
 pub use atomic::write_atomic;
-pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization};
+pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization, MIN_STD};

@@ -205,6 +205,17 @@ where
                 "reported no input during the forward pass",
             )
         })?;
+        // As the running modes, which need each batch's statistics: at least two
+        // values per channel (one gives no variance; PyTorch would write a NaN).
+        if moments.count() < 2 {
+            return Err(Error::invalid(
+                format!("batch norm \"{name}\""),
+                format!(
+                    "{} value(s) per channel in the whole calibration set: more than one is needed to compute a variance",
+                    moments.count()
+                ),
+            ));
+        }
         let (mean, var) = (moments.mean(), moments.unbiased_variance());
         let batches = data.num_batches() as i64;
         model.visit_norms_mut(&mut |n, s| {
