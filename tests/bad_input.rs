@@ -242,3 +242,59 @@ fn exact_reflow_refuses_a_single_value_per_channel_as_the_running_modes_do() {
         assert_eq!(unit.bn().running_var(), [1.0; 4], "unchanged");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_given_as_a_checkpoint_or_data_file_is_refused_without_blocking() {
+    // Once: reading a FIFO blocked forever.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("weights.safetensors");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        panic!("mkfifo is needed for this test");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let checkpoint = reflow::StateDict::read_safetensors(&path).map(|_| ());
+        let images = reflow::io::IdxImages::read(&path).map(|_| ());
+        let _ = tx.send((checkpoint, images));
+    });
+    let (checkpoint, images) = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("refused at once, not blocked on the FIFO");
+    for err in [checkpoint.unwrap_err(), images.unwrap_err()] {
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+    let err = reflow::StateDict::read_safetensors(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("directory"), "{err}");
+}
+
+#[test]
+fn a_gzip_stream_is_inflated_no_further_than_its_header_declares() {
+    // Once: the whole stream was inflated before the header was looked at (a gzip
+    // bomb took 1.1 GB). The stream below declares 2 images of 4×4 pixels and goes
+    // on; its tail is corrupt, so inflating past the declared size would fail on it
+    // instead of reporting the size.
+    use std::io::Write;
+    let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 4];
+    idx.extend(std::iter::repeat_n(7u8, 32 + 100_000));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&idx).unwrap();
+    let mut bytes = gz.finish().unwrap();
+    let n = bytes.len();
+    bytes[n - 8..].fill(0xff); // the trailer's checksum and length
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("images.gz");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = reflow::io::IdxImages::read(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("need 32 data bytes") && !err.contains("gzip"),
+        "{err}"
+    );
+    // The same stream cut to its declared size reads.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&idx[..16 + 32]).unwrap();
+    std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    assert_eq!(reflow::io::IdxImages::read(&path).unwrap().len(), 2);
+}

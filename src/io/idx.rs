@@ -14,18 +14,43 @@ use std::path::{Path, PathBuf};
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const UBYTE: u8 = 0x08;
 
-/// Reads a file, decompressing it when it starts with the gzip magic.
+/// Reads a file, decompressing it when it starts with the gzip magic. The stream is
+/// inflated as it is read: first the IDX header, checked, then no more than the data
+/// it declares (and one byte, to notice a longer stream), so that a stream that
+/// inflates to far more than its header says is never held in memory.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if raw.starts_with(&GZIP_MAGIC) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| idx_error(path, format!("corrupt gzip stream: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    let raw = super::file::read_regular(path)?;
+    if !raw.starts_with(&GZIP_MAGIC) {
+        return Ok(raw);
     }
+    let corrupt = |e: std::io::Error| idx_error(path, format!("corrupt gzip stream: {e}"));
+    let mut stream = flate2::read::MultiGzDecoder::new(raw.as_slice());
+    let mut out = Vec::new();
+    // The magic and the rank, then the dimensions.
+    (&mut stream)
+        .take(4)
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    if out.len() < 4 || out[0] != 0 || out[1] != 0 {
+        return Ok(out); // `parse` names the problem.
+    }
+    let rank = usize::from(out[3]);
+    (&mut stream)
+        .take(4 * rank as u64)
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    let declared = out[4..]
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+        .try_fold(1u64, |acc, d| acc.checked_mul(d));
+    let Some(declared) = declared else {
+        return Ok(out); // `parse` reports the overflow.
+    };
+    stream
+        .take(declared.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    Ok(out)
 }
 
 fn idx_error(path: &Path, reason: impl Into<String>) -> Error {

@@ -7,6 +7,7 @@
 //!   MNIST / Fashion-MNIST format, raw or gzip-compressed.
 
 mod atomic;
+mod file;
 mod idx;
 mod safetensors;
 

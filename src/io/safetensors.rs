@@ -44,7 +44,7 @@ impl StateDict {
     /// file is an [`Error::Safetensors`].
     pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = super::file::read_regular(path)?;
         Self::parse_safetensors(&bytes, path.to_path_buf())
     }
 
