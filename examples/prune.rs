@@ -49,13 +49,18 @@ struct Args {
     #[arg(long, default_value_t = 128, value_name = "N")]
     calib_batch: usize,
     /// Per-channel means, comma-separated.
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
     mean: String,
     /// Per-channel standard deviations, comma-separated.
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
     std: String,
     /// Sparsities, comma-separated, each in [0, 1).
-    #[arg(long, default_value = "0.5,0.7,0.8,0.9", value_name = "LIST")]
+    #[arg(
+        long,
+        default_value = "0.5,0.7,0.8,0.9",
+        value_name = "LIST",
+        allow_hyphen_values = true
+    )]
     sparsity: String,
     /// Pruning scope: global or layer.
     #[arg(long, default_value = "global")]
@@ -226,6 +231,7 @@ fn layers_json(report: &SparsityReport) -> Value {
 
 fn run(args: &Args) -> reflow::Result<()> {
     let plan = plan(args)?;
+    check_paths(args, &plan.sparsities)?;
 
     let mut net = ResNet::load(&args.weights, plan.stem)?;
     let cfg = net.config().clone();
@@ -243,6 +249,30 @@ fn run(args: &Args) -> reflow::Result<()> {
         IdxImages::read(&args.test_images)?,
         IdxLabels::read(&args.test_labels)?,
     )?;
+    let channels = |flag: &str, images: &IdxImages| {
+        let c = images.dims()[1];
+        if c == cfg.in_channels {
+            return Ok(());
+        }
+        Err(invalid(
+            flag,
+            format!(
+                "{c}-channel images; the model takes {} input channel(s)",
+                cfg.in_channels
+            ),
+        ))
+    };
+    channels("test-images", test.images())?;
+    let labels = test.labels().as_slice();
+    if let Some(i) = labels.iter().position(|&l| l as usize >= cfg.num_classes) {
+        return Err(invalid(
+            "test-labels",
+            format!(
+                "label {} of sample {i}, but the model has {} classes",
+                labels[i], cfg.num_classes
+            ),
+        ));
+    }
     if args.signal_images > test.len() {
         return Err(invalid(
             "signal-images",
@@ -254,6 +284,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         ));
     }
     let calib_images = IdxImages::read(&args.calib_images)?;
+    channels("calib-images", &calib_images)?;
     let calibration = ImageBatches::new(
         &calib_images,
         args.calib_count,
@@ -281,18 +312,8 @@ fn run(args: &Args) -> reflow::Result<()> {
         let Some(dir) = &args.save_dir else {
             return Ok(());
         };
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-            path: dir.clone(),
-            source: e,
-        })?;
-        let path = dir.join(format!("s{s}.safetensors"));
-        if same_file(&path, &args.weights) {
-            return Err(invalid(
-                "save-dir",
-                format!("{} is the input checkpoint", path.display()),
-            ));
-        }
-        StateDict::from_layer(net).write_safetensors(path)
+        // `check_paths` made the folder and made sure the file is no input.
+        StateDict::from_layer(net).write_safetensors(dir.join(saved_name(s)))
     };
 
     let protocol = Protocol {
@@ -385,10 +406,102 @@ fn run(args: &Args) -> reflow::Result<()> {
     Ok(())
 }
 
-/// Whether two paths name the same existing file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+/// The file `--save-dir` gets for sparsity `s`.
+fn saved_name(s: f64) -> String {
+    format!("s{s}.safetensors")
+}
+
+/// Where `path` is, whether or not it exists yet: its canonical form, or its folder's
+/// with its name.
+fn identity(path: &Path) -> Option<PathBuf> {
+    path.canonicalize().ok().or_else(|| {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(dir.canonicalize().ok()?.join(path.file_name()?))
+    })
+}
+
+/// Before any work: every input a regular file; every output's folder there and
+/// writable; no output the same file as an input or as another output (so that
+/// nothing given is ever overwritten). Makes `--save-dir` when it does not exist.
+fn check_paths(args: &Args, sparsities: &[f64]) -> reflow::Result<()> {
+    let inputs = [
+        ("weights", &args.weights),
+        ("test-images", &args.test_images),
+        ("test-labels", &args.test_labels),
+        ("calib-images", &args.calib_images),
+    ];
+    for (flag, path) in inputs {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| invalid(flag, format!("{}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(invalid(
+                flag,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
     }
+    let mut outputs: Vec<(&str, PathBuf)> = Vec::new();
+    if let Some(json) = &args.json {
+        writable_folder("json", json.parent())?;
+        outputs.push(("json", json.clone()));
+    }
+    if let Some(dir) = &args.save_dir {
+        if dir.exists() && !dir.is_dir() {
+            return Err(invalid(
+                "save-dir",
+                format!("{} is not a folder", dir.display()),
+            ));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| invalid("save-dir", format!("{}: {e}", dir.display())))?;
+        writable_folder("save-dir", Some(dir))?;
+        outputs.extend(
+            sparsities
+                .iter()
+                .map(|&s| ("save-dir", dir.join(saved_name(s)))),
+        );
+    }
+    let mut taken: Vec<(String, PathBuf)> = inputs
+        .iter()
+        .filter_map(|(flag, p)| Some((format!("the --{flag} file"), identity(p)?)))
+        .collect();
+    for (flag, path) in outputs {
+        let Some(id) = identity(&path) else {
+            continue;
+        };
+        if let Some((what, _)) = taken.iter().find(|(_, other)| *other == id) {
+            return Err(invalid(
+                flag,
+                format!("{} is {what}: it would be overwritten", path.display()),
+            ));
+        }
+        taken.push((format!("the --{flag} output"), id));
+    }
+    Ok(())
+}
+
+/// `dir` (the current folder when empty or absent) exists, is a folder, and takes a
+/// new file.
+fn writable_folder(flag: &str, dir: Option<&Path>) -> reflow::Result<()> {
+    let dir = match dir {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid(
+            flag,
+            format!("folder {} does not exist", dir.display()),
+        ));
+    }
+    let probe = dir.join(format!(".reflow-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| invalid(flag, format!("cannot write in {}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

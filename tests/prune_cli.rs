@@ -275,6 +275,147 @@ fn the_input_checkpoint_is_never_overwritten() {
     args = with(args, "--save-dir", &dir);
     let out = run(&args);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is the input checkpoint"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the --weights file"));
     assert_eq!(std::fs::read(&weights).unwrap(), before);
+}
+
+/// `files`' inputs and the fixture checkpoint, byte for byte.
+fn inputs(files: &Files, extra: &[&str]) -> Vec<(String, Vec<u8>)> {
+    ["test-images.gz", "test-labels.gz", "calib-images.gz"]
+        .iter()
+        .map(|n| files.path(n))
+        .chain(extra.iter().map(|s| s.to_string()))
+        .chain([common::fixture("resnet20_cifar.safetensors")
+            .to_string_lossy()
+            .into_owned()])
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
+    // Each case once ran for minutes, overwrote an input, or blamed the wrong flag.
+    let files = Files::new();
+    let base = files.args();
+    let dir = files.dir.path();
+    // A copy of the calibration images named as --save-dir would name its output.
+    let saves = files.path("saves");
+    std::fs::create_dir_all(&saves).unwrap();
+    let calib_copy = format!("{saves}/s0.5.safetensors");
+    std::fs::copy(files.path("calib-images.gz"), &calib_copy).unwrap();
+    // One-channel images for a three-channel model, a label past the last class.
+    gz_idx(&dir.join("gray.gz"), &[40, 1, 16, 16], &[9; 40 * 256]);
+    gz_idx(
+        &dir.join("label-10.gz"),
+        &[40],
+        &[[3u8; 39].as_slice(), &[10]].concat(),
+    );
+    // A checkpoint without layer2, one with a NaN running variance.
+    let mut state = common::read("resnet20_cifar.safetensors");
+    let layer2: Vec<String> = state
+        .keys()
+        .filter(|k| k.starts_with("layer2."))
+        .map(String::from)
+        .collect();
+    layer2.iter().for_each(|k| {
+        state.remove(k);
+    });
+    state
+        .write_safetensors(dir.join("no-layer2.safetensors"))
+        .unwrap();
+    let mut state = common::read("resnet20_cifar.safetensors");
+    let t = state.get("layer3.1.bn1.running_var").unwrap().clone();
+    let mut v = t.as_f32().unwrap().to_vec();
+    v[0] = f32::NAN;
+    state.insert(
+        "layer3.1.bn1.running_var",
+        reflow::state_dict::StoredTensor::f32(t.shape.clone(), v).unwrap(),
+    );
+    state
+        .write_safetensors(dir.join("nan.safetensors"))
+        .unwrap();
+    let weights = common::fixture("resnet20_cifar.safetensors")
+        .to_string_lossy()
+        .into_owned();
+    let saves_args = with(
+        with(
+            with(base.clone(), "--save-dir", &saves),
+            "--sparsity",
+            "0.5",
+        ),
+        "--calib-images",
+        &calib_copy,
+    );
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            with(base.clone(), "--sparsity", "-0.1"),
+            "-0.1 is outside [0, 1)",
+        ),
+        (
+            with(base.clone(), "--json", &weights),
+            "is the --weights file: it would be overwritten",
+        ),
+        (
+            with(base.clone(), "--json", &files.path("test-images.gz")),
+            "is the --test-images file",
+        ),
+        (saves_args, "is the --calib-images file"),
+        (
+            with(base.clone(), "--json", &files.path("no-such-dir/r.json")),
+            "does not exist",
+        ),
+        (
+            with(base.clone(), "--save-dir", &files.path("test-labels.gz")),
+            "is not a folder",
+        ),
+        (
+            with(base.clone(), "--test-labels", &files.path("label-10.gz")),
+            "label 10 of sample 39",
+        ),
+        (
+            with(base.clone(), "--test-images", &files.path("gray.gz")),
+            "--test-images: 1-channel images",
+        ),
+        (
+            with(base.clone(), "--calib-images", &files.path("gray.gz")),
+            "--calib-images: 1-channel images",
+        ),
+        (
+            with(
+                base.clone(),
+                "--weights",
+                &files.path("no-layer2.safetensors"),
+            ),
+            "\"layer2.0.conv1.weight\": missing, but layer3 is present",
+        ),
+        (
+            with(base.clone(), "--weights", &files.path("nan.safetensors")),
+            "\"layer3.1.bn1.running_var\": NaN at index 0",
+        ),
+        (
+            with(base.clone(), "--test-images", &files.path("saves")),
+            "is not a regular file",
+        ),
+    ];
+    let before = inputs(&files, &[&calib_copy, &weights]);
+    for (args, needle) in cases {
+        let t = std::time::Instant::now();
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{needle}: exit 0");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{needle}: {stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        assert!(
+            t.elapsed().as_secs_f64() < 10.0,
+            "{needle}: found before any work"
+        );
+        let after = inputs(&files, &[&calib_copy, &weights]);
+        for ((path, now), (_, then)) in after.iter().zip(&before) {
+            assert!(now == then, "{needle}: {path} changed");
+        }
+    }
 }

@@ -81,6 +81,18 @@ impl ResNetConfig {
                 if stage == 1 {
                     return Err(arch(&first, "missing: a ResNet has at least one stage"));
                 }
+                // A later stage's keys with this one missing: the stage is missing,
+                // not the classifier that the later keys would then seem to misfit.
+                let later = state.keys().find_map(|k| {
+                    let n: usize = k.strip_prefix("layer")?.split('.').next()?.parse().ok()?;
+                    (n > stage).then_some(n)
+                });
+                if let Some(later) = later {
+                    return Err(arch(
+                        &first,
+                        format!("missing, but layer{later} is present"),
+                    ));
+                }
                 break;
             }
             let blocks = (0..)
