@@ -106,6 +106,20 @@ fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
     args
 }
 
+/// Runs the tool with `args`: a non-zero exit and one line on stderr that contains
+/// `needle` (no panic, no backtrace).
+fn fails_with_one_line(args: &[String], needle: &str) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{needle}: exit 0");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{needle}: {stderr}");
+    assert!(stderr.contains(needle), "{needle}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_small_run_reports_prunes_recalibrates_and_saves() {
     let files = Files::new();
@@ -250,15 +264,7 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
         ),
     ];
     for (args, needle) in cases {
-        let out = run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{needle}: exit 0");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{needle}: {stderr}");
-        assert!(stderr.contains(needle), "{needle}: {stderr}");
-        assert!(
-            !stderr.contains("panicked") && !stderr.contains("backtrace"),
-            "{stderr}"
-        );
+        fails_with_one_line(&args, needle);
     }
 }
 
@@ -404,11 +410,7 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
     let before = inputs(&files, &[&calib_copy, &weights]);
     for (args, needle) in cases {
         let t = std::time::Instant::now();
-        let out = run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{needle}: exit 0");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{needle}: {stderr}");
-        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        fails_with_one_line(&args, needle);
         assert!(
             t.elapsed().as_secs_f64() < 10.0,
             "{needle}: found before any work"
