@@ -285,6 +285,7 @@ fn run(args: &Args) -> reflow::Result<()> {
     }
     let calib_images = IdxImages::read(&args.calib_images)?;
     channels("calib-images", &calib_images)?;
+    enough_values(args, &plan, &cfg, &calib_images)?;
     let calibration = ImageBatches::new(
         &calib_images,
         args.calib_count,
@@ -402,6 +403,46 @@ fn run(args: &Args) -> reflow::Result<()> {
         });
         let text = serde_json::to_string_pretty(&report).expect("JSON values serialise");
         reflow::io::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Before any forward pass: every batch norm gets at least two values per channel to
+/// compute a variance from — in each calibration batch for the running modes, in the
+/// whole calibration set for `exact`. The batch norm with the fewest is at the last
+/// stage.
+fn enough_values(
+    args: &Args,
+    plan: &Plan,
+    cfg: &ResNetConfig,
+    images: &IdxImages,
+) -> reflow::Result<()> {
+    let [_, _, h, w] = images.dims();
+    let conv = |n: usize, k: usize, s: usize, p: usize| (n + 2 * p).saturating_sub(k) / s + 1;
+    let side = |n: usize| {
+        let stem = match cfg.stem {
+            Stem::Cifar => conv(n, 3, 1, 1),
+            Stem::Imagenet => conv(conv(n, 7, 2, 3), 3, 2, 1),
+        };
+        (0..cfg.layers.len()).fold(stem, |n, s| conv(n, 3, ResNetConfig::stage_stride(s), 1))
+    };
+    let per_image = side(h) * side(w);
+    let count = args.calib_count.min(images.len());
+    let (images_at_once, flag) = match plan.reflow.mode() {
+        ReflowMode::Exact => (count, "calib-count"),
+        _ => match count % args.calib_batch {
+            0 => (args.calib_batch.min(count), "calib-batch"),
+            last => (last, "calib-batch"),
+        },
+    };
+    if images_at_once * per_image < 2 {
+        return Err(invalid(
+            flag,
+            format!(
+                "{images_at_once} image(s) of {h}x{w} give the last stage's batch norms {} value(s) per channel; a variance needs two",
+                images_at_once * per_image
+            ),
+        ));
     }
     Ok(())
 }

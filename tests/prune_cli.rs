@@ -319,6 +319,9 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
         &[40],
         &[[3u8; 39].as_slice(), &[10]].concat(),
     );
+    // Calibration images of one pixel: one value per channel and image at every BN.
+    gz_idx(&dir.join("tiny.gz"), &[24, 3, 1, 1], &[50; 72]);
+    let tiny = with(base.clone(), "--calib-images", &files.path("tiny.gz"));
     // A checkpoint without layer2, one with a NaN running variance.
     let mut state = common::read("resnet20_cifar.safetensors");
     let layer2: Vec<String> = state
@@ -343,9 +346,18 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
     state
         .write_safetensors(dir.join("nan.safetensors"))
         .unwrap();
-    let weights = common::fixture("resnet20_cifar.safetensors")
-        .to_string_lossy()
-        .into_owned();
+    let mut state = common::read("resnet20_cifar.safetensors");
+    let empty = reflow::state_dict::StoredTensor::f32(vec![100_000, 0, 3, 3], vec![]).unwrap();
+    state.insert("layer1.0.conv1.weight", empty);
+    state
+        .write_safetensors(dir.join("zero-width.safetensors"))
+        .unwrap();
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    // A copy of the checkpoint, so that a regression overwrites no fixture.
+    let weights = files.path("weights.safetensors");
+    std::fs::copy(common::fixture("resnet20_cifar.safetensors"), &weights).unwrap();
     let saves_args = with(
         with(
             with(base.clone(), "--save-dir", &saves),
@@ -362,7 +374,11 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
             "-0.1 is outside [0, 1)",
         ),
         (
-            with(base.clone(), "--json", &weights),
+            with(
+                with(base.clone(), "--weights", &weights),
+                "--json",
+                &weights,
+            ),
             "is the --weights file: it would be overwritten",
         ),
         (
@@ -405,6 +421,30 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
         (
             with(base.clone(), "--test-images", &files.path("saves")),
             "is not a regular file",
+        ),
+        (
+            with(
+                base.clone(),
+                "--weights",
+                &files.path("zero-width.safetensors"),
+            ),
+            "\"layer1.0.conv1.weight\": a zero-sized tensor",
+        ),
+        (
+            with(base.clone(), "--weights", &files.path("fifo")),
+            "is not a regular file",
+        ),
+        (
+            with(
+                with(tiny.clone(), "--calib-count", "17"),
+                "--calib-batch",
+                "8",
+            ),
+            "--calib-batch: 1 image(s) of 1x1 give the last stage's batch norms 1 value(s)",
+        ),
+        (
+            with(with(tiny.clone(), "--calib-count", "1"), "--mode", "exact"),
+            "--calib-count: 1 image(s) of 1x1",
         ),
     ];
     let before = inputs(&files, &[&calib_copy, &weights]);
