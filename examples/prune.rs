@@ -195,12 +195,23 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
     })
 }
 
+/// `v` as a JSON number, or, when it is NaN or infinite (which JSON numbers cannot
+/// be, and serde_json would write as `null`), as the string `"NaN"`, `"inf"` or
+/// `"-inf"`: a value that went wrong stays visible in the report.
+fn number(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        json!(v.to_string())
+    }
+}
+
 fn signal_json(signal: &Signal) -> Value {
     Value::Object(
         signal
             .layers
             .iter()
-            .map(|(name, v)| (name.clone(), json!(v)))
+            .map(|(name, v)| (name.clone(), number(*v)))
             .collect::<Map<_, _>>(),
     )
 }
@@ -209,10 +220,10 @@ fn run_json(run: &protocol::Run, scope: Scope) -> Value {
     json!({
         "scope": scope.to_string(),
         "sparsity": run.sparsity,
-        "actual_sparsity": run.report.sparsity.prunable_sparsity(),
-        "pruned_top1": run.pruned.accuracy.top1(),
+        "actual_sparsity": number(run.report.sparsity.prunable_sparsity()),
+        "pruned_top1": number(run.pruned.accuracy.top1()),
         "pruned_correct": run.pruned.accuracy.correct,
-        "reflow_top1": run.reflow.accuracy.top1(),
+        "reflow_top1": number(run.reflow.accuracy.top1()),
         "reflow_correct": run.reflow.accuracy.correct,
         "bn_signal_pruned": signal_json(&run.pruned.signal),
         "bn_signal_reflow": signal_json(&run.reflow.signal),
@@ -225,7 +236,7 @@ fn layers_json(report: &SparsityReport) -> Value {
     report
         .tensors
         .iter()
-        .map(|t| json!({"name": t.name, "numel": t.numel, "sparsity": t.sparsity()}))
+        .map(|t| json!({"name": t.name, "numel": t.numel, "sparsity": number(t.sparsity())}))
         .collect()
 }
 
@@ -395,7 +406,7 @@ fn run(args: &Args) -> reflow::Result<()> {
                 "prunable": count_prunable(&net),
             },
             "dense": {
-                "top1": dense.accuracy.top1(),
+                "top1": number(dense.accuracy.top1()),
                 "correct": dense.accuracy.correct,
                 "bn_signal": signal_json(&dense.signal),
             },
