@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use crate::prune::{Masks, Pruner, SparsityReport};
-use crate::rescale::{CalibrationData, RescaleReport, Rescaler};
+use crate::rescale::{CalibrationData, NormSnapshot, RescaleReport, Rescaler};
 use crate::stats::{measure_signal, Signal};
 use serde::{Deserialize, Serialize};
 
@@ -196,7 +196,7 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
 /// they were before a pipeline changed them.
 struct Snapshot {
     params: Vec<(String, Vec<f32>)>,
-    norms: Vec<(Vec<f32>, Vec<f32>, i64)>,
+    norms: NormSnapshot,
 }
 
 impl Snapshot {
@@ -207,15 +207,10 @@ impl Snapshot {
                 params.push((p.name.to_string(), p.data.to_vec()));
             }
         });
-        let mut norms = Vec::new();
-        model.visit_norms(&mut |_, s| {
-            norms.push((
-                s.running_mean.to_vec(),
-                s.running_var.to_vec(),
-                s.num_batches_tracked,
-            ))
-        });
-        Snapshot { params, norms }
+        Snapshot {
+            params,
+            norms: NormSnapshot::take(model),
+        }
     }
 
     fn restore<L: Layer + ?Sized>(self, model: &mut L) {
@@ -227,13 +222,6 @@ impl Snapshot {
                 }
             }
         });
-        let mut norms = self.norms.into_iter();
-        model.visit_norms_mut(&mut |_, s| {
-            if let Some((mean, var, count)) = norms.next() {
-                s.running_mean.copy_from_slice(&mean);
-                s.running_var.copy_from_slice(&var);
-                *s.num_batches_tracked = count;
-            }
-        });
+        self.norms.restore(model);
     }
 }

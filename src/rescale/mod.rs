@@ -10,6 +10,7 @@ mod data;
 mod reflow;
 
 pub use data::{CalibrationData, ImageBatches};
+pub(crate) use reflow::NormSnapshot;
 pub use reflow::{Reflow, ReflowMode};
 
 use crate::error::Result;

@@ -112,7 +112,7 @@ impl Rescaler for Reflow {
                 "empty calibration set (0 batches)",
             ));
         }
-        let snapshot = Snapshot::take(model);
+        let snapshot = NormSnapshot::take(model);
         let result = match self.mode {
             ReflowMode::Cumulative => running(model, data, NormUpdate::Cumulative),
             ReflowMode::Ema { momentum } => running(model, data, NormUpdate::Ema { momentum }),
@@ -129,10 +129,10 @@ impl Rescaler for Reflow {
 }
 
 /// A copy of every batch norm's running statistics, to restore after a failure.
-struct Snapshot(Vec<(Vec<f32>, Vec<f32>, i64)>);
+pub(crate) struct NormSnapshot(Vec<(Vec<f32>, Vec<f32>, i64)>);
 
-impl Snapshot {
-    fn take<L: Layer + ?Sized>(model: &L) -> Self {
+impl NormSnapshot {
+    pub(crate) fn take<L: Layer + ?Sized>(model: &L) -> Self {
         let mut all = Vec::new();
         model.visit_norms(&mut |_, s| {
             all.push((
@@ -141,10 +141,10 @@ impl Snapshot {
                 s.num_batches_tracked,
             ))
         });
-        Snapshot(all)
+        NormSnapshot(all)
     }
 
-    fn restore<L: Layer + ?Sized>(self, model: &mut L) {
+    pub(crate) fn restore<L: Layer + ?Sized>(self, model: &mut L) {
         let mut saved = self.0.into_iter();
         model.visit_norms_mut(&mut |_, s| {
             if let Some((m, v, n)) = saved.next() {
