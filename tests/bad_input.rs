@@ -298,3 +298,26 @@ fn a_gzip_stream_is_inflated_no_further_than_its_header_declares() {
     std::fs::write(&path, gz.finish().unwrap()).unwrap();
     assert_eq!(reflow::io::IdxImages::read(&path).unwrap().len(), 2);
 }
+
+#[test]
+fn a_pipeline_that_fails_after_recalibrating_leaves_the_model_as_it_was() {
+    // The running statistics REFLOW changed are restored too, not only the weights.
+    use reflow::pipeline::{Pipeline, Stage};
+    use reflow::prune::MagnitudePruner;
+    let mut net = net();
+    let before = reflow::StateDict::from_layer(&net);
+    let data = vec![Array4::from_shape_fn((4, 3, 16, 16), |(n, c, h, w)| {
+        ((n + c + h * w) % 5) as f32 / 5.0
+    })];
+    let err = Pipeline::new(MagnitudePruner::new(0.5), Reflow::cumulative())
+        .run_inspecting(&mut net, &data, |stage, _| match stage {
+            Stage::Rescaled => Err(reflow::Error::Data("stop after REFLOW".into())),
+            _ => Ok(()),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("stop after REFLOW"), "{err}");
+    let after = reflow::StateDict::from_layer(&net);
+    for (key, t) in before.iter() {
+        assert_eq!(after.get(key), Some(t), "{key} changed");
+    }
+}
