@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::Array4;
-use reflow::layer::{Layer, Probe, Schedule};
+use reflow::layer::{Layer, Params, Probe, Schedule};
 use reflow::models::{ResNet, ResNetConfig};
 use reflow::prune::{MagnitudePruner, Pruner};
 use reflow::rescale::{Reflow, Rescaler};

@@ -12,7 +12,7 @@
 
 use ndarray::Array4;
 use reflow::cpu::{self, Level};
-use reflow::layer::{Activation, Layer, LayerKind, Observer, Probe, Schedule, Site, Tap};
+use reflow::layer::{Activation, Layer, LayerKind, Observer, Params, Probe, Schedule, Site, Tap};
 use reflow::models::{ResNet, ResNetConfig};
 use reflow::rescale::{Reflow, Rescaler};
 use std::collections::HashMap;

@@ -104,7 +104,9 @@ pub use state_dict::StateDict;
 pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::io::{Dataset, IdxImages, IdxLabels, Normalization};
-    pub use crate::layer::{count_parameters, count_prunable, Layer, NormUpdate, Probe, Schedule};
+    pub use crate::layer::{count_parameters, count_prunable, Layer, Network, NormUpdate, Params};
+    pub use crate::layer::{Probe, Schedule};
+    pub use crate::metrics::argmax;
     pub use crate::metrics::{accuracy, Accuracy};
     pub use crate::models::{BlockKind, ResNet, ResNetConfig, Stem};
     pub use crate::pipeline::{Pipeline, PipelineReport, Stage};

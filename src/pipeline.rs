@@ -1,11 +1,12 @@
 //! Prune → measure → rescale → measure, in one call.
 
 use crate::error::{Error, Result};
-use crate::layer::Layer;
+use crate::layer::{Layer, Params};
 use crate::prune::{Masks, Pruner, SparsityReport};
 use crate::rescale::{CalibrationData, NormSnapshot, RescaleReport, Rescaler};
 use crate::stats::{measure_signal, Signal};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// The signal metric of every batch-norm layer before pruning, after pruning, and
 /// after rescaling.
@@ -92,7 +93,7 @@ pub struct Pipeline<'d, P, R, I> {
     dense_signal: Option<Signal>,
 }
 
-impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
+impl<'d, P: Pruner, R: Rescaler<I>, I> Pipeline<'d, P, R, I> {
     /// Prune with `pruner`, then rescale with `rescaler`.
     pub fn new(pruner: P, rescaler: R) -> Self {
         Pipeline {
@@ -125,7 +126,7 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
         calibration: &dyn CalibrationData<I>,
     ) -> Result<PipelineReport>
     where
-        L: Layer<Input = I> + ?Sized,
+        L: Layer<Input = I>,
     {
         self.run_inspecting(model, calibration, |_, _| Ok(()))
     }
@@ -140,7 +141,7 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
         mut inspect: impl FnMut(Stage, &L) -> Result<()>,
     ) -> Result<PipelineReport>
     where
-        L: Layer<Input = I> + ?Sized,
+        L: Layer<Input = I>,
     {
         self.rescaler.validate()?;
         if calibration.num_batches() == 0 {
@@ -195,16 +196,16 @@ impl<'d, P: Pruner, R: Rescaler, I> Pipeline<'d, P, R, I> {
 /// The tensors a set of masks covers and every batch norm's running statistics, as
 /// they were before a pipeline changed them.
 struct Snapshot {
-    params: Vec<(String, Vec<f32>)>,
+    params: HashMap<String, Vec<f32>>,
     norms: NormSnapshot,
 }
 
 impl Snapshot {
-    fn take<L: Layer + ?Sized>(model: &L, masks: &Masks) -> Self {
-        let mut params = Vec::new();
+    fn take(model: &dyn Params, masks: &Masks) -> Self {
+        let mut params = HashMap::new();
         model.visit_params(&mut |p| {
             if masks.get(p.name).is_some() {
-                params.push((p.name.to_string(), p.data.to_vec()));
+                params.insert(p.name.to_string(), p.data.to_vec());
             }
         });
         Snapshot {
@@ -213,13 +214,11 @@ impl Snapshot {
         }
     }
 
-    fn restore<L: Layer + ?Sized>(self, model: &mut L) {
-        let mut params = self.params.into_iter().peekable();
+    fn restore(self, model: &mut dyn Params) {
+        let mut params = self.params;
         model.visit_params_mut(&mut |p| {
-            if params.peek().is_some_and(|(name, _)| name == p.name) {
-                if let Some((_, data)) = params.next() {
-                    p.data.copy_from_slice(&data);
-                }
+            if let Some(data) = params.remove(p.name) {
+                p.data.copy_from_slice(&data);
             }
         });
         self.norms.restore(model);

@@ -1,8 +1,8 @@
 //! Named tensors in PyTorch's `state_dict` sense, and strict loading into any
-//! [`Layer`].
+//! [`Params`].
 
 use crate::error::{Error, Result, Shape, ShapeMismatch, StateDictMismatch};
-use crate::layer::{join, Layer, ParamRole};
+use crate::layer::{join, ParamRole, Params};
 use std::collections::BTreeMap;
 
 /// The values of a stored tensor: floating point (held as `f32`, whatever the file's
@@ -106,7 +106,7 @@ impl StateDict {
 
     /// Every parameter of `layer` under its name, plus each batch-norm layer's
     /// `num_batches_tracked`: what PyTorch's `model.state_dict()` holds.
-    pub fn from_layer<L: Layer + ?Sized>(layer: &L) -> Self {
+    pub fn from_layer(layer: &dyn Params) -> Self {
         let mut tensors = BTreeMap::new();
         layer.visit_params(&mut |p| {
             tensors.insert(
@@ -173,7 +173,7 @@ impl StateDict {
     /// `num_batches_tracked` may be absent (it is not a parameter) but is reported
     /// when unexpected. Dtypes are checked too: a parameter stored as integers is an
     /// [`Error::UnsupportedDtype`].
-    pub fn check<L: Layer + ?Sized>(&self, layer: &L) -> Result<StateDictMismatch> {
+    pub fn check(&self, layer: &dyn Params) -> Result<StateDictMismatch> {
         let mut report = StateDictMismatch::default();
         let mut expected = BTreeMap::new();
         let mut dtype_error = None;
@@ -226,7 +226,7 @@ impl StateDict {
     /// problem by name ([`Error::StateDict`]). So too when a value cannot be right —
     /// NaN or infinite, or a negative running variance ([`Error::BadValue`], naming
     /// the first such key): [`StateDict::load_into_as_stored`] loads those anyway.
-    pub fn load_into<L: Layer + ?Sized>(&self, layer: &mut L) -> Result<()> {
+    pub fn load_into(&self, layer: &mut dyn Params) -> Result<()> {
         self.check_values(layer)?;
         self.load_into_as_stored(layer)
     }
@@ -234,7 +234,7 @@ impl StateDict {
     /// [`StateDict::load_into`] without the check of the values: for a checkpoint
     /// whose non-finite values are meant (NaN propagates through the network, as in
     /// PyTorch).
-    pub fn load_into_as_stored<L: Layer + ?Sized>(&self, layer: &mut L) -> Result<()> {
+    pub fn load_into_as_stored(&self, layer: &mut dyn Params) -> Result<()> {
         let report = self.check(layer)?;
         if !report.is_empty() {
             return Err(Error::StateDict(report));
@@ -245,7 +245,7 @@ impl StateDict {
 
     /// The first value among the tensors `layer` would load that cannot be right:
     /// NaN or infinite anywhere, negative in a running variance.
-    fn check_values<L: Layer + ?Sized>(&self, layer: &L) -> Result<()> {
+    fn check_values(&self, layer: &dyn Params) -> Result<()> {
         let mut first = None;
         layer.visit_params(&mut |p| {
             if first.is_some() {
@@ -281,13 +281,13 @@ impl StateDict {
     /// Loads the tensors whose key and shape fit `layer` and returns what did not fit,
     /// like PyTorch's `load_state_dict(strict=False)` (which would fail on shape
     /// mismatches; here they are skipped and reported).
-    pub fn load_into_partial<L: Layer + ?Sized>(&self, layer: &mut L) -> Result<StateDictMismatch> {
+    pub fn load_into_partial(&self, layer: &mut dyn Params) -> Result<StateDictMismatch> {
         let report = self.check(layer)?;
         self.copy_into(layer);
         Ok(report)
     }
 
-    fn copy_into<L: Layer + ?Sized>(&self, layer: &mut L) {
+    fn copy_into(&self, layer: &mut dyn Params) {
         layer.visit_params_mut(&mut |p| {
             if let Some(t) = self.tensors.get(p.name) {
                 if let (Some(v), true) = (t.as_f32(), t.shape == p.shape) {

@@ -4,7 +4,7 @@
 mod common;
 
 use ndarray::Array4;
-use reflow::layer::{Layer, NormUpdate, Probe};
+use reflow::layer::{Layer, NormUpdate, Params, Probe};
 use reflow::models::{ResNet, ResNetConfig, Stem};
 use reflow::nn::Relu;
 use reflow::rescale::{Reflow, Rescaler};

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fixture, read};
-use reflow::layer::{Layer, ParamRole};
+use reflow::layer::{Layer, ParamRole, Params};
 use reflow::models::{ResNet, ResNetConfig, Stem};
 use reflow::state_dict::{StoredTensor, TensorData};
 use reflow::{Error, StateDict};

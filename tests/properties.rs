@@ -3,7 +3,7 @@
 
 use ndarray::Array4;
 use proptest::prelude::*;
-use reflow::layer::{Activation, Layer, ParamRole};
+use reflow::layer::{Activation, ParamRole, Params};
 use reflow::nn::{BatchNorm2d, Conv2d, Conv2dConfig, Relu, Sequential};
 use reflow::prune::{removal_count, MagnitudePruner, Pruner, RandomPruner, Scope};
 use reflow::rescale::{Reflow, Rescaler};

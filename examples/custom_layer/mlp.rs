@@ -1,13 +1,12 @@
 //! A network that is not part of reflow, with its own tensor type: a plain `Vec<f32>`
 //! matrix and a `Linear → BatchNorm1d → ReLU → Linear` multilayer perceptron.
 //!
-//! Implementing `reflow::Layer` for it is all it takes to run reflow's stages —
-//! magnitude pruning, signal measurement and REFLOW — on it.
+//! Implementing `reflow::layer::Params` (the parameter walk: each part declared once,
+//! by name) and `reflow::Layer` (the two passes) for it is all it takes to run
+//! reflow's stages — magnitude pruning, signal measurement and REFLOW — on it.
 
-use reflow::layer::{
-    Activation, Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole,
-    Probe, Site,
-};
+use reflow::layer::{Activation, Layer, LayerKind, NormParams, NormParamsMut, NormUpdate};
+use reflow::layer::{Params, Probe, Site, Visitor, VisitorMut};
 use reflow::{Error, Result};
 
 /// A row-major `[rows, cols]` matrix: one sample per row.
@@ -68,7 +67,6 @@ impl Dense {
 /// Batch normalisation over the features of a `[N, C]` matrix.
 #[derive(Debug, Clone)]
 pub struct BatchNorm1d {
-    shape: [usize; 1],
     gamma: Vec<f32>,
     beta: Vec<f32>,
     mean: Vec<f32>,
@@ -80,7 +78,6 @@ pub struct BatchNorm1d {
 impl BatchNorm1d {
     pub fn new(c: usize) -> Self {
         BatchNorm1d {
-            shape: [c],
             gamma: vec![1.0; c],
             beta: vec![0.0; c],
             mean: vec![0.0; c],
@@ -181,6 +178,50 @@ impl Mlp {
     }
 }
 
+impl Params for Dense {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        v.weight_bias("", &self.shape, &self.weight, Some(&self.bias));
+    }
+
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        v.weight_bias("", &self.shape, &mut self.weight, Some(&mut self.bias));
+    }
+}
+
+impl Params for BatchNorm1d {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        let (g, b, m, var) = (&self.gamma, &self.beta, &self.mean, &self.var);
+        v.batch_norm("", NormParams::new(g, b, m, var, self.batches, self.eps));
+    }
+
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        let (g, b, m, var) = (
+            &mut self.gamma,
+            &mut self.beta,
+            &mut self.mean,
+            &mut self.var,
+        );
+        v.batch_norm(
+            "",
+            NormParamsMut::new(g, b, m, var, &mut self.batches, self.eps),
+        );
+    }
+}
+
+impl Params for Mlp {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        v.child("fc1", &self.fc1);
+        v.child("bn1", &self.bn1);
+        v.child("fc2", &self.fc2);
+    }
+
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        v.child("fc1", &mut self.fc1);
+        v.child("bn1", &mut self.bn1);
+        v.child("fc2", &mut self.fc2);
+    }
+}
+
 impl Layer for Mlp {
     type Input = Matrix;
     type Output = Matrix;
@@ -203,130 +244,6 @@ impl Layer for Mlp {
         let y = self.run(x, probe, |h| bn.forward_train(h, update));
         self.bn1 = bn;
         y
-    }
-
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
-        let tensors: [(&str, ParamRole, &[usize], &[f32]); 8] = [
-            (
-                "fc1.weight",
-                ParamRole::Weight,
-                &self.fc1.shape,
-                &self.fc1.weight,
-            ),
-            (
-                "fc1.bias",
-                ParamRole::Bias,
-                &self.fc1.shape[..1],
-                &self.fc1.bias,
-            ),
-            (
-                "bn1.weight",
-                ParamRole::NormWeight,
-                &self.bn1.shape,
-                &self.bn1.gamma,
-            ),
-            (
-                "bn1.bias",
-                ParamRole::NormBias,
-                &self.bn1.shape,
-                &self.bn1.beta,
-            ),
-            (
-                "bn1.running_mean",
-                ParamRole::RunningMean,
-                &self.bn1.shape,
-                &self.bn1.mean,
-            ),
-            (
-                "bn1.running_var",
-                ParamRole::RunningVar,
-                &self.bn1.shape,
-                &self.bn1.var,
-            ),
-            (
-                "fc2.weight",
-                ParamRole::Weight,
-                &self.fc2.shape,
-                &self.fc2.weight,
-            ),
-            (
-                "fc2.bias",
-                ParamRole::Bias,
-                &self.fc2.shape[..1],
-                &self.fc2.bias,
-            ),
-        ];
-        for (name, role, shape, data) in tensors {
-            f(Param {
-                name,
-                role,
-                shape,
-                data,
-            });
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        let (fc1, bn1, fc2) = (&mut self.fc1, &mut self.bn1, &mut self.fc2);
-        let tensors: [(&str, ParamRole, &[usize], &mut [f32]); 8] = [
-            ("fc1.weight", ParamRole::Weight, &fc1.shape, &mut fc1.weight),
-            ("fc1.bias", ParamRole::Bias, &fc1.shape[..1], &mut fc1.bias),
-            (
-                "bn1.weight",
-                ParamRole::NormWeight,
-                &bn1.shape,
-                &mut bn1.gamma,
-            ),
-            ("bn1.bias", ParamRole::NormBias, &bn1.shape, &mut bn1.beta),
-            (
-                "bn1.running_mean",
-                ParamRole::RunningMean,
-                &bn1.shape,
-                &mut bn1.mean,
-            ),
-            (
-                "bn1.running_var",
-                ParamRole::RunningVar,
-                &bn1.shape,
-                &mut bn1.var,
-            ),
-            ("fc2.weight", ParamRole::Weight, &fc2.shape, &mut fc2.weight),
-            ("fc2.bias", ParamRole::Bias, &fc2.shape[..1], &mut fc2.bias),
-        ];
-        for (name, role, shape, data) in tensors {
-            f(ParamMut {
-                name,
-                role,
-                shape,
-                data,
-            });
-        }
-    }
-
-    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
-        let bn = &self.bn1;
-        f(
-            "bn1",
-            NormStats {
-                running_mean: &bn.mean,
-                running_var: &bn.var,
-                num_batches_tracked: bn.batches,
-                eps: bn.eps,
-            },
-        );
-    }
-
-    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
-        let bn = &mut self.bn1;
-        f(
-            "bn1",
-            NormStatsMut {
-                running_mean: &mut bn.mean,
-                running_var: &mut bn.var,
-                num_batches_tracked: &mut bn.batches,
-                eps: bn.eps,
-            },
-        );
     }
 }
 

@@ -2,8 +2,7 @@
 
 use super::config::{BlockKind, ResNetConfig, Stem};
 use crate::error::{Error, Result};
-use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
-use crate::layer::{Layer, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, Probe, Schedule};
+use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
 use crate::nn::{recycle, serially, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
 use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Linear};
 use crate::state_dict::StateDict;
@@ -300,34 +299,22 @@ impl Layer for ResNet {
         recycle(y);
         logits
     }
+}
 
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
-        self.stem.visit_params(f);
+impl Params for ResNet {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        v.child("", &self.stem);
         for (name, stage) in &self.stages {
-            visit_child(stage, name, f);
+            v.child(name, stage);
         }
-        visit_child(&self.fc, "fc", f);
+        v.child("fc", &self.fc);
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        self.stem.visit_params_mut(f);
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        v.child("", &mut self.stem);
         for (name, stage) in &mut self.stages {
-            visit_child_mut(stage, name, f);
+            v.child(name, stage);
         }
-        visit_child_mut(&mut self.fc, "fc", f);
-    }
-
-    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
-        self.stem.visit_norms(f);
-        for (name, stage) in &self.stages {
-            visit_child_norms(stage, name, f);
-        }
-    }
-
-    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
-        self.stem.visit_norms_mut(f);
-        for (name, stage) in &mut self.stages {
-            visit_child_norms_mut(stage, name, f);
-        }
+        v.child("fc", &mut self.fc);
     }
 }

@@ -4,7 +4,7 @@ use super::plan::PrunePlan;
 use super::select::{magnitude_key, rank};
 use super::{Masks, Pruner};
 use crate::error::Result;
-use crate::layer::Layer;
+use crate::layer::Params;
 
 /// One-shot magnitude (L1) pruning: in each ranking, exactly `round(s · n)` weights of
 /// smallest |w| are removed — the masks of PyTorch's
@@ -45,7 +45,7 @@ impl MagnitudePruner {
 }
 
 impl Pruner for MagnitudePruner {
-    fn masks<L: Layer + ?Sized>(&self, model: &L) -> Result<Masks> {
+    fn masks(&self, model: &dyn Params) -> Result<Masks> {
         let groups = self.plan.groups(model)?;
         Ok(rank(model, &groups, |_, _, w| magnitude_key(w)))
     }

@@ -1,7 +1,7 @@
 //! Pruning masks: which weights of which tensors are removed.
 
 use crate::error::{Error, Result, Shape, ShapeMismatch, StateDictMismatch};
-use crate::layer::Layer;
+use crate::layer::Params;
 use crate::state_dict::{StateDict, StoredTensor};
 use std::collections::BTreeMap;
 
@@ -164,7 +164,7 @@ impl Masks {
     /// Zeroes the masked weights of `model`. Every mask must name a parameter of the
     /// model with the same shape; otherwise nothing is changed and the error lists
     /// the problems by name.
-    pub fn apply<L: Layer + ?Sized>(&self, model: &mut L) -> Result<()> {
+    pub fn apply(&self, model: &mut dyn Params) -> Result<()> {
         let mut report = StateDictMismatch::default();
         let mut seen = 0;
         model.visit_params(&mut |p| {

@@ -1,8 +1,8 @@
 //! One-shot pruning: deciding which weights to remove ([`Pruner`]), the decision as
 //! data ([`Masks`]), and what came of it ([`SparsityReport`]).
 //!
-//! Pruning works on any [`Layer`]: it reads the weights through
-//! [`Layer::visit_params`], and only tensors of role
+//! Pruning works on any [`Params`]: it reads the weights through
+//! [`Params::visit_params`], and only tensors of role
 //! [`ParamRole::Weight`](crate::layer::ParamRole::Weight) — convolution and linear
 //! weights — are ever pruned.
 //!
@@ -36,18 +36,31 @@ pub use random::RandomPruner;
 pub use report::{SparsityReport, TensorSparsity};
 
 use crate::error::Result;
-use crate::layer::Layer;
+use crate::layer::Params;
 
 /// Decides which prunable weights of a network to remove.
 ///
 /// A pruner reads the model (never changes it) and returns [`Masks`]; applying them
-/// is a separate step, so masks can be inspected, saved and re-applied.
+/// is a separate step, so masks can be inspected, saved and re-applied. The trait is
+/// object-safe:
+///
+/// ```
+/// use reflow::prelude::*;
+///
+/// let pruners: Vec<Box<dyn Pruner>> =
+///     vec![Box::new(MagnitudePruner::new(0.5)), Box::new(RandomPruner::new(0.5, 7))];
+/// let net = ResNet::new(ResNetConfig::cifar_resnet(20)?)?;
+/// for p in &pruners {
+///     assert_eq!(p.masks(&net)?.len(), 22); // 21 convolutions and the classifier
+/// }
+/// # Ok::<(), reflow::Error>(())
+/// ```
 pub trait Pruner {
     /// Validates the pruner's parameters against `model`, then decides the masks.
-    fn masks<L: Layer + ?Sized>(&self, model: &L) -> Result<Masks>;
+    fn masks(&self, model: &dyn Params) -> Result<Masks>;
 
     /// Decides the masks, applies them, and reports the sparsity achieved.
-    fn prune<L: Layer + ?Sized>(&self, model: &mut L) -> Result<(Masks, SparsityReport)> {
+    fn prune(&self, model: &mut dyn Params) -> Result<(Masks, SparsityReport)> {
         let masks = self.masks(model)?;
         masks.apply(model)?;
         Ok((masks, SparsityReport::measure(model)))

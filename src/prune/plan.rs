@@ -2,7 +2,7 @@
 //! against a model before any work.
 
 use crate::error::{Error, Result};
-use crate::layer::Layer;
+use crate::layer::Params;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -142,7 +142,7 @@ impl PrunePlan {
 
     /// Checks the plan against `model` without deciding anything: the numbers, and that
     /// every override and exclusion names a prunable parameter.
-    pub fn check<L: Layer + ?Sized>(&self, model: &L) -> Result<()> {
+    pub fn check(&self, model: &dyn Params) -> Result<()> {
         self.groups(model).map(|_| ())
     }
 
@@ -150,7 +150,7 @@ impl PrunePlan {
     /// rankings. Fails, before any work, on a sparsity that is NaN or outside
     /// `[0, 1)`, an override or exclusion that names no prunable tensor, a tensor both
     /// excluded and overridden, or a prunable weight that is NaN.
-    pub(crate) fn groups<L: Layer + ?Sized>(&self, model: &L) -> Result<Vec<Group>> {
+    pub(crate) fn groups(&self, model: &dyn Params) -> Result<Vec<Group>> {
         self.validate()?;
         let mut prunable = Vec::new();
         let mut nan = None;

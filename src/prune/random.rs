@@ -4,7 +4,7 @@ use super::plan::PrunePlan;
 use super::select::rank;
 use super::{Masks, Pruner};
 use crate::error::Result;
-use crate::layer::Layer;
+use crate::layer::Params;
 
 /// Removes `round(s · n)` weights chosen uniformly at random in each ranking, from a
 /// seed: the same seed gives the same masks on every machine and thread count.
@@ -51,7 +51,7 @@ fn splitmix64(mut z: u64) -> u64 {
 }
 
 impl Pruner for RandomPruner {
-    fn masks<L: Layer + ?Sized>(&self, model: &L) -> Result<Masks> {
+    fn masks(&self, model: &dyn Params) -> Result<Masks> {
         let groups = self.plan.groups(model)?;
         let seed = splitmix64(self.seed);
         Ok(rank(model, &groups, |t, i, _| {

@@ -1,6 +1,6 @@
 //! How sparse a network is, tensor by tensor.
 
-use crate::layer::Layer;
+use crate::layer::Params;
 use serde::{Deserialize, Serialize};
 
 /// The zeros of one prunable tensor.
@@ -34,7 +34,7 @@ pub struct SparsityReport {
 
 impl SparsityReport {
     /// Counts the zeros of `model`'s parameters.
-    pub fn measure<L: Layer + ?Sized>(model: &L) -> Self {
+    pub fn measure(model: &dyn Params) -> Self {
         let mut report = SparsityReport {
             tensors: Vec::new(),
             params: 0,

@@ -9,7 +9,7 @@
 
 use super::mask::{Masks, TensorMask};
 use super::plan::Group;
-use crate::layer::{Layer, Param};
+use crate::layer::{Param, Params};
 use rayon::prelude::*;
 use std::collections::HashSet;
 
@@ -35,7 +35,7 @@ const PARALLEL_LEN: usize = 1 << 18;
 /// Counts, per bucket, the weights of the group's tensors for which `bucket` gives one.
 fn histogram<L, K, B>(model: &L, members: &HashSet<&str>, key: &K, bucket: B) -> Vec<u64>
 where
-    L: Layer + ?Sized,
+    L: Params + ?Sized,
     K: Fn(usize, usize, f32) -> u32 + Sync,
     B: Fn(u32) -> Option<usize> + Sync,
 {
@@ -88,7 +88,7 @@ fn locate(histogram: &[u64], k: u64) -> (usize, u64) {
 /// The cut that removes the group's `k` smallest keys, or `None` when `k` is 0.
 fn find_cut<L, K>(model: &L, members: &HashSet<&str>, key: &K, k: usize) -> Option<Cut>
 where
-    L: Layer + ?Sized,
+    L: Params + ?Sized,
     K: Fn(usize, usize, f32) -> u32 + Sync,
 {
     if k == 0 {
@@ -113,7 +113,7 @@ where
 /// tensor of the model.
 pub(crate) fn rank<L, K>(model: &L, groups: &[Group], key: K) -> Masks
 where
-    L: Layer + ?Sized,
+    L: Params + ?Sized,
     K: Fn(usize, usize, f32) -> u32 + Sync,
 {
     let mut masks = Masks::new();
@@ -177,7 +177,7 @@ where
 }
 
 /// Calls `f(t, param)` for the `t`-th prunable tensor, in walk order.
-fn walk_prunable<L: Layer + ?Sized>(model: &L, mut f: impl FnMut(usize, Param<'_>)) {
+fn walk_prunable<L: Params + ?Sized>(model: &L, mut f: impl FnMut(usize, Param<'_>)) {
     let mut t = 0;
     model.visit_params(&mut |p| {
         if p.role.is_prunable() {

@@ -14,7 +14,7 @@ pub(crate) use reflow::NormSnapshot;
 pub use reflow::{Reflow, ReflowMode};
 
 use crate::error::Result;
-use crate::layer::Layer;
+use crate::layer::Network;
 use serde::{Deserialize, Serialize};
 
 /// What a recalibration did.
@@ -29,8 +29,23 @@ pub struct RescaleReport {
 }
 
 /// Changes a network's normalisation statistics (or, for networks without batch norm,
-/// per-channel scales) from calibration data, and nothing else.
-pub trait Rescaler {
+/// per-channel scales) from calibration data, and nothing else. `I` is the network's
+/// input type; the trait is object-safe (`Box<dyn Rescaler<Tensor4>>`).
+///
+/// ```
+/// use reflow::prelude::*;
+/// use reflow::nn::Tensor4;
+///
+/// let rescalers: Vec<Box<dyn Rescaler<Tensor4>>> =
+///     vec![Box::new(Reflow::cumulative()), Box::new(Reflow::ema(0.1))];
+/// let mut net = ResNet::new(ResNetConfig::cifar_resnet(20)?)?;
+/// let data = vec![Tensor4::from_elem((4, 3, 8, 8), 0.5)];
+/// for r in &rescalers {
+///     assert_eq!(r.rescale(&mut net, &data)?.layers, 21);
+/// }
+/// # Ok::<(), reflow::Error>(())
+/// ```
+pub trait Rescaler<I> {
     /// Checks the rescaler's own parameters, so that a pipeline can reject them
     /// before it changes anything.
     fn validate(&self) -> Result<()> {
@@ -39,8 +54,9 @@ pub trait Rescaler {
 
     /// Recalibrates `model` on `data`. On error the statistics are restored to what
     /// they were, so a failed recalibration leaves the model as it was.
-    fn rescale<L, D>(&self, model: &mut L, data: &D) -> Result<RescaleReport>
-    where
-        L: Layer + ?Sized,
-        D: CalibrationData<L::Input> + ?Sized;
+    fn rescale(
+        &self,
+        model: &mut dyn Network<I>,
+        data: &dyn CalibrationData<I>,
+    ) -> Result<RescaleReport>;
 }

@@ -2,9 +2,10 @@
 
 use super::{CalibrationData, RescaleReport, Rescaler};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerKind, NormUpdate, Probe, Site};
+use crate::layer::{check_norm_walk, LayerKind, Network, NormUpdate, Params, Probe, Site};
 use crate::stats::{Recorder, TapSelector};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// How REFLOW estimates the statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -84,10 +85,9 @@ impl Reflow {
     pub fn mode(&self) -> ReflowMode {
         self.mode
     }
-}
 
-impl Rescaler for Reflow {
-    fn validate(&self) -> Result<()> {
+    /// Checks the mode's parameter: an EMA momentum must lie in (0, 1].
+    pub fn validate(&self) -> Result<()> {
         if let ReflowMode::Ema { momentum } = self.mode {
             if !(momentum > 0.0 && momentum <= 1.0) {
                 return Err(Error::invalid(
@@ -98,13 +98,20 @@ impl Rescaler for Reflow {
         }
         Ok(())
     }
+}
 
-    fn rescale<L, D>(&self, model: &mut L, data: &D) -> Result<RescaleReport>
-    where
-        L: Layer + ?Sized,
-        D: CalibrationData<L::Input> + ?Sized,
-    {
-        self.validate()?;
+impl<I> Rescaler<I> for Reflow {
+    fn validate(&self) -> Result<()> {
+        Reflow::validate(self)
+    }
+
+    fn rescale(
+        &self,
+        model: &mut dyn Network<I>,
+        data: &dyn CalibrationData<I>,
+    ) -> Result<RescaleReport> {
+        Reflow::validate(self)?;
+        check_norm_walk(model)?;
         let batches = data.num_batches();
         if batches == 0 {
             return Err(Error::invalid(
@@ -128,26 +135,28 @@ impl Rescaler for Reflow {
     }
 }
 
-/// A copy of every batch norm's running statistics, to restore after a failure.
-pub(crate) struct NormSnapshot(Vec<(Vec<f32>, Vec<f32>, i64)>);
+/// A copy of every batch norm's running statistics, by name, to restore after a
+/// failure.
+pub(crate) struct NormSnapshot(HashMap<String, (Vec<f32>, Vec<f32>, i64)>);
 
 impl NormSnapshot {
-    pub(crate) fn take<L: Layer + ?Sized>(model: &L) -> Self {
-        let mut all = Vec::new();
-        model.visit_norms(&mut |_, s| {
-            all.push((
+    pub(crate) fn take(model: &dyn Params) -> Self {
+        let mut all = HashMap::new();
+        model.visit_norms(&mut |name, s| {
+            let saved = (
                 s.running_mean.to_vec(),
                 s.running_var.to_vec(),
                 s.num_batches_tracked,
-            ))
+            );
+            all.insert(name.to_string(), saved);
         });
         NormSnapshot(all)
     }
 
-    pub(crate) fn restore<L: Layer + ?Sized>(self, model: &mut L) {
-        let mut saved = self.0.into_iter();
-        model.visit_norms_mut(&mut |_, s| {
-            if let Some((m, v, n)) = saved.next() {
+    pub(crate) fn restore(self, model: &mut dyn Params) {
+        let mut saved = self.0;
+        model.visit_norms_mut(&mut |name, s| {
+            if let Some((m, v, n)) = saved.remove(name) {
                 s.running_mean.copy_from_slice(&m);
                 s.running_var.copy_from_slice(&v);
                 *s.num_batches_tracked = n;
@@ -157,11 +166,11 @@ impl NormSnapshot {
 }
 
 /// Reset, then one train-mode pass.
-fn running<L, D>(model: &mut L, data: &D, update: NormUpdate) -> Result<RescaleReport>
-where
-    L: Layer + ?Sized,
-    D: CalibrationData<L::Input> + ?Sized,
-{
+fn running<I>(
+    model: &mut dyn Network<I>,
+    data: &dyn CalibrationData<I>,
+    update: NormUpdate,
+) -> Result<RescaleReport> {
     let mut layers = 0;
     model.visit_norms_mut(&mut |_, s| {
         s.running_mean.fill(0.0);
@@ -170,7 +179,7 @@ where
         layers += 1;
     });
     data.try_for_each_batch(&mut |x| {
-        model.forward_train(x, update, &mut Probe::none())?;
+        model.calibrate(x, update, &mut Probe::none())?;
         Ok(())
     })?;
     Ok(RescaleReport {
@@ -181,11 +190,7 @@ where
 }
 
 /// One eval-mode pass per batch norm, in forward order, recording its input.
-fn exact<L, D>(model: &mut L, data: &D) -> Result<RescaleReport>
-where
-    L: Layer + ?Sized,
-    D: CalibrationData<L::Input> + ?Sized,
-{
+fn exact<I>(model: &mut dyn Network<I>, data: &dyn CalibrationData<I>) -> Result<RescaleReport> {
     let mut names = Vec::new();
     model.visit_norms(&mut |name, _| names.push(name.to_string()));
     for name in &names {
@@ -195,7 +200,7 @@ where
             layers: Some(vec![name.clone()]),
         });
         data.try_for_each_batch(&mut |x| {
-            model.forward_with(x, &mut Probe::new(&mut recorder))?;
+            model.infer(x, &mut Probe::new(&mut recorder))?;
             Ok(())
         })?;
         let stats = recorder.finish()?;

@@ -2,9 +2,8 @@
 
 use super::{check_channels, emit4, layer_context, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{
-    Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut, ParamRole,
-};
+use crate::layer::{Layer, LayerKind, NormParams, NormParamsMut, NormUpdate};
+use crate::layer::{Params, Visitor, VisitorMut};
 use crate::layer::{Probe, Site};
 use crate::nn::runtime::{affine_into, overwritten, ChannelMap};
 use crate::stats::channel_moments;
@@ -19,7 +18,7 @@ use rayon::prelude::*;
 ///   statistics by the given [`NormUpdate`] rule, as PyTorch's train mode does.
 ///
 /// Parameters: `weight` (γ), `bias` (β), `running_mean`, `running_var`; plus the
-/// `num_batches_tracked` counter, reached through [`Layer::visit_norms_mut`].
+/// `num_batches_tracked` counter, reached through [`Params::visit_norms_mut`].
 ///
 /// ```
 /// use reflow::layer::{Layer, NormUpdate, Probe};
@@ -183,66 +182,34 @@ impl Layer for BatchNorm2d {
         emit4(probe, LayerKind::BatchNorm, Site::Output, &y);
         Ok(y)
     }
+}
 
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
-        let entries = [
-            ("weight", ParamRole::NormWeight, &self.weight),
-            ("bias", ParamRole::NormBias, &self.bias),
-            ("running_mean", ParamRole::RunningMean, &self.running_mean),
-            ("running_var", ParamRole::RunningVar, &self.running_var),
-        ];
-        for (name, role, t) in entries {
-            f(Param {
-                name,
-                role,
-                shape: &t.shape,
-                data: &t.data,
-            });
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        let entries = [
-            ("weight", ParamRole::NormWeight, &mut self.weight),
-            ("bias", ParamRole::NormBias, &mut self.bias),
-            (
-                "running_mean",
-                ParamRole::RunningMean,
-                &mut self.running_mean,
-            ),
-            ("running_var", ParamRole::RunningVar, &mut self.running_var),
-        ];
-        for (name, role, t) in entries {
-            f(ParamMut {
-                name,
-                role,
-                shape: &t.shape,
-                data: &mut t.data,
-            });
-        }
-    }
-
-    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
-        f(
+impl Params for BatchNorm2d {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        v.batch_norm(
             "",
-            NormStats {
-                running_mean: &self.running_mean.data,
-                running_var: &self.running_var.data,
-                num_batches_tracked: self.num_batches_tracked,
-                eps: self.eps,
-            },
+            NormParams::new(
+                &self.weight.data,
+                &self.bias.data,
+                &self.running_mean.data,
+                &self.running_var.data,
+                self.num_batches_tracked,
+                self.eps,
+            ),
         );
     }
 
-    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
-        f(
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        v.batch_norm(
             "",
-            NormStatsMut {
-                running_mean: &mut self.running_mean.data,
-                running_var: &mut self.running_var.data,
-                num_batches_tracked: &mut self.num_batches_tracked,
-                eps: self.eps,
-            },
+            NormParamsMut::new(
+                &mut self.weight.data,
+                &mut self.bias.data,
+                &mut self.running_mean.data,
+                &mut self.running_var.data,
+                &mut self.num_batches_tracked,
+                self.eps,
+            ),
         );
     }
 }

@@ -211,7 +211,7 @@ pub(crate) fn first_image(x: &Tensor4) -> Tensor4 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::{Layer, Probe};
+    use crate::layer::{Layer, Params, Probe};
     use crate::nn::engine::path::{self, ConvPath};
     use crate::nn::kernels::{every_kernels, Kernels};
     use crate::stats::channel_moments;

@@ -4,9 +4,7 @@ use super::batch_norm::require_batch_statistics;
 use super::pending::Pending;
 use super::{emit4, BatchNorm2d, Conv2d, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
-use crate::layer::{Layer, LayerKind, NormStats, NormStatsMut, NormUpdate, Param, ParamMut};
-use crate::layer::{Probe, Site};
+use crate::layer::{Layer, LayerKind, NormUpdate, Params, Probe, Site, Visitor, VisitorMut};
 use crate::nn::engine::Epilogue;
 use crate::nn::runtime::ChannelMap;
 
@@ -188,23 +186,17 @@ impl Layer for ConvBn {
         });
         Ok(self.relu_in_place(y))
     }
+}
 
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
-        visit_child(&self.conv, &self.conv_name, f);
-        visit_child(&self.bn, &self.bn_name, f);
+impl Params for ConvBn {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        v.child(&self.conv_name, &self.conv);
+        v.child(&self.bn_name, &self.bn);
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        visit_child_mut(&mut self.conv, &self.conv_name, f);
-        visit_child_mut(&mut self.bn, &self.bn_name, f);
-    }
-
-    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
-        visit_child_norms(&self.bn, &self.bn_name, f);
-    }
-
-    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
-        visit_child_norms_mut(&mut self.bn, &self.bn_name, f);
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        v.child(&self.conv_name, &mut self.conv);
+        v.child(&self.bn_name, &mut self.bn);
     }
 }
 

@@ -10,7 +10,7 @@ pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
 pub use sequential::{Residual, Sequential};
 
 use crate::error::{Error, Result};
-use crate::layer::{Activation, LayerKind, Param, ParamMut, ParamRole, Probe, Site};
+use crate::layer::{Activation, LayerKind, Probe, Site, Visitor, VisitorMut};
 use ndarray::{Array2, Array4};
 
 /// An NCHW `f32` activation tensor.
@@ -39,69 +39,62 @@ impl ParamTensor {
     }
 }
 
-/// Reports a weight (role [`ParamRole::Weight`]) and an optional bias: the parameter
-/// walk of convolutions and linear layers.
-pub(crate) fn visit_weight_bias(
-    weight: &ParamTensor,
-    bias: Option<&ParamTensor>,
-    f: &mut dyn FnMut(Param<'_>),
-) {
-    let entries = std::iter::once(("weight", ParamRole::Weight, weight))
-        .chain(bias.map(|b| ("bias", ParamRole::Bias, b)));
-    for (name, role, t) in entries {
-        f(Param {
-            name,
-            role,
-            shape: &t.shape,
-            data: &t.data,
-        });
+impl ParamTensor {
+    /// Reports this weight and `bias` at the visitor's level.
+    pub fn visit_with_bias(&self, bias: Option<&ParamTensor>, v: &mut Visitor<'_>) {
+        v.weight_bias("", &self.shape, &self.data, bias.map(|b| &b.data[..]));
+    }
+
+    /// Mutable twin of [`ParamTensor::visit_with_bias`].
+    pub fn visit_with_bias_mut(&mut self, bias: Option<&mut ParamTensor>, v: &mut VisitorMut<'_>) {
+        v.weight_bias(
+            "",
+            &self.shape,
+            &mut self.data,
+            bias.map(|b| &mut b.data[..]),
+        );
     }
 }
 
-/// Mutable twin of [`visit_weight_bias`].
-pub(crate) fn visit_weight_bias_mut(
-    weight: &mut ParamTensor,
-    bias: Option<&mut ParamTensor>,
-    f: &mut dyn FnMut(ParamMut<'_>),
-) {
-    let entries = std::iter::once(("weight", ParamRole::Weight, weight))
-        .chain(bias.map(|b| ("bias", ParamRole::Bias, b)));
-    for (name, role, t) in entries {
-        f(ParamMut {
-            name,
-            role,
-            shape: &t.shape,
-            data: &mut t.data,
-        });
-    }
-}
-
-/// Implements [`Layer`] for a layer without batch norm whose two passes are the same
-/// inherent `run(&self, x, probe)`: either without parameters (`stateless`) or with
-/// a `weight: ParamTensor` and a `bias: Option<ParamTensor>` (`weight_bias`).
+/// Implements [`Params`](crate::layer::Params) and [`Layer`](crate::layer::Layer) for a
+/// layer without batch norm whose two passes are the same inherent
+/// `run(&self, x, probe)`: either without parameters (`stateless`) or with a
+/// `weight: ParamTensor` and a `bias: Option<ParamTensor>` (`weight_bias`).
 macro_rules! plain_layer {
     ($ty:ty, $input:ty, $output:ty, stateless) => {
-        plain_layer!(@impl $ty, $input, $output, |_s, _f| {}, |_s, _f| {});
+        plain_layer!(@impl $ty, $input, $output, |_s, _v| {}, |_s, _v| {});
     };
     ($ty:ty, $input:ty, $output:ty, weight_bias) => {
         plain_layer!(
             @impl $ty, $input, $output,
-            |s, f| $crate::nn::layers::visit_weight_bias(&s.weight, s.bias.as_ref(), f),
-            |s, f| $crate::nn::layers::visit_weight_bias_mut(&mut s.weight, s.bias.as_mut(), f)
+            |s, v| s.weight.visit_with_bias(s.bias.as_ref(), v),
+            |s, v| s.weight.visit_with_bias_mut(s.bias.as_mut(), v)
         );
     };
     // As above, then `$changed(&mut self)` (e.g. to drop values derived from the weights).
     ($ty:ty, $input:ty, $output:ty, weight_bias, then $changed:ident) => {
         plain_layer!(
             @impl $ty, $input, $output,
-            |s, f| $crate::nn::layers::visit_weight_bias(&s.weight, s.bias.as_ref(), f),
-            |s, f| {
-                $crate::nn::layers::visit_weight_bias_mut(&mut s.weight, s.bias.as_mut(), f);
+            |s, v| s.weight.visit_with_bias(s.bias.as_ref(), v),
+            |s, v| {
+                s.weight.visit_with_bias_mut(s.bias.as_mut(), v);
                 s.$changed();
             }
         );
     };
-    (@impl $ty:ty, $input:ty, $output:ty, |$s:ident, $f:ident| $visit:expr, |$sm:ident, $fm:ident| $visit_mut:expr) => {
+    (@impl $ty:ty, $input:ty, $output:ty, |$s:ident, $v:ident| $visit:expr, |$sm:ident, $vm:ident| $visit_mut:expr) => {
+        impl $crate::layer::Params for $ty {
+            fn visit(&self, $v: &mut $crate::layer::Visitor<'_>) {
+                let $s = self;
+                $visit
+            }
+
+            fn visit_mut(&mut self, $vm: &mut $crate::layer::VisitorMut<'_>) {
+                let $sm = self;
+                $visit_mut
+            }
+        }
+
         impl $crate::layer::Layer for $ty {
             type Input = $input;
             type Output = $output;
@@ -121,24 +114,6 @@ macro_rules! plain_layer {
                 probe: &mut $crate::layer::Probe<'_>,
             ) -> $crate::error::Result<$output> {
                 self.run(x, probe)
-            }
-
-            fn visit_params(&self, $f: &mut dyn FnMut($crate::layer::Param<'_>)) {
-                let $s = self;
-                $visit
-            }
-
-            fn visit_params_mut(&mut self, $fm: &mut dyn FnMut($crate::layer::ParamMut<'_>)) {
-                let $sm = self;
-                $visit_mut
-            }
-
-            fn visit_norms(&self, _f: &mut dyn FnMut(&str, $crate::layer::NormStats<'_>)) {}
-
-            fn visit_norms_mut(
-                &mut self,
-                _f: &mut dyn FnMut(&str, $crate::layer::NormStatsMut<'_>),
-            ) {
             }
         }
     };

@@ -3,9 +3,8 @@
 use super::pending::Pending;
 use super::{emit4, BoxedLayer, ConvBn, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{visit_child, visit_child_mut, visit_child_norms, visit_child_norms_mut};
-use crate::layer::{Layer, LayerKind, NormStats};
-use crate::layer::{NormStatsMut, NormUpdate, Param, ParamMut, Probe, Schedule, Site};
+use crate::layer::{Layer, LayerKind, NormUpdate, Params, Probe, Schedule, Site};
+use crate::layer::{Visitor, VisitorMut};
 use crate::nn::runtime::{recycle, relu, ChannelMap};
 use rayon::prelude::*;
 use std::any::Any;
@@ -182,28 +181,18 @@ impl Layer for Sequential {
         }
         Ok(y)
     }
+}
 
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
+impl Params for Sequential {
+    fn visit(&self, v: &mut Visitor<'_>) {
         for (name, layer) in &self.layers {
-            visit_child(layer.layer(), name, f);
+            v.child(name, layer.layer());
         }
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
         for (name, layer) in &mut self.layers {
-            visit_child_mut(layer.layer_mut(), name, f);
-        }
-    }
-
-    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
-        for (name, layer) in &self.layers {
-            visit_child_norms(layer.layer(), name, f);
-        }
-    }
-
-    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
-        for (name, layer) in &mut self.layers {
-            visit_child_norms_mut(layer.layer_mut(), name, f);
+            v.child(name, layer.layer_mut());
         }
     }
 }
@@ -358,32 +347,20 @@ impl Layer for Residual {
             None => self.add_relu(y, x, probe),
         }
     }
+}
 
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>)) {
-        self.body.visit_params(f);
+impl Params for Residual {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        v.child("", &self.body);
         if let Some((name, sc)) = &self.shortcut {
-            visit_child(sc, name, f);
+            v.child(name, sc);
         }
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>)) {
-        self.body.visit_params_mut(f);
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        v.child("", &mut self.body);
         if let Some((name, sc)) = &mut self.shortcut {
-            visit_child_mut(sc, name, f);
-        }
-    }
-
-    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>)) {
-        self.body.visit_norms(f);
-        if let Some((name, sc)) = &self.shortcut {
-            visit_child_norms(sc, name, f);
-        }
-    }
-
-    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>)) {
-        self.body.visit_norms_mut(f);
-        if let Some((name, sc)) = &mut self.shortcut {
-            visit_child_norms_mut(sc, name, f);
+            v.child(name, sc);
         }
     }
 }

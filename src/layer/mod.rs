@@ -8,11 +8,8 @@
 //! 2. a calibration pass, [`Layer::forward_train`], which takes `&mut self`: every
 //!    batch-norm layer normalises by the batch's statistics and updates its running
 //!    statistics by the rule given as a [`NormUpdate`];
-//! 3. a walk over its parameters by torchvision-style name, read-only
-//!    ([`Layer::visit_params`]) and mutable ([`Layer::visit_params_mut`]), each with a
-//!    [`ParamRole`];
-//! 4. a walk over its batch-norm layers' running statistics
-//!    ([`Layer::visit_norms_mut`]).
+//! 3. a walk over its parameters and batch norms by torchvision-style name, through
+//!    the object-safe supertrait [`Params`], each tensor with a [`ParamRole`].
 //!
 //! Both passes carry a [`Probe`], which tracks the path of the layer being run (so that
 //! errors name it) and lets an [`Observer`] see activations at *taps*: the input and
@@ -26,90 +23,11 @@
 
 use crate::error::Result;
 
-/// What a parameter tensor is for. Stages select parameters by role: magnitude pruning
-/// touches only [`ParamRole::Weight`]; REFLOW only the running statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ParamRole {
-    /// The weight of a convolution or linear layer: the only prunable role.
-    Weight,
-    /// The bias of a convolution or linear layer.
-    Bias,
-    /// A normalisation layer's scale γ.
-    NormWeight,
-    /// A normalisation layer's shift β.
-    NormBias,
-    /// A normalisation layer's running mean (a buffer, not a trainable parameter).
-    RunningMean,
-    /// A normalisation layer's running variance (a buffer, not a trainable parameter).
-    RunningVar,
-}
+mod params;
 
-impl ParamRole {
-    /// True for the weights magnitude pruning may zero (conv and linear weights).
-    pub fn is_prunable(self) -> bool {
-        matches!(self, ParamRole::Weight)
-    }
-
-    /// True for what PyTorch counts in `model.parameters()`: everything but the running
-    /// statistics.
-    pub fn is_trainable(self) -> bool {
-        !matches!(self, ParamRole::RunningMean | ParamRole::RunningVar)
-    }
-}
-
-/// A read-only view of one parameter tensor, in row-major (C) order.
-#[derive(Debug, Clone, Copy)]
-pub struct Param<'a> {
-    /// The torchvision-style name, e.g. `layer1.0.conv1.weight`.
-    pub name: &'a str,
-    /// What the tensor is for.
-    pub role: ParamRole,
-    /// The tensor's shape, e.g. `[64, 64, 3, 3]`.
-    pub shape: &'a [usize],
-    /// The values, row-major.
-    pub data: &'a [f32],
-}
-
-/// A mutable view of one parameter tensor, in row-major (C) order.
-#[derive(Debug)]
-pub struct ParamMut<'a> {
-    /// The torchvision-style name, e.g. `layer1.0.conv1.weight`.
-    pub name: &'a str,
-    /// What the tensor is for.
-    pub role: ParamRole,
-    /// The tensor's shape.
-    pub shape: &'a [usize],
-    /// The values, row-major.
-    pub data: &'a mut [f32],
-}
-
-/// The running statistics of one batch-norm layer, as REFLOW needs them.
-#[derive(Debug)]
-pub struct NormStatsMut<'a> {
-    /// Per-channel running mean.
-    pub running_mean: &'a mut [f32],
-    /// Per-channel running (unbiased) variance.
-    pub running_var: &'a mut [f32],
-    /// How many calibration batches have been folded in (PyTorch's
-    /// `num_batches_tracked`); drives the cumulative average.
-    pub num_batches_tracked: &'a mut i64,
-    /// The ε added to the variance before normalising.
-    pub eps: f32,
-}
-
-/// The running statistics of one batch-norm layer, read-only.
-#[derive(Debug, Clone, Copy)]
-pub struct NormStats<'a> {
-    /// Per-channel running mean.
-    pub running_mean: &'a [f32],
-    /// Per-channel running (unbiased) variance.
-    pub running_var: &'a [f32],
-    /// How many batches have been folded in (PyTorch's `num_batches_tracked`).
-    pub num_batches_tracked: i64,
-    /// The ε added to the variance before normalising.
-    pub eps: f32,
-}
+pub use params::{check_norm_walk, count_parameters, count_prunable};
+pub use params::{NormParams, NormParamsMut, NormStats, NormStatsMut, Param, ParamMut, ParamRole};
+pub use params::{NormSink, NormSinkMut, Params, Visitor, VisitorMut};
 
 /// How a batch-norm layer updates its running statistics during
 /// [`Layer::forward_train`]. In both rules the layer normalises by the batch's own
@@ -395,14 +313,15 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A network, or a part of one, as the pruning, statistics and recalibration stages see
-/// it.
+/// A network, or a part of one, as the statistics and recalibration stages see it:
+/// its [`Params`] and its two passes.
 ///
 /// Implement it for your own network to run it through the same stages as the bundled
-/// ResNets: a composite runs each child in [`Probe::scoped`] and prefixes its
-/// children's names in the two walks (see [`join`]); a leaf reports its parameters
-/// under their own short names (`weight`, `bias`, ...).
-pub trait Layer {
+/// models: a composite runs each child in [`Probe::scoped`] under the child's name, and
+/// declares each child once per walk with [`Visitor::child`]; a leaf reports its
+/// tensors under their own short names (`weight`, `bias`, ...). See the
+/// `custom_layer` example.
+pub trait Layer: Params {
     /// What the layer consumes.
     type Input;
     /// What the layer produces.
@@ -424,86 +343,29 @@ pub trait Layer {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Self::Output>;
-
-    /// Calls `f` once for every parameter tensor, in a fixed order.
-    fn visit_params(&self, f: &mut dyn FnMut(Param<'_>));
-
-    /// Calls `f` once for every parameter tensor, mutably, in the same order as
-    /// [`Layer::visit_params`].
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(ParamMut<'_>));
-
-    /// Calls `f` with the path and running statistics of every batch-norm layer, in
-    /// forward order.
-    fn visit_norms(&self, f: &mut dyn FnMut(&str, NormStats<'_>));
-
-    /// Mutable twin of [`Layer::visit_norms`].
-    fn visit_norms_mut(&mut self, f: &mut dyn FnMut(&str, NormStatsMut<'_>));
 }
 
-/// Re-emits a child's parameters under `prefix`: the building block of
-/// [`Layer::visit_params`] for composites.
-pub fn visit_child<L: Layer + ?Sized>(child: &L, prefix: &str, f: &mut dyn FnMut(Param<'_>)) {
-    child.visit_params(&mut |p| {
-        let name = join(prefix, p.name);
-        f(Param { name: &name, ..p })
-    });
+/// A network with its output type erased: what a [`Rescaler`](crate::rescale::Rescaler)
+/// needs, so that rescalers are usable as trait objects. Every [`Layer`] is one.
+pub trait Network<I>: Params {
+    /// [`Layer::forward_with`], the output dropped.
+    fn infer(&self, input: &I, probe: &mut Probe<'_>) -> Result<()>;
+
+    /// [`Layer::forward_train`], the output dropped.
+    fn calibrate(&mut self, input: &I, update: NormUpdate, probe: &mut Probe<'_>) -> Result<()>;
 }
 
-/// Mutable twin of [`visit_child`].
-pub fn visit_child_mut<L: Layer + ?Sized>(
-    child: &mut L,
-    prefix: &str,
-    f: &mut dyn FnMut(ParamMut<'_>),
-) {
-    child.visit_params_mut(&mut |p| {
-        let name = join(prefix, p.name);
-        f(ParamMut {
-            name: &name,
-            role: p.role,
-            shape: p.shape,
-            data: p.data,
-        })
-    });
-}
+impl<L: Layer + ?Sized> Network<L::Input> for L {
+    fn infer(&self, input: &L::Input, probe: &mut Probe<'_>) -> Result<()> {
+        self.forward_with(input, probe).map(drop)
+    }
 
-/// Re-emits a child's batch-norm layers under `prefix`: the building block of
-/// [`Layer::visit_norms`] for composites.
-pub fn visit_child_norms<L: Layer + ?Sized>(
-    child: &L,
-    prefix: &str,
-    f: &mut dyn FnMut(&str, NormStats<'_>),
-) {
-    child.visit_norms(&mut |name, s| f(&join(prefix, name), s));
-}
-
-/// Mutable twin of [`visit_child_norms`].
-pub fn visit_child_norms_mut<L: Layer + ?Sized>(
-    child: &mut L,
-    prefix: &str,
-    f: &mut dyn FnMut(&str, NormStatsMut<'_>),
-) {
-    child.visit_norms_mut(&mut |name, s| f(&join(prefix, name), s));
-}
-
-/// Counts the parameters PyTorch's `sum(p.numel() for p in model.parameters())` counts:
-/// all but the running statistics.
-pub fn count_parameters<L: Layer + ?Sized>(layer: &L) -> usize {
-    let mut n = 0;
-    layer.visit_params(&mut |p| {
-        if p.role.is_trainable() {
-            n += p.data.len();
-        }
-    });
-    n
-}
-
-/// Counts the prunable weights (conv and linear weights).
-pub fn count_prunable<L: Layer + ?Sized>(layer: &L) -> usize {
-    let mut n = 0;
-    layer.visit_params(&mut |p| {
-        if p.role.is_prunable() {
-            n += p.data.len();
-        }
-    });
-    n
+    fn calibrate(
+        &mut self,
+        input: &L::Input,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<()> {
+        self.forward_train(input, update, probe).map(drop)
+    }
 }
