@@ -12,7 +12,9 @@
 
 use ndarray::Array4;
 use reflow::cpu::{self, Level};
-use reflow::layer::{Activation, Layer, LayerKind, Observer, Params, Probe, Schedule, Site, Tap};
+use reflow::layer::{
+    ActivationView, Layer, LayerKind, Observer, Params, Probe, Schedule, Site, Tap,
+};
 use reflow::models::{ResNet, ResNetConfig};
 use reflow::rescale::{Reflow, Rescaler};
 use std::collections::HashMap;
@@ -84,7 +86,7 @@ impl Observer for ConvShapes {
     fn wants(&self, tap: &Tap<'_>) -> bool {
         tap.kind == LayerKind::Conv && tap.site == Site::Output
     }
-    fn observe(&mut self, tap: &Tap<'_>, act: Activation<'_>) {
+    fn observe(&mut self, tap: &Tap<'_>, act: ActivationView<'_>) {
         self.0.insert(tap.layer.to_string(), act.spatial);
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use ndarray::Array4;
 use reflow::layer::{Layer, NormUpdate, Params, Probe};
 use reflow::models::{ResNet, ResNetConfig, Stem};
-use reflow::nn::Relu;
+use reflow::nn::{Activation, AnyTensor};
 use reflow::rescale::{Reflow, Rescaler};
 use reflow::stats::measure_signal;
 
@@ -16,10 +16,19 @@ fn net() -> ResNet {
 }
 
 #[test]
-fn nan_propagates_through_relu_as_in_pytorch() {
+fn nan_propagates_through_every_activation_as_in_pytorch() {
     let x = Array4::from_shape_vec((1, 1, 1, 3), vec![f32::NAN, -1.0, 2.0]).unwrap();
-    let y = Relu.forward(&x).unwrap();
-    assert!(y[[0, 0, 0, 0]].is_nan());
+    for f in Activation::ALL {
+        let y = f.forward(&AnyTensor::from(x.clone())).unwrap();
+        let y = y.into_nchw().unwrap();
+        assert!(y[[0, 0, 0, 0]].is_nan(), "{f}");
+        assert_eq!(y[[0, 0, 0, 2]], f.apply(2.0), "{f}");
+    }
+    let y = Activation::Relu
+        .forward(&AnyTensor::from(x))
+        .unwrap()
+        .into_nchw()
+        .unwrap();
     assert_eq!((y[[0, 0, 0, 1]], y[[0, 0, 0, 2]]), (0.0, 2.0));
 }
 
@@ -234,7 +243,14 @@ fn exact_reflow_refuses_a_single_value_per_channel_as_the_running_modes_do() {
     // Once: `exact` wrote running_var = 0 where `cumulative` refused.
     use reflow::nn::{BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
     let conv = Conv2d::new(Conv2dConfig::new(2, 4, 1)).unwrap();
-    let mut unit = ConvBn::new("conv", conv, "bn", BatchNorm2d::new(4, 1e-5), true).unwrap();
+    let mut unit = ConvBn::new(
+        "conv",
+        conv,
+        "bn",
+        BatchNorm2d::new(4, 1e-5),
+        Activation::Relu,
+    )
+    .unwrap();
     let one_value = vec![Array4::<f32>::ones((1, 2, 1, 1))];
     for reflow in [Reflow::exact(), Reflow::cumulative(), Reflow::ema(0.1)] {
         let err = reflow.rescale(&mut unit, &one_value).unwrap_err();

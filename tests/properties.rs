@@ -3,8 +3,8 @@
 
 use ndarray::Array4;
 use proptest::prelude::*;
-use reflow::layer::{Activation, ParamRole, Params};
-use reflow::nn::{BatchNorm2d, Conv2d, Conv2dConfig, Relu, Sequential};
+use reflow::layer::{ActivationView, ParamRole, Params};
+use reflow::nn::{Activation, BatchNorm2d, Conv2d, Conv2dConfig, Sequential};
 use reflow::prune::{removal_count, MagnitudePruner, Pruner, RandomPruner, Scope};
 use reflow::rescale::{Reflow, Rescaler};
 use reflow::stats::{ActivationStats, ChannelMoments};
@@ -17,7 +17,7 @@ fn net(weights: &[f32]) -> Sequential {
             Conv2d::new(Conv2dConfig::new(2, 3, 3).padding(1)).unwrap(),
         )
         .push("bn1", BatchNorm2d::new(3, 1e-5))
-        .push("relu", Relu)
+        .push("relu", Activation::Relu)
         .push("conv2", Conv2d::new(Conv2dConfig::new(3, 4, 1)).unwrap())
         .push("bn2", BatchNorm2d::new(4, 1e-5));
     let mut it = weights.iter().cycle();
@@ -99,7 +99,7 @@ proptest! {
         let (c1, c2) = (cut1.min(cut2), cut1.max(cut2));
         let shard = |from: usize, to: usize| {
             let mut m = ChannelMoments::new(2);
-            m.update(Activation::new(&data[from * 10..to * 10], to - from, 2, 5).unwrap()).unwrap();
+            m.update(ActivationView::new(&data[from * 10..to * 10], to - from, 2, 5).unwrap()).unwrap();
             m
         };
         let (a, b, c) = (shard(0, c1), shard(c1, c2), shard(c2, 3));

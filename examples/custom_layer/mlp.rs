@@ -5,7 +5,7 @@
 //! by name) and `reflow::Layer` (the two passes) for it is all it takes to run
 //! reflow's stages — magnitude pruning, signal measurement and REFLOW — on it.
 
-use reflow::layer::{Activation, Layer, LayerKind, NormParams, NormParamsMut, NormUpdate};
+use reflow::layer::{ActivationView, Layer, LayerKind, NormParams, NormParamsMut, NormUpdate};
 use reflow::layer::{Params, Probe, Site, Visitor, VisitorMut};
 use reflow::{Error, Result};
 
@@ -24,8 +24,8 @@ impl Matrix {
     }
 
     /// As reflow sees an activation: `[batch, channels, spatial = 1]`.
-    fn activation(&self) -> Activation<'_> {
-        Activation::new(&self.data, self.rows, self.cols, 1).expect("rows·cols values")
+    fn activation(&self) -> ActivationView<'_> {
+        ActivationView::new(&self.data, self.rows, self.cols, 1).expect("rows·cols values")
     }
 }
 

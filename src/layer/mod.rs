@@ -102,7 +102,7 @@ pub struct Tap<'a> {
 /// An activation tensor seen at a tap, as `[batch, channels, spatial]` in row-major
 /// order: for NCHW, `spatial = H·W`; for a `[N, C]` matrix, `spatial = 1`.
 #[derive(Debug, Clone, Copy)]
-pub struct Activation<'a> {
+pub struct ActivationView<'a> {
     /// The values.
     pub data: &'a [f32],
     /// Number of samples.
@@ -113,7 +113,7 @@ pub struct Activation<'a> {
     pub spatial: usize,
 }
 
-impl<'a> Activation<'a> {
+impl<'a> ActivationView<'a> {
     /// Wraps a row-major `[batch, channels, spatial]` slice.
     ///
     /// Returns `None` when the lengths disagree.
@@ -138,7 +138,7 @@ impl<'a> Activation<'a> {
 /// # Example: record the mean of every batch-norm output
 ///
 /// ```
-/// use reflow::layer::{Activation, LayerKind, Observer, Site, Tap};
+/// use reflow::layer::{ActivationView, LayerKind, Observer, Site, Tap};
 /// use std::collections::BTreeMap;
 ///
 /// #[derive(Default)]
@@ -148,7 +148,7 @@ impl<'a> Activation<'a> {
 ///     fn wants(&self, tap: &Tap<'_>) -> bool {
 ///         tap.kind == LayerKind::BatchNorm && tap.site == Site::Output
 ///     }
-///     fn observe(&mut self, tap: &Tap<'_>, act: Activation<'_>) {
+///     fn observe(&mut self, tap: &Tap<'_>, act: ActivationView<'_>) {
 ///         let sum: f64 = act.data.iter().map(|&v| v as f64).sum();
 ///         self.0.insert(tap.layer.to_string(), sum / act.data.len() as f64);
 ///     }
@@ -160,7 +160,7 @@ pub trait Observer {
     fn wants(&self, tap: &Tap<'_>) -> bool;
 
     /// Called with the activation at `tap` when [`Observer::wants`] said yes.
-    fn observe(&mut self, tap: &Tap<'_>, activation: Activation<'_>);
+    fn observe(&mut self, tap: &Tap<'_>, activation: ActivationView<'_>);
 }
 
 /// The order in which a pass may run its layers. Both compute the same values; the
@@ -290,7 +290,7 @@ impl<'o> Probe<'o> {
     }
 
     /// Shows the running layer's activation at `site` to the observer, if it wants it.
-    pub fn emit(&mut self, kind: LayerKind, site: Site, activation: Activation<'_>) {
+    pub fn emit(&mut self, kind: LayerKind, site: Site, activation: ActivationView<'_>) {
         if let Some(o) = self.observer.as_deref_mut() {
             let tap = Tap {
                 layer: &self.path,

@@ -271,10 +271,7 @@ pub struct Visitor<'f> {
 
 impl<'f> Visitor<'f> {
     /// A walk calling `params` for every tensor and `norms` for every batch norm.
-    pub fn new(
-        params: Option<&'f mut dyn FnMut(Param<'_>)>,
-        norms: Option<NormSink<'f>>,
-    ) -> Self {
+    pub fn new(params: Option<&'f mut dyn FnMut(Param<'_>)>, norms: Option<NormSink<'f>>) -> Self {
         Visitor {
             path: String::new(),
             params,
@@ -532,7 +529,12 @@ mod tests {
     impl Params for Forgetful {
         fn visit(&self, v: &mut Visitor<'_>) {
             let bn = &self.0;
-            v.tensor("running_mean", ParamRole::RunningMean, &[2], bn.running_mean());
+            v.tensor(
+                "running_mean",
+                ParamRole::RunningMean,
+                &[2],
+                bn.running_mean(),
+            );
             v.tensor("running_var", ParamRole::RunningVar, &[2], bn.running_var());
         }
         fn visit_mut(&mut self, _: &mut VisitorMut<'_>) {}
@@ -543,7 +545,10 @@ mod tests {
         let good = Sequential::new().push("bn", BatchNorm2d::new(2, 1e-5));
         check_norm_walk(&good).unwrap();
         let err = check_norm_walk(&Forgetful(BatchNorm2d::new(2, 1e-5))).unwrap_err();
-        assert!(err.to_string().contains("no entry in the norm walk"), "{err}");
+        assert!(
+            err.to_string().contains("no entry in the norm walk"),
+            "{err}"
+        );
     }
 
     #[test]

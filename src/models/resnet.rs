@@ -3,7 +3,7 @@
 use super::config::{BlockKind, ResNetConfig, Stem};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
-use crate::nn::{recycle, serially, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
+use crate::nn::{recycle, serially, Activation, MaxPool2d, Residual, Sequential, Tensor2, Tensor4};
 use crate::nn::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Linear};
 use crate::state_dict::StateDict;
 use ndarray::Axis;
@@ -187,7 +187,7 @@ impl ResNet {
     }
 
     fn head(&self, y: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
-        let y = probe.scoped("avgpool", |p| AdaptiveAvgPool2d.pool_flat(y, p))?;
+        let y = probe.scoped("avgpool", |p| AdaptiveAvgPool2d::global().pool_flat(y, p))?;
         probe.scoped("fc", |p| self.fc.forward_with(&y, p))
     }
 
@@ -206,7 +206,12 @@ impl ResNet {
 /// `conv → bn (→ relu)` under the given names, fused in eval mode.
 fn unit(conv: Conv2dConfig, conv_name: &str, bn_name: &str, relu: bool) -> Result<ConvBn> {
     let bn = BatchNorm2d::new(conv.out_channels, BN_EPS);
-    ConvBn::new(conv_name, Conv2d::new(conv)?, bn_name, bn, relu)
+    let activation = if relu {
+        Activation::Relu
+    } else {
+        Activation::Identity
+    };
+    ConvBn::new(conv_name, Conv2d::new(conv)?, bn_name, bn, activation)
 }
 
 /// One residual block with torchvision's child names.

@@ -4,14 +4,15 @@
 //! |---|---|
 //! | [`Conv2d`] | `[N, C, H, W]` → `[N, O, H', W']` (stride, padding, dilation, groups, bias) |
 //! | [`BatchNorm2d`] | `[N, C, H, W]` → same (eval and calibration modes) |
-//! | [`Relu`] | `[N, C, H, W]` → same |
+//! | [`Activation`] | any rank → same: identity, ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU, sigmoid |
+//! | [`Dropout`], [`Identity`] | any rank → same (the identity in eval and calibration) |
 //! | [`MaxPool2d`] | `[N, C, H, W]` → `[N, C, H', W']` (padding acts as −∞) |
-//! | [`AdaptiveAvgPool2d`] | `[N, C, H, W]` → `[N, C, 1, 1]` |
+//! | [`AdaptiveAvgPool2d`] | `[N, C, H, W]` → `[N, C, oh, ow]` |
 //! | [`Flatten`] | `[N, C, H, W]` → `[N, C·H·W]` |
 //! | [`Linear`] | `[N, I]` → `[N, O]` |
-//! | [`ConvBn`] | `relu?(bn(conv(x)))`, fused in eval mode |
-//! | [`Sequential`] | a named chain of `[N, C, H, W]` layers |
-//! | [`Residual`] | `relu(body(x) + shortcut(x))` |
+//! | [`ConvBn`] | `activation(bn(conv(x)))`, fused in eval mode |
+//! | [`Sequential`] | a named chain of layers of any rank ([`AnyTensor`], [`Rank`]) |
+//! | [`Residual`] | `post(body(x) + shortcut(x))`, `post` ReLU unless set |
 //!
 //! Inside, four parts, each importing only those after it:
 //!
@@ -28,8 +29,10 @@
 //!
 //! [`Layer`]: crate::layer::Layer
 
-pub use layers::{AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Flatten};
-pub use layers::{BoxedLayer, Linear, MaxPool2d, Relu, Residual, Sequential, Tensor2, Tensor4};
+pub use layers::{AdaptiveAvgPool2d, AnyTensor, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
+pub use layers::{Dropout, Flatten, Identity, Linear, MaxPool2d, Rank, Residual, Sequential};
+pub use layers::{Tensor2, Tensor4};
+pub use runtime::Activation;
 pub(crate) use runtime::{recycle, serially};
 
 pub(crate) mod engine;

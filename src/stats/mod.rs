@@ -21,13 +21,13 @@ pub use recorder::{LayerStats, Recorder, TapSelector};
 pub use signal::{measure_signal, Signal};
 
 use crate::error::Result;
-use crate::layer::Activation;
+use crate::layer::ActivationView;
 
 /// Statistics that absorb activations batch by batch and merge with statistics of the
 /// same kind gathered elsewhere.
 pub trait ActivationStats {
     /// Folds in one activation tensor `[batch, channels, spatial]`.
-    fn update(&mut self, activation: Activation<'_>) -> Result<()>;
+    fn update(&mut self, activation: ActivationView<'_>) -> Result<()>;
 
     /// Folds in statistics gathered on other data, as if their data had been seen
     /// here.

@@ -2,19 +2,19 @@
 
 use super::ActivationStats;
 use crate::error::{Error, Result};
-use crate::layer::Activation;
+use crate::layer::ActivationView;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Per-channel count, mean and sum of squared deviations (M2), in `f64`.
 ///
 /// ```
-/// use reflow::layer::Activation;
+/// use reflow::layer::ActivationView;
 /// use reflow::stats::{ActivationStats, ChannelMoments};
 ///
 /// let data = [1.0, 2.0, 3.0, 10.0, 20.0, 30.0]; // 1 sample, 2 channels, 3 values each
 /// let mut m = ChannelMoments::new(2);
-/// m.update(Activation::new(&data, 1, 2, 3).unwrap())?;
+/// m.update(ActivationView::new(&data, 1, 2, 3).unwrap())?;
 /// assert_eq!(m.mean(), [2.0, 20.0]);
 /// assert_eq!(m.variance(), [2.0 / 3.0, 200.0 / 3.0]);
 /// # Ok::<(), reflow::Error>(())
@@ -175,7 +175,7 @@ fn lane_sum(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 }
 
 impl ActivationStats for ChannelMoments {
-    fn update(&mut self, a: Activation<'_>) -> Result<()> {
+    fn update(&mut self, a: ActivationView<'_>) -> Result<()> {
         self.check(a.channels)?;
         let n_b = (a.batch * a.spatial) as u64;
         if n_b == 0 {

@@ -2,7 +2,7 @@
 
 use super::{ActivationStats, ChannelMoments};
 use crate::error::{Error, Result};
-use crate::layer::{Activation, LayerKind, Observer, Site, Tap};
+use crate::layer::{ActivationView, LayerKind, Observer, Site, Tap};
 use serde::{Deserialize, Serialize};
 
 /// Statistics by tap, in the order the taps were first seen (forward order).
@@ -152,7 +152,7 @@ impl Observer for Recorder {
         self.selector.selects(tap)
     }
 
-    fn observe(&mut self, tap: &Tap<'_>, activation: Activation<'_>) {
+    fn observe(&mut self, tap: &Tap<'_>, activation: ActivationView<'_>) {
         let result = self
             .stats
             .entry(tap.layer, activation.channels)

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use ndarray::{ArrayD, IxDyn};
-use reflow::layer::{Activation, LayerKind, Observer, Site, Tap};
+use reflow::layer::{ActivationView, LayerKind, Observer, Site, Tap};
 use reflow::StateDict;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -79,7 +79,7 @@ impl Observer for BnOutputs {
         tap.kind == LayerKind::BatchNorm && tap.site == Site::Output
     }
 
-    fn observe(&mut self, tap: &Tap<'_>, act: Activation<'_>) {
+    fn observe(&mut self, tap: &Tap<'_>, act: ActivationView<'_>) {
         self.0.insert(
             tap.layer.to_string(),
             (

@@ -17,7 +17,7 @@ pub(crate) use path::{ConvPath, Shapes};
 
 use crate::nn::kernels::direct::{self, ImageCall};
 use crate::nn::kernels::{winograd, Isa};
-use crate::nn::runtime::{affine_in_place, affine_into, relu, threads, ChannelMap, Threads};
+use crate::nn::runtime::{threads, Activation, ChannelMap, Threads};
 use crate::stats::plane_moments;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -35,19 +35,19 @@ pub(crate) struct Rearranged {
 }
 
 /// What to do to each output plane right after the product: `v = (v + bias)·scale +
-/// shift`, then ReLU if asked. The default adds the bias only.
+/// shift`, then the activation. The default adds the bias only.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
     /// Per output channel; 1 when absent.
     pub scale: Option<&'a [f32]>,
     /// Per output channel; 0 when absent.
     pub shift: Option<&'a [f32]>,
-    /// Clamp at zero.
-    pub relu: bool,
+    /// Applied last.
+    pub activation: Activation,
 }
 
 impl Epilogue<'_> {
-    /// `(a, b)` such that channel `o`'s output is `v·a + b` before the ReLU.
+    /// `(a, b)` such that channel `o`'s output is `v·a + b` before the activation.
     fn affine(&self, o: usize, bias: Option<&[f32]>) -> (f32, f32) {
         let a = self.scale.map_or(1.0, |s| s[o]);
         (
@@ -56,19 +56,31 @@ impl Epilogue<'_> {
         )
     }
 
-    /// `dst = relu?(src·a + b)`.
+    /// `dst = activation(src·a + b)`.
     fn map(&self, dst: &mut [f32], src: &[f32], a: f32, b: f32) {
-        affine_into(src, dst, a, b, self.relu);
+        self.activation.map_into(src, dst, a, b);
+    }
+
+    /// The activation the vector kernels apply in their store: ReLU or none.
+    fn in_kernel(&self) -> bool {
+        self.activation == Activation::Relu
+    }
+
+    /// The activation that must follow the vector kernels' store, if any.
+    fn after_kernel(&self) -> Option<Activation> {
+        (!matches!(self.activation, Activation::Identity | Activation::Relu))
+            .then_some(self.activation)
     }
 
     /// Applies the epilogue in place to planes of `spatial` values.
     fn apply(&self, y: &mut [f32], spatial: usize, bias: Option<&[f32]>) {
-        if bias.is_none() && self.scale.is_none() && self.shift.is_none() && !self.relu {
+        let identity = self.activation == Activation::Identity;
+        if bias.is_none() && self.scale.is_none() && self.shift.is_none() && identity {
             return;
         }
         for (o, plane) in y.chunks_mut(spatial.max(1)).enumerate() {
             let (a, b) = self.affine(o, bias);
-            affine_in_place(plane, a, b, self.relu);
+            self.activation.map_in_place(plane, a, b);
         }
     }
 }
@@ -112,7 +124,7 @@ impl Convolution<'_> {
     /// only the image kernels do: see [`Convolution::maps_input_as_read`]), applies
     /// `epilogue` to each output plane while it is in cache, and fills `moments`
     /// (`[N × O]`), when given, with each output plane's mean and sum of squared
-    /// deviations from it, before the ReLU.
+    /// deviations from it, before the activation.
     pub(crate) fn run(
         &self,
         batch: Batch<'_>,
@@ -149,7 +161,7 @@ impl Convolution<'_> {
                 weights: &[],
                 scale: &scale,
                 shift: &shift,
-                relu: epilogue.relu,
+                relu: epilogue.in_kernel(),
                 input,
             },
             epilogue,
@@ -220,7 +232,7 @@ impl Convolution<'_> {
     /// Convolves the images `x` `[B, C, h, w]` into `y` `[B, O, ho, wo]` by the plan's
     /// path, then applies the bias and the epilogue. Fills `moments` (`[B × O]`), when
     /// given, with each output plane's mean and sum of squared deviations, before the
-    /// ReLU.
+    /// activation.
     fn chunk(
         &self,
         x: &[f32],
@@ -242,6 +254,7 @@ impl Convolution<'_> {
                 _ => direct::image,
             };
             let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
+            let after = plan.epilogue.after_kernel();
             for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
                 image(
                     kernels,
@@ -250,15 +263,20 @@ impl Convolution<'_> {
                     yi,
                     moments.as_mut().and_then(|m| m.next()),
                 );
+                // The image's output is still in cache.
+                if let Some(activation) = after {
+                    activation.apply_in_place(yi);
+                }
             }
             return;
         }
         let Some(moments) = moments else {
             return self.products(x, y, plan, t, plan.epilogue);
         };
-        // The moments of the planes just written, while in cache, before the ReLU.
+        // The moments of the planes just written, while in cache, before the
+        // activation.
         let linear = Epilogue {
-            relu: false,
+            activation: Activation::Identity,
             ..*plan.epilogue
         };
         self.products(x, y, plan, t, &linear);
@@ -266,9 +284,7 @@ impl Convolution<'_> {
         for (m, plane) in moments.iter_mut().zip(y.chunks_exact(spatial.max(1))) {
             *m = plane_moments(plane);
         }
-        if plan.epilogue.relu {
-            y.iter_mut().for_each(|v| *v = relu(*v));
-        }
+        plan.epilogue.activation.apply_in_place(y);
     }
 
     /// [`Convolution::chunk`] by one of the matrix-product paths.

@@ -1,18 +1,100 @@
-//! Element-wise activations.
+//! Layers that change values one by one, or not at all in eval mode: activations,
+//! dropout, the identity. Each works on tensors of any rank.
 
-use super::Tensor4;
-use crate::error::Result;
-use crate::layer::Probe;
+use super::tensor::AnyTensor;
+use crate::error::{Error, Result};
+use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::nn::runtime::Activation;
 
-/// `max(x, 0)` element-wise: PyTorch's `nn.ReLU` (NaN stays NaN). It has no parameters and reports no
-/// taps (its input and output are the neighbouring layers' taps).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Relu;
+/// Implements the parameter-free [`Layer`] over [`AnyTensor`] for a layer whose both
+/// passes are `run(&self, x)`.
+macro_rules! any_rank_layer {
+    ($ty:ty) => {
+        impl Params for $ty {
+            fn visit(&self, _: &mut Visitor<'_>) {}
+            fn visit_mut(&mut self, _: &mut VisitorMut<'_>) {}
+        }
 
-impl Relu {
-    fn run(&self, x: &Tensor4, _probe: &mut Probe<'_>) -> Result<Tensor4> {
-        Ok(x.mapv(crate::nn::runtime::relu))
+        impl Layer for $ty {
+            type Input = AnyTensor;
+            type Output = AnyTensor;
+
+            fn forward_with(&self, x: &AnyTensor, _: &mut Probe<'_>) -> Result<AnyTensor> {
+                Ok(self.run(x))
+            }
+
+            fn forward_train(
+                &mut self,
+                x: &AnyTensor,
+                _: NormUpdate,
+                _: &mut Probe<'_>,
+            ) -> Result<AnyTensor> {
+                Ok(self.run(x))
+            }
+        }
+    };
+}
+
+/// As a layer, an activation has no parameters and reports no taps (its input and
+/// output are the neighbouring layers' taps).
+impl Activation {
+    fn run(&self, x: &AnyTensor) -> AnyTensor {
+        let mut y = x.clone();
+        let f = *self;
+        y.map_in_place(|v| f.apply_in_place(v));
+        y
     }
 }
 
-plain_layer!(Relu, Tensor4, Tensor4, stateless);
+any_rank_layer!(Activation);
+
+/// `nn.Dropout(p)`: the identity in eval mode, and in calibration mode too, where only
+/// batch norms follow the batch (REFLOW changes no other behaviour of the network).
+///
+/// ```
+/// use reflow::nn::Dropout;
+///
+/// assert_eq!(Dropout::new(0.2)?.p(), 0.2);
+/// assert!(Dropout::new(1.0).is_err());
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    p: f64,
+}
+
+impl Dropout {
+    /// Dropout with probability `p`, in [0, 1).
+    pub fn new(p: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid(
+                "dropout",
+                format!("p = {p} is outside [0, 1)"),
+            ));
+        }
+        Ok(Dropout { p })
+    }
+
+    /// The drop probability (used only in training, which reflow does not do).
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    fn run(&self, x: &AnyTensor) -> AnyTensor {
+        x.clone()
+    }
+}
+
+any_rank_layer!(Dropout);
+
+/// `nn.Identity`: a placeholder layer that returns its input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Identity;
+
+impl Identity {
+    fn run(&self, x: &AnyTensor) -> AnyTensor {
+        x.clone()
+    }
+}
+
+any_rank_layer!(Identity);

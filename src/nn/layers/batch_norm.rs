@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerKind, NormParams, NormParamsMut, NormUpdate};
 use crate::layer::{Params, Visitor, VisitorMut};
 use crate::layer::{Probe, Site};
-use crate::nn::runtime::{affine_into, overwritten, ChannelMap};
+use crate::nn::runtime::{overwritten, Activation, ChannelMap};
 use crate::stats::channel_moments;
 use rayon::prelude::*;
 
@@ -83,14 +83,14 @@ impl BatchNorm2d {
 
     /// Calibration mode without the output: folds the batch's per-channel mean and
     /// biased variance (`moments`, over `count` values per channel) into the running
-    /// statistics by `update`, and returns the map that normalises the batch (then
-    /// applies ReLU if `relu`).
+    /// statistics by `update`, and returns the map that normalises the batch, then
+    /// applies `activation`.
     pub(crate) fn absorb(
         &mut self,
         moments: &[(f64, f64)],
         count: usize,
         update: NormUpdate,
-        relu: bool,
+        activation: Activation,
     ) -> ChannelMap {
         let mean: Vec<f32> = moments.iter().map(|m| m.0 as f32).collect();
         let var: Vec<f32> = moments.iter().map(|m| m.1 as f32).collect();
@@ -104,7 +104,11 @@ impl BatchNorm2d {
             let rv = &mut self.running_var.data[ch];
             *rv = ((1.0 - f) * *rv as f64 + f * v * unbias) as f32;
         }
-        ChannelMap { scale, shift, relu }
+        ChannelMap {
+            scale,
+            shift,
+            activation,
+        }
     }
 
     /// Per-channel `(scale, shift)` such that `y = scale·x + shift` in eval mode.
@@ -134,7 +138,9 @@ impl BatchNorm2d {
             .par_chunks_mut(spatial.max(1))
             .zip(xs.par_chunks(spatial.max(1)))
             .enumerate()
-            .for_each(|(i, (yp, xp))| affine_into(xp, yp, scale[i % c], shift[i % c], false));
+            .for_each(|(i, (yp, xp))| {
+                Activation::Identity.map_into(xp, yp, scale[i % c], shift[i % c])
+            });
         y
     }
 }
@@ -177,7 +183,7 @@ impl Layer for BatchNorm2d {
         let mut y = x.as_standard_layout().into_owned();
         let (n, c, h, w) = y.dim();
         let moments = channel_moments(y.as_slice().expect("standard layout"), n, c, h * w);
-        self.absorb(&moments, n * h * w, update, false)
+        self.absorb(&moments, n * h * w, update, Activation::Identity)
             .apply_in_place(&mut y);
         emit4(probe, LayerKind::BatchNorm, Site::Output, &y);
         Ok(y)

@@ -493,7 +493,7 @@ mod tests {
             let map = ChannelMap {
                 scale: (0..c).map(|i| 0.5 + i as f32 / c as f32).collect(),
                 shift: (0..c).map(|i| i as f32 / c as f32 - 0.6).collect(),
-                relu: true,
+                activation: crate::nn::Activation::Relu,
             };
             let mut mapped = x.clone();
             map.apply_in_place(&mut mapped);

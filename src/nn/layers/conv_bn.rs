@@ -1,4 +1,4 @@
-//! A convolution followed by batch norm (and optionally ReLU), fused in eval mode.
+//! A convolution followed by batch norm and an activation, fused in eval mode.
 
 use super::batch_norm::require_batch_statistics;
 use super::pending::Pending;
@@ -6,27 +6,27 @@ use super::{emit4, BatchNorm2d, Conv2d, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerKind, NormUpdate, Params, Probe, Site, Visitor, VisitorMut};
 use crate::nn::engine::Epilogue;
-use crate::nn::runtime::ChannelMap;
+use crate::nn::runtime::{Activation, ChannelMap};
 
-/// `relu?(bn(conv(x)))` with the two layers under their own names (`conv1` and `bn1`,
-/// or `0` and `1` in a torchvision `downsample`), so the parameters and taps are
+/// `activation(bn(conv(x)))` with the two layers under their own names (`conv1` and
+/// `bn1`, or `0` and `1` in a torchvision `downsample`), so the parameters and taps are
 /// exactly those of the separate layers.
 ///
-/// In eval mode, the batch norm's scale and shift (and the ReLU) are applied to each
-/// output plane right after the product, while it is in cache: one pass and one
+/// In eval mode, the batch norm's scale and shift (and the activation) are applied to
+/// each output plane right after the product, while it is in cache: one pass and one
 /// allocation instead of three. When an observer wants the batch norm's output, the
-/// ReLU waits until it has seen it; when it wants the convolution's output (the batch
+/// activation waits until it has seen it; when it wants the convolution's output (the batch
 /// norm's input) — and always in calibration mode, where the batch statistics need the
 /// whole convolution output — the layers run one after the other. All paths compute
 /// the same values.
 ///
 /// ```
 /// use reflow::layer::{count_parameters, Layer};
-/// use reflow::nn::{BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
+/// use reflow::nn::{Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 /// use ndarray::Array4;
 ///
 /// let conv = Conv2d::new(Conv2dConfig::new(3, 8, 3).padding(1))?;
-/// let unit = ConvBn::new("conv1", conv, "bn1", BatchNorm2d::new(8, 1e-5), true)?;
+/// let unit = ConvBn::new("conv1", conv, "bn1", BatchNorm2d::new(8, 1e-5), Activation::Relu)?;
 /// assert_eq!(count_parameters(&unit), 8 * 27 + 16);
 /// assert_eq!(unit.forward(&Array4::zeros((1, 3, 5, 5)))?.dim(), (1, 8, 5, 5));
 /// # Ok::<(), reflow::Error>(())
@@ -37,18 +37,18 @@ pub struct ConvBn {
     conv: Conv2d,
     bn_name: String,
     bn: BatchNorm2d,
-    relu: bool,
+    activation: Activation,
 }
 
 impl ConvBn {
     /// Joins `conv` and `bn` (which must have as many channels as `conv` outputs),
-    /// followed by ReLU when `relu` is set.
+    /// followed by `activation`.
     pub fn new(
         conv_name: impl Into<String>,
         conv: Conv2d,
         bn_name: impl Into<String>,
         bn: BatchNorm2d,
-        relu: bool,
+        activation: Activation,
     ) -> Result<Self> {
         if conv.config().out_channels != bn.channels() {
             return Err(Error::invalid(
@@ -65,7 +65,7 @@ impl ConvBn {
             conv,
             bn_name: bn_name.into(),
             bn,
-            relu,
+            activation,
         })
     }
 
@@ -77,6 +77,11 @@ impl ConvBn {
     /// The batch norm.
     pub fn bn(&self) -> &BatchNorm2d {
         &self.bn
+    }
+
+    /// The activation after the batch norm.
+    pub fn activation(&self) -> Activation {
+        self.activation
     }
 
     /// Whether the observer wants the convolution's output (the batch norm's input),
@@ -91,7 +96,7 @@ impl ConvBn {
     /// Calibration mode for a pass that nobody observes, leaving the batch norm's
     /// output to whatever reads it next: the convolution of `x` (mapped by `input` as
     /// it is read, when given) with the batch's statistics folded into the running
-    /// statistics, and the map that normalises it (and applies the ReLU).
+    /// statistics, and the map that normalises it (and applies the activation).
     pub(crate) fn train_pending(
         &mut self,
         x: &Tensor4,
@@ -99,15 +104,15 @@ impl ConvBn {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Pending> {
-        self.train_unit(x, input, self.relu, update, probe)
+        self.train_unit(x, input, self.activation, update, probe)
     }
 
-    /// [`ConvBn::train_pending`], with the ReLU in the map only if `relu`.
+    /// [`ConvBn::train_pending`], with `activation` in the map.
     fn train_unit(
         &mut self,
         x: &Tensor4,
         input: Option<&ChannelMap>,
-        relu: bool,
+        activation: Activation,
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Pending> {
@@ -115,16 +120,17 @@ impl ConvBn {
             probe.scoped(&self.conv_name, |p| self.conv.run_with_moments(x, input, p))?;
         require_batch_statistics(probe.child_path(&self.bn_name), &raw)?;
         let (n, _, h, w) = raw.dim();
-        let map = self.bn.absorb(&moments, n * h * w, update, relu);
+        let map = self.bn.absorb(&moments, n * h * w, update, activation);
         Ok(Pending {
             raw,
             map: Some(map),
         })
     }
 
-    fn relu_in_place(&self, mut y: Tensor4) -> Tensor4 {
-        if self.relu {
-            y.par_mapv_inplace(crate::nn::runtime::relu);
+    fn activate_in_place(&self, mut y: Tensor4) -> Tensor4 {
+        let activation = self.activation;
+        if activation != Activation::Identity {
+            y.par_mapv_inplace(|v| activation.apply(v));
         }
         y
     }
@@ -138,9 +144,10 @@ impl Layer for ConvBn {
         if self.conv_output_observed(probe) {
             let y = probe.scoped(&self.conv_name, |p| self.conv.forward_with(x, p))?;
             let y = probe.scoped(&self.bn_name, |p| self.bn.forward_with(&y, p))?;
-            return Ok(self.relu_in_place(y));
+            return Ok(self.activate_in_place(y));
         }
-        // The batch norm's output is wanted: fuse it, show it, then apply the ReLU.
+        // The batch norm's output is wanted: fuse it, show it, then apply the
+        // activation.
         let bn_output_observed = probe.scoped(&self.bn_name, |p| {
             p.wants(LayerKind::BatchNorm, Site::Output)
         });
@@ -148,7 +155,10 @@ impl Layer for ConvBn {
         let epilogue = Epilogue {
             scale: Some(&scale),
             shift: Some(&shift),
-            relu: self.relu && !bn_output_observed,
+            activation: match bn_output_observed {
+                true => Activation::Identity,
+                false => self.activation,
+            },
         };
         let y = probe.scoped(&self.conv_name, |p| self.conv.run_fused(x, p, &epilogue))?;
         if !bn_output_observed {
@@ -157,7 +167,7 @@ impl Layer for ConvBn {
         probe.scoped(&self.bn_name, |p| {
             emit4(p, LayerKind::BatchNorm, Site::Output, &y)
         });
-        Ok(self.relu_in_place(y))
+        Ok(self.activate_in_place(y))
     }
 
     fn forward_train(
@@ -169,22 +179,27 @@ impl Layer for ConvBn {
         if self.conv_output_observed(probe) {
             let y = probe.scoped(&self.conv_name, |p| self.conv.forward_train(x, update, p))?;
             let y = probe.scoped(&self.bn_name, |p| self.bn.forward_train(&y, update, p))?;
-            return Ok(self.relu_in_place(y));
+            return Ok(self.activate_in_place(y));
         }
         // The convolution gathers the batch statistics as it writes its output, which
         // the batch norm then normalises in place.
         let bn_output_observed = probe.scoped(&self.bn_name, |p| {
             p.wants(LayerKind::BatchNorm, Site::Output)
         });
-        let relu = self.relu && !bn_output_observed;
-        let y = self.train_unit(x, None, relu, update, probe)?.into_tensor();
+        let activation = match bn_output_observed {
+            true => Activation::Identity,
+            false => self.activation,
+        };
+        let y = self
+            .train_unit(x, None, activation, update, probe)?
+            .into_tensor();
         if !bn_output_observed {
             return Ok(y);
         }
         probe.scoped(&self.bn_name, |p| {
             emit4(p, LayerKind::BatchNorm, Site::Output, &y)
         });
-        Ok(self.relu_in_place(y))
+        Ok(self.activate_in_place(y))
     }
 }
 
@@ -203,7 +218,7 @@ impl Params for ConvBn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::{Activation, Observer, Tap};
+    use crate::layer::{ActivationView, Observer, Tap};
     use crate::nn::Conv2dConfig;
     use ndarray::Array4;
 
@@ -213,16 +228,22 @@ mod tests {
         fn wants(&self, tap: &Tap<'_>) -> bool {
             tap.kind == LayerKind::BatchNorm && tap.site == self.0
         }
-        fn observe(&mut self, _: &Tap<'_>, a: Activation<'_>) {
+        fn observe(&mut self, _: &Tap<'_>, a: ActivationView<'_>) {
             self.1.push(a.data.to_vec());
         }
     }
 
     #[test]
     fn fused_and_unfused_paths_agree() {
-        for (bias, relu) in [(false, true), (true, false)] {
+        for (bias, act) in [
+            (false, Activation::Relu),
+            (true, Activation::Identity),
+            (true, Activation::Hardswish),
+            (false, Activation::Silu),
+            (true, Activation::Relu6),
+        ] {
             let conv = Conv2d::new(Conv2dConfig::new(3, 4, 3).padding(1).bias(bias)).unwrap();
-            let mut unit = ConvBn::new("c", conv, "b", BatchNorm2d::new(4, 1e-3), relu).unwrap();
+            let mut unit = ConvBn::new("c", conv, "b", BatchNorm2d::new(4, 1e-3), act).unwrap();
             let mut i = 0.0f32;
             unit.visit_params_mut(&mut |p| {
                 p.data.iter_mut().for_each(|v| {
@@ -242,9 +263,20 @@ mod tests {
                 let err = (&fused - other)
                     .mapv(f32::abs)
                     .fold(0.0f32, |m, &v| m.max(v));
-                assert!(err < 1e-5, "bias {bias} relu {relu}: {err}");
+                assert!(err < 1e-5, "bias {bias} {act}: {err}");
             }
-            assert_eq!(relu, fused.iter().all(|&v| v >= 0.0));
+            let nonnegative = matches!(act, Activation::Relu | Activation::Relu6);
+            assert_eq!(nonnegative, fused.iter().all(|&v| v >= 0.0));
+            // The activation is applied, as the separate layers would apply it.
+            let separate = unit
+                .bn()
+                .forward(&unit.conv().forward(&x).unwrap())
+                .unwrap()
+                .mapv(|v| act.apply(v));
+            let err = (&fused - &separate)
+                .mapv(f32::abs)
+                .fold(0.0f32, |m, &v| m.max(v));
+            assert!(err < 1e-5, "bias {bias} {act}: {err}");
             // The batch norm's output is shown before the ReLU, as the layers compute it.
             let bn_out = unit
                 .bn()
@@ -255,14 +287,21 @@ mod tests {
                 .iter()
                 .zip(&output.1[0])
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err < 1e-5, "bias {bias} relu {relu}: {err}");
+            assert!(err < 1e-5, "bias {bias} {act}: {err}");
         }
     }
 
     #[test]
     fn fused_and_unfused_calibration_agree() {
         let conv = Conv2d::new(Conv2dConfig::new(3, 4, 3).padding(1).bias(true)).unwrap();
-        let mut fused = ConvBn::new("c", conv, "b", BatchNorm2d::new(4, 1e-5), true).unwrap();
+        let mut fused = ConvBn::new(
+            "c",
+            conv,
+            "b",
+            BatchNorm2d::new(4, 1e-5),
+            Activation::Hardswish,
+        )
+        .unwrap();
         let mut i = 0.0f32;
         fused.visit_params_mut(&mut |p| {
             p.data.iter_mut().for_each(|v| {
@@ -294,6 +333,13 @@ mod tests {
     #[test]
     fn mismatched_channels_are_rejected() {
         let conv = Conv2d::new(Conv2dConfig::new(3, 4, 3)).unwrap();
-        assert!(ConvBn::new("c", conv, "b", BatchNorm2d::new(5, 1e-5), false).is_err());
+        assert!(ConvBn::new(
+            "c",
+            conv,
+            "b",
+            BatchNorm2d::new(5, 1e-5),
+            Activation::Identity
+        )
+        .is_err());
     }
 }

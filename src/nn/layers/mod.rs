@@ -1,16 +1,18 @@
 //! The layers: what each computes, its parameters and its taps. How a convolution
 //! computes is the engine's business ([`crate::nn::engine`]).
 
-pub use activation::Relu;
+pub use activation::{Dropout, Identity};
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
 pub use conv_bn::ConvBn;
 pub use linear::Linear;
 pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
-pub use sequential::{Residual, Sequential};
+pub use residual::Residual;
+pub use sequential::Sequential;
+pub use tensor::{AnyTensor, Rank};
 
 use crate::error::{Error, Result};
-use crate::layer::{Activation, LayerKind, Probe, Site, Visitor, VisitorMut};
+use crate::layer::{ActivationView, LayerKind, Probe, Site, Visitor, VisitorMut};
 use ndarray::{Array2, Array4};
 
 /// An NCHW `f32` activation tensor.
@@ -18,10 +20,6 @@ pub type Tensor4 = Array4<f32>;
 
 /// A `[N, features]` `f32` activation matrix.
 pub type Tensor2 = Array2<f32>;
-
-/// A boxed layer of the ndarray backend that maps NCHW tensors to NCHW tensors, as
-/// [`Sequential`] holds them.
-pub type BoxedLayer = Box<dyn crate::layer::Layer<Input = Tensor4, Output = Tensor4> + Send + Sync>;
 
 /// A learnable tensor of a layer: row-major values and their shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +124,9 @@ mod conv_bn;
 mod linear;
 mod pending;
 mod pool;
+mod residual;
 mod sequential;
+mod tensor;
 
 /// Shows `x` to the probe's observer at `site`, if it wants it.
 pub(crate) fn emit4(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tensor4) {
@@ -135,7 +135,7 @@ pub(crate) fn emit4(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tens
         let data = x.as_standard_layout();
         if let Some(act) = data
             .as_slice()
-            .and_then(|s| Activation::new(s, n, c, h * w))
+            .and_then(|s| ActivationView::new(s, n, c, h * w))
         {
             probe.emit(kind, site, act);
         }
@@ -147,7 +147,10 @@ pub(crate) fn emit2(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tens
     if probe.wants(kind, site) {
         let (n, f) = x.dim();
         let data = x.as_standard_layout();
-        if let Some(act) = data.as_slice().and_then(|s| Activation::new(s, n, f, 1)) {
+        if let Some(act) = data
+            .as_slice()
+            .and_then(|s| ActivationView::new(s, n, f, 1))
+        {
             probe.emit(kind, site, act);
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! In calibration mode a batch norm can only normalise once the whole batch has been
 //! through the layer before it. Instead of a pass of its own over that output, the
-//! per-channel map `y = relu?(scale·x + shift)` can travel with the raw tensor to
+//! per-channel map `y = activation(scale·x + shift)` can travel with the raw tensor to
 //! whatever reads it next: the next convolution applies it as it loads its input, a
 //! residual add as it adds. [`Pending`] is that pair.
 

@@ -116,12 +116,62 @@ impl MaxPool2d {
 
 plain_layer!(MaxPool2d, Tensor4, Tensor4, stateless);
 
-/// Averages each channel over its whole plane: PyTorch's `nn.AdaptiveAvgPool2d(1)`.
-/// Output `[N, C, 1, 1]`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AdaptiveAvgPool2d;
+/// Averages each channel over windows that tile its plane into an `oh × ow` grid:
+/// PyTorch's `nn.AdaptiveAvgPool2d((oh, ow))`. Output row `i` averages input rows
+/// `⌊i·H/oh⌋ .. ⌈(i+1)·H/oh⌉` (the windows overlap when `oh` does not divide `H`),
+/// and likewise along the columns. [`AdaptiveAvgPool2d::global`] (`1 × 1`) is the
+/// global average pooling before a classifier; VGG pools to `7 × 7`, which repeats
+/// values when the plane is smaller.
+///
+/// ```
+/// use reflow::layer::Layer;
+/// use reflow::nn::AdaptiveAvgPool2d;
+/// use ndarray::Array4;
+///
+/// let x = Array4::from_shape_fn((1, 1, 3, 3), |(_, _, h, w)| (h * 3 + w) as f32);
+/// let y = AdaptiveAvgPool2d::new(2, 2)?.forward(&x)?;
+/// assert_eq!(y[[0, 0, 0, 0]], (0.0 + 1.0 + 3.0 + 4.0) / 4.0);
+/// assert_eq!(AdaptiveAvgPool2d::global().forward(&x)?[[0, 0, 0, 0]], 4.0);
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveAvgPool2d {
+    output: [usize; 2],
+}
+
+impl Default for AdaptiveAvgPool2d {
+    fn default() -> Self {
+        Self::global()
+    }
+}
+
+/// The window of output index `i` of `out` along an axis of `len` values.
+fn window(i: usize, out: usize, len: usize) -> std::ops::Range<usize> {
+    (i * len / out)..((i + 1) * len).div_ceil(out)
+}
 
 impl AdaptiveAvgPool2d {
+    /// Pools to `oh × ow`; both must be positive.
+    pub fn new(oh: usize, ow: usize) -> Result<Self> {
+        if oh == 0 || ow == 0 {
+            return Err(Error::invalid(
+                "adaptive_avg_pool2d",
+                format!("output size {oh}×{ow} must be positive"),
+            ));
+        }
+        Ok(AdaptiveAvgPool2d { output: [oh, ow] })
+    }
+
+    /// Global average pooling: `1 × 1`.
+    pub fn global() -> Self {
+        AdaptiveAvgPool2d { output: [1, 1] }
+    }
+
+    /// The output size `[oh, ow]`.
+    pub fn output_size(&self) -> [usize; 2] {
+        self.output
+    }
+
     fn run(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         let (n, c, h, w) = x.dim();
         if h * w == 0 {
@@ -131,14 +181,32 @@ impl AdaptiveAvgPool2d {
                 x.shape(),
             ));
         }
+        emit4(probe, LayerKind::Pool, Site::Input, x);
+        let [oh, ow] = self.output;
         let x = x.as_standard_layout();
-        let means: Vec<f32> = x
-            .as_slice()
-            .expect("standard layout")
-            .par_chunks(h * w)
-            .map(|plane| (plane.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64) as f32)
-            .collect();
-        let y = Array4::from_shape_vec((n, c, 1, 1), means).expect("n·c values");
+        let mut y = Array4::<f32>::zeros((n, c, oh, ow));
+        let ys = y.as_slice_mut().expect("fresh array");
+        let planes = x.as_slice().expect("standard layout").par_chunks(h * w);
+        ys.par_chunks_mut(oh * ow)
+            .zip(planes)
+            .for_each(|(out, plane)| {
+                for i in 0..oh {
+                    let rows = window(i, oh, h);
+                    for j in 0..ow {
+                        let cols = window(j, ow, w);
+                        let sum: f64 = rows
+                            .clone()
+                            .map(|r| {
+                                plane[r * w + cols.start..r * w + cols.end]
+                                    .iter()
+                                    .map(|&v| v as f64)
+                                    .sum::<f64>()
+                            })
+                            .sum();
+                        out[i * ow + j] = (sum / (rows.len() * cols.len()) as f64) as f32;
+                    }
+                }
+            });
         emit4(probe, LayerKind::Pool, Site::Output, &y);
         Ok(y)
     }
@@ -147,7 +215,7 @@ impl AdaptiveAvgPool2d {
 plain_layer!(AdaptiveAvgPool2d, Tensor4, Tensor4, stateless);
 
 impl AdaptiveAvgPool2d {
-    /// Pools and flattens in one step: `[N, C, H, W]` → `[N, C]`.
+    /// Pools and flattens in one step: `[N, C, H, W]` → `[N, C·oh·ow]`.
     pub fn pool_flat(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
         let y = self.run(x, probe)?;
         Flatten.run(&y, probe)

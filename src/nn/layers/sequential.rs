@@ -1,61 +1,168 @@
-//! Composition: a named chain of layers, and a residual connection.
+//! Composition: a named chain of layers of any tensor rank.
 
 use super::pending::Pending;
-use super::{emit4, BoxedLayer, ConvBn, Tensor4};
+use super::tensor::{input_as, AnyTensor, Rank};
+use super::{layer_context, ConvBn, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerKind, NormUpdate, Params, Probe, Schedule, Site};
-use crate::layer::{Visitor, VisitorMut};
-use crate::nn::runtime::{recycle, relu, ChannelMap};
-use rayon::prelude::*;
+use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
+use crate::nn::runtime::recycle;
 use std::any::Any;
+use std::borrow::Cow;
+use std::marker::PhantomData;
 
 /// Layers run one after the other, each under its own name: PyTorch's
 /// `nn.Sequential` (whose children are named `0`, `1`, ...) or a module with named
 /// attributes (`conv1`, `bn1`, ...). Parameter names are `<child>.<param>`.
 ///
+/// A chain takes an `I` and returns an `O`, each a [`Tensor4`], a
+/// [`Tensor2`](super::Tensor2) or an [`AnyTensor`]: [`Sequential::new`] starts a
+/// 4-d → 4-d chain and every [`Sequential::push`] makes the chain's output the new
+/// layer's (a layer of any rank, such as an [`Activation`](crate::nn::Activation),
+/// keeps it). So features, a flatten and a classifier make one chain:
+///
 /// ```
 /// use reflow::layer::{count_parameters, Layer};
-/// use reflow::nn::{BatchNorm2d, Conv2d, Conv2dConfig, Relu, Sequential};
+/// use reflow::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig};
+/// use reflow::nn::{Dropout, Flatten, Linear, Sequential};
 /// use ndarray::Array4;
 ///
 /// let net = Sequential::new()
 ///     .push("conv", Conv2d::new(Conv2dConfig::new(1, 4, 3).padding(1))?)
 ///     .push("bn", BatchNorm2d::new(4, 1e-5))
-///     .push("relu", Relu);
-/// assert_eq!(count_parameters(&net), 4 * 9 + 4 + 4);
-/// assert_eq!(net.forward(&Array4::zeros((2, 1, 8, 8)))?.dim(), (2, 4, 8, 8));
+///     .push("relu", Activation::Relu)
+///     .push("pool", AdaptiveAvgPool2d::global())
+///     .push("flatten", Flatten)
+///     .push("dropout", Dropout::new(0.5)?)
+///     .push("fc", Linear::new(4, 10, true));
+/// assert_eq!(count_parameters(&net), 4 * 9 + 4 + 4 + 4 * 10 + 10);
+/// let logits = net.forward(&Array4::zeros((2, 1, 8, 8)))?; // a `Tensor2`
+/// assert_eq!(logits.dim(), (2, 10));
 /// # Ok::<(), reflow::Error>(())
 /// ```
-#[derive(Default)]
-pub struct Sequential {
+pub struct Sequential<I = Tensor4, O = Tensor4> {
     layers: Vec<(String, Child)>,
+    ranks: PhantomData<fn(I) -> O>,
 }
 
 /// A layer of a [`Sequential`]. [`ConvBn`] units are kept by type, so that a
 /// calibration pass can leave their batch norm's output to the next reader (see
-/// [`Pending`]); any other layer is boxed.
+/// [`Pending`]); any other layer is boxed with its ranks erased.
 enum Child {
     Unit(Box<ConvBn>),
-    Layer(BoxedLayer),
+    Layer(Box<dyn Link>),
+}
+
+/// A layer whose input and output ranks are checked at run time.
+trait Link: Params + Send + Sync {
+    fn forward_dyn(&self, x: &dyn Any, probe: &mut Probe<'_>) -> Result<AnyTensor>;
+    fn train_dyn(
+        &mut self,
+        x: &dyn Any,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<AnyTensor>;
+}
+
+/// A layer boxed as a [`Link`].
+struct Ranked<L>(L);
+
+impl<L: Params> Params for Ranked<L> {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        self.0.visit(v)
+    }
+
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        self.0.visit_mut(v)
+    }
+}
+
+impl<L> Link for Ranked<L>
+where
+    L: Layer + Send + Sync,
+    L::Input: Rank,
+    L::Output: Rank,
+{
+    fn forward_dyn(&self, x: &dyn Any, probe: &mut Probe<'_>) -> Result<AnyTensor> {
+        let x = input_as::<L::Input>(x, &layer_context(probe))?;
+        Ok(self.0.forward_with(&x, probe)?.into_any())
+    }
+
+    fn train_dyn(
+        &mut self,
+        x: &dyn Any,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<AnyTensor> {
+        let x = input_as::<L::Input>(x, &layer_context(probe))?;
+        Ok(self.0.forward_train(&x, update, probe)?.into_any())
+    }
 }
 
 impl Child {
-    fn layer(&self) -> &(dyn Layer<Input = Tensor4, Output = Tensor4> + Send + Sync) {
+    fn params(&self) -> &dyn Params {
         match self {
             Child::Unit(unit) => unit.as_ref(),
             Child::Layer(layer) => layer.as_ref(),
         }
     }
 
-    fn layer_mut(&mut self) -> &mut (dyn Layer<Input = Tensor4, Output = Tensor4> + Send + Sync) {
+    fn params_mut(&mut self) -> &mut dyn Params {
         match self {
             Child::Unit(unit) => unit.as_mut(),
             Child::Layer(layer) => layer.as_mut(),
         }
     }
+
+    fn forward_dyn(&self, x: &dyn Any, probe: &mut Probe<'_>) -> Result<AnyTensor> {
+        match self {
+            Child::Unit(unit) => {
+                let x = input_as::<Tensor4>(x, &layer_context(probe))?;
+                Ok(AnyTensor::Nchw(unit.forward_with(&x, probe)?))
+            }
+            Child::Layer(layer) => layer.forward_dyn(x, probe),
+        }
+    }
+
+    fn train_dyn(
+        &mut self,
+        x: &dyn Any,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<AnyTensor> {
+        match self {
+            Child::Unit(unit) => {
+                let x = input_as::<Tensor4>(x, &layer_context(probe))?;
+                Ok(AnyTensor::Nchw(unit.forward_train(&x, update, probe)?))
+            }
+            Child::Layer(layer) => layer.train_dyn(x, update, probe),
+        }
+    }
 }
 
-impl std::fmt::Debug for Sequential {
+/// What flows between the children of a fused calibration pass: a tensor whose batch
+/// norm is still to be applied, or a tensor of any rank.
+enum Flow {
+    Pending(Pending),
+    Ready(AnyTensor),
+}
+
+impl Flow {
+    fn into_any(self) -> AnyTensor {
+        match self {
+            Flow::Pending(p) => AnyTensor::Nchw(p.into_tensor()),
+            Flow::Ready(t) => t,
+        }
+    }
+}
+
+/// Hands a tensor no longer needed back to the activation pool.
+fn recycle_any(t: AnyTensor) {
+    if let AnyTensor::Nchw(t) = t {
+        recycle(t);
+    }
+}
+
+impl<I, O> std::fmt::Debug for Sequential<I, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
             .entries(self.layers.iter().map(|(n, _)| n))
@@ -63,69 +170,59 @@ impl std::fmt::Debug for Sequential {
     }
 }
 
+impl Default for Sequential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Sequential {
-    /// An empty chain (the identity).
+    /// An empty 4-d → 4-d chain (the identity).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_input()
     }
 
-    /// Appends `layer` under `name`. An empty name puts the layer's own parameter
-    /// names and taps at this level (for a layer such as [`ConvBn`](super::ConvBn)
-    /// that names its parts itself).
-    pub fn push<L>(mut self, name: impl Into<String>, layer: L) -> Self
+    /// An empty chain taking `I` (the identity), e.g.
+    /// `Sequential::with_input::<Tensor2>()` for a classifier over features.
+    pub fn with_input<I: Rank>() -> Sequential<I, I> {
+        Sequential {
+            layers: Vec::new(),
+            ranks: PhantomData,
+        }
+    }
+}
+
+impl<I: Rank, O: Rank> Sequential<I, O> {
+    /// Appends `layer` under `name`; the chain then outputs what `layer` outputs (or,
+    /// for a layer of any rank, what it output before). An empty name puts the
+    /// layer's own parameter names and taps at this level (for a layer such as
+    /// [`ConvBn`] that names its parts itself).
+    ///
+    /// A layer whose input rank is not the chain's output rank so far is an error
+    /// when the chain runs, naming the layer.
+    pub fn push<L>(
+        self,
+        name: impl Into<String>,
+        layer: L,
+    ) -> Sequential<I, <L::Output as Rank>::After<O>>
     where
-        L: Layer<Input = Tensor4, Output = Tensor4> + Send + Sync + 'static,
+        L: Layer + Send + Sync + 'static,
+        L::Input: Rank,
+        L::Output: Rank,
     {
         let mut slot = Some(layer);
         let child = match (&mut slot as &mut dyn Any).downcast_mut::<Option<ConvBn>>() {
             Some(unit) => unit.take().map(|unit| Child::Unit(Box::new(unit))),
-            None => slot.take().map(|layer| Child::Layer(Box::new(layer))),
+            None => slot
+                .take()
+                .map(|layer| Child::Layer(Box::new(Ranked(layer)))),
         };
-        self.layers.extend(child.map(|child| (name.into(), child)));
-        self
-    }
-
-    /// Calibration mode for a pass that nobody observes: like
-    /// [`Layer::forward_train`], but a final [`ConvBn`] leaves its batch norm's output
-    /// pending, and each [`ConvBn`] reads the pending output of the one before it
-    /// through its map (no pass of its own over the batch-norm outputs).
-    pub(crate) fn train_pending(
-        &mut self,
-        x: &Tensor4,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Pending> {
-        let mut current: Option<Pending> = None;
-        for (name, child) in &mut self.layers {
-            let next = match child {
-                Child::Unit(unit) => {
-                    // A convolution that cannot map its input as it reads it gets the
-                    // batch norm's output, made in place (not in a mapped copy).
-                    if !unit.conv().maps_input_as_read() {
-                        current = current.map(|p| Pending::ready(p.into_tensor()));
-                    }
-                    let (input, map) = match &current {
-                        None => (x, None),
-                        Some(p) => (&p.raw, p.map.as_ref()),
-                    };
-                    probe.scoped(name, |p| unit.train_pending(input, map, update, p))?
-                }
-                Child::Layer(layer) => {
-                    // Other layers read the batch norm's output itself.
-                    let ready = current.take().map(Pending::into_tensor);
-                    let input = ready.as_ref().unwrap_or(x);
-                    let y = probe.scoped(name, |p| layer.forward_train(input, update, p))?;
-                    if let Some(ready) = ready {
-                        recycle(ready);
-                    }
-                    Pending::ready(y)
-                }
-            };
-            if let Some(previous) = current.replace(next) {
-                recycle(previous.raw);
-            }
+        let mut layers = self.layers;
+        layers.extend(child.map(|child| (name.into(), child)));
+        Sequential {
+            layers,
+            ranks: PhantomData,
         }
-        Ok(current.unwrap_or_else(|| Pending::ready(x.clone())))
     }
 
     /// Number of layers.
@@ -142,225 +239,237 @@ impl Sequential {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.layers.iter().map(|(n, _)| n.as_str())
     }
-}
 
-impl Layer for Sequential {
-    type Input = Tensor4;
-    type Output = Tensor4;
-
-    fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
-        let Some(((first_name, first), rest)) = self.layers.split_first() else {
-            return Ok(x.clone());
-        };
-        let mut y = probe.scoped(first_name, |p| first.layer().forward_with(x, p))?;
-        for (name, layer) in rest {
-            let next = probe.scoped(name, |p| layer.layer().forward_with(&y, p))?;
-            recycle(std::mem::replace(&mut y, next));
-        }
-        Ok(y)
+    /// The chain's result as an `O`: an error naming the chain when the last layer
+    /// gave another rank.
+    fn output(&self, y: Option<AnyTensor>, x: &I, probe: &Probe<'_>) -> Result<O> {
+        let y = y.unwrap_or_else(|| x.clone().into_any());
+        let shape = y.shape().to_vec();
+        O::from_any(y).ok_or_else(|| {
+            Error::shape(
+                format!("{} (output)", layer_context(probe)),
+                format!("a {} tensor", O::NAME),
+                shape.as_slice(),
+            )
+        })
     }
 
-    fn forward_train(
+    /// Calibration mode for a pass that nobody observes: like
+    /// [`Layer::forward_train`], but a final [`ConvBn`] leaves its batch norm's output
+    /// pending, and each [`ConvBn`] reads the pending output of the one before it
+    /// through its map (no pass of its own over the batch-norm outputs).
+    fn train_flow(
+        &mut self,
+        x: &I,
+        update: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Option<Flow>> {
+        let mut current: Option<Flow> = None;
+        for (name, child) in &mut self.layers {
+            let next = match child {
+                Child::Unit(unit) => {
+                    // A convolution that cannot map its input as it reads it gets the
+                    // batch norm's output, made in place (not in a mapped copy).
+                    if let Some(Flow::Pending(p)) = &current {
+                        if p.map.is_some() && !unit.conv().maps_input_as_read() {
+                            let Some(Flow::Pending(p)) = current.take() else {
+                                unreachable!("matched above")
+                            };
+                            current = Some(Flow::Pending(Pending::ready(p.into_tensor())));
+                        }
+                    }
+                    let pending = probe.scoped(name, |p| {
+                        let context = layer_context(p);
+                        let (input, map): (Cow<'_, Tensor4>, _) = match &current {
+                            None => (input_as::<Tensor4>(x, &context)?, None),
+                            Some(Flow::Pending(p)) => (Cow::Borrowed(&p.raw), p.map.as_ref()),
+                            Some(Flow::Ready(t)) => (input_as::<Tensor4>(t, &context)?, None),
+                        };
+                        unit.train_pending(&input, map, update, p)
+                    })?;
+                    Flow::Pending(pending)
+                }
+                Child::Layer(layer) => {
+                    // Other layers read the batch norm's output itself.
+                    let ready = current.take().map(Flow::into_any);
+                    let input: &dyn Any = match &ready {
+                        Some(t) => t,
+                        None => x,
+                    };
+                    let y = probe.scoped(name, |p| layer.train_dyn(input, update, p))?;
+                    if let Some(ready) = ready {
+                        recycle_any(ready);
+                    }
+                    Flow::Ready(y)
+                }
+            };
+            if let Some(previous) = current.replace(next) {
+                match previous {
+                    Flow::Pending(p) => recycle(p.raw),
+                    Flow::Ready(t) => recycle_any(t),
+                }
+            }
+        }
+        Ok(current)
+    }
+}
+
+impl Sequential<Tensor4, Tensor4> {
+    /// [`Sequential::train_flow`] for a 4-d chain: the output, with its batch norm
+    /// possibly pending.
+    pub(crate) fn train_pending(
         &mut self,
         x: &Tensor4,
         update: NormUpdate,
         probe: &mut Probe<'_>,
-    ) -> Result<Tensor4> {
-        if probe.schedule() == Schedule::Fused {
-            return Ok(self.train_pending(x, update, probe)?.into_tensor());
+    ) -> Result<Pending> {
+        match self.train_flow(x, update, probe)? {
+            None => Ok(Pending::ready(x.clone())),
+            Some(Flow::Pending(p)) => Ok(p),
+            Some(Flow::Ready(t)) => {
+                let shape = t.shape().to_vec();
+                t.into_nchw().map(Pending::ready).ok_or_else(|| {
+                    Error::shape(
+                        format!("{} (output)", layer_context(probe)),
+                        "a 4-d tensor",
+                        shape.as_slice(),
+                    )
+                })
+            }
         }
-        let Some(((first_name, first), rest)) = self.layers.split_first_mut() else {
-            return Ok(x.clone());
-        };
-        let mut y = probe.scoped(first_name, |p| {
-            first.layer_mut().forward_train(x, update, p)
-        })?;
-        for (name, layer) in rest {
-            let next = probe.scoped(name, |p| layer.layer_mut().forward_train(&y, update, p))?;
-            recycle(std::mem::replace(&mut y, next));
-        }
-        Ok(y)
     }
 }
 
-impl Params for Sequential {
+impl<I: Rank, O: Rank> Params for Sequential<I, O> {
     fn visit(&self, v: &mut Visitor<'_>) {
         for (name, layer) in &self.layers {
-            v.child(name, layer.layer());
+            v.child(name, layer.params());
         }
     }
 
     fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
         for (name, layer) in &mut self.layers {
-            v.child(name, layer.layer_mut());
+            v.child(name, layer.params_mut());
         }
     }
 }
 
-/// A residual connection followed by ReLU: `relu(body(x) + shortcut(x))`, where the
-/// shortcut is the identity or a named layer chain (torchvision's `downsample`).
-///
-/// The body's children are named at the block's level (`conv1`, `bn1`, ...), the
-/// shortcut's under its own name (`downsample.0`, `downsample.1`), exactly as in a
-/// torchvision `BasicBlock` or `Bottleneck`. The block reports its output as a tap of
-/// kind [`LayerKind::Block`].
-#[derive(Debug)]
-pub struct Residual {
-    body: Sequential,
-    shortcut: Option<(String, Sequential)>,
-}
+impl<I: Rank, O: Rank> Layer for Sequential<I, O> {
+    type Input = I;
+    type Output = O;
 
-impl Residual {
-    /// `relu(body(x) + x)`.
-    pub fn identity(body: Sequential) -> Self {
-        Residual {
-            body,
-            shortcut: None,
-        }
-    }
-
-    /// `relu(body(x) + shortcut(x))`, with the shortcut's parameters under `name`.
-    pub fn with_shortcut(body: Sequential, name: impl Into<String>, shortcut: Sequential) -> Self {
-        Residual {
-            body,
-            shortcut: Some((name.into(), shortcut)),
-        }
-    }
-
-    /// `relu(map_y(y) + map_s(s))`, in `y`'s memory: the residual add, with the body's
-    /// and the shortcut's pending batch norms applied on the way (each map, then the
-    /// sum, rounded as the separate passes would).
-    fn add_relu_mapped(
-        &self,
-        y: Pending,
-        s: &Tensor4,
-        s_map: Option<&ChannelMap>,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor4> {
-        let Pending { raw: mut out, map } = y;
-        if out.dim() != s.dim() {
-            return Err(Error::shape(
-                format!("{} (residual add)", probe.path()),
-                format!("the body's output shape {:?}", out.shape()),
-                s.shape(),
-            ));
-        }
-        if !out.is_standard_layout() {
-            // A custom body layer may return any layout.
-            out = out.as_standard_layout().into_owned();
-        }
-        let (_, c, h, w) = out.dim();
-        let spatial = (h * w).max(1);
-        let s = s.as_standard_layout();
-        // Channel `ch`'s map as (scale, shift, relu); the identity when there is none.
-        let affine = |m: Option<&ChannelMap>, ch: usize| {
-            m.map_or((1.0, 0.0, false), |m| (m.scale[ch], m.shift[ch], m.relu))
-        };
-        let plane = |(i, (o, s)): (usize, (&mut [f32], &[f32]))| {
-            let ((a, b, relu_y), (a_s, b_s, relu_s)) =
-                (affine(map.as_ref(), i % c), affine(s_map, i % c));
-            if map.is_none() && s_map.is_none() {
-                for (o, &s) in o.iter_mut().zip(s) {
-                    *o = relu(*o + s);
-                }
-            } else if relu_y || relu_s {
-                let clamp = |v: f32, on: bool| if on { relu(v) } else { v };
-                for (o, &s) in o.iter_mut().zip(s) {
-                    *o = relu(clamp(*o * a + b, relu_y) + clamp(s * a_s + b_s, relu_s));
-                }
-            } else {
-                // (v·1 + 0 is v: without a map, the values are added as they are.)
-                for (o, &s) in o.iter_mut().zip(s) {
-                    *o = relu((*o * a + b) + (s * a_s + b_s));
-                }
-            }
-        };
-        let (os, ss) = (
-            out.as_slice_mut().expect("standard layout"),
-            s.as_slice().expect("standard layout"),
-        );
-        if crate::nn::runtime::threads() > 1 {
-            os.par_chunks_mut(spatial)
-                .zip(ss.par_chunks(spatial))
-                .enumerate()
-                .for_each(plane);
-        } else {
-            os.chunks_mut(spatial)
-                .zip(ss.chunks(spatial))
-                .enumerate()
-                .for_each(plane);
-        }
-        emit4(probe, LayerKind::Block, Site::Output, &out);
-        Ok(out)
-    }
-
-    /// `relu(y + s)`, in `y`'s memory.
-    fn add_relu(&self, y: Tensor4, s: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
-        self.add_relu_mapped(Pending::ready(y), s, None, probe)
-    }
-}
-
-impl Layer for Residual {
-    type Input = Tensor4;
-    type Output = Tensor4;
-
-    fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
-        let y = self.body.forward_with(x, probe)?;
-        match &self.shortcut {
-            Some((name, sc)) => {
-                let s = probe.scoped(name, |p| sc.forward_with(x, p))?;
-                let out = self.add_relu(y, &s, probe);
-                recycle(s);
-                out
-            }
-            None => self.add_relu(y, x, probe),
-        }
-    }
-
-    fn forward_train(
-        &mut self,
-        x: &Tensor4,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor4> {
-        if probe.schedule() == Schedule::Fused {
-            // The batch norms ending the body and the shortcut are applied in the add.
-            let y = self.body.train_pending(x, update, probe)?;
-            return match &mut self.shortcut {
-                Some((name, sc)) => {
-                    let s = probe.scoped(name, |p| sc.train_pending(x, update, p))?;
-                    let out = self.add_relu_mapped(y, &s.raw, s.map.as_ref(), probe);
-                    recycle(s.raw);
-                    out
-                }
-                None => self.add_relu_mapped(y, x, None, probe),
+    fn forward_with(&self, x: &I, probe: &mut Probe<'_>) -> Result<O> {
+        let mut current: Option<AnyTensor> = None;
+        for (name, child) in &self.layers {
+            let input: &dyn Any = match &current {
+                Some(t) => t,
+                None => x,
             };
-        }
-        let y = self.body.forward_train(x, update, probe)?;
-        match &mut self.shortcut {
-            Some((name, sc)) => {
-                let s = probe.scoped(name, |p| sc.forward_train(x, update, p))?;
-                let out = self.add_relu(y, &s, probe);
-                recycle(s);
-                out
+            let y = probe.scoped(name, |p| child.forward_dyn(input, p))?;
+            if let Some(previous) = current.replace(y) {
+                recycle_any(previous);
             }
-            None => self.add_relu(y, x, probe),
         }
+        self.output(current, x, probe)
+    }
+
+    fn forward_train(&mut self, x: &I, update: NormUpdate, probe: &mut Probe<'_>) -> Result<O> {
+        if probe.schedule() == Schedule::Fused {
+            let y = self.train_flow(x, update, probe)?.map(Flow::into_any);
+            return self.output(y, x, probe);
+        }
+        let mut current: Option<AnyTensor> = None;
+        for (name, child) in &mut self.layers {
+            let input: &dyn Any = match &current {
+                Some(t) => t,
+                None => x,
+            };
+            let y = probe.scoped(name, |p| child.train_dyn(input, update, p))?;
+            if let Some(previous) = current.replace(y) {
+                recycle_any(previous);
+            }
+        }
+        self.output(current, x, probe)
     }
 }
 
-impl Params for Residual {
-    fn visit(&self, v: &mut Visitor<'_>) {
-        v.child("", &self.body);
-        if let Some((name, sc)) = &self.shortcut {
-            v.child(name, sc);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::Params;
+    use crate::nn::{Activation, BatchNorm2d, Conv2d, Conv2dConfig, Flatten, Linear, Tensor2};
+    use ndarray::Array4;
+
+    fn unit(c: usize, o: usize, activation: Activation) -> ConvBn {
+        let conv = Conv2d::new(Conv2dConfig::new(c, o, 3).padding(1)).unwrap();
+        ConvBn::new("conv", conv, "bn", BatchNorm2d::new(o, 1e-5), activation).unwrap()
+    }
+
+    fn filled<P: Params>(mut p: P) -> P {
+        let mut i = 0.0f32;
+        p.visit_params_mut(&mut |t| {
+            t.data.iter_mut().for_each(|v| {
+                i += 0.29;
+                *v = i.sin()
+                    + if t.name.ends_with("running_var") {
+                        1.2
+                    } else {
+                        0.0
+                    };
+            })
+        });
+        p
+    }
+
+    #[test]
+    fn fused_calibration_applies_every_activation_where_it_is_read() {
+        for act in Activation::ALL {
+            let chain = || {
+                filled(
+                    Sequential::new()
+                        .push("a", unit(3, 16, act))
+                        .push("b", unit(16, 16, act))
+                        .push("c", unit(16, 8, Activation::Identity)),
+                )
+            };
+            let (mut fused, mut layered) = (chain(), chain());
+            let x = Array4::from_shape_fn((3, 3, 9, 7), |(a, b, c, d)| {
+                ((a * 7 + b * 3 + c * d) as f32).cos()
+            });
+            let u = NormUpdate::Cumulative;
+            let y1 = fused.forward_train(&x, u, &mut Probe::none()).unwrap();
+            let by_layer = Probe::none().with_schedule(Schedule::LayerByLayer);
+            let y2 = layered.forward_train(&x, u, &mut { by_layer }).unwrap();
+            let err = (&y1 - &y2).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+            assert!(err < 1e-4, "{act}: {err}");
+            let (mut a, mut b) = (vec![], vec![]);
+            fused.visit_norms(&mut |_, s| a.extend_from_slice(s.running_var));
+            layered.visit_norms(&mut |_, s| b.extend_from_slice(s.running_var));
+            let err = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err < 1e-4, "{act}: running variances differ by {err}");
         }
     }
 
-    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
-        v.child("", &mut self.body);
-        if let Some((name, sc)) = &mut self.shortcut {
-            v.child(name, sc);
-        }
+    #[test]
+    fn a_chain_goes_from_features_to_a_head_and_names_a_rank_mismatch() {
+        let head: Sequential<Tensor4, Tensor2> = Sequential::new()
+            .push("features", unit(2, 4, Activation::Relu))
+            .push("flatten", Flatten)
+            .push("act", Activation::Silu)
+            .push("fc", Linear::new(4 * 3 * 3, 5, true));
+        let x = Array4::from_elem((2, 2, 3, 3), 0.5);
+        assert_eq!(head.forward(&x).unwrap().dim(), (2, 5));
+        // A linear layer after a 4-d output: an error naming it, not a panic.
+        let wrong = Sequential::new().push("conv", unit(2, 4, Activation::Relu));
+        let wrong = wrong.push("fc", Linear::new(4, 5, true));
+        let err = wrong.forward(&x).unwrap_err().to_string();
+        assert!(err.contains("fc") && err.contains("2-d"), "{err}");
+        // The identity chain of a 2-d input.
+        let empty = Sequential::with_input::<Tensor2>();
+        let m = Tensor2::ones((2, 3));
+        assert_eq!(empty.forward(&m).unwrap(), m);
     }
 }

@@ -1,26 +1,30 @@
-//! Per-channel affine maps `y = relu?(scale·x + shift)`: a batch norm's output, in
-//! eval or calibration mode, waiting to be applied where it is next read.
+//! Per-channel affine maps `y = f(scale·x + shift)`: a batch norm's output (and its
+//! activation), in eval or calibration mode, waiting to be applied where it is next
+//! read.
 
+use super::Activation;
 use ndarray::Array4;
 use rayon::prelude::*;
 
-/// `y = relu?(scale·x + shift)` per channel of an NCHW tensor.
+/// `y = activation(scale·x + shift)` per channel of an NCHW tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ChannelMap {
     pub scale: Vec<f32>,
     pub shift: Vec<f32>,
-    pub relu: bool,
+    pub activation: Activation,
 }
 
 impl ChannelMap {
     /// Applies channel `c`'s map to every value of `plane`, in place.
     pub fn apply_to_plane(&self, c: usize, plane: &mut [f32]) {
-        affine_in_place(plane, self.scale[c], self.shift[c], self.relu);
+        self.activation
+            .map_in_place(plane, self.scale[c], self.shift[c]);
     }
 
     /// `to = map(from)` for channel `c`, value by value.
     pub fn map_plane(&self, c: usize, from: &[f32], to: &mut [f32]) {
-        affine_into(from, to, self.scale[c], self.shift[c], self.relu);
+        self.activation
+            .map_into(from, to, self.scale[c], self.shift[c]);
     }
 
     /// Applies the map to every value of `y`, in place, in parallel over the planes
@@ -35,36 +39,5 @@ impl ChannelMap {
         } else {
             ys.chunks_mut(spatial).enumerate().for_each(plane);
         }
-    }
-}
-
-/// `max(v, 0)` as PyTorch's ReLU computes it: NaN stays NaN (`f32::max` would
-/// return 0), and so on every kernel level (x86's `max(0, v)`, NEON's select).
-#[inline(always)]
-pub(crate) fn relu(v: f32) -> f32 {
-    if 0.0 > v {
-        0.0
-    } else {
-        v
-    }
-}
-
-/// `values = relu?(values·a + b)`, in place (multiply, then add: every layer rounds
-/// its affine maps this way, so fused and separate passes agree to the bit).
-pub(crate) fn affine_in_place(values: &mut [f32], a: f32, b: f32, clamp: bool) {
-    if clamp {
-        values.iter_mut().for_each(|v| *v = relu(*v * a + b));
-    } else {
-        values.iter_mut().for_each(|v| *v = *v * a + b);
-    }
-}
-
-/// `to = relu?(from·a + b)`, value by value, as [`affine_in_place`].
-pub(crate) fn affine_into(from: &[f32], to: &mut [f32], a: f32, b: f32, clamp: bool) {
-    let pairs = to.iter_mut().zip(from);
-    if clamp {
-        pairs.for_each(|(t, &v)| *t = relu(v * a + b));
-    } else {
-        pairs.for_each(|(t, &v)| *t = v * a + b);
     }
 }

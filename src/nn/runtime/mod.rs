@@ -3,12 +3,15 @@
 //! with activations.
 //! Imports nothing else of [`crate::nn`].
 
+mod activation;
 mod channel_map;
 mod pool_alloc;
 mod scratch;
 mod threads;
 
-pub(crate) use channel_map::{affine_in_place, affine_into, relu, ChannelMap};
+pub(crate) use activation::relu;
+pub use activation::Activation;
+pub(crate) use channel_map::ChannelMap;
 pub(crate) use pool_alloc::{overwritten, recycle};
 pub(crate) use scratch::{with_scratch, Line, Scratch};
 pub(crate) use threads::{product_threads, serially, threads, Threads};
