@@ -103,7 +103,7 @@ pub use state_dict::StateDict;
 /// The items most programs need: `use reflow::prelude::*;`.
 pub mod prelude {
     pub use crate::error::{Error, Result};
-    pub use crate::io::{Dataset, IdxImages, IdxLabels, Normalization};
+    pub use crate::io::{Dataset, IdxImages, IdxLabels, LabelledData, Normalization};
     pub use crate::layer::{count_parameters, count_prunable, Layer, Network, NormUpdate, Params};
     pub use crate::layer::{Probe, Schedule};
     pub use crate::metrics::argmax;

@@ -1,9 +1,9 @@
 //! Classification accuracy.
 
 use crate::error::{Error, Result};
-use crate::io::{Dataset, Normalization};
+use crate::io::LabelledData;
 use crate::layer::Layer;
-use crate::nn::{Tensor2, Tensor4};
+use crate::nn::Tensor2;
 use serde::{Deserialize, Serialize};
 
 /// Correct predictions out of a total.
@@ -37,7 +37,9 @@ pub fn argmax(row: impl IntoIterator<Item = f32>) -> usize {
     best.0
 }
 
-/// Top-1 accuracy of a classifier on a data set, in batches of `batch_size`.
+/// Top-1 accuracy of a classifier on labelled batches: any [`LabelledData`], such as
+/// a [`Dataset`](crate::io::Dataset) read in batches or batches in memory. A label
+/// that names no class of the network is an error, not a wrong answer.
 ///
 /// ```
 /// use reflow::prelude::*;
@@ -49,48 +51,42 @@ pub fn argmax(row: impl IntoIterator<Item = f32>) -> usize {
 ///     IdxLabels::from_vec(vec![0, 1, 0, 3]),
 /// )?;
 /// // Zero weights give equal logits: class 0 everywhere.
-/// let acc = accuracy(&net, &data, 3, &Normalization::fashion_mnist())?;
+/// let acc = accuracy(&net, &data.labelled(3, &Normalization::fashion_mnist())?)?;
 /// assert_eq!((acc.correct, acc.total), (2, 4));
+/// // Batches in memory work the same way.
+/// let batch = data.images().to_tensor(0..2, &Normalization::fashion_mnist())?;
+/// assert_eq!(accuracy(&net, &vec![(batch, vec![0, 0])])?.correct, 2);
 /// # Ok::<(), reflow::Error>(())
 /// ```
-pub fn accuracy<L>(
-    model: &L,
-    data: &Dataset,
-    batch_size: usize,
-    norm: &Normalization,
-) -> Result<Accuracy>
+pub fn accuracy<L, D>(model: &L, data: &D) -> Result<Accuracy>
 where
-    L: Layer<Input = Tensor4, Output = Tensor2> + ?Sized,
+    L: Layer<Output = Tensor2> + ?Sized,
+    D: LabelledData<L::Input> + ?Sized,
 {
     let mut acc = Accuracy::default();
-    for batch in data.batches(batch_size, norm)? {
-        let batch = batch?;
-        let logits = model.forward(&batch.images)?;
-        if logits.nrows() != batch.labels.len() {
+    data.try_for_each_labelled(&mut |x, labels| {
+        let logits = model.forward(x)?;
+        if logits.nrows() != labels.len() {
             return Err(Error::shape(
                 "logits",
-                format!("[{}, _]", batch.labels.len()),
+                format!("[{}, _]", labels.len()),
                 logits.shape(),
             ));
         }
-        if acc.total == 0 {
-            // Once the number of classes is known (after the first batch), every
-            // label of the data set must name one: a label past the last class is
-            // a wrong file, not a wrong answer.
-            let classes = logits.ncols();
-            let labels = data.labels().as_slice();
-            if let Some(i) = labels.iter().position(|&l| l as usize >= classes) {
-                return Err(Error::Data(format!(
-                    "label {} of sample {i}, but the network has {classes} classes",
-                    labels[i]
-                )));
-            }
+        let classes = logits.ncols();
+        if let Some(i) = labels.iter().position(|&l| l >= classes) {
+            return Err(Error::Data(format!(
+                "label {} of sample {}, but the network has {classes} classes",
+                labels[i],
+                acc.total + i
+            )));
         }
-        for (row, &label) in logits.rows().into_iter().zip(batch.labels) {
-            acc.correct += (argmax(row.iter().copied()) == label as usize) as usize;
+        for (row, &label) in logits.rows().into_iter().zip(labels) {
+            acc.correct += (argmax(row.iter().copied()) == label) as usize;
         }
-        acc.total += batch.labels.len();
-    }
+        acc.total += labels.len();
+        Ok(())
+    })?;
     Ok(acc)
 }
 

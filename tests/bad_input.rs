@@ -219,8 +219,8 @@ fn labels_past_the_last_class_are_an_error_not_wrong_answers() {
         IdxLabels::from_vec(vec![0, 1, 2, 3, 10, 4]),
     )
     .unwrap();
-    let err =
-        reflow::metrics::accuracy(&net, &data, 2, &Normalization::fashion_mnist()).unwrap_err();
+    let norm = Normalization::fashion_mnist();
+    let err = reflow::metrics::accuracy(&net, &data.labelled(2, &norm).unwrap()).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("label 10 of sample 4") && text.contains("10 classes"),

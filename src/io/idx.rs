@@ -325,7 +325,7 @@ impl Normalization {
         self.mean.len()
     }
 
-    fn check_channels(&self, channels: usize) -> Result<()> {
+    pub(crate) fn check_channels(&self, channels: usize) -> Result<()> {
         if channels != self.channels() {
             return Err(Error::invalid(
                 "mean/std",

@@ -4,12 +4,15 @@
 //!   and [`StateDict::write_safetensors`](crate::StateDict::write_safetensors) (F32,
 //!   F16, BF16 and F64 read as `f32`; writes are atomic).
 //! - Data: [`IdxImages`], [`IdxLabels`], [`Dataset`] and [`Normalization`] for the
-//!   MNIST / Fashion-MNIST format, raw or gzip-compressed.
+//!   MNIST / Fashion-MNIST format, raw or gzip-compressed; [`LabelledData`], any
+//!   source of labelled batches.
 
 mod atomic;
 mod file;
 mod idx;
+mod labelled;
 mod safetensors;
 
 pub use atomic::write_atomic;
 pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization, MIN_STD};
+pub use labelled::{LabelledBatches, LabelledData};

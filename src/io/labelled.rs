@@ -1,0 +1,81 @@
+//! Labelled batches: what an accuracy is measured on.
+
+use super::{Dataset, Normalization};
+use crate::error::{Error, Result};
+use crate::nn::Tensor4;
+
+/// Batches of inputs `I` with one class label per sample, walked in order. Implemented
+/// for batches in memory (`[(I, Vec<usize>)]`) and for a [`Dataset`] read in batches
+/// ([`Dataset::labelled`]); implement it for any other source.
+pub trait LabelledData<I> {
+    /// Calls `f` with every batch and its labels, stopping at the first error.
+    fn try_for_each_labelled(&self, f: &mut dyn FnMut(&I, &[usize]) -> Result<()>) -> Result<()>;
+}
+
+impl<I> LabelledData<I> for [(I, Vec<usize>)] {
+    fn try_for_each_labelled(&self, f: &mut dyn FnMut(&I, &[usize]) -> Result<()>) -> Result<()> {
+        self.iter().try_for_each(|(x, labels)| f(x, labels))
+    }
+}
+
+impl<I> LabelledData<I> for Vec<(I, Vec<usize>)> {
+    fn try_for_each_labelled(&self, f: &mut dyn FnMut(&I, &[usize]) -> Result<()>) -> Result<()> {
+        self.as_slice().try_for_each_labelled(f)
+    }
+}
+
+/// A [`Dataset`] in file order, normalised, `batch_size` samples at a time: see
+/// [`Dataset::labelled`].
+#[derive(Debug, Clone, Copy)]
+pub struct LabelledBatches<'a> {
+    data: &'a Dataset,
+    batch_size: usize,
+    norm: &'a Normalization,
+}
+
+impl Dataset {
+    /// The data set as [`LabelledData`], `batch_size` samples at a time, normalised by
+    /// `norm`. The batch size and the normalisation's channel count are checked here,
+    /// before any batch is made.
+    ///
+    /// ```
+    /// use reflow::prelude::*;
+    ///
+    /// let data = Dataset::new(
+    ///     IdxImages::from_pixels([3, 1, 2, 2], vec![0; 12])?,
+    ///     IdxLabels::from_vec(vec![0, 1, 0]),
+    /// )?;
+    /// assert!(data.labelled(0, &Normalization::fashion_mnist()).is_err());
+    /// let batches = data.labelled(2, &Normalization::fashion_mnist())?;
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    pub fn labelled<'a>(
+        &'a self,
+        batch_size: usize,
+        norm: &'a Normalization,
+    ) -> Result<LabelledBatches<'a>> {
+        if batch_size == 0 {
+            return Err(Error::invalid("batch size", "must be positive"));
+        }
+        norm.check_channels(self.images().channels())?;
+        Ok(LabelledBatches {
+            data: self,
+            batch_size,
+            norm,
+        })
+    }
+}
+
+impl LabelledData<Tensor4> for LabelledBatches<'_> {
+    fn try_for_each_labelled(
+        &self,
+        f: &mut dyn FnMut(&Tensor4, &[usize]) -> Result<()>,
+    ) -> Result<()> {
+        for batch in self.data.batches(self.batch_size, self.norm)? {
+            let batch = batch?;
+            let labels: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
+            f(&batch.images, &labels)?;
+        }
+        Ok(())
+    }
+}
