@@ -156,8 +156,10 @@ pub enum Error {
     StateDict(StateDictMismatch),
 
     /// The keys of a state dict do not describe a network of the expected family.
-    #[error("not a ResNet state dict: key \"{key}\": {reason}")]
+    #[error("not a {family} state dict: key \"{key}\": {reason}")]
     Architecture {
+        /// The family the keys were read as ("ResNet", "VGG", ...).
+        family: String,
         /// The first offending key.
         key: String,
         /// Why it does not fit.

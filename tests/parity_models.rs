@@ -6,12 +6,17 @@ mod common;
 use common::{array, read, relative_error, BnOutputs, PARITY};
 use ndarray::Ix4;
 use reflow::layer::{Layer, Probe, Schedule};
-use reflow::models::{BlockKind, ResNet, ResNetConfig, Stem};
+use reflow::models::{BlockKind, RegNet, ResNet, ResNetConfig, Stem, Vgg, VggLayer};
+use reflow::nn::{Tensor2, Tensor4};
+use reflow::StateDict;
 
-/// Loads `<name>.safetensors`, runs `<name>.io.safetensors`'s input, and compares the
-/// logits and every `bn/<layer>` output.
-fn check(name: &str, stem: Stem) -> ResNetConfig {
-    let net = ResNet::from_state_dict(&read(&format!("{name}.safetensors")), stem).unwrap();
+/// Loads `<name>.safetensors` with `load`, runs `<name>.io.safetensors`'s input, and
+/// compares the logits and every `bn/<layer>` output.
+fn check_with<N>(name: &str, load: impl Fn(&StateDict) -> reflow::Result<N>) -> N
+where
+    N: Layer<Input = Tensor4, Output = Tensor2>,
+{
+    let net = load(&read(&format!("{name}.safetensors"))).unwrap();
     let io = read(&format!("{name}.io.safetensors"));
     let input = array(&io, "input").into_dimensionality::<Ix4>().unwrap();
 
@@ -70,6 +75,12 @@ fn check(name: &str, stem: Stem) -> ResNetConfig {
         err <= 1e-6,
         "{name}: micro-batches against one pass: {err:e}"
     );
+    net
+}
+
+/// [`check_with`] for a ResNet checkpoint.
+fn check(name: &str, stem: Stem) -> ResNetConfig {
+    let net = check_with(name, |s| ResNet::from_state_dict(s, stem));
     net.config().clone()
 }
 
@@ -93,5 +104,28 @@ fn grouped_bottleneck_resnext_matches_pytorch() {
             (cfg.stem_width, cfg.in_channels, cfg.num_classes),
             (16, 3, 7)
         );
+    });
+}
+
+#[test]
+fn vgg_with_batch_norm_matches_pytorch() {
+    common::at_every_level(|_| {
+        let net = check_with("vgg_small", Vgg::from_state_dict);
+        let c = |w| VggLayer::Conv(w);
+        let p = VggLayer::Pool;
+        assert_eq!(net.config().features, [c(8), p, c(16), p, c(16), c(16), p]);
+        assert_eq!((net.config().pool, net.config().hidden), (7, 32));
+    });
+}
+
+#[test]
+fn regnet_x_and_y_match_pytorch() {
+    common::at_every_level(|_| {
+        let x = check_with("regnet_x_small", RegNet::from_state_dict);
+        assert_eq!(x.config().se_ratio, None);
+        let y = check_with("regnet_y_small", RegNet::from_state_dict);
+        assert_eq!(y.config().se_ratio, Some(0.25));
+        let groups: Vec<usize> = y.config().stages.iter().map(|s| s.groups).collect();
+        assert_eq!(groups, [2, 4, 6]);
     });
 }

@@ -1,14 +1,17 @@
-//! The ResNet / ResNeXt / Wide ResNet family in torchvision's layout.
+//! Model families in torchvision's layout: each a folder with its network, presets
+//! whose parameter counts equal torchvision's, and the inference of its shape from a
+//! state dict's keys.
 //!
-//! A [`ResNet`] is described by a [`ResNetConfig`]: block kind, blocks per stage, stage
-//! widths, stem kind and width, groups and width per group, input channels and classes.
-//! The presets ([`ResNetConfig::resnet50`], [`ResNetConfig::cifar_resnet`], ...) match
-//! torchvision's parameter counts exactly, and [`ResNetConfig::infer`] reads every field
-//! but the stem kind off a state dict's keys and shapes.
+//! - [`ResNet`]: ResNet, ResNeXt and Wide ResNet ([`ResNetConfig`]);
+//! - [`RegNet`]: RegNet X and Y ([`RegNetConfig`]);
+//! - [`Vgg`]: VGG with batch norm ([`VggConfig`]).
 
-mod config;
-mod infer;
+mod classifier;
+mod keys;
+mod regnet;
 mod resnet;
+mod vgg;
 
-pub use config::{BlockKind, ResNetConfig, Stem};
-pub use resnet::ResNet;
+pub use regnet::{RegNet, RegNetConfig, RegNetStage};
+pub use resnet::{BlockKind, ResNet, ResNetConfig, Stem};
+pub use vgg::{Vgg, VggConfig, VggLayer};

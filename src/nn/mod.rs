@@ -10,6 +10,7 @@
 //! | [`AdaptiveAvgPool2d`] | `[N, C, H, W]` → `[N, C, oh, ow]` |
 //! | [`Flatten`] | `[N, C, H, W]` → `[N, C·H·W]` |
 //! | [`Linear`] | `[N, I]` → `[N, O]` |
+//! | [`SqueezeExcitation`] | `[N, C, H, W]` → same, channels gated by their means |
 //! | [`ConvBn`] | `activation(bn(conv(x)))`, fused in eval mode |
 //! | [`Sequential`] | a named chain of layers of any rank ([`AnyTensor`], [`Rank`]) |
 //! | [`Residual`] | `post(body(x) + shortcut(x))`, `post` ReLU unless set |
@@ -31,7 +32,7 @@
 
 pub use layers::{AdaptiveAvgPool2d, AnyTensor, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 pub use layers::{Dropout, Flatten, Identity, Linear, MaxPool2d, Rank, Residual, Sequential};
-pub use layers::{Tensor2, Tensor4};
+pub use layers::{SqueezeExcitation, Tensor2, Tensor4};
 pub use runtime::Activation;
 pub(crate) use runtime::{recycle, serially};
 

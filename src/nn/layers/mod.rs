@@ -9,6 +9,7 @@ pub use linear::Linear;
 pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
 pub use residual::Residual;
 pub use sequential::Sequential;
+pub use squeeze_excitation::SqueezeExcitation;
 pub use tensor::{AnyTensor, Rank};
 
 use crate::error::{Error, Result};
@@ -126,6 +127,7 @@ mod pending;
 mod pool;
 mod residual;
 mod sequential;
+mod squeeze_excitation;
 mod tensor;
 
 /// Shows `x` to the probe's observer at `site`, if it wants it.

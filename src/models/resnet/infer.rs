@@ -1,35 +1,18 @@
 //! Reading a ResNet's shape off the keys and shapes of a state dict.
 
 use super::config::{BlockKind, ResNetConfig, Stem};
-use crate::error::{Error, Result, Shape};
+use crate::error::{Error, Result};
+use crate::models::keys;
 use crate::state_dict::StateDict;
 
+const FAMILY: &str = "ResNet";
+
 fn arch(key: &str, reason: impl Into<String>) -> Error {
-    Error::Architecture {
-        key: key.to_string(),
-        reason: reason.into(),
-    }
+    keys::arch(FAMILY, key, reason)
 }
 
-/// The shape of `key`, which must be a rank-`rank` tensor.
 fn shape_of<'s>(state: &'s StateDict, key: &str, rank: usize) -> Result<&'s [usize]> {
-    let t = state.get(key).ok_or_else(|| arch(key, "missing"))?;
-    if t.shape.len() != rank {
-        return Err(arch(
-            key,
-            format!(
-                "expected a rank-{rank} tensor, found shape {}",
-                Shape(t.shape.clone())
-            ),
-        ));
-    }
-    if t.shape.contains(&0) {
-        return Err(arch(
-            key,
-            format!("a zero-sized tensor, shape {}", Shape(t.shape.clone())),
-        ));
-    }
-    Ok(&t.shape)
+    keys::shape_of(state, FAMILY, key, rank)
 }
 
 impl ResNetConfig {

@@ -1,0 +1,103 @@
+"""Generate the parity fixtures of the model families beyond ResNet in tests/fixtures/.
+
+Each fixture is one small configuration built from torchvision's own classes, so its
+state-dict keys are exactly torchvision's, with seeded random weights and non-trivial
+batch-norm statistics and gamma/beta (`torch_resnet.randomize_`):
+
+    vgg_small         torchvision VGG (make_layers(batch_norm=True) features
+                      [8, M, 16, M, 16, 16, M]); avgpool to 7x7 from a 4x4 map and a
+                      32-wide classifier, 5 classes; input [2, 3, 32, 32]
+    regnet_x_small    torchvision RegNet, BlockParams depths [1, 2, 1], widths
+                      [16, 32, 48], group width 8, stem 16, 6 classes; input [2, 3, 32, 32]
+    regnet_y_small    the same with squeeze-excitation (se_ratio 0.25)
+
+For each, `<name>.safetensors` is the state dict and `<name>.io.safetensors` holds
+`input`, `logits` and every BatchNorm2d's eval-mode output as `bn/<module name>`,
+computed in float64 from the stored float32 values (see make_fixtures.py). The io
+file's metadata `config` records the torchvision constructor arguments.
+
+Usage: /root/venvs/ref/bin/python scripts/make_family_fixtures.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+from torchvision.models import regnet, vgg
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import forward_with_bn_outputs  # noqa: E402
+from torch_resnet import randomize_  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def small_vgg(cfg: dict) -> nn.Module:
+    model = vgg.VGG(vgg.make_layers(cfg["features"], batch_norm=True), init_weights=False)
+    # torchvision's classifier is 512·7·7 → 4096 → 4096 → 1000; the same layout, narrower.
+    c, p, h = [w for w in cfg["features"] if w != "M"][-1], cfg["pool"], cfg["hidden"]
+    model.avgpool = nn.AdaptiveAvgPool2d((p, p))
+    model.classifier = nn.Sequential(
+        nn.Linear(c * p * p, h), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(h, h), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(h, cfg["num_classes"]),
+    )
+    return model
+
+
+def small_regnet(cfg: dict) -> nn.Module:
+    n = len(cfg["depths"])
+    params = regnet.BlockParams(
+        depths=cfg["depths"], widths=cfg["widths"], group_widths=[cfg["group_width"]] * n,
+        bottleneck_multipliers=[1.0] * n, strides=[2] * n, se_ratio=cfg["se_ratio"],
+    )
+    return regnet.RegNet(params, num_classes=cfg["num_classes"], stem_width=cfg["stem_width"])
+
+
+@torch.no_grad()
+def randomized(model: nn.Module, seed: int) -> nn.Module:
+    randomize_(model, seed=seed)
+    # Keep the residual sums O(1): the last convolution of every RegNet branch halved.
+    for m in model.modules():
+        if isinstance(m, regnet.ResBottleneckBlock):
+            m.f.c[0].weight.mul_(0.5)
+    return model.eval()
+
+
+FIXTURES = {
+    "vgg_small": (small_vgg, dict(features=[8, "M", 16, "M", 16, 16, "M"], pool=7, hidden=32, num_classes=5), (2, 3, 32, 32), 11),
+    "regnet_x_small": (small_regnet, dict(depths=[1, 2, 1], widths=[16, 32, 48], group_width=8, se_ratio=None, stem_width=16, num_classes=6), (2, 3, 32, 32), 12),
+    "regnet_y_small": (small_regnet, dict(depths=[1, 2, 1], widths=[16, 32, 48], group_width=8, se_ratio=0.25, stem_width=16, num_classes=6), (2, 3, 32, 32), 13),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for name, (build, cfg, shape, seed) in FIXTURES.items():
+        model = randomized(build(cfg), seed)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
+        logits64, bn64 = forward_with_bn_outputs(copy.deepcopy(model).double(), x.double())
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(args.out / f"{name}.safetensors"))
+        io = {"input": x.contiguous(), "logits": logits64.float().contiguous()}
+        io.update({f"bn/{k}": v.float().contiguous() for k, v in bn64.items()})
+        save_file(io, str(args.out / f"{name}.io.safetensors"), metadata={"config": json.dumps(cfg)})
+        n = sum(p.numel() for p in model.parameters())
+        top = max(v.abs().max().item() for v in bn64.values())
+        print(f"{name}: {n:,} parameters, {len(bn64)} BatchNorm2d outputs, max |logit| "
+              f"{logits64.abs().max().item():.3g}, max |bn| {top:.3g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+//! Reading a network's shape off a state dict's keys: the helpers every family's
+//! inference uses.
+
+use crate::error::{Error, Result, Shape};
+use crate::state_dict::StateDict;
+
+/// The error for `key`, which does not fit the `family`.
+pub(crate) fn arch(family: &str, key: &str, reason: impl Into<String>) -> Error {
+    Error::Architecture {
+        family: family.to_string(),
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The shape of `key`, which must be a non-empty rank-`rank` tensor.
+pub(crate) fn shape_of<'s>(
+    state: &'s StateDict,
+    family: &str,
+    key: &str,
+    rank: usize,
+) -> Result<&'s [usize]> {
+    let t = state.get(key).ok_or_else(|| arch(family, key, "missing"))?;
+    if t.shape.len() != rank {
+        return Err(arch(
+            family,
+            key,
+            format!(
+                "expected a rank-{rank} tensor, found shape {}",
+                Shape(t.shape.clone())
+            ),
+        ));
+    }
+    if t.shape.contains(&0) {
+        return Err(arch(
+            family,
+            key,
+            format!("a zero-sized tensor, shape {}", Shape(t.shape.clone())),
+        ));
+    }
+    Ok(&t.shape)
+}
+
+/// The indices `i` for which `format(i)` is a key, counted from 0 while they last.
+pub(crate) fn count_while(state: &StateDict, format: impl Fn(usize) -> String) -> usize {
+    (0..).take_while(|&i| state.contains(&format(i))).count()
+}

@@ -1,0 +1,242 @@
+//! The shape of a VGG with batch norm, its presets, and its inference from keys.
+
+use crate::error::{Error, Result};
+use crate::models::keys::{arch, shape_of};
+use crate::state_dict::StateDict;
+
+const FAMILY: &str = "VGG";
+
+/// One entry of VGG's `features`: a 3×3 convolution of `width` outputs (with its
+/// batch norm and ReLU, three indices) or a 2×2 max pool (one index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VggLayer {
+    /// `Conv2d(c, width, 3, padding=1)` → `BatchNorm2d` → ReLU.
+    Conv(usize),
+    /// `MaxPool2d(2, 2)`.
+    Pool,
+}
+
+/// Everything that determines a VGG-BN's layers and parameter shapes: torchvision's
+/// `vgg11_bn` … `vgg19_bn`, or any other sequence of convolutions and pools.
+///
+/// ```
+/// use reflow::models::VggConfig;
+///
+/// let cfg = VggConfig::vgg16_bn();
+/// assert_eq!(cfg.num_parameters(), 138_365_992);
+/// assert_eq!(cfg.with_num_classes(10).with_hidden(512).num_classes, 10);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VggConfig {
+    /// `features`, in order.
+    pub features: Vec<VggLayer>,
+    /// Channels of the input images.
+    pub in_channels: usize,
+    /// The output size of the adaptive average pool before the classifier (7: a
+    /// `7 × 7` grid).
+    pub pool: usize,
+    /// Width of the classifier's two hidden linear layers (4096).
+    pub hidden: usize,
+    /// Outputs of the final linear layer.
+    pub num_classes: usize,
+}
+
+/// torchvision's configurations "A", "B", "D" and "E"; 0 is a pool.
+const VGG11: &[usize] = &[64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0];
+const VGG13: &[usize] = &[
+    64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0,
+];
+const VGG16: &[usize] = &[
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
+];
+const VGG19: &[usize] = &[
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512, 0,
+];
+
+impl VggConfig {
+    /// A network with `features` (`0` standing for a pool), 3 input channels, a
+    /// `7 × 7` pool, 4096-wide hidden layers and 1000 classes.
+    pub fn from_widths(widths: &[usize]) -> Self {
+        VggConfig {
+            features: widths
+                .iter()
+                .map(|&w| {
+                    if w == 0 {
+                        VggLayer::Pool
+                    } else {
+                        VggLayer::Conv(w)
+                    }
+                })
+                .collect(),
+            in_channels: 3,
+            pool: 7,
+            hidden: 4096,
+            num_classes: 1000,
+        }
+    }
+
+    /// torchvision `vgg11_bn`.
+    pub fn vgg11_bn() -> Self {
+        Self::from_widths(VGG11)
+    }
+
+    /// torchvision `vgg13_bn`.
+    pub fn vgg13_bn() -> Self {
+        Self::from_widths(VGG13)
+    }
+
+    /// torchvision `vgg16_bn`.
+    pub fn vgg16_bn() -> Self {
+        Self::from_widths(VGG16)
+    }
+
+    /// torchvision `vgg19_bn`.
+    pub fn vgg19_bn() -> Self {
+        Self::from_widths(VGG19)
+    }
+
+    /// The preset of a torchvision name (`vgg11_bn`, ..., `vgg19_bn`).
+    pub fn preset(name: &str) -> Option<Self> {
+        Some(match name {
+            "vgg11_bn" => Self::vgg11_bn(),
+            "vgg13_bn" => Self::vgg13_bn(),
+            "vgg16_bn" => Self::vgg16_bn(),
+            "vgg19_bn" => Self::vgg19_bn(),
+            _ => return None,
+        })
+    }
+
+    /// The same network for images of `c` channels.
+    pub fn with_in_channels(mut self, c: usize) -> Self {
+        self.in_channels = c;
+        self
+    }
+
+    /// The same network with `n` outputs.
+    pub fn with_num_classes(mut self, n: usize) -> Self {
+        self.num_classes = n;
+        self
+    }
+
+    /// The same network with hidden linear layers of `width`.
+    pub fn with_hidden(mut self, width: usize) -> Self {
+        self.hidden = width;
+        self
+    }
+
+    /// Channels of the last convolution: what the pool and classifier see.
+    pub fn out_channels(&self) -> usize {
+        self.features
+            .iter()
+            .rev()
+            .find_map(|l| match l {
+                VggLayer::Conv(w) => Some(*w),
+                VggLayer::Pool => None,
+            })
+            .unwrap_or(self.in_channels)
+    }
+
+    /// Checks that every size is positive and there is a convolution.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [self.in_channels, self.pool, self.hidden, self.num_classes];
+        if sizes.contains(&0) || self.features.contains(&VggLayer::Conv(0)) {
+            return Err(Error::invalid("VGG config", "every size must be positive"));
+        }
+        if !self.features.iter().any(|l| matches!(l, VggLayer::Conv(_))) {
+            return Err(Error::invalid(
+                "VGG config",
+                "no convolution in the features",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of parameters, as PyTorch counts them (without the BN running
+    /// statistics).
+    pub fn num_parameters(&self) -> usize {
+        let mut c = self.in_channels;
+        let mut n = 0;
+        for layer in &self.features {
+            if let VggLayer::Conv(w) = *layer {
+                n += w * c * 9 + w + 2 * w;
+                c = w;
+            }
+        }
+        let flat = c * self.pool * self.pool;
+        n + flat * self.hidden
+            + self.hidden
+            + self.hidden * self.hidden
+            + self.hidden
+            + self.hidden * self.num_classes
+            + self.num_classes
+    }
+
+    /// Reads the network's shape off a torchvision-layout `VGG` (with batch norm)
+    /// state dict: convolutions and pools from the indices of `features` (a gap of one
+    /// index between a ReLU and the next convolution is a pool; like every
+    /// torchvision VGG, the features end with one), input channels, the pool size
+    /// (from `classifier.0`'s inputs), the hidden width and the classes.
+    ///
+    /// ```
+    /// use reflow::models::{Vgg, VggConfig};
+    /// use reflow::StateDict;
+    ///
+    /// let cfg = VggConfig::from_widths(&[8, 0, 16, 16, 0]).with_hidden(32).with_in_channels(1);
+    /// let state = StateDict::from_layer(&Vgg::new(cfg.clone())?);
+    /// assert_eq!(VggConfig::infer(&state)?, cfg);
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    pub fn infer(state: &StateDict) -> Result<VggConfig> {
+        let last = state
+            .keys()
+            .filter_map(|k| k.strip_prefix("features.")?.split('.').next()?.parse().ok())
+            .max()
+            .ok_or_else(|| arch(FAMILY, "features.0.weight", "missing"))?;
+        let first = shape_of(state, FAMILY, "features.0.weight", 4)?;
+        let in_channels = first[1];
+        let (mut features, mut c, mut i) = (Vec::new(), in_channels, 0usize);
+        while i <= last {
+            let conv = format!("features.{i}.weight");
+            if !state.contains(&conv) {
+                // A pool takes one index and has no parameters.
+                features.push(VggLayer::Pool);
+                i += 1;
+                continue;
+            }
+            let shape = shape_of(state, FAMILY, &conv, 4)?;
+            if shape[1] != c || shape[2..] != [3, 3] {
+                return Err(arch(
+                    FAMILY,
+                    &conv,
+                    format!("expected a [_, {c}, 3, 3] convolution, found {shape:?}"),
+                ));
+            }
+            let bn = format!("features.{}.running_var", i + 1);
+            if shape_of(state, FAMILY, &bn, 1)? != [shape[0]] {
+                return Err(arch(FAMILY, &bn, format!("expected {} channels", shape[0])));
+            }
+            c = shape[0];
+            features.push(VggLayer::Conv(c));
+            i += 3; // conv, batch norm, ReLU
+        }
+        features.push(VggLayer::Pool);
+        let fc = shape_of(state, FAMILY, "classifier.0.weight", 2)?;
+        let (hidden, flat) = (fc[0], fc[1]);
+        let pool = (1..=flat).find(|p| c * p * p >= flat).unwrap_or(1);
+        if c * pool * pool != flat {
+            return Err(arch(
+                FAMILY,
+                "classifier.0.weight",
+                format!("{flat} inputs are not {c} channels × a square pool"),
+            ));
+        }
+        let num_classes = shape_of(state, FAMILY, "classifier.6.weight", 2)?[0];
+        Ok(VggConfig {
+            features,
+            in_channels,
+            pool,
+            hidden,
+            num_classes,
+        })
+    }
+}

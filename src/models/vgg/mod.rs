@@ -1,0 +1,102 @@
+//! VGG with batch norm (`vgg11_bn` … `vgg19_bn`) in torchvision's layout.
+
+mod config;
+
+pub use config::{VggConfig, VggLayer};
+
+use super::classifier::{family_network, Classifier};
+use crate::error::Result;
+use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
+use crate::nn::{Dropout, Flatten, Linear, MaxPool2d, Sequential, Tensor2};
+use crate::state_dict::StateDict;
+
+/// A VGG with batch norm and torchvision's module names: `features.{i}` (3×3
+/// convolution with bias, batch norm and ReLU at `i`, `i + 1`, `i + 2`; a 2×2 max
+/// pool at one index), `avgpool` (adaptive, to `pool × pool` at any input size),
+/// `classifier.{0, 3, 6}` (linear layers; ReLU and dropout, the identity in eval, in
+/// between).
+///
+/// ```
+/// use reflow::layer::{count_parameters, Layer};
+/// use reflow::models::{Vgg, VggConfig};
+/// use ndarray::Array4;
+///
+/// let cfg = VggConfig::from_widths(&[8, 0, 16, 0]).with_hidden(32).with_num_classes(10);
+/// let net = Vgg::new(cfg.clone())?;
+/// assert_eq!(count_parameters(&net), cfg.num_parameters());
+/// assert_eq!(net.forward(&Array4::zeros((2, 3, 20, 20)))?.dim(), (2, 10));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Vgg {
+    config: VggConfig,
+    net: Classifier,
+}
+
+family_network!(Vgg);
+
+impl Vgg {
+    /// Builds the network with zero weights, γ = 1, β = 0 and running statistics
+    /// (0, 1); fill it with [`StateDict::load_into`] or use [`Vgg::from_state_dict`].
+    pub fn new(config: VggConfig) -> Result<Self> {
+        config.validate()?;
+        let (mut features, mut c, mut i) = (Sequential::new(), config.in_channels, 0);
+        for layer in &config.features {
+            match *layer {
+                super::VggLayer::Conv(w) => {
+                    let conv = Conv2d::new(Conv2dConfig::new(c, w, 3).padding(1).bias(true))?;
+                    let bn = BatchNorm2d::new(w, 1e-5);
+                    let (conv_name, bn_name) = (i.to_string(), (i + 1).to_string());
+                    let unit = ConvBn::new(conv_name, conv, bn_name, bn, Activation::Relu)?;
+                    features = features.push("", unit);
+                    (c, i) = (w, i + 3);
+                }
+                super::VggLayer::Pool => {
+                    features = features.push(i.to_string(), MaxPool2d::new(2, 2, 0)?);
+                    i += 1;
+                }
+            }
+        }
+        let (flat, hidden) = (c * config.pool * config.pool, config.hidden);
+        let classifier = Sequential::with_input::<Tensor2>()
+            .push("0", Linear::new(flat, hidden, true))
+            .push("1", Activation::Relu)
+            .push("2", Dropout::new(0.5)?)
+            .push("3", Linear::new(hidden, hidden, true))
+            .push("4", Activation::Relu)
+            .push("5", Dropout::new(0.5)?)
+            .push("6", Linear::new(hidden, config.num_classes, true));
+        let net = Sequential::new()
+            .push("features", features)
+            .push("avgpool", AdaptiveAvgPool2d::new(config.pool, config.pool)?)
+            .push("flatten", Flatten)
+            .push("classifier", classifier);
+        let first = config.features.iter().find_map(|l| match l {
+            super::VggLayer::Conv(w) => Some(*w),
+            super::VggLayer::Pool => None,
+        });
+        Ok(Vgg {
+            net: Classifier {
+                family: "VGG",
+                in_channels: config.in_channels,
+                classes: config.num_classes,
+                stem: (first.unwrap_or(c), 1),
+                net,
+            },
+            config,
+        })
+    }
+
+    /// Builds the network a torchvision-layout state dict describes (see
+    /// [`VggConfig::infer`]) and loads it strictly.
+    pub fn from_state_dict(state: &StateDict) -> Result<Self> {
+        let mut net = Vgg::new(VggConfig::infer(state)?)?;
+        state.load_into(&mut net)?;
+        Ok(net)
+    }
+
+    /// The network's shape.
+    pub fn config(&self) -> &VggConfig {
+        &self.config
+    }
+}

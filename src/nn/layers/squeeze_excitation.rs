@@ -1,0 +1,119 @@
+//! Squeeze-and-excitation: channels reweighted by a gate computed from their means.
+
+use super::{check_channels, Conv2d, Conv2dConfig, Tensor4};
+use crate::error::Result;
+use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::nn::runtime::{overwritten, Activation};
+use rayon::prelude::*;
+
+/// torchvision's `SqueezeExcitation`: `x · gate(fc2(activation(fc1(mean(x)))))`, where
+/// `mean` averages each channel over its plane and `fc1`, `fc2` are 1×1 convolutions
+/// with bias (`channels → squeeze → channels`). RegNetY and EfficientNet use ReLU /
+/// SiLU and a sigmoid gate; MobileNetV3 ReLU and a hard sigmoid.
+///
+/// Parameters: `fc1.weight`, `fc1.bias`, `fc2.weight`, `fc2.bias` (prunable like any
+/// convolution's). No batch norm: both passes compute the same.
+///
+/// ```
+/// use reflow::layer::{count_parameters, Layer};
+/// use reflow::nn::{Activation, SqueezeExcitation};
+/// use ndarray::Array4;
+///
+/// let se = SqueezeExcitation::new(8, 2, Activation::Relu, Activation::Sigmoid)?;
+/// assert_eq!(count_parameters(&se), 8 * 2 + 2 + 2 * 8 + 8);
+/// // Zero weights: every gate is sigmoid(0) = 1/2.
+/// let y = se.forward(&Array4::from_elem((1, 8, 3, 3), 4.0))?;
+/// assert_eq!(y[[0, 5, 1, 1]], 2.0);
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqueezeExcitation {
+    fc1: Conv2d,
+    fc2: Conv2d,
+    activation: Activation,
+    gate: Activation,
+}
+
+impl SqueezeExcitation {
+    /// A block over `channels` channels squeezed to `squeeze`, with zero weights.
+    pub fn new(
+        channels: usize,
+        squeeze: usize,
+        activation: Activation,
+        gate: Activation,
+    ) -> Result<Self> {
+        let pointwise = |i, o| Conv2d::new(Conv2dConfig::new(i, o, 1).bias(true));
+        Ok(SqueezeExcitation {
+            fc1: pointwise(channels, squeeze)?,
+            fc2: pointwise(squeeze, channels)?,
+            activation,
+            gate,
+        })
+    }
+
+    /// Channels in and out.
+    pub fn channels(&self) -> usize {
+        self.fc1.config().in_channels
+    }
+
+    /// Channels of the squeezed vector.
+    pub fn squeeze(&self) -> usize {
+        self.fc1.config().out_channels
+    }
+
+    fn run(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        check_channels(probe, x, self.channels())?;
+        let (n, c, h, w) = x.dim();
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        let spatial = (h * w).max(1);
+        let means: Vec<f32> = xs
+            .par_chunks(spatial)
+            .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / spatial as f64) as f32)
+            .collect();
+        let pooled = Tensor4::from_shape_vec((n, c, 1, 1), means).expect("n·c means");
+        let mut s = probe.scoped("fc1", |p| self.fc1.forward_with(&pooled, p))?;
+        self.activation
+            .apply_in_place(s.as_slice_mut().expect("fresh tensor"));
+        let mut g = probe.scoped("fc2", |p| self.fc2.forward_with(&s, p))?;
+        let gates = g.as_slice_mut().expect("fresh tensor");
+        self.gate.apply_in_place(gates);
+        let mut y = overwritten((n, c, h, w));
+        let ys = y.as_slice_mut().expect("fresh tensor");
+        ys.par_chunks_mut(spatial)
+            .zip(xs.par_chunks(spatial))
+            .zip(gates.par_iter())
+            .for_each(|((y, x), &g)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * g));
+        Ok(y)
+    }
+}
+
+impl Params for SqueezeExcitation {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        v.child("fc1", &self.fc1);
+        v.child("fc2", &self.fc2);
+    }
+
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        v.child("fc1", &mut self.fc1);
+        v.child("fc2", &mut self.fc2);
+    }
+}
+
+impl Layer for SqueezeExcitation {
+    type Input = Tensor4;
+    type Output = Tensor4;
+
+    fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        self.run(x, probe)
+    }
+
+    fn forward_train(
+        &mut self,
+        x: &Tensor4,
+        _: NormUpdate,
+        probe: &mut Probe<'_>,
+    ) -> Result<Tensor4> {
+        self.run(x, probe)
+    }
+}

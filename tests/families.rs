@@ -1,0 +1,91 @@
+//! The model families beyond ResNet: presets with torchvision's parameter counts,
+//! architecture inference from keys, errors that name the family and the key.
+
+use reflow::layer::{count_parameters, Params};
+use reflow::models::{RegNet, RegNetConfig, Vgg, VggConfig};
+use reflow::StateDict;
+
+#[test]
+fn vgg_presets_have_torchvision_parameter_counts() {
+    // torchvision 0.29: sum(p.numel() for p in vgg*_bn().parameters()).
+    for (cfg, n) in [
+        (VggConfig::vgg11_bn(), 132_868_840),
+        (VggConfig::vgg13_bn(), 133_053_736),
+        (VggConfig::vgg16_bn(), 138_365_992),
+        (VggConfig::vgg19_bn(), 143_678_248),
+    ] {
+        assert_eq!(cfg.num_parameters(), n);
+        let net = Vgg::new(cfg.clone()).unwrap();
+        assert_eq!(count_parameters(&net), n);
+        assert_eq!(VggConfig::infer(&StateDict::from_layer(&net)).unwrap(), cfg);
+    }
+}
+
+#[test]
+fn regnet_presets_have_torchvision_parameter_counts() {
+    // torchvision 0.29: sum(p.numel() for p in regnet_*().parameters()).
+    let counts = [
+        ("regnet_x_400mf", 5_495_976),
+        ("regnet_x_800mf", 7_259_656),
+        ("regnet_x_1_6gf", 9_190_136),
+        ("regnet_x_3_2gf", 15_296_552),
+        ("regnet_x_8gf", 39_572_648),
+        ("regnet_x_16gf", 54_278_536),
+        ("regnet_x_32gf", 107_811_560),
+        ("regnet_y_400mf", 4_344_144),
+        ("regnet_y_800mf", 6_432_512),
+        ("regnet_y_1_6gf", 11_202_430),
+        ("regnet_y_3_2gf", 19_436_338),
+        ("regnet_y_8gf", 39_381_472),
+        ("regnet_y_16gf", 83_590_140),
+        ("regnet_y_32gf", 145_046_770),
+        ("regnet_y_128gf", 644_812_894),
+    ];
+    assert_eq!(RegNetConfig::preset_names().count(), counts.len());
+    for (name, n) in counts {
+        let cfg = RegNetConfig::preset(name).unwrap();
+        assert_eq!(cfg.num_parameters(), n, "{name}");
+        if n < 200_000_000 {
+            let net = RegNet::new(cfg.clone()).unwrap();
+            assert_eq!(count_parameters(&net), n, "{name}");
+            let state = StateDict::from_layer(&net);
+            assert_eq!(RegNetConfig::infer(&state).unwrap(), cfg, "{name}");
+        }
+    }
+}
+
+#[test]
+fn regnet_keys_are_torchvisions() {
+    let net = RegNet::new(RegNetConfig::regnet_y_400mf()).unwrap();
+    let mut names = Vec::new();
+    net.visit_params(&mut |p| names.push(p.name.to_string()));
+    for key in [
+        "stem.0.weight",
+        "stem.1.running_var",
+        "trunk_output.block1.block1-0.proj.0.weight",
+        "trunk_output.block1.block1-0.proj.1.bias",
+        "trunk_output.block1.block1-0.f.a.0.weight",
+        "trunk_output.block2.block2-2.f.b.1.weight",
+        "trunk_output.block4.block4-5.f.se.fc1.weight",
+        "trunk_output.block4.block4-5.f.se.fc2.bias",
+        "trunk_output.block4.block4-5.f.c.1.running_mean",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        assert!(names.iter().any(|n| n == key), "{key} missing");
+    }
+    let vgg = Vgg::new(VggConfig::vgg11_bn()).unwrap();
+    let mut names = Vec::new();
+    vgg.visit_params(&mut |p| names.push(p.name.to_string()));
+    for key in [
+        "features.0.bias",
+        "features.1.running_mean",
+        "features.4.weight",
+        "features.26.bias",
+        "classifier.0.weight",
+        "classifier.3.bias",
+        "classifier.6.weight",
+    ] {
+        assert!(names.iter().any(|n| n == key), "{key} missing");
+    }
+}
