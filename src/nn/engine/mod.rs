@@ -8,6 +8,7 @@
 //! geometry.
 
 mod config;
+mod depthwise;
 pub(crate) mod gemm;
 mod gemm_paths;
 pub(crate) mod path;
@@ -117,7 +118,7 @@ impl Convolution<'_> {
     /// Whether calls on `isa` apply an input map as they read the input (the image
     /// kernels); else [`Convolution::run`] must be given a mapped input.
     pub(crate) fn maps_input_as_read(&self, isa: Isa) -> bool {
-        path::image_kernel(self.config, isa).is_some()
+        path::image_kernel(self.config, isa).is_some() || depthwise::is_depthwise(self.config)
     }
 
     /// Convolves the batch on `isa` (its input mapped by `input` as it is read, which
@@ -138,11 +139,12 @@ impl Convolution<'_> {
         let threads = threads();
         let images = self.images_per_product(n, shape.ho * shape.wo, threads);
         let path = path::choose(c, shape, images, isa);
+        let by_image = path.kernels().is_some() || path == ConvPath::Depthwise;
         assert!(
-            input.is_none() || path.kernels().is_some(),
-            "only the image kernels map their input"
+            input.is_none() || by_image,
+            "only the image kernels and the depthwise path map their input"
         );
-        let images = if path.kernels().is_some() { 1 } else { images };
+        let images = if by_image { 1 } else { images };
         let (in_len, out_len) = (x.len() / n.max(1), y.len() / n.max(1));
         let bias = self.bias;
         let (scale, shift): (Vec<f32>, Vec<f32>) = match path.kernels() {
@@ -214,7 +216,7 @@ impl Convolution<'_> {
             ConvPath::Shifted => r
                 .shifted
                 .get_or_init(|| gemm_paths::offset_slices(self.config, self.weight)),
-            ConvPath::Pointwise | ConvPath::Im2col => self.weight,
+            ConvPath::Pointwise | ConvPath::Im2col | ConvPath::Depthwise => self.weight,
         }
     }
 
@@ -241,6 +243,24 @@ impl Convolution<'_> {
         t: Threads,
         moments: Option<&mut [(f64, f64)]>,
     ) {
+        if plan.path == ConvPath::Depthwise {
+            let call = depthwise::Depthwise {
+                config: self.config,
+                shape: plan.shape,
+                weight: self.weight,
+                bias: self.bias,
+                input: plan.kernel_call.input,
+                epilogue: plan.epilogue,
+            };
+            let sh = plan.shape;
+            let c = self.config.in_channels;
+            let (per_in, per_out) = (c * sh.h * sh.w, c * sh.ho * sh.wo);
+            let mut moments = moments.map(|m| m.chunks_exact_mut(c));
+            for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
+                call.image(xi, yi, moments.as_mut().and_then(|m| m.next()), t);
+            }
+            return;
+        }
         if let Some(kernels) = plan.path.kernels() {
             let c = self.config;
             let sh = plan.shape;

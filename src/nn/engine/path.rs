@@ -17,6 +17,8 @@ pub(crate) enum ConvPath {
     /// A stride-1 convolution of one image as one product per kernel row, of shifted
     /// copies of the zero-padded input ([`super::gemm_paths`]).
     Shifted,
+    /// One filter per channel, plane by plane ([`super::depthwise`]).
+    Depthwise,
     /// Receptive fields laid out as columns (im2col), then one product per group.
     Im2col,
 }
@@ -81,7 +83,9 @@ pub(crate) fn choose(c: &Conv2dConfig, shape: Shapes, images: usize, isa: Isa) -
         return path;
     }
     let shifted_columns = shape.ho * (shape.w + 2 * c.padding[1]);
-    if is_pointwise(c) {
+    if super::depthwise::is_depthwise(c) {
+        ConvPath::Depthwise
+    } else if is_pointwise(c) {
         ConvPath::Pointwise
     } else if images == 1
         && c.stride == [1, 1]
@@ -151,5 +155,11 @@ mod tests {
         assert_eq!(choose(&grouped, big, 1, kernels), ConvPath::Shifted);
         let odd = Conv2dConfig::new(16, 24, 3).padding(1);
         assert_eq!(choose(&odd, big, 1, kernels), ConvPath::Shifted);
+        let depthwise = Conv2dConfig::new(32, 32, 5).stride(2).padding(2).groups(32);
+        assert_eq!(choose(&depthwise, big, 1, kernels), ConvPath::Depthwise);
+        assert_eq!(
+            choose(&depthwise, small, 4, Isa::Portable),
+            ConvPath::Depthwise
+        );
     }
 }

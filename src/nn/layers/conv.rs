@@ -341,6 +341,46 @@ mod tests {
     }
 
     #[test]
+    fn depthwise_planes_equal_the_definition() {
+        let configs = [
+            Conv2dConfig::new(8, 8, 3).padding(1).groups(8),
+            Conv2dConfig::new(8, 8, 3)
+                .padding(1)
+                .stride(2)
+                .groups(8)
+                .bias(true),
+            Conv2dConfig::new(6, 6, 5).padding(2).groups(6),
+            Conv2dConfig::new(6, 6, 5)
+                .padding(2)
+                .stride(2)
+                .groups(6)
+                .bias(true),
+            Conv2dConfig::new(4, 4, 3).dilation(2).padding(2).groups(4),
+            Conv2dConfig::new(4, 4, 3).stride(3).groups(4),
+        ];
+        for cfg in configs {
+            assert_eq!(
+                path::choose(
+                    &cfg,
+                    Shapes {
+                        h: 9,
+                        w: 9,
+                        ho: 9,
+                        wo: 9
+                    },
+                    1,
+                    Isa::Portable
+                ),
+                ConvPath::Depthwise
+            );
+            for (n, h, w) in [(3, 11, 7), (1, 5, 16)] {
+                let conv = filled(cfg);
+                check(&conv, &ramp((n, cfg.in_channels, h, w)));
+            }
+        }
+    }
+
+    #[test]
     fn shifted_products_equal_the_definition() {
         let configs = [
             Conv2dConfig::new(3, 5, 3).padding(1),
@@ -449,6 +489,11 @@ mod tests {
             // GEMM and shifted products.
             (Conv2dConfig::new(4, 6, 3).bias(true), (9, 9)),
             (Conv2dConfig::new(80, 8, 3).padding(1), (12, 30)),
+            // Depthwise.
+            (
+                Conv2dConfig::new(8, 8, 5).padding(2).stride(2).groups(8),
+                (11, 9),
+            ),
         ];
         for ((cfg, (h, w)), isa) in cases
             .into_iter()
@@ -478,10 +523,14 @@ mod tests {
     #[test]
     fn an_input_map_is_applied_as_the_input_is_read() {
         let cases = [
-            // Winograd, the direct kernel (with padding), a GEMM path.
+            // Winograd, the direct kernel (with padding), a GEMM path, depthwise.
             (Conv2dConfig::new(16, 32, 3).padding(1), (9, 13)),
             (Conv2dConfig::new(8, 16, 3).padding(1).stride(2), (9, 13)),
             (Conv2dConfig::new(80, 8, 3).padding(1), (12, 30)),
+            (
+                Conv2dConfig::new(8, 8, 3).padding(1).stride(2).groups(8),
+                (9, 13),
+            ),
         ];
         for ((cfg, (h, w)), isa) in cases
             .into_iter()
