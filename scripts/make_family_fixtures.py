@@ -10,6 +10,11 @@ batch-norm statistics and gamma/beta (`torch_resnet.randomize_`):
     regnet_x_small    torchvision RegNet, BlockParams depths [1, 2, 1], widths
                       [16, 32, 48], group width 8, stem 16, 6 classes; input [2, 3, 32, 32]
     regnet_y_small    the same with squeeze-excitation (se_ratio 0.25)
+    mobilenet_v2_small   torchvision mobilenet_v2(width_mult=0.25), 10 classes; input [2, 3, 40, 40]
+    mobilenet_v3_small   torchvision MobileNetV3 with the mobilenet_v3_small setting at
+                         width_mult 0.25, 10 classes (BN eps 1e-3); input [2, 3, 40, 40]
+    efficientnet_small   torchvision EfficientNet with the b0 setting at width 0.25,
+                         depth 0.5, 10 classes; input [2, 3, 40, 40]
 
 For each, `<name>.safetensors` is the state dict and `<name>.io.safetensors` holds
 `input`, `logits` and every BatchNorm2d's eval-mode output as `bn/<module name>`,
@@ -30,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
-from torchvision.models import regnet, vgg
+from torchvision.models import efficientnet, mobilenet_v2, mobilenetv3, regnet, vgg
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +67,21 @@ def small_regnet(cfg: dict) -> nn.Module:
     return regnet.RegNet(params, num_classes=cfg["num_classes"], stem_width=cfg["stem_width"])
 
 
+def small_mobilenet_v2(cfg: dict) -> nn.Module:
+    return mobilenet_v2(width_mult=cfg["width_mult"], num_classes=cfg["num_classes"])
+
+
+def small_mobilenet_v3(cfg: dict) -> nn.Module:
+    setting, last = mobilenetv3._mobilenet_v3_conf(cfg["arch"], width_mult=cfg["width_mult"])
+    return mobilenetv3.MobileNetV3(setting, last, num_classes=cfg["num_classes"])
+
+
+def small_efficientnet(cfg: dict) -> nn.Module:
+    setting, last = efficientnet._efficientnet_conf(
+        "efficientnet_b0", width_mult=cfg["width_mult"], depth_mult=cfg["depth_mult"])
+    return efficientnet.EfficientNet(setting, 0.2, last_channel=last, num_classes=cfg["num_classes"])
+
+
 @torch.no_grad()
 def randomized(model: nn.Module, seed: int) -> nn.Module:
     randomize_(model, seed=seed)
@@ -69,6 +89,11 @@ def randomized(model: nn.Module, seed: int) -> nn.Module:
     for m in model.modules():
         if isinstance(m, regnet.ResBottleneckBlock):
             m.f.c[0].weight.mul_(0.5)
+        # Inverted residuals: the projection halved where its output is added.
+        if getattr(m, "use_res_connect", False):
+            body = getattr(m, "conv", None) or m.block
+            convs = [c for c in body.modules() if isinstance(c, nn.Conv2d)]
+            convs[-1].weight.mul_(0.5)
     return model.eval()
 
 
@@ -76,6 +101,9 @@ FIXTURES = {
     "vgg_small": (small_vgg, dict(features=[8, "M", 16, "M", 16, 16, "M"], pool=7, hidden=32, num_classes=5), (2, 3, 32, 32), 11),
     "regnet_x_small": (small_regnet, dict(depths=[1, 2, 1], widths=[16, 32, 48], group_width=8, se_ratio=None, stem_width=16, num_classes=6), (2, 3, 32, 32), 12),
     "regnet_y_small": (small_regnet, dict(depths=[1, 2, 1], widths=[16, 32, 48], group_width=8, se_ratio=0.25, stem_width=16, num_classes=6), (2, 3, 32, 32), 13),
+    "mobilenet_v2_small": (small_mobilenet_v2, dict(width_mult=0.25, num_classes=10), (2, 3, 40, 40), 14),
+    "mobilenet_v3_small": (small_mobilenet_v3, dict(arch="mobilenet_v3_small", width_mult=0.25, num_classes=10), (2, 3, 40, 40), 15),
+    "efficientnet_small": (small_efficientnet, dict(width_mult=0.25, depth_mult=0.5, num_classes=10), (2, 3, 40, 40), 16),
 }
 
 

@@ -89,3 +89,43 @@ fn regnet_keys_are_torchvisions() {
         assert!(names.iter().any(|n| n == key), "{key} missing");
     }
 }
+
+#[test]
+fn mobile_presets_have_torchvision_parameter_counts() {
+    use reflow::models::{EfficientNet, EfficientNetConfig, MobileNetV2, MobileNetV2Config};
+    use reflow::models::{MobileNetV3, MobileNetV3Config};
+    let v2 = MobileNetV2Config::mobilenet_v2();
+    assert_eq!(v2.num_parameters(), 3_504_872);
+    let net = MobileNetV2::new(v2.clone()).unwrap();
+    assert_eq!(count_parameters(&net), 3_504_872);
+    assert_eq!(
+        MobileNetV2Config::infer(&StateDict::from_layer(&net)).unwrap(),
+        v2
+    );
+    for (cfg, n) in [
+        (MobileNetV3Config::mobilenet_v3_small(), 2_542_856),
+        (MobileNetV3Config::mobilenet_v3_large(), 5_483_032),
+    ] {
+        assert_eq!(cfg.num_parameters(), n);
+        let net = MobileNetV3::new(cfg.clone()).unwrap();
+        assert_eq!(count_parameters(&net), n);
+        assert_eq!(
+            MobileNetV3Config::infer(&StateDict::from_layer(&net)).unwrap(),
+            cfg
+        );
+    }
+    // torchvision 0.29: efficientnet_b0 … b7.
+    let counts = [
+        5_288_548, 7_794_184, 9_109_994, 12_233_232, 19_341_616, 30_389_784, 43_040_704, 66_347_960,
+    ];
+    for (b, n) in counts.into_iter().enumerate() {
+        let cfg = EfficientNetConfig::b(b).unwrap();
+        assert_eq!(cfg.num_parameters(), n, "b{b}");
+        assert_eq!(cfg.bn_eps, if b >= 5 { 1e-3 } else { 1e-5 }, "b{b}");
+        let net = EfficientNet::new(cfg.clone()).unwrap();
+        assert_eq!(count_parameters(&net), n, "b{b}");
+        let inferred = EfficientNetConfig::infer(&StateDict::from_layer(&net)).unwrap();
+        assert_eq!(inferred, cfg, "b{b}");
+        assert_eq!(inferred.variant(), Some(b));
+    }
+}

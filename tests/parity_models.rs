@@ -6,7 +6,9 @@ mod common;
 use common::{array, read, relative_error, BnOutputs, PARITY};
 use ndarray::Ix4;
 use reflow::layer::{Layer, Probe, Schedule};
-use reflow::models::{BlockKind, RegNet, ResNet, ResNetConfig, Stem, Vgg, VggLayer};
+use reflow::models::{BlockKind, EfficientNet, MobileNetV2, MobileNetV2Config, MobileNetV3};
+use reflow::models::{MobileNetV3Config, MobileNetV3Variant, RegNet, ResNet, ResNetConfig, Stem};
+use reflow::models::{Vgg, VggLayer};
 use reflow::nn::{Tensor2, Tensor4};
 use reflow::StateDict;
 
@@ -127,5 +129,35 @@ fn regnet_x_and_y_match_pytorch() {
         assert_eq!(y.config().se_ratio, Some(0.25));
         let groups: Vec<usize> = y.config().stages.iter().map(|s| s.groups).collect();
         assert_eq!(groups, [2, 4, 6]);
+    });
+}
+
+#[test]
+fn mobilenet_v2_matches_pytorch() {
+    common::at_every_level(|_| {
+        let net = check_with("mobilenet_v2_small", MobileNetV2::from_state_dict);
+        assert_eq!(
+            net.config(),
+            &MobileNetV2Config::with_width(0.25).with_num_classes(10)
+        );
+    });
+}
+
+#[test]
+fn mobilenet_v3_matches_pytorch() {
+    common::at_every_level(|_| {
+        let net = check_with("mobilenet_v3_small", MobileNetV3::from_state_dict);
+        let want = MobileNetV3Config::with_width(MobileNetV3Variant::Small, 0.25);
+        assert_eq!(net.config(), &want.with_num_classes(10));
+    });
+}
+
+#[test]
+fn efficientnet_matches_pytorch() {
+    common::at_every_level(|_| {
+        let net = check_with("efficientnet_small", EfficientNet::from_state_dict);
+        let depths: Vec<usize> = net.config().stages.iter().map(Vec::len).collect();
+        assert_eq!(depths, [1, 1, 1, 2, 2, 2, 1]);
+        assert_eq!(net.config().bn_eps, 1e-5);
     });
 }

@@ -3,15 +3,22 @@
 //! state dict's keys.
 //!
 //! - [`ResNet`]: ResNet, ResNeXt and Wide ResNet ([`ResNetConfig`]);
+//! - [`EfficientNet`] B0–B7 ([`EfficientNetConfig`]);
+//! - [`MobileNetV2`] and [`MobileNetV3`] ([`MobileNetV2Config`], [`MobileNetV3Config`]);
 //! - [`RegNet`]: RegNet X and Y ([`RegNetConfig`]);
 //! - [`Vgg`]: VGG with batch norm ([`VggConfig`]).
 
 mod classifier;
+mod efficientnet;
 mod keys;
+mod mobilenet;
 mod regnet;
 mod resnet;
 mod vgg;
 
+pub use efficientnet::{EfficientNet, EfficientNetConfig};
+pub use mobilenet::{MobileBlock, MobileNetV2, MobileNetV2Config, MobileNetV3};
+pub use mobilenet::{MobileNetV3Config, MobileNetV3Variant, MOBILENET_V3_BN_EPS};
 pub use regnet::{RegNet, RegNetConfig, RegNetStage};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stem};
 pub use vgg::{Vgg, VggConfig, VggLayer};
