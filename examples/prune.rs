@@ -1,5 +1,6 @@
-//! Prune a torchvision-layout ResNet checkpoint at several sparsities, evaluate it,
-//! recalibrate it with REFLOW, evaluate again, and report.
+//! Prune a torchvision-layout checkpoint (ResNet, RegNet, MobileNetV2/V3, EfficientNet
+//! or VGG-BN) at several sparsities, evaluate it, recalibrate it with REFLOW, evaluate
+//! again, and report.
 //!
 //! ```sh
 //! cargo run --release --example prune -- \
@@ -17,20 +18,25 @@ mod protocol;
 
 use clap::Parser;
 use protocol::{last_ratio, progress_bar, Protocol};
+use reflow::models::{Arch, Model};
 use reflow::prelude::*;
 use reflow::prune::{PrunePlan, SparsityReport};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Prune a ResNet checkpoint one-shot, then recover it with REFLOW.
+/// Prune a torchvision-layout checkpoint one-shot, then recover it with REFLOW.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// safetensors state dict in torchvision layout.
     #[arg(long, value_name = "PATH")]
     weights: PathBuf,
-    /// Stem kind: cifar (3x3, no max pool) or imagenet (7x7 stride 2 + max pool).
+    /// Network family or torchvision preset; auto detects it from the keys.
+    #[arg(long, default_value = "auto")]
+    arch: String,
+    /// ResNet stem kind: cifar (3x3, no max pool) or imagenet (7x7 stride 2 + max
+    /// pool). Other families ignore it.
     #[arg(long, default_value = "imagenet")]
     stem: String,
     /// Test images, IDX (.gz ok).
@@ -137,6 +143,7 @@ fn invalid(flag: &str, reason: impl Into<String>) -> Error {
 
 /// Every flag checked before any file is read.
 struct Plan {
+    arch: Arch,
     stem: Stem,
     scope: Scope,
     sparsities: Vec<f64>,
@@ -180,6 +187,7 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
     let std = parse_list("std", &args.std)?;
     let norm = Normalization::new(mean, std)?;
     Ok(Plan {
+        arch: args.arch.parse()?,
         stem: args.stem.parse()?,
         scope: args.scope.parse()?,
         sparsities,
@@ -244,15 +252,15 @@ fn run(args: &Args) -> reflow::Result<()> {
     let plan = plan(args)?;
     check_paths(args, &plan.sparsities)?;
 
-    let mut net = ResNet::load(&args.weights, plan.stem)?;
-    let cfg = net.config().clone();
-    if plan.norm.channels() != cfg.in_channels {
+    let mut net = Model::load(&args.weights, plan.arch, plan.stem)?;
+    let (in_channels, num_classes) = (net.in_channels(), net.num_classes());
+    if plan.norm.channels() != in_channels {
         return Err(invalid(
             "mean/--std",
             format!(
                 "{} values given; the model takes {} input channel(s)",
                 plan.norm.channels(),
-                cfg.in_channels
+                in_channels
             ),
         ));
     }
@@ -262,25 +270,22 @@ fn run(args: &Args) -> reflow::Result<()> {
     )?;
     let channels = |flag: &str, images: &IdxImages| {
         let c = images.dims()[1];
-        if c == cfg.in_channels {
+        if c == in_channels {
             return Ok(());
         }
         Err(invalid(
             flag,
-            format!(
-                "{c}-channel images; the model takes {} input channel(s)",
-                cfg.in_channels
-            ),
+            format!("{c}-channel images; the model takes {in_channels} input channel(s)"),
         ))
     };
     channels("test-images", test.images())?;
     let labels = test.labels().as_slice();
-    if let Some(i) = labels.iter().position(|&l| l as usize >= cfg.num_classes) {
+    if let Some(i) = labels.iter().position(|&l| l as usize >= num_classes) {
         return Err(invalid(
             "test-labels",
             format!(
-                "label {} of sample {i}, but the model has {} classes",
-                labels[i], cfg.num_classes
+                "label {} of sample {i}, but the model has {num_classes} classes",
+                labels[i]
             ),
         ));
     }
@@ -296,7 +301,7 @@ fn run(args: &Args) -> reflow::Result<()> {
     }
     let calib_images = IdxImages::read(&args.calib_images)?;
     channels("calib-images", &calib_images)?;
-    enough_values(args, &plan, &cfg, &calib_images)?;
+    enough_values(args, &plan, &net, &calib_images)?;
     let calibration = ImageBatches::new(
         &calib_images,
         args.calib_count,
@@ -320,7 +325,7 @@ fn run(args: &Args) -> reflow::Result<()> {
             p.plan().check(&net).map(|_| p)
         })
         .collect::<reflow::Result<_>>()?;
-    let save = |s: f64, net: &ResNet| -> reflow::Result<()> {
+    let save = |s: f64, net: &Model| -> reflow::Result<()> {
         let Some(dir) = &args.save_dir else {
             return Ok(());
         };
@@ -349,13 +354,20 @@ fn run(args: &Args) -> reflow::Result<()> {
     }
     progress.finish_and_clear();
 
-    let stages: Vec<usize> = cfg.layers.clone();
+    let arch = net.arch();
+    let described = match &net {
+        Model::ResNet(r) => {
+            let cfg = r.config();
+            format!(
+                "{} stem, stages {:?}, {} blocks, groups {}",
+                cfg.stem, cfg.layers, cfg.block, cfg.groups
+            )
+        }
+        _ => arch.to_string(),
+    };
     println!(
-        "model: {} stem, stages {:?}, {} blocks, groups {}, {} parameters ({} prunable)",
-        cfg.stem,
-        stages,
-        cfg.block,
-        cfg.groups,
+        "model: {}, {described}, {} parameters ({} prunable)",
+        arch.family(),
         count_parameters(&net),
         count_prunable(&net)
     );
@@ -396,15 +408,21 @@ fn run(args: &Args) -> reflow::Result<()> {
     );
 
     if let Some(path) = &args.json {
+        let mut model = json!({
+            "family": arch.family(),
+            "arch": arch.to_string(),
+            "params": count_parameters(&net),
+            "prunable": count_prunable(&net),
+        });
+        if let Model::ResNet(r) = &net {
+            let cfg = r.config();
+            model["stem"] = json!(cfg.stem.to_string());
+            model["stages"] = json!(cfg.layers);
+            model["block"] = json!(cfg.block.to_string());
+            model["groups"] = json!(cfg.groups);
+        }
         let report = json!({
-            "model": {
-                "stem": cfg.stem.to_string(),
-                "stages": stages,
-                "block": cfg.block.to_string(),
-                "groups": cfg.groups,
-                "params": count_parameters(&net),
-                "prunable": count_prunable(&net),
-            },
+            "model": model,
             "dense": {
                 "top1": number(dense.accuracy.top1()),
                 "correct": dense.accuracy.correct,
@@ -418,26 +436,27 @@ fn run(args: &Args) -> reflow::Result<()> {
     Ok(())
 }
 
-/// Before any forward pass: every batch norm gets at least two values per channel to
-/// compute a variance from — in each calibration batch for the running modes, in the
-/// whole calibration set for `exact`. The batch norm with the fewest is at the last
-/// stage.
-fn enough_values(
-    args: &Args,
-    plan: &Plan,
-    cfg: &ResNetConfig,
-    images: &IdxImages,
-) -> reflow::Result<()> {
-    let [_, _, h, w] = images.dims();
-    let conv = |n: usize, k: usize, s: usize, p: usize| (n + 2 * p).saturating_sub(k) / s + 1;
-    let side = |n: usize| {
-        let stem = match cfg.stem {
-            Stem::Cifar => conv(n, 3, 1, 1),
-            Stem::Imagenet => conv(conv(n, 7, 2, 3), 3, 2, 1),
-        };
-        (0..cfg.layers.len()).fold(stem, |n, s| conv(n, 3, ResNetConfig::stage_stride(s), 1))
-    };
-    let per_image = side(h) * side(w);
+/// Before any forward pass over the data: every batch norm gets at least two values
+/// per channel to compute a variance from — in each calibration batch for the
+/// running modes, in the whole calibration set for `exact`. How many values a batch
+/// norm sees per image is measured on one blank image.
+fn enough_values(args: &Args, plan: &Plan, net: &Model, images: &IdxImages) -> reflow::Result<()> {
+    /// The smallest plane a batch norm sees.
+    struct Smallest(usize);
+    impl reflow::layer::Observer for Smallest {
+        fn wants(&self, tap: &reflow::layer::Tap<'_>) -> bool {
+            tap.kind == reflow::layer::LayerKind::BatchNorm
+                && tap.site == reflow::layer::Site::Output
+        }
+        fn observe(&mut self, _: &reflow::layer::Tap<'_>, a: reflow::layer::ActivationView<'_>) {
+            self.0 = self.0.min(a.spatial);
+        }
+    }
+    let [_, c, h, w] = images.dims();
+    let mut smallest = Smallest(usize::MAX);
+    let blank = reflow::nn::Tensor4::zeros((1, c, h, w));
+    net.forward_with(&blank, &mut Probe::new(&mut smallest))?;
+    let per_image = smallest.0;
     let count = args.calib_count.min(images.len());
     let (images_at_once, flag) = match plan.reflow.mode() {
         ReflowMode::Exact => (count, "calib-count"),
@@ -446,12 +465,12 @@ fn enough_values(
             last => (last, "calib-batch"),
         },
     };
-    if images_at_once * per_image < 2 {
+    if images_at_once.saturating_mul(per_image) < 2 {
         return Err(invalid(
             flag,
             format!(
-                "{images_at_once} image(s) of {h}x{w} give the last stage's batch norms {} value(s) per channel; a variance needs two",
-                images_at_once * per_image
+                "{images_at_once} image(s) of {h}x{w} give the smallest batch norms {} value(s) per channel; a variance needs two",
+                images_at_once.saturating_mul(per_image)
             ),
         ));
     }

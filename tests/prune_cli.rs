@@ -142,6 +142,7 @@ fn a_small_run_reports_prunes_recalibrates_and_saves() {
     );
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["model"]["family"], "resnet");
     assert_eq!(report["model"]["stages"], serde_json::json!([3, 3, 3]));
     assert_eq!(report["model"]["block"], "basic");
     assert_eq!(report["model"]["params"], 272_474);
@@ -193,7 +194,23 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
                 "--weights",
                 common::fixture("layers.safetensors").to_str().unwrap(),
             ),
+            "fits no supported family",
+        ),
+        (
+            with(
+                with(base.clone(), "--arch", "resnet"),
+                "--weights",
+                common::fixture("layers.safetensors").to_str().unwrap(),
+            ),
             "not a ResNet state dict",
+        ),
+        (
+            with(base.clone(), "--arch", "vgg16_bn"),
+            "not a VGG state dict",
+        ),
+        (
+            with(base.clone(), "--arch", "alexnet"),
+            "invalid arch: \"alexnet\" is none of auto, resnet",
         ),
         (
             with(base.clone(), "--weights", &files.path("test-labels.gz")),
@@ -440,7 +457,7 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
                 "--calib-batch",
                 "8",
             ),
-            "--calib-batch: 1 image(s) of 1x1 give the last stage's batch norms 1 value(s)",
+            "--calib-batch: 1 image(s) of 1x1 give the smallest batch norms 1 value(s)",
         ),
         (
             with(with(tiny.clone(), "--calib-count", "1"), "--mode", "exact"),

@@ -52,7 +52,10 @@ impl Protocol<'_> {
     /// Top-1 on the whole test set and the signal metric on its first
     /// `signal_images` images, in one pass: those images run with a recorder at every
     /// batch-norm output, the others without.
-    pub fn evaluate(&self, net: &ResNet) -> reflow::Result<Evaluation> {
+    pub fn evaluate<N>(&self, net: &N) -> reflow::Result<Evaluation>
+    where
+        N: Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2>,
+    {
         let images = self.test.images();
         let labels = self.test.labels().as_slice();
         let mut recorder = Recorder::new(TapSelector::batch_norm_outputs());
@@ -79,14 +82,17 @@ impl Protocol<'_> {
 
     /// Restores `dense` into `net`, then prunes with `pruner`, evaluates, recalibrates
     /// and evaluates again. Ticks `progress` after each evaluation.
-    pub fn run(
+    pub fn run<N>(
         &self,
-        net: &mut ResNet,
+        net: &mut N,
         dense: &StateDict,
         sparsity: f64,
         pruner: MagnitudePruner,
         progress: &ProgressBar,
-    ) -> reflow::Result<Run> {
+    ) -> reflow::Result<Run>
+    where
+        N: Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2>,
+    {
         let started = Instant::now();
         dense.load_into(net)?;
         progress.set_message(format!("sparsity {sparsity}"));

@@ -118,9 +118,21 @@ impl Layer for Classifier {
 }
 
 /// Implements [`Params`] and [`Layer`] for a family's network type by handing both
-/// to its `net: Classifier` field.
+/// to its `net: Classifier` field, and gives it `in_channels` and `num_classes`.
 macro_rules! family_network {
     ($ty:ty) => {
+        impl $ty {
+            /// Channels of the input images.
+            pub fn in_channels(&self) -> usize {
+                self.net.in_channels
+            }
+
+            /// Outputs of the classifier.
+            pub fn num_classes(&self) -> usize {
+                self.net.classes
+            }
+        }
+
         impl $crate::layer::Params for $ty {
             fn visit(&self, v: &mut $crate::layer::Visitor<'_>) {
                 v.child("", &self.net);

@@ -2,6 +2,9 @@
 //! whose parameter counts equal torchvision's, and the inference of its shape from a
 //! state dict's keys.
 //!
+//! [`Model`] holds a network of any of them, its family detected from a checkpoint's
+//! keys or named ([`Arch`]):
+//!
 //! - [`ResNet`]: ResNet, ResNeXt and Wide ResNet ([`ResNetConfig`]);
 //! - [`EfficientNet`] B0–B7 ([`EfficientNetConfig`]);
 //! - [`MobileNetV2`] and [`MobileNetV3`] ([`MobileNetV2Config`], [`MobileNetV3Config`]);
@@ -12,6 +15,7 @@ mod classifier;
 mod efficientnet;
 mod keys;
 mod mobilenet;
+mod model;
 mod regnet;
 mod resnet;
 mod vgg;
@@ -19,6 +23,7 @@ mod vgg;
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use mobilenet::{MobileBlock, MobileNetV2, MobileNetV2Config, MobileNetV3};
 pub use mobilenet::{MobileNetV3Config, MobileNetV3Variant, MOBILENET_V3_BN_EPS};
+pub use model::{Arch, Model};
 pub use regnet::{RegNet, RegNetConfig, RegNetStage};
 pub use resnet::{BlockKind, ResNet, ResNetConfig, Stem};
 pub use vgg::{Vgg, VggConfig, VggLayer};
