@@ -1,7 +1,7 @@
 //! Times reflow's forward pass and prints images/s and GFLOP/s; then a REFLOW
 //! calibration batch next to the eval pass of the same batch.
 //!
-//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|calibration] [--level portable|avx2|avx512|neon] [--tsv]`
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration] [--level portable|avx2|avx512|neon] [--tsv]`
 //!
 //! `--level` caps the kernels (as `REFLOW_KERNEL` does). Before the timings it prints
 //! the kernel level in use and the machine's peak on that many threads at that level
@@ -15,13 +15,14 @@ use reflow::cpu::{self, Level};
 use reflow::layer::{
     ActivationView, Layer, LayerKind, Observer, Params, Probe, Schedule, Site, Tap,
 };
-use reflow::models::{ResNet, ResNetConfig};
+use reflow::models::{EfficientNet, EfficientNetConfig, MobileNetV2, MobileNetV2Config, Model};
+use reflow::models::{RegNet, RegNetConfig, ResNet, ResNetConfig};
 use reflow::rescale::{Reflow, Rescaler};
 use std::collections::HashMap;
 use std::time::Instant;
 
 /// Deterministic weights, small enough to keep activations in range.
-fn fill(net: &mut ResNet) {
+fn fill(net: &mut dyn Params) {
     let mut i = 0u32;
     net.visit_params_mut(&mut |p| {
         if p.role.is_prunable() {
@@ -92,7 +93,7 @@ impl Observer for ConvShapes {
 }
 
 /// Multiply-adds ×2 of every convolution and linear layer, per image.
-fn flops_per_image(net: &ResNet, x: &Array4<f32>) -> f64 {
+fn flops_per_image(net: &Model, x: &Array4<f32>) -> f64 {
     let mut shapes = ConvShapes::default();
     net.forward_with(x, &mut Probe::new(&mut shapes)).unwrap();
     let mut flops = 0.0;
@@ -127,16 +128,35 @@ fn main() {
             .build_global()
             .expect("thread pool");
     }
-    let cases = [
+    type Build = fn() -> Model;
+    let cases: [(&str, Build, _); 5] = [
         (
             "resnet50@224 b8",
-            ResNetConfig::resnet50(),
+            || Model::ResNet(ResNet::new(ResNetConfig::resnet50()).unwrap()),
             (8, 3, 224, 224),
         ),
         (
             "resnet20@28 b256",
-            ResNetConfig::cifar_resnet(20).unwrap().with_in_channels(1),
+            || {
+                let cfg = ResNetConfig::cifar_resnet(20).unwrap().with_in_channels(1);
+                Model::ResNet(ResNet::new(cfg).unwrap())
+            },
             (256, 1, 28, 28),
+        ),
+        (
+            "mobilenet_v2@224 b8",
+            || Model::MobileNetV2(MobileNetV2::new(MobileNetV2Config::mobilenet_v2()).unwrap()),
+            (8, 3, 224, 224),
+        ),
+        (
+            "efficientnet_b0@224 b8",
+            || Model::EfficientNet(EfficientNet::new(EfficientNetConfig::b(0).unwrap()).unwrap()),
+            (8, 3, 224, 224),
+        ),
+        (
+            "regnet_x_400mf@224 b8",
+            || Model::RegNet(RegNet::new(RegNetConfig::regnet_x_400mf()).unwrap()),
+            (8, 3, 224, 224),
         ),
     ];
     let only = args
@@ -170,11 +190,11 @@ fn main() {
             "threads: {threads_used}, kernel level {level}, peak {peak:.1} GFLOP/s (multiply-adds at {peak_level})"
         );
     }
-    for (name, cfg, shape) in cases {
+    for (name, build, shape) in cases {
         if only.is_some_and(|m| !name.starts_with(m.as_str())) {
             continue;
         }
-        let mut net = ResNet::new(cfg).unwrap();
+        let mut net = build();
         fill(&mut net);
         let x = Array4::from_shape_fn(shape, |(n, c, h, w)| ((n + c + h * w) % 17) as f32 / 17.0);
         let flops = flops_per_image(&net, &x);

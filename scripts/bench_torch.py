@@ -62,6 +62,9 @@ CASES = {
         lambda: build_resnet("basic", [3, 3, 3], [16, 32, 64], 16, "cifar", 1, 10),
         (256, 1, 28, 28),
     ),
+    "mobilenet_v2@224 b8": (lambda: torchvision.models.mobilenet_v2(), (8, 3, 224, 224)),
+    "efficientnet_b0@224 b8": (lambda: torchvision.models.efficientnet_b0(), (8, 3, 224, 224)),
+    "regnet_x_400mf@224 b8": (lambda: torchvision.models.regnet_x_400mf(), (8, 3, 224, 224)),
 }
 
 

@@ -35,51 +35,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
-from torchvision.models import efficientnet, mobilenet_v2, mobilenetv3, regnet, vgg
+from torchvision.models import regnet
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import forward_with_bn_outputs  # noqa: E402
 from torch_resnet import randomize_  # noqa: E402
+from families import (  # noqa: E402
+    small_efficientnet, small_mobilenet_v2, small_mobilenet_v3, small_regnet, small_vgg,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def small_vgg(cfg: dict) -> nn.Module:
-    model = vgg.VGG(vgg.make_layers(cfg["features"], batch_norm=True), init_weights=False)
-    # torchvision's classifier is 512·7·7 → 4096 → 4096 → 1000; the same layout, narrower.
-    c, p, h = [w for w in cfg["features"] if w != "M"][-1], cfg["pool"], cfg["hidden"]
-    model.avgpool = nn.AdaptiveAvgPool2d((p, p))
-    model.classifier = nn.Sequential(
-        nn.Linear(c * p * p, h), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(h, h), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(h, cfg["num_classes"]),
-    )
-    return model
-
-
-def small_regnet(cfg: dict) -> nn.Module:
-    n = len(cfg["depths"])
-    params = regnet.BlockParams(
-        depths=cfg["depths"], widths=cfg["widths"], group_widths=[cfg["group_width"]] * n,
-        bottleneck_multipliers=[1.0] * n, strides=[2] * n, se_ratio=cfg["se_ratio"],
-    )
-    return regnet.RegNet(params, num_classes=cfg["num_classes"], stem_width=cfg["stem_width"])
-
-
-def small_mobilenet_v2(cfg: dict) -> nn.Module:
-    return mobilenet_v2(width_mult=cfg["width_mult"], num_classes=cfg["num_classes"])
-
-
-def small_mobilenet_v3(cfg: dict) -> nn.Module:
-    setting, last = mobilenetv3._mobilenet_v3_conf(cfg["arch"], width_mult=cfg["width_mult"])
-    return mobilenetv3.MobileNetV3(setting, last, num_classes=cfg["num_classes"])
-
-
-def small_efficientnet(cfg: dict) -> nn.Module:
-    setting, last = efficientnet._efficientnet_conf(
-        "efficientnet_b0", width_mult=cfg["width_mult"], depth_mult=cfg["depth_mult"])
-    return efficientnet.EfficientNet(setting, 0.2, last_channel=last, num_classes=cfg["num_classes"])
 
 
 @torch.no_grad()

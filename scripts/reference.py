@@ -14,7 +14,9 @@ for run:
 
 Protocol (see method.md for the definitions):
 
-1. Load the state dict, build the network with `infer_from_state_dict`, strict
+1. Load the state dict and build the network: a ResNet with `infer_from_state_dict`;
+   any other family from the spec in the checkpoint's metadata (`families.py`:
+   torchvision's own classes, as `train_families_fmnist.py` writes them). Strict
    load, eval mode. Evaluate top-1 (argmax) on the whole test set in batches of
    256, and the per-BN signal metric on the first --signal-images test images.
 2. For each sparsity, in the order given, starting from a fresh copy of the dense
@@ -47,6 +49,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.utils.prune as prune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import families  # noqa: E402
 from torch_resnet import infer_config, infer_from_state_dict  # noqa: E402
 
 EVAL_BATCH = 256      # test-set evaluation batch (contract: whole test set, batches of 256)
@@ -124,6 +127,15 @@ def load_model(path: str, stem: str) -> tuple[nn.Module, dict]:
         raise InputError(f"cannot load safetensors file {path}: {e}") from None
     # Weights may be stored as f16 / bf16 / f64; compute in f32 (num_batches_tracked stays int64).
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    spec = families.spec_of(path)
+    if spec is not None:
+        model = families.build(spec)
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise InputError(f"{path}: does not fit its {spec['family']} spec: {str(e).splitlines()[0]}") from None
+        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        return model.eval(), {"family": spec["family"], "in_channels": first.in_channels}
     try:
         cfg = infer_config(sd, stem)
         model = infer_from_state_dict(sd, stem)
@@ -131,7 +143,7 @@ def load_model(path: str, stem: str) -> tuple[nn.Module, dict]:
     except (KeyError, ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         raise InputError(f"{path}: not a torchvision-layout ResNet for stem {stem!r}: {msg}") from None
-    return model.eval(), cfg
+    return model.eval(), {**cfg, "family": "resnet"}
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -245,15 +257,17 @@ def reflow_running(model: nn.Module, calib: torch.Tensor, batch: int, momentum: 
     """Cumulative (momentum=None) or EMA (momentum=m) re-estimation of BN running statistics.
 
     Every BN layer is reset (mean 0, var 1, num_batches_tracked 0); the network runs
-    in train mode over the calibration images in file order, in batches of `batch`
-    (the last one may be smaller). Train-mode BN normalises by the batch statistics
-    and updates its running statistics with the unbiased batch variance. Only BN
-    buffers change: there are no gradients and no other train-mode layers.
+    over the calibration images in file order, in batches of `batch` (the last one
+    may be smaller), with every BN in train mode and every other module in eval mode
+    (dropout and stochastic depth stay the identity). Train-mode BN normalises by the
+    batch statistics and updates its running statistics with the unbiased batch
+    variance. Only BN buffers change: there are no gradients.
     """
+    model.eval()
     for _, bn in bn_layers(model):
         bn.reset_running_stats()
         bn.momentum = momentum
-    model.train()
+        bn.train()
     for i in range(0, len(calib), batch):
         model(calib[i: i + batch])
     model.eval()
@@ -379,8 +393,9 @@ def validate(args, in_channels: int, n_calib_file: int) -> None:
 
 def print_report(report: dict, args) -> None:
     m = report["model"]
-    print(f"model: {m['block']} stages {m['stages']} groups {m['groups']} stem {m['stem']}  "
-          f"params {m['params']:,}  prunable {m['prunable']:,}")
+    shape = (f"{m['block']} stages {m['stages']} groups {m['groups']} stem {m['stem']}"
+             if m["family"] == "resnet" else m["family"])
+    print(f"model: {shape}  params {m['params']:,}  prunable {m['prunable']:,}")
     print(f"REFLOW mode {args.mode}" + (f" (momentum {args.momentum})" if args.mode == "ema" else "")
           + f", {args.calib_count} calibration images, batch {args.calib_batch}; scope {args.scope}"
           + (f"; excluded: {', '.join(args.exclude)}" if args.exclude else ""))
@@ -432,14 +447,13 @@ def run(args) -> dict:
 
     report = {
         "model": {
-            "stem": args.stem,
-            "stages": cfg["layers"],
-            "block": cfg["block"],
-            "groups": cfg["groups"],
+            "family": cfg["family"],
             "params": sum(p.numel() for p in model.parameters()),
             "prunable": sum(m.weight.numel() for _, m in prunable_params(model)),
         }
     }
+    if cfg["family"] == "resnet":
+        report["model"].update(stem=args.stem, stages=cfg["layers"], block=cfg["block"], groups=cfg["groups"])
     t0 = time.time()
     top1, correct = evaluate(model, test_x, test_y)
     report["dense"] = {"top1": top1, "correct": correct, "bn_signal": bn_signal(model, signal_x)}

@@ -129,3 +129,113 @@ fn mobile_presets_have_torchvision_parameter_counts() {
         assert_eq!(inferred.variant(), Some(b));
     }
 }
+
+#[test]
+fn a_state_dict_that_fits_no_family_names_the_first_key_that_does_not_fit() {
+    use reflow::models::{Arch, Model, Stem};
+    use reflow::state_dict::StoredTensor;
+    let err = |state: &StateDict, arch: Arch| {
+        Model::from_state_dict(state, arch, Stem::Imagenet)
+            .unwrap_err()
+            .to_string()
+    };
+    let mut foreign = StateDict::new();
+    foreign.insert(
+        "backbone.conv.weight",
+        StoredTensor::f32(vec![2, 1, 3, 3], vec![0.0; 18]).unwrap(),
+    );
+    let e = err(&foreign, Arch::Auto);
+    assert!(
+        e.contains("\"backbone.conv.weight\": fits no supported family"),
+        "{e}"
+    );
+
+    // A RegNet whose second stage lost its projection: the key is named.
+    let net = RegNet::new(RegNetConfig::regnet_x_400mf().with_num_classes(3)).unwrap();
+    let mut state = StateDict::from_layer(&net);
+    state.remove("trunk_output.block2.block2-0.proj.0.weight");
+    let e = err(&state, Arch::Auto);
+    assert!(
+        e.contains("not a RegNet state dict") && e.contains("block2-0.proj.0.weight"),
+        "{e}"
+    );
+
+    // A VGG whose classifier does not take the features' output.
+    let cfg = VggConfig::from_widths(&[8, 0, 16, 0]).with_hidden(16);
+    let mut state = StateDict::from_layer(&Vgg::new(cfg).unwrap());
+    state.insert(
+        "classifier.0.weight",
+        StoredTensor::f32(vec![16, 50], vec![0.0; 800]).unwrap(),
+    );
+    let e = err(&state, Arch::Auto);
+    assert!(
+        e.contains("not a VGG state dict: key \"classifier.0.weight\""),
+        "{e}"
+    );
+    // Named as another family: that family's error.
+    let e = err(&state, Arch::RegNet);
+    assert!(
+        e.contains("not a RegNet state dict: key \"stem.0.weight\": missing"),
+        "{e}"
+    );
+    // A preset checked against the keys.
+    let e = err(
+        &StateDict::from_layer(&Vgg::new(VggConfig::vgg11_bn()).unwrap()),
+        Arch::Vgg(16),
+    );
+    assert!(e.contains("not vgg16_bn's"), "{e}");
+}
+
+#[test]
+fn every_family_is_detected_from_its_keys() {
+    use reflow::models::{Arch, EfficientNet, EfficientNetConfig, MobileNetV2, MobileNetV2Config};
+    use reflow::models::{MobileNetV3, MobileNetV3Config, MobileNetV3Variant, Model, ResNet};
+    use reflow::models::{ResNetConfig, Stem};
+    let cases: Vec<(StateDict, Arch)> = vec![
+        (
+            StateDict::from_layer(&ResNet::new(ResNetConfig::cifar_resnet(20).unwrap()).unwrap()),
+            Arch::ResNet,
+        ),
+        (
+            StateDict::from_layer(&RegNet::new(RegNetConfig::regnet_y_400mf()).unwrap()),
+            Arch::RegNet,
+        ),
+        (
+            StateDict::from_layer(&MobileNetV2::new(MobileNetV2Config::with_width(0.5)).unwrap()),
+            Arch::MobileNetV2,
+        ),
+        (
+            StateDict::from_layer(
+                &MobileNetV3::new(MobileNetV3Config::mobilenet_v3_large()).unwrap(),
+            ),
+            Arch::MobileNetV3(MobileNetV3Variant::Large),
+        ),
+        (
+            StateDict::from_layer(&EfficientNet::new(EfficientNetConfig::b(6).unwrap()).unwrap()),
+            Arch::EfficientNet(6),
+        ),
+        (
+            StateDict::from_layer(&Vgg::new(VggConfig::vgg13_bn().with_num_classes(4)).unwrap()),
+            Arch::Vgg(13),
+        ),
+    ];
+    for (state, arch) in cases {
+        let net = Model::from_state_dict(&state, Arch::Auto, Stem::Cifar).unwrap();
+        assert_eq!(net.arch(), arch);
+        assert_eq!(count_parameters(&net), trainable(&state));
+    }
+}
+
+/// The trainable values of a state dict, as PyTorch counts them.
+fn trainable(state: &StateDict) -> usize {
+    let buffer = |k: &str| {
+        ["running_mean", "running_var", "num_batches_tracked"]
+            .iter()
+            .any(|b| k.ends_with(b))
+    };
+    state
+        .iter()
+        .filter(|(k, _)| !buffer(k))
+        .map(|(_, t)| t.numel())
+        .sum()
+}

@@ -45,3 +45,23 @@ pub(crate) fn shape_of<'s>(
 pub(crate) fn count_while(state: &StateDict, format: impl Fn(usize) -> String) -> usize {
     (0..).take_while(|&i| state.contains(&format(i))).count()
 }
+
+/// Refuses an architecture read off the keys that needs more parameters than `state`
+/// holds values: a mis-shaped tensor or thousands of block keys must not make the
+/// network, and its allocation, huge. The strict load names the keys otherwise.
+pub(crate) fn check_size(state: &StateDict, family: &str, key: &str, needed: usize) -> Result<()> {
+    let stored = state
+        .iter()
+        .map(|(_, t)| t.numel())
+        .fold(0usize, usize::saturating_add);
+    if needed > stored {
+        return Err(arch(
+            family,
+            key,
+            format!(
+                "the architecture read off the keys needs {needed} parameters, but the file holds only {stored} values"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! EfficientNet B0–B7 (Tan & Le, 2019) in torchvision's layout.
 
 use super::classifier::{family_network, Classifier};
-use super::keys::{arch, count_while, shape_of};
+use super::keys::{arch, check_size, count_while, shape_of};
 use super::mobilenet::block::{make_divisible, Layout, MobileBlock, MobileParts};
 use crate::error::{Error, Result};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
@@ -243,6 +243,8 @@ impl EfficientNetConfig {
         if let Some(v) = cfg.variant() {
             cfg.bn_eps = VARIANTS[v].3;
         }
+        cfg.validate()?;
+        check_size(state, FAMILY, "features.0.0.weight", cfg.num_parameters())?;
         Ok(cfg)
     }
 }

@@ -3,7 +3,7 @@
 use super::block::{make_divisible, Layout, MobileBlock, MobileParts};
 use crate::error::{Error, Result};
 use crate::models::classifier::{family_network, Classifier};
-use crate::models::keys::{arch, count_while, shape_of};
+use crate::models::keys::{arch, check_size, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
 use crate::state_dict::StateDict;
 
@@ -180,13 +180,21 @@ impl MobileNetV2Config {
         let last_key = format!("features.{}.0.weight", count + 1);
         let last_channel = shape_of(state, FAMILY, &last_key, 4)?[0];
         let num_classes = shape_of(state, FAMILY, "classifier.1.weight", 2)?[0];
-        Ok(MobileNetV2Config {
+        let config = MobileNetV2Config {
             in_channels,
             stem_width,
             blocks,
             last_channel,
             num_classes,
-        })
+        };
+        config.validate()?;
+        check_size(
+            state,
+            FAMILY,
+            "features.0.0.weight",
+            config.num_parameters(),
+        )?;
+        Ok(config)
     }
 }
 

@@ -3,7 +3,7 @@
 use super::block::{make_divisible, Layout, MobileBlock, MobileParts};
 use crate::error::{Error, Result};
 use crate::models::classifier::{family_network, Classifier};
-use crate::models::keys::{arch, count_while, shape_of};
+use crate::models::keys::{arch, check_size, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
 use crate::state_dict::StateDict;
 use std::fmt;
@@ -264,7 +264,7 @@ impl MobileNetV3Config {
         )?[0];
         let hidden = shape_of(state, FAMILY, "classifier.0.weight", 2)?[0];
         let num_classes = shape_of(state, FAMILY, "classifier.3.weight", 2)?[0];
-        Ok(MobileNetV3Config {
+        let config = MobileNetV3Config {
             variant,
             in_channels,
             stem_width,
@@ -272,7 +272,15 @@ impl MobileNetV3Config {
             last_conv,
             hidden,
             num_classes,
-        })
+        };
+        config.validate()?;
+        check_size(
+            state,
+            FAMILY,
+            "features.0.0.weight",
+            config.num_parameters(),
+        )?;
+        Ok(config)
     }
 }
 

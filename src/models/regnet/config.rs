@@ -1,7 +1,7 @@
 //! The shape of a RegNet X or Y, torchvision's presets, and its inference from keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, count_while, shape_of};
+use crate::models::keys::{arch, check_size, count_while, shape_of};
 use crate::state_dict::StateDict;
 
 const FAMILY: &str = "RegNet";
@@ -333,12 +333,15 @@ impl RegNetConfig {
             });
         }
         let num_classes = shape_of(state, FAMILY, "fc.weight", 2)?[0];
-        Ok(RegNetConfig {
+        let config = RegNetConfig {
             stem_width,
             stages,
             se_ratio,
             in_channels,
             num_classes,
-        })
+        };
+        config.validate()?;
+        check_size(state, FAMILY, "stem.0.weight", config.num_parameters())?;
+        Ok(config)
     }
 }

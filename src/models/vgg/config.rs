@@ -1,7 +1,7 @@
 //! The shape of a VGG with batch norm, its presets, and its inference from keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, shape_of};
+use crate::models::keys::{arch, check_size, shape_of};
 use crate::state_dict::StateDict;
 
 const FAMILY: &str = "VGG";
@@ -231,12 +231,15 @@ impl VggConfig {
             ));
         }
         let num_classes = shape_of(state, FAMILY, "classifier.6.weight", 2)?[0];
-        Ok(VggConfig {
+        let config = VggConfig {
             features,
             in_channels,
             pool,
             hidden,
             num_classes,
-        })
+        };
+        config.validate()?;
+        check_size(state, FAMILY, "features.0.weight", config.num_parameters())?;
+        Ok(config)
     }
 }
