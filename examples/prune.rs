@@ -365,8 +365,12 @@ fn run(args: &Args) -> reflow::Result<()> {
         }
         _ => arch.to_string(),
     };
+    let described = match described == arch.family() {
+        true => String::new(),
+        false => format!(" {described},"),
+    };
     println!(
-        "model: {}, {described}, {} parameters ({} prunable)",
+        "model: {},{described} {} parameters ({} prunable)",
         arch.family(),
         count_parameters(&net),
         count_prunable(&net)
