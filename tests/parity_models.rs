@@ -161,3 +161,51 @@ fn efficientnet_matches_pytorch() {
         assert_eq!(net.config().bn_eps, 1e-5);
     });
 }
+
+/// A fused calibration pass (each batch norm applied where its output is next read:
+/// by the depthwise path, the image kernels, a residual add, a squeeze-excitation)
+/// updates the running statistics as the layer-by-layer pass does, in every family.
+#[test]
+fn fused_calibration_equals_layer_by_layer_in_every_family() {
+    use reflow::layer::{NormUpdate, Params};
+    use reflow::models::{Arch, Model};
+    for name in [
+        "resnext_small",
+        "vgg_small",
+        "regnet_y_small",
+        "mobilenet_v2_small",
+        "mobilenet_v3_small",
+        "efficientnet_small",
+    ] {
+        let state = read(&format!("{name}.safetensors"));
+        let load = || Model::from_state_dict(&state, Arch::Auto, Stem::Imagenet).unwrap();
+        let (mut fused, mut layered) = (load(), load());
+        let io = read(&format!("{name}.io.safetensors"));
+        let x = array(&io, "input").into_dimensionality::<Ix4>().unwrap();
+        let by_layer = || Probe::none().with_schedule(Schedule::LayerByLayer);
+        for _ in 0..2 {
+            fused
+                .forward_train(&x, NormUpdate::Cumulative, &mut Probe::none())
+                .unwrap();
+            layered
+                .forward_train(&x, NormUpdate::Cumulative, &mut by_layer())
+                .unwrap();
+        }
+        let stats = |m: &Model| {
+            let mut all = Vec::new();
+            m.visit_norms(&mut |_, s| {
+                all.extend_from_slice(s.running_mean);
+                all.extend_from_slice(s.running_var);
+            });
+            all
+        };
+        let err = relative_error(&stats(&fused), &stats(&layered));
+        assert!(err <= 1e-5, "{name}: running statistics differ by {err:e}");
+        let (a, b) = (fused.forward(&x).unwrap(), layered.forward(&x).unwrap());
+        let err = relative_error(a.as_slice().unwrap(), b.as_slice().unwrap());
+        assert!(
+            err <= 1e-5,
+            "{name}: logits after calibration differ by {err:e}"
+        );
+    }
+}

@@ -108,6 +108,10 @@ impl Residual {
             match (map.is_none() && s_map.is_none(), linear, post) {
                 // (v·1 + 0 is v: without a map, the values are added as they are.)
                 (true, _, Activation::Relu) => pairs.for_each(|(o, &s)| *o = relu(*o + s)),
+                (true, _, Activation::Identity) => pairs.for_each(|(o, &s)| *o += s),
+                (false, true, Activation::Identity) => {
+                    pairs.for_each(|(o, &s)| *o = (*o * a + b) + (s * a_s + b_s))
+                }
                 (true, _, _) => pairs.for_each(|(o, &s)| *o = post.apply(*o + s)),
                 (false, true, Activation::Relu) => {
                     pairs.for_each(|(o, &s)| *o = relu((*o * a + b) + (s * a_s + b_s)))
