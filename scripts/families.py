@@ -76,28 +76,31 @@ def small_efficientnet(cfg: dict) -> nn.Module:
                                      norm_layer=norm)
 
 
-def small_cnn(cfg: dict) -> nn.Module:
+class SmallCnn(nn.Module):
     """A VGG-style network that is not torchvision's: conv -> ReLU -> BN (the batch norm
     after the activation), max pools, and a classifier head (the `vgg_style` example)."""
-    w = cfg["widths"]
-    layers = [
-        nn.Conv2d(1, w[0], 3, padding=1), nn.ReLU(), nn.BatchNorm2d(w[0]),
-        nn.Conv2d(w[0], w[1], 3, padding=1), nn.ReLU(), nn.BatchNorm2d(w[1]),
-        nn.MaxPool2d(2),
-        nn.Conv2d(w[1], w[2], 3, padding=1), nn.ReLU(), nn.BatchNorm2d(w[2]),
-        nn.MaxPool2d(2),
-    ]
-    model = nn.Module()
-    model.features = nn.Sequential(*layers)
-    model.avgpool = nn.AdaptiveAvgPool2d((3, 3))
-    model.classifier = nn.Sequential(
-        nn.Linear(w[2] * 9, cfg["hidden"]), nn.ReLU(), nn.Dropout(), nn.Linear(cfg["hidden"], cfg["num_classes"]))
-    model.forward = lambda x: model.classifier(torch.flatten(model.avgpool(model.features(x)), 1))
-    return model
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        w = cfg["widths"]
+        self.features = nn.Sequential(
+            nn.Conv2d(1, w[0], 3, padding=1), nn.ReLU(), nn.BatchNorm2d(w[0]),
+            nn.Conv2d(w[0], w[1], 3, padding=1), nn.ReLU(), nn.BatchNorm2d(w[1]),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w[1], w[2], 3, padding=1), nn.ReLU(), nn.BatchNorm2d(w[2]),
+            nn.MaxPool2d(2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((3, 3))
+        self.classifier = nn.Sequential(
+            nn.Linear(w[2] * 9, cfg["hidden"]), nn.ReLU(), nn.Dropout(),
+            nn.Linear(cfg["hidden"], cfg["num_classes"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 BUILDERS = {
-    "small_cnn": small_cnn,
+    "small_cnn": SmallCnn,
     "vgg": small_vgg,
     "regnet": small_regnet,
     "mobilenet_v2": small_mobilenet_v2,

@@ -181,7 +181,7 @@ fn a_state_dict_that_fits_no_family_names_the_first_key_that_does_not_fit() {
     // A preset checked against the keys.
     let e = err(
         &StateDict::from_layer(&Vgg::new(VggConfig::vgg11_bn()).unwrap()),
-        Arch::Vgg(16),
+        Arch::Vgg(Some(16)),
     );
     assert!(e.contains("not vgg16_bn's"), "{e}");
 }
@@ -212,11 +212,11 @@ fn every_family_is_detected_from_its_keys() {
         ),
         (
             StateDict::from_layer(&EfficientNet::new(EfficientNetConfig::b(6).unwrap()).unwrap()),
-            Arch::EfficientNet(6),
+            Arch::EfficientNet(Some(6)),
         ),
         (
             StateDict::from_layer(&Vgg::new(VggConfig::vgg13_bn().with_num_classes(4)).unwrap()),
-            Arch::Vgg(13),
+            Arch::Vgg(Some(13)),
         ),
     ];
     for (state, arch) in cases {

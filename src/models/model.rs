@@ -25,16 +25,18 @@ pub enum Arch {
     MobileNetV2,
     /// MobileNetV3 small or large.
     MobileNetV3(MobileNetV3Variant),
-    /// EfficientNet B`n`, `n` in 0..=7.
-    EfficientNet(usize),
-    /// VGG-`n` with batch norm, `n` one of 11, 13, 16, 19.
-    Vgg(usize),
+    /// EfficientNet: B`n` (`n` in 0..=7), or any shapes (`None`).
+    EfficientNet(Option<usize>),
+    /// VGG with batch norm: VGG-`n` (`n` one of 11, 13, 16, 19), or any convolutions
+    /// and pools (`None`).
+    Vgg(Option<usize>),
 }
 
 impl Arch {
     /// Every name [`Arch::from_str`] accepts.
     pub const NAMES: &'static str = "auto, resnet, regnet, mobilenet_v2, mobilenet_v3_small, \
-        mobilenet_v3_large, efficientnet_b0 … efficientnet_b7, vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn";
+        mobilenet_v3_large, efficientnet, efficientnet_b0 … efficientnet_b7, vgg, vgg11_bn, \
+        vgg13_bn, vgg16_bn, vgg19_bn";
 
     /// The family this is: `Auto` detects it from `state`'s keys.
     ///
@@ -67,10 +69,9 @@ impl Arch {
             }
         } else if has("features.1.0.block.0.0.weight") {
             // The variant is told by the shapes; B5–B7 only change the ε.
-            let cfg = EfficientNetConfig::infer(state)?;
-            Arch::EfficientNet(cfg.variant().unwrap_or(0))
+            Arch::EfficientNet(EfficientNetConfig::infer(state)?.variant())
         } else if has("features.0.weight") && has("classifier.6.weight") {
-            Arch::Vgg(0)
+            Arch::Vgg(None)
         } else {
             let key = state
                 .keys()
@@ -106,9 +107,8 @@ impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Arch::MobileNetV3(v) => write!(f, "{v}"),
-            Arch::EfficientNet(b) => write!(f, "efficientnet_b{b}"),
-            Arch::Vgg(0) => f.write_str("vgg"),
-            Arch::Vgg(n) => write!(f, "vgg{n}_bn"),
+            Arch::EfficientNet(Some(b)) => write!(f, "efficientnet_b{b}"),
+            Arch::Vgg(Some(n)) => write!(f, "vgg{n}_bn"),
             other => f.write_str(other.family()),
         }
     }
@@ -126,15 +126,17 @@ impl FromStr for Arch {
             "mobilenet_v2" => Arch::MobileNetV2,
             "mobilenet_v3_small" => Arch::MobileNetV3(MobileNetV3Variant::Small),
             "mobilenet_v3_large" => Arch::MobileNetV3(MobileNetV3Variant::Large),
-            "vgg11_bn" => Arch::Vgg(11),
-            "vgg13_bn" => Arch::Vgg(13),
-            "vgg16_bn" => Arch::Vgg(16),
-            "vgg19_bn" => Arch::Vgg(19),
+            "efficientnet" => Arch::EfficientNet(None),
+            "vgg" => Arch::Vgg(None),
+            "vgg11_bn" => Arch::Vgg(Some(11)),
+            "vgg13_bn" => Arch::Vgg(Some(13)),
+            "vgg16_bn" => Arch::Vgg(Some(16)),
+            "vgg19_bn" => Arch::Vgg(Some(19)),
             _ => match s
                 .strip_prefix("efficientnet_b")
                 .and_then(|b| b.parse().ok())
             {
-                Some(b) if b <= 7 => Arch::EfficientNet(b),
+                Some(b) if b <= 7 => Arch::EfficientNet(Some(b)),
                 _ => {
                     return Err(Error::invalid(
                         "arch",
@@ -215,13 +217,21 @@ impl Model {
                 Model::MobileNetV3(load(state, MobileNetV3::new(cfg)?)?)
             }
             Arch::EfficientNet(b) => {
-                let eps = EfficientNetConfig::b(b)?.bn_eps;
-                let cfg = EfficientNetConfig::infer(state)?.with_bn_eps(eps);
+                let mut cfg = EfficientNetConfig::infer(state)?;
+                if let Some(b) = b {
+                    cfg = cfg.with_bn_eps(EfficientNetConfig::b(b)?.bn_eps);
+                }
                 Model::EfficientNet(load(state, EfficientNet::new(cfg)?)?)
             }
             Arch::Vgg(n) => {
                 let cfg = VggConfig::infer(state)?;
-                if let Some(preset) = VggConfig::preset(&format!("vgg{n}_bn")) {
+                if let Some(n) = n {
+                    let Some(preset) = VggConfig::preset(&format!("vgg{n}_bn")) else {
+                        return Err(Error::invalid(
+                            "arch",
+                            format!("vgg{n}_bn is not a torchvision preset (11, 13, 16, 19)"),
+                        ));
+                    };
                     if preset.features != cfg.features {
                         return Err(Error::Architecture {
                             family: "VGG".into(),
@@ -250,14 +260,11 @@ impl Model {
             Model::RegNet(_) => Arch::RegNet,
             Model::MobileNetV2(_) => Arch::MobileNetV2,
             Model::MobileNetV3(n) => Arch::MobileNetV3(n.config().variant),
-            Model::EfficientNet(n) => Arch::EfficientNet(n.config().variant().unwrap_or(0)),
-            Model::Vgg(n) => {
-                let depth = [11, 13, 16, 19].into_iter().find(|d| {
-                    VggConfig::preset(&format!("vgg{d}_bn"))
-                        .is_some_and(|p| p.features == n.config().features)
-                });
-                Arch::Vgg(depth.unwrap_or(0))
-            }
+            Model::EfficientNet(n) => Arch::EfficientNet(n.config().variant()),
+            Model::Vgg(n) => Arch::Vgg([11, 13, 16, 19].into_iter().find(|d| {
+                VggConfig::preset(&format!("vgg{d}_bn"))
+                    .is_some_and(|p| p.features == n.config().features)
+            })),
         }
     }
 
