@@ -1,15 +1,11 @@
 //! Depthwise convolutions (one group per channel, one filter each): MobileNet's and
-//! EfficientNet's 3×3 and 5×5, stride 1 or 2, computed plane by plane.
-//!
-//! Each channel's input is laid out zero-padded and split by column phase (for
-//! stride `s`, the columns `j ≡ p (mod s)` of phase `p` side by side), so that every
-//! tap of the filter reads a contiguous run of the row it needs: an output row is a
-//! sum of `kh · kw` scaled runs, which the compiler vectorises for every instruction
-//! set.
+//! EfficientNet's 3×3 and 5×5, stride 1 or 2, plane by plane with the kernel of
+//! [`crate::nn::kernels::plain`], vectorised for the call's instruction set.
 
 use super::{Conv2dConfig, Epilogue, Shapes};
-use crate::nn::runtime::{Activation, ChannelMap, Threads};
-use crate::stats::plane_moments;
+use crate::nn::kernels::plain::{depthwise_plane, DepthwiseGeometry, DepthwisePlane};
+use crate::nn::kernels::Isa;
+use crate::nn::runtime::{ChannelMap, Threads};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -28,6 +24,7 @@ pub(super) struct Depthwise<'a> {
     /// The map applied to the input as it is read.
     pub input: Option<&'a ChannelMap>,
     pub epilogue: &'a Epilogue<'a>,
+    pub isa: Isa,
 }
 
 thread_local! {
@@ -79,53 +76,30 @@ impl Depthwise<'_> {
     /// the moments of the plane before the activation when `moments` is set.
     fn plane(&self, ch: usize, x: &[f32], y: &mut [f32], moments: bool) -> (f64, f64) {
         let c = self.config;
-        let Shapes { h, w, wo, .. } = self.shape;
-        let ([kh, kw], [s_h, s_w]) = (c.kernel, c.stride);
-        let ([ph, pw], [dh, dw]) = (c.padding, c.dilation);
-        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-        let phase = wp.div_ceil(s_w);
-        let row_len = s_w * phase;
-        let filter = &self.weight[ch * kh * kw..(ch + 1) * kh * kw];
+        let sh = self.shape;
+        let geometry = DepthwiseGeometry {
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            size: [sh.h, sh.w],
+            out_size: [sh.ho, sh.wo],
+        };
+        let taps = c.kernel[0] * c.kernel[1];
         SCRATCH.with_borrow_mut(|(padded, mapped)| {
-            padded.clear();
-            padded.resize(hp * row_len, 0.0);
-            mapped.resize(w, 0.0);
-            for (i, row) in x.chunks_exact(w).enumerate() {
-                let row = match self.input {
-                    Some(map) => {
-                        map.map_plane(ch, row, mapped);
-                        &mapped[..]
-                    }
-                    None => row,
-                };
-                let base = (i + ph) * row_len;
-                for (j, &v) in row.iter().enumerate() {
-                    let jj = j + pw;
-                    padded[base + (jj % s_w) * phase + jj / s_w] = v;
-                }
-            }
-            for (oi, out) in y.chunks_exact_mut(wo).enumerate() {
-                out.fill(0.0);
-                for ki in 0..kh {
-                    let base = (oi * s_h + ki * dh) * row_len;
-                    for kj in 0..kw {
-                        let off = kj * dw;
-                        let start = base + (off % s_w) * phase + off / s_w;
-                        let tap = filter[ki * kw + kj];
-                        let src = &padded[start..start + wo];
-                        out.iter_mut().zip(src).for_each(|(o, &v)| *o += tap * v);
-                    }
-                }
-            }
-        });
-        let (a, b) = self.epilogue.affine(ch, self.bias);
-        if !moments {
-            self.epilogue.activation.map_in_place(y, a, b);
-            return (0.0, 0.0);
-        }
-        Activation::Identity.map_in_place(y, a, b);
-        let m = plane_moments(y);
-        self.epilogue.activation.apply_in_place(y);
-        m
+            let plane = DepthwisePlane {
+                geometry: &geometry,
+                x,
+                y,
+                filter: &self.weight[ch * taps..(ch + 1) * taps],
+                input: self.input.map(|m| (m, ch)),
+                affine: self.epilogue.affine(ch, self.bias),
+                activation: self.epilogue.activation,
+                moments,
+                padded,
+                mapped,
+            };
+            depthwise_plane(self.isa, plane)
+        })
     }
 }

@@ -17,7 +17,7 @@ pub use config::Conv2dConfig;
 pub(crate) use path::{ConvPath, Shapes};
 
 use crate::nn::kernels::direct::{self, ImageCall};
-use crate::nn::kernels::{winograd, Isa};
+use crate::nn::kernels::{plain, winograd, Isa};
 use crate::nn::runtime::{threads, Activation, ChannelMap, Threads};
 use crate::stats::plane_moments;
 use rayon::prelude::*;
@@ -73,16 +73,14 @@ impl Epilogue<'_> {
             .then_some(self.activation)
     }
 
-    /// Applies the epilogue in place to planes of `spatial` values.
-    fn apply(&self, y: &mut [f32], spatial: usize, bias: Option<&[f32]>) {
+    /// Applies the epilogue in place to planes of `spatial` values, vectorised for
+    /// `isa`.
+    fn apply(&self, y: &mut [f32], spatial: usize, bias: Option<&[f32]>, isa: Isa) {
         let identity = self.activation == Activation::Identity;
         if bias.is_none() && self.scale.is_none() && self.shift.is_none() && identity {
             return;
         }
-        for (o, plane) in y.chunks_mut(spatial.max(1)).enumerate() {
-            let (a, b) = self.affine(o, bias);
-            self.activation.map_in_place(plane, a, b);
-        }
+        plain::map_planes(isa, y, spatial, |o| self.affine(o, bias), self.activation);
     }
 }
 
@@ -167,6 +165,7 @@ impl Convolution<'_> {
                 input,
             },
             epilogue,
+            isa,
         };
         let (y_len, x_len) = ((images * out_len).max(1), (images * in_len).max(1));
         let m_len = (images * c.out_channels).max(1);
@@ -251,6 +250,7 @@ impl Convolution<'_> {
                 bias: self.bias,
                 input: plan.kernel_call.input,
                 epilogue: plan.epilogue,
+                isa: plan.isa,
             };
             let sh = plan.shape;
             let c = self.config.in_channels;
@@ -285,7 +285,7 @@ impl Convolution<'_> {
                 );
                 // The image's output is still in cache.
                 if let Some(activation) = after {
-                    activation.apply_in_place(yi);
+                    plain::activate(plan.isa, yi, activation);
                 }
             }
             return;
@@ -304,7 +304,7 @@ impl Convolution<'_> {
         for (m, plane) in moments.iter_mut().zip(y.chunks_exact(spatial.max(1))) {
             *m = plane_moments(plane);
         }
-        plan.epilogue.activation.apply_in_place(y);
+        plain::activate(plan.isa, y, plan.epilogue.activation);
     }
 
     /// [`Convolution::chunk`] by one of the matrix-product paths.
@@ -325,7 +325,7 @@ impl Convolution<'_> {
         gemm_paths::columns(self, x, y, sh, plan.path == ConvPath::Pointwise, t);
         let spatial = sh.ho * sh.wo;
         for yi in y.chunks_mut((self.config.out_channels * spatial).max(1)) {
-            epilogue.apply(yi, spatial, self.bias);
+            epilogue.apply(yi, spatial, self.bias, plan.isa);
         }
     }
 }
@@ -339,4 +339,6 @@ struct Plan<'a> {
     /// The image kernels' call, but for the weights.
     kernel_call: ImageCall<'a>,
     epilogue: &'a Epilogue<'a>,
+    /// The instruction set of the call.
+    isa: Isa,
 }

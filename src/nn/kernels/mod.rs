@@ -16,7 +16,9 @@
 //! - [`direct`]: direct convolution for few input channels;
 //! - [`winograd`]: Winograd's F(2×2, 3×3);
 //! - [`store`]: the epilogue both share (batch norm, ReLU, calibration moments,
-//!   transposed stores).
+//!   transposed stores);
+//! - [`plain`]: plain loops compiled for an instruction set (activations, affine maps,
+//!   the depthwise convolution), vectorised by the compiler at its width.
 //!
 //! The kernels take their own geometry ([`direct::Geometry`]), never a layer's
 //! configuration.
@@ -26,6 +28,7 @@
 
 pub(crate) mod direct;
 pub(crate) mod peak;
+pub(crate) mod plain;
 pub(crate) mod store;
 pub(crate) mod winograd;
 

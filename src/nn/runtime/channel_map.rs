@@ -16,12 +16,14 @@ pub(crate) struct ChannelMap {
 
 impl ChannelMap {
     /// Applies channel `c`'s map to every value of `plane`, in place.
+    #[inline(always)]
     pub fn apply_to_plane(&self, c: usize, plane: &mut [f32]) {
         self.activation
             .map_in_place(plane, self.scale[c], self.shift[c]);
     }
 
     /// `to = map(from)` for channel `c`, value by value.
+    #[inline(always)]
     pub fn map_plane(&self, c: usize, from: &[f32], to: &mut [f32]) {
         self.activation
             .map_into(from, to, self.scale[c], self.shift[c]);
