@@ -96,14 +96,15 @@ def cpu_model() -> str:
     return "unknown processor"
 
 
-def time_reflow(threads: int, runs: int) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+def time_reflow(threads: int, runs: int, only: str | None = None) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
     """images/s and GFLOP/s per case, and the kernel level and measured peak, from the
     bench example's TSV output."""
     exe = ROOT / "target" / "release" / "examples" / "bench"
     if not exe.exists():
         sys.exit(f"{exe} not found: run `cargo build --release --example bench` first")
     out = subprocess.run(
-        [str(exe), "--threads", str(threads), "--runs", str(runs), "--tsv"],
+        [str(exe), "--threads", str(threads), "--runs", str(runs), "--tsv"]
+        + (["--model", only] if only else []),
         check=True, capture_output=True, text=True,
     ).stdout
     result, info = {}, {}
@@ -128,7 +129,13 @@ def main() -> None:
         "--level", choices=sorted(LEVELS),
         help="cap reflow and PyTorch at this instruction set (applied before torch loads)",
     )
+    parser.add_argument("--only", help="time only the cases whose name starts with this (e.g. mobilenet_v2)")
     args = parser.parse_args()
+    if args.only:
+        for name in [n for n in CASES if not n.startswith(args.only)]:
+            del CASES[name]
+        if not CASES:
+            sys.exit(f"--only {args.only}: no such case")
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs")
     print(
@@ -149,7 +156,7 @@ def main() -> None:
         theirs: dict[str, list[float]] = {name: [] for name in CASES}
         peaks = []
         for _ in range(args.rounds):
-            results, info = time_reflow(threads, args.runs)
+            results, info = time_reflow(threads, args.runs, args.only)
             for name, result in results.items():
                 ours[name].append(result)
             peaks.append(float(info["peak"]))

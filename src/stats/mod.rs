@@ -16,7 +16,9 @@ mod recorder;
 mod signal;
 
 pub use moments::ChannelMoments;
-pub(crate) use moments::{chan_merge, channel_moments, merge_plane_moments, plane_moments};
+pub(crate) use moments::{
+    chan_merge, channel_moments, merge_plane_moments, plane_mean, plane_moments,
+};
 pub use recorder::{LayerStats, Recorder, TapSelector};
 pub use signal::{measure_signal, Signal};
 

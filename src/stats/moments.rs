@@ -159,6 +159,11 @@ pub(crate) fn merge_plane_moments(
         .collect()
 }
 
+/// The mean of `values` in f64 (0 for none), summed in eight lanes.
+pub(crate) fn plane_mean(values: &[f32]) -> f64 {
+    lane_sum(values, |v| v) / values.len().max(1) as f64
+}
+
 /// `Σ f(v)` over `values` in f64, in eight independent lanes so that the additions
 /// pipeline and vectorise (a single running sum waits on each addition in turn).
 fn lane_sum(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {

@@ -84,6 +84,39 @@ impl Epilogue<'_> {
     }
 }
 
+/// `y = x · gates[p]` for each plane `p` of `spatial` values (a squeeze-excitation's
+/// reweighting), vectorised for the current instruction set, in parallel over chunks
+/// of planes when the layer may use several threads.
+pub(crate) fn scale_planes(x: &[f32], y: &mut [f32], spatial: usize, gates: &[f32]) {
+    let isa = Isa::current();
+    let spatial = spatial.max(1);
+    // About 64 KiB of output per task.
+    let planes = (16_384 / spatial).max(1);
+    if threads() == 1 {
+        return plain::scale_planes(isa, x, y, spatial, gates);
+    }
+    y.par_chunks_mut(planes * spatial)
+        .zip(x.par_chunks(planes * spatial))
+        .zip(gates.par_chunks(planes))
+        .for_each(|((y, x), g)| plain::scale_planes(isa, x, y, spatial, g));
+}
+
+/// `out = f(out + s)` (a residual add), vectorised for the current instruction set, in
+/// parallel over chunks.
+pub(crate) fn add_activate(out: &mut [f32], s: &[f32], f: Activation) {
+    let isa = Isa::current();
+    const CHUNK: usize = 16_384;
+    if threads() == 1 {
+        for (o, s) in out.chunks_mut(CHUNK).zip(s.chunks(CHUNK)) {
+            plain::add_activate(isa, o, s, f);
+        }
+        return;
+    }
+    out.par_chunks_mut(CHUNK)
+        .zip(s.par_chunks(CHUNK))
+        .for_each(|(o, s)| plain::add_activate(isa, o, s, f));
+}
+
 /// One convolution as the engine computes it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Convolution<'a> {

@@ -155,3 +155,61 @@ impl Kernel for DepthwisePlane<'_> {
 pub(crate) fn depthwise_plane(isa: Isa, plane: DepthwisePlane<'_>) -> (f64, f64) {
     on(isa, plane)
 }
+
+/// `y = x · g` plane by plane, `g` one value per plane of `spatial` values.
+struct ScalePlanes<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    spatial: usize,
+    gates: &'a [f32],
+}
+
+impl Kernel for ScalePlanes<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        let planes = self
+            .y
+            .chunks_mut(self.spatial)
+            .zip(self.x.chunks(self.spatial));
+        for ((y, x), &g) in planes.zip(self.gates) {
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * g);
+        }
+    }
+}
+
+/// `y = x · g` for each plane of `spatial` values and its gate, vectorised for `isa`.
+pub(crate) fn scale_planes(isa: Isa, x: &[f32], y: &mut [f32], spatial: usize, gates: &[f32]) {
+    on(
+        isa,
+        ScalePlanes {
+            x,
+            y,
+            spatial: spatial.max(1),
+            gates,
+        },
+    )
+}
+
+/// `out = f(out + s)`.
+struct AddActivate<'a> {
+    out: &'a mut [f32],
+    s: &'a [f32],
+    f: Activation,
+}
+
+impl Kernel for AddActivate<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        self.out.iter_mut().zip(self.s).for_each(|(o, &s)| *o += s);
+        self.f.apply_in_place(self.out);
+    }
+}
+
+/// `out = f(out + s)`, vectorised for `isa`.
+pub(crate) fn add_activate(isa: Isa, out: &mut [f32], s: &[f32], f: Activation) {
+    on(isa, AddActivate { out, s, f })
+}

@@ -125,7 +125,10 @@ impl Residual {
             out.as_slice_mut().expect("standard layout"),
             s.as_slice().expect("standard layout"),
         );
-        if crate::nn::runtime::threads() > 1 {
+        if map.is_none() && s_map.is_none() {
+            // The plain add (every eval pass): one vectorised pass.
+            crate::nn::engine::add_activate(os, ss, post);
+        } else if crate::nn::runtime::threads() > 1 {
             os.par_chunks_mut(spatial)
                 .zip(ss.par_chunks(spatial))
                 .enumerate()

@@ -69,7 +69,7 @@ impl SqueezeExcitation {
         let spatial = (h * w).max(1);
         let means: Vec<f32> = xs
             .par_chunks(spatial)
-            .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / spatial as f64) as f32)
+            .map(|p| crate::stats::plane_mean(p) as f32)
             .collect();
         let pooled = Tensor4::from_shape_vec((n, c, 1, 1), means).expect("n·c means");
         let mut s = probe.scoped("fc1", |p| self.fc1.forward_with(&pooled, p))?;
@@ -80,10 +80,7 @@ impl SqueezeExcitation {
         self.gate.apply_in_place(gates);
         let mut y = overwritten((n, c, h, w));
         let ys = y.as_slice_mut().expect("fresh tensor");
-        ys.par_chunks_mut(spatial)
-            .zip(xs.par_chunks(spatial))
-            .zip(gates.par_iter())
-            .for_each(|((y, x), &g)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * g));
+        crate::nn::engine::scale_planes(xs, ys, spatial, gates);
         Ok(y)
     }
 }
