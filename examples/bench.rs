@@ -1,7 +1,11 @@
 //! Times reflow's forward pass and prints images/s and GFLOP/s; then a REFLOW
 //! calibration batch next to the eval pass of the same batch.
 //!
-//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration] [--level portable|avx2|avx512|neon] [--tsv]`
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration|reflow_regnet_x_32gf] [--level portable|avx2|avx512|neon] [--tsv]`
+//!
+//! `--model reflow_regnet_x_32gf [--calib-count N] [--calib-batch N]` times REFLOW
+//! (cumulative) on regnet_x_32gf over synthetic 224 × 224 images (default 1,024 in
+//! batches of 64); `scripts/bench_reflow.py` times PyTorch on the same protocol.
 //!
 //! `--level` caps the kernels (as `REFLOW_KERNEL` does). Before the timings it prints
 //! the kernel level in use and the machine's peak on that many threads at that level
@@ -107,6 +111,54 @@ fn flops_per_image(net: &Model, x: &Array4<f32>) -> f64 {
     flops
 }
 
+/// `count` synthetic images of `side × side` in batches of `batch`, made as they are
+/// walked (a calibration set of ImageNet's size needs not sit in memory).
+struct Synthetic {
+    count: usize,
+    batch: usize,
+    side: usize,
+}
+
+impl reflow::rescale::CalibrationData<Array4<f32>> for Synthetic {
+    fn num_batches(&self) -> usize {
+        self.count.div_ceil(self.batch)
+    }
+
+    fn try_for_each_batch(
+        &self,
+        f: &mut dyn FnMut(&Array4<f32>) -> reflow::Result<()>,
+    ) -> reflow::Result<()> {
+        for b in 0..self.num_batches() {
+            let n = self.batch.min(self.count - b * self.batch);
+            let x = Array4::from_shape_fn((n, 3, self.side, self.side), |(i, c, h, w)| {
+                (((b * 31 + i * 7 + c * 5 + h * 3 + w) % 23) as f32 - 11.0) / 11.0
+            });
+            f(&x)?;
+        }
+        Ok(())
+    }
+}
+
+/// The wall time of REFLOW (cumulative) on regnet_x_32gf: `count` calibration images
+/// at 224 × 224 in batches of `batch` (the protocol: 1,024 and 64).
+fn reflow_regnet(count: usize, batch: usize) {
+    let mut net = RegNet::new(RegNetConfig::regnet_x_32gf()).unwrap();
+    fill(&mut net);
+    let data = Synthetic {
+        count,
+        batch,
+        side: 224,
+    };
+    let t = Instant::now();
+    let report = Reflow::cumulative().rescale(&mut net, &data).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "reflow regnet_x_32gf\t{}\t{secs:.2}\t{count} images at 224, batch {batch}, {} batch norms",
+        rayon::current_num_threads(),
+        report.layers
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -169,6 +221,10 @@ fn main() {
         .and_then(|i| args.get(i + 1))
     {
         cpu::set_max_level(level.parse().unwrap_or_else(|e| panic!("--level: {e}")));
+    }
+    if only.is_some_and(|m| m == "reflow_regnet_x_32gf") {
+        reflow_regnet(flag("--calib-count", 1024), flag("--calib-batch", 64));
+        return;
     }
     let level = cpu::level();
     // The peak of the level in use, or of the widest one when the level has no

@@ -5,7 +5,7 @@
 //! | [`Conv2d`] | `[N, C, H, W]` → `[N, O, H', W']` (stride, padding, dilation, groups, bias) |
 //! | [`BatchNorm2d`] | `[N, C, H, W]` → same (eval and calibration modes) |
 //! | [`Activation`] | any rank → same: identity, ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU, sigmoid |
-//! | [`Dropout`], [`Identity`] | any rank → same (the identity in eval and calibration) |
+//! | [`Dropout`], [`StochasticDepth`], [`Identity`] | any rank → same (the identity in eval and calibration) |
 //! | [`MaxPool2d`] | `[N, C, H, W]` → `[N, C, H', W']` (padding acts as −∞) |
 //! | [`AdaptiveAvgPool2d`] | `[N, C, H, W]` → `[N, C, oh, ow]` |
 //! | [`Flatten`] | `[N, C, H, W]` → `[N, C·H·W]` |
@@ -32,7 +32,7 @@
 
 pub use layers::{AdaptiveAvgPool2d, AnyTensor, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 pub use layers::{Dropout, Flatten, Identity, Linear, MaxPool2d, Rank, Residual, Sequential};
-pub use layers::{SqueezeExcitation, Tensor2, Tensor4};
+pub use layers::{SqueezeExcitation, StochasticDepth, Tensor2, Tensor4};
 pub use runtime::Activation;
 pub(crate) use runtime::{recycle, serially};
 

@@ -87,6 +87,45 @@ impl Dropout {
 
 any_rank_layer!(Dropout);
 
+/// torchvision's `StochasticDepth(p, mode)`: drops whole residual branches (`"row"`)
+/// or batches (`"batch"`) in training; the identity in eval mode and in calibration.
+///
+/// ```
+/// use reflow::nn::StochasticDepth;
+///
+/// assert_eq!(StochasticDepth::new(0.2)?.p(), 0.2);
+/// assert!(StochasticDepth::new(-0.1).is_err());
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StochasticDepth {
+    p: f64,
+}
+
+impl StochasticDepth {
+    /// Stochastic depth with drop probability `p`, in [0, 1).
+    pub fn new(p: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid(
+                "stochastic depth",
+                format!("p = {p} is outside [0, 1)"),
+            ));
+        }
+        Ok(StochasticDepth { p })
+    }
+
+    /// The drop probability (used only in training).
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    fn run(&self, x: &AnyTensor) -> AnyTensor {
+        x.clone()
+    }
+}
+
+any_rank_layer!(StochasticDepth);
+
 /// `nn.Identity`: a placeholder layer that returns its input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Identity;

@@ -1,7 +1,7 @@
 //! The layers: what each computes, its parameters and its taps. How a convolution
 //! computes is the engine's business ([`crate::nn::engine`]).
 
-pub use activation::{Dropout, Identity};
+pub use activation::{Dropout, Identity, StochasticDepth};
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
 pub use conv_bn::ConvBn;
