@@ -185,6 +185,11 @@ impl Convolution<'_> {
             None => Default::default(),
         };
         let geometry = path::geometry(c, shape);
+        // A grouped image-kernel call reads each group's input map from channel 0.
+        let group_inputs = match (input, path.kernels().is_some() && c.groups > 1) {
+            (Some(map), true) => Some(map.split(c.groups)),
+            _ => None,
+        };
         let plan = Plan {
             path,
             shape,
@@ -199,6 +204,7 @@ impl Convolution<'_> {
             },
             epilogue,
             isa,
+            group_inputs,
         };
         let (y_len, x_len) = ((images * out_len).max(1), (images * in_len).max(1));
         let m_len = (images * c.out_channels).max(1);
@@ -240,11 +246,19 @@ impl Convolution<'_> {
     /// The weights in the order `path` reads them (made once and kept).
     fn path_weights(&self, path: ConvPath, geometry: &direct::Geometry) -> &[f32] {
         let r = self.rearranged;
+        // The image kernels' weights, group after group.
+        let groups = self.config.groups;
+        let per_group = self.weight.len() / groups;
+        let each = |f: &dyn Fn(&[f32]) -> Vec<f32>| -> Vec<f32> {
+            self.weight.chunks_exact(per_group).flat_map(f).collect()
+        };
         match path {
-            ConvPath::Direct(_) => r.direct.get_or_init(|| direct::pack(geometry, self.weight)),
+            ConvPath::Direct(_) => r
+                .direct
+                .get_or_init(|| each(&|w| direct::pack(geometry, w))),
             ConvPath::Winograd(_) => r
                 .winograd
-                .get_or_init(|| winograd::transform_weights(geometry, self.weight)),
+                .get_or_init(|| each(&|w| winograd::transform_weights(geometry, w))),
             ConvPath::Shifted => r
                 .shifted
                 .get_or_init(|| gemm_paths::offset_slices(self.config, self.weight)),
@@ -298,24 +312,35 @@ impl Convolution<'_> {
             let c = self.config;
             let sh = plan.shape;
             let (per_in, per_out) = (c.in_channels * sh.h * sh.w, c.out_channels * sh.ho * sh.wo);
-            let call = ImageCall {
-                weights: plan.weights,
-                ..plan.kernel_call
-            };
             let image = match plan.path {
                 ConvPath::Winograd(_) => winograd::image,
                 _ => direct::image,
             };
             let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
             let after = plan.epilogue.after_kernel();
+            // Group by group: each a convolution of its own input channels into its own
+            // output channels (one group for most convolutions).
+            let groups = c.groups;
+            let (cg, og) = (c.in_channels / groups, c.out_channels / groups);
+            let (gin, gout) = (cg * sh.h * sh.w, og * sh.ho * sh.wo);
+            let gw = plan.weights.len() / groups;
+            let call = |g: usize| ImageCall {
+                weights: &plan.weights[g * gw..(g + 1) * gw],
+                scale: &plan.kernel_call.scale[g * og..(g + 1) * og],
+                shift: &plan.kernel_call.shift[g * og..(g + 1) * og],
+                input: match &plan.group_inputs {
+                    Some(maps) => Some(&maps[g]),
+                    None => plan.kernel_call.input,
+                },
+                ..plan.kernel_call
+            };
             for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
-                image(
-                    kernels,
-                    &call,
-                    xi,
-                    yi,
-                    moments.as_mut().and_then(|m| m.next()),
-                );
+                let mut mi = moments.as_mut().and_then(|m| m.next());
+                let planes = xi.chunks_exact(gin).zip(yi.chunks_exact_mut(gout));
+                for (g, (xg, yg)) in planes.enumerate() {
+                    let mg = mi.as_deref_mut().map(|m| &mut m[g * og..(g + 1) * og]);
+                    image(kernels, &call(g), xg, yg, mg);
+                }
                 // The image's output is still in cache.
                 if let Some(activation) = after {
                     plain::activate(plan.isa, yi, activation);
@@ -374,4 +399,6 @@ struct Plan<'a> {
     epilogue: &'a Epilogue<'a>,
     /// The instruction set of the call.
     isa: Isa,
+    /// The input map of each group, for a grouped image-kernel call.
+    group_inputs: Option<Vec<ChannelMap>>,
 }

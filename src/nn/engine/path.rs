@@ -52,24 +52,26 @@ pub(crate) fn is_pointwise(c: &Conv2dConfig) -> bool {
 }
 
 /// The image kernel for `c` on `isa`, if one suits it: Winograd for 3×3 stride-1
-/// convolutions of 16 to 64 channels (fewer input channels leave the transforms too
-/// large a share, more make the transformed kernels too large to stay in cache); the
-/// direct kernel for other convolutions with at most 64 input channels (where GEMM is
-/// least efficient) but not plain products. Both need one group and whole blocks of
-/// 16 output channels. The choice does not depend on the input's size.
+/// convolutions of 16 to 64 channels per group (fewer input channels leave the
+/// transforms too large a share, more make the transformed kernels too large to stay
+/// in cache); the direct kernel for other convolutions with at most 64 input channels
+/// per group (where GEMM is least efficient) but not plain products. Both need whole
+/// blocks of 16 output channels per group; a grouped convolution (ResNeXt's and
+/// RegNet's 3×3) runs group by group. The choice does not depend on the input's size.
 pub(crate) fn image_kernel(c: &Conv2dConfig, isa: Isa) -> Option<ConvPath> {
     let kernels = isa.kernels()?;
-    if c.groups != 1 || !c.out_channels.is_multiple_of(LANES) {
+    let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
+    if !og.is_multiple_of(LANES) {
         return None;
     }
     let winograd = c.kernel == [3, 3]
         && c.stride == [1, 1]
         && c.dilation == [1, 1]
-        && (16..=64).contains(&c.in_channels)
-        && c.out_channels <= 64;
+        && (16..=64).contains(&cg)
+        && og <= 64;
     if winograd {
         Some(ConvPath::Winograd(kernels))
-    } else if c.in_channels <= 64 && !(c.kernel == [1, 1] && c.stride == [1, 1]) {
+    } else if cg <= 64 && !(c.kernel == [1, 1] && c.stride == [1, 1]) {
         Some(ConvPath::Direct(kernels))
     } else {
         None
@@ -98,11 +100,11 @@ pub(crate) fn choose(c: &Conv2dConfig, shape: Shapes, images: usize, isa: Isa) -
     }
 }
 
-/// The image kernels' view of a call of `c` on `shape`.
+/// The image kernels' view of one group of a call of `c` on `shape`.
 pub(crate) fn geometry(c: &Conv2dConfig, shape: Shapes) -> direct::Geometry {
     direct::Geometry {
-        c_in: c.in_channels,
-        c_out: c.out_channels,
+        c_in: c.in_channels / c.groups,
+        c_out: c.out_channels / c.groups,
         kernel: c.kernel,
         stride: c.stride,
         padding: c.padding,
@@ -152,7 +154,11 @@ mod tests {
         let pointwise = Conv2dConfig::new(64, 256, 1);
         assert_eq!(choose(&pointwise, big, 1, kernels), ConvPath::Pointwise);
         let grouped = Conv2dConfig::new(32, 32, 3).padding(1).groups(2);
-        assert_eq!(choose(&grouped, big, 1, kernels), ConvPath::Shifted);
+        assert_eq!(choose(&grouped, big, 1, kernels), ConvPath::Winograd(k));
+        let grouped = Conv2dConfig::new(64, 64, 3).padding(1).stride(2).groups(4);
+        assert_eq!(choose(&grouped, big, 1, kernels), ConvPath::Direct(k));
+        let narrow_groups = Conv2dConfig::new(32, 32, 3).padding(1).groups(4);
+        assert_eq!(choose(&narrow_groups, big, 1, kernels), ConvPath::Shifted);
         let odd = Conv2dConfig::new(16, 24, 3).padding(1);
         assert_eq!(choose(&odd, big, 1, kernels), ConvPath::Shifted);
         let depthwise = Conv2dConfig::new(32, 32, 5).stride(2).padding(2).groups(32);

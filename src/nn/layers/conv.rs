@@ -424,6 +424,16 @@ mod tests {
             (Conv2dConfig::new(6, 16, 3).padding(1).stride(2), (9, 13)),
             (Conv2dConfig::new(16, 32, 1).stride(2), (14, 14)),
             (Conv2dConfig::new(3, 16, 7).padding(3).stride(2), (20, 18)),
+            // Grouped (RegNet's strided 3×3), group by group.
+            (
+                Conv2dConfig::new(48, 48, 3)
+                    .padding(1)
+                    .stride(2)
+                    .groups(3)
+                    .bias(true),
+                (13, 11),
+            ),
+            (Conv2dConfig::new(8, 64, 3).padding(1).groups(2), (7, 9)),
             (
                 Conv2dConfig {
                     kernel: [1, 3],
@@ -449,6 +459,12 @@ mod tests {
             (Conv2dConfig::new(16, 32, 3).padding(1), (3, 70)),
             (Conv2dConfig::new(17, 16, 3).padding(1), (1, 1)),
             (Conv2dConfig::new(16, 16, 3).padding(3), (4, 5)),
+            // Grouped (ResNeXt's and RegNet's 3×3), group by group.
+            (
+                Conv2dConfig::new(64, 64, 3).padding(1).groups(4).bias(true),
+                (9, 14),
+            ),
+            (Conv2dConfig::new(32, 96, 3).padding(1).groups(2), (6, 7)),
             (
                 Conv2dConfig {
                     padding: [0, 2],
@@ -494,6 +510,12 @@ mod tests {
                 Conv2dConfig::new(8, 8, 5).padding(2).stride(2).groups(8),
                 (11, 9),
             ),
+            // Grouped image kernels.
+            (Conv2dConfig::new(64, 64, 3).padding(1).groups(4), (9, 14)),
+            (
+                Conv2dConfig::new(48, 48, 3).padding(1).stride(2).groups(3),
+                (13, 11),
+            ),
         ];
         for ((cfg, (h, w)), isa) in cases
             .into_iter()
@@ -530,6 +552,12 @@ mod tests {
             (
                 Conv2dConfig::new(8, 8, 3).padding(1).stride(2).groups(8),
                 (9, 13),
+            ),
+            // Grouped image kernels: each group's map from its own channels.
+            (Conv2dConfig::new(64, 64, 3).padding(1).groups(4), (9, 14)),
+            (
+                Conv2dConfig::new(48, 48, 3).padding(1).stride(2).groups(3),
+                (13, 11),
             ),
         ];
         for ((cfg, (h, w)), isa) in cases

@@ -29,6 +29,18 @@ impl ChannelMap {
             .map_into(from, to, self.scale[c], self.shift[c]);
     }
 
+    /// The map split into `groups` maps of consecutive channels, each indexed from 0.
+    pub fn split(&self, groups: usize) -> Vec<ChannelMap> {
+        let per = self.scale.len() / groups.max(1);
+        (0..groups)
+            .map(|g| ChannelMap {
+                scale: self.scale[g * per..(g + 1) * per].to_vec(),
+                shift: self.shift[g * per..(g + 1) * per].to_vec(),
+                activation: self.activation,
+            })
+            .collect()
+    }
+
     /// Applies the map to every value of `y`, in place, in parallel over the planes
     /// (on the calling thread alone inside [`super::serially`]).
     pub fn apply_in_place(&self, y: &mut Array4<f32>) {
