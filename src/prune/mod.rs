@@ -24,6 +24,7 @@
 
 mod magnitude;
 mod mask;
+mod nm;
 mod plan;
 mod random;
 mod report;
@@ -31,6 +32,7 @@ mod select;
 
 pub use magnitude::MagnitudePruner;
 pub use mask::{Masks, TensorMask};
+pub use nm::{NmAxis, NmPruner};
 pub use plan::{removal_count, PrunePlan, Scope};
 pub use random::RandomPruner;
 pub use report::{SparsityReport, TensorSparsity};
