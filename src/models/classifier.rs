@@ -118,10 +118,29 @@ impl Layer for Classifier {
 }
 
 /// Implements [`Params`] and [`Layer`] for a family's network type by handing both
-/// to its `net: Classifier` field, and gives it `in_channels` and `num_classes`.
+/// to its `net: Classifier` field, and gives it `config`, `in_channels`,
+/// `num_classes` and (with `infer`) `from_state_dict`.
 macro_rules! family_network {
-    ($ty:ty) => {
+    // A family whose shape the keys determine: also `from_state_dict`.
+    ($ty:ident, $config:ident, infer) => {
         impl $ty {
+            /// Builds the network a torchvision-layout state dict describes (read off
+            /// its keys and shapes by the config's `infer`) and loads it strictly.
+            pub fn from_state_dict(state: &$crate::StateDict) -> $crate::error::Result<Self> {
+                let mut net = $ty::new($config::infer(state)?)?;
+                state.load_into(&mut net)?;
+                Ok(net)
+            }
+        }
+        family_network!($ty, $config);
+    };
+    ($ty:ident, $config:ident) => {
+        impl $ty {
+            /// The network's shape.
+            pub fn config(&self) -> &$config {
+                &self.config
+            }
+
             /// Channels of the input images.
             pub fn in_channels(&self) -> usize {
                 self.net.in_channels

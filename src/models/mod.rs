@@ -11,6 +11,23 @@
 //! - [`RegNet`]: RegNet X and Y ([`RegNetConfig`]);
 //! - [`Vgg`]: VGG with batch norm ([`VggConfig`]).
 
+/// `with_in_channels` and `with_num_classes` for a config with those two fields.
+macro_rules! channel_and_class_builders {
+    () => {
+        /// The same network for images of `c` channels.
+        pub fn with_in_channels(mut self, c: usize) -> Self {
+            self.in_channels = c;
+            self
+        }
+
+        /// The same network with `n` outputs.
+        pub fn with_num_classes(mut self, n: usize) -> Self {
+            self.num_classes = n;
+            self
+        }
+    };
+}
+
 mod classifier;
 mod efficientnet;
 mod keys;

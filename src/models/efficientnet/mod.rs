@@ -115,17 +115,7 @@ impl EfficientNetConfig {
         (0..8).find(|&i| Self::b(i).is_ok_and(|b| same(&b)))
     }
 
-    /// The same network for images of `c` channels.
-    pub fn with_in_channels(mut self, c: usize) -> Self {
-        self.in_channels = c;
-        self
-    }
-
-    /// The same network with `n` outputs.
-    pub fn with_num_classes(mut self, n: usize) -> Self {
-        self.num_classes = n;
-        self
-    }
+    channel_and_class_builders!();
 
     /// The same network with batch norms of ε = `eps`.
     pub fn with_bn_eps(mut self, eps: f32) -> Self {
@@ -270,7 +260,7 @@ pub struct EfficientNet {
     net: Classifier,
 }
 
-family_network!(EfficientNet);
+family_network!(EfficientNet, EfficientNetConfig, infer);
 
 impl EfficientNet {
     /// Builds the network with zero weights and initial batch norms.
@@ -306,18 +296,5 @@ impl EfficientNet {
         }
         .build()?;
         Ok(EfficientNet { config, net })
-    }
-
-    /// Builds the network a torchvision-layout state dict describes and loads it
-    /// strictly.
-    pub fn from_state_dict(state: &StateDict) -> Result<Self> {
-        let mut net = EfficientNet::new(EfficientNetConfig::infer(state)?)?;
-        state.load_into(&mut net)?;
-        Ok(net)
-    }
-
-    /// The network's shape.
-    pub fn config(&self) -> &EfficientNetConfig {
-        &self.config
     }
 }

@@ -83,17 +83,7 @@ impl MobileNetV2Config {
         }
     }
 
-    /// The same network for images of `c` channels.
-    pub fn with_in_channels(mut self, c: usize) -> Self {
-        self.in_channels = c;
-        self
-    }
-
-    /// The same network with `n` outputs.
-    pub fn with_num_classes(mut self, n: usize) -> Self {
-        self.num_classes = n;
-        self
-    }
+    channel_and_class_builders!();
 
     /// Number of parameters, as PyTorch counts them.
     pub fn num_parameters(&self) -> usize {
@@ -221,7 +211,7 @@ pub struct MobileNetV2 {
     net: Classifier,
 }
 
-family_network!(MobileNetV2);
+family_network!(MobileNetV2, MobileNetV2Config, infer);
 
 impl MobileNetV2 {
     /// Builds the network with zero weights and initial batch norms.
@@ -255,18 +245,5 @@ impl MobileNetV2 {
         }
         .build()?;
         Ok(MobileNetV2 { config, net })
-    }
-
-    /// Builds the network a torchvision-layout state dict describes and loads it
-    /// strictly.
-    pub fn from_state_dict(state: &StateDict) -> Result<Self> {
-        let mut net = MobileNetV2::new(MobileNetV2Config::infer(state)?)?;
-        state.load_into(&mut net)?;
-        Ok(net)
-    }
-
-    /// The network's shape.
-    pub fn config(&self) -> &MobileNetV2Config {
-        &self.config
     }
 }

@@ -151,17 +151,7 @@ impl MobileNetV3Config {
         }
     }
 
-    /// The same network for images of `c` channels.
-    pub fn with_in_channels(mut self, c: usize) -> Self {
-        self.in_channels = c;
-        self
-    }
-
-    /// The same network with `n` outputs.
-    pub fn with_num_classes(mut self, n: usize) -> Self {
-        self.num_classes = n;
-        self
-    }
+    channel_and_class_builders!();
 
     /// Number of parameters, as PyTorch counts them.
     pub fn num_parameters(&self) -> usize {
@@ -305,7 +295,7 @@ pub struct MobileNetV3 {
     net: Classifier,
 }
 
-family_network!(MobileNetV3);
+family_network!(MobileNetV3, MobileNetV3Config, infer);
 
 impl MobileNetV3 {
     /// Builds the network with zero weights and initial batch norms.
@@ -341,18 +331,5 @@ impl MobileNetV3 {
         }
         .build()?;
         Ok(MobileNetV3 { config, net })
-    }
-
-    /// Builds the network a torchvision-layout state dict describes and loads it
-    /// strictly.
-    pub fn from_state_dict(state: &StateDict) -> Result<Self> {
-        let mut net = MobileNetV3::new(MobileNetV3Config::infer(state)?)?;
-        state.load_into(&mut net)?;
-        Ok(net)
-    }
-
-    /// The network's shape.
-    pub fn config(&self) -> &MobileNetV3Config {
-        &self.config
     }
 }

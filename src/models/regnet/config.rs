@@ -185,17 +185,7 @@ impl RegNetConfig {
         regnet_y_128gf
     );
 
-    /// The same network for images of `c` channels.
-    pub fn with_in_channels(mut self, c: usize) -> Self {
-        self.in_channels = c;
-        self
-    }
-
-    /// The same network with `n` outputs.
-    pub fn with_num_classes(mut self, n: usize) -> Self {
-        self.num_classes = n;
-        self
-    }
+    channel_and_class_builders!();
 
     /// The squeeze width of a block whose input has `width_in` channels (torchvision:
     /// `int(round(se_ratio · width_in))`).

@@ -8,7 +8,6 @@ use super::classifier::{family_network, Classifier};
 use crate::error::Result;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use crate::nn::{Flatten, Linear, Residual, Sequential, SqueezeExcitation};
-use crate::state_dict::StateDict;
 
 /// A RegNet with torchvision's module names: `stem` (3×3 stride-2 convolution, batch
 /// norm, ReLU), `trunk_output.block{k}.block{k}-{j}` residual bottleneck blocks
@@ -32,7 +31,7 @@ pub struct RegNet {
     net: Classifier,
 }
 
-family_network!(RegNet);
+family_network!(RegNet, RegNetConfig, infer);
 
 /// `conv → bn → activation` under `<name>.0` and `<name>.1` (torchvision's
 /// `Conv2dNormActivation`), or `0` and `1` for an empty name.
@@ -44,7 +43,7 @@ fn unit(name: &str, conv: Conv2dConfig, activation: Activation) -> Result<ConvBn
 
 impl RegNet {
     /// Builds the network with zero weights, γ = 1, β = 0 and running statistics
-    /// (0, 1); fill it with [`StateDict::load_into`] or use [`RegNet::from_state_dict`].
+    /// (0, 1); fill it with [`StateDict::load_into`](crate::StateDict::load_into) or use [`RegNet::from_state_dict`].
     pub fn new(config: RegNetConfig) -> Result<Self> {
         config.validate()?;
         let stem = Conv2dConfig::new(config.in_channels, config.stem_width, 3)
@@ -110,18 +109,5 @@ impl RegNet {
             },
             config,
         })
-    }
-
-    /// Builds the network a torchvision-layout state dict describes (see
-    /// [`RegNetConfig::infer`]) and loads it strictly.
-    pub fn from_state_dict(state: &StateDict) -> Result<Self> {
-        let mut net = RegNet::new(RegNetConfig::infer(state)?)?;
-        state.load_into(&mut net)?;
-        Ok(net)
-    }
-
-    /// The network's shape.
-    pub fn config(&self) -> &RegNetConfig {
-        &self.config
     }
 }

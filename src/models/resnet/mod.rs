@@ -47,7 +47,7 @@ pub struct ResNet {
     net: Classifier,
 }
 
-family_network!(ResNet);
+family_network!(ResNet, ResNetConfig);
 
 impl ResNet {
     /// Builds the network with zero weights, γ = 1, β = 0 and running statistics
@@ -111,11 +111,6 @@ impl ResNet {
     /// describes.
     pub fn load(path: impl AsRef<Path>, stem: Stem) -> Result<Self> {
         Self::from_state_dict(&StateDict::read_safetensors(path)?, stem)
-    }
-
-    /// The network's shape.
-    pub fn config(&self) -> &ResNetConfig {
-        &self.config
     }
 }
 

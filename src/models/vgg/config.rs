@@ -106,17 +106,7 @@ impl VggConfig {
         })
     }
 
-    /// The same network for images of `c` channels.
-    pub fn with_in_channels(mut self, c: usize) -> Self {
-        self.in_channels = c;
-        self
-    }
-
-    /// The same network with `n` outputs.
-    pub fn with_num_classes(mut self, n: usize) -> Self {
-        self.num_classes = n;
-        self
-    }
+    channel_and_class_builders!();
 
     /// The same network with hidden linear layers of `width`.
     pub fn with_hidden(mut self, width: usize) -> Self {

@@ -8,7 +8,6 @@ use super::classifier::{family_network, Classifier};
 use crate::error::Result;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use crate::nn::{Dropout, Flatten, Linear, MaxPool2d, Sequential, Tensor2};
-use crate::state_dict::StateDict;
 
 /// A VGG with batch norm and torchvision's module names: `features.{i}` (3×3
 /// convolution with bias, batch norm and ReLU at `i`, `i + 1`, `i + 2`; a 2×2 max
@@ -33,11 +32,11 @@ pub struct Vgg {
     net: Classifier,
 }
 
-family_network!(Vgg);
+family_network!(Vgg, VggConfig, infer);
 
 impl Vgg {
     /// Builds the network with zero weights, γ = 1, β = 0 and running statistics
-    /// (0, 1); fill it with [`StateDict::load_into`] or use [`Vgg::from_state_dict`].
+    /// (0, 1); fill it with [`StateDict::load_into`](crate::StateDict::load_into) or use [`Vgg::from_state_dict`].
     pub fn new(config: VggConfig) -> Result<Self> {
         config.validate()?;
         let (mut features, mut c, mut i) = (Sequential::new(), config.in_channels, 0);
@@ -85,18 +84,5 @@ impl Vgg {
             },
             config,
         })
-    }
-
-    /// Builds the network a torchvision-layout state dict describes (see
-    /// [`VggConfig::infer`]) and loads it strictly.
-    pub fn from_state_dict(state: &StateDict) -> Result<Self> {
-        let mut net = Vgg::new(VggConfig::infer(state)?)?;
-        state.load_into(&mut net)?;
-        Ok(net)
-    }
-
-    /// The network's shape.
-    pub fn config(&self) -> &VggConfig {
-        &self.config
     }
 }
