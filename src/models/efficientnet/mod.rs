@@ -2,7 +2,8 @@
 
 use super::classifier::{family_network, Classifier};
 use super::keys::{arch, check_size, count_while, shape_of};
-use super::mobilenet::block::{make_divisible, Layout, MobileBlock, MobileParts};
+use super::mobilenet::block::{body_parameters, make_divisible, read_block, validate_sizes};
+use super::mobilenet::block::{Layout, MobileBlock, MobileParts};
 use crate::error::{Error, Result};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
 use crate::state_dict::StateDict;
@@ -125,34 +126,16 @@ impl EfficientNetConfig {
 
     /// Number of parameters, as PyTorch counts them.
     pub fn num_parameters(&self) -> usize {
-        let stem = self.stem_width * self.in_channels * 9 + 2 * self.stem_width;
-        let blocks: usize = self
-            .stages
-            .iter()
-            .flatten()
-            .map(MobileBlock::num_parameters)
-            .sum();
-        let c = self
-            .stages
-            .iter()
-            .flatten()
-            .last()
-            .map_or(self.stem_width, |b| b.out_channels);
-        let last = self.last_conv * c + 2 * self.last_conv;
-        stem + blocks + last + self.last_conv * self.num_classes + self.num_classes
+        let blocks = self.stages.iter().flatten();
+        let body = body_parameters(self.in_channels, self.stem_width, blocks, self.last_conv);
+        body + self.last_conv * self.num_classes + self.num_classes
     }
 
     fn validate(&self) -> Result<()> {
-        let sizes = [
-            self.in_channels,
-            self.stem_width,
-            self.last_conv,
-            self.num_classes,
-        ];
-        if sizes.contains(&0) || self.stages.iter().any(Vec::is_empty) {
+        if self.stages.iter().any(Vec::is_empty) {
             return Err(Error::invalid(
                 "EfficientNet config",
-                "every size must be positive",
+                "a stage without blocks",
             ));
         }
         if !(self.bn_eps > 0.0 && self.bn_eps.is_finite()) {
@@ -161,10 +144,13 @@ impl EfficientNetConfig {
                 format!("bn_eps {}", self.bn_eps),
             ));
         }
-        self.stages
-            .iter()
-            .flatten()
-            .try_for_each(|b| b.validate(FAMILY))
+        let sizes = [
+            self.in_channels,
+            self.stem_width,
+            self.last_conv,
+            self.num_classes,
+        ];
+        validate_sizes(FAMILY, &sizes, self.stages.iter().flatten())
     }
 
     /// Reads the shape off a torchvision-layout EfficientNet state dict: stages and
@@ -199,23 +185,12 @@ impl EfficientNetConfig {
             }
             let mut blocks = Vec::new();
             for b in 0..n {
-                let key = |j: usize, t: &str| format!("features.{s}.{b}.block.{j}.{t}");
-                let first = shape_of(state, FAMILY, &key(0, "0.weight"), 4)?;
-                let expands = !(first[1] == 1 && first[0] == c);
-                let j = usize::from(expands);
-                let expanded = if expands { first[0] } else { c };
-                let kernel = shape_of(state, FAMILY, &key(j, "0.weight"), 4)?[2];
-                let squeeze = shape_of(state, FAMILY, &key(j + 1, "fc1.weight"), 4)?[0];
-                let out = shape_of(state, FAMILY, &key(j + 2, "0.weight"), 4)?[0];
-                blocks.push(MobileBlock {
-                    in_channels: c,
-                    expanded,
-                    out_channels: out,
-                    kernel,
-                    stride: if b == 0 { base.2 } else { 1 },
-                    squeeze: Some(squeeze),
-                    activation: Activation::Silu,
-                });
+                let stride = if b == 0 { base.2 } else { 1 };
+                let prefix = format!("features.{s}.{b}.block");
+                let block =
+                    read_block(state, FAMILY, &prefix, (c, stride, Activation::Silu), true)?;
+                let out = block.out_channels;
+                blocks.push(block);
                 c = out;
             }
             stages.push(blocks);

@@ -183,6 +183,73 @@ impl Layer for InvertedResidual {
     }
 }
 
+/// Parameters of a mobile network but its classifier: the 3×3 stem (`stem` outputs),
+/// the blocks and the last 1×1 convolution (`last` outputs), each with its batch norm.
+pub(crate) fn body_parameters<'a>(
+    in_channels: usize,
+    stem: usize,
+    blocks: impl Iterator<Item = &'a MobileBlock>,
+    last: usize,
+) -> usize {
+    let (mut c, mut n) = (stem, stem * in_channels * 9 + 2 * stem);
+    for b in blocks {
+        n += b.num_parameters();
+        c = b.out_channels;
+    }
+    n + last * c + 2 * last
+}
+
+/// Checks that every size of a mobile network's config is positive, its blocks too.
+pub(crate) fn validate_sizes<'a>(
+    family: &str,
+    sizes: &[usize],
+    mut blocks: impl Iterator<Item = &'a MobileBlock>,
+) -> Result<()> {
+    if sizes.contains(&0) {
+        return Err(crate::Error::invalid(
+            format!("{family} config"),
+            "every size must be positive",
+        ));
+    }
+    blocks.try_for_each(|b| b.validate(family))
+}
+
+/// Reads the block whose units are `<prefix>.{j}.*` (MobileNetV3's and EfficientNet's
+/// layout) off `state`: an expansion when the first unit is not a depthwise
+/// convolution of `in_channels`, the depthwise kernel, the squeeze-excitation (when
+/// present, or required) and the projection's outputs.
+pub(crate) fn read_block(
+    state: &crate::StateDict,
+    family: &str,
+    prefix: &str,
+    (in_channels, stride, activation): (usize, usize, Activation),
+    se_required: bool,
+) -> Result<MobileBlock> {
+    use crate::models::keys::shape_of;
+    let key = |j: usize, s: &str| format!("{prefix}.{j}.{s}");
+    let first = shape_of(state, family, &key(0, "0.weight"), 4)?;
+    // The first unit is the depthwise convolution unless the block expands.
+    let expands = !(first[1] == 1 && first[0] == in_channels);
+    let j = usize::from(expands);
+    let expanded = if expands { first[0] } else { in_channels };
+    let kernel = shape_of(state, family, &key(j, "0.weight"), 4)?[2];
+    let se = key(j + 1, "fc1.weight");
+    let squeeze = match se_required || state.contains(&se) {
+        true => Some(shape_of(state, family, &se, 4)?[0]),
+        false => None,
+    };
+    let project = key(j + 1 + usize::from(squeeze.is_some()), "0.weight");
+    Ok(MobileBlock {
+        in_channels,
+        expanded,
+        out_channels: shape_of(state, family, &project, 4)?[0],
+        kernel,
+        stride,
+        squeeze,
+        activation,
+    })
+}
+
 /// torchvision's `_make_divisible(v, 8)`: `v` rounded to the nearest multiple of 8, at
 /// least 8, and not below 90 % of `v`.
 pub(crate) fn make_divisible(v: f64) -> usize {

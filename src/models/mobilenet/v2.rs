@@ -1,7 +1,8 @@
 //! MobileNetV2 (Sandler et al., 2018) in torchvision's layout.
 
-use super::block::{make_divisible, Layout, MobileBlock, MobileParts};
-use crate::error::{Error, Result};
+use super::block::{body_parameters, make_divisible, validate_sizes};
+use super::block::{Layout, MobileBlock, MobileParts};
+use crate::error::Result;
 use crate::models::classifier::{family_network, Classifier};
 use crate::models::keys::{arch, check_size, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
@@ -87,14 +88,13 @@ impl MobileNetV2Config {
 
     /// Number of parameters, as PyTorch counts them.
     pub fn num_parameters(&self) -> usize {
-        let stem = self.stem_width * self.in_channels * 9 + 2 * self.stem_width;
-        let c = self
-            .blocks
-            .last()
-            .map_or(self.stem_width, |b| b.out_channels);
-        let last = self.last_channel * c + 2 * self.last_channel;
-        let blocks: usize = self.blocks.iter().map(MobileBlock::num_parameters).sum();
-        stem + blocks + last + self.last_channel * self.num_classes + self.num_classes
+        let body = body_parameters(
+            self.in_channels,
+            self.stem_width,
+            self.blocks.iter(),
+            self.last_channel,
+        );
+        body + self.last_channel * self.num_classes + self.num_classes
     }
 
     fn validate(&self) -> Result<()> {
@@ -104,13 +104,7 @@ impl MobileNetV2Config {
             self.last_channel,
             self.num_classes,
         ];
-        if sizes.contains(&0) {
-            return Err(Error::invalid(
-                "MobileNetV2 config",
-                "every size must be positive",
-            ));
-        }
-        self.blocks.iter().try_for_each(|b| b.validate(FAMILY))
+        validate_sizes(FAMILY, &sizes, self.blocks.iter())
     }
 
     /// Reads the widths off a torchvision-layout MobileNetV2 state dict; the strides

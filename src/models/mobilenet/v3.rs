@@ -1,7 +1,8 @@
 //! MobileNetV3 small and large (Howard et al., 2019) in torchvision's layout.
 
-use super::block::{make_divisible, Layout, MobileBlock, MobileParts};
-use crate::error::{Error, Result};
+use super::block::{body_parameters, make_divisible, read_block, validate_sizes};
+use super::block::{Layout, MobileBlock, MobileParts};
+use crate::error::Result;
 use crate::models::classifier::{family_network, Classifier};
 use crate::models::keys::{arch, check_size, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
@@ -155,18 +156,14 @@ impl MobileNetV3Config {
 
     /// Number of parameters, as PyTorch counts them.
     pub fn num_parameters(&self) -> usize {
-        let stem = self.stem_width * self.in_channels * 9 + 2 * self.stem_width;
-        let c = self
-            .blocks
-            .last()
-            .map_or(self.stem_width, |b| b.out_channels);
-        let last = self.last_conv * c + 2 * self.last_conv;
-        let blocks: usize = self.blocks.iter().map(MobileBlock::num_parameters).sum();
-        let head = self.last_conv * self.hidden
-            + self.hidden
-            + self.hidden * self.num_classes
-            + self.num_classes;
-        stem + blocks + last + head
+        let body = body_parameters(
+            self.in_channels,
+            self.stem_width,
+            self.blocks.iter(),
+            self.last_conv,
+        );
+        let (h, n) = (self.hidden, self.num_classes);
+        body + self.last_conv * h + h + h * n + n
     }
 
     fn validate(&self) -> Result<()> {
@@ -177,13 +174,7 @@ impl MobileNetV3Config {
             self.hidden,
             self.num_classes,
         ];
-        if sizes.contains(&0) {
-            return Err(Error::invalid(
-                "MobileNetV3 config",
-                "every size must be positive",
-            ));
-        }
-        self.blocks.iter().try_for_each(|b| b.validate(FAMILY))
+        validate_sizes(FAMILY, &sizes, self.blocks.iter())
     }
 
     /// Reads the widths off a torchvision-layout MobileNetV3 state dict: the variant
@@ -217,33 +208,14 @@ impl MobileNetV3Config {
         };
         let (mut c, mut blocks) = (stem_width, Vec::new());
         for (k, t) in (1..=count).zip(variant.template()) {
-            let key = |j: usize, s: &str| format!("features.{k}.block.{j}.{s}");
-            let first = shape_of(state, FAMILY, &key(0, "0.weight"), 4)?;
-            // The first unit is the depthwise convolution unless the block expands.
-            let expands = !(first[1] == 1 && first[0] == c);
-            let j = usize::from(expands);
-            let expanded = if expands { first[0] } else { c };
-            let kernel = shape_of(state, FAMILY, &key(j, "0.weight"), 4)?[2];
-            let se_key = key(j + 1, "fc1.weight");
-            let squeeze = match state.contains(&se_key) {
-                true => Some(shape_of(state, FAMILY, &se_key, 4)?[0]),
-                false => None,
+            let activation = match t.5 {
+                true => Activation::Hardswish,
+                false => Activation::Relu,
             };
-            let project = key(j + 1 + usize::from(squeeze.is_some()), "0.weight");
-            let out = shape_of(state, FAMILY, &project, 4)?[0];
-            blocks.push(MobileBlock {
-                in_channels: c,
-                expanded,
-                out_channels: out,
-                kernel,
-                stride: t.6,
-                squeeze,
-                activation: if t.5 {
-                    Activation::Hardswish
-                } else {
-                    Activation::Relu
-                },
-            });
+            let prefix = format!("features.{k}.block");
+            let block = read_block(state, FAMILY, &prefix, (c, t.6, activation), false)?;
+            let out = block.out_channels;
+            blocks.push(block);
             c = out;
         }
         let last_conv = shape_of(
