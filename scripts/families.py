@@ -20,6 +20,9 @@ Families and their configs:
     mobilenet_v3  arch ("mobilenet_v3_small" | "mobilenet_v3_large"), width_mult, num_classes
     efficientnet  width_mult, depth_mult, num_classes, bn_eps (1e-5; 1e-3 as B5-B7)
     small_cnn     widths (3), hidden, num_classes: not torchvision's; the vgg_style example
+    resnet        torch_resnet.build_resnet's arguments but in_channels: block, layers,
+                  planes, stem_width, stem, num_classes[, groups, width_per_group].
+                  Saved without a spec: a ResNet's architecture is read off its shapes.
 """
 
 from __future__ import annotations
@@ -123,6 +126,10 @@ def patch_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
 
 def build(spec: dict) -> nn.Module:
     family, cfg = spec["family"], spec["config"]
+    if family == "resnet":
+        from torch_resnet import build_resnet
+
+        return build_resnet(in_channels=spec.get("in_channels", 3), **cfg).eval()
     if family in BUILDERS:
         model = BUILDERS[family](cfg)
     elif hasattr(torchvision.models, family):
@@ -134,7 +141,8 @@ def build(spec: dict) -> nn.Module:
 
 def save(model: nn.Module, spec: dict, path) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(spec)})
+    metadata = None if spec["family"] == "resnet" else {METADATA_KEY: json.dumps(spec)}
+    save_file(state, str(path), metadata=metadata)
 
 
 def spec_of(path) -> dict | None:

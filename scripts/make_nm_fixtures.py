@@ -15,29 +15,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
 import torch
 from safetensors.torch import save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from patterns import nm_mask  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def nm_mask(w: torch.Tensor, n: int, m: int, convention: str) -> torch.Tensor | None:
-    if convention == "channels":
-        # [O, I, kh, kw] -> [O, kh, kw, I]: each run is the input channels of one position.
-        runs = w.permute(0, *range(2, w.dim()), 1).reshape(-1, w.shape[1])
-    else:
-        runs = w.reshape(w.shape[0], -1)
-    if runs.shape[1] % m:
-        return None
-    groups = runs.abs().reshape(-1, m)
-    order = torch.sort(groups, dim=1, stable=True).indices
-    pruned = torch.zeros_like(groups, dtype=torch.bool)
-    pruned.scatter_(1, order[:, : m - n], True)
-    pruned = pruned.reshape(runs.shape)
-    if convention == "channels":
-        shape = (w.shape[0], *w.shape[2:], w.shape[1])
-        pruned = pruned.reshape(shape).permute(0, w.dim() - 1, *range(1, w.dim() - 1))
-    return pruned.reshape(w.shape).to(torch.uint8).contiguous()
 
 
 SHAPES = {

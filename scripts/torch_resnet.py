@@ -22,6 +22,7 @@ each stage, the stem width, the input channels, and the stem type:
 Public API:
     build_resnet(...)               -> nn.Module
     infer_from_state_dict(sd, stem) -> nn.Module (un-initialised, load sd into it)
+    build_from_shapes(sd, stem)     -> nn.Module, per-block widths too (channel-pruned)
     randomize_(model, seed)         -> deterministic non-trivial parameters/buffers
 
 Run `python scripts/torch_resnet.py` for a self-test against torchvision.
@@ -159,8 +160,13 @@ def _width_per_group_candidates(planes: int, width_per_group_conv: int) -> range
     return range(max(lo, 1), hi + 1)
 
 
-def infer_config(sd: dict[str, torch.Tensor], stem: str) -> dict:
-    """Recover build_resnet's keyword arguments from a torchvision-layout state dict."""
+def infer_config(sd: dict[str, torch.Tensor], stem: str, uniform: bool = True) -> dict:
+    """Recover build_resnet's keyword arguments from a torchvision-layout state dict.
+
+    With `uniform=False` a bottleneck network whose widths follow no width_per_group
+    (a channel-pruned one) gets width_per_group 64; `build_from_shapes` then gives each
+    block its own widths.
+    """
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
 
@@ -194,12 +200,13 @@ def infer_config(sd: dict[str, torch.Tensor], stem: str) -> dict:
     groups = 1
     width_per_group = 64
     if block == "basic":
-        # BasicBlock: conv1 is [planes, inplanes, 3, 3].
-        planes = [int(sd[f"layer{k}.0.conv1.weight"].shape[0]) for k in range(1, num_stages + 1)]
+        # BasicBlock: conv2 is [planes, width, 3, 3] (conv1's outputs may be channel-pruned).
+        planes = [int(sd[f"layer{k}.0.conv2.weight"].shape[0]) for k in range(1, num_stages + 1)]
     else:
         # Bottleneck: conv3 is [planes * 4, width, 1, 1]; conv2 is [width, width / groups, 3, 3].
         conv2 = sd["layer1.0.conv2.weight"]
-        width, width_per_grp_conv = int(conv2.shape[0]), int(conv2.shape[1])
+        # conv1's outputs are conv2's inputs, width / groups per group.
+        width, width_per_grp_conv = int(sd["layer1.0.conv1.weight"].shape[0]), int(conv2.shape[1])
         if width % width_per_grp_conv:
             raise ValueError(f"layer1.0.conv2.weight shape {tuple(conv2.shape)} is not a grouped 3x3 conv")
         groups = width // width_per_grp_conv
@@ -218,6 +225,8 @@ def infer_config(sd: dict[str, torch.Tensor], stem: str) -> dict:
 
         candidates = [64] + list(_width_per_group_candidates(planes[0], width // groups))
         width_per_group = next((c for c in candidates if fits(c)), None)
+        if width_per_group is None and not uniform:
+            width_per_group = 64  # per-block widths: build_from_shapes sets them
         if width_per_group is None:
             raise ValueError(
                 f"no width_per_group reproduces stage widths {widths} for planes {planes} and groups {groups}"
@@ -235,6 +244,33 @@ def infer_config(sd: dict[str, torch.Tensor], stem: str) -> dict:
         groups=groups,
         width_per_group=width_per_group,
     )
+
+
+def build_from_shapes(sd: dict[str, torch.Tensor], stem: str) -> nn.Module:
+    """Build the module a torchvision-layout state dict describes, block widths included.
+
+    Like `infer_from_state_dict`, and then every convolution and batch norm of a
+    residual branch whose stored shape differs from the stage's (a channel-pruned
+    network: narrower conv1 / conv2 outputs and the next convolution's inputs) is
+    replaced by one of the stored shape, with the same kernel, stride, padding and
+    groups. The parameters are NOT loaded; load `sd` with strict=True.
+    """
+    model = build_resnet(**infer_config(sd, stem, uniform=False))
+    for name, module in list(model.named_modules()):
+        for child, sub in list(module.named_children()):
+            key = f"{name}.{child}" if name else child
+            stored = sd.get(f"{key}.weight")
+            if stored is None or tuple(stored.shape) == tuple(sub.weight.shape):
+                continue
+            if isinstance(sub, nn.Conv2d):
+                new = nn.Conv2d(stored.shape[1] * sub.groups, stored.shape[0], sub.kernel_size, sub.stride,
+                                sub.padding, sub.dilation, sub.groups, sub.bias is not None)
+            elif isinstance(sub, nn.BatchNorm2d):
+                new = nn.BatchNorm2d(stored.shape[0], eps=sub.eps, momentum=sub.momentum)
+            else:
+                continue  # a misfit elsewhere: the strict load names it
+            setattr(module, child, new)
+    return model
 
 
 def infer_from_state_dict(sd: dict[str, torch.Tensor], stem: str) -> nn.Module:

@@ -42,6 +42,7 @@ SPECS = {
     "mobilenet_v2_fmnist": {"family": "mobilenet_v2", "config": {"width_mult": 0.5, "num_classes": 10}},
     "mobilenet_v3_fmnist": {"family": "mobilenet_v3", "config": {"arch": "mobilenet_v3_small", "width_mult": 0.75, "num_classes": 10}},
     "small_cnn_fmnist": {"family": "small_cnn", "config": {"widths": [16, 32, 64], "hidden": 64, "num_classes": 10}},
+    "resnet_bottleneck_fmnist": {"family": "resnet", "config": {"block": "bottleneck", "layers": [2, 2, 2], "planes": [16, 32, 64], "stem_width": 16, "stem": "cifar", "num_classes": 10}},
     "efficientnet_fmnist": {"family": "efficientnet", "config": {"width_mult": 0.5, "depth_mult": 0.5, "num_classes": 10}},
 }
 

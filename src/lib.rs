@@ -110,6 +110,7 @@ pub mod prelude {
     pub use crate::metrics::{accuracy, Accuracy};
     pub use crate::models::{BlockKind, ResNet, ResNetConfig, Stem};
     pub use crate::pipeline::{Pipeline, PipelineReport, Stage};
+    pub use crate::prune::{ChannelPrunable, ChannelPruner, NmPruner};
     pub use crate::prune::{MagnitudePruner, Masks, Pruner, RandomPruner, Scope, SparsityReport};
     pub use crate::rescale::{CalibrationData, ImageBatches, Reflow, ReflowMode, Rescaler};
     pub use crate::state_dict::StateDict;

@@ -5,6 +5,7 @@ use super::{MobileNetV3Variant, RegNet, ResNet, Stem, Vgg, VggConfig};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
 use crate::nn::{Tensor2, Tensor4};
+use crate::prune::{ChannelPrunable, ChannelScope};
 use crate::state_dict::StateDict;
 use std::fmt;
 use std::path::Path;
@@ -276,6 +277,25 @@ impl Model {
     /// Outputs (classes).
     pub fn num_classes(&self) -> usize {
         each!(self, n => n.num_classes())
+    }
+}
+
+impl ChannelPrunable for Model {
+    /// A ResNet's scope ([`ResNet`]'s `channel_scope`); empty for the other
+    /// families, whose convolutions feed residual additions, depthwise or grouped
+    /// convolutions, or (VGG) a classifier whose inputs are channel × position.
+    fn channel_scope(&self) -> ChannelScope {
+        match self {
+            Model::ResNet(n) => n.channel_scope(),
+            _ => ChannelScope::default(),
+        }
+    }
+
+    fn rebuild(&self, state: &StateDict) -> Result<Self> {
+        match self {
+            Model::ResNet(n) => n.rebuild(state).map(Model::ResNet),
+            other => Model::from_state_dict(state, other.arch(), Stem::Imagenet),
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 //! One-shot pruning: deciding which weights to remove ([`Pruner`]), the decision as
-//! data ([`Masks`]), and what came of it ([`SparsityReport`]).
+//! data ([`Masks`]), and what came of it ([`SparsityReport`]). Unstructured
+//! ([`MagnitudePruner`]) and N:M ([`NmPruner`]) pruning zero weights in place;
+//! channel pruning ([`ChannelPruner`]) removes whole channels and gives a smaller
+//! network.
 //!
 //! Pruning works on any [`Params`]: it reads the weights through
 //! [`Params::visit_params`], and only tensors of role
@@ -22,6 +25,7 @@
 //! # Ok::<(), reflow::Error>(())
 //! ```
 
+mod channel;
 mod magnitude;
 mod mask;
 mod nm;
@@ -30,6 +34,10 @@ mod random;
 mod report;
 mod select;
 
+pub use channel::{
+    ChannelCoupling, ChannelPrunable, ChannelPruner, ChannelRemoval, ChannelReport, ChannelScope,
+    FilterNorm, SkippedConv,
+};
 pub use magnitude::MagnitudePruner;
 pub use mask::{Masks, TensorMask};
 pub use nm::{NmAxis, NmPruner};

@@ -112,7 +112,7 @@ fn check_fraction(name: &str, s: f64) -> Result<()> {
 
 /// Whether parameter `name` is matched by the name or prefix `pattern` (at a dot
 /// boundary: `conv1` matches `conv1.weight`, not `conv10.weight`).
-fn matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     name == pattern
         || name
             .strip_prefix(pattern)

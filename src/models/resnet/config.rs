@@ -113,6 +113,14 @@ pub struct ResNetConfig {
     /// Bottleneck width per group at `planes = 64` (64 for ResNet, 4 or 8 for ResNeXt,
     /// 128 for Wide ResNet-2).
     pub width_per_group: usize,
+    /// Each block's own widths inside its residual branch, for a network whose
+    /// blocks differ (a channel-pruned one, see
+    /// [`ChannelPruner`](crate::prune::ChannelPruner)): `block_widths[stage][block]`
+    /// holds the output channels of the branch's convolutions before the last —
+    /// `[conv1]` in a basic block, `[conv1, conv2]` in a bottleneck. `None`: every
+    /// block of a stage has [`inner_width`](Self::inner_width) channels (with
+    /// `Some`, `width_per_group` is not used).
+    pub block_widths: Option<Vec<Vec<Vec<usize>>>>,
 }
 
 impl ResNetConfig {
@@ -129,6 +137,7 @@ impl ResNetConfig {
             num_classes: 1000,
             groups: 1,
             width_per_group: 64,
+            block_widths: None,
         }
     }
 
@@ -204,6 +213,7 @@ impl ResNetConfig {
             num_classes: 10,
             groups: 1,
             width_per_group: 64,
+            block_widths: None,
         })
     }
 
@@ -238,6 +248,35 @@ impl ResNetConfig {
         match self.block {
             BlockKind::Basic => planes,
             BlockKind::Bottleneck => planes * self.width_per_group / 64 * self.groups,
+        }
+    }
+
+    /// The output channels of block `block` of stage `stage` (both 0-based):
+    /// `conv1`'s, and `conv2`'s (in a basic block, the block's output). They are
+    /// [`block_widths`](Self::block_widths)' when given, else the stage's
+    /// [`inner_width`](Self::inner_width).
+    ///
+    /// ```
+    /// use reflow::models::ResNetConfig;
+    ///
+    /// let mut cfg = ResNetConfig::resnet50();
+    /// assert_eq!(cfg.branch_widths(0, 0), (64, 64));
+    /// cfg.block_widths = Some(cfg.layers.iter().map(|&n| vec![vec![40, 48]; n]).collect());
+    /// assert_eq!(cfg.branch_widths(3, 2), (40, 48));
+    /// assert_eq!(cfg.num_parameters(), 6_394_408);
+    /// ```
+    pub fn branch_widths(&self, stage: usize, block: usize) -> (usize, usize) {
+        let planes = self.planes[stage];
+        let given = self
+            .block_widths
+            .as_ref()
+            .and_then(|w| w.get(stage)?.get(block));
+        let inner = self.inner_width(planes);
+        match (self.block, given.map(Vec::as_slice)) {
+            (BlockKind::Basic, Some(&[w1])) => (w1, planes),
+            (BlockKind::Bottleneck, Some(&[w1, w2])) => (w1, w2),
+            (BlockKind::Basic, _) => (inner, planes),
+            (BlockKind::Bottleneck, _) => (inner, inner),
         }
     }
 
@@ -304,6 +343,51 @@ impl ResNetConfig {
                 "basic blocks support only groups = 1 and width_per_group = 64",
             ));
         }
+        self.validate_block_widths()
+    }
+
+    fn validate_block_widths(&self) -> Result<()> {
+        let Some(widths) = &self.block_widths else {
+            return Ok(());
+        };
+        let per_block = match self.block {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 2,
+        };
+        let counts: Vec<usize> = widths.iter().map(Vec::len).collect();
+        if counts != self.layers {
+            return Err(Error::invalid(
+                "block_widths",
+                format!(
+                    "{counts:?} blocks per stage, but the network has {:?}",
+                    self.layers
+                ),
+            ));
+        }
+        for (s, stage) in widths.iter().enumerate() {
+            for (b, w) in stage.iter().enumerate() {
+                let at = format!("stage {} block {b}", s + 1);
+                if w.len() != per_block {
+                    return Err(Error::invalid(
+                        "block_widths",
+                        format!(
+                            "{at}: {} widths, a {} block has {per_block}",
+                            w.len(),
+                            self.block
+                        ),
+                    ));
+                }
+                if let Some(bad) = w.iter().find(|&&c| c == 0 || c % self.groups != 0) {
+                    return Err(Error::invalid(
+                        "block_widths",
+                        format!(
+                            "{at}: width {bad} is not a positive multiple of the {} group(s)",
+                            self.groups
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -322,19 +406,20 @@ impl ResNetConfig {
             conv(self.in_channels, self.stem_width, k, 1).saturating_add(bn(self.stem_width));
         let mut inp = self.stem_width;
         for (s, (&blocks, &planes)) in self.layers.iter().zip(&self.planes).enumerate() {
-            let (w, out) = (self.inner_width(planes), self.stage_out(planes));
+            let out = self.stage_out(planes);
             for b in 0..blocks {
                 let stride = if b == 0 { Self::stage_stride(s) } else { 1 };
+                let (w1, w2) = self.branch_widths(s, b);
                 let parts = match self.block {
                     BlockKind::Basic => {
-                        vec![conv(inp, w, 3, 1), bn(w), conv(w, out, 3, 1), bn(out)]
+                        vec![conv(inp, w1, 3, 1), bn(w1), conv(w1, out, 3, 1), bn(out)]
                     }
                     BlockKind::Bottleneck => vec![
-                        conv(inp, w, 1, 1),
-                        bn(w),
-                        conv(w, w, 3, self.groups),
-                        bn(w),
-                        conv(w, out, 1, 1),
+                        conv(inp, w1, 1, 1),
+                        bn(w1),
+                        conv(w1, w2, 3, self.groups),
+                        bn(w2),
+                        conv(w2, out, 1, 1),
                         bn(out),
                     ],
                 };

@@ -19,7 +19,10 @@ impl ResNetConfig {
     /// Reads the network's shape off a torchvision-layout state dict: stages, blocks
     /// per stage, block kind, stage widths, stem width, groups and width per group,
     /// input channels and classes. Only the stem kind cannot be read off the keys;
-    /// the stem convolution's kernel size (3 or 7) is checked against it.
+    /// the stem convolution's kernel size (3 or 7) is checked against it. When some
+    /// block's branch is narrower or wider than its stage's rule gives (a
+    /// channel-pruned network), every block's widths are read into
+    /// [`ResNetConfig::block_widths`].
     ///
     /// The error names the first key that does not fit. Keys this reading does not
     /// look at (every BN tensor, say) are checked by the strict load that
@@ -55,8 +58,9 @@ impl ResNetConfig {
         };
         let mut layers = Vec::new();
         let mut planes = Vec::new();
-        let mut widths = Vec::new();
-        let mut groups = 1;
+        // Each block's branch widths, as stored: [conv1] or [conv1, conv2].
+        let mut widths: Vec<Vec<Vec<usize>>> = Vec::new();
+        let mut groups = None;
         loop {
             let stage = layers.len() + 1;
             let first = format!("layer{stage}.0.conv1.weight");
@@ -81,9 +85,9 @@ impl ResNetConfig {
             let blocks = (0..)
                 .take_while(|i| state.contains(&format!("layer{stage}.{i}.conv1.weight")))
                 .count();
-            let width = shape_of(state, &first, 4)?[0];
             let p = match block {
-                BlockKind::Basic => width,
+                // The block's output: conv2's (conv1's may be channel-pruned).
+                BlockKind::Basic => shape_of(state, &format!("layer{stage}.0.conv2.weight"), 4)?[0],
                 BlockKind::Bottleneck => {
                     let key = format!("layer{stage}.0.conv3.weight");
                     let out = shape_of(state, &key, 4)?[0];
@@ -95,35 +99,54 @@ impl ResNetConfig {
                             ),
                         ));
                     }
-                    let key = format!("layer{stage}.0.conv2.weight");
-                    let per_group = shape_of(state, &key, 4)?[1];
-                    if per_group == 0 || width % per_group != 0 {
-                        return Err(arch(
-                            &key,
-                            format!("{per_group} input channels per group does not divide the width {width}"),
-                        ));
-                    }
-                    let g = width / per_group;
-                    if stage > 1 && g != groups {
-                        return Err(arch(&key, format!("{g} groups, but stage 1 has {groups}")));
-                    }
-                    groups = g;
                     out / 4
                 }
             };
+            let mut stage_widths = Vec::with_capacity(blocks);
+            for b in 0..blocks {
+                let w1 = shape_of(state, &format!("layer{stage}.{b}.conv1.weight"), 4)?[0];
+                stage_widths.push(match block {
+                    BlockKind::Basic => vec![w1],
+                    BlockKind::Bottleneck => {
+                        let key = format!("layer{stage}.{b}.conv2.weight");
+                        let conv2 = shape_of(state, &key, 4)?;
+                        let per_group = conv2[1];
+                        if per_group == 0 || w1 % per_group != 0 {
+                            return Err(arch(
+                                &key,
+                                format!("{per_group} input channels per group does not divide conv1's {w1} outputs"),
+                            ));
+                        }
+                        let g = w1 / per_group;
+                        match groups {
+                            Some(first) if first != g => {
+                                return Err(arch(
+                                    &key,
+                                    format!("{g} groups, but layer1.0.conv2 has {first}"),
+                                ))
+                            }
+                            _ => groups = Some(g),
+                        }
+                        vec![w1, conv2[0]]
+                    }
+                });
+            }
             layers.push(blocks);
             planes.push(p);
-            widths.push(width);
+            widths.push(stage_widths);
         }
+        let groups = groups.unwrap_or(1);
 
         // torchvision: width = ⌊planes · width_per_group / 64⌋ · groups. Take the
-        // smallest width_per_group that gives stage 1's width, then check the others.
+        // smallest width_per_group that gives stage 1's width; when some block's
+        // widths do not follow it (a channel-pruned network), every block's widths
+        // are kept as stored.
         let width_per_group = match block {
             BlockKind::Basic => 64,
-            BlockKind::Bottleneck => ((widths[0] / groups) * 64).div_ceil(planes[0]),
+            BlockKind::Bottleneck => ((widths[0][0][0] / groups) * 64).div_ceil(planes[0]),
         };
         let fc = shape_of(state, "fc.weight", 2)?;
-        let config = ResNetConfig {
+        let mut config = ResNetConfig {
             block,
             layers,
             planes,
@@ -133,16 +156,17 @@ impl ResNetConfig {
             num_classes: fc[0],
             groups,
             width_per_group,
+            block_widths: None,
         };
-        for (s, (&p, &w)) in config.planes.iter().zip(&widths).enumerate() {
-            if config.inner_width(p) != w {
-                return Err(arch(
-                    &format!("layer{}.0.conv1.weight", s + 1),
-                    format!(
-                        "width {w} does not follow groups {groups} and width_per_group {width_per_group} read off stage 1"
-                    ),
-                ));
-            }
+        let uniform = widths.iter().enumerate().all(|(s, stage)| {
+            stage.iter().enumerate().all(|(b, w)| {
+                let (w1, w2) = config.branch_widths(s, b);
+                w[..] == [w1] || w[..] == [w1, w2]
+            })
+        });
+        if !uniform {
+            config.width_per_group = 64;
+            config.block_widths = Some(widths.clone());
         }
         if fc[1] != config.feature_dim() {
             return Err(arch(
@@ -166,16 +190,18 @@ impl ResNetConfig {
         if needed > stored {
             // The key of the widest tensor the reading took a width from.
             let widest = std::iter::once("conv1.weight".to_string())
-                .chain((1..=config.layers.len()).map(|s| format!("layer{s}.0.conv1.weight")))
+                .chain(config.layers.iter().enumerate().flat_map(|(s, &n)| {
+                    (0..n).map(move |b| format!("layer{}.{b}.conv1.weight", s + 1))
+                }))
                 .max_by_key(|k| state.get(k).map_or(0, |t| t.shape[0]))
                 .unwrap_or_default();
             return Err(arch(
                 &widest,
                 format!(
-                    "the architecture read off the keys ({} stages of {:?} blocks, widths {:?}) needs {needed} parameters, but the file holds only {stored} values",
+                    "the architecture read off the keys ({} stages of {:?} blocks, planes {:?}) needs {needed} parameters, but the file holds only {stored} values",
                     config.layers.len(),
                     config.layers,
-                    widths
+                    config.planes
                 ),
             ));
         }

@@ -15,6 +15,7 @@ use super::classifier::{family_network, Classifier};
 use crate::error::Result;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use crate::nn::{Flatten, Linear, MaxPool2d, Residual, Sequential};
+use crate::prune::{ChannelCoupling, ChannelPrunable, ChannelScope, SkippedConv};
 use crate::state_dict::StateDict;
 use std::path::Path;
 
@@ -78,7 +79,7 @@ impl ResNet {
                 } else {
                     1
                 };
-                stage = stage.push(b.to_string(), block(&config, inp, planes, stride)?);
+                stage = stage.push(b.to_string(), block(&config, inp, (s, b), stride)?);
                 inp = config.stage_out(planes);
             }
             net = net.push(format!("layer{}", s + 1), stage);
@@ -114,6 +115,48 @@ impl ResNet {
     }
 }
 
+impl ChannelPrunable for ResNet {
+    /// In every block, `conv1` (→ `bn1` → `conv2`) and, in a bottleneck, `conv2`
+    /// (→ `bn2` → `conv3`): the convolutions whose outputs stay inside the residual
+    /// branch. In a grouped bottleneck (ResNeXt) both are skipped: their channels
+    /// feed, or are, a grouped convolution's.
+    fn channel_scope(&self) -> ChannelScope {
+        let cfg = &self.config;
+        let mut scope = ChannelScope::default();
+        for (s, &blocks) in cfg.layers.iter().enumerate() {
+            for b in 0..blocks {
+                let at = |m: &str| format!("layer{}.{b}.{m}", s + 1);
+                match (cfg.block, cfg.groups) {
+                    (BlockKind::Basic, _) => scope.couplings.push(ChannelCoupling::new(
+                        at("conv1"),
+                        at("bn1"),
+                        at("conv2"),
+                    )),
+                    (BlockKind::Bottleneck, 1) => scope.couplings.extend([
+                        ChannelCoupling::new(at("conv1"), at("bn1"), at("conv2")),
+                        ChannelCoupling::new(at("conv2"), at("bn2"), at("conv3")),
+                    ]),
+                    (BlockKind::Bottleneck, g) => scope.skipped.extend([
+                        SkippedConv {
+                            conv: at("conv1"),
+                            reason: format!("feeds a grouped convolution ({g} groups)"),
+                        },
+                        SkippedConv {
+                            conv: at("conv2"),
+                            reason: format!("a grouped convolution ({g} groups)"),
+                        },
+                    ]),
+                }
+            }
+        }
+        scope
+    }
+
+    fn rebuild(&self, state: &StateDict) -> Result<Self> {
+        ResNet::from_state_dict(state, self.config.stem)
+    }
+}
+
 /// `conv → bn (→ relu)` under the given names, fused in eval mode.
 fn unit(conv: Conv2dConfig, conv_name: &str, bn_name: &str, relu: bool) -> Result<ConvBn> {
     let bn = BatchNorm2d::new(conv.out_channels, BN_EPS);
@@ -126,14 +169,20 @@ fn unit(conv: Conv2dConfig, conv_name: &str, bn_name: &str, relu: bool) -> Resul
 }
 
 /// One residual block with torchvision's child names.
-fn block(cfg: &ResNetConfig, inp: usize, planes: usize, stride: usize) -> Result<Residual> {
-    let (w, out) = (cfg.inner_width(planes), cfg.stage_out(planes));
+fn block(
+    cfg: &ResNetConfig,
+    inp: usize,
+    (stage, index): (usize, usize),
+    stride: usize,
+) -> Result<Residual> {
+    let out = cfg.stage_out(cfg.planes[stage]);
+    let (w1, w2) = cfg.branch_widths(stage, index);
     let body = match cfg.block {
         BlockKind::Basic => Sequential::new()
             .push(
                 "",
                 unit(
-                    Conv2dConfig::new(inp, w, 3).stride(stride).padding(1),
+                    Conv2dConfig::new(inp, w1, 3).stride(stride).padding(1),
                     "conv1",
                     "bn1",
                     true,
@@ -142,7 +191,7 @@ fn block(cfg: &ResNetConfig, inp: usize, planes: usize, stride: usize) -> Result
             .push(
                 "",
                 unit(
-                    Conv2dConfig::new(w, out, 3).padding(1),
+                    Conv2dConfig::new(w1, out, 3).padding(1),
                     "conv2",
                     "bn2",
                     false,
@@ -151,12 +200,12 @@ fn block(cfg: &ResNetConfig, inp: usize, planes: usize, stride: usize) -> Result
         BlockKind::Bottleneck => Sequential::new()
             .push(
                 "",
-                unit(Conv2dConfig::new(inp, w, 1), "conv1", "bn1", true)?,
+                unit(Conv2dConfig::new(inp, w1, 1), "conv1", "bn1", true)?,
             )
             .push(
                 "",
                 unit(
-                    Conv2dConfig::new(w, w, 3)
+                    Conv2dConfig::new(w1, w2, 3)
                         .stride(stride)
                         .padding(1)
                         .groups(cfg.groups),
@@ -167,7 +216,7 @@ fn block(cfg: &ResNetConfig, inp: usize, planes: usize, stride: usize) -> Result
             )
             .push(
                 "",
-                unit(Conv2dConfig::new(w, out, 1), "conv3", "bn3", false)?,
+                unit(Conv2dConfig::new(w2, out, 1), "conv3", "bn3", false)?,
             ),
     };
     Ok(if stride != 1 || inp != out {
