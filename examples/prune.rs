@@ -20,7 +20,7 @@ use clap::Parser;
 use protocol::{last_ratio, progress_bar, Protocol};
 use reflow::models::{Arch, Model};
 use reflow::prelude::*;
-use reflow::prune::{PrunePlan, SparsityReport};
+use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,9 +68,13 @@ struct Args {
         allow_hyphen_values = true
     )]
     sparsity: String,
-    /// Pruning scope: global or layer.
+    /// Pruning scope: global or layer (unstructured pattern).
     #[arg(long, default_value = "global")]
     scope: String,
+    /// Sparsity pattern: unstructured, N:M (e.g. 2:4; one run, --sparsity ignored) or
+    /// channel (--sparsity is the fraction of channels removed; a compact network).
+    #[arg(long, default_value = "unstructured")]
+    pattern: String,
     /// Parameter names or prefixes never pruned, comma-separated.
     #[arg(long, default_value = "", value_name = "LIST")]
     exclude: String,
@@ -86,7 +90,8 @@ struct Args {
     /// Write the JSON report here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// Write <DIR>/s<sparsity>.safetensors, pruned and recalibrated.
+    /// Write each run's network, pruned and recalibrated, to <DIR>: s<sparsity>,
+    /// nm<N>-<M> or channel-s<sparsity> .safetensors.
     #[arg(long, value_name = "DIR")]
     save_dir: Option<PathBuf>,
 }
@@ -141,11 +146,64 @@ fn invalid(flag: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The `--pattern` of the runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pattern {
+    /// Magnitude pruning at each `--sparsity`, `--scope`.
+    Unstructured,
+    /// N:M pruning, one run.
+    Nm(usize, usize),
+    /// Channel pruning at each `--sparsity`: a compact network.
+    Channel,
+}
+
+impl Pattern {
+    fn parse(text: &str) -> reflow::Result<Pattern> {
+        let bad = |why: String| invalid("pattern", format!("\"{text}\": {why}"));
+        match text {
+            "unstructured" => Ok(Pattern::Unstructured),
+            "channel" => Ok(Pattern::Channel),
+            _ => {
+                let Some((n, m)) = text.split_once(':') else {
+                    return Err(bad(
+                        "expected unstructured, channel or N:M (e.g. 2:4)".into()
+                    ));
+                };
+                let (Ok(n), Ok(m)) = (n.trim().parse::<usize>(), m.trim().parse::<usize>()) else {
+                    return Err(bad("N and M must be whole numbers (e.g. 2:4)".into()));
+                };
+                NmPruner::new(n, m).map_err(|_| bad("N must be at least 1 and below M".into()))?;
+                Ok(Pattern::Nm(n, m))
+            }
+        }
+    }
+
+    /// The JSON `"pattern"` and the table's name of it.
+    fn name(self) -> String {
+        match self {
+            Pattern::Unstructured => "unstructured".into(),
+            Pattern::Nm(n, m) => format!("{n}:{m}"),
+            Pattern::Channel => "channel".into(),
+        }
+    }
+
+    /// The file `--save-dir` gets for a run at `s`.
+    fn saved_name(self, s: f64) -> String {
+        match self {
+            Pattern::Unstructured => format!("s{s}.safetensors"),
+            Pattern::Nm(n, m) => format!("nm{n}-{m}.safetensors"),
+            Pattern::Channel => format!("channel-s{s}.safetensors"),
+        }
+    }
+}
+
 /// Every flag checked before any file is read.
 struct Plan {
     arch: Arch,
     stem: Stem,
     scope: Scope,
+    pattern: Pattern,
+    /// One per run: the `--sparsity` list, or N:M's 1 − N/M.
     sparsities: Vec<f64>,
     exclude: Vec<String>,
     reflow: Reflow,
@@ -153,7 +211,11 @@ struct Plan {
 }
 
 fn plan(args: &Args) -> reflow::Result<Plan> {
-    let sparsities: Vec<f64> = parse_list("sparsity", &args.sparsity)?;
+    let pattern = Pattern::parse(&args.pattern)?;
+    let sparsities: Vec<f64> = match pattern {
+        Pattern::Nm(n, m) => vec![1.0 - n as f64 / m as f64],
+        _ => parse_list("sparsity", &args.sparsity)?,
+    };
     if sparsities.is_empty() {
         return Err(invalid("sparsity", "no value given"));
     }
@@ -190,6 +252,7 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
         arch: args.arch.parse()?,
         stem: args.stem.parse()?,
         scope: args.scope.parse()?,
+        pattern,
         sparsities,
         exclude: args
             .exclude
@@ -224,20 +287,58 @@ fn signal_json(signal: &Signal) -> Value {
     )
 }
 
-fn run_json(run: &protocol::Run, scope: Scope) -> Value {
-    json!({
+/// What a run pruned, beyond the zeros in [`protocol::Run::report`].
+enum Pruned {
+    Unstructured,
+    /// The tensors N:M left dense.
+    Nm(Vec<String>),
+    /// The channels removed.
+    Channel(ChannelReport),
+}
+
+impl Pruned {
+    /// The fraction pruned: of the prunable weights, or of the channels in scope.
+    fn actual(&self, run: &protocol::Run) -> f64 {
+        match self {
+            Pruned::Channel(r) => r.channel_fraction(),
+            _ => run.report.prunable_sparsity(),
+        }
+    }
+}
+
+fn run_json(run: &protocol::Run, pruned: &Pruned, plan: &Plan) -> Value {
+    let scope = match plan.pattern {
+        Pattern::Unstructured => plan.scope,
+        _ => Scope::Layer,
+    };
+    let mut entry = json!({
+        "pattern": plan.pattern.name(),
         "scope": scope.to_string(),
         "sparsity": run.sparsity,
-        "actual_sparsity": number(run.report.sparsity.prunable_sparsity()),
+        "actual_sparsity": number(pruned.actual(run)),
         "pruned_top1": number(run.pruned.accuracy.top1()),
         "pruned_correct": run.pruned.accuracy.correct,
         "reflow_top1": number(run.reflow.accuracy.top1()),
         "reflow_correct": run.reflow.accuracy.correct,
         "bn_signal_pruned": signal_json(&run.pruned.signal),
         "bn_signal_reflow": signal_json(&run.reflow.signal),
-        "layers": layers_json(&run.report.sparsity),
+        "layers": layers_json(&run.report),
         "secs": run.secs,
-    })
+    });
+    match pruned {
+        Pruned::Unstructured => {}
+        Pruned::Nm(skipped) => entry["skipped"] = json!(skipped),
+        Pruned::Channel(report) => {
+            entry["skipped"] = json!(report.skipped.iter().map(|s| &s.conv).collect::<Vec<_>>());
+            entry["params"] = json!(report.params.1);
+            entry["layers"] = report
+                .removals
+                .iter()
+                .map(|r| json!({"name": r.conv, "channels": r.channels, "kept": r.kept()}))
+                .collect();
+        }
+    }
+    entry
 }
 
 fn layers_json(report: &SparsityReport) -> Value {
@@ -250,7 +351,12 @@ fn layers_json(report: &SparsityReport) -> Value {
 
 fn run(args: &Args) -> reflow::Result<()> {
     let plan = plan(args)?;
-    check_paths(args, &plan.sparsities)?;
+    let saved: Vec<String> = plan
+        .sparsities
+        .iter()
+        .map(|&s| plan.pattern.saved_name(s))
+        .collect();
+    check_paths(args, &saved)?;
 
     let mut net = Model::load(&args.weights, plan.arch, plan.stem)?;
     let (in_channels, num_classes) = (net.in_channels(), net.num_classes());
@@ -264,6 +370,7 @@ fn run(args: &Args) -> reflow::Result<()> {
             ),
         ));
     }
+    let runs_ahead = Runs::check(&plan, &net)?;
     let test = Dataset::new(
         IdxImages::read(&args.test_images)?,
         IdxLabels::read(&args.test_labels)?,
@@ -312,25 +419,12 @@ fn run(args: &Args) -> reflow::Result<()> {
         Error::Data(m) => Error::Data(format!("--calib-images: {m}")),
         other => other,
     })?;
-    let pruners: Vec<MagnitudePruner> = plan
-        .sparsities
-        .iter()
-        .map(|&s| {
-            let p = plan
-                .exclude
-                .iter()
-                .fold(MagnitudePruner::new(s).scope(plan.scope), |p, e| {
-                    p.exclude(e.clone())
-                });
-            p.plan().check(&net).map(|_| p)
-        })
-        .collect::<reflow::Result<_>>()?;
-    let save = |s: f64, net: &Model| -> reflow::Result<()> {
+    let save = |name: String, net: &Model| -> reflow::Result<()> {
         let Some(dir) = &args.save_dir else {
             return Ok(());
         };
         // `check_paths` made the folder and made sure the file is no input.
-        StateDict::from_layer(net).write_safetensors(dir.join(saved_name(s)))
+        StateDict::from_layer(net).write_safetensors(dir.join(name))
     };
 
     let protocol = Protocol {
@@ -347,10 +441,36 @@ fn run(args: &Args) -> reflow::Result<()> {
     progress.inc(1);
 
     let mut runs = Vec::new();
-    for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
-        let run = protocol.run(&mut net, &dense_state, s, pruner, &progress)?;
-        save(s, &net)?;
-        runs.push(run);
+    let label = |s: f64| match plan.pattern {
+        Pattern::Nm(..) => plan.pattern.name(),
+        _ => format!("{} {s}", plan.pattern.name()),
+    };
+    match runs_ahead {
+        Runs::Unstructured(pruners) => {
+            for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
+                progress.set_message(label(s));
+                let run = protocol.run(&mut net, &dense_state, s, pruner, &progress)?;
+                save(plan.pattern.saved_name(s), &net)?;
+                runs.push((run, Pruned::Unstructured));
+            }
+        }
+        Runs::Nm(pruner, skipped) => {
+            let s = plan.sparsities[0];
+            progress.set_message(label(s));
+            let run = protocol.run(&mut net, &dense_state, s, pruner, &progress)?;
+            save(plan.pattern.saved_name(s), &net)?;
+            runs.push((run, Pruned::Nm(skipped)));
+        }
+        Runs::Channel(pruners) => {
+            for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
+                progress.set_message(label(s));
+                let started = std::time::Instant::now();
+                let (mut compact, report) = pruner.prune(&net)?;
+                let run = protocol.run_pruned(&mut compact, s, started, &progress)?;
+                save(plan.pattern.saved_name(s), &compact)?;
+                runs.push((run, Pruned::Channel(report)));
+            }
+        }
     }
     progress.finish_and_clear();
 
@@ -384,7 +504,7 @@ fn run(args: &Args) -> reflow::Result<()> {
     );
     println!(
         "{:<7} {:>8} {:>7} {:>13} {:>13} {:>16} {:>16} {:>6}",
-        "scope",
+        "pruning",
         "sparsity",
         "actual",
         "pruned top-1",
@@ -393,12 +513,16 @@ fn run(args: &Args) -> reflow::Result<()> {
         "signal REFLOW/d",
         "secs"
     );
-    for run in &runs {
+    let kind = match plan.pattern {
+        Pattern::Unstructured => plan.scope.to_string(),
+        other => other.name(),
+    };
+    for (run, pruned) in &runs {
         println!(
             "{:<7} {:>8.3} {:>7.4} {:>13.4} {:>13.4} {:>16.4} {:>16.4} {:>6.1}",
-            plan.scope.to_string(),
+            kind,
             run.sparsity,
-            run.report.sparsity.prunable_sparsity(),
+            pruned.actual(run),
             run.pruned.accuracy.top1(),
             run.reflow.accuracy.top1(),
             last_ratio(&run.pruned.signal, &dense.signal),
@@ -410,6 +534,30 @@ fn run(args: &Args) -> reflow::Result<()> {
         "(signal: last batch-norm layer, relative to the dense network, on {} test images)",
         args.signal_images
     );
+    for (run, pruned) in &runs {
+        match pruned {
+            Pruned::Channel(r) => println!(
+                "channel {}: {} of {} channels removed in {} convolutions; {} -> {} parameters{}",
+                run.sparsity,
+                r.removals.iter().map(|c| c.removed.len()).sum::<usize>(),
+                r.removals.iter().map(|c| c.channels).sum::<usize>(),
+                r.removals.len(),
+                r.params.0,
+                r.params.1,
+                match r.skipped.len() {
+                    0 => String::new(),
+                    k => format!(" ({k} convolutions skipped: {})", r.skipped[0].reason),
+                }
+            ),
+            Pruned::Nm(skipped) if !skipped.is_empty() => println!(
+                "{}: {} tensor(s) left dense (grouped axis not a multiple of M): {}",
+                plan.pattern.name(),
+                skipped.len(),
+                skipped.join(", ")
+            ),
+            _ => {}
+        }
+    }
 
     if let Some(path) = &args.json {
         let mut model = json!({
@@ -432,12 +580,83 @@ fn run(args: &Args) -> reflow::Result<()> {
                 "correct": dense.accuracy.correct,
                 "bn_signal": signal_json(&dense.signal),
             },
-            "runs": runs.iter().map(|run| run_json(run, plan.scope)).collect::<Vec<_>>(),
+            "runs": runs.iter().map(|(run, pruned)| run_json(run, pruned, &plan)).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&report).expect("JSON values serialise");
         reflow::io::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// The runs' pruners, each checked against the network before any data is read.
+enum Runs {
+    Unstructured(Vec<MagnitudePruner>),
+    /// The pruner and the tensors it leaves dense.
+    Nm(NmPruner, Vec<String>),
+    Channel(Vec<ChannelPruner>),
+}
+
+impl Runs {
+    fn check(plan: &Plan, net: &Model) -> reflow::Result<Runs> {
+        /// `p` with every `--exclude` entry.
+        fn excluding<P>(p: P, exclude: &[String], add: fn(P, String) -> P) -> P {
+            exclude.iter().cloned().fold(p, add)
+        }
+        let exclude = &plan.exclude;
+        match plan.pattern {
+            Pattern::Unstructured => plan
+                .sparsities
+                .iter()
+                .map(|&s| {
+                    let p = excluding(
+                        MagnitudePruner::new(s).scope(plan.scope),
+                        exclude,
+                        MagnitudePruner::exclude,
+                    );
+                    p.plan().check(net).map(|_| p)
+                })
+                .collect::<reflow::Result<_>>()
+                .map(Runs::Unstructured),
+            Pattern::Nm(n, m) => {
+                let pruner = excluding(NmPruner::new(n, m)?, exclude, NmPruner::exclude);
+                let skipped = pruner.skipped(net)?;
+                if pruner.masks(net)?.is_empty() {
+                    return Err(invalid(
+                        "pattern",
+                        format!(
+                            "{n}:{m}: no layer of this network can be pruned: no prunable tensor (not excluded) has a multiple of {m} input channels{}",
+                            match skipped.first() {
+                                Some(first) => format!(" ({} skipped, the first {first})", skipped.len()),
+                                None => String::new(),
+                            }
+                        ),
+                    ));
+                }
+                Ok(Runs::Nm(pruner, skipped))
+            }
+            Pattern::Channel => {
+                if !matches!(net, Model::ResNet(_)) {
+                    return Err(invalid(
+                        "pattern",
+                        format!(
+                            "channel: channel pruning supports ResNets (each block's conv1, and conv2 in an ungrouped bottleneck); this network is a {}",
+                            net.arch().family()
+                        ),
+                    ));
+                }
+                let state = StateDict::from_layer(net);
+                let scope = net.channel_scope();
+                plan.sparsities
+                    .iter()
+                    .map(|&s| {
+                        let p = excluding(ChannelPruner::new(s)?, exclude, ChannelPruner::exclude);
+                        p.select(&state, &scope).map(|_| p)
+                    })
+                    .collect::<reflow::Result<_>>()
+                    .map(Runs::Channel)
+            }
+        }
+    }
 }
 
 /// Before any forward pass over the data: every batch norm gets at least two values
@@ -481,11 +700,6 @@ fn enough_values(args: &Args, plan: &Plan, net: &Model, images: &IdxImages) -> r
     Ok(())
 }
 
-/// The file `--save-dir` gets for sparsity `s`.
-fn saved_name(s: f64) -> String {
-    format!("s{s}.safetensors")
-}
-
 /// Where `path` is, whether or not it exists yet: its canonical form, or its folder's
 /// with its name.
 fn identity(path: &Path) -> Option<PathBuf> {
@@ -501,7 +715,7 @@ fn identity(path: &Path) -> Option<PathBuf> {
 /// Before any work: every input a regular file; every output's folder there and
 /// writable; no output the same file as an input or as another output (so that
 /// nothing given is ever overwritten). Makes `--save-dir` when it does not exist.
-fn check_paths(args: &Args, sparsities: &[f64]) -> reflow::Result<()> {
+fn check_paths(args: &Args, saved: &[String]) -> reflow::Result<()> {
     let inputs = [
         ("weights", &args.weights),
         ("test-images", &args.test_images),
@@ -533,11 +747,7 @@ fn check_paths(args: &Args, sparsities: &[f64]) -> reflow::Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| invalid("save-dir", format!("{}: {e}", dir.display())))?;
         writable_folder("save-dir", Some(dir))?;
-        outputs.extend(
-            sparsities
-                .iter()
-                .map(|&s| ("save-dir", dir.join(saved_name(s)))),
-        );
+        outputs.extend(saved.iter().map(|name| ("save-dir", dir.join(name))));
     }
     let mut taken: Vec<(String, PathBuf)> = inputs
         .iter()

@@ -135,6 +135,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     progress.inc(1);
     let mut runs = Vec::new();
     for (&s, pruner) in args.sparsity.iter().zip(pruners) {
+        progress.set_message(format!("sparsity {s}"));
         runs.push(protocol.run(&mut net, &dense_state, s, pruner, &progress)?);
     }
     progress.finish_and_clear();

@@ -1,12 +1,15 @@
 """Check the checkpoints the `prune` example saved (--save-dir) against PyTorch, for any
-family: each `s<sparsity>.safetensors` is loaded with strict=True into the torchvision
-model that `--like` (the dense checkpoint, with its `families.py` spec in the metadata)
-describes, evaluated on the test set, and its correct count compared with the report's
-`reflow_correct` for that sparsity.
+family and pattern: each run's file (`s<sparsity>`, `nm<N>-<M>` or
+`channel-s<sparsity>.safetensors`) is loaded with strict=True into the torchvision
+model and evaluated on the test set, and its correct count is compared with the
+report's `reflow_correct` for that run. The model is the one `--like` (the dense
+checkpoint) describes: from its `families.py` spec in the metadata, or, for a ResNet
+(no spec) and for every compact channel-pruned checkpoint, built from the saved
+file's own shapes (`torch_resnet.build_from_shapes`, stem `--stem`).
 
     /root/venvs/ref/bin/python scripts/check_family_saved.py --like DENSE.safetensors \
         --saved DIR --report REPORT.json --test-images X.gz --test-labels Y.gz \
-        --mean 0.2860 --std 0.3530
+        --mean 0.2860 --std 0.3530 [--stem cifar]
 
 Exit status 0 when every checkpoint loads and gives the report's count, 1 otherwise.
 """
@@ -25,6 +28,17 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import families  # noqa: E402
 from reference import evaluate, float_list, load_images, load_labels  # noqa: E402
+from torch_resnet import build_from_shapes  # noqa: E402
+
+
+def saved_name(run: dict) -> str:
+    pattern = run.get("pattern", "unstructured")
+    if pattern == "unstructured":
+        return f"s{run['sparsity']}.safetensors"
+    if pattern == "channel":
+        return f"channel-s{run['sparsity']}.safetensors"
+    n, m = pattern.split(":")
+    return f"nm{n}-{m}.safetensors"
 
 
 def main() -> int:
@@ -36,19 +50,23 @@ def main() -> int:
     ap.add_argument("--test-labels", required=True)
     ap.add_argument("--mean", type=float_list, required=True)
     ap.add_argument("--std", type=float_list, required=True)
+    ap.add_argument("--stem", choices=["cifar", "imagenet"], default="imagenet")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = families.spec_of(args.like)
-    if spec is None:
-        sys.exit(f"{args.like} has no {families.METADATA_KEY} metadata")
     x = load_images(args.test_images, args.mean, args.std)
     y = load_labels(args.test_labels)
     runs = json.loads(args.report.read_text())["runs"]
     ok = True
     for run in runs:
-        path = args.saved / f"s{run['sparsity']}.safetensors"
-        model = families.build(spec)
-        model.load_state_dict(load_file(str(path)), strict=True)
+        path = args.saved / saved_name(run)
+        sd = load_file(str(path))
+        if spec is None or run.get("pattern") == "channel":
+            model = build_from_shapes(sd, args.stem)
+        else:
+            model = families.build(spec)
+        model.load_state_dict(sd, strict=True)
+        model.eval()
         _, correct = evaluate(model, x, y)
         same = correct == run["reflow_correct"]
         ok &= same

@@ -31,17 +31,25 @@ def main() -> int:
     ours, ref = (json.load(open(p)) for p in (args.ours, args.reference))
 
     worst = abs(ours["dense"]["correct"] - ref["dense"]["correct"])
-    print(f"{'run':<16} {'reflow':>8} {'reference':>10} {'diff':>5}   {'signal rel. diff':>16}")
-    print(f"{'dense':<16} {ours['dense']['correct']:>8} {ref['dense']['correct']:>10} "
+    print(f"{'run':<20} {'reflow':>8} {'reference':>10} {'diff':>5}   {'signal rel. diff':>16}")
+    print(f"{'dense':<20} {ours['dense']['correct']:>8} {ref['dense']['correct']:>10} "
           f"{ours['dense']['correct'] - ref['dense']['correct']:>5}   "
           f"{signal_diff(ours['dense']['bn_signal'], ref['dense']['bn_signal']):>16.1e}")
     for a, b in zip(ours["runs"], ref["runs"], strict=True):
-        assert (a["scope"], a["sparsity"]) == (b["scope"], b["sparsity"]), "runs differ"
+        key = lambda r: (r.get("pattern", "unstructured"), r["scope"], r["sparsity"])  # noqa: E731
+        assert key(a) == key(b), f"runs differ: {key(a)} vs {key(b)}"
+        if a.get("skipped") != b.get("skipped"):
+            print(f"skipped tensors differ: {a.get('skipped')} vs {b.get('skipped')}")
+            worst = max(worst, args.tolerance + 1)
+        if a.get("params") != b.get("params"):
+            print(f"compact parameter counts differ: {a.get('params')} vs {b.get('params')}")
+            worst = max(worst, args.tolerance + 1)
+        label = a["scope"] if a.get("pattern", "unstructured") == "unstructured" else a["pattern"]
         for stage in ("pruned", "reflow"):
             x, y = a[f"{stage}_correct"], b[f"{stage}_correct"]
             worst = max(worst, abs(x - y))
             d = signal_diff(a[f"bn_signal_{stage}"], b[f"bn_signal_{stage}"])
-            print(f"{a['scope'] + ' ' + str(a['sparsity']) + ' ' + stage:<16} {x:>8} {y:>10} {x - y:>5}   {d:>16.1e}")
+            print(f"{label + ' ' + str(a['sparsity']) + ' ' + stage:<20} {x:>8} {y:>10} {x - y:>5}   {d:>16.1e}")
     print(f"largest |difference| of correct counts: {worst} (tolerance {args.tolerance})")
     return 0 if worst <= args.tolerance else 1
 

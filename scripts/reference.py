@@ -14,7 +14,8 @@ for run:
 
 Protocol (see method.md for the definitions):
 
-1. Load the state dict and build the network: a ResNet with `infer_from_state_dict`;
+1. Load the state dict and build the network: a ResNet with `build_from_shapes` (its
+   per-block widths too: a channel-pruned checkpoint loads);
    any other family from the spec in the checkpoint's metadata (`families.py`:
    torchvision's own classes, as `train_families_fmnist.py` writes them). Strict
    load, eval mode. Evaluate top-1 (argmax) on the whole test set in batches of
@@ -25,6 +26,12 @@ Protocol (see method.md for the definitions):
    L1 magnitude), make it permanent, evaluate; then REFLOW the BN running
    statistics (--mode cumulative | ema | exact) on the first --calib-count
    calibration images and evaluate again.
+   --pattern N:M (e.g. 2:4) makes one run instead: N:M masks along the input channels
+   (patterns.nm_mask), tensors whose input channels are not a multiple of M left
+   dense and listed as "skipped". --pattern channel (ResNets): each run removes the
+   --sparsity fraction of the channels of every block's conv1 (and a bottleneck's
+   conv2), by L1 filter norm, physically (patterns.channel_prune), and builds the
+   compact network from the shapes.
 
 On bad input: a one-line error on stderr and exit code 2.
 """
@@ -50,7 +57,8 @@ import torch.nn.utils.prune as prune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import families  # noqa: E402
-from torch_resnet import infer_config, infer_from_state_dict  # noqa: E402
+from patterns import channel_prune, nm_mask  # noqa: E402
+from torch_resnet import build_from_shapes, infer_config  # noqa: E402
 
 EVAL_BATCH = 256      # test-set evaluation batch (contract: whole test set, batches of 256)
 SIGNAL_BATCH = 256    # batch used for the signal metric (statistics accumulated in float64)
@@ -137,8 +145,8 @@ def load_model(path: str, stem: str) -> tuple[nn.Module, dict]:
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         return model.eval(), {"family": spec["family"], "in_channels": first.in_channels}
     try:
-        cfg = infer_config(sd, stem)
-        model = infer_from_state_dict(sd, stem)
+        cfg = infer_config(sd, stem, uniform=False)
+        model = build_from_shapes(sd, stem)
         model.load_state_dict(sd, strict=True)
     except (KeyError, ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
@@ -233,6 +241,32 @@ def prune_model(model: nn.Module, sparsity: float, scope: str, exclude: list[str
             prune.l1_unstructured(m, pname, amount=sparsity)
     for m, pname in targets:
         prune.remove(m, pname)  # weight = weight_orig * mask, a plain parameter again
+
+
+@torch.no_grad()
+def prune_nm(model: nn.Module, n: int, m: int, exclude: list[str]) -> list[str]:
+    """N:M pruning of the non-excluded Conv2d/Linear weights (groups along the input
+    channels, patterns.nm_mask); returns the tensors left dense (axis not a multiple of M)."""
+    skipped = []
+    for name, module in prunable_params(model):
+        if is_excluded(name, exclude):
+            continue
+        mask = nm_mask(module.weight.detach(), n, m, "channels")
+        if mask is None:
+            skipped.append(name)
+        else:
+            module.weight.mul_(1 - mask.to(module.weight.dtype))
+    return skipped
+
+
+def channel_pruned(model: nn.Module, stem: str, fraction: float, exclude: list[str]) -> tuple[nn.Module, list[dict], list[str]]:
+    """The compact network (patterns.channel_prune, L1), its per-conv channel counts, and the skipped."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    compact_sd, removals, skipped = channel_prune(sd, fraction, "l1", tuple(exclude))
+    compact = build_from_shapes(compact_sd, stem)
+    compact.load_state_dict(compact_sd, strict=True)
+    layers = [{"name": r["conv"], "channels": r["channels"], "kept": r["channels"] - len(r["removed"])} for r in removals]
+    return compact.eval(), layers, [conv for conv, _ in skipped]
 
 
 def layer_report(model: nn.Module) -> tuple[list[dict], float]:
@@ -361,6 +395,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--std", type=float_list, required=True)
     ap.add_argument("--sparsity", type=float_list, default=[0.5, 0.7, 0.8, 0.9])
     ap.add_argument("--scope", choices=["global", "layer"], default="global")
+    ap.add_argument("--pattern", default="unstructured", help="unstructured | N:M | channel")
     ap.add_argument("--exclude", default="", help="comma-separated parameter names or prefixes")
     ap.add_argument("--mode", choices=["cumulative", "ema", "exact"], default="cumulative")
     ap.add_argument("--momentum", type=float, default=0.1)
@@ -368,6 +403,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     args.exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
+    args.nm = None
+    if args.pattern not in ("unstructured", "channel"):
+        try:
+            n, m = (int(t) for t in args.pattern.split(":"))
+        except ValueError:
+            ap.error(f"--pattern {args.pattern!r}: expected unstructured, channel or N:M")
+        if not 0 < n < m:
+            ap.error(f"--pattern {args.pattern!r}: N must be at least 1 and below M")
+        args.nm = (n, m)
+        args.sparsity = [1 - n / m]
     return args
 
 
@@ -459,12 +504,26 @@ def run(args) -> dict:
     report["dense"] = {"top1": top1, "correct": correct, "bn_signal": bn_signal(model, signal_x)}
     print(f"[reference] dense top-1 {top1:.4f} ({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
 
+    if args.pattern == "channel" and cfg["family"] != "resnet":
+        raise InputError(f"--pattern channel supports ResNets; this network is a {cfg['family']}")
     runs = []
     for s in args.sparsity:
         t0 = time.time()
-        net = copy.deepcopy(model)
-        prune_model(net, s, args.scope, args.exclude)
-        layers, actual = layer_report(net)
+        extra = {"pattern": args.pattern}
+        if args.nm:
+            net = copy.deepcopy(model)
+            extra["skipped"] = prune_nm(net, *args.nm, args.exclude)
+            layers, actual = layer_report(net)
+        elif args.pattern == "channel":
+            net, layers, extra["skipped"] = channel_pruned(model, args.stem, s, args.exclude)
+            extra["params"] = sum(p.numel() for p in net.parameters())
+            kept = sum(la["kept"] for la in layers)
+            total = sum(la["channels"] for la in layers)
+            actual = 1 - kept / total if total else 0.0
+        else:
+            net = copy.deepcopy(model)
+            prune_model(net, s, args.scope, args.exclude)
+            layers, actual = layer_report(net)
         p_top1, p_correct = evaluate(net, test_x, test_y)
         p_signal = bn_signal(net, signal_x)
         reflow(net, calib, args)
@@ -472,7 +531,8 @@ def run(args) -> dict:
         r_signal = bn_signal(net, signal_x)
         secs = time.time() - t0
         runs.append({
-            "scope": args.scope, "sparsity": s, "actual_sparsity": actual,
+            **extra,
+            "scope": args.scope if args.pattern == "unstructured" else "layer", "sparsity": s, "actual_sparsity": actual,
             "pruned_top1": p_top1, "pruned_correct": p_correct,
             "reflow_top1": r_top1, "reflow_correct": r_correct,
             "bn_signal_pruned": p_signal, "bn_signal_reflow": r_signal,

@@ -137,7 +137,11 @@ fn thousands_of_block_keys_are_refused_before_any_block_is_built() {
         let empty = reflow::state_dict::StoredTensor::f32(vec![0], vec![]).unwrap();
         state.insert(format!("layer1.{i}.conv1.weight"), empty);
     }
-    refused(&state, Stem::Cifar, "\"layer1.3.conv1.weight\": expected a rank-4");
+    refused(
+        &state,
+        Stem::Cifar,
+        "\"layer1.3.conv1.weight\": expected a rank-4",
+    );
 }
 
 #[test]

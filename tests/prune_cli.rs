@@ -180,6 +180,72 @@ fn a_small_run_reports_prunes_recalibrates_and_saves() {
 }
 
 #[test]
+fn nm_and_channel_patterns_report_and_save() {
+    let files = Files::new();
+    let json = files.path("nm.json");
+    let save = files.path("saved");
+    let args = with(files.args(), "--json", &json);
+    let args = with(with(args, "--save-dir", &save), "--pattern", "2:4");
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "N:M is one run, whatever --sparsity says");
+    assert_eq!(runs[0]["pattern"], "2:4");
+    assert_eq!(runs[0]["sparsity"], 0.5);
+    assert_eq!(runs[0]["skipped"], serde_json::json!(["conv1.weight"]));
+    let actual = runs[0]["actual_sparsity"].as_f64().unwrap();
+    assert!(actual < 0.5 && actual > 0.49, "{actual}");
+    // The saved network holds 2:4 masks: pruning it again removes nothing more.
+    let net = ResNet::load(format!("{save}/nm2-4.safetensors"), Stem::Cifar).unwrap();
+    let again = NmPruner::new(2, 4).unwrap().masks(&net).unwrap();
+    let zeros = SparsityReport::measure(&net);
+    for (name, mask) in again.iter() {
+        assert_eq!(
+            mask.pruned_count(),
+            zeros.tensor(name).unwrap().zeros,
+            "{name}"
+        );
+    }
+
+    let json = files.path("channel.json");
+    let args = with(files.args(), "--json", &json);
+    let args = with(with(args, "--save-dir", &save), "--pattern", "channel");
+    let out = run(&with(args, "--sparsity", "0.3,0.5"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("channel 0.5: 168 of 336 channels removed"),
+        "{stdout}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let dense_params = report["model"]["params"].as_u64().unwrap();
+    for (run, s) in report["runs"].as_array().unwrap().iter().zip([0.3, 0.5]) {
+        assert_eq!(run["pattern"], "channel");
+        assert_eq!(run["sparsity"], s);
+        let layers = run["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 9, "conv1 of every basic block");
+        assert_eq!(layers[0]["name"], "layer1.0.conv1");
+        let kept = if s == 0.3 { 11 } else { 8 };
+        assert_eq!(layers[0]["kept"], kept, "16 - round({s} * 16)");
+        // The compact checkpoint loads as the network the run measured.
+        let net = ResNet::load(format!("{save}/channel-s{s}.safetensors"), Stem::Cifar).unwrap();
+        let params = run["params"].as_u64().unwrap();
+        assert_eq!(count_parameters(&net) as u64, params);
+        assert!(params < dense_params);
+        assert_eq!(net.config().branch_widths(0, 0).0, kept);
+    }
+}
+
+#[test]
 fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
     let files = Files::new();
     let base = files.args();
@@ -278,6 +344,67 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
         (
             vec!["--weights".into(), "w.safetensors".into()],
             "required arguments were not provided",
+        ),
+        (
+            with(base.clone(), "--pattern", "3:2"),
+            "invalid --pattern: \"3:2\": N must be at least 1 and below M",
+        ),
+        (
+            with(base.clone(), "--pattern", "0:4"),
+            "\"0:4\": N must be at least 1 and below M",
+        ),
+        (
+            with(base.clone(), "--pattern", "2:0"),
+            "\"2:0\": N must be at least 1 and below M",
+        ),
+        (
+            with(base.clone(), "--pattern", "2:x"),
+            "N and M must be whole numbers",
+        ),
+        (
+            with(base.clone(), "--pattern", "blocks"),
+            "expected unstructured, channel or N:M",
+        ),
+        (
+            with(
+                with(base.clone(), "--pattern", "channel"),
+                "--sparsity",
+                "0.3,1",
+            ),
+            "invalid --sparsity: 1 is outside [0, 1)",
+        ),
+        (
+            // The 3-channel stem, 16, 32 and 64 channels: none a multiple of 128.
+            with(base.clone(), "--pattern", "1:128"),
+            "1:128: no layer of this network can be pruned",
+        ),
+        (
+            with(
+                with(base.clone(), "--pattern", "2:4"),
+                "--exclude",
+                "layer1,layer2,layer3,fc",
+            ),
+            "2:4: no layer of this network can be pruned",
+        ),
+        (
+            with(
+                with(base.clone(), "--pattern", "channel"),
+                "--weights",
+                common::fixture("vgg_small.safetensors").to_str().unwrap(),
+            ),
+            "channel pruning supports ResNets",
+        ),
+        (
+            with(
+                with(
+                    with(base.clone(), "--pattern", "channel"),
+                    "--weights",
+                    common::fixture("resnext_small.safetensors").to_str().unwrap(),
+                ),
+                "--stem",
+                "imagenet",
+            ),
+            "no convolution whose channels can be removed (14 skipped; layer1.0.conv1: feeds a grouped convolution (4 groups))",
         ),
     ];
     for (args, needle) in cases {

@@ -24,7 +24,8 @@ pub struct Run {
     pub sparsity: f64,
     pub pruned: Evaluation,
     pub reflow: Evaluation,
-    pub report: PipelineReport,
+    /// The pruned network's zeros, tensor by tensor.
+    pub report: SparsityReport,
     pub secs: f64,
 }
 
@@ -82,12 +83,12 @@ impl Protocol<'_> {
 
     /// Restores `dense` into `net`, then prunes with `pruner`, evaluates, recalibrates
     /// and evaluates again. Ticks `progress` after each evaluation.
-    pub fn run<N>(
+    pub fn run<N, P: Pruner>(
         &self,
         net: &mut N,
         dense: &StateDict,
         sparsity: f64,
-        pruner: MagnitudePruner,
+        pruner: P,
         progress: &ProgressBar,
     ) -> reflow::Result<Run>
     where
@@ -95,7 +96,6 @@ impl Protocol<'_> {
     {
         let started = Instant::now();
         dense.load_into(net)?;
-        progress.set_message(format!("sparsity {sparsity}"));
         let (mut pruned, mut reflow) = (None, None);
         let report = Pipeline::new(pruner, self.reflow).run_inspecting(
             net,
@@ -115,7 +115,33 @@ impl Protocol<'_> {
             sparsity,
             pruned: pruned.expect("evaluated after pruning"),
             reflow: reflow.expect("evaluated after REFLOW"),
-            report,
+            report: report.sparsity,
+            secs: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Evaluates `net`, pruned already (a channel-pruned, compact network),
+    /// recalibrates it and evaluates again. `started` is when its pruning began.
+    pub fn run_pruned<N>(
+        &self,
+        net: &mut N,
+        sparsity: f64,
+        started: Instant,
+        progress: &ProgressBar,
+    ) -> reflow::Result<Run>
+    where
+        N: Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2>,
+    {
+        let pruned = self.evaluate(net)?;
+        progress.inc(1);
+        self.reflow.rescale(net, self.calibration)?;
+        let reflow = self.evaluate(net)?;
+        progress.inc(1);
+        Ok(Run {
+            sparsity,
+            pruned,
+            reflow,
+            report: SparsityReport::measure(net),
             secs: started.elapsed().as_secs_f64(),
         })
     }
