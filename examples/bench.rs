@@ -1,7 +1,7 @@
 //! Times reflow's forward pass and prints images/s and GFLOP/s; then a REFLOW
 //! calibration batch next to the eval pass of the same batch.
 //!
-//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration|reflow_regnet_x_32gf] [--level portable|avx2|avx512|neon] [--tsv]`
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|resnet50 channel|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration|reflow_regnet_x_32gf] [--level portable|avx2|avx512|neon] [--tsv]`
 //!
 //! `--model reflow_regnet_x_32gf [--calib-count N] [--calib-batch N]` times REFLOW
 //! (cumulative) on regnet_x_32gf over synthetic 224 × 224 images (default 1,024 in
@@ -21,6 +21,7 @@ use reflow::layer::{
 };
 use reflow::models::{EfficientNet, EfficientNetConfig, MobileNetV2, MobileNetV2Config, Model};
 use reflow::models::{RegNet, RegNetConfig, ResNet, ResNetConfig};
+use reflow::prune::ChannelPruner;
 use reflow::rescale::{Reflow, Rescaler};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -159,6 +160,15 @@ fn reflow_regnet(count: usize, batch: usize) {
     );
 }
 
+/// ResNet-50 with the fraction `s` of every bottleneck's conv1 and conv2 channels
+/// removed (`ChannelPruner`, random weights): the compact network.
+fn channel_pruned_resnet50(s: f64) -> Model {
+    let mut net = ResNet::new(ResNetConfig::resnet50()).unwrap();
+    fill(&mut net);
+    let (compact, _) = ChannelPruner::new(s).unwrap().prune(&net).unwrap();
+    Model::ResNet(compact)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -181,10 +191,20 @@ fn main() {
             .expect("thread pool");
     }
     type Build = fn() -> Model;
-    let cases: [(&str, Build, _); 5] = [
+    let cases: [(&str, Build, _); 7] = [
         (
             "resnet50@224 b8",
             || Model::ResNet(ResNet::new(ResNetConfig::resnet50()).unwrap()),
+            (8, 3, 224, 224),
+        ),
+        (
+            "resnet50 channel 0.3@224 b8",
+            || channel_pruned_resnet50(0.3),
+            (8, 3, 224, 224),
+        ),
+        (
+            "resnet50 channel 0.5@224 b8",
+            || channel_pruned_resnet50(0.5),
             (8, 3, 224, 224),
         ),
         (
@@ -273,7 +293,7 @@ fn main() {
             continue;
         }
         println!(
-            "{name:<18} {:>9.1} images/s  {:>7.1} GFLOP/s  ({:.1} ms per batch, {:.2} GFLOP per image)",
+            "{name:<28} {:>9.1} images/s  {:>7.1} GFLOP/s  ({:.1} ms per batch, {:.2} GFLOP per image)",
             ips,
             ips * flops / 1e9,
             t * 1e3,

@@ -51,13 +51,26 @@ import torchvision  # noqa: E402
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_resnet import build_resnet  # noqa: E402
+from patterns import channel_prune  # noqa: E402
+from torch_resnet import build_from_shapes, build_resnet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def channel_pruned_resnet50(s: float) -> torch.nn.Module:
+    """torchvision's ResNet-50 with the fraction s of every bottleneck's conv1 and conv2
+    channels removed (patterns.channel_prune), built from the compact shapes."""
+    sd, _, _ = channel_prune(torchvision.models.resnet50().state_dict(), s)
+    model = build_from_shapes(sd, "imagenet")
+    model.load_state_dict(sd, strict=True)
+    return model
+
 
 # name (as printed by examples/bench.rs) -> (model factory, input shape)
 CASES = {
     "resnet50@224 b8": (lambda: torchvision.models.resnet50(), (8, 3, 224, 224)),
+    "resnet50 channel 0.3@224 b8": (lambda: channel_pruned_resnet50(0.3), (8, 3, 224, 224)),
+    "resnet50 channel 0.5@224 b8": (lambda: channel_pruned_resnet50(0.5), (8, 3, 224, 224)),
     "resnet20@28 b256": (
         lambda: build_resnet("basic", [3, 3, 3], [16, 32, 64], 16, "cifar", 1, 10),
         (256, 1, 28, 28),
@@ -146,7 +159,7 @@ def main() -> None:
     )
     levels_seen = set()
     header = (
-        f"{'case':<18} {'threads':>7} {'PyTorch img/s':>14} {'reflow img/s':>13} {'ratio':>6} "
+        f"{'case':<28} {'threads':>7} {'PyTorch img/s':>14} {'reflow img/s':>13} {'ratio':>6} "
         f"{'(range)':>11} {'reflow GFLOP/s':>15} {'peak':>6} {'% of peak':>9}"
     )
     print(header)
@@ -171,7 +184,7 @@ def main() -> None:
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
             peak = statistics.median(peaks)
             print(
-                f"{name:<18} {threads:>7} {torch_ips:>14.1f} {ips:>13.1f} {ips / torch_ips:>6.2f} "
+                f"{name:<28} {threads:>7} {torch_ips:>14.1f} {ips:>13.1f} {ips / torch_ips:>6.2f} "
                 f"{spread:>11} {gflops:>15.1f} {peak:>6.0f} {100 * gflops / peak:>8.1f}%"
             )
 

@@ -605,3 +605,71 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
         }
     }
 }
+
+/// The bundled ResNet-20 on the full Fashion-MNIST test set: the counts of
+/// `scripts/reference.py` (PyTorch) for the same flags, pruned and after REFLOW
+/// (`scripts/compare_patterns.sh` compares every field).
+#[test]
+fn bundled_resnet20_structured_patterns_count_as_pytorch() {
+    let asset = |name: &str| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("assets/fashion-mnist")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base: Vec<String> = [
+        "--weights",
+        &asset("resnet20_fmnist.safetensors"),
+        "--stem",
+        "cifar",
+        "--test-images",
+        &asset("t10k-images-idx3-ubyte.gz"),
+        "--test-labels",
+        &asset("t10k-labels-idx1-ubyte.gz"),
+        "--calib-images",
+        &asset("calib-images-idx3-ubyte.gz"),
+        "--mean",
+        "0.2860",
+        "--std",
+        "0.3530",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    /// The flags, and per run the correct counts (pruned, after REFLOW).
+    type Case<'a> = (&'a [&'a str], &'a [(u64, u64)]);
+    // As reference.py counted them.
+    let cases: [Case; 2] = [
+        (&["--pattern", "2:4"], &[(8672, 9340)]),
+        (
+            &["--pattern", "channel", "--sparsity", "0.3,0.5"],
+            &[(4532, 9046), (2248, 7373)],
+        ),
+    ];
+    for (k, (flags, want)) in cases.iter().enumerate() {
+        let json = dir.path().join(format!("{k}.json"));
+        let mut args = base.clone();
+        args.extend(flags.iter().map(|s| s.to_string()));
+        args.extend(["--json".to_string(), json.to_string_lossy().into_owned()]);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["dense"]["correct"], 9414);
+        let got: Vec<(u64, u64)> = report["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let count = |key: &str| r[key].as_u64().unwrap();
+                (count("pruned_correct"), count("reflow_correct"))
+            })
+            .collect();
+        assert_eq!(got, *want, "{flags:?}");
+    }
+}
