@@ -635,11 +635,11 @@ impl Runs {
                 Ok(Runs::Nm(pruner, skipped))
             }
             Pattern::Channel => {
-                if !matches!(net, Model::ResNet(_)) {
+                if !matches!(net, Model::ResNet(_) | Model::Vgg(_)) {
                     return Err(invalid(
                         "pattern",
                         format!(
-                            "channel: channel pruning supports ResNets (each block's conv1, and conv2 in an ungrouped bottleneck); this network is a {}",
+                            "channel: channel pruning supports ResNets (each block's conv1, and conv2 in an ungrouped bottleneck) and VGG (every convolution); this network is a {}",
                             net.arch().family()
                         ),
                     ));

@@ -5,7 +5,8 @@ model and evaluated on the test set, and its correct count is compared with the
 report's `reflow_correct` for that run. The model is the one `--like` (the dense
 checkpoint) describes: from its `families.py` spec in the metadata, or, for a ResNet
 (no spec) and for every compact channel-pruned checkpoint, built from the saved
-file's own shapes (`torch_resnet.build_from_shapes`, stem `--stem`).
+file's own shapes (`torch_resnet.build_from_shapes`, stem `--stem`;
+`families.vgg_from_shapes` for a VGG).
 
     /root/venvs/ref/bin/python scripts/check_family_saved.py --like DENSE.safetensors \
         --saved DIR --report REPORT.json --test-images X.gz --test-labels Y.gz \
@@ -61,7 +62,9 @@ def main() -> int:
     for run in runs:
         path = args.saved / saved_name(run)
         sd = load_file(str(path))
-        if spec is None or run.get("pattern") == "channel":
+        if run.get("pattern") == "channel" and spec is not None and spec["family"] == "vgg":
+            model = families.vgg_from_shapes(sd)
+        elif spec is None or run.get("pattern") == "channel":
             model = build_from_shapes(sd, args.stem)
         else:
             model = families.build(spec)

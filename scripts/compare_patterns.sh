@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The `prune` example against scripts/reference.py for the structured patterns, on the
-# bundled ResNet-20 and on a bottleneck ResNet (resnet_bottleneck_fmnist, trained by
-# train_families_fmnist.py into target/families/ when missing): --pattern 2:4,
+# bundled ResNet-20, a bottleneck ResNet and a VGG-BN (resnet_bottleneck_fmnist and
+# vgg_fmnist, trained by train_families_fmnist.py into target/families/ when missing): --pattern 2:4,
 # --pattern channel --sparsity 0.3,0.5, and unstructured 0.5 (global and layer) next
 # to them; REFLOW cumulative on 1,024 images. The reports are compared count by count
 # (and the skipped tensors and compact parameter counts), and every checkpoint reflow
@@ -17,9 +17,12 @@ OUT=target/patterns
 DATA=(--test-images $A/t10k-images-idx3-ubyte.gz --test-labels $A/t10k-labels-idx1-ubyte.gz
       --calib-images $A/calib-images-idx3-ubyte.gz --mean 0.2860 --std 0.3530 --stem cifar)
 cargo build --release --quiet --example prune
-[ -f target/families/resnet_bottleneck_fmnist.safetensors ] ||
-  $PY scripts/train_families_fmnist.py --only resnet_bottleneck_fmnist --out target/families
-for weights in $A/resnet20_fmnist.safetensors target/families/resnet_bottleneck_fmnist.safetensors; do
+for name in resnet_bottleneck_fmnist vgg_fmnist; do
+  [ -f target/families/$name.safetensors ] ||
+    $PY scripts/train_families_fmnist.py --only $name --out target/families
+done
+for weights in $A/resnet20_fmnist.safetensors target/families/resnet_bottleneck_fmnist.safetensors \
+               target/families/vgg_fmnist.safetensors; do
   name=$(basename "$weights" .safetensors)
   rm -rf "$OUT/$name" && mkdir -p "$OUT/$name/saved"
   for run in "2:4" "channel 0.3,0.5" "unstructured 0.5" "unstructured 0.5 layer"; do

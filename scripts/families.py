@@ -53,6 +53,22 @@ def small_vgg(cfg: dict) -> nn.Module:
     return model
 
 
+def vgg_from_shapes(sd: dict[str, torch.Tensor]) -> nn.Module:
+    """The VGG-BN (features 3x3 conv + BN + ReLU, 2x2 pools where the indices skip one,
+    ending with a pool) whose widths are `sd`'s shapes: a channel-pruned one, say."""
+    convs = sorted(int(k.split(".")[1]) for k in sd if k.startswith("features.") and k.endswith(".weight")
+                   and sd[k].dim() == 4)
+    features = []
+    for i, nxt in zip(convs, convs[1:] + [None]):
+        features.append(int(sd[f"features.{i}.weight"].shape[0]))
+        if nxt is None or nxt == i + 4:
+            features.append("M")
+    flat, c = sd["classifier.0.weight"].shape[1], features[-2]
+    config = {"features": features, "pool": int(round((flat // c) ** 0.5)),
+              "hidden": int(sd["classifier.0.weight"].shape[0]), "num_classes": int(sd["classifier.6.weight"].shape[0])}
+    return build({"family": "vgg", "config": config, "in_channels": int(sd["features.0.weight"].shape[1])})
+
+
 def small_regnet(cfg: dict) -> nn.Module:
     n = len(cfg["depths"])
     params = regnet.BlockParams(

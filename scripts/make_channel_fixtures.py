@@ -5,11 +5,13 @@
     <case>/logits           the compact network's logits on `input/<net>`
 
 Cases: `resnet20_cifar` (the fixture tests/fixtures/resnet20_cifar.safetensors) at
-0.3 / L1 and 0.5 / L2, and `bottleneck_small` (a bottleneck ResNet built and
+0.3 / L1 and 0.5 / L2, `vgg_small` (tests/fixtures/vgg_small.safetensors; its last
+convolution feeds a flattened 7x7 map to the classifier) at 0.3 / L1 and 0.5 / L2,
+and `bottleneck_small` (a bottleneck ResNet built and
 randomised here, stored as `bottleneck_small/state/<key>`, with filters of
 layer1.0.conv1 made the three smallest and equal, so that the tie rule decides) at 0.5 / L1 and 0.3 / L2. The compact
-network is built from the pruned state dict's shapes (`torch_resnet.build_from_shapes`)
-and loaded with strict=True; its logits are computed in float64 and stored as float32.
+network is built from the pruned state dict's shapes (`torch_resnet.build_from_shapes`,
+`families.vgg_from_shapes`) and loaded with strict=True; its logits are computed in float64 and stored as float32.
 
 Usage: /root/venvs/ref/bin/python scripts/make_channel_fixtures.py
 """
@@ -23,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import families  # noqa: E402
 from patterns import channel_prune  # noqa: E402
 from torch_resnet import build_from_shapes, build_resnet, randomize_  # noqa: E402
 
@@ -47,17 +50,18 @@ def main() -> None:
     nets = {
         "resnet20_cifar": (load_file(str(FIXTURES / "resnet20_cifar.safetensors")), [(0.3, "l1"), (0.5, "l2")]),
         "bottleneck_small": (bottleneck_small(), [(0.5, "l1"), (0.3, "l2")]),
+        "vgg_small": (load_file(str(FIXTURES / "vgg_small.safetensors")), [(0.3, "l1"), (0.5, "l2")]),
     }
     out: dict[str, torch.Tensor] = {}
     for net, (sd, cases) in nets.items():
-        x = torch.randn(2, 3, 12, 12, generator=gen)
+        x = torch.randn(2, 3, 32 if net.startswith("vgg") else 12, 32 if net.startswith("vgg") else 12, generator=gen)
         out[f"input/{net}"] = x
         if net == "bottleneck_small":
             out.update({f"{net}/state/{k}": v.contiguous() for k, v in sd.items()})
         for fraction, norm in cases:
             case = f"{net}/{fraction}/{norm}"
             compact, removals, _ = channel_prune(sd, fraction, norm)
-            model = build_from_shapes(compact, "cifar")
+            model = families.vgg_from_shapes(compact) if net.startswith("vgg") else build_from_shapes(compact, "cifar")
             model.load_state_dict(compact, strict=True)
             model = model.double().eval()
             with torch.no_grad():

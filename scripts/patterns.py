@@ -5,14 +5,17 @@ scripts).
 N:M ("N:M (semi-structured) sparsity"): `nm_mask(w, n, m, convention)` is the mask
 (1 = pruned) of one weight, or None when its grouped axis is not a multiple of M.
 
-Channel pruning ("Channel pruning"), for torchvision-layout ResNets:
-`channel_couplings(sd)` lists (conv, bn, next) module names whose channels can go —
-each block's conv1 and, in an ungrouped bottleneck, conv2; `channel_prune(sd,
+Channel pruning ("Channel pruning"), for torchvision-layout ResNets and VGGs:
+`channel_couplings(sd)` lists (conv, bn, next, per_channel) whose channels can go —
+each block's conv1 and, in an ungrouped bottleneck, conv2; every convolution of a VGG,
+the last one's channels feeding per_channel (pool²) inputs of `classifier.0` each;
+`channel_prune(sd,
 fraction, norm, exclude)` returns the compact state dict and what was removed. In each
 coupled convolution the round(s * C) channels (Python round, half to even; at most
 C - 1) of smallest filter norm — L1 sum |w| or L2, in float64, over the dense weights —
 are removed, ties to the lower index (a stable sort); so are their BN entries and the
-next convolution's input slices. `torch_resnet.build_from_shapes` builds the result.
+next convolution's input slices. `torch_resnet.build_from_shapes` (ResNet) and
+`families.vgg_from_shapes` (VGG) build the result.
 """
 
 from __future__ import annotations
@@ -43,8 +46,17 @@ def nm_mask(w: torch.Tensor, n: int, m: int, convention: str) -> torch.Tensor | 
     return pruned.reshape(w.shape).to(torch.uint8).contiguous()
 
 
-def channel_couplings(sd: dict[str, torch.Tensor]) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """(conv, bn, next) of every block's prunable convolutions, and (conv, reason) skipped."""
+def channel_couplings(sd: dict[str, torch.Tensor]) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, str]]]:
+    """(conv, bn, next, inputs of next per channel) of every prunable convolution, and
+    (conv, reason) of the skipped: a ResNet's conv1 (and an ungrouped bottleneck's
+    conv2), or every convolution of a VGG (the last one feeding `classifier.0`)."""
+    if "features.0.weight" in sd and "classifier.0.weight" in sd:
+        convs = sorted(int(k.split(".")[1]) for k in sd
+                       if re.fullmatch(r"features\.\d+\.weight", k) and sd[k].dim() == 4)
+        couplings = [(f"features.{i}", f"features.{i + 1}", f"features.{j}", 1) for i, j in zip(convs, convs[1:])]
+        last = convs[-1]
+        per_channel = sd["classifier.0.weight"].shape[1] // sd[f"features.{last}.weight"].shape[0]
+        return couplings + [(f"features.{last}", f"features.{last + 1}", "classifier.0", per_channel)], []
     couplings, skipped = [], []
     bottleneck = "layer1.0.conv3.weight" in sd
     found = (re.fullmatch(r"layer(\d+)\.(\d+)\.conv1\.weight", k) for k in sd)
@@ -52,11 +64,11 @@ def channel_couplings(sd: dict[str, torch.Tensor]) -> tuple[list[tuple[str, str,
     for stage, block in blocks:
         at = f"layer{stage}.{block}"
         if not bottleneck:
-            couplings.append((f"{at}.conv1", f"{at}.bn1", f"{at}.conv2"))
+            couplings.append((f"{at}.conv1", f"{at}.bn1", f"{at}.conv2", 1))
             continue
         groups = sd[f"{at}.conv1.weight"].shape[0] // sd[f"{at}.conv2.weight"].shape[1]
         if groups == 1:
-            couplings += [(f"{at}.conv1", f"{at}.bn1", f"{at}.conv2"), (f"{at}.conv2", f"{at}.bn2", f"{at}.conv3")]
+            couplings += [(f"{at}.conv1", f"{at}.bn1", f"{at}.conv2", 1), (f"{at}.conv2", f"{at}.bn2", f"{at}.conv3", 1)]
         else:
             skipped += [(f"{at}.conv1", f"feeds a grouped convolution ({groups} groups)"),
                         (f"{at}.conv2", f"a grouped convolution ({groups} groups)")]
@@ -73,7 +85,7 @@ def channel_prune(sd: dict[str, torch.Tensor], fraction: float, norm: str = "l1"
     couplings, skipped = channel_couplings(sd)
     out = dict(sd)
     removals = []
-    for conv, bn, nxt in couplings:
+    for conv, bn, nxt, per_channel in couplings:
         if _excluded(conv, list(exclude)):
             continue
         w = sd[f"{conv}.weight"].double()
@@ -88,6 +100,9 @@ def channel_prune(sd: dict[str, torch.Tensor], fraction: float, norm: str = "l1"
                     f"{bn}.running_mean", f"{bn}.running_var"):
             if key in out:
                 out[key] = out[key].index_select(0, keep).contiguous()
-        out[f"{nxt}.weight"] = out[f"{nxt}.weight"].index_select(1, keep).contiguous()
+        w_next = out[f"{nxt}.weight"]
+        runs = w_next.reshape(w_next.shape[0], c, -1)  # each channel's inputs of next
+        kept = runs.index_select(1, keep).reshape(w_next.shape[0], len(keep) * per_channel, *w_next.shape[2:])
+        out[f"{nxt}.weight"] = kept.contiguous()
         removals.append({"conv": conv, "channels": c, "removed": removed})
     return out, removals, skipped

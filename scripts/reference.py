@@ -28,10 +28,10 @@ Protocol (see method.md for the definitions):
    calibration images and evaluate again.
    --pattern N:M (e.g. 2:4) makes one run instead: N:M masks along the input channels
    (patterns.nm_mask), tensors whose input channels are not a multiple of M left
-   dense and listed as "skipped". --pattern channel (ResNets): each run removes the
+   dense and listed as "skipped". --pattern channel (ResNets, VGG): each run removes the
    --sparsity fraction of the channels of every block's conv1 (and a bottleneck's
-   conv2), by L1 filter norm, physically (patterns.channel_prune), and builds the
-   compact network from the shapes.
+   conv2) or every VGG convolution, by L1 filter norm, physically
+   (patterns.channel_prune), and builds the compact network from the shapes.
 
 On bad input: a one-line error on stderr and exit code 2.
 """
@@ -259,11 +259,12 @@ def prune_nm(model: nn.Module, n: int, m: int, exclude: list[str]) -> list[str]:
     return skipped
 
 
-def channel_pruned(model: nn.Module, stem: str, fraction: float, exclude: list[str]) -> tuple[nn.Module, list[dict], list[str]]:
+def channel_pruned(model: nn.Module, family: str, stem: str, fraction: float,
+                   exclude: list[str]) -> tuple[nn.Module, list[dict], list[str]]:
     """The compact network (patterns.channel_prune, L1), its per-conv channel counts, and the skipped."""
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     compact_sd, removals, skipped = channel_prune(sd, fraction, "l1", tuple(exclude))
-    compact = build_from_shapes(compact_sd, stem)
+    compact = families.vgg_from_shapes(compact_sd) if family == "vgg" else build_from_shapes(compact_sd, stem)
     compact.load_state_dict(compact_sd, strict=True)
     layers = [{"name": r["conv"], "channels": r["channels"], "kept": r["channels"] - len(r["removed"])} for r in removals]
     return compact.eval(), layers, [conv for conv, _ in skipped]
@@ -504,8 +505,8 @@ def run(args) -> dict:
     report["dense"] = {"top1": top1, "correct": correct, "bn_signal": bn_signal(model, signal_x)}
     print(f"[reference] dense top-1 {top1:.4f} ({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
 
-    if args.pattern == "channel" and cfg["family"] != "resnet":
-        raise InputError(f"--pattern channel supports ResNets; this network is a {cfg['family']}")
+    if args.pattern == "channel" and cfg["family"] not in ("resnet", "vgg"):
+        raise InputError(f"--pattern channel supports ResNets and VGG; this network is a {cfg['family']}")
     runs = []
     for s in args.sparsity:
         t0 = time.time()
@@ -515,7 +516,7 @@ def run(args) -> dict:
             extra["skipped"] = prune_nm(net, *args.nm, args.exclude)
             layers, actual = layer_report(net)
         elif args.pattern == "channel":
-            net, layers, extra["skipped"] = channel_pruned(model, args.stem, s, args.exclude)
+            net, layers, extra["skipped"] = channel_pruned(model, cfg["family"], args.stem, s, args.exclude)
             extra["params"] = sum(p.numel() for p in net.parameters())
             kept = sum(la["kept"] for la in layers)
             total = sum(la["channels"] for la in layers)

@@ -390,9 +390,9 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
             with(
                 with(base.clone(), "--pattern", "channel"),
                 "--weights",
-                common::fixture("vgg_small.safetensors").to_str().unwrap(),
+                common::fixture("regnet_x_small.safetensors").to_str().unwrap(),
             ),
-            "channel pruning supports ResNets",
+            "channel pruning supports ResNets (each block's conv1, and conv2 in an ungrouped bottleneck) and VGG (every convolution); this network is a regnet",
         ),
         (
             with(

@@ -281,12 +281,13 @@ impl Model {
 }
 
 impl ChannelPrunable for Model {
-    /// A ResNet's scope ([`ResNet`]'s `channel_scope`); empty for the other
-    /// families, whose convolutions feed residual additions, depthwise or grouped
-    /// convolutions, or (VGG) a classifier whose inputs are channel × position.
+    /// A ResNet's or a VGG's scope (see theirs); empty for the other families, whose
+    /// convolutions feed residual additions, or depthwise, grouped or
+    /// squeeze-excitation layers.
     fn channel_scope(&self) -> ChannelScope {
         match self {
             Model::ResNet(n) => n.channel_scope(),
+            Model::Vgg(n) => n.channel_scope(),
             _ => ChannelScope::default(),
         }
     }
@@ -294,6 +295,7 @@ impl ChannelPrunable for Model {
     fn rebuild(&self, state: &StateDict) -> Result<Self> {
         match self {
             Model::ResNet(n) => n.rebuild(state).map(Model::ResNet),
+            Model::Vgg(n) => n.rebuild(state).map(Model::Vgg),
             other => Model::from_state_dict(state, other.arch(), Stem::Imagenet),
         }
     }

@@ -28,18 +28,29 @@ pub struct ChannelCoupling {
     /// lose entries.
     pub norm: String,
     /// The ungrouped convolution (or linear layer) that reads the channels: `weight`
-    /// `[O, C, ...]` loses input columns.
+    /// `[O, C · per_channel, ...]` loses the inputs of every removed channel.
     pub next: String,
+    /// How many consecutive inputs of `next` each channel feeds: 1 for a
+    /// convolution, `p²` for a linear layer reading a flattened `p × p` map.
+    pub per_channel: usize,
 }
 
 impl ChannelCoupling {
-    /// `conv` → `norm` → `next`.
+    /// `conv` → `norm` → the convolution `next`.
     pub fn new(conv: impl Into<String>, norm: impl Into<String>, next: impl Into<String>) -> Self {
         ChannelCoupling {
             conv: conv.into(),
             norm: norm.into(),
             next: next.into(),
+            per_channel: 1,
         }
+    }
+
+    /// The same, with `next` a linear layer reading each channel as `per_channel`
+    /// consecutive inputs (a flattened map, channel-major as PyTorch's `flatten`).
+    pub fn flattened(mut self, per_channel: usize) -> Self {
+        self.per_channel = per_channel;
+        self
     }
 }
 
@@ -337,7 +348,7 @@ impl ChannelPruner {
                 .collect();
             let mut slice = |key: String, axis: usize| -> Result<()> {
                 if let Some(t) = out.get(&key) {
-                    let narrowed = take(t, axis, &keep)?;
+                    let narrowed = take(t, axis, r.channels, &keep)?;
                     out.insert(key, narrowed);
                 }
                 Ok(())
@@ -413,23 +424,24 @@ fn check_coupling(state: &StateDict, c: &ChannelCoupling) -> Result<usize> {
     }
     let next = format!("{}.weight", c.next);
     let s = shape(&next)?;
-    if s.len() < 2 || s[1] != channels {
+    let inputs = channels.saturating_mul(c.per_channel);
+    if s.len() < 2 || s[1] != inputs || c.per_channel == 0 {
         return Err(Error::shape(
             next,
-            format!("[_, {channels}, ...] (ungrouped)"),
+            format!("[_, {inputs}, ...] (ungrouped)"),
             Shape(s),
         ));
     }
     Ok(channels)
 }
 
-/// `t` with only the indices `keep` along `axis`.
-fn take(t: &StoredTensor, axis: usize, keep: &[usize]) -> Result<StoredTensor> {
+/// `t` with only the channels `keep` of `channels` along `axis`, each channel a run
+/// of `t.shape[axis] / channels` consecutive entries there.
+fn take(t: &StoredTensor, axis: usize, channels: usize, keep: &[usize]) -> Result<StoredTensor> {
     let outer: usize = t.shape[..axis].iter().product();
-    let inner: usize = t.shape[axis + 1..].iter().product();
-    let len = t.shape[axis];
+    let inner = t.numel() / (outer * channels).max(1);
     let mut shape = t.shape.clone();
-    shape[axis] = keep.len();
+    shape[axis] = shape[axis] / channels * keep.len();
     fn gather<T: Copy>(v: &[T], outer: usize, len: usize, inner: usize, keep: &[usize]) -> Vec<T> {
         let mut out = Vec::with_capacity(outer * keep.len() * inner);
         for o in 0..outer {
@@ -441,7 +453,7 @@ fn take(t: &StoredTensor, axis: usize, keep: &[usize]) -> Result<StoredTensor> {
         out
     }
     match &t.data {
-        TensorData::F32(v) => StoredTensor::f32(shape, gather(v, outer, len, inner, keep)),
-        TensorData::I64(v) => StoredTensor::i64(shape, gather(v, outer, len, inner, keep)),
+        TensorData::F32(v) => StoredTensor::f32(shape, gather(v, outer, channels, inner, keep)),
+        TensorData::I64(v) => StoredTensor::i64(shape, gather(v, outer, channels, inner, keep)),
     }
 }

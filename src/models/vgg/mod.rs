@@ -8,6 +8,8 @@ use super::classifier::{family_network, Classifier};
 use crate::error::Result;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use crate::nn::{Dropout, Flatten, Linear, MaxPool2d, Sequential, Tensor2};
+use crate::prune::{ChannelCoupling, ChannelPrunable, ChannelScope};
+use crate::state_dict::StateDict;
 
 /// A VGG with batch norm and torchvision's module names: `features.{i}` (3×3
 /// convolution with bias, batch norm and ReLU at `i`, `i + 1`, `i + 2`; a 2×2 max
@@ -84,5 +86,43 @@ impl Vgg {
             },
             config,
         })
+    }
+}
+
+impl ChannelPrunable for Vgg {
+    /// Every convolution: its channels feed its batch norm, a ReLU, perhaps a pool,
+    /// and the next convolution — or, for the last, the classifier's first linear
+    /// layer, `pool²` inputs per channel.
+    fn channel_scope(&self) -> ChannelScope {
+        let (mut convs, mut i) = (Vec::new(), 0);
+        for layer in &self.config.features {
+            match layer {
+                VggLayer::Conv(_) => {
+                    convs.push(i);
+                    i += 3;
+                }
+                VggLayer::Pool => i += 1,
+            }
+        }
+        let couplings = convs
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let (conv, norm) = (format!("features.{i}"), format!("features.{}", i + 1));
+                match convs.get(k + 1) {
+                    Some(next) => ChannelCoupling::new(conv, norm, format!("features.{next}")),
+                    None => ChannelCoupling::new(conv, norm, "classifier.0")
+                        .flattened(self.config.pool * self.config.pool),
+                }
+            })
+            .collect();
+        ChannelScope {
+            couplings,
+            skipped: Vec::new(),
+        }
+    }
+
+    fn rebuild(&self, state: &StateDict) -> Result<Self> {
+        Vgg::from_state_dict(state)
     }
 }
