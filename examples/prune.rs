@@ -18,6 +18,7 @@ mod protocol;
 
 use clap::Parser;
 use protocol::{last_ratio, progress_bar, Protocol};
+use reflow::io::{read_cifar, CifarSplit};
 use reflow::models::{Arch, Model};
 use reflow::prelude::*;
 use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
@@ -40,14 +41,29 @@ struct Args {
     #[arg(long, default_value = "imagenet")]
     stem: String,
     /// Test images, IDX (.gz ok).
-    #[arg(long, value_name = "PATH")]
-    test_images: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "cifar_dir",
+        conflicts_with = "cifar_dir",
+        requires = "test_labels"
+    )]
+    test_images: Option<PathBuf>,
     /// Test labels, IDX (.gz ok).
-    #[arg(long, value_name = "PATH")]
-    test_labels: PathBuf,
-    /// Calibration images, IDX (.gz ok); taken in file order.
-    #[arg(long, value_name = "PATH")]
-    calib_images: PathBuf,
+    #[arg(long, value_name = "PATH", requires = "test_images")]
+    test_labels: Option<PathBuf>,
+    /// Calibration images, IDX (.gz ok); taken in file order (see --calib-seed).
+    /// With --cifar-dir, the CIFAR training images when not given.
+    #[arg(long, value_name = "PATH", required_unless_present = "cifar_dir")]
+    calib_images: Option<PathBuf>,
+    /// A folder of CIFAR-10 or CIFAR-100 binary files: the test images from its test
+    /// split, the calibration images from its training split (unless --calib-images).
+    #[arg(long, value_name = "DIR")]
+    cifar_dir: Option<PathBuf>,
+    /// Draw the --calib-count calibration images by a shuffle of the whole calibration
+    /// set seeded with S (default: the first ones, in order).
+    #[arg(long, value_name = "S")]
+    calib_seed: Option<u64>,
     /// Number of calibration images.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     calib_count: usize,
@@ -371,10 +387,12 @@ fn run(args: &Args) -> reflow::Result<()> {
         ));
     }
     let runs_ahead = Runs::check(&plan, &net)?;
-    let test = Dataset::new(
-        IdxImages::read(&args.test_images)?,
-        IdxLabels::read(&args.test_labels)?,
-    )?;
+    let (test, calib_images) = read_data(args)?;
+    let (test_flag, calib_flag) = match (&args.cifar_dir, &args.calib_images) {
+        (Some(_), None) => ("cifar-dir", "cifar-dir"),
+        (Some(_), Some(_)) => ("cifar-dir", "calib-images"),
+        _ => ("test-images", "calib-images"),
+    };
     let channels = |flag: &str, images: &IdxImages| {
         let c = images.dims()[1];
         if c == in_channels {
@@ -385,11 +403,15 @@ fn run(args: &Args) -> reflow::Result<()> {
             format!("{c}-channel images; the model takes {in_channels} input channel(s)"),
         ))
     };
-    channels("test-images", test.images())?;
+    channels(test_flag, test.images())?;
     let labels = test.labels().as_slice();
     if let Some(i) = labels.iter().position(|&l| l as usize >= num_classes) {
         return Err(invalid(
-            "test-labels",
+            if args.cifar_dir.is_some() {
+                "cifar-dir"
+            } else {
+                "test-labels"
+            },
             format!(
                 "label {} of sample {i}, but the model has {num_classes} classes",
                 labels[i]
@@ -406,8 +428,7 @@ fn run(args: &Args) -> reflow::Result<()> {
             ),
         ));
     }
-    let calib_images = IdxImages::read(&args.calib_images)?;
-    channels("calib-images", &calib_images)?;
+    channels(calib_flag, &calib_images)?;
     enough_values(args, &plan, &net, &calib_images)?;
     let calibration = ImageBatches::new(
         &calib_images,
@@ -416,9 +437,13 @@ fn run(args: &Args) -> reflow::Result<()> {
         &plan.norm,
     )
     .map_err(|e| match e {
-        Error::Data(m) => Error::Data(format!("--calib-images: {m}")),
+        Error::Data(m) => Error::Data(format!("--{calib_flag}: {m}")),
         other => other,
     })?;
+    let calibration = match args.calib_seed {
+        Some(seed) => calibration.shuffled(seed),
+        None => calibration,
+    };
     let save = |name: String, net: &Model| -> reflow::Result<()> {
         let Some(dir) = &args.save_dir else {
             return Ok(());
@@ -573,8 +598,23 @@ fn run(args: &Args) -> reflow::Result<()> {
             model["block"] = json!(cfg.block.to_string());
             model["groups"] = json!(cfg.groups);
         }
+        let source = match (&args.calib_images, &args.cifar_dir) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some(dir)) => format!("{} (training split)", dir.display()),
+            (None, None) => String::new(),
+        };
+        let mut calib = json!({
+            "source": source,
+            "count": calibration.len(),
+            "batch": args.calib_batch,
+            "seed": args.calib_seed,
+        });
+        if args.calib_seed.is_some() {
+            calib["indices"] = json!(calibration.indices());
+        }
         let report = json!({
             "model": model,
+            "calibration": calib,
             "dense": {
                 "top1": number(dense.accuracy.top1()),
                 "correct": dense.accuracy.correct,
@@ -659,6 +699,33 @@ impl Runs {
     }
 }
 
+/// The test set and the calibration images, from IDX files or a CIFAR folder.
+fn read_data(args: &Args) -> reflow::Result<(Dataset, IdxImages)> {
+    let calib_idx = || match &args.calib_images {
+        Some(path) => IdxImages::read(path).map(Some),
+        None => Ok(None),
+    };
+    match (&args.cifar_dir, &args.test_images, &args.test_labels) {
+        (Some(dir), _, _) => {
+            let (_, test) = read_cifar(dir, CifarSplit::Test)?;
+            let calib = match calib_idx()? {
+                Some(images) => images,
+                None => read_cifar(dir, CifarSplit::Train)?.1.into_parts().0,
+            };
+            Ok((test, calib))
+        }
+        (None, Some(images), Some(labels)) => {
+            let test = Dataset::new(IdxImages::read(images)?, IdxLabels::read(labels)?)?;
+            let calib = calib_idx()?.ok_or_else(|| invalid("calib-images", "not given"))?;
+            Ok((test, calib))
+        }
+        _ => Err(invalid(
+            "test-images",
+            "give --test-images and --test-labels, or --cifar-dir",
+        )),
+    }
+}
+
 /// Before any forward pass over the data: every batch norm gets at least two values
 /// per channel to compute a variance from — in each calibration batch for the
 /// running modes, in the whole calibration set for `exact`. How many values a batch
@@ -716,13 +783,31 @@ fn identity(path: &Path) -> Option<PathBuf> {
 /// writable; no output the same file as an input or as another output (so that
 /// nothing given is ever overwritten). Makes `--save-dir` when it does not exist.
 fn check_paths(args: &Args, saved: &[String]) -> reflow::Result<()> {
-    let inputs = [
-        ("weights", &args.weights),
+    let mut inputs = vec![("weights", args.weights.clone())];
+    let given = [
         ("test-images", &args.test_images),
         ("test-labels", &args.test_labels),
         ("calib-images", &args.calib_images),
     ];
-    for (flag, path) in inputs {
+    inputs.extend(given.iter().filter_map(|(f, p)| Some((*f, (*p).clone()?))));
+    if let Some(dir) = &args.cifar_dir {
+        if !dir.is_dir() {
+            return Err(invalid(
+                "cifar-dir",
+                format!("{} is not a folder", dir.display()),
+            ));
+        }
+        let files = std::fs::read_dir(dir)
+            .map_err(|e| invalid("cifar-dir", format!("{}: {e}", dir.display())))?;
+        inputs.extend(
+            files
+                .filter_map(|f| Some(f.ok()?.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+                .map(|p| ("cifar-dir", p)),
+        );
+    }
+    for (flag, path) in &inputs {
+        let (flag, path) = (*flag, path);
         let meta = std::fs::metadata(path)
             .map_err(|e| invalid(flag, format!("{}: {e}", path.display())))?;
         if !meta.is_file() {

@@ -114,6 +114,41 @@ def load_images(path: str, mean: list[float], std: list[float]) -> torch.Tensor:
     return (x - m) / s
 
 
+def load_cifar(folder: str, split: str, mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 (data_batch_1..5.bin, test_batch.bin; 1 label byte + 3072 pixels per
+    record) or CIFAR-100 (train.bin, test.bin; coarse + fine label bytes, the fine one
+    used) binary files -> normalised float32 [N, 3, 32, 32] and int64 labels."""
+    d = Path(folder)
+    if (d / "test_batch.bin").exists() or (d / "data_batch_1.bin").exists():
+        head = 1
+        files = [d / "test_batch.bin"] if split == "test" else \
+            [d / f"data_batch_{i}.bin" for i in range(1, 6) if (d / f"data_batch_{i}.bin").exists()]
+    else:
+        head = 2
+        files = [d / ("test.bin" if split == "test" else "train.bin")]
+    raw = np.concatenate([np.frombuffer(f.read_bytes(), dtype=np.uint8) for f in files])
+    records = raw.reshape(-1, head + 3072)
+    x = torch.from_numpy(records[:, head:].reshape(-1, 3, 32, 32).copy()).float() / 255.0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / sd, torch.from_numpy(records[:, head - 1].astype(np.int64))
+
+
+def shuffled(n: int, seed: int) -> list[int]:
+    """0..n-1 shuffled as reflow's ImageBatches::shuffled does: Fisher-Yates driven by
+    xorshift64* seeded with seed ^ 0x2545F4914F6CDD1D."""
+    mask, mult = (1 << 64) - 1, 0x2545F4914F6CDD1D
+    state = (seed ^ mult) & mask
+    order = list(range(n))
+    for i in range(n - 1, 0, -1):
+        state ^= state >> 12
+        state ^= (state << 25) & mask
+        state ^= state >> 27
+        j = ((state * mult) & mask) % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
 def load_labels(path: str) -> torch.Tensor:
     arr = read_idx(path)
     if arr.ndim != 1:
@@ -387,9 +422,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="PyTorch reference of reflow's prune example")
     ap.add_argument("--weights", required=True)
     ap.add_argument("--stem", choices=["cifar", "imagenet"], default="imagenet")
-    ap.add_argument("--test-images", required=True)
-    ap.add_argument("--test-labels", required=True)
-    ap.add_argument("--calib-images", required=True)
+    ap.add_argument("--test-images")
+    ap.add_argument("--test-labels")
+    ap.add_argument("--calib-images")
+    ap.add_argument("--cifar-dir", help="CIFAR-10/100 binary folder: test split, and training split for calibration")
+    ap.add_argument("--calib-seed", type=int, help="seeded shuffle of the calibration set (reflow's order)")
     ap.add_argument("--calib-count", type=int, default=1024)
     ap.add_argument("--calib-batch", type=int, default=128)
     ap.add_argument("--mean", type=float_list, required=True)
@@ -403,6 +440,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--signal-images", type=int, default=1000)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.cifar_dir is None and not (args.test_images and args.test_labels and args.calib_images):
+        ap.error("give --test-images, --test-labels and --calib-images, or --cifar-dir")
     args.exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
     args.nm = None
     if args.pattern not in ("unstructured", "channel"):
@@ -475,15 +514,24 @@ def run(args) -> dict:
     in_channels = cfg["in_channels"]
     if len(args.mean) != in_channels or len(args.std) != in_channels:
         validate(args, in_channels, 0)  # raises the channel-count error
-    test_x = load_images(args.test_images, args.mean, args.std)
-    test_y = load_labels(args.test_labels)
+    if args.cifar_dir:
+        test_x, test_y = load_cifar(args.cifar_dir, "test", args.mean, args.std)
+    else:
+        test_x = load_images(args.test_images, args.mean, args.std)
+        test_y = load_labels(args.test_labels)
     if len(test_x) != len(test_y):
         raise InputError(f"{len(test_x)} test images but {len(test_y)} test labels")
     if len(test_x) == 0:
         raise InputError("the test set is empty")
-    calib_all = load_images(args.calib_images, args.mean, args.std)
+    if args.calib_images:
+        calib_all = load_images(args.calib_images, args.mean, args.std)
+    else:
+        calib_all, _ = load_cifar(args.cifar_dir, "train", args.mean, args.std)
     validate(args, in_channels, len(calib_all))
-    calib = calib_all[: args.calib_count]
+    if args.calib_seed is None:
+        calib = calib_all[: args.calib_count]
+    else:
+        calib = calib_all[torch.tensor(shuffled(len(calib_all), args.calib_seed)[: args.calib_count])]
     signal_x = test_x[: min(args.signal_images, len(test_x))]
 
     names = [n for n, _ in prunable_params(model)]

@@ -245,6 +245,88 @@ fn nm_and_channel_patterns_report_and_save() {
     }
 }
 
+/// A CIFAR-10 folder of `test` test and 2 × `train` training records, labels `i % 10`.
+fn cifar_folder(dir: &Path, test: usize, train: usize) {
+    let records = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                std::iter::once((i % 10) as u8)
+                    .chain((0..3072).map(move |p| ((p * 2_654_435_761 + i * 7 + seed) >> 9) as u8))
+            })
+            .collect()
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("test_batch.bin"), records(test, 1)).unwrap();
+    std::fs::write(dir.join("data_batch_1.bin"), records(train, 2)).unwrap();
+    std::fs::write(dir.join("data_batch_2.bin"), records(train, 3)).unwrap();
+}
+
+#[test]
+fn a_cifar_folder_and_a_seeded_calibration_subset() {
+    let files = Files::new();
+    let cifar = files.dir.path().join("cifar");
+    cifar_folder(&cifar, 30, 200);
+    let json = files.path("cifar.json");
+    let weights = common::fixture("resnet20_cifar.safetensors");
+    let args: Vec<String> = [
+        "--weights",
+        weights.to_str().unwrap(),
+        "--stem",
+        "cifar",
+        "--cifar-dir",
+        cifar.to_str().unwrap(),
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--calib-count",
+        "256",
+        "--signal-images",
+        "10",
+        "--sparsity",
+        "0.5",
+        "--json",
+        &json,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run(&with(args.clone(), "--calib-seed", "7"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let calib = &report["calibration"];
+    assert_eq!(calib["seed"], 7);
+    assert_eq!(calib["count"], 256);
+    let indices: Vec<u64> = calib["indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    // The order scripts/reference.py's `shuffled(400, 7)` gives (the same generator).
+    assert_eq!(indices[..8], [64, 346, 240, 66, 220, 196, 358, 159]);
+    let mut distinct = indices.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 256);
+    assert!(
+        distinct.iter().all(|&i| i < 400),
+        "two training files of 200"
+    );
+    assert!(report["dense"]["correct"].as_u64().unwrap() <= 30);
+
+    // Without a seed: the first images in order, no index list.
+    let plain = args;
+    assert!(run(&plain).status.success());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["calibration"]["seed"], Value::Null);
+    assert!(report["calibration"].get("indices").is_none());
+}
+
 #[test]
 fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
     let files = Files::new();
@@ -344,6 +426,44 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
         (
             vec!["--weights".into(), "w.safetensors".into()],
             "required arguments were not provided",
+        ),
+        (
+            with(base.clone(), "--cifar-dir", "/nonexistent/cifar"),
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "--weights".into(),
+                common::fixture("resnet20_cifar.safetensors").to_string_lossy().into_owned(),
+                "--cifar-dir".into(),
+                "/nonexistent/cifar".into(),
+                "--mean".into(),
+                "0.5,0.5,0.5".into(),
+                "--std".into(),
+                "0.25,0.25,0.25".into(),
+                "--stem".into(),
+                "cifar".into(),
+            ],
+            "invalid --cifar-dir: /nonexistent/cifar is not a folder",
+        ),
+        (
+            vec![
+                "--weights".into(),
+                common::fixture("resnet20_cifar.safetensors").to_string_lossy().into_owned(),
+                "--cifar-dir".into(),
+                files.path(""),
+                "--mean".into(),
+                "0.5,0.5,0.5".into(),
+                "--std".into(),
+                "0.25,0.25,0.25".into(),
+                "--stem".into(),
+                "cifar".into(),
+            ],
+            "no CIFAR binary files",
+        ),
+        (
+            with(base.clone(), "--calib-seed", "x"),
+            "invalid value 'x' for '--calib-seed <S>'",
         ),
         (
             with(base.clone(), "--pattern", "3:2"),

@@ -394,6 +394,11 @@ impl Dataset {
         &self.labels
     }
 
+    /// The images and the labels, taken apart.
+    pub fn into_parts(self) -> (IdxImages, IdxLabels) {
+        (self.images, self.labels)
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.images.len()

@@ -4,15 +4,18 @@
 //!   and [`StateDict::write_safetensors`](crate::StateDict::write_safetensors) (F32,
 //!   F16, BF16 and F64 read as `f32`; writes are atomic).
 //! - Data: [`IdxImages`], [`IdxLabels`], [`Dataset`] and [`Normalization`] for the
-//!   MNIST / Fashion-MNIST format, raw or gzip-compressed; [`LabelledData`], any
-//!   source of labelled batches.
+//!   MNIST / Fashion-MNIST format, raw or gzip-compressed; [`read_cifar`] for
+//!   CIFAR-10's and CIFAR-100's binary files; [`LabelledData`], any source of labelled
+//!   batches.
 
 mod atomic;
+mod cifar;
 mod file;
 mod idx;
 mod labelled;
 mod safetensors;
 
 pub use atomic::write_atomic;
+pub use cifar::{read_cifar, CifarKind, CifarSplit};
 pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization, MIN_STD};
 pub use labelled::{LabelledBatches, LabelledData};
