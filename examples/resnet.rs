@@ -10,7 +10,8 @@
 //! the last batch-norm layer, and writes two plots (SVG and PNG) to the folder it names.
 //! Flags change the defaults; `--help` lists them.
 
-#[path = "shared/protocol.rs"]
+#[macro_use]
+#[path = "../src/bin/reflow/protocol.rs"]
 mod protocol;
 
 use clap::Parser;

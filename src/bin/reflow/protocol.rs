@@ -1,6 +1,7 @@
 #![allow(dead_code)] // each example uses its own part of this module
 
-//! The evaluation protocol shared by the `prune` and `resnet` examples: for each
+//! The evaluation protocol shared by `reflow prune` and the `prune` and `resnet`
+//! examples: for each
 //! sparsity, from the dense checkpoint, prune → evaluate → REFLOW → evaluate, with the
 //! signal metric of every batch-norm layer at each step.
 
@@ -37,6 +38,35 @@ pub struct Protocol<'a> {
     /// The signal metric is measured on the first this many test images.
     pub signal_images: usize,
     pub reflow: Reflow,
+}
+
+/// `println!` that does not panic when stdout is closed (`reflow inspect m | head`):
+/// what cannot be written is dropped.
+#[allow(unused_macros)] // the resnet example prints with println!
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// What a command line that clap refused ends with: `--help` and `--version` print
+/// and succeed; an error prints clap's message on one line (everything before the
+/// usage text) and exits with 2.
+pub fn clap_exit(e: clap::Error) -> std::process::ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return std::process::ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    eprintln!("{}", message.join(" "));
+    std::process::ExitCode::from(2)
 }
 
 /// A progress bar on stderr for `steps` evaluations.

@@ -1,0 +1,37 @@
+//! The `reflow` command: `reflow prune` prunes a torchvision-layout checkpoint and
+//! recovers it with REFLOW (see `docs/prune-example.md`); `reflow inspect` shows what a
+//! checkpoint holds. Built with the `cli` feature:
+//!
+//! ```sh
+//! cargo install reflow --features cli
+//! reflow prune --weights model.safetensors --test-images ... --json report.json
+//! reflow inspect model.safetensors
+//! ```
+
+#[macro_use]
+mod protocol;
+mod inspect;
+mod prune;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// One-shot pruning of convolutional networks with REFLOW batch-norm recalibration.
+#[derive(Parser, Debug)]
+#[command(name = "reflow", version, about)]
+enum Command {
+    /// Prune a checkpoint at several sparsities (or N:M, or channels), evaluate it,
+    /// recalibrate it with REFLOW, evaluate again, and report.
+    Prune(Box<prune::Args>),
+    /// Print a checkpoint's inferred architecture, parameter counts and per-layer
+    /// sparsity.
+    Inspect(inspect::Args),
+}
+
+fn main() -> ExitCode {
+    match Command::try_parse() {
+        Ok(Command::Prune(args)) => prune::execute(&args),
+        Ok(Command::Inspect(args)) => inspect::execute(&args),
+        Err(e) => protocol::clap_exit(e),
+    }
+}

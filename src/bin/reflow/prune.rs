@@ -1,0 +1,857 @@
+//! `reflow prune` (and the `prune` example): prune a torchvision-layout checkpoint
+//! (ResNet, RegNet, MobileNetV2/V3, EfficientNet or VGG-BN) at several sparsities,
+//! evaluate it, recalibrate it with REFLOW, evaluate again, and report.
+//!
+//! The flags and the JSON report are specified in `docs/prune-example.md`.
+
+use crate::protocol::{self, last_ratio, progress_bar, Protocol};
+use clap::Parser;
+use reflow::io::{read_cifar, CifarSplit};
+use reflow::models::{Arch, Model};
+use reflow::prelude::*;
+use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Prune a torchvision-layout checkpoint one-shot, then recover it with REFLOW.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Args {
+    /// safetensors state dict in torchvision layout.
+    #[arg(long, value_name = "PATH")]
+    weights: PathBuf,
+    /// Network family or torchvision preset; auto detects it from the keys.
+    #[arg(long, default_value = "auto")]
+    arch: String,
+    /// ResNet stem kind: cifar (3x3, no max pool) or imagenet (7x7 stride 2 + max
+    /// pool). Other families ignore it.
+    #[arg(long, default_value = "imagenet")]
+    stem: String,
+    /// Test images, IDX (.gz ok).
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "cifar_dir",
+        conflicts_with = "cifar_dir",
+        requires = "test_labels"
+    )]
+    test_images: Option<PathBuf>,
+    /// Test labels, IDX (.gz ok).
+    #[arg(long, value_name = "PATH", requires = "test_images")]
+    test_labels: Option<PathBuf>,
+    /// Calibration images, IDX (.gz ok); taken in file order (see --calib-seed).
+    /// With --cifar-dir, the CIFAR training images when not given.
+    #[arg(long, value_name = "PATH", required_unless_present = "cifar_dir")]
+    calib_images: Option<PathBuf>,
+    /// A folder of CIFAR-10 or CIFAR-100 binary files: the test images from its test
+    /// split, the calibration images from its training split (unless --calib-images).
+    #[arg(long, value_name = "DIR")]
+    cifar_dir: Option<PathBuf>,
+    /// Draw the --calib-count calibration images by a shuffle of the whole calibration
+    /// set seeded with S (default: the first ones, in order).
+    #[arg(long, value_name = "S")]
+    calib_seed: Option<u64>,
+    /// Number of calibration images.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    calib_count: usize,
+    /// Calibration batch size.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    calib_batch: usize,
+    /// Per-channel means, comma-separated.
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    mean: String,
+    /// Per-channel standard deviations, comma-separated.
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    std: String,
+    /// Sparsities, comma-separated, each in [0, 1).
+    #[arg(
+        long,
+        default_value = "0.5,0.7,0.8,0.9",
+        value_name = "LIST",
+        allow_hyphen_values = true
+    )]
+    sparsity: String,
+    /// Pruning scope: global or layer (unstructured pattern).
+    #[arg(long, default_value = "global")]
+    scope: String,
+    /// Sparsity pattern: unstructured, N:M (e.g. 2:4; one run, --sparsity ignored) or
+    /// channel (--sparsity is the fraction of channels removed; a compact network).
+    #[arg(long, default_value = "unstructured")]
+    pattern: String,
+    /// Parameter names or prefixes never pruned, comma-separated.
+    #[arg(long, default_value = "", value_name = "LIST")]
+    exclude: String,
+    /// REFLOW statistic mode: cumulative, ema or exact.
+    #[arg(long, default_value = "cumulative")]
+    mode: String,
+    /// Momentum for --mode ema.
+    #[arg(long, default_value_t = 0.1, value_name = "M")]
+    momentum: f64,
+    /// First N test images used for the per-BN signal metric.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    signal_images: usize,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write each run's network, pruned and recalibrated, to <DIR>: s<sparsity>,
+    /// nm<N>-<M> or channel-s<sparsity> .safetensors.
+    #[arg(long, value_name = "DIR")]
+    save_dir: Option<PathBuf>,
+}
+
+/// Parses the command line (`args` with the program name first) and runs: exit code 0
+/// on success, 2 on a malformed command line, 1 on any other error, each a line on
+/// stderr. The `prune` example's entry point (`reflow` parses its subcommands itself).
+#[allow(dead_code)]
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    match Args::try_parse_from(args) {
+        Ok(args) => execute(&args),
+        Err(e) => protocol::clap_exit(e),
+    }
+}
+
+/// Runs parsed arguments.
+pub fn execute(args: &Args) -> ExitCode {
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_list<T: std::str::FromStr>(flag: &str, text: &str) -> reflow::Result<Vec<T>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|_| Error::InvalidArgument {
+                name: format!("--{flag}"),
+                reason: format!("\"{s}\" is not a number"),
+            })
+        })
+        .collect()
+}
+
+fn invalid(flag: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        name: format!("--{flag}"),
+        reason: reason.into(),
+    }
+}
+
+/// The `--pattern` of the runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pattern {
+    /// Magnitude pruning at each `--sparsity`, `--scope`.
+    Unstructured,
+    /// N:M pruning, one run.
+    Nm(usize, usize),
+    /// Channel pruning at each `--sparsity`: a compact network.
+    Channel,
+}
+
+impl Pattern {
+    fn parse(text: &str) -> reflow::Result<Pattern> {
+        let bad = |why: String| invalid("pattern", format!("\"{text}\": {why}"));
+        match text {
+            "unstructured" => Ok(Pattern::Unstructured),
+            "channel" => Ok(Pattern::Channel),
+            _ => {
+                let Some((n, m)) = text.split_once(':') else {
+                    return Err(bad(
+                        "expected unstructured, channel or N:M (e.g. 2:4)".into()
+                    ));
+                };
+                let (Ok(n), Ok(m)) = (n.trim().parse::<usize>(), m.trim().parse::<usize>()) else {
+                    return Err(bad("N and M must be whole numbers (e.g. 2:4)".into()));
+                };
+                NmPruner::new(n, m).map_err(|_| bad("N must be at least 1 and below M".into()))?;
+                Ok(Pattern::Nm(n, m))
+            }
+        }
+    }
+
+    /// The JSON `"pattern"` and the table's name of it.
+    fn name(self) -> String {
+        match self {
+            Pattern::Unstructured => "unstructured".into(),
+            Pattern::Nm(n, m) => format!("{n}:{m}"),
+            Pattern::Channel => "channel".into(),
+        }
+    }
+
+    /// The file `--save-dir` gets for a run at `s`.
+    fn saved_name(self, s: f64) -> String {
+        match self {
+            Pattern::Unstructured => format!("s{s}.safetensors"),
+            Pattern::Nm(n, m) => format!("nm{n}-{m}.safetensors"),
+            Pattern::Channel => format!("channel-s{s}.safetensors"),
+        }
+    }
+}
+
+/// Every flag checked before any file is read.
+struct Plan {
+    arch: Arch,
+    stem: Stem,
+    scope: Scope,
+    pattern: Pattern,
+    /// One per run: the `--sparsity` list, or N:M's 1 − N/M.
+    sparsities: Vec<f64>,
+    exclude: Vec<String>,
+    reflow: Reflow,
+    norm: Normalization,
+}
+
+fn plan(args: &Args) -> reflow::Result<Plan> {
+    let pattern = Pattern::parse(&args.pattern)?;
+    let sparsities: Vec<f64> = match pattern {
+        Pattern::Nm(n, m) => vec![1.0 - n as f64 / m as f64],
+        _ => parse_list("sparsity", &args.sparsity)?,
+    };
+    if sparsities.is_empty() {
+        return Err(invalid("sparsity", "no value given"));
+    }
+    for &s in &sparsities {
+        PrunePlan::new(s)
+            .validate()
+            .map_err(|_| invalid("sparsity", format!("{s} is outside [0, 1)")))?;
+    }
+    let reflow = match args.mode.as_str() {
+        "cumulative" => Reflow::cumulative(),
+        "ema" => Reflow::ema(args.momentum),
+        "exact" => Reflow::exact(),
+        other => {
+            return Err(invalid(
+                "mode",
+                format!("\"{other}\" (expected cumulative, ema or exact)"),
+            ))
+        }
+    };
+    reflow.validate()?;
+    if args.calib_count == 0 {
+        return Err(invalid("calib-count", "empty calibration set (0 images)"));
+    }
+    if args.calib_batch == 0 {
+        return Err(invalid("calib-batch", "must be positive"));
+    }
+    if args.signal_images == 0 {
+        return Err(invalid("signal-images", "must be positive"));
+    }
+    let mean = parse_list("mean", &args.mean)?;
+    let std = parse_list("std", &args.std)?;
+    let norm = Normalization::new(mean, std)?;
+    Ok(Plan {
+        arch: args.arch.parse()?,
+        stem: args.stem.parse()?,
+        scope: args.scope.parse()?,
+        pattern,
+        sparsities,
+        exclude: args
+            .exclude
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        reflow,
+        norm,
+    })
+}
+
+/// `v` as a JSON number, or, when it is NaN or infinite (which JSON numbers cannot
+/// be, and serde_json would write as `null`), as the string `"NaN"`, `"inf"` or
+/// `"-inf"`: a value that went wrong stays visible in the report.
+fn number(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        json!(v.to_string())
+    }
+}
+
+fn signal_json(signal: &Signal) -> Value {
+    Value::Object(
+        signal
+            .layers
+            .iter()
+            .map(|(name, v)| (name.clone(), number(*v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// What a run pruned, beyond the zeros in [`protocol::Run::report`].
+enum Pruned {
+    Unstructured,
+    /// The tensors N:M left dense.
+    Nm(Vec<String>),
+    /// The channels removed.
+    Channel(ChannelReport),
+}
+
+impl Pruned {
+    /// The fraction pruned: of the prunable weights, or of the channels in scope.
+    fn actual(&self, run: &protocol::Run) -> f64 {
+        match self {
+            Pruned::Channel(r) => r.channel_fraction(),
+            _ => run.report.prunable_sparsity(),
+        }
+    }
+}
+
+fn run_json(run: &protocol::Run, pruned: &Pruned, plan: &Plan) -> Value {
+    let scope = match plan.pattern {
+        Pattern::Unstructured => plan.scope,
+        _ => Scope::Layer,
+    };
+    let mut entry = json!({
+        "pattern": plan.pattern.name(),
+        "scope": scope.to_string(),
+        "sparsity": run.sparsity,
+        "actual_sparsity": number(pruned.actual(run)),
+        "pruned_top1": number(run.pruned.accuracy.top1()),
+        "pruned_correct": run.pruned.accuracy.correct,
+        "reflow_top1": number(run.reflow.accuracy.top1()),
+        "reflow_correct": run.reflow.accuracy.correct,
+        "bn_signal_pruned": signal_json(&run.pruned.signal),
+        "bn_signal_reflow": signal_json(&run.reflow.signal),
+        "layers": layers_json(&run.report),
+        "secs": run.secs,
+    });
+    match pruned {
+        Pruned::Unstructured => {}
+        Pruned::Nm(skipped) => entry["skipped"] = json!(skipped),
+        Pruned::Channel(report) => {
+            entry["skipped"] = json!(report.skipped.iter().map(|s| &s.conv).collect::<Vec<_>>());
+            entry["params"] = json!(report.params.1);
+            entry["layers"] = report
+                .removals
+                .iter()
+                .map(|r| json!({"name": r.conv, "channels": r.channels, "kept": r.kept()}))
+                .collect();
+        }
+    }
+    entry
+}
+
+fn layers_json(report: &SparsityReport) -> Value {
+    report
+        .tensors
+        .iter()
+        .map(|t| json!({"name": t.name, "numel": t.numel, "sparsity": number(t.sparsity())}))
+        .collect()
+}
+
+fn run(args: &Args) -> reflow::Result<()> {
+    let plan = plan(args)?;
+    let saved: Vec<String> = plan
+        .sparsities
+        .iter()
+        .map(|&s| plan.pattern.saved_name(s))
+        .collect();
+    check_paths(args, &saved)?;
+
+    let mut net = Model::load(&args.weights, plan.arch, plan.stem)?;
+    let (in_channels, num_classes) = (net.in_channels(), net.num_classes());
+    if plan.norm.channels() != in_channels {
+        return Err(invalid(
+            "mean/--std",
+            format!(
+                "{} values given; the model takes {} input channel(s)",
+                plan.norm.channels(),
+                in_channels
+            ),
+        ));
+    }
+    let runs_ahead = Runs::check(&plan, &net)?;
+    let (test, calib_images) = read_data(args)?;
+    let (test_flag, calib_flag) = match (&args.cifar_dir, &args.calib_images) {
+        (Some(_), None) => ("cifar-dir", "cifar-dir"),
+        (Some(_), Some(_)) => ("cifar-dir", "calib-images"),
+        _ => ("test-images", "calib-images"),
+    };
+    let channels = |flag: &str, images: &IdxImages| {
+        let c = images.dims()[1];
+        if c == in_channels {
+            return Ok(());
+        }
+        Err(invalid(
+            flag,
+            format!("{c}-channel images; the model takes {in_channels} input channel(s)"),
+        ))
+    };
+    channels(test_flag, test.images())?;
+    let labels = test.labels().as_slice();
+    if let Some(i) = labels.iter().position(|&l| l as usize >= num_classes) {
+        return Err(invalid(
+            if args.cifar_dir.is_some() {
+                "cifar-dir"
+            } else {
+                "test-labels"
+            },
+            format!(
+                "label {} of sample {i}, but the model has {num_classes} classes",
+                labels[i]
+            ),
+        ));
+    }
+    if args.signal_images > test.len() {
+        return Err(invalid(
+            "signal-images",
+            format!(
+                "{} asked for, the test set has {}",
+                args.signal_images,
+                test.len()
+            ),
+        ));
+    }
+    channels(calib_flag, &calib_images)?;
+    enough_values(args, &plan, &net, &calib_images)?;
+    let calibration = ImageBatches::new(
+        &calib_images,
+        args.calib_count,
+        args.calib_batch,
+        &plan.norm,
+    )
+    .map_err(|e| match e {
+        Error::Data(m) => Error::Data(format!("--{calib_flag}: {m}")),
+        other => other,
+    })?;
+    let calibration = match args.calib_seed {
+        Some(seed) => calibration.shuffled(seed),
+        None => calibration,
+    };
+    let save = |name: String, net: &Model| -> reflow::Result<()> {
+        let Some(dir) = &args.save_dir else {
+            return Ok(());
+        };
+        // `check_paths` made the folder and made sure the file is no input.
+        StateDict::from_layer(net).write_safetensors(dir.join(name))
+    };
+
+    let protocol = Protocol {
+        test: &test,
+        norm: &plan.norm,
+        calibration: &calibration,
+        signal_images: args.signal_images,
+        reflow: plan.reflow,
+    };
+    let progress = progress_bar(1 + 2 * plan.sparsities.len() as u64);
+    progress.set_message("dense model");
+    let dense_state = StateDict::from_layer(&net);
+    let dense = protocol.evaluate(&net)?;
+    progress.inc(1);
+
+    let mut runs = Vec::new();
+    let label = |s: f64| match plan.pattern {
+        Pattern::Nm(..) => plan.pattern.name(),
+        _ => format!("{} {s}", plan.pattern.name()),
+    };
+    match runs_ahead {
+        Runs::Unstructured(pruners) => {
+            for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
+                progress.set_message(label(s));
+                let run = protocol.run(&mut net, &dense_state, s, pruner, &progress)?;
+                save(plan.pattern.saved_name(s), &net)?;
+                runs.push((run, Pruned::Unstructured));
+            }
+        }
+        Runs::Nm(pruner, skipped) => {
+            let s = plan.sparsities[0];
+            progress.set_message(label(s));
+            let run = protocol.run(&mut net, &dense_state, s, pruner, &progress)?;
+            save(plan.pattern.saved_name(s), &net)?;
+            runs.push((run, Pruned::Nm(skipped)));
+        }
+        Runs::Channel(pruners) => {
+            for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
+                progress.set_message(label(s));
+                let started = std::time::Instant::now();
+                let (mut compact, report) = pruner.prune(&net)?;
+                let run = protocol.run_pruned(&mut compact, s, started, &progress)?;
+                save(plan.pattern.saved_name(s), &compact)?;
+                runs.push((run, Pruned::Channel(report)));
+            }
+        }
+    }
+    progress.finish_and_clear();
+
+    let arch = net.arch();
+    let described = match &net {
+        Model::ResNet(r) => {
+            let cfg = r.config();
+            format!(
+                "{} stem, stages {:?}, {} blocks, groups {}",
+                cfg.stem, cfg.layers, cfg.block, cfg.groups
+            )
+        }
+        _ => arch.to_string(),
+    };
+    let described = match described == arch.family() {
+        true => String::new(),
+        false => format!(" {described},"),
+    };
+    say!(
+        "model: {},{described} {} parameters ({} prunable)",
+        arch.family(),
+        count_parameters(&net),
+        count_prunable(&net)
+    );
+    say!(
+        "dense: top-1 {:.4} ({}/{}), last BN signal {:.4}",
+        dense.accuracy.top1(),
+        dense.accuracy.correct,
+        dense.accuracy.total,
+        dense.signal.last().map_or(f64::NAN, |(_, v)| v)
+    );
+    say!(
+        "{:<7} {:>8} {:>7} {:>13} {:>13} {:>16} {:>16} {:>6}",
+        "pruning",
+        "sparsity",
+        "actual",
+        "pruned top-1",
+        "REFLOW top-1",
+        "signal pruned/d",
+        "signal REFLOW/d",
+        "secs"
+    );
+    let kind = match plan.pattern {
+        Pattern::Unstructured => plan.scope.to_string(),
+        other => other.name(),
+    };
+    for (run, pruned) in &runs {
+        say!(
+            "{:<7} {:>8.3} {:>7.4} {:>13.4} {:>13.4} {:>16.4} {:>16.4} {:>6.1}",
+            kind,
+            run.sparsity,
+            pruned.actual(run),
+            run.pruned.accuracy.top1(),
+            run.reflow.accuracy.top1(),
+            last_ratio(&run.pruned.signal, &dense.signal),
+            last_ratio(&run.reflow.signal, &dense.signal),
+            run.secs
+        );
+    }
+    say!(
+        "(signal: last batch-norm layer, relative to the dense network, on {} test images)",
+        args.signal_images
+    );
+    for (run, pruned) in &runs {
+        match pruned {
+            Pruned::Channel(r) => say!(
+                "channel {}: {} of {} channels removed in {} convolutions; {} -> {} parameters{}",
+                run.sparsity,
+                r.removals.iter().map(|c| c.removed.len()).sum::<usize>(),
+                r.removals.iter().map(|c| c.channels).sum::<usize>(),
+                r.removals.len(),
+                r.params.0,
+                r.params.1,
+                match r.skipped.len() {
+                    0 => String::new(),
+                    k => format!(" ({k} convolutions skipped: {})", r.skipped[0].reason),
+                }
+            ),
+            Pruned::Nm(skipped) if !skipped.is_empty() => say!(
+                "{}: {} tensor(s) left dense (grouped axis not a multiple of M): {}",
+                plan.pattern.name(),
+                skipped.len(),
+                skipped.join(", ")
+            ),
+            _ => {}
+        }
+    }
+
+    if let Some(path) = &args.json {
+        let mut model = json!({
+            "family": arch.family(),
+            "arch": arch.to_string(),
+            "params": count_parameters(&net),
+            "prunable": count_prunable(&net),
+        });
+        if let Model::ResNet(r) = &net {
+            let cfg = r.config();
+            model["stem"] = json!(cfg.stem.to_string());
+            model["stages"] = json!(cfg.layers);
+            model["block"] = json!(cfg.block.to_string());
+            model["groups"] = json!(cfg.groups);
+        }
+        let source = match (&args.calib_images, &args.cifar_dir) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some(dir)) => format!("{} (training split)", dir.display()),
+            (None, None) => String::new(),
+        };
+        let mut calib = json!({
+            "source": source,
+            "count": calibration.len(),
+            "batch": args.calib_batch,
+            "seed": args.calib_seed,
+        });
+        if args.calib_seed.is_some() {
+            calib["indices"] = json!(calibration.indices());
+        }
+        let report = json!({
+            "model": model,
+            "calibration": calib,
+            "dense": {
+                "top1": number(dense.accuracy.top1()),
+                "correct": dense.accuracy.correct,
+                "bn_signal": signal_json(&dense.signal),
+            },
+            "runs": runs.iter().map(|(run, pruned)| run_json(run, pruned, &plan)).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&report).expect("JSON values serialise");
+        reflow::io::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The runs' pruners, each checked against the network before any data is read.
+enum Runs {
+    Unstructured(Vec<MagnitudePruner>),
+    /// The pruner and the tensors it leaves dense.
+    Nm(NmPruner, Vec<String>),
+    Channel(Vec<ChannelPruner>),
+}
+
+impl Runs {
+    fn check(plan: &Plan, net: &Model) -> reflow::Result<Runs> {
+        /// `p` with every `--exclude` entry.
+        fn excluding<P>(p: P, exclude: &[String], add: fn(P, String) -> P) -> P {
+            exclude.iter().cloned().fold(p, add)
+        }
+        let exclude = &plan.exclude;
+        match plan.pattern {
+            Pattern::Unstructured => plan
+                .sparsities
+                .iter()
+                .map(|&s| {
+                    let p = excluding(
+                        MagnitudePruner::new(s).scope(plan.scope),
+                        exclude,
+                        MagnitudePruner::exclude,
+                    );
+                    p.plan().check(net).map(|_| p)
+                })
+                .collect::<reflow::Result<_>>()
+                .map(Runs::Unstructured),
+            Pattern::Nm(n, m) => {
+                let pruner = excluding(NmPruner::new(n, m)?, exclude, NmPruner::exclude);
+                let skipped = pruner.skipped(net)?;
+                if pruner.masks(net)?.is_empty() {
+                    return Err(invalid(
+                        "pattern",
+                        format!(
+                            "{n}:{m}: no layer of this network can be pruned: no prunable tensor (not excluded) has a multiple of {m} input channels{}",
+                            match skipped.first() {
+                                Some(first) => format!(" ({} skipped, the first {first})", skipped.len()),
+                                None => String::new(),
+                            }
+                        ),
+                    ));
+                }
+                Ok(Runs::Nm(pruner, skipped))
+            }
+            Pattern::Channel => {
+                if !matches!(net, Model::ResNet(_) | Model::Vgg(_)) {
+                    return Err(invalid(
+                        "pattern",
+                        format!(
+                            "channel: channel pruning supports ResNets (each block's conv1, and conv2 in an ungrouped bottleneck) and VGG (every convolution); this network is a {}",
+                            net.arch().family()
+                        ),
+                    ));
+                }
+                let state = StateDict::from_layer(net);
+                let scope = net.channel_scope();
+                plan.sparsities
+                    .iter()
+                    .map(|&s| {
+                        let p = excluding(ChannelPruner::new(s)?, exclude, ChannelPruner::exclude);
+                        p.select(&state, &scope).map(|_| p)
+                    })
+                    .collect::<reflow::Result<_>>()
+                    .map(Runs::Channel)
+            }
+        }
+    }
+}
+
+/// The test set and the calibration images, from IDX files or a CIFAR folder.
+fn read_data(args: &Args) -> reflow::Result<(Dataset, IdxImages)> {
+    let calib_idx = || match &args.calib_images {
+        Some(path) => IdxImages::read(path).map(Some),
+        None => Ok(None),
+    };
+    match (&args.cifar_dir, &args.test_images, &args.test_labels) {
+        (Some(dir), _, _) => {
+            let (_, test) = read_cifar(dir, CifarSplit::Test)?;
+            let calib = match calib_idx()? {
+                Some(images) => images,
+                None => read_cifar(dir, CifarSplit::Train)?.1.into_parts().0,
+            };
+            Ok((test, calib))
+        }
+        (None, Some(images), Some(labels)) => {
+            let test = Dataset::new(IdxImages::read(images)?, IdxLabels::read(labels)?)?;
+            let calib = calib_idx()?.ok_or_else(|| invalid("calib-images", "not given"))?;
+            Ok((test, calib))
+        }
+        _ => Err(invalid(
+            "test-images",
+            "give --test-images and --test-labels, or --cifar-dir",
+        )),
+    }
+}
+
+/// Before any forward pass over the data: every batch norm gets at least two values
+/// per channel to compute a variance from — in each calibration batch for the
+/// running modes, in the whole calibration set for `exact`. How many values a batch
+/// norm sees per image is measured on one blank image.
+fn enough_values(args: &Args, plan: &Plan, net: &Model, images: &IdxImages) -> reflow::Result<()> {
+    /// The smallest plane a batch norm sees.
+    struct Smallest(usize);
+    impl reflow::layer::Observer for Smallest {
+        fn wants(&self, tap: &reflow::layer::Tap<'_>) -> bool {
+            tap.kind == reflow::layer::LayerKind::BatchNorm
+                && tap.site == reflow::layer::Site::Output
+        }
+        fn observe(&mut self, _: &reflow::layer::Tap<'_>, a: reflow::layer::ActivationView<'_>) {
+            self.0 = self.0.min(a.spatial);
+        }
+    }
+    let [_, c, h, w] = images.dims();
+    let mut smallest = Smallest(usize::MAX);
+    let blank = reflow::nn::Tensor4::zeros((1, c, h, w));
+    net.forward_with(&blank, &mut Probe::new(&mut smallest))?;
+    let per_image = smallest.0;
+    let count = args.calib_count.min(images.len());
+    let (images_at_once, flag) = match plan.reflow.mode() {
+        ReflowMode::Exact => (count, "calib-count"),
+        _ => match count % args.calib_batch {
+            0 => (args.calib_batch.min(count), "calib-batch"),
+            last => (last, "calib-batch"),
+        },
+    };
+    if images_at_once.saturating_mul(per_image) < 2 {
+        return Err(invalid(
+            flag,
+            format!(
+                "{images_at_once} image(s) of {h}x{w} give the smallest batch norms {} value(s) per channel; a variance needs two",
+                images_at_once.saturating_mul(per_image)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where `path` is, whether or not it exists yet: its canonical form, or its folder's
+/// with its name.
+fn identity(path: &Path) -> Option<PathBuf> {
+    path.canonicalize().ok().or_else(|| {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(dir.canonicalize().ok()?.join(path.file_name()?))
+    })
+}
+
+/// Before any work: every input a regular file; every output's folder there and
+/// writable; no output the same file as an input or as another output (so that
+/// nothing given is ever overwritten). Makes `--save-dir` when it does not exist.
+fn check_paths(args: &Args, saved: &[String]) -> reflow::Result<()> {
+    let mut inputs = vec![("weights", args.weights.clone())];
+    let given = [
+        ("test-images", &args.test_images),
+        ("test-labels", &args.test_labels),
+        ("calib-images", &args.calib_images),
+    ];
+    inputs.extend(given.iter().filter_map(|(f, p)| Some((*f, (*p).clone()?))));
+    if let Some(dir) = &args.cifar_dir {
+        if !dir.is_dir() {
+            return Err(invalid(
+                "cifar-dir",
+                format!("{} is not a folder", dir.display()),
+            ));
+        }
+        let files = std::fs::read_dir(dir)
+            .map_err(|e| invalid("cifar-dir", format!("{}: {e}", dir.display())))?;
+        inputs.extend(
+            files
+                .filter_map(|f| Some(f.ok()?.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+                .map(|p| ("cifar-dir", p)),
+        );
+    }
+    for (flag, path) in &inputs {
+        let (flag, path) = (*flag, path);
+        let meta = std::fs::metadata(path)
+            .map_err(|e| invalid(flag, format!("{}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(invalid(
+                flag,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+    }
+    let mut outputs: Vec<(&str, PathBuf)> = Vec::new();
+    if let Some(json) = &args.json {
+        writable_folder("json", json.parent())?;
+        outputs.push(("json", json.clone()));
+    }
+    if let Some(dir) = &args.save_dir {
+        if dir.exists() && !dir.is_dir() {
+            return Err(invalid(
+                "save-dir",
+                format!("{} is not a folder", dir.display()),
+            ));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| invalid("save-dir", format!("{}: {e}", dir.display())))?;
+        writable_folder("save-dir", Some(dir))?;
+        outputs.extend(saved.iter().map(|name| ("save-dir", dir.join(name))));
+    }
+    let mut taken: Vec<(String, PathBuf)> = inputs
+        .iter()
+        .filter_map(|(flag, p)| Some((format!("the --{flag} file"), identity(p)?)))
+        .collect();
+    for (flag, path) in outputs {
+        let Some(id) = identity(&path) else {
+            continue;
+        };
+        if let Some((what, _)) = taken.iter().find(|(_, other)| *other == id) {
+            return Err(invalid(
+                flag,
+                format!("{} is {what}: it would be overwritten", path.display()),
+            ));
+        }
+        taken.push((format!("the --{flag} output"), id));
+    }
+    Ok(())
+}
+
+/// `dir` (the current folder when empty or absent) exists, is a folder, and takes a
+/// new file.
+fn writable_folder(flag: &str, dir: Option<&Path>) -> reflow::Result<()> {
+    let dir = match dir {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid(
+            flag,
+            format!("folder {} does not exist", dir.display()),
+        ));
+    }
+    let probe = dir.join(format!(".reflow-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| invalid(flag, format!("cannot write in {}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
