@@ -192,6 +192,12 @@ impl ChannelReport {
 /// assert!(count_parameters(&compact) < count_parameters(&net));
 /// let logits = compact.forward(&ndarray::Array4::zeros((1, 3, 8, 8)))?;
 /// assert_eq!(logits.dim(), (1, 10));
+///
+/// // REFLOW on the compact network, as on any other.
+/// use reflow::rescale::{Reflow, Rescaler};
+/// let mut compact = compact;
+/// let batch = |s: usize| ndarray::Array4::from_shape_fn((8, 3, 8, 8), |(n, c, h, w)| ((s + n * c + h * w) % 5) as f32);
+/// Reflow::cumulative().rescale(&mut compact, &vec![batch(0), batch(1)])?;
 /// # Ok::<(), reflow::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
