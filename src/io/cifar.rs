@@ -121,7 +121,7 @@ fn read_file(
     path: &Path,
     kind: CifarKind,
     pixels: &mut Vec<u8>,
-    labels: &mut Vec<u8>,
+    labels: &mut Vec<u32>,
 ) -> Result<()> {
     let bytes = super::file::read_regular(path)?;
     let record = kind.label_bytes() + IMAGE;
@@ -144,7 +144,7 @@ fn read_file(
                 kind.classes()
             )));
         }
-        labels.push(label);
+        labels.push(u32::from(label));
         pixels.extend_from_slice(&r[kind.label_bytes()..]);
     }
     Ok(())

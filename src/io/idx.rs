@@ -4,6 +4,7 @@
 //! dimensions, then the row-major data. Only unsigned-byte data (`dtype = 0x08`) is
 //! used by image data sets, and only it is accepted here.
 
+use super::ImageSource;
 use crate::error::{Error, Result};
 use crate::nn::Tensor4;
 use ndarray::Array4;
@@ -217,10 +218,11 @@ impl IdxImages {
     }
 }
 
-/// Class labels stored as unsigned bytes, `[N]`.
+/// Class labels, `[N]`: read from an IDX file (unsigned bytes), or any others
+/// ([`IdxLabels::from_vec`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdxLabels {
-    labels: Vec<u8>,
+    labels: Vec<u32>,
 }
 
 impl IdxLabels {
@@ -237,16 +239,18 @@ impl IdxLabels {
 
     fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
         let (_, labels) = parse(bytes, path, &[1])?;
-        Ok(IdxLabels { labels })
+        Ok(IdxLabels {
+            labels: labels.into_iter().map(u32::from).collect(),
+        })
     }
 
     /// Wraps labels.
-    pub fn from_vec(labels: Vec<u8>) -> Self {
+    pub fn from_vec(labels: Vec<u32>) -> Self {
         IdxLabels { labels }
     }
 
     /// The labels.
-    pub fn as_slice(&self) -> &[u8] {
+    pub fn as_slice(&self) -> &[u32] {
         &self.labels
     }
 
@@ -325,6 +329,14 @@ impl Normalization {
         self.mean.len()
     }
 
+    /// One value per channel of `source`'s images, unless they are normalised already.
+    pub(crate) fn check_source(&self, source: &dyn ImageSource) -> Result<()> {
+        match source.is_normalized() {
+            true => Ok(()),
+            false => self.check_channels(source.image_dims()[0]),
+        }
+    }
+
     pub(crate) fn check_channels(&self, channels: usize) -> Result<()> {
         if channels != self.channels() {
             return Err(Error::invalid(
@@ -339,7 +351,8 @@ impl Normalization {
     }
 }
 
-/// Images with their labels, equal in number.
+/// Images from any [`ImageSource`] (IDX images unless said otherwise) with their
+/// labels, equal in number.
 ///
 /// ```no_run
 /// use reflow::io::{Dataset, IdxImages, IdxLabels, Normalization};
@@ -355,8 +368,8 @@ impl Normalization {
 /// # Ok::<(), reflow::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dataset {
-    images: IdxImages,
+pub struct Dataset<S = IdxImages> {
+    images: S,
     labels: IdxLabels,
 }
 
@@ -368,12 +381,12 @@ pub struct Batch<'a> {
     /// `[B, C, H, W]`, normalised.
     pub images: Tensor4,
     /// `[B]`.
-    pub labels: &'a [u8],
+    pub labels: &'a [u32],
 }
 
-impl Dataset {
+impl<S: ImageSource> Dataset<S> {
     /// Pairs images and labels; an [`Error::Data`] when their counts differ.
-    pub fn new(images: IdxImages, labels: IdxLabels) -> Result<Self> {
+    pub fn new(images: S, labels: IdxLabels) -> Result<Self> {
         if images.len() != labels.len() {
             return Err(Error::Data(format!(
                 "{} images but {} labels",
@@ -385,7 +398,7 @@ impl Dataset {
     }
 
     /// The images.
-    pub fn images(&self) -> &IdxImages {
+    pub fn images(&self) -> &S {
         &self.images
     }
 
@@ -395,7 +408,7 @@ impl Dataset {
     }
 
     /// The images and the labels, taken apart.
-    pub fn into_parts(self) -> (IdxImages, IdxLabels) {
+    pub fn into_parts(self) -> (S, IdxLabels) {
         (self.images, self.labels)
     }
 
@@ -409,9 +422,9 @@ impl Dataset {
         self.images.is_empty()
     }
 
-    /// The data set in file order, `batch_size` samples at a time (the last batch may
-    /// be smaller). Checks the batch size and the normalisation's channel count once,
-    /// up front.
+    /// The data set in order, `batch_size` samples at a time (the last batch may be
+    /// smaller). Checks the batch size and the normalisation's channel count once, up
+    /// front.
     pub fn batches<'a>(
         &'a self,
         batch_size: usize,
@@ -420,12 +433,13 @@ impl Dataset {
         if batch_size == 0 {
             return Err(Error::invalid("batch size", "must be positive"));
         }
-        norm.check_channels(self.images.channels())?;
+        norm.check_source(&self.images)?;
         Ok((0..self.len()).step_by(batch_size).map(move |start| {
             let end = (start + batch_size).min(self.len());
+            let indices: Vec<usize> = (start..end).collect();
             Ok(Batch {
                 start,
-                images: self.images.to_tensor(start..end, norm)?,
+                images: self.images.tensor(&indices, norm)?,
                 labels: &self.labels.as_slice()[start..end],
             })
         }))

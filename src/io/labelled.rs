@@ -27,13 +27,13 @@ impl<I> LabelledData<I> for Vec<(I, Vec<usize>)> {
 /// A [`Dataset`] in file order, normalised, `batch_size` samples at a time: see
 /// [`Dataset::labelled`].
 #[derive(Debug, Clone, Copy)]
-pub struct LabelledBatches<'a> {
-    data: &'a Dataset,
+pub struct LabelledBatches<'a, S = super::IdxImages> {
+    data: &'a Dataset<S>,
     batch_size: usize,
     norm: &'a Normalization,
 }
 
-impl Dataset {
+impl<S: super::ImageSource> Dataset<S> {
     /// The data set as [`LabelledData`], `batch_size` samples at a time, normalised by
     /// `norm`. The batch size and the normalisation's channel count are checked here,
     /// before any batch is made.
@@ -53,11 +53,11 @@ impl Dataset {
         &'a self,
         batch_size: usize,
         norm: &'a Normalization,
-    ) -> Result<LabelledBatches<'a>> {
+    ) -> Result<LabelledBatches<'a, S>> {
         if batch_size == 0 {
             return Err(Error::invalid("batch size", "must be positive"));
         }
-        norm.check_channels(self.images().channels())?;
+        norm.check_source(self.images())?;
         Ok(LabelledBatches {
             data: self,
             batch_size,
@@ -66,7 +66,7 @@ impl Dataset {
     }
 }
 
-impl LabelledData<Tensor4> for LabelledBatches<'_> {
+impl<S: super::ImageSource> LabelledData<Tensor4> for LabelledBatches<'_, S> {
     fn try_for_each_labelled(
         &self,
         f: &mut dyn FnMut(&Tensor4, &[usize]) -> Result<()>,

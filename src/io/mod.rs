@@ -14,8 +14,10 @@ mod file;
 mod idx;
 mod labelled;
 mod safetensors;
+mod source;
 
 pub use atomic::write_atomic;
 pub use cifar::{read_cifar, CifarKind, CifarSplit};
 pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization, MIN_STD};
 pub use labelled::{LabelledBatches, LabelledData};
+pub use source::{FloatImages, ImageSource};

@@ -1,7 +1,7 @@
 //! Calibration batches.
 
 use crate::error::{Error, Result};
-use crate::io::{IdxImages, Normalization};
+use crate::io::{ImageSource, Normalization};
 use crate::nn::Tensor4;
 
 /// A sequence of input batches that can be walked several times, in the same order
@@ -37,9 +37,9 @@ impl<I> CalibrationData<I> for Vec<I> {
     }
 }
 
-/// `count` images of an IDX file, normalised, in batches of `batch_size` (the last may
-/// be smaller): the first `count` in file order, or — with [`ImageBatches::shuffled`] —
-/// `count` images drawn by a seeded shuffle of the whole file.
+/// `count` images of any [`ImageSource`], normalised, in batches of `batch_size` (the
+/// last may be smaller): the first `count` in order, or — with
+/// [`ImageBatches::shuffled`] — `count` images drawn by a seeded shuffle of them all.
 ///
 /// ```
 /// use reflow::io::{IdxImages, Normalization};
@@ -53,12 +53,23 @@ impl<I> CalibrationData<I> for Vec<I> {
 /// assert!(ImageBatches::new(&images, 11, 3, &norm).is_err()); // more than the file has
 /// # Ok::<(), reflow::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ImageBatches<'a> {
-    images: &'a IdxImages,
+    images: &'a dyn ImageSource,
     order: Vec<usize>,
     batch_size: usize,
     norm: &'a Normalization,
+}
+
+impl std::fmt::Debug for ImageBatches<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageBatches")
+            .field("images", &self.order.len())
+            .field("of", &self.images.len())
+            .field("batch_size", &self.batch_size)
+            .field("norm", self.norm)
+            .finish()
+    }
 }
 
 impl<'a> ImageBatches<'a> {
@@ -66,7 +77,7 @@ impl<'a> ImageBatches<'a> {
     /// `count` is 0 or more than the file holds, when `batch_size` is 0, or when the
     /// normalisation does not have one value per channel.
     pub fn new(
-        images: &'a IdxImages,
+        images: &'a dyn ImageSource,
         count: usize,
         batch_size: usize,
         norm: &'a Normalization,
@@ -86,16 +97,7 @@ impl<'a> ImageBatches<'a> {
         if batch_size == 0 {
             return Err(Error::invalid("calibration batch size", "must be positive"));
         }
-        if norm.channels() != images.channels() {
-            return Err(Error::invalid(
-                "mean/std",
-                format!(
-                    "{} values given for images with {} channels",
-                    norm.channels(),
-                    images.channels()
-                ),
-            ));
-        }
+        norm.check_source(images)?;
         Ok(ImageBatches {
             images,
             order: (0..count).collect(),
@@ -142,20 +144,7 @@ impl<'a> ImageBatches<'a> {
     }
 
     fn batch(&self, indices: &[usize]) -> Result<Tensor4> {
-        // Consecutive runs are copied as ranges (the common, unshuffled case).
-        if indices.windows(2).all(|w| w[1] == w[0] + 1) {
-            let start = indices[0];
-            return self
-                .images
-                .to_tensor(start..start + indices.len(), self.norm);
-        }
-        let parts = indices
-            .iter()
-            .map(|&i| self.images.to_tensor(i..i + 1, self.norm))
-            .collect::<Result<Vec<_>>>()?;
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        ndarray::concatenate(ndarray::Axis(0), &views)
-            .map_err(|e| Error::invalid("calibration batch", e.to_string()))
+        self.images.tensor(indices, self.norm)
     }
 }
 
