@@ -134,6 +134,19 @@ def load_cifar(folder: str, split: str, mean: list[float], std: list[float]) -> 
     return (x - m) / sd, torch.from_numpy(records[:, head - 1].astype(np.int64))
 
 
+def load_npy_images(path: str, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 [N, H, W] / [N, C, H, W] normalised as IDX images; float32 [N, C, H, W] as is."""
+    arr = np.load(path)
+    if arr.dtype == np.float32:
+        return torch.from_numpy(arr.copy())
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    x = torch.from_numpy(arr.copy()).float() / 255.0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / sd
+
+
 def shuffled(n: int, seed: int) -> list[int]:
     """0..n-1 shuffled as reflow's ImageBatches::shuffled does: Fisher-Yates driven by
     xorshift64* seeded with seed ^ 0x2545F4914F6CDD1D."""
@@ -425,6 +438,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--test-images")
     ap.add_argument("--test-labels")
     ap.add_argument("--calib-images")
+    ap.add_argument("--test-npy")
+    ap.add_argument("--test-labels-npy")
+    ap.add_argument("--calib-npy")
     ap.add_argument("--cifar-dir", help="CIFAR-10/100 binary folder: test split, and training split for calibration")
     ap.add_argument("--calib-seed", type=int, help="seeded shuffle of the calibration set (reflow's order)")
     ap.add_argument("--calib-count", type=int, default=1024)
@@ -440,8 +456,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--signal-images", type=int, default=1000)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    if args.cifar_dir is None and not (args.test_images and args.test_labels and args.calib_images):
-        ap.error("give --test-images, --test-labels and --calib-images, or --cifar-dir")
+    if not (args.cifar_dir or (args.test_images and args.test_labels) or (args.test_npy and args.test_labels_npy)):
+        ap.error("give --test-images and --test-labels, --test-npy and --test-labels-npy, or --cifar-dir")
+    if not (args.cifar_dir or args.calib_images or args.calib_npy):
+        ap.error("give --calib-images, --calib-npy or --cifar-dir")
     args.exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
     args.nm = None
     if args.pattern not in ("unstructured", "channel"):
@@ -516,6 +534,9 @@ def run(args) -> dict:
         validate(args, in_channels, 0)  # raises the channel-count error
     if args.cifar_dir:
         test_x, test_y = load_cifar(args.cifar_dir, "test", args.mean, args.std)
+    elif args.test_npy:
+        test_x = load_npy_images(args.test_npy, args.mean, args.std)
+        test_y = torch.from_numpy(np.load(args.test_labels_npy).astype(np.int64))
     else:
         test_x = load_images(args.test_images, args.mean, args.std)
         test_y = load_labels(args.test_labels)
@@ -525,6 +546,8 @@ def run(args) -> dict:
         raise InputError("the test set is empty")
     if args.calib_images:
         calib_all = load_images(args.calib_images, args.mean, args.std)
+    elif args.calib_npy:
+        calib_all = load_npy_images(args.calib_npy, args.mean, args.std)
     else:
         calib_all, _ = load_cifar(args.cifar_dir, "train", args.mean, args.std)
     validate(args, in_channels, len(calib_all))

@@ -462,6 +462,20 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
             "no CIFAR binary files",
         ),
         (
+            with(base.clone(), "--calib-npy", "c.npy"),
+            "'--calib-images <PATH>' cannot be used with '--calib-npy <X.npy>'",
+        ),
+        (
+            // The example is built without the npy feature (the reflow command has it).
+            {
+                let at = base.iter().position(|a| a == "--calib-images").unwrap();
+                let mut args = base.clone();
+                args.drain(at..at + 2);
+                with(args, "--calib-npy", &files.path("calib-images.gz"))
+            },
+            "invalid --calib-npy: this build reads no .npy files: build with --features npy",
+        ),
+        (
             with(base.clone(), "--calib-seed", "x"),
             "invalid value 'x' for '--calib-seed <S>'",
         ),

@@ -111,3 +111,167 @@ fn bad_input_is_one_line() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// `values` as a `.npy` file of `shape` in `dir`.
+fn npy<T: ndarray_npy::WritableElement>(
+    dir: &std::path::Path,
+    name: &str,
+    shape: &[usize],
+    values: Vec<T>,
+) -> String {
+    let path = dir.join(name);
+    let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), values).unwrap();
+    ndarray_npy::write_npy(&path, &a).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn npy_arrays_count_as_the_same_pixels_in_idx_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let pixels = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n * 3 * 256)
+            .map(|i| ((i * 2_654_435_761 + seed) >> 7) as u8)
+            .collect()
+    };
+    let (test, calib) = (pixels(40, 1), pixels(24, 2));
+    let labels: Vec<i64> = (0..40).map(|i| i % 10).collect();
+    let x = npy(dir.path(), "x.npy", &[40, 3, 16, 16], test.clone());
+    let y = npy(dir.path(), "y.npy", &[40], labels.clone());
+    let c = npy(dir.path(), "c.npy", &[24, 3, 16, 16], calib.clone());
+    let idx = |name: &str, dims: &[u32], data: &[u8]| {
+        let mut bytes = vec![0, 0, 8, dims.len() as u8];
+        dims.iter().for_each(|d| bytes.extend(d.to_be_bytes()));
+        bytes.extend(data);
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let xi = idx("x.idx", &[40, 3, 16, 16], &test);
+    let yi = idx(
+        "y.idx",
+        &[40],
+        &labels.iter().map(|&l| l as u8).collect::<Vec<_>>(),
+    );
+    let ci = idx("c.idx", &[24, 3, 16, 16], &calib);
+    let weights = common::fixture("resnet20_cifar.safetensors");
+    let common_args = [
+        "prune",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--stem",
+        "cifar",
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--calib-count",
+        "16",
+        "--calib-batch",
+        "8",
+        "--signal-images",
+        "10",
+        "--sparsity",
+        "0.5,0.9",
+    ];
+    let report = |extra: &[&str], name: &str| -> Value {
+        let json = dir.path().join(name);
+        let mut args: Vec<&str> = common_args.to_vec();
+        args.extend(extra);
+        let json_s = json.to_string_lossy().into_owned();
+        args.extend(["--json", &json_s]);
+        let out = reflow(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    let from_npy = report(
+        &["--test-npy", &x, "--test-labels-npy", &y, "--calib-npy", &c],
+        "n.json",
+    );
+    let from_idx = report(
+        &[
+            "--test-images",
+            &xi,
+            "--test-labels",
+            &yi,
+            "--calib-images",
+            &ci,
+        ],
+        "i.json",
+    );
+    let counts = |r: &Value| -> Vec<Value> {
+        let mut v = vec![r["dense"]["correct"].clone()];
+        for run in r["runs"].as_array().unwrap() {
+            v.push(run["pruned_correct"].clone());
+            v.push(run["reflow_correct"].clone());
+        }
+        v
+    };
+    assert_eq!(counts(&from_npy), counts(&from_idx));
+    // Mixed: npy test images with IDX calibration.
+    let mixed = report(
+        &[
+            "--test-npy",
+            &x,
+            "--test-labels-npy",
+            &y,
+            "--calib-images",
+            &ci,
+        ],
+        "m.json",
+    );
+    assert_eq!(counts(&mixed), counts(&from_idx));
+
+    // Bad arrays: one line naming the file.
+    let f64s = npy(
+        dir.path(),
+        "d.npy",
+        &[40, 3, 16, 16],
+        vec![0.0f64; 40 * 768],
+    );
+    let big = npy(
+        dir.path(),
+        "big.npy",
+        &[40],
+        (0..40).map(|i| i % 11).collect::<Vec<i64>>(),
+    );
+    for (extra, needle) in [
+        (
+            vec![
+                "--test-npy",
+                &f64s,
+                "--test-labels-npy",
+                &y,
+                "--calib-npy",
+                &c,
+            ],
+            "d.npy: dtype '<f8'",
+        ),
+        (
+            vec![
+                "--test-npy",
+                &x,
+                "--test-labels-npy",
+                &big,
+                "--calib-npy",
+                &c,
+            ],
+            "invalid --test-labels-npy: label 10 of sample 10, but the model has 10 classes",
+        ),
+        (
+            vec!["--test-npy", &x, "--calib-npy", &c],
+            "--test-labels-npy <Y.npy>",
+        ),
+    ] {
+        let mut args: Vec<&str> = common_args.to_vec();
+        args.extend(extra);
+        let out = reflow(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{needle}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}

@@ -5,14 +5,17 @@
 //!   F16, BF16 and F64 read as `f32`; writes are atomic).
 //! - Data: [`IdxImages`], [`IdxLabels`], [`Dataset`] and [`Normalization`] for the
 //!   MNIST / Fashion-MNIST format, raw or gzip-compressed; [`read_cifar`] for
-//!   CIFAR-10's and CIFAR-100's binary files; [`LabelledData`], any source of labelled
-//!   batches.
+//!   CIFAR-10's and CIFAR-100's binary files; `NpyImages` and `read_npy_labels` for
+//!   NumPy arrays (feature `npy`); [`ImageSource`], any source of images by index,
+//!   and [`LabelledData`], any source of labelled batches.
 
 mod atomic;
 mod cifar;
 mod file;
 mod idx;
 mod labelled;
+#[cfg(feature = "npy")]
+mod npy;
 mod safetensors;
 mod source;
 
@@ -20,4 +23,6 @@ pub use atomic::write_atomic;
 pub use cifar::{read_cifar, CifarKind, CifarSplit};
 pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization, MIN_STD};
 pub use labelled::{LabelledBatches, LabelledData};
+#[cfg(feature = "npy")]
+pub use npy::{read_npy_labels, NpyImages};
 pub use source::{FloatImages, ImageSource};

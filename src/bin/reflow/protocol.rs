@@ -6,6 +6,7 @@
 //! signal metric of every batch-norm layer at each step.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use reflow::io::ImageSource;
 use reflow::metrics::argmax;
 use reflow::prelude::*;
 use reflow::stats::{Recorder, TapSelector};
@@ -31,8 +32,8 @@ pub struct Run {
 }
 
 /// The data a protocol runs on.
-pub struct Protocol<'a> {
-    pub test: &'a Dataset,
+pub struct Protocol<'a, S = IdxImages> {
+    pub test: &'a Dataset<S>,
     pub norm: &'a Normalization,
     pub calibration: &'a ImageBatches<'a>,
     /// The signal metric is measured on the first this many test images.
@@ -79,7 +80,7 @@ pub fn progress_bar(steps: u64) -> ProgressBar {
     bar
 }
 
-impl Protocol<'_> {
+impl<S: ImageSource> Protocol<'_, S> {
     /// Top-1 on the whole test set and the signal metric on its first
     /// `signal_images` images, in one pass: those images run with a recorder at every
     /// batch-norm output, the others without.
@@ -94,7 +95,8 @@ impl Protocol<'_> {
         let observed = self.signal_images.min(self.test.len());
         let ranges = chunks(0, observed).chain(chunks(observed, self.test.len()));
         for range in ranges {
-            let x = images.to_tensor(range.clone(), self.norm)?;
+            let indices: Vec<usize> = range.clone().collect();
+            let x = images.tensor(&indices, self.norm)?;
             let logits = if range.start < observed {
                 net.forward_with(&x, &mut Probe::new(&mut recorder))?
             } else {

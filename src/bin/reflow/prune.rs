@@ -6,7 +6,7 @@
 
 use crate::protocol::{self, last_ratio, progress_bar, Protocol};
 use clap::Parser;
-use reflow::io::{read_cifar, CifarSplit};
+use reflow::io::{read_cifar, CifarSplit, ImageSource};
 use reflow::models::{Arch, Model};
 use reflow::prelude::*;
 use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
@@ -32,18 +32,38 @@ pub struct Args {
     #[arg(
         long,
         value_name = "PATH",
-        required_unless_present = "cifar_dir",
-        conflicts_with = "cifar_dir",
+        required_unless_present_any = ["cifar_dir", "test_npy"],
+        conflicts_with_all = ["cifar_dir", "test_npy"],
         requires = "test_labels"
     )]
     test_images: Option<PathBuf>,
     /// Test labels, IDX (.gz ok).
     #[arg(long, value_name = "PATH", requires = "test_images")]
     test_labels: Option<PathBuf>,
+    /// Test images, .npy: uint8 [N,H,W] or [N,C,H,W] (normalised with --mean/--std), or
+    /// float32 [N,C,H,W] normalised already.
+    #[arg(
+        long,
+        value_name = "X.npy",
+        conflicts_with = "cifar_dir",
+        requires = "test_labels_npy"
+    )]
+    test_npy: Option<PathBuf>,
+    /// Test labels, .npy: int64, int32 or uint8 [N].
+    #[arg(long, value_name = "Y.npy", requires = "test_npy")]
+    test_labels_npy: Option<PathBuf>,
     /// Calibration images, IDX (.gz ok); taken in file order (see --calib-seed).
     /// With --cifar-dir, the CIFAR training images when not given.
-    #[arg(long, value_name = "PATH", required_unless_present = "cifar_dir")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["cifar_dir", "calib_npy"],
+        conflicts_with = "calib_npy"
+    )]
     calib_images: Option<PathBuf>,
+    /// Calibration images, .npy (the dtypes and shapes of --test-npy).
+    #[arg(long, value_name = "X.npy")]
+    calib_npy: Option<PathBuf>,
     /// A folder of CIFAR-10 or CIFAR-100 binary files: the test images from its test
     /// split, the calibration images from its training split (unless --calib-images).
     #[arg(long, value_name = "DIR")]
@@ -368,13 +388,18 @@ fn run(args: &Args) -> reflow::Result<()> {
     }
     let runs_ahead = Runs::check(&plan, &net)?;
     let (test, calib_images) = read_data(args)?;
-    let (test_flag, calib_flag) = match (&args.cifar_dir, &args.calib_images) {
-        (Some(_), None) => ("cifar-dir", "cifar-dir"),
-        (Some(_), Some(_)) => ("cifar-dir", "calib-images"),
-        _ => ("test-images", "calib-images"),
+    let test_flag = match (&args.cifar_dir, &args.test_npy) {
+        (Some(_), _) => "cifar-dir",
+        (None, Some(_)) => "test-npy",
+        (None, None) => "test-images",
     };
-    let channels = |flag: &str, images: &IdxImages| {
-        let c = images.dims()[1];
+    let calib_flag = match (&args.calib_images, &args.calib_npy) {
+        (Some(_), _) => "calib-images",
+        (None, Some(_)) => "calib-npy",
+        (None, None) => "cifar-dir",
+    };
+    let channels = |flag: &str, images: &dyn ImageSource| {
+        let c = images.image_dims()[0];
         if c == in_channels {
             return Ok(());
         }
@@ -387,10 +412,10 @@ fn run(args: &Args) -> reflow::Result<()> {
     let labels = test.labels().as_slice();
     if let Some(i) = labels.iter().position(|&l| l as usize >= num_classes) {
         return Err(invalid(
-            if args.cifar_dir.is_some() {
-                "cifar-dir"
-            } else {
-                "test-labels"
+            match test_flag {
+                "test-images" => "test-labels",
+                "test-npy" => "test-labels-npy",
+                other => other,
             },
             format!(
                 "label {} of sample {i}, but the model has {num_classes} classes",
@@ -408,10 +433,10 @@ fn run(args: &Args) -> reflow::Result<()> {
             ),
         ));
     }
-    channels(calib_flag, &calib_images)?;
-    enough_values(args, &plan, &net, &calib_images)?;
+    channels(calib_flag, calib_images.as_ref())?;
+    enough_values(args, &plan, &net, calib_images.as_ref())?;
     let calibration = ImageBatches::new(
-        &calib_images,
+        calib_images.as_ref(),
         args.calib_count,
         args.calib_batch,
         &plan.norm,
@@ -578,10 +603,10 @@ fn run(args: &Args) -> reflow::Result<()> {
             model["block"] = json!(cfg.block.to_string());
             model["groups"] = json!(cfg.groups);
         }
-        let source = match (&args.calib_images, &args.cifar_dir) {
-            (Some(path), _) => path.display().to_string(),
-            (None, Some(dir)) => format!("{} (training split)", dir.display()),
-            (None, None) => String::new(),
+        let source = match (&args.calib_images, &args.calib_npy, &args.cifar_dir) {
+            (Some(path), _, _) | (None, Some(path), _) => path.display().to_string(),
+            (None, None, Some(dir)) => format!("{} (training split)", dir.display()),
+            (None, None, None) => String::new(),
         };
         let mut calib = json!({
             "source": source,
@@ -679,38 +704,87 @@ impl Runs {
     }
 }
 
-/// The test set and the calibration images, from IDX files or a CIFAR folder.
-fn read_data(args: &Args) -> reflow::Result<(Dataset, IdxImages)> {
-    let calib_idx = || match &args.calib_images {
-        Some(path) => IdxImages::read(path).map(Some),
-        None => Ok(None),
-    };
-    match (&args.cifar_dir, &args.test_images, &args.test_labels) {
-        (Some(dir), _, _) => {
-            let (_, test) = read_cifar(dir, CifarSplit::Test)?;
-            let calib = match calib_idx()? {
-                Some(images) => images,
-                None => read_cifar(dir, CifarSplit::Train)?.1.into_parts().0,
-            };
-            Ok((test, calib))
-        }
-        (None, Some(images), Some(labels)) => {
-            let test = Dataset::new(IdxImages::read(images)?, IdxLabels::read(labels)?)?;
-            let calib = calib_idx()?.ok_or_else(|| invalid("calib-images", "not given"))?;
-            Ok((test, calib))
-        }
-        _ => Err(invalid(
-            "test-images",
-            "give --test-images and --test-labels, or --cifar-dir",
-        )),
+/// Images of any source, chosen at run time.
+type Source = Box<dyn ImageSource>;
+
+/// `.npy` files, when the build has the `npy` feature (the `reflow` command always has).
+mod npy {
+    use super::Source;
+    use std::path::Path;
+
+    #[cfg(feature = "npy")]
+    pub fn images(_flag: &str, path: &Path) -> reflow::Result<Source> {
+        Ok(Box::new(reflow::io::NpyImages::read(path)?))
     }
+
+    #[cfg(feature = "npy")]
+    pub fn labels(path: &Path) -> reflow::Result<reflow::io::IdxLabels> {
+        reflow::io::read_npy_labels(path)
+    }
+
+    #[cfg(not(feature = "npy"))]
+    pub fn images(flag: &str, _: &Path) -> reflow::Result<Source> {
+        Err(super::invalid(
+            flag,
+            "this build reads no .npy files: build with --features npy (the reflow command has it)",
+        ))
+    }
+
+    #[cfg(not(feature = "npy"))]
+    pub fn labels(_: &Path) -> reflow::Result<reflow::io::IdxLabels> {
+        Err(super::invalid(
+            "test-labels-npy",
+            "this build reads no .npy files: build with --features npy",
+        ))
+    }
+}
+
+/// The test set and the calibration images: IDX files, `.npy` arrays or a CIFAR
+/// folder, any test source with any calibration source.
+fn read_data(args: &Args) -> reflow::Result<(Dataset<Source>, Source)> {
+    let boxed = |images: IdxImages| -> Source { Box::new(images) };
+    let test: Dataset<Source> = match (&args.cifar_dir, &args.test_images, &args.test_npy) {
+        (Some(dir), _, _) => {
+            let (images, labels) = read_cifar(dir, CifarSplit::Test)?.1.into_parts();
+            Dataset::new(boxed(images), labels)?
+        }
+        (None, Some(images), _) => {
+            let labels = args.test_labels.as_ref().ok_or_else(|| invalid("test-labels", "not given"))?;
+            Dataset::new(boxed(IdxImages::read(images)?), IdxLabels::read(labels)?)?
+        }
+        (None, None, Some(images)) => {
+            let labels = args
+                .test_labels_npy
+                .as_ref()
+                .ok_or_else(|| invalid("test-labels-npy", "not given"))?;
+            Dataset::new(npy::images("test-npy", images)?, npy::labels(labels)?)?
+        }
+        _ => {
+            return Err(invalid(
+                "test-images",
+                "give --test-images and --test-labels, --test-npy and --test-labels-npy, or --cifar-dir",
+            ))
+        }
+    };
+    let calib: Source = match (&args.calib_images, &args.calib_npy, &args.cifar_dir) {
+        (Some(path), _, _) => boxed(IdxImages::read(path)?),
+        (None, Some(path), _) => npy::images("calib-npy", path)?,
+        (None, None, Some(dir)) => boxed(read_cifar(dir, CifarSplit::Train)?.1.into_parts().0),
+        (None, None, None) => return Err(invalid("calib-images", "not given")),
+    };
+    Ok((test, calib))
 }
 
 /// Before any forward pass over the data: every batch norm gets at least two values
 /// per channel to compute a variance from — in each calibration batch for the
 /// running modes, in the whole calibration set for `exact`. How many values a batch
 /// norm sees per image is measured on one blank image.
-fn enough_values(args: &Args, plan: &Plan, net: &Model, images: &IdxImages) -> reflow::Result<()> {
+fn enough_values(
+    args: &Args,
+    plan: &Plan,
+    net: &Model,
+    images: &dyn ImageSource,
+) -> reflow::Result<()> {
     /// The smallest plane a batch norm sees.
     struct Smallest(usize);
     impl reflow::layer::Observer for Smallest {
@@ -722,7 +796,7 @@ fn enough_values(args: &Args, plan: &Plan, net: &Model, images: &IdxImages) -> r
             self.0 = self.0.min(a.spatial);
         }
     }
-    let [_, c, h, w] = images.dims();
+    let [c, h, w] = images.image_dims();
     let mut smallest = Smallest(usize::MAX);
     let blank = reflow::nn::Tensor4::zeros((1, c, h, w));
     net.forward_with(&blank, &mut Probe::new(&mut smallest))?;
@@ -767,7 +841,10 @@ fn check_paths(args: &Args, saved: &[String]) -> reflow::Result<()> {
     let given = [
         ("test-images", &args.test_images),
         ("test-labels", &args.test_labels),
+        ("test-npy", &args.test_npy),
+        ("test-labels-npy", &args.test_labels_npy),
         ("calib-images", &args.calib_images),
+        ("calib-npy", &args.calib_npy),
     ];
     inputs.extend(given.iter().filter_map(|(f, p)| Some((*f, (*p).clone()?))));
     if let Some(dir) = &args.cifar_dir {
