@@ -331,6 +331,16 @@ fn a_cifar_folder_and_a_seeded_calibration_subset() {
 fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
     let files = Files::new();
     let base = files.args();
+    // The fixture's flags with a CIFAR folder as the only data.
+    let cifar_only = |dir: &str| -> Vec<String> {
+        let weights = common::fixture("resnet20_cifar.safetensors");
+        let weights = weights.to_string_lossy();
+        ["--weights", &weights, "--cifar-dir", dir, "--stem", "cifar"]
+            .into_iter()
+            .chain(["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"])
+            .map(String::from)
+            .collect()
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             with(base.clone(), "--weights", "/nonexistent/model.safetensors"),
@@ -432,33 +442,11 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
             "cannot be used with",
         ),
         (
-            vec![
-                "--weights".into(),
-                common::fixture("resnet20_cifar.safetensors").to_string_lossy().into_owned(),
-                "--cifar-dir".into(),
-                "/nonexistent/cifar".into(),
-                "--mean".into(),
-                "0.5,0.5,0.5".into(),
-                "--std".into(),
-                "0.25,0.25,0.25".into(),
-                "--stem".into(),
-                "cifar".into(),
-            ],
+            cifar_only("/nonexistent/cifar"),
             "invalid --cifar-dir: /nonexistent/cifar is not a folder",
         ),
         (
-            vec![
-                "--weights".into(),
-                common::fixture("resnet20_cifar.safetensors").to_string_lossy().into_owned(),
-                "--cifar-dir".into(),
-                files.path(""),
-                "--mean".into(),
-                "0.5,0.5,0.5".into(),
-                "--std".into(),
-                "0.25,0.25,0.25".into(),
-                "--stem".into(),
-                "cifar".into(),
-            ],
+            cifar_only(&files.path("")),
             "no CIFAR binary files",
         ),
         (
@@ -745,33 +733,8 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
 /// (`scripts/compare_patterns.sh` compares every field).
 #[test]
 fn bundled_resnet20_structured_patterns_count_as_pytorch() {
-    let asset = |name: &str| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("assets/fashion-mnist")
-            .join(name)
-            .to_string_lossy()
-            .into_owned()
-    };
     let dir = tempfile::tempdir().unwrap();
-    let base: Vec<String> = [
-        "--weights",
-        &asset("resnet20_fmnist.safetensors"),
-        "--stem",
-        "cifar",
-        "--test-images",
-        &asset("t10k-images-idx3-ubyte.gz"),
-        "--test-labels",
-        &asset("t10k-labels-idx1-ubyte.gz"),
-        "--calib-images",
-        &asset("calib-images-idx3-ubyte.gz"),
-        "--mean",
-        "0.2860",
-        "--std",
-        "0.3530",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let base = common::bundled_prune_args();
     /// The flags, and per run the correct counts (pruned, after REFLOW).
     type Case<'a> = (&'a [&'a str], &'a [(u64, u64)]);
     // As reference.py counted them.

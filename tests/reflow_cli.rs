@@ -14,10 +14,6 @@ fn reflow(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn asset(name: &str) -> String {
-    format!("{}/assets/fashion-mnist/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 #[test]
 fn inspect_shows_the_architecture_counts_and_sparsity() {
     let weights = common::fixture("resnext_small.safetensors");
@@ -48,27 +44,11 @@ fn inspect_shows_the_architecture_counts_and_sparsity() {
 fn prune_runs_as_the_example_does() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("r.json");
-    let out = reflow(&[
-        "prune",
-        "--weights",
-        &asset("resnet20_fmnist.safetensors"),
-        "--stem",
-        "cifar",
-        "--test-images",
-        &asset("t10k-images-idx3-ubyte.gz"),
-        "--test-labels",
-        &asset("t10k-labels-idx1-ubyte.gz"),
-        "--calib-images",
-        &asset("calib-images-idx3-ubyte.gz"),
-        "--mean",
-        "0.2860",
-        "--std",
-        "0.3530",
-        "--pattern",
-        "2:4",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let mut args = vec!["prune".to_string()];
+    args.extend(common::bundled_prune_args());
+    args.extend(["--pattern", "2:4", "--json", json.to_str().unwrap()].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = reflow(&args);
     assert!(
         out.status.success(),
         "{}",

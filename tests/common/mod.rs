@@ -32,6 +32,35 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The prune tool's flags for the bundled ResNet-20 and Fashion-MNIST files in
+/// `assets/fashion-mnist/`.
+#[allow(dead_code)] // each test binary uses its own part of this module
+pub fn bundled_prune_args() -> Vec<String> {
+    let asset = |name: &str| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("assets/fashion-mnist")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    };
+    vec![
+        "--weights".into(),
+        asset("resnet20_fmnist.safetensors"),
+        "--stem".into(),
+        "cifar".into(),
+        "--test-images".into(),
+        asset("t10k-images-idx3-ubyte.gz"),
+        "--test-labels".into(),
+        asset("t10k-labels-idx1-ubyte.gz"),
+        "--calib-images".into(),
+        asset("calib-images-idx3-ubyte.gz"),
+        "--mean".into(),
+        "0.2860".into(),
+        "--std".into(),
+        "0.3530".into(),
+    ]
+}
+
 /// Reads `tests/fixtures/<name>` as a state dict.
 pub fn read(name: &str) -> StateDict {
     StateDict::read_safetensors(fixture(name)).expect("fixture reads")

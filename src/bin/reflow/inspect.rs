@@ -28,13 +28,7 @@ pub struct Args {
 
 /// Runs parsed arguments: 0 on success, 1 with one line on stderr otherwise.
 pub fn execute(args: &Args) -> ExitCode {
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::protocol::exit_with(run(args))
 }
 
 fn run(args: &Args) -> reflow::Result<()> {

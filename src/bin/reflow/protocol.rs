@@ -51,6 +51,17 @@ macro_rules! say {
     }};
 }
 
+/// How a command ends: 0 on success, 1 with the error on one line of stderr.
+pub fn exit_with(result: reflow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// What a command line that clap refused ends with: `--help` and `--version` print
 /// and succeed; an error prints clap's message on one line (everything before the
 /// usage text) and exits with 2.
