@@ -5,7 +5,6 @@ mod common;
 
 use reflow::prelude::*;
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -17,13 +16,7 @@ fn prune_binary() -> PathBuf {
 }
 
 fn gz_idx(path: &Path, dims: &[u32], data: &[u8]) {
-    let mut bytes = vec![0, 0, 8, dims.len() as u8];
-    dims.iter()
-        .for_each(|d| bytes.extend_from_slice(&d.to_be_bytes()));
-    bytes.extend_from_slice(data);
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(&bytes).unwrap();
-    std::fs::write(path, e.finish().unwrap()).unwrap();
+    common::write_idx(path, dims, data, true);
 }
 
 /// 3-channel 16x16 images (the ResNet-20 fixture takes 3 channels): 40 test images,
@@ -35,11 +28,7 @@ struct Files {
 impl Files {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let pixels = |n: usize, seed: usize| -> Vec<u8> {
-            (0..n * 3 * 256)
-                .map(|i| ((i * 2_654_435_761 + seed) >> 7) as u8)
-                .collect()
-        };
+        let pixels = common::pixels;
         gz_idx(
             &dir.path().join("test-images.gz"),
             &[40, 3, 16, 16],

@@ -108,22 +108,14 @@ fn npy<T: ndarray_npy::WritableElement>(
 #[test]
 fn npy_arrays_count_as_the_same_pixels_in_idx_files() {
     let dir = tempfile::tempdir().unwrap();
-    let pixels = |n: usize, seed: usize| -> Vec<u8> {
-        (0..n * 3 * 256)
-            .map(|i| ((i * 2_654_435_761 + seed) >> 7) as u8)
-            .collect()
-    };
-    let (test, calib) = (pixels(40, 1), pixels(24, 2));
+    let (test, calib) = (common::pixels(40, 1), common::pixels(24, 2));
     let labels: Vec<i64> = (0..40).map(|i| i % 10).collect();
     let x = npy(dir.path(), "x.npy", &[40, 3, 16, 16], test.clone());
     let y = npy(dir.path(), "y.npy", &[40], labels.clone());
     let c = npy(dir.path(), "c.npy", &[24, 3, 16, 16], calib.clone());
     let idx = |name: &str, dims: &[u32], data: &[u8]| {
-        let mut bytes = vec![0, 0, 8, dims.len() as u8];
-        dims.iter().for_each(|d| bytes.extend(d.to_be_bytes()));
-        bytes.extend(data);
         let path = dir.path().join(name);
-        std::fs::write(&path, bytes).unwrap();
+        common::write_idx(&path, dims, data, false);
         path.to_string_lossy().into_owned()
     };
     let xi = idx("x.idx", &[40, 3, 16, 16], &test);

@@ -61,6 +61,31 @@ pub fn bundled_prune_args() -> Vec<String> {
     ]
 }
 
+/// `n` deterministic 3-channel 16 × 16 images of bytes (the ResNet-20 fixture takes
+/// 3 channels); `seed` makes another set.
+#[allow(dead_code)]
+pub fn pixels(n: usize, seed: usize) -> Vec<u8> {
+    (0..n * 3 * 256)
+        .map(|i| ((i * 2_654_435_761 + seed) >> 7) as u8)
+        .collect()
+}
+
+/// Writes a u8 IDX file of `dims` holding `data` to `path`, gzip-compressed or not.
+#[allow(dead_code)]
+pub fn write_idx(path: &std::path::Path, dims: &[u32], data: &[u8], gzip: bool) {
+    use std::io::Write;
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    dims.iter()
+        .for_each(|d| bytes.extend_from_slice(&d.to_be_bytes()));
+    bytes.extend_from_slice(data);
+    if gzip {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&bytes).unwrap();
+        bytes = e.finish().unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// Reads `tests/fixtures/<name>` as a state dict.
 pub fn read(name: &str) -> StateDict {
     StateDict::read_safetensors(fixture(name)).expect("fixture reads")
