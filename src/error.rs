@@ -151,6 +151,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// An image file, or a folder of them, cannot be used: not decodable, of an
+    /// unsupported kind, of a size that disagrees with the others, or no image at all.
+    #[error("{path}: {reason}")]
+    Image {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A state dict does not fit a model (strict loading).
     #[error("state dict does not fit the model: {0}")]
     StateDict(StateDictMismatch),

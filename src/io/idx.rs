@@ -316,6 +316,15 @@ impl Normalization {
         }
     }
 
+    /// ImageNet's statistics, as torchvision's models are trained with: mean
+    /// 0.485/0.456/0.406, std 0.229/0.224/0.225 (RGB).
+    pub fn imagenet() -> Self {
+        Normalization {
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        }
+    }
+
     /// MNIST's training-set statistics: mean 0.1307, std 0.3081.
     pub fn mnist() -> Self {
         Normalization {

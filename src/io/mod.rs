@@ -6,23 +6,35 @@
 //! - Data: [`IdxImages`], [`IdxLabels`], [`Dataset`] and [`Normalization`] for the
 //!   MNIST / Fashion-MNIST format, raw or gzip-compressed; [`read_cifar`] for
 //!   CIFAR-10's and CIFAR-100's binary files; `NpyImages` and `read_npy_labels` for
-//!   NumPy arrays (feature `npy`); [`ImageSource`], any source of images by index,
-//!   and [`LabelledData`], any source of labelled batches.
+//!   NumPy arrays (feature `npy`); `ImageFolder` for folders of JPEG and PNG images
+//!   in torchvision's layout (feature `image`), with torchvision's evaluation
+//!   preprocessing in [`EvalTransform`]; [`ImageSource`], any source of images by
+//!   index, and [`LabelledData`], any source of labelled batches.
 
 mod atomic;
 mod cifar;
+#[cfg(feature = "image")]
+mod decode;
 mod file;
+#[cfg(feature = "image")]
+mod folder;
 mod idx;
 mod labelled;
 #[cfg(feature = "npy")]
 mod npy;
 mod safetensors;
 mod source;
+mod transform;
 
 pub use atomic::write_atomic;
 pub use cifar::{read_cifar, CifarKind, CifarSplit};
+#[cfg(feature = "image")]
+pub use decode::read_image;
+#[cfg(feature = "image")]
+pub use folder::ImageFolder;
 pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization, MIN_STD};
 pub use labelled::{LabelledBatches, LabelledData};
 #[cfg(feature = "npy")]
 pub use npy::{read_npy_labels, NpyImages};
 pub use source::{FloatImages, ImageSource};
+pub use transform::{EvalTransform, Pixels};

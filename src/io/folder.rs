@@ -1,0 +1,240 @@
+//! Folders of JPEG and PNG images in torchvision's `ImageFolder` layout (feature
+//! `image`).
+
+use super::decode::{check_channels, check_color, header, image_error, read_image};
+use super::{Dataset, EvalTransform, IdxImages, IdxLabels, ImageSource, Normalization, Pixels};
+use crate::error::{Error, Result};
+use crate::nn::Tensor4;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// The extensions torchvision's `ImageFolder` takes (compared lower-case).
+const IMAGE_EXTENSIONS: [&str; 9] = [
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+];
+/// Those of them `reflow` decodes.
+const DECODED: [&str; 3] = [".jpg", ".jpeg", ".png"];
+
+/// JPEG and PNG images in torchvision's `ImageFolder` layout: one sub-folder per class,
+/// classes sorted by name (class `i` is the `i`-th), and in each class every image in
+/// it or its sub-folders, sorted as torchvision sorts them. Files of other extensions
+/// are ignored, as torchvision ignores them; a BMP, TIFF, PPM/PGM or WebP image, which
+/// torchvision would read, is an error.
+///
+/// Each image is decoded when a batch asks for it (in parallel; the set is never held
+/// in memory), converted to the network's input channels as Pillow's `convert("L")`
+/// (1) or `convert("RGB")` (3) does, and transformed by an [`EvalTransform`]. Opening
+/// reads every file's header, so a file that is no image, a 16-bit PNG, or an image
+/// whose size would disagree with the others is an error before any work; a file
+/// corrupt past its header is one when it is decoded. Every error names the file.
+///
+/// ```no_run
+/// use reflow::io::{EvalTransform, ImageFolder, ImageSource, Normalization};
+///
+/// // val/n01440764/ILSVRC2012_val_00000293.JPEG, ...
+/// let val = ImageFolder::open("val", 3, EvalTransform::imagenet())?;
+/// println!("{} images of {} classes", val.len(), val.classes().len());
+/// let x = val.tensor(&[0, 1], &Normalization::imagenet())?; // [2, 3, 224, 224]
+/// let test = val.into_dataset()?;
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ImageFolder {
+    classes: Vec<String>,
+    files: Vec<PathBuf>,
+    labels: Vec<u32>,
+    transform: EvalTransform,
+    dims: [usize; 3],
+}
+
+/// The entries of `dir` (following symbolic links), split into folders and others,
+/// each sorted by name as Python sorts strings.
+fn entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let read = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let (mut dirs, mut files) = (Vec::new(), Vec::new());
+    for entry in read {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            dirs.push(path);
+        } else {
+            files.push(path);
+        }
+    }
+    let by_name = |a: &PathBuf, b: &PathBuf| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    };
+    dirs.sort_by(by_name);
+    files.sort_by(by_name);
+    Ok((dirs, files))
+}
+
+/// `dir` and every folder below it, in the order of Python's `sorted(os.walk(dir))`:
+/// by the whole path, as a string.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut all = vec![dir.to_path_buf()];
+    let mut next = 0;
+    while next < all.len() {
+        let (dirs, _) = entries(&all[next])?;
+        all.extend(dirs);
+        next += 1;
+    }
+    all.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
+    Ok(all)
+}
+
+/// The extension of `path` among `IMAGE_EXTENSIONS`, lower-case.
+fn image_extension(path: &Path) -> Option<&'static str> {
+    let name = path.file_name()?.to_string_lossy().to_lowercase();
+    IMAGE_EXTENSIONS.into_iter().find(|e| name.ends_with(e))
+}
+
+impl ImageFolder {
+    /// Scans `dir` and reads every image's header. `channels` is the network's input
+    /// channels: 1 (gray) or 3 (RGB).
+    ///
+    /// Fails, naming the folder or file, when `dir` has no class sub-folder, a class
+    /// has no image, a file with an image extension is no JPEG or PNG (or is 16-bit),
+    /// or the transformed sizes disagree (give a crop, or images of one size).
+    pub fn open(dir: impl AsRef<Path>, channels: usize, transform: EvalTransform) -> Result<Self> {
+        let dir = dir.as_ref();
+        check_channels(channels)?;
+        transform.validate()?;
+        let (class_dirs, loose) = entries(dir)?;
+        if class_dirs.is_empty() {
+            let images = loose
+                .iter()
+                .filter(|p| image_extension(p).is_some())
+                .count();
+            let hint = match images {
+                0 => "no class sub-folder and no image".to_string(),
+                n => format!("no class sub-folder ({n} images directly in it: put them in a sub-folder, one per class)"),
+            };
+            return Err(image_error(dir, hint));
+        }
+        let (mut classes, mut files, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        for (label, class_dir) in class_dirs.iter().enumerate() {
+            let before = files.len();
+            for folder in walk(class_dir)? {
+                for file in entries(&folder)?.1 {
+                    match image_extension(&file) {
+                        Some(ext) if DECODED.contains(&ext) => {
+                            files.push(file);
+                            labels.push(label as u32);
+                        }
+                        Some(ext) => {
+                            return Err(image_error(
+                                &file,
+                                format!("{ext} images are not read; reflow reads JPEG and PNG"),
+                            ))
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if files.len() == before {
+                return Err(image_error(
+                    class_dir,
+                    "no JPEG or PNG image in this class folder",
+                ));
+            }
+            let name = class_dir.file_name().unwrap_or_default();
+            classes.push(name.to_string_lossy().into_owned());
+        }
+        let headers: Vec<[usize; 2]> = files
+            .par_iter()
+            .map(|path| {
+                let (size, color) = header(path)?;
+                check_color(path, color)?;
+                Ok(size)
+            })
+            .collect::<Result<_>>()?;
+        let [h, w] = transform.output_dims(headers[0][0], headers[0][1]);
+        if let Some(i) = headers
+            .iter()
+            .position(|&[ih, iw]| transform.output_dims(ih, iw) != [h, w])
+        {
+            let [ih, iw] = headers[i];
+            let [oh, ow] = transform.output_dims(ih, iw);
+            return Err(image_error(
+                &files[i],
+                format!(
+                    "{ih}x{iw} image gives {oh}x{ow}, but {} gives {h}x{w}: every image must come out the same size (crop them)",
+                    files[0].display()
+                ),
+            ));
+        }
+        Ok(ImageFolder {
+            classes,
+            files,
+            labels,
+            transform,
+            dims: [channels, h, w],
+        })
+    }
+
+    /// The class names, sorted: label `i` is `classes()[i]`.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Every image file, in index order.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The label of every image.
+    pub fn labels(&self) -> IdxLabels {
+        IdxLabels::from_vec(self.labels.clone())
+    }
+
+    /// The images with their labels.
+    pub fn into_dataset(self) -> Result<Dataset<ImageFolder>> {
+        let labels = self.labels();
+        Dataset::new(self, labels)
+    }
+
+    /// Image `index` decoded, converted and transformed.
+    pub fn pixels(&self, index: usize) -> Result<Pixels> {
+        let path = self.files.get(index).ok_or_else(|| {
+            Error::invalid(
+                "image index",
+                format!("{index} is past the {} images", self.files.len()),
+            )
+        })?;
+        let out = self.transform.apply(&read_image(path, self.dims[0])?)?;
+        if out.dims() != self.dims {
+            // The header said otherwise: the file changed since it was opened.
+            return Err(image_error(
+                path,
+                format!("decoded to {:?}, expected {:?}", out.dims(), self.dims),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl ImageSource for ImageFolder {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    fn image_dims(&self) -> [usize; 3] {
+        self.dims
+    }
+
+    fn tensor(&self, indices: &[usize], norm: &Normalization) -> Result<Tensor4> {
+        let images: Vec<Pixels> = indices
+            .par_iter()
+            .map(|&i| self.pixels(i))
+            .collect::<Result<_>>()?;
+        let [c, h, w] = self.dims;
+        let bytes = images.into_iter().flat_map(Pixels::into_vec).collect();
+        IdxImages::from_pixels([indices.len(), c, h, w], bytes)?.to_tensor(0..indices.len(), norm)
+    }
+}
