@@ -14,7 +14,9 @@ Writes
   (`<class>/<file>|<mode>|<resize>|<crop>`, `-` for none), as an `ImageFolder` loads it
   (`Image.open(path).convert(mode)`), then `Resize(resize)` and `CenterCrop(crop)`;
   and `logits/<net>/<class>/<file>`: the logits of two networks on the normalised
-  tensors: `resnet20_cifar` (RGB, Resize(36), CenterCrop(32), ImageNet mean/std) and
+  tensors: `resnet20_cifar` (RGB, Resize(36), CenterCrop(32), ImageNet mean/std), the
+  same network with the ImageNet preset (`resnet20_cifar_imagenet`: Resize(256),
+  CenterCrop(224)), and
   the bundled `resnet20_fmnist` (L, Resize(32), CenterCrop(28), Fashion-MNIST
   mean/std).
 
@@ -54,6 +56,11 @@ NETS = {
     "resnet20_cifar": dict(
         path=REPO / "tests/fixtures/resnet20_cifar.safetensors",
         mode="RGB", resize=36, crop=32,
+        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+    ),
+    "resnet20_cifar_imagenet": dict(
+        path=REPO / "tests/fixtures/resnet20_cifar.safetensors",
+        mode="RGB", resize=256, crop=224,
         mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
     ),
     "resnet20_fmnist": dict(

@@ -147,6 +147,40 @@ def load_npy_images(path: str, mean: list[float], std: list[float]) -> torch.Ten
     return (x - m) / sd
 
 
+IMAGENET = dict(resize=256, crop=224, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+
+def image_folder(folder: str, in_channels: int, args):
+    """torchvision's ImageFolder, each image opened with Pillow and converted to "L" (1
+    channel) or "RGB" (3), then Resize(--resize), CenterCrop(--crop), ToTensor,
+    Normalize(--mean, --std)."""
+    from PIL import Image
+    from torchvision import datasets, transforms as T
+
+    mode = {1: "L", 3: "RGB"}.get(in_channels)
+    if mode is None:
+        raise InputError(f"image folders give 1- or 3-channel images; the network takes {in_channels}")
+
+    def loader(path):
+        with open(path, "rb") as f:
+            return Image.open(f).convert(mode)
+
+    steps = []
+    if args.resize:
+        steps.append(T.Resize(args.resize))
+    if args.crop:
+        steps.append(T.CenterCrop(args.crop))
+    steps += [T.ToTensor(), T.Normalize(args.mean, args.std)]
+    try:
+        return datasets.ImageFolder(folder, transform=T.Compose(steps), loader=loader)
+    except (FileNotFoundError, OSError) as e:
+        raise InputError(f"{folder}: {e}") from e
+
+
+def stack(ds, indices) -> torch.Tensor:
+    return torch.stack([ds[i][0] for i in indices])
+
+
 def shuffled(n: int, seed: int) -> list[int]:
     """0..n-1 shuffled as reflow's ImageBatches::shuffled does: Fisher-Yates driven by
     xorshift64* seeded with seed ^ 0x2545F4914F6CDD1D."""
@@ -441,12 +475,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--test-npy")
     ap.add_argument("--test-labels-npy")
     ap.add_argument("--calib-npy")
+    ap.add_argument("--test-dir", help="ImageFolder layout: one sub-folder per class")
+    ap.add_argument("--calib-dir", help="ImageFolder layout (labels unused)")
+    ap.add_argument("--resize", type=int, help="torchvision Resize(N) of folder images")
+    ap.add_argument("--crop", type=int, help="torchvision CenterCrop(N) of folder images")
+    ap.add_argument("--preset", choices=["imagenet"], help="resize 256, crop 224, ImageNet mean/std")
     ap.add_argument("--cifar-dir", help="CIFAR-10/100 binary folder: test split, and training split for calibration")
     ap.add_argument("--calib-seed", type=int, help="seeded shuffle of the calibration set (reflow's order)")
     ap.add_argument("--calib-count", type=int, default=1024)
     ap.add_argument("--calib-batch", type=int, default=128)
-    ap.add_argument("--mean", type=float_list, required=True)
-    ap.add_argument("--std", type=float_list, required=True)
+    ap.add_argument("--mean", type=float_list)
+    ap.add_argument("--std", type=float_list)
     ap.add_argument("--sparsity", type=float_list, default=[0.5, 0.7, 0.8, 0.9])
     ap.add_argument("--scope", choices=["global", "layer"], default="global")
     ap.add_argument("--pattern", default="unstructured", help="unstructured | N:M | channel")
@@ -456,10 +495,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--signal-images", type=int, default=1000)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    if not (args.cifar_dir or (args.test_images and args.test_labels) or (args.test_npy and args.test_labels_npy)):
-        ap.error("give --test-images and --test-labels, --test-npy and --test-labels-npy, or --cifar-dir")
-    if not (args.cifar_dir or args.calib_images or args.calib_npy):
-        ap.error("give --calib-images, --calib-npy or --cifar-dir")
+    if args.preset == "imagenet":
+        for key, value in IMAGENET.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    if args.mean is None or args.std is None:
+        ap.error("give --mean and --std, or --preset")
+    if not (args.cifar_dir or args.test_dir or (args.test_images and args.test_labels)
+            or (args.test_npy and args.test_labels_npy)):
+        ap.error("give --test-images and --test-labels, --test-npy and --test-labels-npy, --test-dir or --cifar-dir")
+    if not (args.cifar_dir or args.calib_images or args.calib_npy or args.calib_dir):
+        ap.error("give --calib-images, --calib-npy, --calib-dir or --cifar-dir")
     args.exclude = [e.strip() for e in args.exclude.split(",") if e.strip()]
     args.nm = None
     if args.pattern not in ("unstructured", "channel"):
@@ -532,7 +578,11 @@ def run(args) -> dict:
     in_channels = cfg["in_channels"]
     if len(args.mean) != in_channels or len(args.std) != in_channels:
         validate(args, in_channels, 0)  # raises the channel-count error
-    if args.cifar_dir:
+    if args.test_dir:
+        test_set = image_folder(args.test_dir, in_channels, args)
+        test_x = stack(test_set, range(len(test_set)))
+        test_y = torch.tensor(test_set.targets, dtype=torch.int64)
+    elif args.cifar_dir:
         test_x, test_y = load_cifar(args.cifar_dir, "test", args.mean, args.std)
     elif args.test_npy:
         test_x = load_npy_images(args.test_npy, args.mean, args.std)
@@ -544,14 +594,22 @@ def run(args) -> dict:
         raise InputError(f"{len(test_x)} test images but {len(test_y)} test labels")
     if len(test_x) == 0:
         raise InputError("the test set is empty")
-    if args.calib_images:
+    if args.calib_dir:
+        calib_set = image_folder(args.calib_dir, in_channels, args)
+        validate(args, in_channels, len(calib_set))
+        if args.calib_seed is None:
+            order = range(args.calib_count)
+        else:
+            order = shuffled(len(calib_set), args.calib_seed)[: args.calib_count]
+        calib_all = stack(calib_set, order)  # drawn already: its first --calib-count
+    elif args.calib_images:
         calib_all = load_images(args.calib_images, args.mean, args.std)
     elif args.calib_npy:
         calib_all = load_npy_images(args.calib_npy, args.mean, args.std)
     else:
         calib_all, _ = load_cifar(args.cifar_dir, "train", args.mean, args.std)
     validate(args, in_channels, len(calib_all))
-    if args.calib_seed is None:
+    if args.calib_seed is None or args.calib_dir:
         calib = calib_all[: args.calib_count]
     else:
         calib = calib_all[torch.tensor(shuffled(len(calib_all), args.calib_seed)[: args.calib_count])]

@@ -247,3 +247,205 @@ fn npy_arrays_count_as_the_same_pixels_in_idx_files() {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
 }
+
+/// The top-1 class torchvision's pipeline gives a fixture image under network `net`
+/// (`scripts/make_image_fixtures.py`).
+fn torchvision_top1(net: &str, image: &str) -> usize {
+    let bytes = std::fs::read(common::fixture("image_transforms.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let logits: Vec<f32> = tensors
+        .tensor(&format!("logits/{net}/{image}"))
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap()
+}
+
+/// How many fixture images torchvision's pipeline classifies right under `net`: class
+/// 0 is `jpeg/` (21 images), class 1 `png/` (8), as torchvision labels them.
+fn torchvision_correct(net: &str) -> usize {
+    let mut correct = 0;
+    for class in ["jpeg", "png"] {
+        for f in std::fs::read_dir(common::fixture("images").join(class)).unwrap() {
+            let name = format!("{class}/{}", f.unwrap().file_name().to_string_lossy());
+            correct += usize::from(torchvision_top1(net, &name) == usize::from(class == "png"));
+        }
+    }
+    correct
+}
+
+#[test]
+fn the_imagenet_preset_is_torchvisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let (weights, images) = (
+        common::fixture("resnet20_cifar.safetensors"),
+        common::fixture("images"),
+    );
+    let (weights, images) = (weights.to_str().unwrap(), images.to_str().unwrap());
+    let out = reflow(&[
+        "prune",
+        "--weights",
+        weights,
+        "--stem",
+        "cifar",
+        "--preset",
+        "imagenet",
+        "--test-dir",
+        images,
+        "--calib-dir",
+        images,
+        "--calib-count",
+        "8",
+        "--calib-batch",
+        "4",
+        "--signal-images",
+        "4",
+        "--sparsity",
+        "0.5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let want = torchvision_correct("resnet20_cifar_imagenet");
+    assert_eq!(report["dense"]["correct"], want);
+    println!("ImageNet preset: {want}/29 correct, as torchvision");
+}
+
+#[test]
+fn image_folders_run_end_to_end_with_torchvisions_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = common::fixture("images");
+    let images = images.to_str().unwrap();
+    // The RGB ResNet-20 fixture: its predictions on these images vary by class.
+    let weights = common::fixture("resnet20_cifar.safetensors");
+    let args: Vec<String> = [
+        "--weights",
+        weights.to_str().unwrap(),
+        "--stem",
+        "cifar",
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+    ]
+    .map(String::from)
+    .to_vec();
+    let json = dir.path().join("r.json");
+    let json_s = json.to_string_lossy().into_owned();
+    let extra = [
+        "--test-dir",
+        images,
+        "--calib-dir",
+        images,
+        "--resize",
+        "36",
+        "--crop",
+        "32",
+        "--calib-count",
+        "16",
+        "--calib-batch",
+        "8",
+        "--calib-seed",
+        "3",
+        "--signal-images",
+        "29",
+        "--sparsity",
+        "0.5",
+        "--json",
+        &json_s,
+    ];
+    let mut all: Vec<&str> = vec!["prune"];
+    all.extend(args.iter().map(String::as_str));
+    all.extend(extra);
+    let out = reflow(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        report["dense"]["correct"],
+        torchvision_correct("resnet20_cifar")
+    );
+    assert_eq!(report["calibration"]["source"], images);
+    assert_eq!(
+        report["calibration"]["indices"].as_array().unwrap().len(),
+        16
+    );
+
+    // Bad folders and flags: one line, naming the problem.
+    let empty_class = dir.path().join("empty");
+    std::fs::create_dir_all(empty_class.join("a")).unwrap();
+    std::fs::create_dir_all(empty_class.join("b")).unwrap();
+    std::fs::copy(
+        common::fixture("images/png/gray_101x67.png"),
+        empty_class.join("a/1.png"),
+    )
+    .unwrap();
+    let empty_s = empty_class.to_string_lossy().into_owned();
+    let bundled = common::bundled_prune_args();
+    let bundled: Vec<&str> = bundled.iter().map(String::as_str).collect();
+    let folder_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [&["prune"][..], base, extra].concat()
+    }
+    for (argv, needle) in [
+        (
+            with(
+                &folder_args,
+                &[
+                    "--test-dir",
+                    &empty_s,
+                    "--calib-dir",
+                    images,
+                    "--crop",
+                    "28",
+                ],
+            ),
+            "b: no JPEG or PNG image in this class folder",
+        ),
+        (
+            with(
+                &folder_args,
+                &["--test-dir", "/nonexistent", "--calib-dir", images],
+            ),
+            "invalid --test-dir: /nonexistent is not a folder",
+        ),
+        (
+            with(&folder_args, &["--test-dir", images, "--calib-dir", images]),
+            "every image must come out the same size",
+        ),
+        (
+            [&["prune"][..], &bundled, &["--resize", "32"]].concat(),
+            "invalid --resize: applies to image folders",
+        ),
+        (
+            [&["prune"][..], &bundled, &["--preset", "cifar"]].concat(),
+            "invalid --preset: \"cifar\" (expected imagenet)",
+        ),
+        (
+            with(
+                &folder_args,
+                &["--test-dir", images, "--calib-dir", images, "--crop", "0"],
+            ),
+            "invalid --crop: the size must be positive",
+        ),
+    ] {
+        let out = reflow(&argv);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{needle}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}

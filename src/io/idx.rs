@@ -338,6 +338,16 @@ impl Normalization {
         self.mean.len()
     }
 
+    /// The mean of each channel.
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+
+    /// The standard deviation of each channel.
+    pub fn std(&self) -> &[f32] {
+        &self.std
+    }
+
     /// One value per channel of `source`'s images, unless they are normalised already.
     pub(crate) fn check_source(&self, source: &dyn ImageSource) -> Result<()> {
         match source.is_normalized() {

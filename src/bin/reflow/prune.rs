@@ -6,7 +6,7 @@
 
 use crate::protocol::{self, last_ratio, progress_bar, Protocol};
 use clap::Parser;
-use reflow::io::{read_cifar, CifarSplit, ImageSource};
+use reflow::io::{read_cifar, CifarSplit, EvalTransform, ImageSource};
 use reflow::models::{Arch, Model};
 use reflow::prelude::*;
 use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
@@ -32,8 +32,8 @@ pub struct Args {
     #[arg(
         long,
         value_name = "PATH",
-        required_unless_present_any = ["cifar_dir", "test_npy"],
-        conflicts_with_all = ["cifar_dir", "test_npy"],
+        required_unless_present_any = ["cifar_dir", "test_npy", "test_dir"],
+        conflicts_with_all = ["cifar_dir", "test_npy", "test_dir"],
         requires = "test_labels"
     )]
     test_images: Option<PathBuf>,
@@ -45,25 +45,33 @@ pub struct Args {
     #[arg(
         long,
         value_name = "X.npy",
-        conflicts_with = "cifar_dir",
+        conflicts_with_all = ["cifar_dir", "test_dir"],
         requires = "test_labels_npy"
     )]
     test_npy: Option<PathBuf>,
     /// Test labels, .npy: int64, int32 or uint8 [N].
     #[arg(long, value_name = "Y.npy", requires = "test_npy")]
     test_labels_npy: Option<PathBuf>,
+    /// Test images, a folder of JPEG/PNG images in torchvision's ImageFolder layout
+    /// (one sub-folder per class, classes sorted by name); see --resize, --crop.
+    #[arg(long, value_name = "DIR", conflicts_with = "cifar_dir")]
+    test_dir: Option<PathBuf>,
     /// Calibration images, IDX (.gz ok); taken in file order (see --calib-seed).
     /// With --cifar-dir, the CIFAR training images when not given.
     #[arg(
         long,
         value_name = "PATH",
-        required_unless_present_any = ["cifar_dir", "calib_npy"],
-        conflicts_with = "calib_npy"
+        required_unless_present_any = ["cifar_dir", "calib_npy", "calib_dir"],
+        conflicts_with_all = ["calib_npy", "calib_dir"]
     )]
     calib_images: Option<PathBuf>,
     /// Calibration images, .npy (the dtypes and shapes of --test-npy).
-    #[arg(long, value_name = "X.npy")]
+    #[arg(long, value_name = "X.npy", conflicts_with = "calib_dir")]
     calib_npy: Option<PathBuf>,
+    /// Calibration images, a folder in ImageFolder layout (one sub-folder or several;
+    /// the labels are not used).
+    #[arg(long, value_name = "DIR")]
+    calib_dir: Option<PathBuf>,
     /// A folder of CIFAR-10 or CIFAR-100 binary files: the test images from its test
     /// split, the calibration images from its training split (unless --calib-images).
     #[arg(long, value_name = "DIR")]
@@ -78,12 +86,33 @@ pub struct Args {
     /// Calibration batch size.
     #[arg(long, default_value_t = 128, value_name = "N")]
     calib_batch: usize,
+    /// Resize the shorter side of folder images to N (torchvision's Resize(N):
+    /// bilinear, antialiased).
+    #[arg(long, value_name = "N")]
+    resize: Option<usize>,
+    /// Centre-crop folder images to N x N (torchvision's CenterCrop(N)).
+    #[arg(long, value_name = "N")]
+    crop: Option<usize>,
+    /// Preprocessing preset: imagenet (--resize 256 --crop 224, mean
+    /// 0.485,0.456,0.406, std 0.229,0.224,0.225). Flags given explicitly win.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
     /// Per-channel means, comma-separated.
-    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
-    mean: String,
+    #[arg(
+        long,
+        value_name = "LIST",
+        allow_hyphen_values = true,
+        required_unless_present = "preset"
+    )]
+    mean: Option<String>,
     /// Per-channel standard deviations, comma-separated.
-    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
-    std: String,
+    #[arg(
+        long,
+        value_name = "LIST",
+        allow_hyphen_values = true,
+        required_unless_present = "preset"
+    )]
+    std: Option<String>,
     /// Sparsities, comma-separated, each in [0, 1).
     #[arg(
         long,
@@ -218,6 +247,8 @@ struct Plan {
     exclude: Vec<String>,
     reflow: Reflow,
     norm: Normalization,
+    /// The preprocessing of folder images.
+    transform: EvalTransform,
 }
 
 fn plan(args: &Args) -> reflow::Result<Plan> {
@@ -255,9 +286,46 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
     if args.signal_images == 0 {
         return Err(invalid("signal-images", "must be positive"));
     }
-    let mean = parse_list("mean", &args.mean)?;
-    let std = parse_list("std", &args.std)?;
+    let preset = match args.preset.as_deref() {
+        None => None,
+        Some("imagenet") => Some((EvalTransform::imagenet(), Normalization::imagenet())),
+        Some(other) => {
+            return Err(invalid(
+                "preset",
+                format!("\"{other}\" (expected imagenet)"),
+            ))
+        }
+    };
+    let from_preset = |f: fn(&Normalization) -> &[f32]| {
+        preset
+            .as_ref()
+            .map(|(_, n)| f(n).to_vec())
+            .unwrap_or_default()
+    };
+    let mean = match &args.mean {
+        Some(text) => parse_list("mean", text)?,
+        None => from_preset(Normalization::mean),
+    };
+    let std = match &args.std {
+        Some(text) => parse_list("std", text)?,
+        None => from_preset(Normalization::std),
+    };
     let norm = Normalization::new(mean, std)?;
+    let transform = EvalTransform {
+        resize: args.resize.or(preset.as_ref().and_then(|(t, _)| t.resize)),
+        crop: args.crop.or(preset.as_ref().and_then(|(t, _)| t.crop)),
+    };
+    for (flag, size) in [("resize", args.resize), ("crop", args.crop)] {
+        if size == Some(0) {
+            return Err(invalid(flag, "the size must be positive"));
+        }
+        if size.is_some() && args.test_dir.is_none() && args.calib_dir.is_none() {
+            return Err(invalid(
+                flag,
+                "applies to image folders (--test-dir, --calib-dir); no folder is given",
+            ));
+        }
+    }
     Ok(Plan {
         arch: args.arch.parse()?,
         stem: args.stem.parse()?,
@@ -273,6 +341,7 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
             .collect(),
         reflow,
         norm,
+        transform,
     })
 }
 
@@ -381,16 +450,18 @@ fn run(args: &Args) -> reflow::Result<()> {
         ));
     }
     let runs_ahead = Runs::check(&plan, &net)?;
-    let (test, calib_images) = read_data(args)?;
-    let test_flag = match (&args.cifar_dir, &args.test_npy) {
-        (Some(_), _) => "cifar-dir",
-        (None, Some(_)) => "test-npy",
-        (None, None) => "test-images",
+    let (test, calib_images) = read_data(args, in_channels, plan.transform)?;
+    let test_flag = match (&args.cifar_dir, &args.test_npy, &args.test_dir) {
+        (Some(_), _, _) => "cifar-dir",
+        (None, Some(_), _) => "test-npy",
+        (None, None, Some(_)) => "test-dir",
+        (None, None, None) => "test-images",
     };
-    let calib_flag = match (&args.calib_images, &args.calib_npy) {
-        (Some(_), _) => "calib-images",
-        (None, Some(_)) => "calib-npy",
-        (None, None) => "cifar-dir",
+    let calib_flag = match (&args.calib_images, &args.calib_npy, &args.calib_dir) {
+        (Some(_), _, _) => "calib-images",
+        (None, Some(_), _) => "calib-npy",
+        (None, None, Some(_)) => "calib-dir",
+        (None, None, None) => "cifar-dir",
     };
     let channels = |flag: &str, images: &dyn ImageSource| {
         let c = images.image_dims()[0];
@@ -597,10 +668,14 @@ fn run(args: &Args) -> reflow::Result<()> {
             model["block"] = json!(cfg.block.to_string());
             model["groups"] = json!(cfg.groups);
         }
-        let source = match (&args.calib_images, &args.calib_npy, &args.cifar_dir) {
-            (Some(path), _, _) | (None, Some(path), _) => path.display().to_string(),
-            (None, None, Some(dir)) => format!("{} (training split)", dir.display()),
-            (None, None, None) => String::new(),
+        let source = match (&args.calib_images, &args.calib_npy, &args.calib_dir) {
+            (Some(path), _, _) | (None, Some(path), _) | (None, None, Some(path)) => {
+                path.display().to_string()
+            }
+            (None, None, None) => match &args.cifar_dir {
+                Some(dir) => format!("{} (training split)", dir.display()),
+                None => String::new(),
+            },
         };
         let mut calib = json!({
             "source": source,
@@ -733,11 +808,60 @@ mod npy {
     }
 }
 
-/// The test set and the calibration images: IDX files, `.npy` arrays or a CIFAR
-/// folder, any test source with any calibration source.
-fn read_data(args: &Args) -> reflow::Result<(Dataset<Source>, Source)> {
+/// Image folders, when the build has the `image` feature (the `reflow` command
+/// always has).
+mod folder {
+    use super::Source;
+    use reflow::io::{EvalTransform, IdxLabels};
+    use std::path::Path;
+
+    #[cfg(feature = "image")]
+    pub fn images(
+        flag: &str,
+        dir: &Path,
+        channels: usize,
+        transform: EvalTransform,
+    ) -> reflow::Result<(Source, IdxLabels)> {
+        if !dir.is_dir() {
+            return Err(super::invalid(
+                flag,
+                format!("{} is not a folder", dir.display()),
+            ));
+        }
+        let images = reflow::io::ImageFolder::open(dir, channels, transform)?;
+        let labels = images.labels();
+        Ok((Box::new(images), labels))
+    }
+
+    #[cfg(not(feature = "image"))]
+    pub fn images(
+        flag: &str,
+        _: &Path,
+        _: usize,
+        _: EvalTransform,
+    ) -> reflow::Result<(Source, IdxLabels)> {
+        Err(super::invalid(
+            flag,
+            "this build reads no image folders: build with --features image (the reflow command has it)",
+        ))
+    }
+}
+
+/// The test set and the calibration images: IDX files, `.npy` arrays, a CIFAR folder
+/// or image folders (read as `channels`, preprocessed by `transform`), any test source
+/// with any calibration source.
+fn read_data(
+    args: &Args,
+    channels: usize,
+    transform: EvalTransform,
+) -> reflow::Result<(Dataset<Source>, Source)> {
     let boxed = |images: IdxImages| -> Source { Box::new(images) };
     let test: Dataset<Source> = match (&args.cifar_dir, &args.test_images, &args.test_npy) {
+        _ if args.test_dir.is_some() => {
+            let dir = args.test_dir.as_ref().expect("matched");
+            let (images, labels) = folder::images("test-dir", dir, channels, transform)?;
+            Dataset::new(images, labels)?
+        }
         (Some(dir), _, _) => {
             let (images, labels) = read_cifar(dir, CifarSplit::Test)?.1.into_parts();
             Dataset::new(boxed(images), labels)?
@@ -761,6 +885,10 @@ fn read_data(args: &Args) -> reflow::Result<(Dataset<Source>, Source)> {
         }
     };
     let calib: Source = match (&args.calib_images, &args.calib_npy, &args.cifar_dir) {
+        _ if args.calib_dir.is_some() => {
+            let dir = args.calib_dir.as_ref().expect("matched");
+            folder::images("calib-dir", dir, channels, transform)?.0
+        }
         (Some(path), _, _) => boxed(IdxImages::read(path)?),
         (None, Some(path), _) => npy::images("calib-npy", path)?,
         (None, None, Some(dir)) => boxed(read_cifar(dir, CifarSplit::Train)?.1.into_parts().0),
