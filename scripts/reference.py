@@ -33,6 +33,12 @@ Protocol (see method.md for the definitions):
    conv2) or every VGG convolution, by L1 filter norm, physically
    (patterns.channel_prune), and builds the compact network from the shapes.
 
+Data: IDX files, `.npy` arrays, a CIFAR folder, or image folders (--test-dir,
+--calib-dir) through torchvision's ImageFolder, each image opened with Pillow and
+converted to "L" or "RGB" for the network's input channels, then Resize(--resize),
+CenterCrop(--crop), ToTensor, Normalize (--preset imagenet: 256, 224 and ImageNet's
+mean/std). --calib-seed draws the calibration images as reflow does.
+
 On bad input: a one-line error on stderr and exit code 2.
 """
 

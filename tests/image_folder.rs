@@ -333,7 +333,17 @@ fn bad_folders_are_named_one_line_errors() {
     // A file that is no image, under an image's name; and a BMP.
     let dir = make_folder(&[("a/fake.jpg", b"not a jpeg at all".to_vec())]);
     let e = open_error(dir.path(), crop);
-    assert!(e.contains("fake.jpg") && e.contains("cannot decode"), "{e}");
+    assert!(
+        e.contains("fake.jpg") && e.contains("not a JPEG or PNG"),
+        "{e}"
+    );
+    let dir = make_folder(&[("a/moving.png", b"GIF89a......".to_vec())]);
+    let e = open_error(dir.path(), crop);
+    assert!(e.contains("moving.png") && e.contains("a GIF image"), "{e}");
+    // A JPEG whose header is cut: the header read fails, naming it.
+    let dir = make_folder(&[("a/stub.jpg", jpeg[..40].to_vec())]);
+    let e = open_error(dir.path(), crop);
+    assert!(e.contains("stub.jpg") && e.contains("cannot decode"), "{e}");
     let dir = make_folder(&[("a/old.BMP", b"BM....".to_vec())]);
     let e = open_error(dir.path(), crop);
     assert!(
@@ -364,6 +374,34 @@ fn bad_folders_are_named_one_line_errors() {
 
     // Every message is one line.
     assert!(!e.contains('\n'));
+}
+
+#[test]
+fn a_scanned_folder_checks_only_the_images_asked_for() {
+    let png = fixture_bytes("png/rgb_37x53.png");
+    let deep = std::fs::read(common::fixture("gray16.png")).unwrap();
+    let dir = make_folder(&[
+        ("a/1.png", png.clone()),
+        ("a/2.png", deep),
+        ("b/3.png", png),
+    ]);
+    let crop = EvalTransform {
+        resize: None,
+        crop: Some(8),
+    };
+    // `open` reads every header; `scan` none with a crop, and `check` those asked for.
+    let e = open_error(dir.path(), crop);
+    assert!(e.contains("2.png") && e.contains("16-bit"), "{e}");
+    let set = ImageFolder::scan(dir.path(), 3, crop).unwrap();
+    assert_eq!(set.len(), 3);
+    set.check(&[0, 2]).unwrap();
+    let e = set.check(&[2, 1]).unwrap_err().to_string();
+    assert!(e.contains("2.png") && e.contains("16-bit"), "{e}");
+    let e = set.check(&[3]).unwrap_err().to_string();
+    assert!(e.contains("3 is past the 3 images"), "{e}");
+    // Through the trait, as `reflow prune` checks the calibration images it draws.
+    let source: Box<dyn ImageSource> = Box::new(set);
+    assert!(source.check(&[1]).is_err());
 }
 
 #[test]

@@ -372,7 +372,7 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
             with(base.clone(), "--calib-count", "0"),
             "empty calibration set",
         ),
-        (with(base.clone(), "--calib-count", "25"), "the file has 24"),
+        (with(base.clone(), "--calib-count", "25"), "the source has 24"),
         (
             with(base.clone(), "--mean", "0.5"),
             "1 means and 3 standard deviations",

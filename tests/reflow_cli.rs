@@ -394,6 +394,11 @@ fn image_folders_run_end_to_end_with_torchvisions_counts() {
     )
     .unwrap();
     let empty_s = empty_class.to_string_lossy().into_owned();
+    // A calibration folder whose drawn image is a 16-bit PNG: found before any work.
+    let deep = dir.path().join("deep");
+    std::fs::create_dir_all(deep.join("a")).unwrap();
+    std::fs::copy(common::fixture("gray16.png"), deep.join("a/deep.png")).unwrap();
+    let deep_s = deep.to_string_lossy().into_owned();
     let bundled = common::bundled_prune_args();
     let bundled: Vec<&str> = bundled.iter().map(String::as_str).collect();
     let folder_args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -414,6 +419,24 @@ fn image_folders_run_end_to_end_with_torchvisions_counts() {
                 ],
             ),
             "b: no JPEG or PNG image in this class folder",
+        ),
+        (
+            with(
+                &folder_args,
+                &[
+                    "--test-dir",
+                    images,
+                    "--calib-dir",
+                    &deep_s,
+                    "--crop",
+                    "32",
+                    "--signal-images",
+                    "8",
+                    "--calib-count",
+                    "1",
+                ],
+            ),
+            "deep.png: a 16-bit image",
         ),
         (
             with(

@@ -1,10 +1,13 @@
-//! Decoding one JPEG or PNG file to [`Pixels`] of the network's channels, as Pillow
-//! converts (feature `image`).
+//! Decoding one JPEG (zune-jpeg) or PNG (png) file to [`Pixels`] of the network's
+//! channels, as Pillow converts (feature `image`).
 
 use super::Pixels;
 use crate::error::{Error, Result};
-use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+use std::io::Read;
 use std::path::Path;
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
 
 pub(super) fn image_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Image {
@@ -19,8 +22,8 @@ pub(super) fn image_error(path: &Path, reason: impl std::fmt::Display) -> Error 
 /// alpha is dropped, a palette is looked up. The file's content decides its format,
 /// not its name.
 ///
-/// Fails, naming the file, when it cannot be read, is no JPEG or PNG, is corrupt, or
-/// has 16-bit samples; and when `channels` is neither 1 nor 3.
+/// Fails, naming the file, when it cannot be read, is no JPEG or PNG, is corrupt or
+/// truncated, or has 16-bit samples; and when `channels` is neither 1 nor 3.
 ///
 /// ```no_run
 /// use reflow::io::{read_image, EvalTransform};
@@ -33,19 +36,167 @@ pub fn read_image(path: impl AsRef<Path>, channels: usize) -> Result<Pixels> {
     let path = path.as_ref();
     check_channels(channels)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let reader = ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
+    let decoded = match format(path, &bytes)? {
+        Format::Jpeg => {
+            // The decoder fills a JPEG cut short with gray; Pillow refuses it, and so
+            // do we.
+            if !jpeg_is_complete(&bytes) {
+                return Err(image_error(
+                    path,
+                    "truncated JPEG: the data ends before the end-of-image marker",
+                ));
+            }
+            decode_jpeg(path, &bytes)?
+        }
+        Format::Png => decode_png(path, &bytes)?,
+    };
+    convert(decoded, channels)
+}
+
+/// `[H, W]` of the image at `path`, from its header (the first 64 KiB of the file, or
+/// all of it when the header runs longer); fails as [`read_image`] would for a file
+/// that is no 8-bit JPEG or PNG.
+pub(super) fn header(path: &Path) -> Result<[usize; 2]> {
+    const HEAD: u64 = 64 * 1024;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(HEAD)
+        .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;
-    let format = check_format(path, reader.format())?;
-    // The decoder fills a JPEG cut short with gray; Pillow refuses it, and so do we.
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
+    let parse = |bytes: &[u8]| -> Result<[usize; 2]> {
+        match format(path, bytes)? {
+            Format::Jpeg => jpeg_decoder(path, bytes).map(|(_, dims)| dims),
+            Format::Png => png_reader(path, bytes).map(|r| {
+                let info = r.info();
+                [info.height as usize, info.width as usize]
+            }),
+        }
+    };
+    match parse(&bytes) {
+        Err(_) if bytes.len() as u64 == HEAD => {
+            parse(&std::fs::read(path).map_err(|e| Error::io(path, e))?)
+        }
+        result => result,
+    }
+}
+
+/// The formats read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Jpeg,
+    Png,
+}
+
+/// The format of `bytes`, by its signature; other image formats are named.
+fn format(path: &Path, bytes: &[u8]) -> Result<Format> {
+    let other = |name: &str| {
+        Err(image_error(
+            path,
+            format!("a {name} image; reflow reads JPEG and PNG"),
+        ))
+    };
+    match bytes {
+        [0xFF, 0xD8, 0xFF, ..] => Ok(Format::Jpeg),
+        [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Ok(Format::Png),
+        [b'G', b'I', b'F', b'8', ..] => other("GIF"),
+        [b'B', b'M', ..] => other("BMP"),
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => other("WebP"),
+        [b'I', b'I', 0x2A, 0x00, ..] | [b'M', b'M', 0x00, 0x2A, ..] => other("TIFF"),
+        [b'P', b'1'..=b'7', ..] => other("PNM"),
+        _ => Err(image_error(path, "not a JPEG or PNG image")),
+    }
+}
+
+/// Decoded interleaved 8-bit pixels: gray or RGB, with or without alpha.
+struct Decoded {
+    height: usize,
+    width: usize,
+    /// Bytes per pixel: 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).
+    stride: usize,
+    bytes: Vec<u8>,
+}
+
+fn undecodable(path: &Path, e: impl std::fmt::Display) -> Error {
+    image_error(path, format!("cannot decode: {e}"))
+}
+
+/// A JPEG decoder reading from a byte slice.
+type JpegDecoder<'a> = zune_jpeg::JpegDecoder<ZCursor<&'a [u8]>>;
+
+/// A JPEG decoder past the headers of `bytes`, set to give gray for a gray JPEG and
+/// RGB for any other (YCbCr, CMYK, YCCK), and `[H, W]`.
+fn jpeg_decoder<'a>(path: &Path, bytes: &'a [u8]) -> Result<(JpegDecoder<'a>, [usize; 2])> {
+    let options = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder
+        .decode_headers()
+        .map_err(|e| undecodable(path, format!("{e:?}")))?;
+    let (w, h) = decoder.dimensions().expect("headers decoded");
+    let gray = decoder.input_colorspace() == Some(ColorSpace::Luma);
+    let out = if gray {
+        ColorSpace::Luma
+    } else {
+        ColorSpace::RGB
+    };
+    decoder.set_options(decoder.options().jpeg_set_out_colorspace(out));
+    Ok((decoder, [h, w]))
+}
+
+fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<Decoded> {
+    let (mut decoder, [height, width]) = jpeg_decoder(path, bytes)?;
+    let pixels = decoder
+        .decode()
+        .map_err(|e| undecodable(path, format!("{e:?}")))?;
+    let stride = pixels.len() / (height * width).max(1);
+    Ok(Decoded {
+        height,
+        width,
+        stride,
+        bytes: pixels,
+    })
+}
+
+/// A PNG reader past the header of `bytes`, expanding palettes, low bit depths and
+/// transparency to 8-bit gray or RGB with alpha; 16-bit images are refused.
+fn png_reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<png::Reader<std::io::Cursor<&'a [u8]>>> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let reader = decoder.read_info().map_err(|e| undecodable(path, e))?;
+    if reader.info().bit_depth == png::BitDepth::Sixteen {
         return Err(image_error(
             path,
-            "truncated JPEG: the data ends before the end-of-image marker",
+            "a 16-bit image; reflow reads 8-bit images (convert it to 8 bits)",
         ));
     }
-    let image = reader.decode().map_err(|e| undecodable(path, e))?;
-    convert(image, channels, path)
+    Ok(reader)
+}
+
+fn decode_png(path: &Path, bytes: &[u8]) -> Result<Decoded> {
+    let mut reader = png_reader(path, bytes)?;
+    let (colour, depth) = reader.output_color_type();
+    if depth != png::BitDepth::Eight {
+        return Err(image_error(
+            path,
+            format!("{depth:?}-bit samples after expansion"),
+        ));
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| image_error(path, "too large to decode"))?;
+    let mut pixels = vec![0; size];
+    let frame = reader
+        .next_frame(&mut pixels)
+        .map_err(|e| undecodable(path, e))?;
+    pixels.truncate(frame.buffer_size());
+    Ok(Decoded {
+        height: frame.height as usize,
+        width: frame.width as usize,
+        stride: colour.samples(),
+        bytes: pixels,
+    })
 }
 
 /// True when the JPEG in `bytes` reaches its end-of-image marker: its segments are
@@ -80,10 +231,6 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-fn undecodable(path: &Path, e: image::ImageError) -> Error {
-    image_error(path, format!("cannot decode: {e}"))
-}
-
 pub(super) fn check_channels(channels: usize) -> Result<()> {
     if channels == 1 || channels == 3 {
         return Ok(());
@@ -94,52 +241,6 @@ pub(super) fn check_channels(channels: usize) -> Result<()> {
     ))
 }
 
-/// Size and colour type of the image at `path`, from its header.
-pub(super) fn header(path: &Path) -> Result<([usize; 2], ColorType)> {
-    let decoder = open(path)?
-        .into_decoder()
-        .map_err(|e| undecodable(path, e))?;
-    let (w, h) = decoder.dimensions();
-    Ok(([h as usize, w as usize], decoder.color_type()))
-}
-
-fn open(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
-    let reader = ImageReader::open(path)
-        .and_then(ImageReader::with_guessed_format)
-        .map_err(|e| Error::io(path, e))?;
-    check_format(path, reader.format())?;
-    Ok(reader)
-}
-
-fn check_format(path: &Path, format: Option<ImageFormat>) -> Result<ImageFormat> {
-    match format {
-        Some(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => Ok(f),
-        Some(other) => Err(image_error(
-            path,
-            format!("a {other:?} image; reflow reads JPEG and PNG"),
-        )),
-        None => Err(image_error(path, "not a JPEG or PNG image")),
-    }
-}
-
-/// Fails unless `color` is one `reflow` converts: 8-bit gray or colour, with or
-/// without alpha.
-pub(super) fn check_color(path: &Path, color: ColorType) -> Result<()> {
-    match color {
-        ColorType::L8 | ColorType::La8 | ColorType::Rgb8 | ColorType::Rgba8 => Ok(()),
-        ColorType::L16 | ColorType::La16 | ColorType::Rgb16 | ColorType::Rgba16 => {
-            Err(image_error(
-                path,
-                "a 16-bit image; reflow reads 8-bit images (convert it to 8 bits)",
-            ))
-        }
-        other => Err(image_error(
-            path,
-            format!("{other:?} pixels; reflow reads 8-bit gray or RGB images"),
-        )),
-    }
-}
-
 /// Pillow's `convert("L")` of one RGB pixel (ITU-R 601-2 luma, 16-bit fixed point).
 fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
@@ -147,20 +248,15 @@ fn luma(r: u8, g: u8, b: u8) -> u8 {
 
 /// `image` as `channels` (1 or 3) planes, as Pillow converts: gray to RGB repeats the
 /// value, RGB to gray is [`luma`], alpha is dropped.
-fn convert(image: DynamicImage, channels: usize, path: &Path) -> Result<Pixels> {
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    let plane = w * h;
-    // Interleaved bytes and their channels (gray or RGB) per pixel, alpha stripped.
-    let (bytes, stride, colour): (Vec<u8>, usize, usize) = match image {
-        DynamicImage::ImageLuma8(b) => (b.into_raw(), 1, 1),
-        DynamicImage::ImageLumaA8(b) => (b.into_raw(), 2, 1),
-        DynamicImage::ImageRgb8(b) => (b.into_raw(), 3, 3),
-        DynamicImage::ImageRgba8(b) => (b.into_raw(), 4, 3),
-        other => {
-            check_color(path, other.color())?;
-            return Err(image_error(path, format!("{:?} pixels", other.color())));
-        }
-    };
+fn convert(image: Decoded, channels: usize) -> Result<Pixels> {
+    let Decoded {
+        height,
+        width,
+        stride,
+        bytes,
+    } = image;
+    let plane = height * width;
+    let colour = if stride <= 2 { 1 } else { 3 };
     let px = |i: usize, c: usize| bytes[i * stride + c];
     let mut data = Vec::with_capacity(channels * plane);
     match (colour, channels) {
@@ -168,9 +264,9 @@ fn convert(image: DynamicImage, channels: usize, path: &Path) -> Result<Pixels> 
         (1, 3) => (0..3).for_each(|_| data.extend((0..plane).map(|i| px(i, 0)))),
         (3, 1) => data.extend((0..plane).map(|i| luma(px(i, 0), px(i, 1), px(i, 2)))),
         (3, 3) => (0..3).for_each(|c| data.extend((0..plane).map(|i| px(i, c)))),
-        _ => unreachable!("channels checked in ImageFolder::open"),
+        _ => unreachable!("channels checked by check_channels"),
     }
-    Pixels::new([channels, h, w], data)
+    Pixels::new([channels, height, width], data)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Folders of JPEG and PNG images in torchvision's `ImageFolder` layout (feature
 //! `image`).
 
-use super::decode::{check_channels, check_color, header, image_error, read_image};
+use super::decode::{check_channels, header, image_error, read_image};
 use super::{Dataset, EvalTransform, IdxImages, IdxLabels, ImageSource, Normalization, Pixels};
 use crate::error::{Error, Result};
 use crate::nn::Tensor4;
@@ -102,6 +102,17 @@ impl ImageFolder {
     /// has no image, a file with an image extension is no JPEG or PNG (or is 16-bit),
     /// or the transformed sizes disagree (give a crop, or images of one size).
     pub fn open(dir: impl AsRef<Path>, channels: usize, transform: EvalTransform) -> Result<Self> {
+        let folder = ImageFolder::scan(dir, channels, transform)?;
+        folder.check(&(0..folder.len()).collect::<Vec<_>>())?;
+        Ok(folder)
+    }
+
+    /// Lists the images of `dir` as [`ImageFolder::open`] does, but reads no header
+    /// beyond the first image's (none with a crop): for a large folder of which a run
+    /// uses a few images (a calibration subset of ImageNet's training set, say), which
+    /// [`ImageFolder::check`] then checks. An image that is not what its name says
+    /// then fails when it is decoded, naming the file.
+    pub fn scan(dir: impl AsRef<Path>, channels: usize, transform: EvalTransform) -> Result<Self> {
         let dir = dir.as_ref();
         check_channels(channels)?;
         transform.validate()?;
@@ -146,35 +157,51 @@ impl ImageFolder {
             let name = class_dir.file_name().unwrap_or_default();
             classes.push(name.to_string_lossy().into_owned());
         }
-        let headers: Vec<[usize; 2]> = files
-            .par_iter()
-            .map(|path| {
-                let (size, color) = header(path)?;
-                check_color(path, color)?;
-                Ok(size)
-            })
-            .collect::<Result<_>>()?;
-        let [h, w] = transform.output_dims(headers[0][0], headers[0][1]);
-        if let Some(i) = headers
-            .iter()
-            .position(|&[ih, iw]| transform.output_dims(ih, iw) != [h, w])
-        {
-            let [ih, iw] = headers[i];
-            let [oh, ow] = transform.output_dims(ih, iw);
-            return Err(image_error(
-                &files[i],
-                format!(
-                    "{ih}x{iw} image gives {oh}x{ow}, but {} gives {h}x{w}: every image must come out the same size (crop them)",
-                    files[0].display()
-                ),
-            ));
-        }
+        // The output size: a crop's, or the first image's after the resize.
+        let [h, w] = match transform.crop {
+            Some(c) => [c, c],
+            None => {
+                let [ih, iw] = header(&files[0])?;
+                transform.output_dims(ih, iw)
+            }
+        };
         Ok(ImageFolder {
             classes,
             files,
             labels,
             transform,
             dims: [channels, h, w],
+        })
+    }
+
+    /// Checks the headers of images `indices` (in parallel): each must be an 8-bit
+    /// JPEG or PNG whose transformed size is the folder's. [`ImageFolder::open`] checks
+    /// every image; after [`ImageFolder::scan`], check the ones a run will use.
+    pub fn check(&self, indices: &[usize]) -> Result<()> {
+        let [_, h, w] = self.dims;
+        indices.par_iter().try_for_each(|&i| {
+            let path = self.path(i)?;
+            let [ih, iw] = header(path)?;
+            let [oh, ow] = self.transform.output_dims(ih, iw);
+            if [oh, ow] == [h, w] {
+                return Ok(());
+            }
+            Err(image_error(
+                path,
+                format!(
+                    "{ih}x{iw} image gives {oh}x{ow}, but {} gives {h}x{w}: every image must come out the same size (crop them)",
+                    self.files[0].display()
+                ),
+            ))
+        })
+    }
+
+    fn path(&self, index: usize) -> Result<&Path> {
+        self.files.get(index).map(PathBuf::as_path).ok_or_else(|| {
+            Error::invalid(
+                "image index",
+                format!("{index} is past the {} images", self.files.len()),
+            )
         })
     }
 
@@ -201,18 +228,19 @@ impl ImageFolder {
 
     /// Image `index` decoded, converted and transformed.
     pub fn pixels(&self, index: usize) -> Result<Pixels> {
-        let path = self.files.get(index).ok_or_else(|| {
-            Error::invalid(
-                "image index",
-                format!("{index} is past the {} images", self.files.len()),
-            )
-        })?;
+        let path = self.path(index)?;
         let out = self.transform.apply(&read_image(path, self.dims[0])?)?;
         if out.dims() != self.dims {
-            // The header said otherwise: the file changed since it was opened.
             return Err(image_error(
                 path,
-                format!("decoded to {:?}, expected {:?}", out.dims(), self.dims),
+                format!(
+                    "comes out {}x{}, but {} gives {}x{}: every image must come out the same size (crop them)",
+                    out.dims()[1],
+                    out.dims()[2],
+                    self.files[0].display(),
+                    self.dims[1],
+                    self.dims[2]
+                ),
             ));
         }
         Ok(out)
@@ -226,6 +254,10 @@ impl ImageSource for ImageFolder {
 
     fn image_dims(&self) -> [usize; 3] {
         self.dims
+    }
+
+    fn check(&self, indices: &[usize]) -> Result<()> {
+        ImageFolder::check(self, indices)
     }
 
     fn tensor(&self, indices: &[usize], norm: &Normalization) -> Result<Tensor4> {

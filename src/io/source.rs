@@ -42,6 +42,14 @@ pub trait ImageSource: Send + Sync {
         false
     }
 
+    /// Checks that images `indices` can be given, as far as it can without decoding
+    /// them, so that a run fails before any work: a folder of image files
+    /// (`ImageFolder`, feature `image`) reads their headers. Sources held in memory
+    /// have nothing to check beyond the indices.
+    fn check(&self, indices: &[usize]) -> Result<()> {
+        check_indices(indices, self.len())
+    }
+
     /// Images `indices`, in that order, as `[n, C, H, W]`: stored 8-bit pixels as
     /// `(p / 255 − mean_c) / std_c` (torchvision's `ToTensor` + `Normalize`), values
     /// normalised already as they are. An index past the end is an error.
@@ -59,6 +67,10 @@ impl<S: ImageSource + ?Sized> ImageSource for Box<S> {
 
     fn is_normalized(&self) -> bool {
         (**self).is_normalized()
+    }
+
+    fn check(&self, indices: &[usize]) -> Result<()> {
+        (**self).check(indices)
     }
 
     fn tensor(&self, indices: &[usize], norm: &Normalization) -> Result<Tensor4> {

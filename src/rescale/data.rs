@@ -90,7 +90,7 @@ impl<'a> ImageBatches<'a> {
         }
         if count > images.len() {
             return Err(Error::Data(format!(
-                "{count} calibration images asked for, the file has {}",
+                "{count} calibration images asked for, the source has {}",
                 images.len()
             )));
         }

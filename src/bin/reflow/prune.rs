@@ -514,6 +514,8 @@ fn run(args: &Args) -> reflow::Result<()> {
         Some(seed) => calibration.shuffled(seed),
         None => calibration,
     };
+    // The images drawn, before any work (a folder reads their headers).
+    calib_images.check(calibration.indices())?;
     let save = |name: String, net: &Model| -> reflow::Result<()> {
         let Some(dir) = &args.save_dir else {
             return Ok(());
@@ -815,20 +817,27 @@ mod folder {
     use reflow::io::{EvalTransform, IdxLabels};
     use std::path::Path;
 
+    /// The folder's images, every header read, or (`all` false: a calibration folder,
+    /// of which a run draws a few) only listed; the run checks what it draws.
     #[cfg(feature = "image")]
     pub fn images(
         flag: &str,
         dir: &Path,
         channels: usize,
         transform: EvalTransform,
+        all: bool,
     ) -> reflow::Result<(Source, IdxLabels)> {
+        use reflow::io::ImageFolder;
         if !dir.is_dir() {
             return Err(super::invalid(
                 flag,
                 format!("{} is not a folder", dir.display()),
             ));
         }
-        let images = reflow::io::ImageFolder::open(dir, channels, transform)?;
+        let images = match all {
+            true => ImageFolder::open(dir, channels, transform)?,
+            false => ImageFolder::scan(dir, channels, transform)?,
+        };
         let labels = images.labels();
         Ok((Box::new(images), labels))
     }
@@ -839,6 +848,7 @@ mod folder {
         _: &Path,
         _: usize,
         _: EvalTransform,
+        _: bool,
     ) -> reflow::Result<(Source, IdxLabels)> {
         Err(super::invalid(
             flag,
@@ -859,7 +869,7 @@ fn read_data(
     let test: Dataset<Source> = match (&args.cifar_dir, &args.test_images, &args.test_npy) {
         _ if args.test_dir.is_some() => {
             let dir = args.test_dir.as_ref().expect("matched");
-            let (images, labels) = folder::images("test-dir", dir, channels, transform)?;
+            let (images, labels) = folder::images("test-dir", dir, channels, transform, true)?;
             Dataset::new(images, labels)?
         }
         (Some(dir), _, _) => {
@@ -887,7 +897,7 @@ fn read_data(
     let calib: Source = match (&args.calib_images, &args.calib_npy, &args.cifar_dir) {
         _ if args.calib_dir.is_some() => {
             let dir = args.calib_dir.as_ref().expect("matched");
-            folder::images("calib-dir", dir, channels, transform)?.0
+            folder::images("calib-dir", dir, channels, transform, false)?.0
         }
         (Some(path), _, _) => boxed(IdxImages::read(path)?),
         (None, Some(path), _) => npy::images("calib-npy", path)?,
