@@ -109,7 +109,7 @@ fn corrupt_files_are_idx_errors_naming_the_file() {
         (
             "too-long",
             [good.as_slice(), &[1]].concat(),
-            "the source has 9",
+            "the file has 9",
         ),
         ("bad-magic", b"\x89PNG\r\n\x1a\n".to_vec(), "magic"),
         ("float-dtype", float, "dtype 0x0d"),

@@ -50,7 +50,7 @@ pub fn read_image(path: impl AsRef<Path>, channels: usize) -> Result<Pixels> {
         }
         Format::Png => decode_png(path, &bytes)?,
     };
-    convert(decoded, channels)
+    convert(decoded, channels, path)
 }
 
 /// `[H, W]` of the image at `path`, from its header (the first 64 KiB of the file, or
@@ -248,7 +248,7 @@ fn luma(r: u8, g: u8, b: u8) -> u8 {
 
 /// `image` as `channels` (1 or 3) planes, as Pillow converts: gray to RGB repeats the
 /// value, RGB to gray is [`luma`], alpha is dropped.
-fn convert(image: Decoded, channels: usize) -> Result<Pixels> {
+fn convert(image: Decoded, channels: usize, path: &Path) -> Result<Pixels> {
     let Decoded {
         height,
         width,
@@ -257,13 +257,22 @@ fn convert(image: Decoded, channels: usize) -> Result<Pixels> {
     } = image;
     let plane = height * width;
     let colour = if stride <= 2 { 1 } else { 3 };
-    let px = |i: usize, c: usize| bytes[i * stride + c];
+    if !(1..=4).contains(&stride) || bytes.len() < plane * stride {
+        return Err(image_error(
+            path,
+            format!(
+                "the decoder gave {} bytes for {width}x{height} pixels",
+                bytes.len()
+            ),
+        ));
+    }
+    let pixels = || bytes[..plane * stride].chunks_exact(stride);
     let mut data = Vec::with_capacity(channels * plane);
     match (colour, channels) {
-        (1, 1) => data.extend((0..plane).map(|i| px(i, 0))),
-        (1, 3) => (0..3).for_each(|_| data.extend((0..plane).map(|i| px(i, 0)))),
-        (3, 1) => data.extend((0..plane).map(|i| luma(px(i, 0), px(i, 1), px(i, 2)))),
-        (3, 3) => (0..3).for_each(|c| data.extend((0..plane).map(|i| px(i, c)))),
+        (1, 1) => data.extend(pixels().map(|p| p[0])),
+        (1, 3) => (0..3).for_each(|_| data.extend(pixels().map(|p| p[0]))),
+        (3, 1) => data.extend(pixels().map(|p| luma(p[0], p[1], p[2]))),
+        (3, 3) => (0..3).for_each(|c| data.extend(pixels().map(|p| p[c]))),
         _ => unreachable!("channels checked by check_channels"),
     }
     Pixels::new([channels, height, width], data)

@@ -2,9 +2,10 @@
 //! `image`).
 
 use super::decode::{check_channels, header, image_error, read_image};
-use super::{Dataset, EvalTransform, IdxImages, IdxLabels, ImageSource, Normalization, Pixels};
+use super::{Dataset, EvalTransform, IdxLabels, ImageSource, Normalization, Pixels};
 use crate::error::{Error, Result};
 use crate::nn::Tensor4;
+use ndarray::Array4;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -261,12 +262,16 @@ impl ImageSource for ImageFolder {
     }
 
     fn tensor(&self, indices: &[usize], norm: &Normalization) -> Result<Tensor4> {
-        let images: Vec<Pixels> = indices
-            .par_iter()
-            .map(|&i| self.pixels(i))
-            .collect::<Result<_>>()?;
         let [c, h, w] = self.dims;
-        let bytes = images.into_iter().flat_map(Pixels::into_vec).collect();
-        IdxImages::from_pixels([indices.len(), c, h, w], bytes)?.to_tensor(0..indices.len(), norm)
+        norm.check_channels(c)?;
+        // Each image decoded and normalised straight into its place, in parallel.
+        let mut data = vec![0.0; indices.len() * c * h * w];
+        data.par_chunks_mut((c * h * w).max(1))
+            .zip(indices.par_iter())
+            .try_for_each(|(out, &i)| {
+                norm.normalize_into(self.pixels(i)?.as_slice(), h * w, out);
+                Ok::<_, Error>(())
+            })?;
+        Ok(Array4::from_shape_vec((indices.len(), c, h, w), data).expect("sizes checked"))
     }
 }

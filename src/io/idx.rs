@@ -205,15 +205,8 @@ impl IdxImages {
         let [_, c, h, w] = self.dims;
         let plane = h * w;
         let bytes = &self.pixels[range.start * self.image_len()..range.end * self.image_len()];
-        let data = bytes
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| {
-                let ch = (i / plane) % c;
-                // p/255 first, then (x − m)/s, in f32: torchvision's ToTensor + Normalize.
-                (p as f32 / 255.0 - norm.mean[ch]) / norm.std[ch]
-            })
-            .collect();
+        let mut data = vec![0.0; bytes.len()];
+        norm.normalize_into(bytes, plane, &mut data);
         Ok(Array4::from_shape_vec((range.len(), c, h, w), data).expect("sizes checked"))
     }
 }
@@ -353,6 +346,22 @@ impl Normalization {
         match source.is_normalized() {
             true => Ok(()),
             false => self.check_channels(source.image_dims()[0]),
+        }
+    }
+
+    /// `out[i] = (bytes[i] / 255 − mean_c) / std_c` for channel-major images of
+    /// `plane` values per channel (torchvision's `ToTensor` + `Normalize`, in f32).
+    pub(crate) fn normalize_into(&self, bytes: &[u8], plane: usize, out: &mut [f32]) {
+        let c = self.channels();
+        let planes = bytes
+            .chunks_exact(plane.max(1))
+            .zip(out.chunks_exact_mut(plane.max(1)));
+        for (i, (from, to)) in planes.enumerate() {
+            let (mean, std) = (self.mean[i % c], self.std[i % c]);
+            // p/255 first, then (x − m)/s: torchvision's order.
+            for (t, &p) in to.iter_mut().zip(from) {
+                *t = (p as f32 / 255.0 - mean) / std;
+            }
         }
     }
 

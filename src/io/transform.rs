@@ -80,20 +80,14 @@ impl Pixels {
                     let (first, last) = vertical.as_ref().map_or((0, h), Filter::span);
                     let mut rows = Vec::with_capacity((last - first) * width);
                     for row in plane[first * w..last * w].chunks_exact(w) {
-                        rows.extend((0..width).map(|j| hf.value(j, |x| row[x])));
+                        hf.along_row(row, &mut rows);
                     }
                     (std::borrow::Cow::Owned(rows), first, width)
                 }
                 None => (std::borrow::Cow::Borrowed(plane), 0, w),
             };
             match &vertical {
-                Some(vf) => {
-                    for i in 0..height {
-                        out.extend(
-                            (0..row_len).map(|x| vf.value(i, |y| rows[(y - first) * row_len + x])),
-                        );
-                    }
-                }
+                Some(vf) => vf.across_rows(&rows, row_len, first, &mut out),
                 None => out.extend_from_slice(&rows),
             }
         }
@@ -118,17 +112,17 @@ impl Pixels {
         };
         let (top, left) = (offset(h, height), offset(w, width));
         let mut data = Vec::with_capacity(c * height * width);
+        // The crop's columns inside the image: [x0, x1) of the crop, from source `left + x0`.
+        let x0 = (-left).clamp(0, width as isize) as usize;
+        let x1 = (w as isize - left).clamp(x0 as isize, width as isize) as usize;
         for plane in self.data.chunks_exact(h * w) {
             for y in 0..height as isize {
                 let sy = y + top;
-                for x in 0..width as isize {
-                    let sx = x + left;
-                    let inside = (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx);
-                    data.push(if inside {
-                        plane[sy as usize * w + sx as usize]
-                    } else {
-                        0
-                    });
+                let start = data.len();
+                data.resize(start + width, 0);
+                if (0..h as isize).contains(&sy) && x1 > x0 {
+                    let from = sy as usize * w + (left + x0 as isize) as usize;
+                    data[start + x0..start + x1].copy_from_slice(&plane[from..from + (x1 - x0)]);
                 }
             }
         }
@@ -204,13 +198,33 @@ impl Filter {
         (self.starts[0], self.starts[last] + self.weights[last].len())
     }
 
-    /// Output `i`, from the input value at each index `at(index)`.
-    fn value(&self, i: usize, at: impl Fn(usize) -> u8) -> u8 {
-        let mut sum: i32 = 1 << (PRECISION_BITS - 1);
-        for (j, &k) in self.weights[i].iter().enumerate() {
-            sum += i32::from(at(self.starts[i] + j)) * k;
+    /// Every output of one `row`, pushed to `out` (Pillow's horizontal pass).
+    fn along_row(&self, row: &[u8], out: &mut Vec<u8>) {
+        for (&start, weights) in self.starts.iter().zip(&self.weights) {
+            let taps = &row[start..start + weights.len()];
+            let mut sum: i32 = 1 << (PRECISION_BITS - 1);
+            for (&p, &k) in taps.iter().zip(weights) {
+                sum += i32::from(p) * k;
+            }
+            out.push(clip8(sum));
         }
-        clip8(sum)
+    }
+
+    /// Every output row from `rows` (`row_len` values each, the first being input row
+    /// `first`), pushed to `out` (Pillow's vertical pass). The same integer sums as
+    /// Pillow's, taken a row at a time.
+    fn across_rows(&self, rows: &[u8], row_len: usize, first: usize, out: &mut Vec<u8>) {
+        let mut sums = vec![0i32; row_len];
+        for (&start, weights) in self.starts.iter().zip(&self.weights) {
+            sums.fill(1 << (PRECISION_BITS - 1));
+            for (j, &k) in weights.iter().enumerate() {
+                let row = &rows[(start + j - first) * row_len..][..row_len];
+                for (sum, &p) in sums.iter_mut().zip(row) {
+                    *sum += i32::from(p) * k;
+                }
+            }
+            out.extend(sums.iter().map(|&sum| clip8(sum)));
+        }
     }
 }
 
