@@ -834,10 +834,16 @@ mod folder {
                 format!("{} is not a folder", dir.display()),
             ));
         }
+        // Listing a large folder and reading its headers takes a while.
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.set_message(format!("--{flag}: reading {}", dir.display()));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
         let images = match all {
-            true => ImageFolder::open(dir, channels, transform)?,
-            false => ImageFolder::scan(dir, channels, transform)?,
+            true => ImageFolder::open(dir, channels, transform),
+            false => ImageFolder::scan(dir, channels, transform),
         };
+        spinner.finish_and_clear();
+        let images = images?;
         let labels = images.labels();
         Ok((Box::new(images), labels))
     }
