@@ -399,6 +399,17 @@ fn image_folders_run_end_to_end_with_torchvisions_counts() {
     std::fs::create_dir_all(deep.join("a")).unwrap();
     std::fs::copy(common::fixture("gray16.png"), deep.join("a/deep.png")).unwrap();
     let deep_s = deep.to_string_lossy().into_owned();
+    let many = dir.path().join("many");
+    for class in "abcdefghijkl".chars() {
+        let folder = many.join(class.to_string());
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(
+            common::fixture("images/png/rgb_37x53.png"),
+            folder.join("1.png"),
+        )
+        .unwrap();
+    }
+    let many_s = many.to_string_lossy().into_owned();
     let bundled = common::bundled_prune_args();
     let bundled: Vec<&str> = bundled.iter().map(String::as_str).collect();
     let folder_args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -444,6 +455,11 @@ fn image_folders_run_end_to_end_with_torchvisions_counts() {
                 &["--test-dir", "/nonexistent", "--calib-dir", images],
             ),
             "invalid --test-dir: /nonexistent is not a folder",
+        ),
+        (
+            // 12 class folders for a 10-class network.
+            with(&folder_args, &["--test-dir", &many_s, "--calib-dir", images, "--crop", "32"]),
+            "invalid --test-dir: 12 class folders, but the model has 10 classes (the first without one: \"k\")",
         ),
         (
             with(&folder_args, &["--test-dir", images, "--calib-dir", images]),

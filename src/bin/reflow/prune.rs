@@ -450,7 +450,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         ));
     }
     let runs_ahead = Runs::check(&plan, &net)?;
-    let (test, calib_images) = read_data(args, in_channels, plan.transform)?;
+    let (test, calib_images) = read_data(args, in_channels, num_classes, plan.transform)?;
     let test_flag = match (&args.cifar_dir, &args.test_npy, &args.test_dir) {
         (Some(_), _, _) => "cifar-dir",
         (None, Some(_), _) => "test-npy",
@@ -817,15 +817,16 @@ mod folder {
     use reflow::io::{EvalTransform, IdxLabels};
     use std::path::Path;
 
-    /// The folder's images, every header read, or (`all` false: a calibration folder,
-    /// of which a run draws a few) only listed; the run checks what it draws.
+    /// The folder's images: a test folder (`classes`, the model's) with its class
+    /// count checked and every header read; a calibration folder (`None`: of which a
+    /// run draws a few) only listed, the run checks what it draws.
     #[cfg(feature = "image")]
     pub fn images(
         flag: &str,
         dir: &Path,
         channels: usize,
         transform: EvalTransform,
-        all: bool,
+        classes: Option<usize>,
     ) -> reflow::Result<(Source, IdxLabels)> {
         use reflow::io::ImageFolder;
         if !dir.is_dir() {
@@ -838,10 +839,23 @@ mod folder {
         let spinner = indicatif::ProgressBar::new_spinner();
         spinner.set_message(format!("--{flag}: reading {}", dir.display()));
         spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-        let images = match all {
-            true => ImageFolder::open(dir, channels, transform),
-            false => ImageFolder::scan(dir, channels, transform),
-        };
+        let images = ImageFolder::scan(dir, channels, transform).and_then(|images| {
+            if let Some(classes) = classes {
+                let found = images.classes();
+                if found.len() > classes {
+                    return Err(super::invalid(
+                        flag,
+                        format!(
+                            "{} class folders, but the model has {classes} classes (the first without one: \"{}\")",
+                            found.len(),
+                            found[classes]
+                        ),
+                    ));
+                }
+                images.check(&(0..images.paths().len()).collect::<Vec<_>>())?;
+            }
+            Ok(images)
+        });
         spinner.finish_and_clear();
         let images = images?;
         let labels = images.labels();
@@ -854,7 +868,7 @@ mod folder {
         _: &Path,
         _: usize,
         _: EvalTransform,
-        _: bool,
+        _: Option<usize>,
     ) -> reflow::Result<(Source, IdxLabels)> {
         Err(super::invalid(
             flag,
@@ -864,18 +878,20 @@ mod folder {
 }
 
 /// The test set and the calibration images: IDX files, `.npy` arrays, a CIFAR folder
-/// or image folders (read as `channels`, preprocessed by `transform`), any test source
+/// or image folders (read as `channels`, a test folder of at most `classes` classes,
+/// preprocessed by `transform`), any test source
 /// with any calibration source.
 fn read_data(
     args: &Args,
     channels: usize,
+    classes: usize,
     transform: EvalTransform,
 ) -> reflow::Result<(Dataset<Source>, Source)> {
     let boxed = |images: IdxImages| -> Source { Box::new(images) };
     let test: Dataset<Source> = match (&args.cifar_dir, &args.test_images, &args.test_npy) {
         _ if args.test_dir.is_some() => {
             let dir = args.test_dir.as_ref().expect("matched");
-            let (images, labels) = folder::images("test-dir", dir, channels, transform, true)?;
+            let (images, labels) = folder::images("test-dir", dir, channels, transform, Some(classes))?;
             Dataset::new(images, labels)?
         }
         (Some(dir), _, _) => {
@@ -903,7 +919,7 @@ fn read_data(
     let calib: Source = match (&args.calib_images, &args.calib_npy, &args.cifar_dir) {
         _ if args.calib_dir.is_some() => {
             let dir = args.calib_dir.as_ref().expect("matched");
-            folder::images("calib-dir", dir, channels, transform, false)?.0
+            folder::images("calib-dir", dir, channels, transform, None)?.0
         }
         (Some(path), _, _) => boxed(IdxImages::read(path)?),
         (None, Some(path), _) => npy::images("calib-npy", path)?,
