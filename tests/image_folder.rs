@@ -402,6 +402,23 @@ fn a_scanned_folder_checks_only_the_images_asked_for() {
     // Through the trait, as `reflow prune` checks the calibration images it draws.
     let source: Box<dyn ImageSource> = Box::new(set);
     assert!(source.check(&[1]).is_err());
+
+    // Unchecked, a size that disagrees is found when the image is decoded.
+    let other = fixture_bytes("png/gray_101x67.png");
+    let dir = make_folder(&[
+        ("a/1.png", fixture_bytes("png/rgb_37x53.png")),
+        ("a/2.png", other),
+    ]);
+    let set = ImageFolder::scan(dir.path(), 3, EvalTransform::none()).unwrap();
+    assert_eq!(set.image_dims(), [3, 37, 53]);
+    let e = set
+        .tensor(&[0, 1], &Normalization::imagenet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("2.png: 101x67 image gives 101x67") && e.contains("same size"),
+        "{e}"
+    );
 }
 
 #[test]

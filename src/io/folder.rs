@@ -183,18 +183,24 @@ impl ImageFolder {
         indices.par_iter().try_for_each(|&i| {
             let path = self.path(i)?;
             let [ih, iw] = header(path)?;
-            let [oh, ow] = self.transform.output_dims(ih, iw);
-            if [oh, ow] == [h, w] {
-                return Ok(());
+            let out = self.transform.output_dims(ih, iw);
+            match out == [h, w] {
+                true => Ok(()),
+                false => Err(self.size_error(path, [ih, iw], out)),
             }
-            Err(image_error(
-                path,
-                format!(
-                    "{ih}x{iw} image gives {oh}x{ow}, but {} gives {h}x{w}: every image must come out the same size (crop them)",
-                    self.files[0].display()
-                ),
-            ))
         })
+    }
+
+    /// An `input` (`[H, W]`) image at `path` that comes out `output`, not the folder's size.
+    fn size_error(&self, path: &Path, [ih, iw]: [usize; 2], [oh, ow]: [usize; 2]) -> Error {
+        let [_, h, w] = self.dims;
+        image_error(
+            path,
+            format!(
+                "{ih}x{iw} image gives {oh}x{ow}, but {} gives {h}x{w}: every image must come out the same size (crop them)",
+                self.files[0].display()
+            ),
+        )
     }
 
     fn path(&self, index: usize) -> Result<&Path> {
@@ -230,19 +236,13 @@ impl ImageFolder {
     /// Image `index` decoded, converted and transformed.
     pub fn pixels(&self, index: usize) -> Result<Pixels> {
         let path = self.path(index)?;
-        let out = self.transform.apply(&read_image(path, self.dims[0])?)?;
-        if out.dims() != self.dims {
-            return Err(image_error(
-                path,
-                format!(
-                    "comes out {}x{}, but {} gives {}x{}: every image must come out the same size (crop them)",
-                    out.dims()[1],
-                    out.dims()[2],
-                    self.files[0].display(),
-                    self.dims[1],
-                    self.dims[2]
-                ),
-            ));
+        let image = read_image(path, self.dims[0])?;
+        let decoded_dims = image.dims();
+        let out = self.transform.apply(&image)?;
+        let [_, oh, ow] = out.dims();
+        if [oh, ow] != [self.dims[1], self.dims[2]] {
+            let [_, ih, iw] = decoded_dims;
+            return Err(self.size_error(path, [ih, iw], [oh, ow]));
         }
         Ok(out)
     }
