@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from safetensors.torch import save_file
 from torchvision import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_families_fmnist import fit  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -74,6 +76,12 @@ def training_tensors(images: np.ndarray, seed: int) -> torch.Tensor:
     return torch.stack([TO_TENSOR(EVAL(upscaled(p, rng))) for p in images])
 
 
+def flip(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image mirrored left-right with probability 1/2."""
+    mirrored = torch.rand(len(batch), generator=gen) < 0.5
+    return torch.where(mirrored[:, None, None, None], batch.flip(3), batch)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "target" / "jpeg-fmnist")
@@ -109,27 +117,7 @@ def main() -> None:
     ty = torch.from_numpy(np.load(out / "y_test.npy"))
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    steps = args.epochs * math.ceil(len(x) / 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    gen = torch.Generator().manual_seed(1)
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        for k in range(0, len(x), 128):
-            idx = order[k: k + 128]
-            batch = x[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
-            loss = F.cross_entropy(model(batch), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        model.eval()
-        with torch.no_grad():
-            correct = sum(int((model(tx[i: i + 500]).argmax(1) == ty[i: i + 500]).sum()) for i in range(0, len(tx), 500))
-        print(f"epoch {epoch + 1}: test top-1 {correct / len(tx):.4f} ({time.time() - t0:.0f}s)", flush=True)
+    fit(model, x, y, tx, ty, args.epochs, flip, "resnet18_fmnist")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, out / "resnet18_fmnist.safetensors")
     print(f"-> {out / 'resnet18_fmnist.safetensors'}", flush=True)

@@ -69,12 +69,11 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
-def train(name: str, spec: dict, epochs: int, out: Path) -> None:
-    torch.manual_seed(0)
-    spec = {**spec, "in_channels": 1}
-    model = families.build(spec)
-    x, y = tensors("train")
-    tx, ty = tensors("t10k")
+def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor,
+        epochs: int, augment, name: str) -> None:
+    """Adam (lr 2e-3, weight decay 1e-4) with a one-cycle schedule, batches of 128 drawn
+    by a generator seeded with 1, each through `augment(batch, generator)`; prints the
+    top-1 on (tx, ty) after each epoch."""
     gen = torch.Generator().manual_seed(1)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = epochs * math.ceil(len(x) / 128)
@@ -94,6 +93,15 @@ def train(name: str, spec: dict, epochs: int, out: Path) -> None:
         with torch.no_grad():
             correct = sum(int((model(tx[i: i + 500]).argmax(1) == ty[i: i + 500]).sum()) for i in range(0, len(tx), 500))
         print(f"{name} epoch {epoch + 1}: test top-1 {correct / len(tx):.4f} ({time.time() - t0:.0f}s)", flush=True)
+
+
+def train(name: str, spec: dict, epochs: int, out: Path) -> None:
+    torch.manual_seed(0)
+    spec = {**spec, "in_channels": 1}
+    model = families.build(spec)
+    x, y = tensors("train")
+    tx, ty = tensors("t10k")
+    fit(model, x, y, tx, ty, epochs, augment, name)
     n = sum(p.numel() for p in model.parameters())
     families.save(model.eval(), spec, out / f"{name}.safetensors")
     print(f"{name}: {n:,} parameters -> {out / (name + '.safetensors')}", flush=True)

@@ -130,7 +130,7 @@ fn a_small_run_reports_prunes_recalibrates_and_saves() {
         "{stdout}"
     );
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = common::report(&out, &json);
     assert_eq!(report["model"]["family"], "resnet");
     assert_eq!(report["model"]["stages"], serde_json::json!([3, 3, 3]));
     assert_eq!(report["model"]["block"], "basic");
@@ -176,12 +176,7 @@ fn nm_and_channel_patterns_report_and_save() {
     let args = with(files.args(), "--json", &json);
     let args = with(with(args, "--save-dir", &save), "--pattern", "2:4");
     let out = run(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = common::report(&out, &json);
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 1, "N:M is one run, whatever --sparsity says");
     assert_eq!(runs[0]["pattern"], "2:4");
@@ -215,7 +210,7 @@ fn nm_and_channel_patterns_report_and_save() {
         stdout.contains("channel 0.5: 168 of 336 channels removed"),
         "{stdout}"
     );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = common::report(&out, &json);
     let dense_params = report["model"]["params"].as_u64().unwrap();
     for (run, s) in report["runs"].as_array().unwrap().iter().zip([0.3, 0.5]) {
         assert_eq!(run["pattern"], "channel");
@@ -281,12 +276,7 @@ fn a_cifar_folder_and_a_seeded_calibration_subset() {
     .map(|s| s.to_string())
     .collect();
     let out = run(&with(args.clone(), "--calib-seed", "7"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = common::report(&out, &json);
     let calib = &report["calibration"];
     assert_eq!(calib["seed"], 7);
     assert_eq!(calib["count"], 256);
@@ -310,8 +300,7 @@ fn a_cifar_folder_and_a_seeded_calibration_subset() {
 
     // Without a seed: the first images in order, no index list.
     let plain = args;
-    assert!(run(&plain).status.success());
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = common::report(&run(&plain), &json);
     assert_eq!(report["calibration"]["seed"], Value::Null);
     assert!(report["calibration"].get("indices").is_none());
 }
@@ -740,12 +729,7 @@ fn bundled_resnet20_structured_patterns_count_as_pytorch() {
         args.extend(flags.iter().map(|s| s.to_string()));
         args.extend(["--json".to_string(), json.to_string_lossy().into_owned()]);
         let out = run(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let report = common::report(&out, &json);
         assert_eq!(report["dense"]["correct"], 9414);
         let got: Vec<(u64, u64)> = report["runs"]
             .as_array()

@@ -49,12 +49,7 @@ fn prune_runs_as_the_example_does() {
     args.extend(["--pattern", "2:4", "--json", json.to_str().unwrap()].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = reflow(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = common::report(&out, &json);
     // scripts/reference.py's counts for the same flags.
     assert_eq!(report["runs"][0]["pruned_correct"], 8672);
     assert_eq!(report["runs"][0]["reflow_correct"], 9340);
@@ -152,12 +147,7 @@ fn npy_arrays_count_as_the_same_pixels_in_idx_files() {
         let json_s = json.to_string_lossy().into_owned();
         args.extend(["--json", &json_s]);
         let out = reflow(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+        common::report(&out, &json)
     };
     let from_npy = report(
         &["--test-npy", &x, "--test-labels-npy", &y, "--calib-npy", &c],
@@ -310,12 +300,7 @@ fn the_imagenet_preset_is_torchvisions() {
         "--json",
         json.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = common::report(&out, &json);
     let want = torchvision_correct("resnet20_cifar_imagenet");
     assert_eq!(report["dense"]["correct"], want);
     println!("ImageNet preset: {want}/29 correct, as torchvision");
@@ -368,12 +353,7 @@ fn image_folders_run_end_to_end_with_torchvisions_counts() {
     all.extend(args.iter().map(String::as_str));
     all.extend(extra);
     let out = reflow(&all);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = common::report(&out, &json);
     assert_eq!(
         report["dense"]["correct"],
         torchvision_correct("resnet20_cifar")

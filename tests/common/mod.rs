@@ -166,3 +166,14 @@ pub fn at_every_level(mut f: impl FnMut(reflow::cpu::Level)) {
         f(level);
     }
 }
+
+/// The JSON report a run of the prune tool wrote to `json`, which must have succeeded
+/// (its stderr is the panic message otherwise).
+pub fn report(out: &std::process::Output, json: impl AsRef<std::path::Path>) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
