@@ -1,7 +1,9 @@
 //! Times reflow's forward pass and prints images/s and GFLOP/s; then a REFLOW
 //! calibration batch next to the eval pass of the same batch.
 //!
-//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|resnet50 channel|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration|reflow_regnet_x_32gf] [--level portable|avx2|avx512|neon] [--tsv]`
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|resnet50 channel|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration|reflow_regnet_x_32gf] [--level portable|avx2|avx512|neon] [--batch B] [--tsv]`
+//!
+//! `--batch B` times every case at batch `B` instead of its own (the name says which).
 //!
 //! `--model reflow_regnet_x_32gf [--calib-count N] [--calib-batch N]` times REFLOW
 //! (cumulative) on regnet_x_32gf over synthetic 224 × 224 images (default 1,024 in
@@ -266,10 +268,19 @@ fn main() {
             "threads: {threads_used}, kernel level {level}, peak {peak:.1} GFLOP/s (multiply-adds at {peak_level})"
         );
     }
+    let batch = flag("--batch", 0);
     for (name, build, shape) in cases {
         if only.is_some_and(|m| !name.starts_with(m.as_str())) {
             continue;
         }
+        // `--batch B` replaces the case's batch, in its name too.
+        let (name, shape) = match batch {
+            0 => (name.to_string(), shape),
+            b => {
+                let stem = name.rsplit_once(" b").map_or(name, |(stem, _)| stem);
+                (format!("{stem} b{b}"), (b, shape.1, shape.2, shape.3))
+            }
+        };
         let mut net = build();
         fill(&mut net);
         let x = Array4::from_shape_fn(shape, |(n, c, h, w)| ((n + c + h * w) % 17) as f32 / 17.0);

@@ -39,4 +39,6 @@ pub(crate) use runtime::{recycle, serially};
 pub(crate) mod engine;
 pub(crate) mod kernels;
 mod layers;
+#[doc(hidden)]
+pub mod layout_candidates;
 pub(crate) mod runtime;

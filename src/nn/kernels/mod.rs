@@ -26,6 +26,8 @@
 // The crate denies `unsafe` everywhere else.
 #![allow(unsafe_code)]
 
+pub(crate) mod blocked;
+pub(crate) mod blocked_sparse;
 pub(crate) mod direct;
 pub(crate) mod peak;
 pub(crate) mod plain;

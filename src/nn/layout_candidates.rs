@@ -1,0 +1,244 @@
+//! Not part of the API: the channel-blocked (NCHW16c) kernels that `docs/engine.md`
+//! measures against the NCHW engine, open to `examples/bench_layouts.rs` until the
+//! engine runs on them. Anything here may change or go in any release.
+
+use crate::error::{Error, Result};
+use crate::nn::kernels::blocked::{self, Blocked, DepthwiseGeometry, Store};
+use crate::nn::kernels::blocked_sparse::{sparse_pointwise, SparseRows};
+use crate::nn::kernels::{Isa, LANES};
+use crate::nn::Conv2dConfig;
+
+/// Values of an `[n, c, h, w]` tensor in the blocked layout `[n][⌈c/16⌉][h][w][16]`.
+pub fn blocked_len(n: usize, c: usize, h: usize, w: usize) -> usize {
+    Blocked { n, c, h, w }.len()
+}
+
+/// `x` (`[n, c, h, w]`, NCHW) into `y` in the blocked layout.
+pub fn to_blocked(x: &[f32], [n, c, h, w]: [usize; 4], y: &mut [f32]) -> Result<()> {
+    let s = Blocked { n, c, h, w };
+    check_len("x", x.len(), n * c * h * w)?;
+    check_len("y", y.len(), s.len())?;
+    blocked::to_blocked(x, s, y);
+    Ok(())
+}
+
+/// `x` in the blocked layout into `y` (`[n, c, h, w]`, NCHW).
+pub fn from_blocked(x: &[f32], [n, c, h, w]: [usize; 4], y: &mut [f32]) -> Result<()> {
+    let s = Blocked { n, c, h, w };
+    check_len("x", x.len(), s.len())?;
+    check_len("y", y.len(), n * c * h * w)?;
+    blocked::from_blocked(x, s, y);
+    Ok(())
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            what,
+            format!("{got} values, expected {want}"),
+        ))
+    }
+}
+
+/// A 1×1 stride-1 or depthwise convolution with its weights packed for the blocked
+/// kernels, and a per-channel `relu?(y·scale + shift)` fused into the store.
+#[derive(Debug, Clone)]
+pub struct BlockedConv {
+    config: Conv2dConfig,
+    packed: Vec<f32>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+}
+
+impl BlockedConv {
+    /// Packs `weight` (`[out, in / groups, kh, kw]`); `scale` and `shift` per output
+    /// channel. The configuration must be a 1×1 stride-1 unpadded convolution or a
+    /// depthwise one (groups = in = out).
+    pub fn new(
+        config: Conv2dConfig,
+        weight: &[f32],
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+    ) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        check_len("weight", weight.len(), c.weight_shape().iter().product())?;
+        check_len("scale", scale.len(), c.out_channels)?;
+        check_len("shift", shift.len(), c.out_channels)?;
+        let packed = if Self::is_pointwise(&c) {
+            blocked::pack_pointwise(weight, c.out_channels, c.in_channels)
+        } else if Self::is_depthwise(&c) {
+            blocked::pack_depthwise(weight, c.in_channels, c.kernel)
+        } else {
+            return Err(Error::invalid(
+                "config",
+                "the blocked kernels compute 1x1 stride-1 and depthwise convolutions",
+            ));
+        };
+        let whole = |v: &[f32]| {
+            let mut v = v.to_vec();
+            v.resize(c.out_channels.div_ceil(LANES) * LANES, 0.0);
+            v
+        };
+        Ok(BlockedConv {
+            config,
+            packed,
+            scale: whole(scale),
+            shift: whole(shift),
+            relu,
+        })
+    }
+
+    fn is_pointwise(c: &Conv2dConfig) -> bool {
+        c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0] && c.groups == 1
+    }
+
+    fn is_depthwise(c: &Conv2dConfig) -> bool {
+        c.groups == c.in_channels && c.out_channels == c.in_channels && c.dilation == [1, 1]
+    }
+
+    /// The output size for an `h × w` input.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let c = &self.config;
+        let axis = |size: usize, a: usize| {
+            let padded = size + 2 * c.padding[a];
+            (padded >= c.kernel[a]).then(|| (padded - c.kernel[a]) / c.stride[a] + 1)
+        };
+        Some((axis(h, 0)?, axis(w, 1)?))
+    }
+
+    /// Convolves `x` (blocked `[n, in, h, w]`) into `y` (blocked `[n, out, ho, wo]`)
+    /// on `threads` threads (of rayon's current pool) at the crate's kernel level.
+    pub fn run(
+        &self,
+        x: &[f32],
+        [n, h, w]: [usize; 3],
+        y: &mut [f32],
+        threads: usize,
+    ) -> Result<()> {
+        let c = &self.config;
+        let xs = Blocked {
+            n,
+            c: c.in_channels,
+            h,
+            w,
+        };
+        let (ho, wo) = self
+            .output_size(h, w)
+            .ok_or_else(|| Error::invalid("x", "smaller than the kernel"))?;
+        check_len("x", x.len(), xs.len())?;
+        check_len("y", y.len(), blocked_len(n, c.out_channels, ho, wo))?;
+        let kernels = Isa::current()
+            .kernels()
+            .ok_or_else(|| Error::invalid("level", "the blocked kernels need a vector level"))?;
+        let store = Store {
+            scale: &self.scale,
+            shift: &self.shift,
+            relu: self.relu,
+        };
+        if Self::is_pointwise(c) {
+            blocked::pointwise(
+                kernels,
+                x,
+                xs,
+                &self.packed,
+                c.out_channels,
+                store,
+                y,
+                threads,
+            );
+        } else {
+            let g = DepthwiseGeometry {
+                kernel: c.kernel,
+                stride: c.stride,
+                padding: c.padding,
+                size: [h, w],
+                out_size: [ho, wo],
+            };
+            blocked::depthwise(kernels, x, xs, &self.packed, g, store, y, threads);
+        }
+        Ok(())
+    }
+}
+
+/// A 1×1 stride-1 convolution with its non-zero weights in compressed rows, on blocked
+/// activations (position tiles transposed into lanes), the store fused.
+#[derive(Debug, Clone)]
+pub struct SparseBlockedConv {
+    rows: SparseRows,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+}
+
+impl SparseBlockedConv {
+    /// Keeps the non-zeros of `weight` (`[out, in, 1, 1]`); `scale` and `shift` per
+    /// output channel.
+    pub fn new(
+        config: Conv2dConfig,
+        weight: &[f32],
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+    ) -> Result<Self> {
+        config.validate()?;
+        if !BlockedConv::is_pointwise(&config) {
+            return Err(Error::invalid(
+                "config",
+                "the sparse blocked kernel computes 1x1 stride-1 convolutions",
+            ));
+        }
+        let (o, c) = (config.out_channels, config.in_channels);
+        check_len("weight", weight.len(), o * c)?;
+        check_len("scale", scale.len(), o)?;
+        check_len("shift", shift.len(), o)?;
+        let whole = |v: &[f32]| {
+            let mut v = v.to_vec();
+            v.resize(o.div_ceil(LANES) * LANES, 0.0);
+            v
+        };
+        Ok(SparseBlockedConv {
+            rows: SparseRows::new(weight, o, c),
+            scale: whole(scale),
+            shift: whole(shift),
+            relu,
+        })
+    }
+
+    /// The fraction of weights that are zero.
+    pub fn sparsity(&self) -> f64 {
+        1.0 - self.rows.values.len() as f64 / (self.rows.out * self.rows.inputs).max(1) as f64
+    }
+
+    /// Convolves `x` (blocked `[n, in, h, w]`) into `y` (blocked `[n, out, h, w]`).
+    pub fn run(
+        &self,
+        x: &[f32],
+        [n, h, w]: [usize; 3],
+        y: &mut [f32],
+        threads: usize,
+    ) -> Result<()> {
+        let xs = Blocked {
+            n,
+            c: self.rows.inputs,
+            h,
+            w,
+        };
+        check_len("x", x.len(), xs.len())?;
+        check_len("y", y.len(), blocked_len(n, self.rows.out, h, w))?;
+        let kernels = Isa::current()
+            .kernels()
+            .ok_or_else(|| Error::invalid("level", "the blocked kernels need a vector level"))?;
+        let store = Store {
+            scale: &self.scale,
+            shift: &self.shift,
+            relu: self.relu,
+        };
+        sparse_pointwise(kernels, x, xs, &self.rows, store, y, threads);
+        Ok(())
+    }
+}
