@@ -24,16 +24,18 @@ Usage, from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import cpu_model, median_seconds, openvino_runner, ort_runner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -82,35 +84,9 @@ def export(name: str, batch: int, folder: Path) -> Path:
     return path
 
 
-def median_ms(run, runs: int) -> float:
-    run()
-    run()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def peers(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[float, float]:
-    import onnxruntime as ort
-    import openvino as ov
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    t_ort = median_ms(lambda: session.run(None, {"input": x}), runs)
-    del session
-    compiled = ov.Core().compile_model(str(path), "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    t_ov = median_ms(lambda: request.infer({0: x}), runs)
-    del request, compiled
-    return t_ort, t_ov
+    """ONNX Runtime's and OpenVINO's median ms on `x`."""
+    return tuple(1e3 * median_seconds(runner(path, x, threads), runs) for runner in (ort_runner, openvino_runner))
 
 
 def main() -> None:
@@ -124,8 +100,7 @@ def main() -> None:
     import onnxruntime as ort
     import openvino as ov
 
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), "unknown")
+    cpu = cpu_model()
     print(f"CPU: {cpu}; onnxruntime {ort.__version__}, openvino {ov.__version__}; ms per batch, "
           f"median of {args.runs} runs, median of {args.rounds} alternated rounds")
     header = (f"{'layer':<22} {'b':>2} {'t':>2} {'GFLOP':>6} {'ORT':>8} {'OV':>8} {'NCHW':>8} {'blocked':>8} "

@@ -36,7 +36,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ import torchvision
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import cpu_model, median_seconds, openvino_runner, ort_runner  # noqa: E402
 from torch_resnet import build_resnet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,16 +65,6 @@ MODELS = {
 }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown processor"
-
-
 def export(name: str, batch: int, folder: Path) -> Path:
     """The model exported to ONNX at this batch size (made once, kept in `folder`)."""
     path = folder / f"{name}_b{batch}.onnx"
@@ -92,45 +82,12 @@ def export(name: str, batch: int, folder: Path) -> Path:
     return path
 
 
-def median_time(run, runs: int) -> float:
-    run()
-    run()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def time_ort(path: Path, x: np.ndarray, threads: int, runs: int) -> float:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {"input": x}
-    t = median_time(lambda: session.run(None, feed), runs)
-    del session
-    return x.shape[0] / t
+    return x.shape[0] / median_seconds(ort_runner(path, x, threads), runs)
 
 
 def time_openvino(path: Path, x: np.ndarray, threads: int, runs: int) -> float:
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", {
-        "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
-    })
-    request = compiled.create_infer_request()
-    t = median_time(lambda: request.infer({0: x}), runs)
-    del request, compiled
-    return x.shape[0] / t
+    return x.shape[0] / median_seconds(openvino_runner(path, x, threads), runs)
 
 
 def time_reflow(name: str, batch: int, threads: int, runs: int) -> tuple[float, str, float]:

@@ -52,6 +52,7 @@ import torchvision  # noqa: E402
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patterns import channel_prune  # noqa: E402
+from peers import cpu_model  # noqa: E402
 from torch_resnet import build_from_shapes, build_resnet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,17 +97,6 @@ def time_torch(name: str, threads: int, runs: int) -> float:
             model(x)
             times.append(time.perf_counter() - t)
     return shape[0] / statistics.median(times)
-
-
-def cpu_model() -> str:
-    """The processor's model name, as the kernel reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown processor"
 
 
 def time_reflow(threads: int, runs: int, only: str | None = None) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:

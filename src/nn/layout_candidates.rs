@@ -42,6 +42,19 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     }
 }
 
+/// `scale` and `shift` (one per channel of `channels`) padded with zeros to whole
+/// blocks, as the kernels' stores read them.
+fn per_block(scale: &[f32], shift: &[f32], channels: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    check_len("scale", scale.len(), channels)?;
+    check_len("shift", shift.len(), channels)?;
+    let whole = |v: &[f32]| {
+        let mut v = v.to_vec();
+        v.resize(channels.div_ceil(LANES) * LANES, 0.0);
+        v
+    };
+    Ok((whole(scale), whole(shift)))
+}
+
 /// A 1×1 stride-1 or depthwise convolution with its weights packed for the blocked
 /// kernels, and a per-channel `relu?(y·scale + shift)` fused into the store.
 #[derive(Debug, Clone)]
@@ -67,8 +80,7 @@ impl BlockedConv {
         config.validate()?;
         let c = config;
         check_len("weight", weight.len(), c.weight_shape().iter().product())?;
-        check_len("scale", scale.len(), c.out_channels)?;
-        check_len("shift", shift.len(), c.out_channels)?;
+        let (scale, shift) = per_block(scale, shift, c.out_channels)?;
         let packed = if Self::is_pointwise(&c) {
             blocked::pack_pointwise(weight, c.out_channels, c.in_channels)
         } else if Self::is_depthwise(&c) {
@@ -79,16 +91,11 @@ impl BlockedConv {
                 "the blocked kernels compute 1x1 stride-1 and depthwise convolutions",
             ));
         };
-        let whole = |v: &[f32]| {
-            let mut v = v.to_vec();
-            v.resize(c.out_channels.div_ceil(LANES) * LANES, 0.0);
-            v
-        };
         Ok(BlockedConv {
             config,
             packed,
-            scale: whole(scale),
-            shift: whole(shift),
+            scale,
+            shift,
             relu,
         })
     }
@@ -194,17 +201,11 @@ impl SparseBlockedConv {
         }
         let (o, c) = (config.out_channels, config.in_channels);
         check_len("weight", weight.len(), o * c)?;
-        check_len("scale", scale.len(), o)?;
-        check_len("shift", shift.len(), o)?;
-        let whole = |v: &[f32]| {
-            let mut v = v.to_vec();
-            v.resize(o.div_ceil(LANES) * LANES, 0.0);
-            v
-        };
+        let (scale, shift) = per_block(scale, shift, o)?;
         Ok(SparseBlockedConv {
             rows: SparseRows::new(weight, o, c),
-            scale: whole(scale),
-            shift: whole(shift),
+            scale,
+            shift,
             relu,
         })
     }

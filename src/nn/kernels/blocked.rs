@@ -575,11 +575,12 @@ impl<S: Simd> DepthwiseRow<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::nn::kernels::every_kernels;
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    /// `len` pseudo-random values in [−0.5, 0.5), the same for the same seed.
+    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut i = seed;
         (0..len)
             .map(|_| {

@@ -220,21 +220,13 @@ fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::blocked::tests::values;
     use super::super::blocked::{from_blocked, pack_pointwise, pointwise, to_blocked};
     use super::*;
     use crate::nn::kernels::every_kernels;
 
     #[test]
     fn sparse_pointwise_equals_the_dense_kernel_on_the_same_weights() {
-        let values = |len: usize, seed: u32| -> Vec<f32> {
-            let mut i = seed;
-            (0..len)
-                .map(|_| {
-                    i = i.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    (i >> 9) as f32 / (1 << 23) as f32 - 0.5
-                })
-                .collect()
-        };
         // Positions not a multiple of a tile or of 16, channels off the block, a row
         // with no non-zero, an all-zero layer, one output channel.
         for (n, c, o, h, w, density) in [
