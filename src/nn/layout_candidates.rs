@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::nn::kernels::blocked::{self, Blocked, DepthwiseGeometry, Store};
 use crate::nn::kernels::blocked_sparse::{sparse_pointwise, SparseRows};
-use crate::nn::kernels::{Isa, LANES};
+use crate::nn::kernels::{Isa, Kernels, LANES};
 use crate::nn::Conv2dConfig;
 
 /// Values of an `[n, c, h, w]` tensor in the blocked layout `[n][⌈c/16⌉][h][w][16]`.
@@ -42,17 +42,45 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     }
 }
 
-/// `scale` and `shift` (one per channel of `channels`) padded with zeros to whole
-/// blocks, as the kernels' stores read them.
-fn per_block(scale: &[f32], shift: &[f32], channels: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    check_len("scale", scale.len(), channels)?;
-    check_len("shift", shift.len(), channels)?;
-    let whole = |v: &[f32]| {
-        let mut v = v.to_vec();
-        v.resize(channels.div_ceil(LANES) * LANES, 0.0);
-        v
-    };
-    Ok((whole(scale), whole(shift)))
+/// The store both convolutions fuse: `relu?(y·scale + shift)` per output channel, with
+/// `scale` and `shift` padded with zeros to whole blocks, as the kernels read them.
+#[derive(Debug, Clone)]
+struct OwnedStore {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+}
+
+impl OwnedStore {
+    fn new(scale: &[f32], shift: &[f32], relu: bool, channels: usize) -> Result<Self> {
+        check_len("scale", scale.len(), channels)?;
+        check_len("shift", shift.len(), channels)?;
+        let whole = |v: &[f32]| {
+            let mut v = v.to_vec();
+            v.resize(channels.div_ceil(LANES) * LANES, 0.0);
+            v
+        };
+        Ok(OwnedStore {
+            scale: whole(scale),
+            shift: whole(shift),
+            relu,
+        })
+    }
+
+    fn view(&self) -> Store<'_> {
+        Store {
+            scale: &self.scale,
+            shift: &self.shift,
+            relu: self.relu,
+        }
+    }
+}
+
+/// The kernels' instruction set: the widest within the cap, which must have vectors.
+fn vector_kernels() -> Result<Kernels> {
+    Isa::current()
+        .kernels()
+        .ok_or_else(|| Error::invalid("level", "the blocked kernels need a vector level"))
 }
 
 /// A 1×1 stride-1 or depthwise convolution with its weights packed for the blocked
@@ -61,9 +89,7 @@ fn per_block(scale: &[f32], shift: &[f32], channels: usize) -> Result<(Vec<f32>,
 pub struct BlockedConv {
     config: Conv2dConfig,
     packed: Vec<f32>,
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-    relu: bool,
+    store: OwnedStore,
 }
 
 impl BlockedConv {
@@ -80,7 +106,7 @@ impl BlockedConv {
         config.validate()?;
         let c = config;
         check_len("weight", weight.len(), c.weight_shape().iter().product())?;
-        let (scale, shift) = per_block(scale, shift, c.out_channels)?;
+        let store = OwnedStore::new(scale, shift, relu, c.out_channels)?;
         let packed = if Self::is_pointwise(&c) {
             blocked::pack_pointwise(weight, c.out_channels, c.in_channels)
         } else if Self::is_depthwise(&c) {
@@ -94,9 +120,7 @@ impl BlockedConv {
         Ok(BlockedConv {
             config,
             packed,
-            scale,
-            shift,
-            relu,
+            store,
         })
     }
 
@@ -139,14 +163,7 @@ impl BlockedConv {
             .ok_or_else(|| Error::invalid("x", "smaller than the kernel"))?;
         check_len("x", x.len(), xs.len())?;
         check_len("y", y.len(), blocked_len(n, c.out_channels, ho, wo))?;
-        let kernels = Isa::current()
-            .kernels()
-            .ok_or_else(|| Error::invalid("level", "the blocked kernels need a vector level"))?;
-        let store = Store {
-            scale: &self.scale,
-            shift: &self.shift,
-            relu: self.relu,
-        };
+        let (kernels, store) = (vector_kernels()?, self.store.view());
         if Self::is_pointwise(c) {
             blocked::pointwise(
                 kernels,
@@ -177,9 +194,7 @@ impl BlockedConv {
 #[derive(Debug, Clone)]
 pub struct SparseBlockedConv {
     rows: SparseRows,
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-    relu: bool,
+    store: OwnedStore,
 }
 
 impl SparseBlockedConv {
@@ -201,18 +216,10 @@ impl SparseBlockedConv {
         }
         let (o, c) = (config.out_channels, config.in_channels);
         check_len("weight", weight.len(), o * c)?;
-        let (scale, shift) = per_block(scale, shift, o)?;
         Ok(SparseBlockedConv {
             rows: SparseRows::new(weight, o, c),
-            scale,
-            shift,
-            relu,
+            store: OwnedStore::new(scale, shift, relu, o)?,
         })
-    }
-
-    /// The fraction of weights that are zero.
-    pub fn sparsity(&self) -> f64 {
-        1.0 - self.rows.values.len() as f64 / (self.rows.out * self.rows.inputs).max(1) as f64
     }
 
     /// Convolves `x` (blocked `[n, in, h, w]`) into `y` (blocked `[n, out, h, w]`).
@@ -231,14 +238,7 @@ impl SparseBlockedConv {
         };
         check_len("x", x.len(), xs.len())?;
         check_len("y", y.len(), blocked_len(n, self.rows.out, h, w))?;
-        let kernels = Isa::current()
-            .kernels()
-            .ok_or_else(|| Error::invalid("level", "the blocked kernels need a vector level"))?;
-        let store = Store {
-            scale: &self.scale,
-            shift: &self.shift,
-            relu: self.relu,
-        };
+        let (kernels, store) = (vector_kernels()?, self.store.view());
         sparse_pointwise(kernels, x, xs, &self.rows, store, y, threads);
         Ok(())
     }

@@ -150,16 +150,18 @@ pub(crate) fn pointwise(
     for yn in y.chunks_mut(ob * hw * LANES) {
         chunks.extend(yn.chunks_mut(run * hw * LANES));
     }
+    each_chunk(chunks, threads, task);
+}
+
+/// Runs `task(i, chunk)` on every chunk, in parallel when there are several threads.
+fn each_chunk(chunks: Vec<&mut [f32]>, threads: usize, task: impl Fn(usize, &mut [f32]) + Sync) {
     if threads > 1 {
         chunks
             .into_par_iter()
             .enumerate()
-            .for_each(|(i, yt)| task(i, yt));
+            .for_each(|(i, c)| task(i, c));
     } else {
-        chunks
-            .into_iter()
-            .enumerate()
-            .for_each(|(i, yt)| task(i, yt));
+        chunks.into_iter().enumerate().for_each(|(i, c)| task(i, c));
     }
 }
 
@@ -385,15 +387,7 @@ pub(crate) fn depthwise(
             y: yp,
         })
     };
-    if threads > 1 {
-        y.par_chunks_mut(plane_out)
-            .enumerate()
-            .for_each(|(i, yp)| task(i, yp));
-    } else {
-        y.chunks_mut(plane_out)
-            .enumerate()
-            .for_each(|(i, yp)| task(i, yp));
-    }
+    each_chunk(y.chunks_mut(plane_out).collect(), threads, task);
 }
 
 /// One block of sixteen channels of one image of [`depthwise`], as a [`Kernel`].
