@@ -343,6 +343,16 @@ pub trait Layer: Params {
         update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Self::Output>;
+
+    /// The layer's eval pass on the engine's channel-blocked activations, for the
+    /// bundled layers that have blocked kernels. The default, `None`, is right for
+    /// every other layer: an unobserved eval pass then reorders the layer's input to
+    /// NCHW and calls [`Layer::forward_with`], and counts the reorder. Not a stable
+    /// interface yet.
+    #[doc(hidden)]
+    fn blocked(&self) -> Option<&dyn crate::nn::blocked::BlockedLayer> {
+        None
+    }
 }
 
 /// A network with its output type erased: what a [`Rescaler`](crate::rescale::Rescaler)

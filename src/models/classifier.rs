@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
+use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::{recycle, serially, Sequential, Tensor2, Tensor4};
 use ndarray::Axis;
 use rayon::prelude::*;
@@ -59,6 +60,25 @@ impl Classifier {
         n.div_ceil(n.div_ceil(m).max(1))
     }
 
+    /// The eval pass of `x` in one go: on blocks (see [`crate::nn::blocked`]) when
+    /// nobody observes it and the processor has vector kernels, else layer by layer on
+    /// NCHW tensors.
+    fn forward_whole(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
+        let Some(mut pass) = Pass::for_eval(probe) else {
+            return self.net.forward_with(x, probe);
+        };
+        let y = self.net.forward_blocked(Value::Input(x), &mut pass)?;
+        let y = y.into_plain(&mut pass);
+        let shape = y.shape().to_vec();
+        y.into_matrix().ok_or_else(|| {
+            Error::shape(
+                format!("{} (output)", self.family),
+                "a 2-d tensor",
+                shape.as_slice(),
+            )
+        })
+    }
+
     /// The eval pass of `x` in micro-batches of `m` images, run in parallel, each
     /// through the whole network on one thread. Each image's logits are computed
     /// exactly as in one pass (batch norm uses its running statistics).
@@ -69,7 +89,7 @@ impl Classifier {
             .map(|chunk| {
                 serially(|| {
                     let chunk = chunk.to_owned();
-                    let logits = self.net.forward_with(&chunk, &mut Probe::none());
+                    let logits = self.forward_whole(&chunk, &mut Probe::none());
                     recycle(chunk);
                     logits
                 })
@@ -103,7 +123,7 @@ impl Layer for Classifier {
         if x.dim().0 > m && probe.schedule() == Schedule::Fused {
             return self.forward_in_micro_batches(x, m);
         }
-        self.net.forward_with(x, probe)
+        self.forward_whole(x, probe)
     }
 
     fn forward_train(

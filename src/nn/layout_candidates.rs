@@ -3,10 +3,10 @@
 //! engine runs on them. Anything here may change or go in any release.
 
 use crate::error::{Error, Result};
-use crate::nn::kernels::blocked::{self, Blocked, DepthwiseGeometry, Store};
+use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
 use crate::nn::kernels::blocked_sparse::{sparse_pointwise, SparseRows};
 use crate::nn::kernels::{Isa, Kernels, LANES};
-use crate::nn::Conv2dConfig;
+use crate::nn::{Activation, Conv2dConfig};
 
 /// Values of an `[n, c, h, w]` tensor in the blocked layout `[n][⌈c/16⌉][h][w][16]`.
 pub fn blocked_len(n: usize, c: usize, h: usize, w: usize) -> usize {
@@ -71,7 +71,11 @@ impl OwnedStore {
         Store {
             scale: &self.scale,
             shift: &self.shift,
-            relu: self.relu,
+            activation: match self.relu {
+                true => Activation::Relu,
+                false => Activation::Identity,
+            },
+            residual: None,
         }
     }
 }
@@ -176,7 +180,7 @@ impl BlockedConv {
                 threads,
             );
         } else {
-            let g = DepthwiseGeometry {
+            let g = Window {
                 kernel: c.kernel,
                 stride: c.stride,
                 padding: c.padding,

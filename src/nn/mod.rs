@@ -36,9 +36,11 @@ pub use layers::{SqueezeExcitation, StochasticDepth, Tensor2, Tensor4};
 pub use runtime::Activation;
 pub(crate) use runtime::{recycle, serially};
 
+#[doc(hidden)]
+pub mod blocked;
 pub(crate) mod engine;
 pub(crate) mod kernels;
-mod layers;
+pub(crate) mod layers;
 #[doc(hidden)]
 pub mod layout_candidates;
 pub(crate) mod runtime;

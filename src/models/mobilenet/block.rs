@@ -163,6 +163,13 @@ impl Layer for InvertedResidual {
     type Input = Tensor4;
     type Output = Tensor4;
 
+    fn blocked(&self) -> Option<&dyn crate::nn::blocked::BlockedLayer> {
+        match self {
+            InvertedResidual::Residual(r) => r.blocked(),
+            InvertedResidual::Plain(s) => s.blocked(),
+        }
+    }
+
     fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         match self {
             InvertedResidual::Residual(r) => r.forward_with(x, probe),

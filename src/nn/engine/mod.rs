@@ -7,6 +7,7 @@
 //! owns the weights; the image kernels ([`crate::nn::kernels`]) know only their own
 //! geometry.
 
+pub(crate) mod blocked;
 mod config;
 mod depthwise;
 pub(crate) mod gemm;
@@ -33,6 +34,8 @@ pub(crate) struct Rearranged {
     shifted: OnceLock<Vec<f32>>,
     /// `[O/16][ξ][C][16]`, the kernels in Winograd's domain.
     winograd: OnceLock<Vec<f32>>,
+    /// As the blocked kernel of the convolution's kind reads them.
+    blocked: OnceLock<Vec<f32>>,
 }
 
 /// What to do to each output plane right after the product: `v = (v + bias)·scale +

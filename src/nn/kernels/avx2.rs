@@ -48,6 +48,23 @@ mod imp {
         }};
     }
 
+    /// [`Simd::pow2`] on eight lanes.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline(always)]
+    unsafe fn pow2_half(t: __m256) -> __m256 {
+        use super::super::scalar::POW2_ROUND_BITS;
+        // SAFETY: AVX2 (the caller's contract).
+        unsafe {
+            let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(POW2_ROUND_BITS));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                n,
+                _mm256_set1_epi32(127),
+            )))
+        }
+    }
+
     /// The all-ones lanes of a mask: lane `i` set when bit `i` of `bits` is.
     ///
     /// # Safety
@@ -191,6 +208,19 @@ mod imp {
         fn relu(self, v: V) -> V {
             // `max(0, v)` returns its second operand when either is NaN: NaN stays NaN.
             both!(_mm256_max_ps, self.zero(), v)
+        }
+
+        #[inline(always)]
+        fn clamp(self, v: V, lo: f32, hi: f32) -> V {
+            // `max`/`min` return their second operand when either is NaN: NaN stays NaN.
+            let (lo, hi) = (self.splat(lo), self.splat(hi));
+            both!(_mm256_min_ps, hi, both!(_mm256_max_ps, lo, v))
+        }
+
+        #[inline(always)]
+        fn pow2(self, t: V) -> V {
+            // SAFETY: AVX2 (the token).
+            unsafe { [pow2_half(t[0]), pow2_half(t[1])] }
         }
 
         #[inline(always)]

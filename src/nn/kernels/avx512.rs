@@ -142,6 +142,25 @@ mod imp {
         }
 
         #[inline(always)]
+        fn clamp(self, v: __m512, lo: f32, hi: f32) -> __m512 {
+            // SAFETY: AVX-512F (the token). `max`/`min` return their second operand
+            // when either is NaN: NaN stays NaN.
+            unsafe { _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), v)) }
+        }
+
+        #[inline(always)]
+        fn pow2(self, t: __m512) -> __m512 {
+            use super::super::scalar::POW2_ROUND_BITS;
+            // SAFETY: AVX-512F (the token).
+            unsafe {
+                let n =
+                    _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(POW2_ROUND_BITS));
+                let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
+                _mm512_castsi512_ps(e)
+            }
+        }
+
+        #[inline(always)]
         unsafe fn load_ptr(self, p: *const f32) -> __m512 {
             // SAFETY: AVX-512F; 16 readable floats (the caller's contract).
             unsafe { _mm512_loadu_ps(p) }

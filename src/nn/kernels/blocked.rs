@@ -16,7 +16,9 @@
 //! Both kernels apply `y = relu?(y·scale + shift)` per output channel as they store.
 //! They are the candidates that `docs/engine.md` measures against the NCHW engine.
 
+use super::activation::activate;
 use super::{Kernel, Kernels, Simd, LANES};
+use crate::nn::runtime::Activation;
 use rayon::prelude::*;
 
 /// Input channels per pass of [`pointwise`]: 256 channels of 14 positions (14 KiB) and
@@ -81,13 +83,46 @@ pub(crate) fn from_blocked(x: &[f32], s: Blocked, y: &mut [f32]) {
         });
 }
 
-/// Per output channel, `y = relu?(y·scale + shift)`; `scale` and `shift` cover whole
-/// blocks (zeros past the channel count).
+/// What a kernel does to each output value as it stores it: per output channel,
+/// `y = f(y·scale + shift + r)`, where `r` is the value at the same place of `residual`
+/// (0 without one). `scale` and `shift` cover whole blocks (zeros past the channel
+/// count); `residual` is blocked, of the output's shape.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Store<'a> {
     pub scale: &'a [f32],
     pub shift: &'a [f32],
-    pub relu: bool,
+    pub activation: Activation,
+    pub residual: Option<&'a [f32]>,
+}
+
+impl<'a> Store<'a> {
+    /// The store of `len` output values from `offset`: the residual sliced to them.
+    pub(crate) fn part(self, offset: usize, len: usize) -> Store<'a> {
+        Store {
+            residual: self.residual.map(|r| &r[offset..][..len]),
+            ..self
+        }
+    }
+}
+
+/// `f(v·scale + shift + r)`, `r` read at `residual` when there is one.
+///
+/// # Safety
+/// `residual`, when given, points to sixteen readable values.
+#[inline(always)]
+pub(crate) unsafe fn finish<S: Simd>(
+    s: S,
+    v: S::V,
+    (scale, shift): (S::V, S::V),
+    f: Activation,
+    residual: Option<*const f32>,
+) -> S::V {
+    let mut v = s.fma(v, scale, shift);
+    if let Some(r) = residual {
+        // SAFETY: the caller's contract.
+        v = s.add(v, unsafe { s.load_ptr(r) });
+    }
+    activate(s, f, v)
 }
 
 /// The weights `[O, C]` of a 1×1 convolution as `[⌈O/16⌉][⌈C/16⌉·16][16]`, zeros for
@@ -124,6 +159,7 @@ pub(crate) fn pointwise(
     assert!(x.len() == xs.len() && y.len() == ys.len());
     assert!(weights.len() == ob * cin * LANES);
     assert!(store.scale.len() == ob * LANES && store.shift.len() == ob * LANES);
+    assert!(store.residual.is_none_or(|r| r.len() == y.len()));
     // Tasks: an image's output blocks in runs, enough of them for every thread.
     let per_image = if xs.n >= threads {
         1
@@ -135,13 +171,14 @@ pub(crate) fn pointwise(
     let tasks = ob.div_ceil(run);
     let task = |i: usize, yt: &mut [f32]| {
         let (n, first) = (i / tasks, (i % tasks) * run);
+        let offset = (n * ob + first) * hw * LANES;
         kernels.run(PointwiseTask {
             x: &x[n * cin * hw..][..cin * hw],
             hw,
             cin,
             weights,
             blocks: first..(first + run).min(ob),
-            store,
+            store: store.part(offset, yt.len()),
             y: yt,
         });
     };
@@ -154,7 +191,11 @@ pub(crate) fn pointwise(
 }
 
 /// Runs `task(i, chunk)` on every chunk, in parallel when there are several threads.
-fn each_chunk(chunks: Vec<&mut [f32]>, threads: usize, task: impl Fn(usize, &mut [f32]) + Sync) {
+pub(crate) fn each_chunk(
+    chunks: Vec<&mut [f32]>,
+    threads: usize,
+    task: impl Fn(usize, &mut [f32]) + Sync,
+) {
     if threads > 1 {
         chunks
             .into_par_iter()
@@ -173,6 +214,7 @@ struct PointwiseTask<'a> {
     cin: usize,
     weights: &'a [f32],
     blocks: std::ops::Range<usize>,
+    /// Its residual, if any, is sliced as `y`.
     store: Store<'a>,
     /// The output blocks `blocks`, `[blocks.len()][hw][16]`.
     y: &'a mut [f32],
@@ -207,8 +249,19 @@ impl Kernel for PointwiseTask<'_> {
                 // SAFETY: `b` (and `b + 1` for a pair) are output blocks of `y` and of
                 // the weights; the positions are those of the image.
                 unsafe {
-                    let yb = y.as_mut_ptr().add((b - blocks.start) * hw * LANES);
-                    let args = (x.as_ptr(), hw, cin, weights.as_ptr(), b, &pass, store, yb);
+                    let at = (b - blocks.start) * hw * LANES;
+                    let yb = y.as_mut_ptr().add(at);
+                    let rb = store.residual.map(|r| r.as_ptr().add(at));
+                    let args = (
+                        x.as_ptr(),
+                        hw,
+                        cin,
+                        weights.as_ptr(),
+                        b,
+                        &pass,
+                        store,
+                        (yb, rb),
+                    );
                     match (pair, S::PIXELS >= 28) {
                         (true, true) => positions::<S, 2, 14>(s, args),
                         (true, false) => positions::<S, 2, 3>(s, args),
@@ -238,7 +291,7 @@ type PointwiseArgs<'a> = (
     usize,
     &'a Pass,
     Store<'a>,
-    *mut f32,
+    (*mut f32, Option<*const f32>),
 );
 
 /// Every position of the image for output blocks `b..b + B`, `T` positions at a time,
@@ -282,11 +335,12 @@ unsafe fn positions<S: Simd, const B: usize, const T: usize>(s: S, args: Pointwi
 ///
 /// # Safety
 /// `x` is an image `[cin/16][hw][16]`, `w` the packed weights with blocks `b..b + B`,
-/// `y` the output of block `b` (`[B][hw][16]` from it), `p + T <= hw`.
+/// `y` the output of block `b` (`[B][hw][16]` from it) and the residual's the same
+/// place of the residual, `p + T <= hw`.
 #[inline(always)]
 unsafe fn tile<S: Simd, const B: usize, const T: usize>(
     s: S,
-    (x, hw, cin, w, b, pass, store, y): PointwiseArgs<'_>,
+    (x, hw, cin, w, b, pass, store, (y, residual)): PointwiseArgs<'_>,
     p: usize,
 ) {
     // SAFETY: every pointer below stays inside the ranges of the caller's contract.
@@ -312,21 +366,21 @@ unsafe fn tile<S: Simd, const B: usize, const T: usize>(
             }
         }
         for (k, row) in acc.iter().enumerate() {
-            let (scale, shift) = if pass.last {
-                let at = (b + k) * LANES;
-                (
-                    s.load_ptr(store.scale.as_ptr().add(at)),
-                    s.load_ptr(store.shift.as_ptr().add(at)),
-                )
-            } else {
-                (s.splat(1.0), s.zero())
-            };
-            for (t, &a) in row.iter().enumerate() {
-                let mut v = if pass.last { s.fma(a, scale, shift) } else { a };
-                if pass.last && store.relu {
-                    v = s.relu(v);
+            if !pass.last {
+                for (t, &a) in row.iter().enumerate() {
+                    s.store_ptr(y.add((k * hw + p + t) * LANES), a);
                 }
-                s.store_ptr(y.add((k * hw + p + t) * LANES), v);
+                continue;
+            }
+            let at = (b + k) * LANES;
+            let affine = (
+                s.load_ptr(store.scale.as_ptr().add(at)),
+                s.load_ptr(store.shift.as_ptr().add(at)),
+            );
+            for (t, &a) in row.iter().enumerate() {
+                let o = (k * hw + p + t) * LANES;
+                let v = finish(s, a, affine, store.activation, residual.map(|r| r.add(o)));
+                s.store_ptr(y.add(o), v);
             }
         }
     }
@@ -345,9 +399,10 @@ pub(crate) fn pack_depthwise(weight: &[f32], c: usize, kernel: [usize; 2]) -> Ve
     packed
 }
 
-/// The geometry of a depthwise convolution on blocked planes.
+/// The window of a convolution on blocked planes: its kernel, stride and padding, and
+/// the input and output sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DepthwiseGeometry {
+pub(crate) struct Window {
     pub kernel: [usize; 2],
     pub stride: [usize; 2],
     pub padding: [usize; 2],
@@ -355,6 +410,37 @@ pub(crate) struct DepthwiseGeometry {
     pub size: [usize; 2],
     /// Output `[ho, wo]`.
     pub out_size: [usize; 2],
+}
+
+impl Window {
+    /// The output columns `lo..hi` whose windows read no padding column.
+    pub(crate) fn inner_columns(&self) -> (usize, usize) {
+        let ([_, w], [_, wo], [_, kw], [_, sw], [_, pw]) = (
+            self.size,
+            self.out_size,
+            self.kernel,
+            self.stride,
+            self.padding,
+        );
+        let lo = pw.div_ceil(sw).min(wo);
+        let hi = if w + pw >= kw {
+            ((w + pw - kw) / sw + 1).min(wo)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+
+    /// For output row `oy`: the input row of kernel row 0 (negative in the padding),
+    /// and the kernel rows `r0..r1` that fall inside the image.
+    pub(crate) fn rows(&self, oy: usize) -> (isize, usize, usize) {
+        let ([h, _], [kh, _], [sh, _], [ph, _]) =
+            (self.size, self.kernel, self.stride, self.padding);
+        let top = (oy * sh) as isize - ph as isize;
+        let r0 = (-top).clamp(0, kh as isize) as usize;
+        let r1 = (h as isize - top).clamp(r0 as isize, kh as isize) as usize;
+        (top, r0, r1)
+    }
 }
 
 /// A depthwise convolution of `x` (blocked, shape `xs`) by `weights` (from
@@ -365,7 +451,7 @@ pub(crate) fn depthwise(
     x: &[f32],
     xs: Blocked,
     weights: &[f32],
-    g: DepthwiseGeometry,
+    g: Window,
     store: Store<'_>,
     y: &mut [f32],
     threads: usize,
@@ -375,6 +461,10 @@ pub(crate) fn depthwise(
     let taps = g.kernel[0] * g.kernel[1] * LANES;
     assert!([xs.h, xs.w] == g.size && x.len() == xs.len());
     assert!(y.len() == xs.n * blocks * plane_out && weights.len() == blocks * taps);
+    assert!(
+        store.residual.is_none(),
+        "a depthwise store adds no residual"
+    );
     let task = |i: usize, yp: &mut [f32]| {
         let cb = i % blocks;
         kernels.run(DepthwisePlane {
@@ -383,7 +473,7 @@ pub(crate) fn depthwise(
             g,
             scale: &store.scale[cb * LANES..][..LANES],
             shift: &store.shift[cb * LANES..][..LANES],
-            relu: store.relu,
+            activation: store.activation,
             y: yp,
         })
     };
@@ -396,10 +486,10 @@ struct DepthwisePlane<'a> {
     x: &'a [f32],
     /// `[kh][kw][16]`.
     w: &'a [f32],
-    g: DepthwiseGeometry,
+    g: Window,
     scale: &'a [f32],
     shift: &'a [f32],
-    relu: bool,
+    activation: Activation,
     /// `[ho][wo][16]`.
     y: &'a mut [f32],
 }
@@ -424,7 +514,7 @@ impl Kernel for DepthwisePlane<'_> {
 fn depthwise_plane<S: Simd, const T: usize>(s: S, p: DepthwisePlane<'_>) {
     let g = p.g;
     let ([h, w], [ho, wo]) = (g.size, g.out_size);
-    let ([kh, kw], [sh, sw], [ph, pw]) = (g.kernel, g.stride, g.padding);
+    let [kh, kw] = g.kernel;
     assert!(p.x.len() == h * w * LANES && p.y.len() == ho * wo * LANES);
     assert!(p.w.len() == kh * kw * LANES);
     let scale = s.load(p.scale.try_into().expect("16 lanes"));
@@ -436,21 +526,13 @@ fn depthwise_plane<S: Simd, const T: usize>(s: S, p: DepthwisePlane<'_>) {
         g,
         scale,
         shift,
-        relu: p.relu,
+        activation: p.activation,
     };
     // Columns `lo..hi` read no padding.
-    let lo = pw.div_ceil(sw).min(wo);
-    let hi = if w + pw >= kw {
-        ((w + pw - kw) / sw + 1).min(wo)
-    } else {
-        0
-    }
-    .max(lo);
+    let (lo, hi) = g.inner_columns();
     for oy in 0..ho {
         // The kernel rows `r0..r1` fall inside the image.
-        let top = (oy * sh) as isize - ph as isize;
-        let r0 = (-top).clamp(0, kh as isize) as usize;
-        let r1 = (h as isize - top).clamp(r0 as isize, kh as isize) as usize;
+        let (top, r0, r1) = g.rows(oy);
         let rows = (oy, top, r0, r1);
         // SAFETY: the rows are the image's; `columns` checks the padding's columns
         // and `lo..hi` read inside the image.
@@ -487,21 +569,17 @@ struct DepthwiseRow<S: Simd> {
     x: *const f32,
     w: *const f32,
     y: *mut f32,
-    g: DepthwiseGeometry,
+    g: Window,
     scale: S::V,
     shift: S::V,
-    relu: bool,
+    activation: Activation,
 }
 
 impl<S: Simd> DepthwiseRow<S> {
     #[inline(always)]
     fn finish(&self, s: S, v: S::V) -> S::V {
-        let v = s.fma(v, self.scale, self.shift);
-        if self.relu {
-            s.relu(v)
-        } else {
-            v
-        }
+        // SAFETY: no residual.
+        unsafe { finish(s, v, (self.scale, self.shift), self.activation, None) }
     }
 
     /// Output pixel `(oy, ox)`, checking every tap's column.
@@ -584,16 +662,19 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// `relu?(conv(x)·scale + shift)` of NCHW `x` by the definition, in f64.
+    /// What a test's store does: scale, shift, activation and the NCHW residual.
+    pub(crate) type Epilogue<'a> = (&'a [f32], &'a [f32], Activation, Option<&'a [f32]>);
+
+    /// `f(conv(x)·scale + shift + r)` of NCHW `x` by the definition, the sums in f64.
     #[allow(clippy::too_many_arguments)]
-    fn reference(
+    pub(crate) fn reference(
         x: &[f32],
         [n, c, h, w]: [usize; 4],
         weight: &[f32],
         o: usize,
         groups: usize,
-        g: DepthwiseGeometry,
-        (scale, shift, relu): (&[f32], &[f32], bool),
+        g: Window,
+        (scale, shift, f, residual): Epilogue<'_>,
     ) -> Vec<f32> {
         let ([kh, kw], [sh, sw], [ph, pw], [ho, wo]) = (g.kernel, g.stride, g.padding, g.out_size);
         let (cg, og) = (c / groups, o / groups);
@@ -619,8 +700,9 @@ pub(crate) mod tests {
                                 }
                             }
                         }
+                        let at = ((img * o + oc) * ho + oy) * wo + ox;
                         let v = acc as f32 * scale[oc] + shift[oc];
-                        y[((img * o + oc) * ho + oy) * wo + ox] = if relu { v.max(0.0) } else { v };
+                        y[at] = f.apply(v + residual.map_or(0.0, |r| r[at]));
                     }
                 }
             }
@@ -628,13 +710,13 @@ pub(crate) mod tests {
         y
     }
 
-    fn padded_to_blocks(v: &[f32], c: usize) -> Vec<f32> {
+    pub(crate) fn padded_to_blocks(v: &[f32], c: usize) -> Vec<f32> {
         let mut p = v.to_vec();
         p.resize(c.div_ceil(LANES) * LANES, 0.0);
         p
     }
 
-    fn close(got: &[f32], want: &[f32], what: &str) {
+    pub(crate) fn close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len());
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
             assert!(
@@ -666,38 +748,53 @@ pub(crate) mod tests {
     fn pointwise_matches_the_definition_at_every_level() {
         // Channel counts off the block, more input channels than one pass, an odd
         // number of output blocks, maps smaller and larger than a register block.
-        for (n, c, o, h, w, relu) in [
-            (2, 19, 40, 7, 7, true),
-            (1, 300, 33, 3, 5, false),
-            (3, 16, 16, 1, 1, true),
-            (1, 1, 1, 14, 14, true),
-            (2, 64, 48, 4, 4, false),
-        ] {
+        // Every activation, with and without a residual.
+        for (case, (n, c, o, h, w)) in [
+            (2, 19, 40, 7, 7),
+            (1, 300, 33, 3, 5),
+            (3, 16, 16, 1, 1),
+            (1, 1, 1, 14, 14),
+            (2, 64, 48, 4, 4),
+            (1, 24, 24, 9, 9),
+            (2, 40, 20, 5, 5),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let f = Activation::ALL[case % Activation::ALL.len()];
+            let residual = (case % 2 == 1).then(|| values(n * o * h * w, 10));
             let x = values(n * c * h * w, 2);
             let weight = values(o * c, 3);
             let scale: Vec<f32> = values(o, 4).iter().map(|v| v + 1.0).collect();
             let shift = values(o, 5);
-            let g = DepthwiseGeometry {
+            let g = Window {
                 kernel: [1, 1],
                 stride: [1, 1],
                 padding: [0, 0],
                 size: [h, w],
                 out_size: [h, w],
             };
-            let want = reference(&x, [n, c, h, w], &weight, o, 1, g, (&scale, &shift, relu));
+            let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
+            let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue);
             let xs = Blocked { n, c, h, w };
             let mut xb = vec![0.0; xs.len()];
             to_blocked(&x, xs, &mut xb);
+            let ys = Blocked { c: o, ..xs };
+            let rb = residual.as_ref().map(|r| {
+                let mut rb = vec![0.0; ys.len()];
+                to_blocked(r, ys, &mut rb);
+                rb
+            });
             let packed = pack_pointwise(&weight, o, c);
             let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
             for kernels in every_kernels() {
                 for threads in [1, 2] {
-                    let ys = Blocked { c: o, ..xs };
                     let mut yb = vec![f32::NAN; ys.len()];
                     let store = Store {
                         scale: &sc,
                         shift: &sf,
-                        relu,
+                        activation: f,
+                        residual: rb.as_deref(),
                     };
                     pointwise(kernels, &xb, xs, &packed, o, store, &mut yb, threads);
                     let mut y = vec![0.0; want.len()];
@@ -705,7 +802,7 @@ pub(crate) mod tests {
                     close(
                         &y,
                         &want,
-                        &format!("{kernels:?} {n}x{c}->{o} {h}x{w} t{threads}"),
+                        &format!("{kernels:?} {n}x{c}->{o} {h}x{w} t{threads} {f}"),
                     );
                 }
             }
@@ -725,7 +822,7 @@ pub(crate) mod tests {
             (1, 32, 2, 2, 3, 1, 1),
         ] {
             let (ho, wo) = ((h + 2 * pd - k) / st + 1, (w + 2 * pd - k) / st + 1);
-            let g = DepthwiseGeometry {
+            let g = Window {
                 kernel: [k, k],
                 stride: [st, st],
                 padding: [pd, pd],
@@ -736,8 +833,9 @@ pub(crate) mod tests {
             let weight = values(c * k * k, 7);
             let scale: Vec<f32> = values(c, 8).iter().map(|v| v + 1.0).collect();
             let shift = values(c, 9);
-            for relu in [false, true] {
-                let want = reference(&x, [n, c, h, w], &weight, c, c, g, (&scale, &shift, relu));
+            for f in [Activation::Identity, Activation::Relu6, Activation::Silu] {
+                let epilogue = (&scale[..], &shift[..], f, None);
+                let want = reference(&x, [n, c, h, w], &weight, c, c, g, epilogue);
                 let xs = Blocked { n, c, h, w };
                 let mut xb = vec![0.0; xs.len()];
                 to_blocked(&x, xs, &mut xb);
@@ -749,7 +847,8 @@ pub(crate) mod tests {
                     let store = Store {
                         scale: &sc,
                         shift: &sf,
-                        relu,
+                        activation: f,
+                        residual: None,
                     };
                     depthwise(kernels, &xb, xs, &packed, g, store, &mut yb, 2);
                     let mut y = vec![0.0; want.len()];
@@ -757,7 +856,7 @@ pub(crate) mod tests {
                     close(
                         &y,
                         &want,
-                        &format!("{kernels:?} {c} {h}x{w} k{k} s{st} p{pd}"),
+                        &format!("{kernels:?} {c} {h}x{w} k{k} s{st} p{pd} {f}"),
                     );
                 }
             }

@@ -11,7 +11,7 @@
 //! of the output, the store fused. The transposes cost two per input and output
 //! value; the products, one multiply-add per non-zero weight and position.
 
-use super::blocked::{Blocked, Store};
+use super::blocked::{finish, Blocked, Store};
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::with_scratch;
 use rayon::prelude::*;
@@ -71,6 +71,7 @@ pub(crate) fn sparse_pointwise(
     let ys = Blocked { c: w.out, ..xs };
     assert!(xs.c == w.inputs && x.len() == xs.len() && y.len() == ys.len());
     assert!(store.scale.len() == ys.blocks() * LANES && store.shift.len() == store.scale.len());
+    assert!(store.residual.is_none_or(|r| r.len() == y.len()));
     let positions = xs.n * xs.h * xs.w;
     let tiles = positions.div_ceil(TILE);
     // Tiles write disjoint positions of `y`; the pointer crosses threads as an integer.
@@ -205,13 +206,15 @@ fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
                     if q > last {
                         break;
                     }
-                    let mut value = s.fma(row, scale, shift);
-                    if store.relu {
-                        value = s.relu(value);
-                    }
+                    let o = at(ys, q, ob);
                     // SAFETY: position `q` of the output belongs to this tile alone, and
-                    // `at` is inside the output of shape `ys`.
-                    unsafe { s.store_ptr(y.add(at(ys, q, ob)), value) };
+                    // `o` is inside the output of shape `ys` (and of the residual, of
+                    // the same shape).
+                    unsafe {
+                        let residual = store.residual.map(|r| r.as_ptr().add(o));
+                        let value = finish(s, row, (scale, shift), store.activation, residual);
+                        s.store_ptr(y.add(o), value);
+                    }
                 }
             }
         }
@@ -224,6 +227,7 @@ mod tests {
     use super::super::blocked::{from_blocked, pack_pointwise, pointwise, to_blocked};
     use super::*;
     use crate::nn::kernels::every_kernels;
+    use crate::nn::runtime::Activation;
 
     #[test]
     fn sparse_pointwise_equals_the_dense_kernel_on_the_same_weights() {
@@ -256,7 +260,8 @@ mod tests {
             let store = Store {
                 scale: &scale,
                 shift: &shift,
-                relu: true,
+                activation: Activation::Relu,
+                residual: None,
             };
             let rows = SparseRows::new(&weight, o, c);
             for kernels in every_kernels() {

@@ -26,7 +26,10 @@
 // The crate denies `unsafe` everywhere else.
 #![allow(unsafe_code)]
 
+pub(crate) mod activation;
 pub(crate) mod blocked;
+pub(crate) mod blocked_direct;
+pub(crate) mod blocked_map;
 pub(crate) mod blocked_sparse;
 pub(crate) mod direct;
 pub(crate) mod peak;
@@ -106,6 +109,12 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `max(v, 0)` lane by lane, NaN staying NaN (as PyTorch's ReLU; x86's `max(0, v)`).
     fn relu(self, v: Self::V) -> Self::V;
+    /// `min(max(v, lo), hi)` lane by lane, NaN staying NaN (as `f32::clamp`).
+    fn clamp(self, v: Self::V, lo: f32, hi: f32) -> Self::V;
+    /// `2^n` lane by lane, where lane `i` of `t` is `n + 1.5·2²³` for an integer `n` in
+    /// −126..=127 (the value's low mantissa bits are `n`): the exponent step of an
+    /// `exp` computed by range reduction.
+    fn pow2(self, t: Self::V) -> Self::V;
 
     /// Sixteen values from `p`.
     ///
@@ -249,6 +258,12 @@ macro_rules! unavailable {
                 unreachable!()
             }
             fn relu(self, _: Self::V) -> Self::V {
+                unreachable!()
+            }
+            fn clamp(self, _: Self::V, _: f32, _: f32) -> Self::V {
+                unreachable!()
+            }
+            fn pow2(self, _: Self::V) -> Self::V {
                 unreachable!()
             }
             unsafe fn load_ptr(self, _: *const f32) -> Self::V {

@@ -42,6 +42,20 @@ mod imp {
         kernel.run(s)
     }
 
+    /// [`Simd::pow2`] on four lanes.
+    ///
+    /// # Safety
+    /// NEON.
+    #[inline(always)]
+    unsafe fn pow2_quarter(t: float32x4_t) -> float32x4_t {
+        use super::super::scalar::POW2_ROUND_BITS;
+        // SAFETY: NEON (the caller's contract).
+        unsafe {
+            let n = vsubq_s32(vreinterpretq_s32_f32(t), vdupq_n_s32(POW2_ROUND_BITS));
+            vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n, vdupq_n_s32(127))))
+        }
+    }
+
     /// Applies the two-operand intrinsic `$op` to the four quarters (written out: a
     /// closure might not inline into the vectorised context).
     macro_rules! each {
@@ -147,6 +161,26 @@ mod imp {
                     vbslq_f32(vcgtq_f32(z[1], v[1]), z[1], v[1]),
                     vbslq_f32(vcgtq_f32(z[2], v[2]), z[2], v[2]),
                     vbslq_f32(vcgtq_f32(z[3], v[3]), z[3], v[3]),
+                ]
+            }
+        }
+
+        #[inline(always)]
+        fn clamp(self, v: V, lo: f32, hi: f32) -> V {
+            // NEON's `max`/`min` return NaN when either operand is: NaN stays NaN.
+            let (lo, hi) = (self.splat(lo), self.splat(hi));
+            each!(vminq_f32, hi, each!(vmaxq_f32, lo, v))
+        }
+
+        #[inline(always)]
+        fn pow2(self, t: V) -> V {
+            // SAFETY: NEON (the token).
+            unsafe {
+                [
+                    pow2_quarter(t[0]),
+                    pow2_quarter(t[1]),
+                    pow2_quarter(t[2]),
+                    pow2_quarter(t[3]),
                 ]
             }
         }

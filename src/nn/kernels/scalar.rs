@@ -85,6 +85,16 @@ impl Simd for Scalar {
     }
 
     #[inline(always)]
+    fn clamp(self, v: V, lo: f32, hi: f32) -> V {
+        v.map(|x| x.clamp(lo, hi))
+    }
+
+    #[inline(always)]
+    fn pow2(self, t: V) -> V {
+        t.map(|x| f32::from_bits(pow2_bits(x.to_bits() as i32) as u32))
+    }
+
+    #[inline(always)]
     unsafe fn load_ptr(self, p: *const f32) -> V {
         // SAFETY: 16 readable values (the caller's contract).
         unsafe { p.cast::<V>().read_unaligned() }
@@ -135,3 +145,12 @@ impl Simd for Scalar {
         *rows = std::array::from_fn(|r| std::array::from_fn(|c| m[c][r]));
     }
 }
+
+/// The bits of `2^n` from the bits of `n + 1.5·2²³` ([`Simd::pow2`]).
+#[inline(always)]
+pub(crate) fn pow2_bits(t: i32) -> i32 {
+    t.wrapping_sub(POW2_ROUND_BITS).wrapping_add(127) << 23
+}
+
+/// The bits of 1.5·2²³, the rounding constant of [`Simd::pow2`].
+pub(crate) const POW2_ROUND_BITS: i32 = 0x4b40_0000;

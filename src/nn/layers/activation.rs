@@ -4,7 +4,10 @@
 use super::tensor::AnyTensor;
 use crate::error::{Error, Result};
 use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::nn::blocked::{BlockedLayer, Pass, Value};
+use crate::nn::kernels::blocked_map::add_activate;
 use crate::nn::runtime::Activation;
+use std::borrow::Cow;
 
 /// Implements the parameter-free [`Layer`] over [`AnyTensor`] for a layer whose both
 /// passes are `run(&self, x)`.
@@ -18,6 +21,10 @@ macro_rules! any_rank_layer {
         impl Layer for $ty {
             type Input = AnyTensor;
             type Output = AnyTensor;
+
+            fn blocked(&self) -> Option<&dyn BlockedLayer> {
+                Some(self)
+            }
 
             fn forward_with(&self, x: &AnyTensor, _: &mut Probe<'_>) -> Result<AnyTensor> {
                 Ok(self.run(x))
@@ -47,6 +54,28 @@ impl Activation {
 }
 
 any_rank_layer!(Activation);
+
+impl BlockedLayer for Activation {
+    fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        if *self == Activation::Identity {
+            return Ok(x);
+        }
+        match x {
+            Value::Blocked(b) => {
+                let mut y = b.into_owned();
+                let threads = crate::nn::runtime::threads();
+                add_activate(pass.kernels(), y.values_mut(), None, *self, threads);
+                Ok(Value::Blocked(Cow::Owned(y)))
+            }
+            Value::Input(x) => Ok(Value::Plain(self.run(&AnyTensor::Nchw(x.clone())))),
+            Value::Plain(mut t) => {
+                let f = *self;
+                t.map_in_place(|v| f.apply_in_place(v));
+                Ok(Value::Plain(t))
+            }
+        }
+    }
+}
 
 /// `nn.Dropout(p)`: the identity in eval mode, and in calibration mode too, where only
 /// batch norms follow the batch (REFLOW changes no other behaviour of the network).
@@ -87,6 +116,13 @@ impl Dropout {
 
 any_rank_layer!(Dropout);
 
+impl BlockedLayer for Dropout {
+    fn forward_blocked<'a>(&self, x: Value<'a>, _: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        // The identity in eval mode.
+        Ok(x)
+    }
+}
+
 /// torchvision's `StochasticDepth(p, mode)`: drops whole residual branches (`"row"`)
 /// or batches (`"batch"`) in training; the identity in eval mode and in calibration.
 ///
@@ -126,6 +162,13 @@ impl StochasticDepth {
 
 any_rank_layer!(StochasticDepth);
 
+impl BlockedLayer for StochasticDepth {
+    fn forward_blocked<'a>(&self, x: Value<'a>, _: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        // The identity in eval mode.
+        Ok(x)
+    }
+}
+
 /// `nn.Identity`: a placeholder layer that returns its input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Identity;
@@ -137,3 +180,10 @@ impl Identity {
 }
 
 any_rank_layer!(Identity);
+
+impl BlockedLayer for Identity {
+    fn forward_blocked<'a>(&self, x: Value<'a>, _: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        // The identity in eval mode.
+        Ok(x)
+    }
+}

@@ -3,8 +3,10 @@
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{LayerKind, Probe, Site};
+use crate::nn::blocked::BlockedTensor;
+use crate::nn::engine::blocked::{BlockedInput, BlockedKind};
 use crate::nn::engine::{Batch, Convolution, Epilogue, Rearranged, Shapes};
-use crate::nn::kernels::Isa;
+use crate::nn::kernels::{Isa, Kernels};
 use crate::nn::runtime::{overwritten, recycle, ChannelMap};
 use crate::stats::merge_plane_moments;
 
@@ -77,6 +79,21 @@ impl Conv2d {
             window_output_len(h, c.kernel[0], c.stride[0], c.padding[0], c.dilation[0])?,
             window_output_len(w, c.kernel[1], c.stride[1], c.padding[1], c.dilation[1])?,
         ))
+    }
+
+    /// The output size for an input of NCHW shape `dims`; an error naming the running
+    /// layer of `probe` when the kernel does not fit.
+    fn checked_output_size(&self, dims: &[usize], probe: &Probe<'_>) -> Result<(usize, usize)> {
+        self.output_size(dims[2], dims[3]).ok_or_else(|| {
+            Error::shape(
+                layer_context(probe),
+                format!(
+                    "spatial size of at least the kernel's span {:?}",
+                    self.config.kernel
+                ),
+                dims,
+            )
+        })
     }
 
     /// The engine's view of this convolution.
@@ -176,16 +193,7 @@ impl Conv2d {
         }
         emit4(probe, LayerKind::Conv, Site::Input, x);
         let (n, _, h, w) = x.dim();
-        let (ho, wo) = self.output_size(h, w).ok_or_else(|| {
-            Error::shape(
-                layer_context(probe),
-                format!(
-                    "spatial size of at least the kernel's span {:?}",
-                    self.config.kernel
-                ),
-                x.shape(),
-            )
-        })?;
+        let (ho, wo) = self.checked_output_size(x.shape(), probe)?;
         let x = x.as_standard_layout();
         let mut y = overwritten((n, self.config.out_channels, ho, wo));
         let batch = Batch {
@@ -196,6 +204,45 @@ impl Conv2d {
         };
         self.engine().run(batch, input, epilogue, moments, isa);
         Ok(y)
+    }
+}
+
+impl Conv2d {
+    /// The blocked kernel that computes this convolution, if one does.
+    pub(crate) fn blocked_kind(&self) -> Option<BlockedKind> {
+        BlockedKind::of(&self.config)
+    }
+
+    /// The eval pass on blocks (see [`crate::nn::blocked`]): the convolution of `x`
+    /// (blocks, or NCHW for a kernel that reads it) with `epilogue` applied as it
+    /// stores, and `residual` (of the output's shape) added before its activation.
+    /// Errors name the running layer of `probe`.
+    pub(crate) fn run_blocked(
+        &self,
+        kind: BlockedKind,
+        x: BlockedInput<'_>,
+        epilogue: &Epilogue<'_>,
+        residual: Option<&BlockedTensor>,
+        kernels: Kernels,
+        probe: &Probe<'_>,
+    ) -> Result<BlockedTensor> {
+        let [n, c, ..] = x.dims();
+        let c_in = self.config.in_channels;
+        if c != c_in {
+            let want = format!("[_, {c_in}, _, _]");
+            return Err(Error::shape(layer_context(probe), want, &x.dims()[..]));
+        }
+        let (ho, wo) = self.checked_output_size(&x.dims(), probe)?;
+        let out = [n, self.config.out_channels, ho, wo];
+        if let Some(r) = residual.filter(|r| r.dims() != out) {
+            return Err(Error::shape(
+                format!("{} (residual add)", layer_context(probe)),
+                format!("the body's output shape {out:?}"),
+                &r.dims()[..],
+            ));
+        }
+        let engine = self.engine();
+        Ok(engine.run_blocked(kind, x, [ho, wo], epilogue, residual, kernels))
     }
 }
 

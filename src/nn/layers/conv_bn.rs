@@ -5,8 +5,12 @@ use super::pending::Pending;
 use super::{emit4, BatchNorm2d, Conv2d, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerKind, NormUpdate, Params, Probe, Site, Visitor, VisitorMut};
+use crate::nn::blocked::{BlockedLayer, BlockedTensor, Pass, Value};
+use crate::nn::engine::blocked::{BlockedInput, BlockedKind};
 use crate::nn::engine::Epilogue;
 use crate::nn::runtime::{Activation, ChannelMap};
+use crate::nn::AnyTensor;
+use std::borrow::Cow;
 
 /// `activation(bn(conv(x)))` with the two layers under their own names (`conv1` and
 /// `bn1`, or `0` and `1` in a torchvision `downsample`), so the parameters and taps are
@@ -140,6 +144,10 @@ impl Layer for ConvBn {
     type Input = Tensor4;
     type Output = Tensor4;
 
+    fn blocked(&self) -> Option<&dyn BlockedLayer> {
+        self.conv.blocked_kind().map(|_| self as &dyn BlockedLayer)
+    }
+
     fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         if self.conv_output_observed(probe) {
             let y = probe.scoped(&self.conv_name, |p| self.conv.forward_with(x, p))?;
@@ -200,6 +208,65 @@ impl Layer for ConvBn {
             emit4(p, LayerKind::BatchNorm, Site::Output, &y)
         });
         Ok(self.activate_in_place(y))
+    }
+}
+
+impl ConvBn {
+    /// Whether the eval pass on blocks can add a residual and apply the residual
+    /// block's activation as it stores: a blocked kernel other than the depthwise one,
+    /// and no activation of its own.
+    pub(crate) fn fuses_residual(&self) -> bool {
+        self.activation == Activation::Identity
+            && matches!(self.conv.blocked_kind(), Some(k) if k != BlockedKind::Depthwise)
+    }
+
+    /// The eval pass on blocks: `activation(bn(conv(x)))`, or, with `add = (r, post)`,
+    /// `post(bn(conv(x)) + r)` (for a unit that [`ConvBn::fuses_residual`]). The batch
+    /// norm, the residual and the activation are applied as the kernel stores.
+    pub(crate) fn forward_blocked_add(
+        &self,
+        x: Value<'_>,
+        add: Option<(&BlockedTensor, Activation)>,
+        pass: &mut Pass<'_, '_>,
+    ) -> Result<BlockedTensor> {
+        let kind = self
+            .conv
+            .blocked_kind()
+            .expect("the caller checked that a blocked kernel computes the convolution");
+        let (scale, shift) = self.bn.eval_affine();
+        let epilogue = Epilogue {
+            scale: Some(&scale),
+            shift: Some(&shift),
+            activation: add.map_or(self.activation, |(_, post)| post),
+        };
+        let residual = add.map(|(r, _)| r);
+        let kernels = pass.kernels();
+        let conv = &self.conv;
+        pass.scoped(&self.conv_name, |pass| match x {
+            // A direct kernel reads NCHW as it is: no reorder.
+            Value::Input(t) if kind.reads_nchw() => {
+                let t = t.as_standard_layout();
+                let input = BlockedInput::nchw(t.view());
+                conv.run_blocked(kind, input, &epilogue, residual, kernels, pass.probe())
+            }
+            Value::Plain(AnyTensor::Nchw(t)) if kind.reads_nchw() => {
+                let t = t.as_standard_layout();
+                let input = BlockedInput::nchw(t.view());
+                conv.run_blocked(kind, input, &epilogue, residual, kernels, pass.probe())
+            }
+            x => {
+                let x = x.into_blocked(pass)?;
+                let input = BlockedInput::Blocked(&x);
+                conv.run_blocked(kind, input, &epilogue, residual, kernels, pass.probe())
+            }
+        })
+    }
+}
+
+impl BlockedLayer for ConvBn {
+    fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        let y = self.forward_blocked_add(x, None, pass)?;
+        Ok(Value::Blocked(Cow::Owned(y)))
     }
 }
 

@@ -10,6 +10,7 @@ pub use pool::{AdaptiveAvgPool2d, Flatten, MaxPool2d};
 pub use residual::Residual;
 pub use sequential::Sequential;
 pub use squeeze_excitation::SqueezeExcitation;
+pub(crate) use tensor::input_as;
 pub use tensor::{AnyTensor, Rank};
 
 use crate::error::{Error, Result};
@@ -63,6 +64,15 @@ macro_rules! plain_layer {
     ($ty:ty, $input:ty, $output:ty, stateless) => {
         plain_layer!(@impl $ty, $input, $output, |_s, _v| {}, |_s, _v| {});
     };
+    // As `stateless`, with the blocked form `$ty::blocked_form(&self)` offers.
+    ($ty:ty, $input:ty, $output:ty, stateless, blocked) => {
+        plain_layer!(
+            @impl $ty, $input, $output, |_s, _v| {}, |_s, _v| {},
+            fn blocked(&self) -> Option<&dyn $crate::nn::blocked::BlockedLayer> {
+                self.blocked_form()
+            }
+        );
+    };
     ($ty:ty, $input:ty, $output:ty, weight_bias) => {
         plain_layer!(
             @impl $ty, $input, $output,
@@ -81,7 +91,7 @@ macro_rules! plain_layer {
             }
         );
     };
-    (@impl $ty:ty, $input:ty, $output:ty, |$s:ident, $v:ident| $visit:expr, |$sm:ident, $vm:ident| $visit_mut:expr) => {
+    (@impl $ty:ty, $input:ty, $output:ty, |$s:ident, $v:ident| $visit:expr, |$sm:ident, $vm:ident| $visit_mut:expr $(, $extra:item)*) => {
         impl $crate::layer::Params for $ty {
             fn visit(&self, $v: &mut $crate::layer::Visitor<'_>) {
                 let $s = self;
@@ -114,6 +124,8 @@ macro_rules! plain_layer {
             ) -> $crate::error::Result<$output> {
                 self.run(x, probe)
             }
+
+            $($extra)*
         }
     };
 }

@@ -3,6 +3,8 @@
 use super::{emit4, layer_context, window_output_len, Tensor2, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{LayerKind, Probe, Site};
+use crate::nn::blocked::{BlockedLayer, Pass, Value};
+use crate::nn::AnyTensor;
 use ndarray::{Array4, Zip};
 use rayon::prelude::*;
 
@@ -212,7 +214,31 @@ impl AdaptiveAvgPool2d {
     }
 }
 
-plain_layer!(AdaptiveAvgPool2d, Tensor4, Tensor4, stateless);
+plain_layer!(AdaptiveAvgPool2d, Tensor4, Tensor4, stateless, blocked);
+
+impl AdaptiveAvgPool2d {
+    /// Global pooling has a blocked form (it reads blocks and gives `[N, C, 1, 1]`).
+    fn blocked_form(&self) -> Option<&dyn BlockedLayer> {
+        (self.output == [1, 1]).then_some(self as &dyn BlockedLayer)
+    }
+}
+
+impl BlockedLayer for AdaptiveAvgPool2d {
+    fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        let x = x.into_blocked(pass)?;
+        let [n, c, h, w] = x.dims();
+        if h * w == 0 {
+            return Err(Error::shape(
+                layer_context(pass.probe()),
+                "[_, _, H, W] with H, W > 0",
+                &x.dims()[..],
+            ));
+        }
+        let means = x.channel_means();
+        let y = Tensor4::from_shape_vec((n, c, 1, 1), means).expect("n·c means");
+        Ok(Value::Plain(AnyTensor::Nchw(y)))
+    }
+}
 
 impl AdaptiveAvgPool2d {
     /// Pools and flattens in one step: `[N, C, H, W]` → `[N, C·oh·ow]`.

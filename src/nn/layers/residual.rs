@@ -5,8 +5,10 @@ use super::{emit4, Sequential, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerKind, NormUpdate, Params, Probe, Schedule, Site};
 use crate::layer::{Visitor, VisitorMut};
+use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::runtime::{recycle, relu, Activation, ChannelMap};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// A residual connection followed by an activation: `post(body(x) + shortcut(x))`,
 /// where the shortcut is the identity or a named layer chain (torchvision's
@@ -165,9 +167,32 @@ impl Params for Residual {
     }
 }
 
+impl BlockedLayer for Residual {
+    fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        let x = x.into_blocked(pass)?;
+        let input = || Value::Blocked(Cow::Borrowed(&*x));
+        let shortcut = match &self.shortcut {
+            Some((name, sc)) => {
+                let s = pass.scoped(name, |p| sc.forward_blocked(input(), p))?;
+                Some(s.into_blocked(pass)?.into_owned())
+            }
+            None => None,
+        };
+        let r = shortcut.as_ref().unwrap_or(&x);
+        let y = self
+            .body
+            .forward_blocked_add(input(), Some((r, self.post)), pass)?;
+        Ok(y.into_owned())
+    }
+}
+
 impl Layer for Residual {
     type Input = Tensor4;
     type Output = Tensor4;
+
+    fn blocked(&self) -> Option<&dyn BlockedLayer> {
+        Some(self)
+    }
 
     fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         let y = self.body.forward_with(x, probe)?;

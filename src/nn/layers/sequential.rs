@@ -5,7 +5,9 @@ use super::tensor::{input_as, AnyTensor, Rank};
 use super::{layer_context, ConvBn, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
-use crate::nn::runtime::recycle;
+use crate::nn::blocked::{forward_value, BlockedLayer, BlockedTensor, Pass, Value};
+use crate::nn::kernels::blocked_map::add_activate;
+use crate::nn::runtime::{recycle, Activation};
 use std::any::Any;
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -55,6 +57,8 @@ enum Child {
 /// A layer whose input and output ranks are checked at run time.
 trait Link: Params + Send + Sync {
     fn forward_dyn(&self, x: &dyn Any, probe: &mut Probe<'_>) -> Result<AnyTensor>;
+    /// The eval pass of a blocked pass ([`forward_value`]).
+    fn forward_value<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>>;
     fn train_dyn(
         &mut self,
         x: &dyn Any,
@@ -96,6 +100,10 @@ where
         let x = input_as::<L::Input>(x, &layer_context(probe))?;
         Ok(self.0.forward_train(&x, update, probe)?.into_any())
     }
+
+    fn forward_value<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        forward_value(&self.0, x, pass)
+    }
 }
 
 impl Child {
@@ -120,6 +128,13 @@ impl Child {
                 Ok(AnyTensor::Nchw(unit.forward_with(&x, probe)?))
             }
             Child::Layer(layer) => layer.forward_dyn(x, probe),
+        }
+    }
+
+    fn forward_value<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        match self {
+            Child::Unit(unit) => forward_value(unit.as_ref(), x, pass),
+            Child::Layer(layer) => layer.forward_value(x, pass),
         }
     }
 
@@ -340,6 +355,59 @@ impl Sequential<Tensor4, Tensor4> {
     }
 }
 
+impl<I: Rank, O: Rank> Sequential<I, O> {
+    /// The eval pass on blocks (see [`crate::nn::blocked`]), and with `add = (r,
+    /// post)`, `post(chain(x) + r)`: a final [`ConvBn`] that
+    /// [fuses a residual](ConvBn::fuses_residual) adds it and applies `post` as it
+    /// stores; else a pass of its own does.
+    pub(crate) fn forward_blocked_add<'a>(
+        &self,
+        x: Value<'a>,
+        add: Option<(&BlockedTensor, Activation)>,
+        pass: &mut Pass<'_, '_>,
+    ) -> Result<Value<'a>> {
+        let mut current = x;
+        let mut added = false;
+        let last = self.layers.len().wrapping_sub(1);
+        for (i, (name, child)) in self.layers.iter().enumerate() {
+            current = pass.scoped(name, |pass| match (child, add) {
+                (Child::Unit(unit), Some(add)) if i == last && unit.fuses_residual() => {
+                    added = true;
+                    let y = unit.forward_blocked_add(current, Some(add), pass)?;
+                    Ok(Value::Blocked(Cow::Owned(y)))
+                }
+                _ => child.forward_value(current, pass),
+            })?;
+        }
+        let Some((r, post)) = add.filter(|_| !added) else {
+            return Ok(current);
+        };
+        let mut y = current.into_blocked(pass)?.into_owned();
+        if y.dims() != r.dims() {
+            return Err(Error::shape(
+                format!("{} (residual add)", layer_context(pass.probe())),
+                format!("the body's output shape {:?}", y.dims()),
+                &r.dims()[..],
+            ));
+        }
+        let threads = crate::nn::runtime::threads();
+        add_activate(
+            pass.kernels(),
+            y.values_mut(),
+            Some(r.values()),
+            post,
+            threads,
+        );
+        Ok(Value::Blocked(Cow::Owned(y)))
+    }
+}
+
+impl<I: Rank, O: Rank> BlockedLayer for Sequential<I, O> {
+    fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        self.forward_blocked_add(x, None, pass)
+    }
+}
+
 impl<I: Rank, O: Rank> Params for Sequential<I, O> {
     fn visit(&self, v: &mut Visitor<'_>) {
         for (name, layer) in &self.layers {
@@ -357,6 +425,10 @@ impl<I: Rank, O: Rank> Params for Sequential<I, O> {
 impl<I: Rank, O: Rank> Layer for Sequential<I, O> {
     type Input = I;
     type Output = O;
+
+    fn blocked(&self) -> Option<&dyn BlockedLayer> {
+        Some(self)
+    }
 
     fn forward_with(&self, x: &I, probe: &mut Probe<'_>) -> Result<O> {
         let mut current: Option<AnyTensor> = None;

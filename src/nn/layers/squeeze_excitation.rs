@@ -1,10 +1,15 @@
 //! Squeeze-and-excitation: channels reweighted by a gate computed from their means.
 
-use super::{check_channels, Conv2d, Conv2dConfig, Tensor4};
+use super::{check_channels, layer_context, Conv2d, Conv2dConfig, Tensor4};
+use crate::error::Error;
 use crate::error::Result;
 use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::nn::blocked::{BlockedLayer, Pass, Value};
+use crate::nn::kernels::blocked_map::scale_planes;
+use crate::nn::kernels::LANES;
 use crate::nn::runtime::{overwritten, Activation};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// torchvision's `SqueezeExcitation`: `x · gate(fc2(activation(fc1(mean(x)))))`, where
 /// `mean` averages each channel over its plane and `fc1`, `fc2` are 1×1 convolutions
@@ -71,17 +76,52 @@ impl SqueezeExcitation {
             .par_chunks(spatial)
             .map(|p| crate::stats::plane_mean(p) as f32)
             .collect();
-        let pooled = Tensor4::from_shape_vec((n, c, 1, 1), means).expect("n·c means");
-        let mut s = probe.scoped("fc1", |p| self.fc1.forward_with(&pooled, p))?;
-        self.activation
-            .apply_in_place(s.as_slice_mut().expect("fresh tensor"));
-        let mut g = probe.scoped("fc2", |p| self.fc2.forward_with(&s, p))?;
+        let mut g = self.gates(means, n, probe)?;
         let gates = g.as_slice_mut().expect("fresh tensor");
-        self.gate.apply_in_place(gates);
         let mut y = overwritten((n, c, h, w));
         let ys = y.as_slice_mut().expect("fresh tensor");
         crate::nn::engine::scale_planes(xs, ys, spatial, gates);
         Ok(y)
+    }
+}
+
+impl SqueezeExcitation {
+    /// The gates of `means` (`[N, C]`): `gate(fc2(activation(fc1(means))))`, by the
+    /// layers' own NCHW passes on `[N, C, 1, 1]`.
+    fn gates(&self, means: Vec<f32>, n: usize, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        let pooled = Tensor4::from_shape_vec((n, self.channels(), 1, 1), means).expect("n·c means");
+        let mut s = probe.scoped("fc1", |p| self.fc1.forward_with(&pooled, p))?;
+        self.activation
+            .apply_in_place(s.as_slice_mut().expect("fresh tensor"));
+        let mut g = probe.scoped("fc2", |p| self.fc2.forward_with(&s, p))?;
+        self.gate
+            .apply_in_place(g.as_slice_mut().expect("fresh tensor"));
+        Ok(g)
+    }
+}
+
+impl BlockedLayer for SqueezeExcitation {
+    fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        let mut x = x.into_blocked(pass)?.into_owned();
+        let [n, c, h, w] = x.dims();
+        if c != self.channels() {
+            return Err(Error::shape(
+                layer_context(pass.probe()),
+                format!("[_, {}, _, _]", self.channels()),
+                &x.dims()[..],
+            ));
+        }
+        let g = self.gates(x.channel_means(), n, pass.probe())?;
+        // The gates in blocks of sixteen lanes, zero past the channels.
+        let blocks = c.div_ceil(LANES);
+        let mut gates = vec![0.0; n * blocks * LANES];
+        for (image, g) in g.as_slice().expect("fresh tensor").chunks(c).enumerate() {
+            gates[image * blocks * LANES..][..c].copy_from_slice(g);
+        }
+        let threads = crate::nn::runtime::threads();
+        let plane = h * w * LANES;
+        scale_planes(pass.kernels(), x.values_mut(), plane, &gates, threads);
+        Ok(Value::Blocked(Cow::Owned(x)))
     }
 }
 
@@ -100,6 +140,10 @@ impl Params for SqueezeExcitation {
 impl Layer for SqueezeExcitation {
     type Input = Tensor4;
     type Output = Tensor4;
+
+    fn blocked(&self) -> Option<&dyn BlockedLayer> {
+        Some(self)
+    }
 
     fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         self.run(x, probe)

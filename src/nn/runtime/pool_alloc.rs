@@ -42,6 +42,16 @@ pub(crate) fn overwritten(shape: (usize, usize, usize, usize)) -> Tensor4 {
         // An empty tensor (e.g. a batch of no images) needs no memory.
         return Tensor4::zeros(shape);
     }
+    let data = buffer(len);
+    let (_, c, h, w) = shape;
+    let strides = (c * h * w, h * w, w, 1);
+    Array4::from_shape_vec(shape.strides(strides), data).expect("the buffer holds the shape")
+}
+
+/// A buffer of at least `len` values for a tensor that writes every element, as
+/// [`overwritten`] takes it: recycled when one is free, its values whatever a previous
+/// tensor left; zeros where it had to grow.
+pub(crate) fn buffer(len: usize) -> Vec<f32> {
     let recycled = BUFFERS.with_borrow_mut(|buffers| {
         // The smallest buffer that fits without zeroing; else the largest, to grow.
         let fits = buffers
@@ -62,14 +72,19 @@ pub(crate) fn overwritten(shape: (usize, usize, usize, usize)) -> Tensor4 {
         // Zeros only where the buffer was shorter.
         data.resize(len, 0.0);
     }
-    let (_, c, h, w) = shape;
-    let strides = (c * h * w, h * w, w, 1);
-    Array4::from_shape_vec(shape.strides(strides), data).expect("the buffer holds the shape")
+    data
 }
 
 /// Gives `tensor`'s memory back for reuse by [`zeros`] on this thread.
 pub(crate) fn recycle(tensor: Tensor4) {
-    let (data, _) = tensor.into_raw_vec_and_offset();
+    recycle_buffer(tensor.into_raw_vec_and_offset().0);
+}
+
+/// Gives a buffer back for reuse by [`buffer`] and [`overwritten`] on this thread.
+pub(crate) fn recycle_buffer(data: Vec<f32>) {
+    if data.capacity() == 0 {
+        return;
+    }
     BUFFERS.with_borrow_mut(|buffers| {
         let bytes = |b: &Vec<f32>| b.capacity() * std::mem::size_of::<f32>();
         let kept: usize = buffers.iter().map(bytes).sum();

@@ -1,0 +1,173 @@
+//! Convolutions on channel-blocked activations: which blocked kernel computes a
+//! convolution, its weights packed once for it, and the call.
+
+use super::{Convolution, Epilogue};
+use crate::nn::blocked::BlockedTensor;
+use crate::nn::engine::Conv2dConfig;
+use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
+use crate::nn::kernels::blocked_direct::{self, InputLayout};
+use crate::nn::kernels::{Kernels, LANES};
+use crate::nn::runtime::threads;
+use ndarray::ArrayView4;
+
+/// The blocked kernel that computes a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockedKind {
+    /// 1×1, stride 1, no padding, one group: one product over the positions.
+    Pointwise,
+    /// One filter per channel (groups = in = out channels).
+    Depthwise,
+    /// Any other convolution of one group: the direct kernel, which also reads NCHW.
+    Direct,
+}
+
+impl BlockedKind {
+    /// The kernel for `c`, if one computes it (not yet: dilation, and groups other
+    /// than 1 and depthwise).
+    pub(crate) fn of(c: &Conv2dConfig) -> Option<Self> {
+        if c.dilation != [1, 1] {
+            return None;
+        }
+        let one_by_one = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
+        if c.groups == 1 && one_by_one {
+            Some(BlockedKind::Pointwise)
+        } else if c.groups == c.in_channels && c.groups == c.out_channels {
+            Some(BlockedKind::Depthwise)
+        } else if c.groups == 1 {
+            Some(BlockedKind::Direct)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the kernel reads an NCHW input as it is (else it needs blocks).
+    pub(crate) fn reads_nchw(self) -> bool {
+        self == BlockedKind::Direct
+    }
+}
+
+/// A blocked convolution's input.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BlockedInput<'a> {
+    Blocked(&'a BlockedTensor),
+    /// Values of `[N, C, H, W]`, only for [`BlockedKind::reads_nchw`].
+    Nchw(&'a [f32], [usize; 4]),
+}
+
+impl<'a> BlockedInput<'a> {
+    /// An NCHW view, for [`BlockedKind::reads_nchw`]; standard layout.
+    pub(crate) fn nchw(x: ArrayView4<'a, f32>) -> Self {
+        let (n, c, h, w) = x.dim();
+        BlockedInput::Nchw(x.to_slice().expect("standard layout"), [n, c, h, w])
+    }
+
+    /// `[N, C, H, W]`.
+    pub(crate) fn dims(&self) -> [usize; 4] {
+        match self {
+            BlockedInput::Blocked(b) => b.dims(),
+            BlockedInput::Nchw(_, dims) => *dims,
+        }
+    }
+}
+
+impl Convolution<'_> {
+    /// The weights as `kind`'s kernel reads them, packed on first use.
+    fn blocked_weights(&self, kind: BlockedKind) -> &[f32] {
+        let c = self.config;
+        self.rearranged.blocked.get_or_init(|| match kind {
+            BlockedKind::Pointwise => {
+                blocked::pack_pointwise(self.weight, c.out_channels, c.in_channels)
+            }
+            BlockedKind::Depthwise => blocked::pack_depthwise(self.weight, c.in_channels, c.kernel),
+            BlockedKind::Direct => {
+                blocked_direct::pack_direct(self.weight, c.out_channels, c.in_channels, c.kernel)
+            }
+        })
+    }
+
+    /// The convolution of `x` by `kind`'s kernel, with `epilogue` (and the bias) and
+    /// `residual` (added before the activation) applied as it stores. The caller has
+    /// checked the shapes: `x`'s channels, an output of `out_size`, and the residual's
+    /// shape, that of the output.
+    pub(crate) fn run_blocked(
+        &self,
+        kind: BlockedKind,
+        x: BlockedInput<'_>,
+        out_size: [usize; 2],
+        epilogue: &Epilogue<'_>,
+        residual: Option<&BlockedTensor>,
+        kernels: Kernels,
+    ) -> BlockedTensor {
+        let c = self.config;
+        let [n, ci, h, w] = x.dims();
+        let xs = Blocked { n, c: ci, h, w };
+        let ys = Blocked {
+            n,
+            c: c.out_channels,
+            h: out_size[0],
+            w: out_size[1],
+        };
+        let padded = ys.blocks() * LANES;
+        let (mut scale, mut shift) = (vec![0.0; padded], vec![0.0; padded]);
+        for o in 0..c.out_channels {
+            (scale[o], shift[o]) = epilogue.affine(o, self.bias);
+        }
+        let store = Store {
+            scale: &scale,
+            shift: &shift,
+            activation: epilogue.activation,
+            residual: residual.map(BlockedTensor::values),
+        };
+        let g = Window {
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            size: [h, w],
+            out_size,
+        };
+        let weights = self.blocked_weights(kind);
+        let mut y = BlockedTensor::overwritten(ys);
+        let (threads, out) = (threads(), c.out_channels);
+        match (kind, x) {
+            (BlockedKind::Pointwise, BlockedInput::Blocked(x)) => blocked::pointwise(
+                kernels,
+                x.values(),
+                xs,
+                weights,
+                out,
+                store,
+                y.values_mut(),
+                threads,
+            ),
+            (BlockedKind::Depthwise, BlockedInput::Blocked(x)) => blocked::depthwise(
+                kernels,
+                x.values(),
+                xs,
+                weights,
+                g,
+                store,
+                y.values_mut(),
+                threads,
+            ),
+            (BlockedKind::Direct, x) => {
+                let (values, layout) = match &x {
+                    BlockedInput::Blocked(b) => (b.values(), InputLayout::Blocked),
+                    BlockedInput::Nchw(values, _) => (*values, InputLayout::Nchw),
+                };
+                blocked_direct::direct(
+                    kernels,
+                    values,
+                    (xs, layout),
+                    weights,
+                    out,
+                    g,
+                    store,
+                    y.values_mut(),
+                    threads,
+                )
+            }
+            (_, BlockedInput::Nchw(..)) => unreachable!("only the direct kernel reads NCHW"),
+        }
+        y
+    }
+}
