@@ -311,9 +311,8 @@ mod tests {
             let mut probe = Probe::none();
             let mut pass = Pass::new(kernels, &mut probe);
             let y = net.forward_blocked(Value::Input(&x), &mut pass).unwrap();
-            // Into the custom layer and back; into the max pooling (the grouped
-            // convolution after it takes its NCHW output as it is) and back before
-            // the depthwise one. The pooled features come out plain.
+            // Into the custom layer and back; into the grouped convolution and back.
+            // The pooled features come out plain.
             assert_eq!(pass.reorders(), 4, "{kernels:?}");
             let y = y.into_plain(&mut pass).into_matrix().unwrap();
             let err = (&y - &want).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));

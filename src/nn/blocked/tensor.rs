@@ -49,6 +49,11 @@ impl BlockedTensor {
         y
     }
 
+    /// The shape, as the kernels take it.
+    pub(crate) fn blocked_shape(&self) -> Blocked {
+        self.shape
+    }
+
     /// The NCHW shape, as errors name it.
     pub(crate) fn dims(&self) -> [usize; 4] {
         let s = self.shape;

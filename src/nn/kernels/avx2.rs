@@ -48,6 +48,22 @@ mod imp {
         }};
     }
 
+    /// [`Simd::max_nan`] on eight lanes.
+    ///
+    /// # Safety
+    /// AVX.
+    #[inline(always)]
+    unsafe fn max_nan_half(best: __m256, v: __m256) -> __m256 {
+        // SAFETY: AVX (the caller's contract).
+        unsafe {
+            let take = _mm256_or_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(v, best),
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+            );
+            _mm256_blendv_ps(best, v, take)
+        }
+    }
+
     /// [`Simd::pow2`] on eight lanes.
     ///
     /// # Safety
@@ -208,6 +224,12 @@ mod imp {
         fn relu(self, v: V) -> V {
             // `max(0, v)` returns its second operand when either is NaN: NaN stays NaN.
             both!(_mm256_max_ps, self.zero(), v)
+        }
+
+        #[inline(always)]
+        fn max_nan(self, best: V, v: V) -> V {
+            // SAFETY: AVX (the token).
+            unsafe { [max_nan_half(best[0], v[0]), max_nan_half(best[1], v[1])] }
         }
 
         #[inline(always)]

@@ -142,6 +142,16 @@ mod imp {
         }
 
         #[inline(always)]
+        fn max_nan(self, best: __m512, v: __m512) -> __m512 {
+            // SAFETY: AVX-512F (the token).
+            unsafe {
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
+                    | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                _mm512_mask_mov_ps(best, take, v)
+            }
+        }
+
+        #[inline(always)]
         fn clamp(self, v: __m512, lo: f32, hi: f32) -> __m512 {
             // SAFETY: AVX-512F (the token). `max`/`min` return their second operand
             // when either is NaN: NaN stays NaN.

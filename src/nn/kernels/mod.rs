@@ -30,6 +30,7 @@ pub(crate) mod activation;
 pub(crate) mod blocked;
 pub(crate) mod blocked_direct;
 pub(crate) mod blocked_map;
+pub(crate) mod blocked_pool;
 pub(crate) mod blocked_sparse;
 pub(crate) mod direct;
 pub(crate) mod peak;
@@ -109,6 +110,9 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `max(v, 0)` lane by lane, NaN staying NaN (as PyTorch's ReLU; x86's `max(0, v)`).
     fn relu(self, v: Self::V) -> Self::V;
+    /// `v` where `v > best` or `v` is NaN, else `best`, lane by lane: a max-pooling
+    /// step, NaN propagating as in PyTorch.
+    fn max_nan(self, best: Self::V, v: Self::V) -> Self::V;
     /// `min(max(v, lo), hi)` lane by lane, NaN staying NaN (as `f32::clamp`).
     fn clamp(self, v: Self::V, lo: f32, hi: f32) -> Self::V;
     /// `2^n` lane by lane, where lane `i` of `t` is `n + 1.5·2²³` for an integer `n` in
@@ -263,6 +267,9 @@ macro_rules! unavailable {
             fn clamp(self, _: Self::V, _: f32, _: f32) -> Self::V {
                 unreachable!()
             }
+            fn max_nan(self, _: Self::V, _: Self::V) -> Self::V {
+                unreachable!()
+            }
             fn pow2(self, _: Self::V) -> Self::V {
                 unreachable!()
             }
@@ -382,6 +389,11 @@ mod tests {
                 out(unsafe { s.load_ptr(mem.as_ptr().add(7)) }),
             ];
             v.extend(rows.iter().map(|&r| out(r)));
+            // NaN in either operand: the new one propagates, the old one stays.
+            v.push(out(s.max_nan(
+                s.load(&std::array::from_fn(|i| [f32::NAN, 1.0, -1.0, 2.0][i % 4])),
+                s.load(&std::array::from_fn(|i| [0.5, f32::NAN, 3.0, 1.0][i / 4])),
+            )));
             v
         }
     }
@@ -396,7 +408,7 @@ mod tests {
         // The transpose and the de-interleave, checked against their definitions.
         assert!(want[6][0].is_nan() && want[6][1] == 0.0 && want[6][4] == f32::INFINITY);
         assert_eq!((want[6][5], want[6][6]), (0.0, 3.5));
-        for (r, row) in want[12..].iter().enumerate() {
+        for (r, row) in want[12..12 + LANES].iter().enumerate() {
             assert!(row
                 .iter()
                 .enumerate()
@@ -406,6 +418,15 @@ mod tests {
         assert_eq!((want[7][9], want[8][9]), (b2, (3.0f32 * 1.3).cos() + 0.25));
         assert_eq!(want[9][3], 6.0 - 20.5, "lane 3 read from index 3 + 3");
         assert_eq!(want[10][5], 9.0, "store_first leaves the rest");
+        let max = want[12 + LANES];
+        assert!(
+            max[0].is_nan() && max[4].is_nan() && max[5].is_nan(),
+            "{max:?}"
+        );
+        assert_eq!(
+            (max[1], max[2], max[3], max[10], max[15]),
+            (1.0, 0.5, 2.0, 3.0, 2.0)
+        );
         for kernels in every_kernels() {
             assert_eq!(
                 bits(kernels.run(Primitives)),

@@ -42,6 +42,20 @@ mod imp {
         kernel.run(s)
     }
 
+    /// [`Simd::max_nan`] on four lanes.
+    ///
+    /// # Safety
+    /// NEON.
+    #[inline(always)]
+    unsafe fn max_nan_quarter(best: float32x4_t, v: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON (the caller's contract). `v == v` is false only for NaN.
+        unsafe {
+            let not_nan = vceqq_f32(v, v);
+            let take = vorrq_u32(vcgtq_f32(v, best), vmvnq_u32(not_nan));
+            vbslq_f32(take, v, best)
+        }
+    }
+
     /// [`Simd::pow2`] on four lanes.
     ///
     /// # Safety
@@ -161,6 +175,19 @@ mod imp {
                     vbslq_f32(vcgtq_f32(z[1], v[1]), z[1], v[1]),
                     vbslq_f32(vcgtq_f32(z[2], v[2]), z[2], v[2]),
                     vbslq_f32(vcgtq_f32(z[3], v[3]), z[3], v[3]),
+                ]
+            }
+        }
+
+        #[inline(always)]
+        fn max_nan(self, best: V, v: V) -> V {
+            // SAFETY: NEON (the token).
+            unsafe {
+                [
+                    max_nan_quarter(best[0], v[0]),
+                    max_nan_quarter(best[1], v[1]),
+                    max_nan_quarter(best[2], v[2]),
+                    max_nan_quarter(best[3], v[3]),
                 ]
             }
         }

@@ -85,6 +85,17 @@ impl Simd for Scalar {
     }
 
     #[inline(always)]
+    fn max_nan(self, best: V, v: V) -> V {
+        std::array::from_fn(|i| {
+            if v[i] > best[i] || v[i].is_nan() {
+                v[i]
+            } else {
+                best[i]
+            }
+        })
+    }
+
+    #[inline(always)]
     fn clamp(self, v: V, lo: f32, hi: f32) -> V {
         v.map(|x| x.clamp(lo, hi))
     }

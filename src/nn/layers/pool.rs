@@ -3,10 +3,13 @@
 use super::{emit4, layer_context, window_output_len, Tensor2, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{LayerKind, Probe, Site};
-use crate::nn::blocked::{BlockedLayer, Pass, Value};
+use crate::nn::blocked::{BlockedLayer, BlockedTensor, Pass, Value};
+use crate::nn::kernels::blocked::{Blocked, Window};
+use crate::nn::kernels::blocked_pool::max_pool;
 use crate::nn::AnyTensor;
 use ndarray::{Array4, Zip};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// 2-d max pooling: PyTorch's `nn.MaxPool2d` (floor mode). Padding never wins: it acts
 /// as −∞.
@@ -63,9 +66,9 @@ impl MaxPool2d {
         })
     }
 
-    fn run(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
-        emit4(probe, LayerKind::Pool, Site::Input, x);
-        let (n, c, h, w) = x.dim();
+    /// The output size for an input of NCHW shape `dims`; an error naming the running
+    /// layer of `probe` when the window does not fit.
+    fn output_size(&self, dims: &[usize], probe: &Probe<'_>) -> Result<(usize, usize)> {
         let out = |len, a: usize| {
             window_output_len(
                 len,
@@ -75,13 +78,20 @@ impl MaxPool2d {
                 self.dilation[a],
             )
         };
-        let (Some(ho), Some(wo)) = (out(h, 0), out(w, 1)) else {
-            return Err(Error::shape(
+        match (out(dims[2], 0), out(dims[3], 1)) {
+            (Some(ho), Some(wo)) => Ok((ho, wo)),
+            _ => Err(Error::shape(
                 layer_context(probe),
                 format!("spatial size of at least the window {:?}", self.kernel),
-                x.shape(),
-            ));
-        };
+                dims,
+            )),
+        }
+    }
+
+    fn run(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
+        emit4(probe, LayerKind::Pool, Site::Input, x);
+        let (n, c, h, w) = x.dim();
+        let (ho, wo) = self.output_size(x.shape(), probe)?;
         let mut y = crate::nn::runtime::overwritten((n, c, ho, wo));
         Zip::from(y.outer_iter_mut())
             .and(x.outer_iter())
@@ -116,7 +126,40 @@ impl MaxPool2d {
     }
 }
 
-plain_layer!(MaxPool2d, Tensor4, Tensor4, stateless);
+plain_layer!(MaxPool2d, Tensor4, Tensor4, stateless, blocked);
+
+impl MaxPool2d {
+    /// Without dilation, max pooling has a blocked form.
+    fn blocked_form(&self) -> Option<&dyn BlockedLayer> {
+        (self.dilation == [1, 1]).then_some(self as &dyn BlockedLayer)
+    }
+}
+
+impl BlockedLayer for MaxPool2d {
+    fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
+        let x = x.into_blocked(pass)?;
+        let [n, c, h, w] = x.dims();
+        let (ho, wo) = self.output_size(&x.dims(), pass.probe())?;
+        let g = Window {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            size: [h, w],
+            out_size: [ho, wo],
+        };
+        let mut y = BlockedTensor::overwritten(Blocked { n, c, h: ho, w: wo });
+        let threads = crate::nn::runtime::threads();
+        max_pool(
+            pass.kernels(),
+            x.values(),
+            x.blocked_shape(),
+            g,
+            y.values_mut(),
+            threads,
+        );
+        Ok(Value::Blocked(Cow::Owned(y)))
+    }
+}
 
 /// Averages each channel over windows that tile its plane into an `oh × ow` grid:
 /// PyTorch's `nn.AdaptiveAvgPool2d((oh, ow))`. Output row `i` averages input rows
