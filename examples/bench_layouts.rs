@@ -20,7 +20,7 @@ use reflow::nn::{Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use std::time::Instant;
 
 /// (name, in, out, size, kernel, stride, groups)
-const LAYERS: [(&str, usize, usize, usize, usize, usize, usize); 21] = [
+const LAYERS: [(&str, usize, usize, usize, usize, usize, usize); 23] = [
     ("pw mbv2 160-960 @7", 160, 960, 7, 1, 1, 1),
     ("pw mbv2 960-160 @7", 960, 160, 7, 1, 1, 1),
     ("pw r50 512-2048 @7", 512, 2048, 7, 1, 1, 1),
@@ -38,6 +38,8 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize, usize); 21] = [
     ("dw3 s1 960 @7", 960, 960, 7, 3, 1, 960),
     ("dw5 s1 672 @14", 672, 672, 14, 5, 1, 672),
     ("dw5 s2 672 @14", 672, 672, 14, 5, 2, 672),
+    ("c3 r20 16 @28", 16, 16, 28, 3, 1, 1),
+    ("c3 r20 64 @7", 64, 64, 7, 3, 1, 1),
     ("c3 r50 64 @56", 64, 64, 56, 3, 1, 1),
     ("c3 r50 128 @28", 128, 128, 28, 3, 1, 1),
     ("c3 r50 256 @14", 256, 256, 14, 3, 1, 1),

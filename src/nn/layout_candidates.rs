@@ -3,7 +3,9 @@
 //! engine runs on them. Anything here may change or go in any release.
 
 use crate::error::{Error, Result};
+use crate::nn::engine::blocked::BlockedKind;
 use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
+use crate::nn::kernels::blocked_direct::{self, InputLayout};
 use crate::nn::kernels::blocked_sparse::{sparse_pointwise, SparseRows};
 use crate::nn::kernels::{Isa, Kernels, LANES};
 use crate::nn::{Activation, Conv2dConfig};
@@ -92,14 +94,15 @@ fn vector_kernels() -> Result<Kernels> {
 #[derive(Debug, Clone)]
 pub struct BlockedConv {
     config: Conv2dConfig,
+    kind: BlockedKind,
     packed: Vec<f32>,
     store: OwnedStore,
 }
 
 impl BlockedConv {
     /// Packs `weight` (`[out, in / groups, kh, kw]`); `scale` and `shift` per output
-    /// channel. The configuration must be a 1×1 stride-1 unpadded convolution or a
-    /// depthwise one (groups = in = out).
+    /// channel. The configuration must have one group, or be depthwise (groups = in =
+    /// out), and no dilation.
     pub fn new(
         config: Conv2dConfig,
         weight: &[f32],
@@ -111,29 +114,27 @@ impl BlockedConv {
         let c = config;
         check_len("weight", weight.len(), c.weight_shape().iter().product())?;
         let store = OwnedStore::new(scale, shift, relu, c.out_channels)?;
-        let packed = if Self::is_pointwise(&c) {
-            blocked::pack_pointwise(weight, c.out_channels, c.in_channels)
-        } else if Self::is_depthwise(&c) {
-            blocked::pack_depthwise(weight, c.in_channels, c.kernel)
-        } else {
-            return Err(Error::invalid(
+        let kind = BlockedKind::of(&c).ok_or_else(|| {
+            Error::invalid(
                 "config",
-                "the blocked kernels compute 1x1 stride-1 and depthwise convolutions",
-            ));
+                "the blocked kernels compute one-group and depthwise convolutions",
+            )
+        })?;
+        let packed = match kind {
+            BlockedKind::Pointwise => {
+                blocked::pack_pointwise(weight, c.out_channels, c.in_channels)
+            }
+            BlockedKind::Depthwise => blocked::pack_depthwise(weight, c.in_channels, c.kernel),
+            BlockedKind::Direct => {
+                blocked_direct::pack_direct(weight, c.out_channels, c.in_channels, c.kernel)
+            }
         };
         Ok(BlockedConv {
             config,
+            kind,
             packed,
             store,
         })
-    }
-
-    fn is_pointwise(c: &Conv2dConfig) -> bool {
-        c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0] && c.groups == 1
-    }
-
-    fn is_depthwise(c: &Conv2dConfig) -> bool {
-        c.groups == c.in_channels && c.out_channels == c.in_channels && c.dilation == [1, 1]
     }
 
     /// The output size for an `h × w` input.
@@ -168,26 +169,25 @@ impl BlockedConv {
         check_len("x", x.len(), xs.len())?;
         check_len("y", y.len(), blocked_len(n, c.out_channels, ho, wo))?;
         let (kernels, store) = (vector_kernels()?, self.store.view());
-        if Self::is_pointwise(c) {
-            blocked::pointwise(
-                kernels,
-                x,
-                xs,
-                &self.packed,
-                c.out_channels,
-                store,
-                y,
-                threads,
-            );
-        } else {
-            let g = Window {
-                kernel: c.kernel,
-                stride: c.stride,
-                padding: c.padding,
-                size: [h, w],
-                out_size: [ho, wo],
-            };
-            blocked::depthwise(kernels, x, xs, &self.packed, g, store, y, threads);
+        let g = Window {
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            size: [h, w],
+            out_size: [ho, wo],
+        };
+        let (o, packed) = (c.out_channels, &self.packed);
+        match self.kind {
+            BlockedKind::Pointwise => {
+                blocked::pointwise(kernels, x, xs, packed, o, store, y, threads)
+            }
+            BlockedKind::Depthwise => {
+                blocked::depthwise(kernels, x, xs, packed, g, store, y, threads)
+            }
+            BlockedKind::Direct => {
+                let xin = (xs, InputLayout::Blocked);
+                blocked_direct::direct(kernels, x, xin, packed, o, g, store, y, threads)
+            }
         }
         Ok(())
     }
@@ -212,7 +212,7 @@ impl SparseBlockedConv {
         relu: bool,
     ) -> Result<Self> {
         config.validate()?;
-        if !BlockedConv::is_pointwise(&config) {
+        if BlockedKind::of(&config) != Some(BlockedKind::Pointwise) {
             return Err(Error::invalid(
                 "config",
                 "the sparse blocked kernel computes 1x1 stride-1 convolutions",

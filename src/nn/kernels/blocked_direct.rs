@@ -8,8 +8,9 @@
 //! `2 + T` loads. Columns whose windows read padding go one at a time, skipping the
 //! taps outside.
 
-use super::blocked::{each_chunk, finish, Blocked, Store, Window};
+use super::blocked::{activate_stored, each_chunk, finish, Blocked, Store, Window};
 use super::{Kernel, Kernels, Simd, LANES};
+use crate::nn::runtime::{buffer, recycle_buffer};
 
 /// How the input of [`direct`] is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +59,50 @@ pub(crate) fn pack_direct(weight: &[f32], o: usize, c: usize, kernel: [usize; 2]
 /// The convolution of `x` (shape `xs`, laid out as `layout`) by `weights` (from
 /// [`pack_direct`], `out` channels) over the window `g`, into `y` (blocked, `out`
 /// channels of the output size of `g`).
+///
+/// With padding, the kernel runs on a copy of `x` with the padding's zeros in it: every
+/// column is then inside the image, and every row is cut into whole register tiles
+/// (on 14 × 14 maps, one tile of 14 instead of tiles of 8, 4, 1 and 1).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn direct(
+    kernels: Kernels,
+    x: &[f32],
+    (xs, layout): (Blocked, InputLayout),
+    weights: &[f32],
+    out: usize,
+    g: Window,
+    store: Store<'_>,
+    y: &mut [f32],
+    threads: usize,
+) {
+    if g.padding == [0, 0] {
+        return unpadded(kernels, x, (xs, layout), weights, out, g, store, y, threads);
+    }
+    assert!(x.len() == xs.n * layout.image_len(xs));
+    let (padded, ps) = pad(x, xs, layout, g.padding);
+    let g = Window {
+        padding: [0, 0],
+        size: [ps.h, ps.w],
+        ..g
+    };
+    let values = &padded[..ps.n * layout.image_len(ps)];
+    unpadded(
+        kernels,
+        values,
+        (ps, layout),
+        weights,
+        out,
+        g,
+        store,
+        y,
+        threads,
+    );
+    recycle_buffer(padded);
+}
+
+/// [`direct`] of a window without padding.
+#[allow(clippy::too_many_arguments)]
+fn unpadded(
     kernels: Kernels,
     x: &[f32],
     (xs, layout): (Blocked, InputLayout),
@@ -82,6 +125,7 @@ pub(crate) fn direct(
     assert!(weights.len() == ob * xs.c * taps * LANES);
     assert!(store.scale.len() == ob * LANES && store.shift.len() == ob * LANES);
     assert!(store.residual.is_none_or(|r| r.len() == y.len()));
+    assert_eq!(g.padding, [0, 0], "the caller pads");
     // Tasks: an image's output blocks in runs, enough of them for every thread.
     let per_image = if xs.n >= threads {
         1
@@ -90,13 +134,27 @@ pub(crate) fn direct(
     };
     let run = ob.div_ceil(per_image).clamp(1, ob.max(1));
     let tasks = ob.div_ceil(run);
+    // Where each (input channel, kernel row, kernel column) reads, from the input of the
+    // window's top left corner: the tiles then sum over one flat list of taps, as the
+    // 1×1 kernel sums over channels.
+    let pos = layout.channel(0, [xs.h, xs.w]).1;
+    let mut offsets = Vec::with_capacity(xs.c * taps);
+    for ci in 0..xs.c {
+        let at = layout.channel(ci, [xs.h, xs.w]).0;
+        for r in 0..g.kernel[0] {
+            for k in 0..g.kernel[1] {
+                offsets.push(at + (r * xs.w + k) * pos);
+            }
+        }
+    }
+    let offsets = &offsets[..];
     let task = |i: usize, yt: &mut [f32]| {
         let (n, first) = (i / tasks, (i % tasks) * run);
         let offset = (n * ob + first) * plane;
         kernels.run(DirectTask {
             x: &x[n * image..][..image],
             layout,
-            c: xs.c,
+            offsets,
             weights,
             g,
             blocks: first..(first + run).min(ob),
@@ -115,7 +173,8 @@ pub(crate) fn direct(
 struct DirectTask<'a> {
     x: &'a [f32],
     layout: InputLayout,
-    c: usize,
+    /// Each tap's input offset from the window's corner, `[C][kh][kw]`.
+    offsets: &'a [usize],
     weights: &'a [f32],
     g: Window,
     blocks: std::ops::Range<usize>,
@@ -138,8 +197,8 @@ impl Kernel for DirectTask<'_> {
             let at = (b - self.blocks.start) * plane;
             let tile = Tile {
                 x: self.x.as_ptr(),
-                layout: self.layout,
-                c: self.c,
+                pos: self.layout.channel(0, self.g.size).1,
+                offsets: self.offsets,
                 w: self.weights.as_ptr(),
                 b,
                 g: self.g,
@@ -148,11 +207,19 @@ impl Kernel for DirectTask<'_> {
                 y: unsafe { self.y.as_mut_ptr().add(at) },
                 residual: self.store.residual.map(|r| r[at..].as_ptr()),
             };
-            match (pair, S::PIXELS >= 28) {
-                (true, true) => rows::<S, 2, 14>(s, &tile),
-                (true, false) => rows::<S, 2, 3>(s, &tile),
-                (false, true) => rows::<S, 1, 14>(s, &tile),
-                (false, false) => rows::<S, 1, 3>(s, &tile),
+            // The distance between neighbouring output columns' inputs, as a constant
+            // for the common cases (blocks at stride 1 and 2) so that the tile's loads
+            // use immediate offsets.
+            let step = self.g.stride[1] * self.layout.channel(0, self.g.size).1;
+            match (pair, S::PIXELS >= 28, step) {
+                (true, true, 16) => rows::<S, 2, 14, 16>(s, &tile),
+                (true, true, 32) => rows::<S, 2, 14, 32>(s, &tile),
+                (true, true, _) => rows::<S, 2, 14, 0>(s, &tile),
+                (true, false, _) => rows::<S, 2, 3, 0>(s, &tile),
+                (false, true, 16) => rows::<S, 1, 14, 16>(s, &tile),
+                (false, true, 32) => rows::<S, 1, 14, 32>(s, &tile),
+                (false, true, _) => rows::<S, 1, 14, 0>(s, &tile),
+                (false, false, _) => rows::<S, 1, 3, 0>(s, &tile),
             }
             b += if pair { 2 } else { 1 };
         }
@@ -162,8 +229,10 @@ impl Kernel for DirectTask<'_> {
 /// What the tiles of output blocks `b..b + B` of one image share.
 struct Tile<'a> {
     x: *const f32,
-    layout: InputLayout,
-    c: usize,
+    /// The distance between neighbouring positions of the input.
+    pos: usize,
+    /// Each tap's input offset from the window's corner, `[C][kh][kw]`.
+    offsets: &'a [usize],
     w: *const f32,
     b: usize,
     g: Window,
@@ -174,108 +243,174 @@ struct Tile<'a> {
     residual: Option<*const f32>,
 }
 
-/// Every output row of blocks `b..b + B`: the inner columns in tiles of `T`, 8, 4, 2
-/// and 1, the padding's columns one at a time.
+/// Every output row of blocks `b..b + B`, in tiles of `T`, 8, 4, 2 and 1 columns; on
+/// maps 7 wide (and `T` = 14), pairs of rows in tiles of 2 × 7. `STEP`, when not 0, is
+/// the distance between neighbouring output columns' inputs.
 #[inline(always)]
-fn rows<S: Simd, const B: usize, const T: usize>(s: S, tile: &Tile<'_>) {
-    let (lo, hi) = tile.g.inner_columns();
-    let wo = tile.g.out_size[1];
-    for oy in 0..tile.g.out_size[0] {
-        // SAFETY: `columns` is given inner columns only; `ox < wo` for both.
-        unsafe {
-            for ox in (0..lo).chain(hi..wo) {
-                tile.columns::<S, B, 1>(s, oy, ox, false);
-            }
-            let mut ox = lo;
-            while ox < hi {
-                let left = hi - ox;
-                ox += if left >= T {
-                    tile.columns::<S, B, T>(s, oy, ox, true);
+fn rows<S: Simd, const B: usize, const T: usize, const STEP: usize>(s: S, tile: &Tile<'_>) {
+    let [ho, wo] = tile.g.out_size;
+    let mut oy = 0;
+    if T == 14 && wo == 7 {
+        while oy + 2 <= ho {
+            // SAFETY: rows `oy..oy + 2`, all 7 columns, are inside the output.
+            unsafe { tile.columns::<S, B, 14, 2, STEP>(s, oy, 0) };
+            oy += 2;
+        }
+    }
+    while oy < ho {
+        let mut ox = 0;
+        while ox < wo {
+            let left = wo - ox;
+            // SAFETY: each tile's columns are at most the `left` ones of row `oy`.
+            ox += unsafe {
+                if left >= T {
+                    tile.columns::<S, B, T, 1, STEP>(s, oy, ox);
                     T
                 } else if T > 8 && left >= 8 {
-                    tile.columns::<S, B, 8>(s, oy, ox, true);
+                    tile.columns::<S, B, 8, 1, STEP>(s, oy, ox);
                     8
                 } else if T > 4 && left >= 4 {
-                    tile.columns::<S, B, 4>(s, oy, ox, true);
+                    tile.columns::<S, B, 4, 1, STEP>(s, oy, ox);
                     4
                 } else if left >= 2 {
-                    tile.columns::<S, B, 2>(s, oy, ox, true);
+                    tile.columns::<S, B, 2, 1, STEP>(s, oy, ox);
                     2
                 } else {
-                    tile.columns::<S, B, 1>(s, oy, ox, true);
+                    tile.columns::<S, B, 1, 1, STEP>(s, oy, ox);
                     1
-                };
-            }
+                }
+            };
         }
+        oy += 1;
     }
 }
 
 impl Tile<'_> {
-    /// Output columns `ox..ox + T` of row `oy`, blocks `b..b + B`.
+    /// The sums of the tile whose first and last rows' window corners are `corners`
+    /// (`cols` columns each, `step` apart in the input), over every tap of every input
+    /// channel, for blocks `b..b + B`.
     ///
     /// # Safety
-    /// `ox + T ≤ wo`, `oy < ho`; when `inner`, every window of the columns lies inside
-    /// the image's columns (else `T` is 1 and the taps outside are skipped).
+    /// Every window of the tile is inside the image.
     #[inline(always)]
-    unsafe fn columns<S: Simd, const B: usize, const T: usize>(
+    unsafe fn sums<S: Simd, const B: usize, const T: usize, const R: usize>(
         &self,
         s: S,
-        oy: usize,
-        ox: usize,
-        inner: bool,
-    ) {
-        let g = self.g;
-        let ([h, w], [ho, wo], [kh, kw], [_, sw], [_, pw]) =
-            (g.size, g.out_size, g.kernel, g.stride, g.padding);
-        let (top, r0, r1) = g.rows(oy);
-        let taps = kh * kw;
+        (first, second): (usize, usize),
+        cols: usize,
+        step: usize,
+    ) -> [[S::V; T]; B] {
+        let taps = self.offsets.len();
+        let (x, w) = (self.x, self.w.wrapping_add(self.b * taps * LANES));
         let mut acc = [[s.zero(); T]; B];
-        for ci in 0..self.c {
-            let (at, col) = self.layout.channel(ci, [h, w]);
-            // SAFETY: rows `r0..r1` and the columns checked or inner are inside the
-            // image; the weights of blocks `b..b + B` exist.
+        for (v, &offset) in self.offsets.iter().enumerate() {
+            // SAFETY: the caller's windows are inside the image; the weights of blocks
+            // `b..b + B` exist.
             unsafe {
-                let wc = self.w.add((self.b * self.c + ci) * taps * LANES);
-                for r in r0..r1 {
-                    let row = self.x.add(at + (top + r as isize) as usize * w * col);
-                    for k in 0..kw {
-                        let ix = (ox * sw + k) as isize - pw as isize;
-                        if !inner && !(0..w as isize).contains(&ix) {
-                            continue;
-                        }
-                        let wv: [S::V; B] = std::array::from_fn(|j| {
-                            s.load_ptr(wc.add((j * self.c * taps + r * kw + k) * LANES))
-                        });
-                        let xp = row.offset(ix * col as isize);
-                        for t in 0..T {
-                            let xv = s.splat(*xp.add(t * sw * col));
-                            for (a, &wj) in acc.iter_mut().zip(&wv) {
-                                a[t] = s.fma(wj, xv, a[t]);
-                            }
-                        }
+                let wv: [S::V; B] =
+                    std::array::from_fn(|j| s.load_ptr(w.add((j * taps + v) * LANES)));
+                let (first, second) = (x.add(first + offset), x.add(second + offset));
+                for t in 0..T {
+                    // Columns of the first row, then of the second (R = 2).
+                    let xp = if t < cols {
+                        first.add(t * step)
+                    } else {
+                        second.add((t - cols) * step)
+                    };
+                    let xv = s.splat(*xp);
+                    for (a, &wj) in acc.iter_mut().zip(&wv) {
+                        a[t] = s.fma(wj, xv, a[t]);
                     }
                 }
             }
         }
+        acc
+    }
+
+    /// Output rows `oy..oy + R`, columns `ox..ox + T / R` of each, blocks `b..b + B`.
+    ///
+    /// # Safety
+    /// The window has no padding; `oy + R ≤ ho`, `ox + T / R ≤ wo`; `STEP` is 0 or the
+    /// distance between neighbouring output columns' inputs.
+    #[inline(always)]
+    unsafe fn columns<
+        S: Simd,
+        const B: usize,
+        const T: usize,
+        const R: usize,
+        const STEP: usize,
+    >(
+        &self,
+        s: S,
+        oy: usize,
+        ox: usize,
+    ) {
+        let g = self.g;
+        let ([_, w], [ho, wo], [sh, sw]) = (g.size, g.out_size, g.stride);
+        let (cols, pos) = (T / R, self.pos);
+        let step = if STEP > 0 { STEP } else { sw * pos };
+        // The window corners of the tile's first and last row.
+        let corner = |i: usize| ((oy + i) * sh * w + ox * sw) * pos;
+        let (first, second) = (corner(0), corner(R - 1));
+        // SAFETY: the windows of the tile's outputs are inside the image.
+        let acc = unsafe { self.sums::<S, B, T, R>(s, (first, second), cols, step) };
         let plane = ho * wo * LANES;
+        let at = |j: usize, t: usize| j * plane + ((oy + t / cols) * wo + ox + t % cols) * LANES;
         for (j, a) in acc.iter().enumerate() {
             let lanes = (self.b + j) * LANES;
             // SAFETY: the store's vectors cover every output block; the outputs (and the
-            // residual's values) at `(oy, ox + t)` of block `b + j` exist.
+            // residual's values) of the tile in block `b + j` exist.
             unsafe {
                 let affine = (
                     s.load_ptr(self.store.scale.as_ptr().add(lanes)),
                     s.load_ptr(self.store.shift.as_ptr().add(lanes)),
                 );
                 for (t, &v) in a.iter().enumerate() {
-                    let o = j * plane + (oy * wo + ox + t) * LANES;
+                    let o = at(j, t);
                     let r = self.residual.map(|r| r.add(o));
-                    let v = finish(s, v, affine, self.store.activation, r);
-                    s.store_ptr(self.y.add(o), v);
+                    s.store_ptr(self.y.add(o), finish(s, v, affine, r));
+                }
+            }
+        }
+        for j in 0..B {
+            for i in 0..R {
+                // SAFETY: the `cols` outputs of row `oy + i` of block `b + j` just stored.
+                unsafe {
+                    let y = self.y.add(at(j, i * cols));
+                    activate_stored(s, self.store.activation, y, cols);
                 }
             }
         }
     }
+}
+
+/// `x` (shape `xs`, laid out as `layout`) with `[ph, pw]` rows and columns of zeros
+/// around each plane, in a pooled buffer, and its shape.
+fn pad(x: &[f32], xs: Blocked, layout: InputLayout, [ph, pw]: [usize; 2]) -> (Vec<f32>, Blocked) {
+    let ps = Blocked {
+        h: xs.h + 2 * ph,
+        w: xs.w + 2 * pw,
+        ..xs
+    };
+    let (planes, lanes) = match layout {
+        InputLayout::Nchw => (xs.n * xs.c, 1),
+        InputLayout::Blocked => (xs.n * xs.blocks(), LANES),
+    };
+    let mut y = buffer(ps.n * layout.image_len(ps));
+    let (row, prow) = (xs.w * lanes, ps.w * lanes);
+    let (plane, pplane) = (xs.h * row, ps.h * prow);
+    for p in 0..planes {
+        let (src, dst) = (&x[p * plane..][..plane], &mut y[p * pplane..][..pplane]);
+        dst[..ph * prow].fill(0.0);
+        dst[(ph + xs.h) * prow..].fill(0.0);
+        for (r, src) in src.chunks_exact(row.max(1)).enumerate() {
+            let dst = &mut dst[(ph + r) * prow..][..prow];
+            dst[..pw * lanes].fill(0.0);
+            dst[pw * lanes..][..row].copy_from_slice(src);
+            dst[(pw + xs.w) * lanes..].fill(0.0);
+        }
+    }
+    (y, ps)
 }
 
 #[cfg(test)]
@@ -290,7 +425,7 @@ mod tests {
     fn direct_matches_the_definition_at_every_level_from_either_layout() {
         // The stem (3 channels, stride 2), one channel, channels off the block, more
         // output blocks than a pair, maps smaller than a tile, no padding, 1×1 strided,
-        // a rectangular kernel.
+        // a rectangular kernel, a map 7 wide.
         for (case, (n, c, o, [h, w], [kh, kw], st, pd)) in [
             (2, 3, 32, [17, 19], [3, 3], 2, 1),
             (1, 1, 8, [5, 30], [3, 3], 1, 1),
@@ -299,6 +434,8 @@ mod tests {
             (1, 5, 16, [7, 7], [5, 5], 1, 0),
             (1, 24, 20, [8, 8], [1, 1], 2, 0),
             (1, 3, 17, [6, 11], [1, 3], 1, 1),
+            // 7 wide: pairs of rows in one tile, and the odd row after them.
+            (2, 20, 24, [7, 7], [3, 3], 1, 1),
         ]
         .into_iter()
         .enumerate()

@@ -11,6 +11,7 @@
 //! of the output, the store fused. The transposes cost two per input and output
 //! value; the products, one multiply-add per non-zero weight and position.
 
+use super::activation::activate;
 use super::blocked::{finish, Blocked, Store};
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::with_scratch;
@@ -212,7 +213,8 @@ fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
                     // the same shape).
                     unsafe {
                         let residual = store.residual.map(|r| r.as_ptr().add(o));
-                        let value = finish(s, row, (scale, shift), store.activation, residual);
+                        let value = finish(s, row, (scale, shift), residual);
+                        let value = activate(s, store.activation, value);
                         s.store_ptr(y.add(o), value);
                     }
                 }
