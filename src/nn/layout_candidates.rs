@@ -7,6 +7,7 @@ use crate::nn::engine::blocked::BlockedKind;
 use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
 use crate::nn::kernels::blocked_direct::{self, InputLayout};
 use crate::nn::kernels::blocked_sparse::{sparse_pointwise, SparseRows};
+use crate::nn::kernels::blocked_winograd;
 use crate::nn::kernels::{Isa, Kernels, LANES};
 use crate::nn::{Activation, Conv2dConfig};
 
@@ -128,6 +129,9 @@ impl BlockedConv {
             BlockedKind::Direct => {
                 blocked_direct::pack_direct(weight, c.out_channels, c.in_channels, c.kernel)
             }
+            BlockedKind::Winograd => {
+                blocked_winograd::pack_winograd(weight, c.out_channels, c.in_channels)
+            }
         };
         Ok(BlockedConv {
             config,
@@ -187,6 +191,10 @@ impl BlockedConv {
             BlockedKind::Direct => {
                 let xin = (xs, InputLayout::Blocked);
                 blocked_direct::direct(kernels, x, xin, packed, o, g, store, y, threads)
+            }
+            BlockedKind::Winograd => {
+                let p = c.padding;
+                blocked_winograd::winograd(kernels, x, xs, packed, o, p, store, y, threads)
             }
         }
         Ok(())

@@ -6,6 +6,7 @@ use crate::nn::blocked::BlockedTensor;
 use crate::nn::engine::Conv2dConfig;
 use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
 use crate::nn::kernels::blocked_direct::{self, InputLayout};
+use crate::nn::kernels::blocked_winograd;
 use crate::nn::kernels::{Kernels, LANES};
 use crate::nn::runtime::threads;
 use ndarray::ArrayView4;
@@ -19,6 +20,9 @@ pub(crate) enum BlockedKind {
     Depthwise,
     /// Any other convolution of one group: the direct kernel, which also reads NCHW.
     Direct,
+    /// 3 × 3, stride 1, one group, at least 16 channels in and out: Winograd's
+    /// F(2×2, 3×3).
+    Winograd,
 }
 
 impl BlockedKind {
@@ -29,8 +33,11 @@ impl BlockedKind {
             return None;
         }
         let one_by_one = c.kernel == [1, 1] && c.stride == [1, 1] && c.padding == [0, 0];
+        let winograd = c.kernel == [3, 3] && c.stride == [1, 1] && c.padding[0] <= 2;
         if c.groups == 1 && one_by_one {
             Some(BlockedKind::Pointwise)
+        } else if c.groups == 1 && winograd && c.in_channels.min(c.out_channels) >= 32 {
+            Some(BlockedKind::Winograd)
         } else if c.groups == c.in_channels && c.groups == c.out_channels {
             Some(BlockedKind::Depthwise)
         } else if c.groups == 1 {
@@ -81,6 +88,9 @@ impl Convolution<'_> {
             BlockedKind::Depthwise => blocked::pack_depthwise(self.weight, c.in_channels, c.kernel),
             BlockedKind::Direct => {
                 blocked_direct::pack_direct(self.weight, c.out_channels, c.in_channels, c.kernel)
+            }
+            BlockedKind::Winograd => {
+                blocked_winograd::pack_winograd(self.weight, c.out_channels, c.in_channels)
             }
         })
     }
@@ -166,6 +176,17 @@ impl Convolution<'_> {
                     threads,
                 )
             }
+            (BlockedKind::Winograd, BlockedInput::Blocked(x)) => blocked_winograd::winograd(
+                kernels,
+                x.values(),
+                xs,
+                weights,
+                out,
+                c.padding,
+                store,
+                y.values_mut(),
+                threads,
+            ),
             (_, BlockedInput::Nchw(..)) => unreachable!("only the direct kernel reads NCHW"),
         }
         y

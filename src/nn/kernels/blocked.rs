@@ -228,6 +228,16 @@ pub(crate) fn each_chunk(
     }
 }
 
+/// Runs `task(i)` for every `i` below `count`, in parallel when there are several
+/// threads.
+pub(crate) fn each_index(count: usize, threads: usize, task: impl Fn(usize) + Sync + Send) {
+    if threads > 1 {
+        (0..count).into_par_iter().for_each(task);
+    } else {
+        (0..count).for_each(task);
+    }
+}
+
 /// One image's output blocks `blocks` of [`pointwise`], as a [`Kernel`].
 struct PointwiseTask<'a> {
     /// The image, `[cin/16][hw][16]`.

@@ -32,6 +32,7 @@ pub(crate) mod blocked_direct;
 pub(crate) mod blocked_map;
 pub(crate) mod blocked_pool;
 pub(crate) mod blocked_sparse;
+pub(crate) mod blocked_winograd;
 pub(crate) mod direct;
 pub(crate) mod peak;
 pub(crate) mod plain;

@@ -1,0 +1,417 @@
+//! Winograd's F(2×2, 3×3) on channel-blocked activations: 3 × 3 stride-1 convolutions
+//! of one group in 16 multiplications per 2 × 2 outputs instead of 36.
+//!
+//! 1. Each 4 × 4 input tile (2 apart, the padding's values zero) of every block of
+//!    sixteen channels is transformed, `V = Bᵀ d B`, into sixteen values ξ.
+//! 2. For each ξ, the tiles' values are multiplied by the transformed weights
+//!    `U = G g Gᵀ` of that ξ: one 1×1 convolution over the tiles, by the blocked 1×1
+//!    kernel ([`pointwise`]).
+//! 3. Each tile's sixteen products are transformed back, `Y = Aᵀ M A`, into its 2 × 2
+//!    outputs, and the store (scale, shift, residual, activation) is applied to them.
+
+use super::blocked::{activate_stored, each_chunk, each_index, finish, pointwise, Blocked, Store};
+use super::{Kernel, Kernels, Simd, LANES};
+use crate::nn::runtime::{buffer, recycle_buffer, Activation};
+
+/// The sixteen transformed values of a tile, ξ = 4·row + column.
+const XI: usize = 16;
+
+/// The weights `[O, C, 3, 3]` in Winograd's domain, `U = G g Gᵀ`, packed as sixteen
+/// sets of 1×1 weights, one per ξ: `[ξ][⌈O/16⌉][⌈C/16⌉·16][16]`.
+pub(crate) fn pack_winograd(weight: &[f32], o: usize, c: usize) -> Vec<f32> {
+    assert_eq!(weight.len(), o * c * 9);
+    let cin = c.div_ceil(LANES) * LANES;
+    let per_xi = o.div_ceil(LANES) * cin * LANES;
+    let mut packed = vec![0.0; XI * per_xi];
+    for oc in 0..o {
+        for ic in 0..c {
+            let g = &weight[(oc * c + ic) * 9..][..9];
+            // G g: 4 × 3, then (G g) Gᵀ: 4 × 4, in f64.
+            let mut gg = [[0f64; 3]; 4];
+            for j in 0..3 {
+                let (a, b, d) = (g[j] as f64, g[3 + j] as f64, g[6 + j] as f64);
+                gg[0][j] = a;
+                gg[1][j] = (a + b + d) / 2.0;
+                gg[2][j] = (a - b + d) / 2.0;
+                gg[3][j] = d;
+            }
+            for (i, row) in gg.iter().enumerate() {
+                let [a, b, d] = *row;
+                let u = [a, (a + b + d) / 2.0, (a - b + d) / 2.0, d];
+                for (j, &v) in u.iter().enumerate() {
+                    let xi = 4 * i + j;
+                    let at = xi * per_xi + ((oc / LANES) * cin + ic) * LANES + oc % LANES;
+                    packed[at] = v as f32;
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// The 3 × 3 stride-1 convolution of `x` (blocked, shape `xs`) with `padding`, by
+/// `weights` (from [`pack_winograd`], `out` channels), into `y` (blocked, `out`
+/// channels of `xs`'s size plus `2·padding − 2`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn winograd(
+    kernels: Kernels,
+    x: &[f32],
+    xs: Blocked,
+    weights: &[f32],
+    out: usize,
+    padding: [usize; 2],
+    store: Store<'_>,
+    y: &mut [f32],
+    threads: usize,
+) {
+    let (ho, wo) = (xs.h + 2 * padding[0] - 2, xs.w + 2 * padding[1] - 2);
+    let ys = Blocked {
+        c: out,
+        h: ho,
+        w: wo,
+        ..xs
+    };
+    let tiles = Tiles {
+        rows: ho.div_ceil(2),
+        cols: wo.div_ceil(2),
+        padding,
+    };
+    let count = tiles.rows * tiles.cols;
+    assert!(x.len() == xs.len() && y.len() == ys.len());
+    assert!(weights.len() == XI * ys.blocks() * xs.blocks() * LANES * LANES);
+    // The transformed tiles, `[ξ][n][⌈C/16⌉][tile][16]`: for each ξ, a blocked tensor of
+    // `n` images whose positions are the tiles.
+    let vs = Blocked {
+        n: xs.n,
+        c: xs.c,
+        h: 1,
+        w: count,
+    };
+    let ms = Blocked { c: out, ..vs };
+    let mut v = buffer(XI * vs.len());
+    let plane_in = xs.h * xs.w * LANES;
+    let planes = xs.n * xs.blocks();
+    {
+        // Each (image, block)'s tiles go to sixteen places, one per ξ.
+        let v = SharedOut(v.as_mut_ptr());
+        each_index(planes, threads, |p| {
+            kernels.run(TransformIn {
+                x: &x[p * plane_in..][..plane_in],
+                size: [xs.h, xs.w],
+                tiles,
+                // SAFETY: plane `p`'s tiles of every ξ are written by this task alone.
+                v: unsafe { v.at(p * count * LANES) },
+                xi_stride: vs.len(),
+            })
+        });
+    }
+    // The products, one 1×1 convolution per ξ.
+    let mut m = buffer(XI * ms.len());
+    let ones = vec![1.0; ms.blocks() * LANES];
+    let zeros = vec![0.0; ms.blocks() * LANES];
+    let plain = Store {
+        scale: &ones,
+        shift: &zeros,
+        activation: Activation::Identity,
+        residual: None,
+    };
+    let per_xi = weights.len() / XI;
+    for xi in 0..XI {
+        pointwise(
+            kernels,
+            &v[xi * vs.len()..][..vs.len()],
+            vs,
+            &weights[xi * per_xi..][..per_xi],
+            out,
+            plain,
+            &mut m[xi * ms.len()..][..ms.len()],
+            threads,
+        );
+    }
+    recycle_buffer(v);
+    // Back to outputs, with the store.
+    let plane_out = ho * wo * LANES;
+    let task = |p: usize, yp: &mut [f32]| {
+        let block = p % ys.blocks();
+        kernels.run(TransformOut {
+            m: &m,
+            at: p * count * LANES,
+            xi_stride: ms.len(),
+            tiles,
+            size: [ho, wo],
+            scale: &store.scale[block * LANES..][..LANES],
+            shift: &store.shift[block * LANES..][..LANES],
+            activation: store.activation,
+            residual: store.residual.map(|r| &r[p * plane_out..][..plane_out]),
+            y: yp,
+        })
+    };
+    each_chunk(y.chunks_mut(plane_out.max(1)).collect(), threads, task);
+    recycle_buffer(m);
+}
+
+/// A pointer the tasks of [`winograd`]'s input transform write through, each to places
+/// of its own.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+impl SharedOut {
+    /// The pointer `offset` values on.
+    ///
+    /// # Safety
+    /// `offset` is inside the buffer.
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: the tasks write disjoint places (see `winograd`).
+unsafe impl Sync for SharedOut {}
+// SAFETY: as above.
+unsafe impl Send for SharedOut {}
+
+/// The tiles of an output: `rows × cols` tiles of 2 × 2 outputs, read from the input
+/// `padding` before the output's corner.
+#[derive(Debug, Clone, Copy)]
+struct Tiles {
+    rows: usize,
+    cols: usize,
+    padding: [usize; 2],
+}
+
+/// The input transform of one block of one image.
+struct TransformIn<'a> {
+    /// `[h][w][16]`.
+    x: &'a [f32],
+    size: [usize; 2],
+    tiles: Tiles,
+    /// Where tile 0 of ξ = 0 goes; ξ's tiles are `xi_stride` further for each ξ.
+    v: *mut f32,
+    xi_stride: usize,
+}
+
+impl Kernel for TransformIn<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let [h, w] = self.size;
+        let [ph, pw] = self.tiles.padding;
+        for ty in 0..self.tiles.rows {
+            for tx in 0..self.tiles.cols {
+                // The 4 × 4 window, zeros outside the image.
+                let mut d = [s.zero(); 16];
+                for (i, row) in d.chunks_exact_mut(4).enumerate() {
+                    let iy = (2 * ty + i) as isize - ph as isize;
+                    if !(0..h as isize).contains(&iy) {
+                        continue;
+                    }
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let ix = (2 * tx + j) as isize - pw as isize;
+                        if (0..w as isize).contains(&ix) {
+                            let at = (iy as usize * w + ix as usize) * LANES;
+                            *v = s.load(self.x[at..at + LANES].try_into().expect("16 lanes"));
+                        }
+                    }
+                }
+                let v = transform_in(s, d);
+                let tile = ty * self.tiles.cols + tx;
+                for (xi, &value) in v.iter().enumerate() {
+                    // SAFETY: tile `tile` of ξ is inside this plane's part of the buffer.
+                    unsafe { s.store_ptr(self.v.add(xi * self.xi_stride + tile * LANES), value) };
+                }
+            }
+        }
+    }
+}
+
+/// `Bᵀ d B` of a 4 × 4 tile, row-major.
+#[inline(always)]
+fn transform_in<S: Simd>(s: S, d: [S::V; 16]) -> [S::V; 16] {
+    // Bᵀ rows: [1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1].
+    let mut t = [s.zero(); 16];
+    for j in 0..4 {
+        let (d0, d1, d2, d3) = (d[j], d[4 + j], d[8 + j], d[12 + j]);
+        t[j] = s.sub(d0, d2);
+        t[4 + j] = s.add(d1, d2);
+        t[8 + j] = s.sub(d2, d1);
+        t[12 + j] = s.sub(d1, d3);
+    }
+    let mut v = [s.zero(); 16];
+    for i in 0..4 {
+        let (t0, t1, t2, t3) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        v[4 * i] = s.sub(t0, t2);
+        v[4 * i + 1] = s.add(t1, t2);
+        v[4 * i + 2] = s.sub(t2, t1);
+        v[4 * i + 3] = s.sub(t1, t3);
+    }
+    v
+}
+
+/// The output transform and the store of one block of one image.
+struct TransformOut<'a> {
+    /// The products, `[ξ][n][⌈O/16⌉][tile][16]`.
+    m: &'a [f32],
+    /// Where this plane's tile 0 of ξ = 0 is.
+    at: usize,
+    xi_stride: usize,
+    tiles: Tiles,
+    /// The output `[ho, wo]`.
+    size: [usize; 2],
+    scale: &'a [f32],
+    shift: &'a [f32],
+    activation: Activation,
+    /// This plane of the residual.
+    residual: Option<&'a [f32]>,
+    /// `[ho][wo][16]`.
+    y: &'a mut [f32],
+}
+
+impl Kernel for TransformOut<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let [ho, wo] = self.size;
+        let affine = (
+            s.load(self.scale.try_into().expect("16 lanes")),
+            s.load(self.shift.try_into().expect("16 lanes")),
+        );
+        let y = self.y.as_mut_ptr();
+        for ty in 0..self.tiles.rows {
+            for tx in 0..self.tiles.cols {
+                let tile = ty * self.tiles.cols + tx;
+                let m: [S::V; 16] = std::array::from_fn(|xi| {
+                    let at = self.at + xi * self.xi_stride + tile * LANES;
+                    s.load(self.m[at..at + LANES].try_into().expect("16 lanes"))
+                });
+                let out = transform_out(s, m);
+                for (i, row) in out.chunks_exact(2).enumerate() {
+                    let oy = 2 * ty + i;
+                    if oy >= ho {
+                        continue;
+                    }
+                    for (j, &v) in row.iter().enumerate() {
+                        let ox = 2 * tx + j;
+                        if ox >= wo {
+                            continue;
+                        }
+                        let o = (oy * wo + ox) * LANES;
+                        let r = self.residual.map(|r| r[o..o + LANES].as_ptr());
+                        // SAFETY: `o` is an output of this plane, and of its residual.
+                        unsafe {
+                            s.store_ptr(y.add(o), finish(s, v, affine, r));
+                            activate_stored(s, self.activation, y.add(o), 1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Aᵀ m A` of a tile's sixteen products: its 2 × 2 outputs, row-major.
+#[inline(always)]
+fn transform_out<S: Simd>(s: S, m: [S::V; 16]) -> [S::V; 4] {
+    // Aᵀ rows: [1, 1, 1, 0], [0, 1, −1, −1].
+    let mut t = [s.zero(); 8];
+    for j in 0..4 {
+        let (m0, m1, m2, m3) = (m[j], m[4 + j], m[8 + j], m[12 + j]);
+        t[j] = s.add(s.add(m0, m1), m2);
+        t[4 + j] = s.sub(s.sub(m1, m2), m3);
+    }
+    let mut y = [s.zero(); 4];
+    for i in 0..2 {
+        let (t0, t1, t2, t3) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        y[2 * i] = s.add(s.add(t0, t1), t2);
+        y[2 * i + 1] = s.sub(s.sub(t1, t2), t3);
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::blocked::tests::{close, padded_to_blocks, reference, values};
+    use super::super::blocked::{from_blocked, to_blocked, Window};
+    use super::*;
+    use crate::nn::kernels::every_kernels;
+
+    #[test]
+    fn winograd_matches_the_definition_at_every_level() {
+        // Odd output sizes (edge tiles with one row or column), channels off the block,
+        // more than one pass of input channels, no padding, a map smaller than a tile.
+        for (case, (n, c, o, h, w, p)) in [
+            (2, 16, 16, 7, 7, 1),
+            (1, 20, 40, 9, 6, 1),
+            (2, 3, 17, 5, 8, 0),
+            (1, 300, 16, 4, 4, 1),
+            (1, 16, 32, 1, 1, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (ho, wo) = (h + 2 * p - 2, w + 2 * p - 2);
+            let g = Window {
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [p, p],
+                size: [h, w],
+                out_size: [ho, wo],
+            };
+            let f = Activation::ALL[(case + 1) % Activation::ALL.len()];
+            let xs = Blocked { n, c, h, w };
+            let ys = Blocked {
+                c: o,
+                h: ho,
+                w: wo,
+                ..xs
+            };
+            let residual = (case % 2 == 0).then(|| values(n * o * ho * wo, 31));
+            let x = values(n * c * h * w, 32);
+            let weight = values(o * c * 9, 33);
+            let scale: Vec<f32> = values(o, 34).iter().map(|v| v + 1.0).collect();
+            let shift = values(o, 35);
+            let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
+            let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue);
+            let mut xb = vec![0.0; xs.len()];
+            to_blocked(&x, xs, &mut xb);
+            let rb = residual.as_ref().map(|r| {
+                let mut rb = vec![0.0; ys.len()];
+                to_blocked(r, ys, &mut rb);
+                rb
+            });
+            let packed = pack_winograd(&weight, o, c);
+            let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
+            let store = Store {
+                scale: &sc,
+                shift: &sf,
+                activation: f,
+                residual: rb.as_deref(),
+            };
+            for kernels in every_kernels() {
+                for threads in [1, 2] {
+                    let mut yb = vec![f32::NAN; ys.len()];
+                    winograd(
+                        kernels,
+                        &xb,
+                        xs,
+                        &packed,
+                        o,
+                        [p, p],
+                        store,
+                        &mut yb,
+                        threads,
+                    );
+                    let mut y = vec![0.0; want.len()];
+                    from_blocked(&yb, ys, &mut y);
+                    close(
+                        &y,
+                        &want,
+                        &format!("{kernels:?} case {case} t{threads} {f}"),
+                    );
+                }
+            }
+        }
+    }
+}
