@@ -126,9 +126,12 @@ impl BlockedConv {
                 blocked::pack_pointwise(weight, c.out_channels, c.in_channels)
             }
             BlockedKind::Depthwise => blocked::pack_depthwise(weight, c.in_channels, c.kernel),
-            BlockedKind::Direct => {
-                blocked_direct::pack_direct(weight, c.out_channels, c.in_channels, c.kernel)
-            }
+            BlockedKind::Direct => blocked_direct::pack_direct(
+                weight,
+                c.out_channels,
+                c.in_channels / c.groups,
+                c.kernel,
+            ),
             BlockedKind::Winograd => {
                 blocked_winograd::pack_winograd(weight, c.out_channels, c.in_channels)
             }
@@ -189,7 +192,7 @@ impl BlockedConv {
                 blocked::depthwise(kernels, x, xs, packed, g, store, y, threads)
             }
             BlockedKind::Direct => {
-                let xin = (xs, InputLayout::Blocked);
+                let xin = (xs, InputLayout::Blocked, c.groups);
                 blocked_direct::direct(kernels, x, xin, packed, o, g, store, y, threads)
             }
             BlockedKind::Winograd => {

@@ -18,7 +18,8 @@ pub(crate) enum BlockedKind {
     Pointwise,
     /// One filter per channel (groups = in = out channels).
     Depthwise,
-    /// Any other convolution of one group: the direct kernel, which also reads NCHW.
+    /// Any other convolution of one group, or of groups of whole blocks: the direct
+    /// kernel, which also reads NCHW.
     Direct,
     /// 3 × 3, stride 1, one group, at least 16 channels in and out: Winograd's
     /// F(2×2, 3×3).
@@ -26,8 +27,8 @@ pub(crate) enum BlockedKind {
 }
 
 impl BlockedKind {
-    /// The kernel for `c`, if one computes it (not yet: dilation, and groups other
-    /// than 1 and depthwise).
+    /// The kernel for `c`, if one computes it (not yet: dilation, and groups whose
+    /// channels are not whole blocks, other than depthwise).
     pub(crate) fn of(c: &Conv2dConfig) -> Option<Self> {
         if c.dilation != [1, 1] {
             return None;
@@ -40,11 +41,19 @@ impl BlockedKind {
             Some(BlockedKind::Winograd)
         } else if c.groups == c.in_channels && c.groups == c.out_channels {
             Some(BlockedKind::Depthwise)
-        } else if c.groups == 1 {
+        } else if c.groups == 1 || Self::whole_blocks(c) {
             Some(BlockedKind::Direct)
         } else {
             None
         }
+    }
+
+    /// Whether each group's input and output channels are whole blocks of sixteen (a
+    /// RegNet group of 16 channels is one block): the direct kernel then sums each
+    /// output block over its group's blocks alone.
+    fn whole_blocks(c: &Conv2dConfig) -> bool {
+        let (gi, go) = (c.in_channels / c.groups, c.out_channels / c.groups);
+        gi % LANES == 0 && go % LANES == 0
     }
 
     /// Whether the kernel reads an NCHW input as it is (else it needs blocks).
@@ -86,9 +95,12 @@ impl Convolution<'_> {
                 blocked::pack_pointwise(self.weight, c.out_channels, c.in_channels)
             }
             BlockedKind::Depthwise => blocked::pack_depthwise(self.weight, c.in_channels, c.kernel),
-            BlockedKind::Direct => {
-                blocked_direct::pack_direct(self.weight, c.out_channels, c.in_channels, c.kernel)
-            }
+            BlockedKind::Direct => blocked_direct::pack_direct(
+                self.weight,
+                c.out_channels,
+                c.in_channels / c.groups,
+                c.kernel,
+            ),
             BlockedKind::Winograd => {
                 blocked_winograd::pack_winograd(self.weight, c.out_channels, c.in_channels)
             }
@@ -167,7 +179,7 @@ impl Convolution<'_> {
                 blocked_direct::direct(
                     kernels,
                     values,
-                    (xs, layout),
+                    (xs, layout, c.groups),
                     weights,
                     out,
                     g,

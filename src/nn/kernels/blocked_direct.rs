@@ -67,7 +67,7 @@ pub(crate) fn pack_direct(weight: &[f32], o: usize, c: usize, kernel: [usize; 2]
 pub(crate) fn direct(
     kernels: Kernels,
     x: &[f32],
-    (xs, layout): (Blocked, InputLayout),
+    (xs, layout, groups): (Blocked, InputLayout, usize),
     weights: &[f32],
     out: usize,
     g: Window,
@@ -76,7 +76,8 @@ pub(crate) fn direct(
     threads: usize,
 ) {
     if g.padding == [0, 0] {
-        return unpadded(kernels, x, (xs, layout), weights, out, g, store, y, threads);
+        let xin = (xs, layout, groups);
+        return unpadded(kernels, x, xin, weights, out, g, store, y, threads);
     }
     assert!(x.len() == xs.n * layout.image_len(xs));
     let (padded, ps) = pad(x, xs, layout, g.padding);
@@ -89,7 +90,7 @@ pub(crate) fn direct(
     unpadded(
         kernels,
         values,
-        (ps, layout),
+        (ps, layout, groups),
         weights,
         out,
         g,
@@ -105,7 +106,7 @@ pub(crate) fn direct(
 fn unpadded(
     kernels: Kernels,
     x: &[f32],
-    (xs, layout): (Blocked, InputLayout),
+    (xs, layout, groups): (Blocked, InputLayout, usize),
     weights: &[f32],
     out: usize,
     g: Window,
@@ -122,7 +123,10 @@ fn unpadded(
     let (image, taps, ob) = (layout.image_len(xs), g.kernel[0] * g.kernel[1], ys.blocks());
     let plane = ys.h * ys.w * LANES;
     assert!([xs.h, xs.w] == g.size && x.len() == xs.n * image && y.len() == ys.len());
-    assert!(weights.len() == ob * xs.c * taps * LANES);
+    // With groups, each group's input and output channels are whole blocks.
+    let (gi, go) = (xs.c / groups.max(1), out / groups.max(1));
+    assert!(groups == 1 || (gi % LANES == 0 && go % LANES == 0 && gi * groups == xs.c));
+    assert!(weights.len() == ob * gi * taps * LANES);
     assert!(store.scale.len() == ob * LANES && store.shift.len() == ob * LANES);
     assert!(store.residual.is_none_or(|r| r.len() == y.len()));
     assert_eq!(g.padding, [0, 0], "the caller pads");
@@ -138,8 +142,8 @@ fn unpadded(
     // window's top left corner: the tiles then sum over one flat list of taps, as the
     // 1×1 kernel sums over channels.
     let pos = layout.channel(0, [xs.h, xs.w]).1;
-    let mut offsets = Vec::with_capacity(xs.c * taps);
-    for ci in 0..xs.c {
+    let mut offsets = Vec::with_capacity(gi * taps);
+    for ci in 0..gi {
         let at = layout.channel(ci, [xs.h, xs.w]).0;
         for r in 0..g.kernel[0] {
             for k in 0..g.kernel[1] {
@@ -155,6 +159,7 @@ fn unpadded(
             x: &x[n * image..][..image],
             layout,
             offsets,
+            group: (gi, go),
             weights,
             g,
             blocks: first..(first + run).min(ob),
@@ -175,6 +180,8 @@ struct DirectTask<'a> {
     layout: InputLayout,
     /// Each tap's input offset from the window's corner, `[C][kh][kw]`.
     offsets: &'a [usize],
+    /// Input and output channels per group.
+    group: (usize, usize),
     weights: &'a [f32],
     g: Window,
     blocks: std::ops::Range<usize>,
@@ -193,12 +200,17 @@ impl Kernel for DirectTask<'_> {
         assert!(self.y.len() == self.blocks.len() * plane);
         let mut b = self.blocks.start;
         while b < self.blocks.end {
-            let pair = b + 1 < self.blocks.end;
+            // A pair of blocks of the same group.
+            let (gi, go) = self.group;
+            let pair = b + 1 < self.blocks.end && (b + 1) * LANES / go == b * LANES / go;
+            // Where the group's input channels start.
+            let shift = self.layout.channel((b * LANES / go) * gi, self.g.size).0;
             let at = (b - self.blocks.start) * plane;
             let tile = Tile {
                 x: self.x.as_ptr(),
                 pos: self.layout.channel(0, self.g.size).1,
                 offsets: self.offsets,
+                shift,
                 w: self.weights.as_ptr(),
                 b,
                 g: self.g,
@@ -231,8 +243,11 @@ struct Tile<'a> {
     x: *const f32,
     /// The distance between neighbouring positions of the input.
     pos: usize,
-    /// Each tap's input offset from the window's corner, `[C][kh][kw]`.
+    /// Each tap's input offset from the window's corner, `[C][kh][kw]`, for the first
+    /// group.
     offsets: &'a [usize],
+    /// Where the group of blocks `b..b + B` starts, from the first group.
+    shift: usize,
     w: *const f32,
     b: usize,
     g: Window,
@@ -350,7 +365,7 @@ impl Tile<'_> {
         let (cols, pos) = (T / R, self.pos);
         let step = if STEP > 0 { STEP } else { sw * pos };
         // The window corners of the tile's first and last row.
-        let corner = |i: usize| ((oy + i) * sh * w + ox * sw) * pos;
+        let corner = |i: usize| self.shift + ((oy + i) * sh * w + ox * sw) * pos;
         let (first, second) = (corner(0), corner(R - 1));
         // SAFETY: the windows of the tile's outputs are inside the image.
         let acc = unsafe { self.sums::<S, B, T, R>(s, (first, second), cols, step) };
@@ -426,16 +441,20 @@ mod tests {
         // The stem (3 channels, stride 2), one channel, channels off the block, more
         // output blocks than a pair, maps smaller than a tile, no padding, 1×1 strided,
         // a rectangular kernel, a map 7 wide.
-        for (case, (n, c, o, [h, w], [kh, kw], st, pd)) in [
-            (2, 3, 32, [17, 19], [3, 3], 2, 1),
-            (1, 1, 8, [5, 30], [3, 3], 1, 1),
-            (1, 20, 40, [9, 9], [3, 3], 1, 1),
-            (2, 16, 48, [4, 3], [3, 3], 2, 1),
-            (1, 5, 16, [7, 7], [5, 5], 1, 0),
-            (1, 24, 20, [8, 8], [1, 1], 2, 0),
-            (1, 3, 17, [6, 11], [1, 3], 1, 1),
+        for (case, (n, c, o, [h, w], [kh, kw], st, pd, groups)) in [
+            (2, 3, 32, [17, 19], [3, 3], 2, 1, 1),
+            (1, 1, 8, [5, 30], [3, 3], 1, 1, 1),
+            (1, 20, 40, [9, 9], [3, 3], 1, 1, 1),
+            (2, 16, 48, [4, 3], [3, 3], 2, 1, 1),
+            (1, 5, 16, [7, 7], [5, 5], 1, 0, 1),
+            (1, 24, 20, [8, 8], [1, 1], 2, 0, 1),
+            (1, 3, 17, [6, 11], [1, 3], 1, 1, 1),
             // 7 wide: pairs of rows in one tile, and the odd row after them.
-            (2, 20, 24, [7, 7], [3, 3], 1, 1),
+            (2, 20, 24, [7, 7], [3, 3], 1, 1, 1),
+            // Groups of whole blocks: one block per group (RegNet), and two output
+            // blocks per group of one input block, stride 2.
+            (2, 48, 48, [7, 9], [3, 3], 1, 1, 3),
+            (1, 32, 64, [9, 8], [3, 3], 2, 1, 2),
         ]
         .into_iter()
         .enumerate()
@@ -458,11 +477,11 @@ mod tests {
             };
             let residual = (case % 2 == 0).then(|| values(n * o * ys.h * ys.w, 11));
             let x = values(n * c * h * w, 12);
-            let weight = values(o * c * kh * kw, 13);
+            let weight = values(o * (c / groups) * kh * kw, 13);
             let scale: Vec<f32> = values(o, 14).iter().map(|v| v + 1.0).collect();
             let shift = values(o, 15);
             let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
-            let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue);
+            let want = reference(&x, [n, c, h, w], &weight, o, groups, g, epilogue);
             let mut xb = vec![0.0; xs.len()];
             to_blocked(&x, xs, &mut xb);
             let rb = residual.as_ref().map(|r| {
@@ -470,7 +489,7 @@ mod tests {
                 to_blocked(r, ys, &mut rb);
                 rb
             });
-            let packed = pack_direct(&weight, o, c, [kh, kw]);
+            let packed = pack_direct(&weight, o, c / groups, [kh, kw]);
             let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
             let store = Store {
                 scale: &sc,
@@ -482,7 +501,7 @@ mod tests {
                 for (input, layout) in [(&x, InputLayout::Nchw), (&xb, InputLayout::Blocked)] {
                     for threads in [1, 2] {
                         let mut yb = vec![f32::NAN; ys.len()];
-                        let xin = (xs, layout);
+                        let xin = (xs, layout, groups);
                         direct(kernels, input, xin, &packed, o, g, store, &mut yb, threads);
                         let mut y = vec![0.0; want.len()];
                         from_blocked(&yb, ys, &mut y);
