@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
+use crate::nn::runtime::threads;
 use crate::nn::{recycle, serially, Sequential, Tensor2, Tensor4};
 use ndarray::Axis;
 use rayon::prelude::*;
@@ -64,6 +65,12 @@ impl Classifier {
     /// nobody observes it and the processor has vector kernels, else layer by layer on
     /// NCHW tensors.
     fn forward_whole(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
+        if Pass::available(probe) && threads() > 1 && rayon::current_thread_index().is_none() {
+            // The layers' fork-joins are cheap from a thread of the pool, and cost a
+            // wake-up and a wait each from outside it: the pass moves into the pool.
+            // (An unobserved probe at the top has nothing else to carry.)
+            return rayon::scope(|_| self.forward_whole(x, &mut Probe::none()));
+        }
         let Some(mut pass) = Pass::for_eval(probe) else {
             return self.net.forward_with(x, probe);
         };
@@ -119,7 +126,12 @@ impl Layer for Classifier {
 
     fn forward_with(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
         self.check_input(x)?;
-        let m = self.micro_batch(x);
+        let mut m = self.micro_batch(x);
+        if Pass::available(probe) {
+            // On blocks, a batch of at least one image per thread is split between the
+            // threads, each running whole networks alone: no fork-join per layer.
+            m = m.min(x.dim().0.div_ceil(threads()));
+        }
         if x.dim().0 > m && probe.schedule() == Schedule::Fused {
             return self.forward_in_micro_batches(x, m);
         }

@@ -100,10 +100,15 @@ impl<'p, 'o> Pass<'p, 'o> {
     /// kernels have no vector instruction set (the NCHW engine's products are faster
     /// there) or an observer is attached (it sees NCHW activations).
     pub(crate) fn for_eval(probe: &'p mut Probe<'o>) -> Option<Self> {
-        if probe.schedule() != crate::layer::Schedule::Fused {
+        if !Pass::available(probe) {
             return None;
         }
         Isa::current().kernels().map(|k| Pass::new(k, probe))
+    }
+
+    /// Whether [`Pass::for_eval`] gives a pass.
+    pub(crate) fn available(probe: &Probe<'_>) -> bool {
+        probe.schedule() == crate::layer::Schedule::Fused && Isa::current().kernels().is_some()
     }
 
     /// The kernels' instruction set.

@@ -115,19 +115,16 @@ pub(crate) fn winograd(
         activation: Activation::Identity,
         residual: None,
     };
+    // One task per ξ, each product on one thread: one fork-join for all sixteen.
     let per_xi = weights.len() / XI;
-    for xi in 0..XI {
-        pointwise(
-            kernels,
+    let products = m[..XI * ms.len()].chunks_mut(ms.len().max(1)).collect();
+    each_chunk(products, threads, |xi, mx| {
+        let (vx, wx) = (
             &v[xi * vs.len()..][..vs.len()],
-            vs,
             &weights[xi * per_xi..][..per_xi],
-            out,
-            plain,
-            &mut m[xi * ms.len()..][..ms.len()],
-            threads,
         );
-    }
+        pointwise(kernels, vx, vs, wx, out, plain, mx, 1)
+    });
     recycle_buffer(v);
     // Back to outputs, with the store.
     let plane_out = ho * wo * LANES;
