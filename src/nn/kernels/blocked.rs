@@ -181,18 +181,36 @@ pub(crate) fn pointwise(
     assert!(weights.len() == ob * cin * LANES);
     assert!(store.scale.len() == ob * LANES && store.shift.len() == ob * LANES);
     assert!(store.residual.is_none_or(|r| r.len() == y.len()));
-    // Tasks: an image's output blocks in runs, enough of them for every thread.
+    // Tasks: an image's output blocks in runs, enough of them for every thread; and
+    // when the runs alone do not give each thread two tasks (one image, few blocks),
+    // the positions in parts too.
     let per_image = if xs.n >= threads {
         1
     } else {
         (2 * threads).div_ceil(xs.n.max(1))
     };
     let run = ob.div_ceil(per_image).div_ceil(2) * 2;
-    let run = run.clamp(1, ob);
-    let tasks = ob.div_ceil(run);
-    let task = |i: usize, yt: &mut [f32]| {
-        let (n, first) = (i / tasks, (i % tasks) * run);
+    let run = run.clamp(1, ob.max(1));
+    let runs = ob.div_ceil(run);
+    let wanted = if threads > 1 && xs.n * runs < 2 * threads {
+        (2 * threads).div_ceil((xs.n * runs).max(1))
+    } else {
+        1
+    };
+    // Parts of whole register tiles, at least two of them each.
+    let part = hw.div_ceil(wanted).div_ceil(28).max(1) * 28;
+    let parts = hw.div_ceil(part).max(1);
+    let (yp, rp) = (
+        SharedOut(y.as_mut_ptr()),
+        store.residual.map(|r| SharedOut(r.as_ptr().cast_mut())),
+    );
+    each_index(xs.n * runs * parts, threads, |i| {
+        let (n, rest) = (i / (runs * parts), i % (runs * parts));
+        let (first, p0) = ((rest / parts) * run, (rest % parts) * part);
         let offset = (n * ob + first) * hw * LANES;
+        // SAFETY: the task's blocks of image `n` are inside `y` and the residual, of
+        // `y`'s shape.
+        let residual = rp.map(|r| unsafe { r.at(offset) }.cast_const());
         kernels.run(PointwiseTask {
             x: &x[n * cin * hw..][..cin * hw],
             hw,
@@ -200,17 +218,35 @@ pub(crate) fn pointwise(
             channels: xs.c,
             weights,
             blocks: first..(first + run).min(ob),
-            store: store.part(offset, yt.len()),
-            y: yt,
-        });
-    };
-    // The output of one image is `[ob][hw][16]`: a task's run of blocks is contiguous.
-    let mut chunks: Vec<&mut [f32]> = Vec::with_capacity(xs.n * tasks);
-    for yn in y.chunks_mut(ob * hw * LANES) {
-        chunks.extend(yn.chunks_mut(run * hw * LANES));
-    }
-    each_chunk(chunks, threads, task);
+            positions: p0..(p0 + part).min(hw),
+            store,
+            // SAFETY: the task's blocks of image `n` are inside `y`; the tasks write
+            // disjoint positions of them.
+            y: unsafe { yp.at(offset) },
+            residual,
+        })
+    });
 }
+
+/// A pointer that tasks write through, each to places of its own (or read through).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub *mut f32);
+
+impl SharedOut {
+    /// The pointer `offset` values on.
+    ///
+    /// # Safety
+    /// `offset` is inside the buffer.
+    pub(crate) unsafe fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: the users of `SharedOut` give each task places of its own to write.
+unsafe impl Sync for SharedOut {}
+// SAFETY: as above.
+unsafe impl Send for SharedOut {}
 
 /// Runs `task(i, chunk)` on every chunk, in parallel when there are several threads.
 pub(crate) fn each_chunk(
@@ -238,7 +274,8 @@ pub(crate) fn each_index(count: usize, threads: usize, task: impl Fn(usize) + Sy
     }
 }
 
-/// One image's output blocks `blocks` of [`pointwise`], as a [`Kernel`].
+/// One image's output blocks `blocks` at `positions` of [`pointwise`], as a
+/// [`Kernel`].
 struct PointwiseTask<'a> {
     /// The image, `[cin/16][hw][16]`.
     x: &'a [f32],
@@ -248,10 +285,14 @@ struct PointwiseTask<'a> {
     channels: usize,
     weights: &'a [f32],
     blocks: std::ops::Range<usize>,
-    /// Its residual, if any, is sliced as `y`.
+    positions: std::ops::Range<usize>,
+    /// Its residual is not read: `residual` is.
     store: Store<'a>,
-    /// The output blocks `blocks`, `[blocks.len()][hw][16]`.
-    y: &'a mut [f32],
+    /// Output block `blocks.start` of the image, `[blocks.len()][hw][16]` from it; the
+    /// task writes `positions` of each of its blocks.
+    y: *mut f32,
+    /// The same place of the residual.
+    residual: Option<*const f32>,
 }
 
 impl Kernel for PointwiseTask<'_> {
@@ -266,10 +307,12 @@ impl Kernel for PointwiseTask<'_> {
             channels,
             weights,
             blocks,
+            positions: range,
             store,
             y,
+            residual,
         } = self;
-        assert!(y.len() == blocks.len() * hw * LANES && x.len() == cin * hw);
+        assert!(x.len() == cin * hw && range.end <= hw);
         let mut c0 = 0;
         // Passes over the channels that are not padding; at least one, so that an
         // image of no channel still gets its store.
@@ -283,12 +326,12 @@ impl Kernel for PointwiseTask<'_> {
             let mut b = blocks.start;
             while b < blocks.end {
                 let pair = b + 1 < blocks.end;
-                // SAFETY: `b` (and `b + 1` for a pair) are output blocks of `y` and of
-                // the weights; the positions are those of the image.
+                // SAFETY: `b` (and `b + 1` for a pair) are output blocks of the task and
+                // of the weights; the positions are the task's, of the image.
                 unsafe {
                     let at = (b - blocks.start) * hw * LANES;
-                    let yb = y.as_mut_ptr().add(at);
-                    let rb = store.residual.map(|r| r.as_ptr().add(at));
+                    let yb = y.add(at);
+                    let rb = residual.map(|r| r.add(at));
                     let args = (
                         x.as_ptr(),
                         hw,
@@ -299,11 +342,12 @@ impl Kernel for PointwiseTask<'_> {
                         store,
                         (yb, rb),
                     );
+                    let range = range.clone();
                     match (pair, S::PIXELS >= 28) {
-                        (true, true) => positions::<S, 2, 14>(s, args),
-                        (true, false) => positions::<S, 2, 3>(s, args),
-                        (false, true) => positions::<S, 1, 14>(s, args),
-                        (false, false) => positions::<S, 1, 3>(s, args),
+                        (true, true) => positions::<S, 2, 14>(s, args, range),
+                        (true, false) => positions::<S, 2, 3>(s, args, range),
+                        (false, true) => positions::<S, 1, 14>(s, args, range),
+                        (false, false) => positions::<S, 1, 3>(s, args, range),
                     }
                 }
                 b += if pair { 2 } else { 1 };
@@ -334,20 +378,23 @@ type PointwiseArgs<'a> = (
     (*mut f32, Option<*const f32>),
 );
 
-/// Every position of the image for output blocks `b..b + B`, `T` positions at a time,
-/// the rest in blocks of 8, 4, 2 and 1 (a block may not overlap the one before: later
-/// passes add to what earlier ones stored).
+/// The positions `range` of the image for output blocks `b..b + B`, `T` positions at a
+/// time, the rest in blocks of 8, 4, 2 and 1 (a block may not overlap the one before:
+/// later passes add to what earlier ones stored).
 ///
 /// # Safety
-/// As [`tile`], for every position of the image.
+/// As [`tile`], for every position of `range`.
 #[inline(always)]
-unsafe fn positions<S: Simd, const B: usize, const T: usize>(s: S, args: PointwiseArgs<'_>) {
+unsafe fn positions<S: Simd, const B: usize, const T: usize>(
+    s: S,
+    args: PointwiseArgs<'_>,
+    range: std::ops::Range<usize>,
+) {
     // SAFETY: the caller's contract, passed on to `tile`.
     unsafe {
-        let hw = args.1;
-        let mut p = 0;
-        while p < hw {
-            let left = hw - p;
+        let mut p = range.start;
+        while p < range.end {
+            let left = range.end - p;
             let step = if left >= T {
                 tile::<S, B, T>(s, args, p);
                 T

@@ -9,7 +9,8 @@
 //! 3. Each tile's sixteen products are transformed back, `Y = Aᵀ M A`, into its 2 × 2
 //!    outputs, and the store (scale, shift, residual, activation) is applied to them.
 
-use super::blocked::{activate_stored, each_chunk, each_index, finish, pointwise, Blocked, Store};
+use super::blocked::{activate_stored, each_chunk, each_index, finish, pointwise, Blocked};
+use super::blocked::{SharedOut, Store};
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::{buffer, recycle_buffer, Activation};
 
@@ -146,27 +147,6 @@ pub(crate) fn winograd(
     each_chunk(y.chunks_mut(plane_out.max(1)).collect(), threads, task);
     recycle_buffer(m);
 }
-
-/// A pointer the tasks of [`winograd`]'s input transform write through, each to places
-/// of its own.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-impl SharedOut {
-    /// The pointer `offset` values on.
-    ///
-    /// # Safety
-    /// `offset` is inside the buffer.
-    unsafe fn at(&self, offset: usize) -> *mut f32 {
-        // SAFETY: the caller's contract.
-        unsafe { self.0.add(offset) }
-    }
-}
-
-// SAFETY: the tasks write disjoint places (see `winograd`).
-unsafe impl Sync for SharedOut {}
-// SAFETY: as above.
-unsafe impl Send for SharedOut {}
 
 /// The tiles of an output: `rows × cols` tiles of 2 × 2 outputs, read from the input
 /// `padding` before the output's corner.

@@ -12,7 +12,7 @@ type Tensor4 = Array4<f32>;
 use std::cell::RefCell;
 
 /// Recycled buffers kept per thread, at most.
-const KEPT: usize = 4;
+const KEPT: usize = 8;
 
 /// Buffers kept per thread whatever their size; the others only while all the kept
 /// buffers together stay under [`KEPT_BYTES`]. Four buffers cover a residual block's
@@ -23,6 +23,9 @@ const KEPT_ANY_SIZE: usize = 2;
 
 /// See [`KEPT_ANY_SIZE`].
 const KEPT_BYTES: usize = 64 << 20;
+
+/// A recycled buffer goes to a tensor at most this many times smaller.
+const WASTE: usize = 4;
 
 thread_local! {
     static BUFFERS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -53,16 +56,18 @@ pub(crate) fn overwritten(shape: (usize, usize, usize, usize)) -> Tensor4 {
 /// tensor left; zeros where it had to grow.
 pub(crate) fn buffer(len: usize) -> Vec<f32> {
     let recycled = BUFFERS.with_borrow_mut(|buffers| {
-        // The smallest buffer that fits without zeroing; else the largest, to grow.
+        // The smallest buffer that fits without zeroing; else the largest, to grow. Not
+        // one more than `WASTE` times too large: a small tensor that is dropped rather
+        // than recycled (a squeeze-excitation's gates) would take a large buffer away.
         let fits = buffers
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.len() >= len)
+            .filter(|(_, b)| b.len() >= len && b.len() <= WASTE * len)
             .min_by_key(|(_, b)| b.len())
             .map(|(i, _)| i);
         let best = fits.or_else(|| {
             (0..buffers.len())
-                .filter(|&i| buffers[i].capacity() >= len)
+                .filter(|&i| buffers[i].capacity() >= len && buffers[i].len() <= WASTE * len)
                 .max_by_key(|&i| buffers[i].len())
         })?;
         Some(buffers.swap_remove(best))
@@ -98,4 +103,28 @@ pub(crate) fn recycle_buffer(data: Vec<f32>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_tensor_does_not_take_a_large_buffer() {
+        // On a thread of its own: the pool is per thread.
+        std::thread::spawn(|| {
+            let large = buffer(1 << 20);
+            let address = large.as_ptr();
+            recycle_buffer(large);
+            // A tensor a hundred times smaller gets fresh memory, and the large buffer
+            // stays for the next large tensor.
+            let small = buffer(1 << 13);
+            assert_ne!(small.as_ptr(), address);
+            let again = buffer(1 << 19);
+            assert_eq!(again.as_ptr(), address, "the large buffer was kept");
+            assert!(again.len() >= 1 << 19);
+        })
+        .join()
+        .unwrap();
+    }
 }
