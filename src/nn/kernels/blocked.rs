@@ -808,6 +808,13 @@ pub(crate) mod tests {
         y
     }
 
+    /// `v` (NCHW of shape `s`) in blocks.
+    pub(crate) fn blocks(v: &[f32], s: Blocked) -> Vec<f32> {
+        let mut b = vec![0.0; s.len()];
+        to_blocked(v, s, &mut b);
+        b
+    }
+
     pub(crate) fn padded_to_blocks(v: &[f32], c: usize) -> Vec<f32> {
         let mut p = v.to_vec();
         p.resize(c.div_ceil(LANES) * LANES, 0.0);
@@ -875,14 +882,8 @@ pub(crate) mod tests {
             let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
             let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue);
             let xs = Blocked { n, c, h, w };
-            let mut xb = vec![0.0; xs.len()];
-            to_blocked(&x, xs, &mut xb);
             let ys = Blocked { c: o, ..xs };
-            let rb = residual.as_ref().map(|r| {
-                let mut rb = vec![0.0; ys.len()];
-                to_blocked(r, ys, &mut rb);
-                rb
-            });
+            let (xb, rb) = (blocks(&x, xs), residual.as_ref().map(|r| blocks(r, ys)));
             let packed = pack_pointwise(&weight, o, c);
             let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
             for kernels in every_kernels() {

@@ -430,8 +430,8 @@ fn pad(x: &[f32], xs: Blocked, layout: InputLayout, [ph, pw]: [usize; 2]) -> (Ve
 
 #[cfg(test)]
 mod tests {
-    use super::super::blocked::tests::{close, padded_to_blocks, reference, values};
-    use super::super::blocked::{from_blocked, to_blocked};
+    use super::super::blocked::from_blocked;
+    use super::super::blocked::tests::{blocks, close, padded_to_blocks, reference, values};
     use super::*;
     use crate::nn::kernels::every_kernels;
     use crate::nn::runtime::Activation;
@@ -482,13 +482,7 @@ mod tests {
             let shift = values(o, 15);
             let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
             let want = reference(&x, [n, c, h, w], &weight, o, groups, g, epilogue);
-            let mut xb = vec![0.0; xs.len()];
-            to_blocked(&x, xs, &mut xb);
-            let rb = residual.as_ref().map(|r| {
-                let mut rb = vec![0.0; ys.len()];
-                to_blocked(r, ys, &mut rb);
-                rb
-            });
+            let (xb, rb) = (blocks(&x, xs), residual.as_ref().map(|r| blocks(r, ys)));
             let packed = pack_direct(&weight, o, c / groups, [kh, kw]);
             let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
             let store = Store {

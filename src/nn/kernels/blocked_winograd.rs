@@ -309,8 +309,8 @@ fn transform_out<S: Simd>(s: S, m: [S::V; 16]) -> [S::V; 4] {
 
 #[cfg(test)]
 mod tests {
-    use super::super::blocked::tests::{close, padded_to_blocks, reference, values};
-    use super::super::blocked::{from_blocked, to_blocked, Window};
+    use super::super::blocked::tests::{blocks, close, padded_to_blocks, reference, values};
+    use super::super::blocked::{from_blocked, Window};
     use super::*;
     use crate::nn::kernels::every_kernels;
 
@@ -351,13 +351,7 @@ mod tests {
             let shift = values(o, 35);
             let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
             let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue);
-            let mut xb = vec![0.0; xs.len()];
-            to_blocked(&x, xs, &mut xb);
-            let rb = residual.as_ref().map(|r| {
-                let mut rb = vec![0.0; ys.len()];
-                to_blocked(r, ys, &mut rb);
-                rb
-            });
+            let (xb, rb) = (blocks(&x, xs), residual.as_ref().map(|r| blocks(r, ys)));
             let packed = pack_winograd(&weight, o, c);
             let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
             let store = Store {
