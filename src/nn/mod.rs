@@ -20,7 +20,10 @@
 //! - the layers above: what each computes, its parameters and its taps;
 //! - a convolution engine: which way each call computes (Winograd or direct image
 //!   kernels; plain, shifted or im2col products on faer) — one pure function of the
-//!   configuration, the input's shape and the instruction set of [`crate::cpu`];
+//!   configuration, the input's shape and the instruction set of [`crate::cpu`]. An
+//!   unobserved eval pass of a bundled network runs on channel-blocked activations
+//!   instead (`docs/engine.md`): each layer's blocked form, its input in blocks of
+//!   sixteen channels, reorders only around layers without one;
 //! - the image kernels, written once over sixteen lanes and compiled for AVX-512,
 //!   AVX2 + FMA and NEON (the crate's only `unsafe` code);
 //! - a runtime: the per-thread activation pool, how many threads a layer may use, and
