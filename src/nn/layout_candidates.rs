@@ -90,8 +90,9 @@ fn vector_kernels() -> Result<Kernels> {
         .ok_or_else(|| Error::invalid("level", "the blocked kernels need a vector level"))
 }
 
-/// A 1×1 stride-1 or depthwise convolution with its weights packed for the blocked
-/// kernels, and a per-channel `relu?(y·scale + shift)` fused into the store.
+/// A convolution with its weights packed for the blocked kernel the engine would pick
+/// (1×1, depthwise, direct or Winograd), and a per-channel `relu?(y·scale + shift)`
+/// fused into the store.
 #[derive(Debug, Clone)]
 pub struct BlockedConv {
     config: Conv2dConfig,
