@@ -103,8 +103,8 @@ pub struct BlockedConv {
 
 impl BlockedConv {
     /// Packs `weight` (`[out, in / groups, kh, kw]`); `scale` and `shift` per output
-    /// channel. The configuration must have one group, or be depthwise (groups = in =
-    /// out), and no dilation.
+    /// channel. The configuration must have one group, groups of whole blocks of 16
+    /// channels, or be depthwise (groups = in = out), and no dilation.
     pub fn new(
         config: Conv2dConfig,
         weight: &[f32],

@@ -808,6 +808,50 @@ pub(crate) mod tests {
         y
     }
 
+    /// A test's epilogue: per output channel a scale around 1 and a shift (from
+    /// `seeds`), and an NCHW residual of the output's shape, if any; as the reference
+    /// and as the kernels' store take them.
+    pub(crate) struct TestEpilogue {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        residual: Option<Vec<f32>>,
+        /// Scale and shift padded to whole blocks, and the residual in blocks.
+        store: (Vec<f32>, Vec<f32>, Option<Vec<f32>>),
+    }
+
+    impl TestEpilogue {
+        pub(crate) fn new(ys: Blocked, seeds: (u32, u32), residual: Option<Vec<f32>>) -> Self {
+            let scale: Vec<f32> = values(ys.c, seeds.0).iter().map(|v| v + 1.0).collect();
+            let shift = values(ys.c, seeds.1);
+            let store = (
+                padded_to_blocks(&scale, ys.c),
+                padded_to_blocks(&shift, ys.c),
+                residual.as_ref().map(|r| blocks(r, ys)),
+            );
+            TestEpilogue {
+                scale,
+                shift,
+                residual,
+                store,
+            }
+        }
+
+        /// As [`reference`] takes it, with the activation `f`.
+        pub(crate) fn reference(&self, f: Activation) -> Epilogue<'_> {
+            (&self.scale, &self.shift, f, self.residual.as_deref())
+        }
+
+        /// As the kernels take it, with the activation `f`.
+        pub(crate) fn store(&self, f: Activation) -> Store<'_> {
+            Store {
+                scale: &self.store.0,
+                shift: &self.store.1,
+                activation: f,
+                residual: self.store.2.as_deref(),
+            }
+        }
+    }
+
     /// `v` (NCHW of shape `s`) in blocks.
     pub(crate) fn blocks(v: &[f32], s: Blocked) -> Vec<f32> {
         let mut b = vec![0.0; s.len()];
@@ -870,8 +914,6 @@ pub(crate) mod tests {
             let residual = (case % 2 == 1).then(|| values(n * o * h * w, 10));
             let x = values(n * c * h * w, 2);
             let weight = values(o * c, 3);
-            let scale: Vec<f32> = values(o, 4).iter().map(|v| v + 1.0).collect();
-            let shift = values(o, 5);
             let g = Window {
                 kernel: [1, 1],
                 stride: [1, 1],
@@ -879,22 +921,16 @@ pub(crate) mod tests {
                 size: [h, w],
                 out_size: [h, w],
             };
-            let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
-            let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue);
             let xs = Blocked { n, c, h, w };
             let ys = Blocked { c: o, ..xs };
-            let (xb, rb) = (blocks(&x, xs), residual.as_ref().map(|r| blocks(r, ys)));
+            let epilogue = TestEpilogue::new(ys, (4, 5), residual);
+            let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue.reference(f));
+            let xb = blocks(&x, xs);
             let packed = pack_pointwise(&weight, o, c);
-            let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
             for kernels in every_kernels() {
                 for threads in [1, 2] {
                     let mut yb = vec![f32::NAN; ys.len()];
-                    let store = Store {
-                        scale: &sc,
-                        shift: &sf,
-                        activation: f,
-                        residual: rb.as_deref(),
-                    };
+                    let store = epilogue.store(f);
                     pointwise(kernels, &xb, xs, &packed, o, store, &mut yb, threads);
                     let mut y = vec![0.0; want.len()];
                     from_blocked(&yb, ys, &mut y);
@@ -930,25 +966,16 @@ pub(crate) mod tests {
             };
             let x = values(n * c * h * w, 6);
             let weight = values(c * k * k, 7);
-            let scale: Vec<f32> = values(c, 8).iter().map(|v| v + 1.0).collect();
-            let shift = values(c, 9);
+            let xs = Blocked { n, c, h, w };
+            let ys = Blocked { h: ho, w: wo, ..xs };
+            let epilogue = TestEpilogue::new(ys, (8, 9), None);
             for f in [Activation::Identity, Activation::Relu6, Activation::Silu] {
-                let epilogue = (&scale[..], &shift[..], f, None);
-                let want = reference(&x, [n, c, h, w], &weight, c, c, g, epilogue);
-                let xs = Blocked { n, c, h, w };
-                let mut xb = vec![0.0; xs.len()];
-                to_blocked(&x, xs, &mut xb);
+                let want = reference(&x, [n, c, h, w], &weight, c, c, g, epilogue.reference(f));
+                let xb = blocks(&x, xs);
                 let packed = pack_depthwise(&weight, c, [k, k]);
-                let (sc, sf) = (padded_to_blocks(&scale, c), padded_to_blocks(&shift, c));
-                let ys = Blocked { h: ho, w: wo, ..xs };
                 for kernels in every_kernels() {
                     let mut yb = vec![f32::NAN; ys.len()];
-                    let store = Store {
-                        scale: &sc,
-                        shift: &sf,
-                        activation: f,
-                        residual: None,
-                    };
+                    let store = epilogue.store(f);
                     depthwise(kernels, &xb, xs, &packed, g, store, &mut yb, 2);
                     let mut y = vec![0.0; want.len()];
                     from_blocked(&yb, ys, &mut y);

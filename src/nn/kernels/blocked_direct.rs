@@ -431,7 +431,7 @@ fn pad(x: &[f32], xs: Blocked, layout: InputLayout, [ph, pw]: [usize; 2]) -> (Ve
 #[cfg(test)]
 mod tests {
     use super::super::blocked::from_blocked;
-    use super::super::blocked::tests::{blocks, close, padded_to_blocks, reference, values};
+    use super::super::blocked::tests::{blocks, close, reference, values, TestEpilogue};
     use super::*;
     use crate::nn::kernels::every_kernels;
     use crate::nn::runtime::Activation;
@@ -478,19 +478,19 @@ mod tests {
             let residual = (case % 2 == 0).then(|| values(n * o * ys.h * ys.w, 11));
             let x = values(n * c * h * w, 12);
             let weight = values(o * (c / groups) * kh * kw, 13);
-            let scale: Vec<f32> = values(o, 14).iter().map(|v| v + 1.0).collect();
-            let shift = values(o, 15);
-            let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
-            let want = reference(&x, [n, c, h, w], &weight, o, groups, g, epilogue);
-            let (xb, rb) = (blocks(&x, xs), residual.as_ref().map(|r| blocks(r, ys)));
+            let epilogue = TestEpilogue::new(ys, (14, 15), residual);
+            let want = reference(
+                &x,
+                [n, c, h, w],
+                &weight,
+                o,
+                groups,
+                g,
+                epilogue.reference(f),
+            );
+            let xb = blocks(&x, xs);
             let packed = pack_direct(&weight, o, c / groups, [kh, kw]);
-            let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
-            let store = Store {
-                scale: &sc,
-                shift: &sf,
-                activation: f,
-                residual: rb.as_deref(),
-            };
+            let store = epilogue.store(f);
             for kernels in every_kernels() {
                 for (input, layout) in [(&x, InputLayout::Nchw), (&xb, InputLayout::Blocked)] {
                     for threads in [1, 2] {

@@ -309,7 +309,7 @@ fn transform_out<S: Simd>(s: S, m: [S::V; 16]) -> [S::V; 4] {
 
 #[cfg(test)]
 mod tests {
-    use super::super::blocked::tests::{blocks, close, padded_to_blocks, reference, values};
+    use super::super::blocked::tests::{blocks, close, reference, values, TestEpilogue};
     use super::super::blocked::{from_blocked, Window};
     use super::*;
     use crate::nn::kernels::every_kernels;
@@ -347,19 +347,11 @@ mod tests {
             let residual = (case % 2 == 0).then(|| values(n * o * ho * wo, 31));
             let x = values(n * c * h * w, 32);
             let weight = values(o * c * 9, 33);
-            let scale: Vec<f32> = values(o, 34).iter().map(|v| v + 1.0).collect();
-            let shift = values(o, 35);
-            let epilogue = (&scale[..], &shift[..], f, residual.as_deref());
-            let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue);
-            let (xb, rb) = (blocks(&x, xs), residual.as_ref().map(|r| blocks(r, ys)));
+            let epilogue = TestEpilogue::new(ys, (34, 35), residual);
+            let want = reference(&x, [n, c, h, w], &weight, o, 1, g, epilogue.reference(f));
+            let xb = blocks(&x, xs);
             let packed = pack_winograd(&weight, o, c);
-            let (sc, sf) = (padded_to_blocks(&scale, o), padded_to_blocks(&shift, o));
-            let store = Store {
-                scale: &sc,
-                shift: &sf,
-                activation: f,
-                residual: rb.as_deref(),
-            };
+            let store = epilogue.store(f);
             for kernels in every_kernels() {
                 for threads in [1, 2] {
                     let mut yb = vec![f32::NAN; ys.len()];
