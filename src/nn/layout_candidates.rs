@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::nn::engine::blocked::BlockedKind;
 use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
 use crate::nn::kernels::blocked_direct::{self, InputLayout};
-use crate::nn::kernels::blocked_sparse::{sparse_pointwise, SparseRows};
+use crate::nn::kernels::blocked_sparse::{sparse_conv, SparseConv, SparseShape};
 use crate::nn::kernels::blocked_winograd;
 use crate::nn::kernels::{Isa, Kernels, LANES};
 use crate::nn::{Activation, Conv2dConfig};
@@ -32,6 +32,15 @@ pub fn from_blocked(x: &[f32], [n, c, h, w]: [usize; 4], y: &mut [f32]) -> Resul
     check_len("y", y.len(), n * c * h * w)?;
     blocked::from_blocked(x, s, y);
     Ok(())
+}
+
+/// The output size of `c` for an `h × w` input.
+fn output_size(c: &Conv2dConfig, h: usize, w: usize) -> Option<(usize, usize)> {
+    let axis = |size: usize, a: usize| {
+        let padded = size + 2 * c.padding[a];
+        (padded >= c.kernel[a]).then(|| (padded - c.kernel[a]) / c.stride[a] + 1)
+    };
+    Some((axis(h, 0)?, axis(w, 1)?))
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -147,12 +156,7 @@ impl BlockedConv {
 
     /// The output size for an `h × w` input.
     pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let c = &self.config;
-        let axis = |size: usize, a: usize| {
-            let padded = size + 2 * c.padding[a];
-            (padded >= c.kernel[a]).then(|| (padded - c.kernel[a]) / c.stride[a] + 1)
-        };
-        Some((axis(h, 0)?, axis(w, 1)?))
+        output_size(&self.config, h, w)
     }
 
     /// Convolves `x` (blocked `[n, in, h, w]`) into `y` (blocked `[n, out, ho, wo]`)
@@ -205,17 +209,18 @@ impl BlockedConv {
     }
 }
 
-/// A 1×1 stride-1 convolution with its non-zero weights in compressed rows, on blocked
+/// A convolution with its non-zero weights packed for the sparse kernel, on blocked
 /// activations (position tiles transposed into lanes), the store fused.
 #[derive(Debug, Clone)]
 pub struct SparseBlockedConv {
-    rows: SparseRows,
+    config: Conv2dConfig,
+    packed: SparseConv,
     store: OwnedStore,
 }
 
 impl SparseBlockedConv {
-    /// Keeps the non-zeros of `weight` (`[out, in, 1, 1]`); `scale` and `shift` per
-    /// output channel.
+    /// Keeps the non-zeros of `weight` (`[out, in / groups, kh, kw]`); `scale` and
+    /// `shift` per output channel.
     pub fn new(
         config: Conv2dConfig,
         weight: &[f32],
@@ -224,21 +229,32 @@ impl SparseBlockedConv {
         relu: bool,
     ) -> Result<Self> {
         config.validate()?;
-        if BlockedKind::of(&config) != Some(BlockedKind::Pointwise) {
+        if config.dilation != [1, 1] {
             return Err(Error::invalid(
                 "config",
-                "the sparse blocked kernel computes 1x1 stride-1 convolutions",
+                "the sparse blocked kernel has no dilation",
             ));
         }
-        let (o, c) = (config.out_channels, config.in_channels);
-        check_len("weight", weight.len(), o * c)?;
+        let (o, c, [kh, kw]) = (config.out_channels, config.in_channels, config.kernel);
+        check_len("weight", weight.len(), o * c / config.groups * kh * kw)?;
+        let shape = SparseShape {
+            out: o,
+            inputs: c,
+            groups: config.groups,
+            kernel: config.kernel,
+            stride: config.stride,
+            padding: config.padding,
+        };
+        let packed = SparseConv::new(weight, shape)
+            .ok_or_else(|| Error::invalid("config", "too large for the sparse kernel"))?;
         Ok(SparseBlockedConv {
-            rows: SparseRows::new(weight, o, c),
+            config,
+            packed,
             store: OwnedStore::new(scale, shift, relu, o)?,
         })
     }
 
-    /// Convolves `x` (blocked `[n, in, h, w]`) into `y` (blocked `[n, out, h, w]`).
+    /// Convolves `x` (blocked `[n, in, h, w]`) into `y` (blocked `[n, out, ho, wo]`).
     pub fn run(
         &self,
         x: &[f32],
@@ -246,16 +262,21 @@ impl SparseBlockedConv {
         y: &mut [f32],
         threads: usize,
     ) -> Result<()> {
+        let c = &self.config;
         let xs = Blocked {
             n,
-            c: self.rows.inputs,
+            c: c.in_channels,
             h,
             w,
         };
+        let (ho, wo) =
+            output_size(c, h, w).ok_or_else(|| Error::invalid("x", "smaller than the kernel"))?;
         check_len("x", x.len(), xs.len())?;
-        check_len("y", y.len(), blocked_len(n, self.rows.out, h, w))?;
+        check_len("y", y.len(), blocked_len(n, c.out_channels, ho, wo))?;
         let (kernels, store) = (vector_kernels()?, self.store.view());
-        sparse_pointwise(kernels, x, xs, &self.rows, store, y, threads);
+        if !sparse_conv(kernels, x, xs, &self.packed, [ho, wo], store, y, threads) {
+            return Err(Error::invalid("x", "not finite, or too large"));
+        }
         Ok(())
     }
 }

@@ -33,6 +33,7 @@
 //!
 //! [`Layer`]: crate::layer::Layer
 
+pub use engine::sparse::{set_sparse_policy, sparse_policy, SparseChoice, SparsePolicy};
 pub use layers::{AdaptiveAvgPool2d, AnyTensor, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 pub use layers::{Dropout, Flatten, Identity, Linear, MaxPool2d, Rank, Residual, Sequential};
 pub use layers::{SqueezeExcitation, StochasticDepth, Tensor2, Tensor4};

@@ -1,11 +1,13 @@
 //! Convolutions on channel-blocked activations: which blocked kernel computes a
 //! convolution, its weights packed once for it, and the call.
 
+use super::sparse::{sparse_policy, Choice, SparsePolicy};
 use super::{Convolution, Epilogue};
 use crate::nn::blocked::BlockedTensor;
 use crate::nn::engine::Conv2dConfig;
 use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
 use crate::nn::kernels::blocked_direct::{self, InputLayout};
+use crate::nn::kernels::blocked_sparse::sparse_conv;
 use crate::nn::kernels::blocked_winograd;
 use crate::nn::kernels::{Kernels, LANES};
 use crate::nn::runtime::threads;
@@ -108,9 +110,10 @@ impl Convolution<'_> {
     }
 
     /// The convolution of `x` by `kind`'s kernel, with `epilogue` (and the bias) and
-    /// `residual` (added before the activation) applied as it stores. The caller has
-    /// checked the shapes: `x`'s channels, an output of `out_size`, and the residual's
-    /// shape, that of the output.
+    /// `residual` (added before the activation) applied as it stores; or by the sparse
+    /// kernel, as the [`SparsePolicy`] in force and the measurements decide. The
+    /// caller has checked the shapes: `x`'s channels, an output of `out_size`, and the
+    /// residual's shape, that of the output.
     pub(crate) fn run_blocked(
         &self,
         kind: BlockedKind,
@@ -140,12 +143,58 @@ impl Convolution<'_> {
             activation: epilogue.activation,
             residual: residual.map(BlockedTensor::values),
         };
+        let dense = || self.run_dense(kind, x, ys, store, kernels);
+        let policy = sparse_policy();
+        let form = &self.rearranged.sparse;
+        let (BlockedInput::Blocked(b), Some(packed)) = (x, form.packed(c, self.weight, policy))
+        else {
+            return dense();
+        };
+        let sparse = || {
+            let mut y = BlockedTensor::overwritten(ys);
+            let (values, threads) = (b.values(), threads());
+            sparse_conv(
+                kernels,
+                values,
+                xs,
+                packed,
+                out_size,
+                store,
+                y.values_mut(),
+                threads,
+            )
+            .then_some(y)
+        };
+        if policy == SparsePolicy::Always {
+            return sparse().unwrap_or_else(dense);
+        }
+        let key = [n, h, w, threads()];
+        match form.choice(key) {
+            Some(Choice::Sparse) => sparse().unwrap_or_else(dense),
+            Some(Choice::Dense) => dense(),
+            None => form.measure(key, dense, sparse),
+        }
+    }
+
+    /// [`Convolution::run_blocked`] on `kind`'s dense kernel, into an output of shape
+    /// `ys`.
+    fn run_dense(
+        &self,
+        kind: BlockedKind,
+        x: BlockedInput<'_>,
+        ys: Blocked,
+        store: Store<'_>,
+        kernels: Kernels,
+    ) -> BlockedTensor {
+        let c = self.config;
+        let [n, ci, h, w] = x.dims();
+        let xs = Blocked { n, c: ci, h, w };
         let g = Window {
             kernel: c.kernel,
             stride: c.stride,
             padding: c.padding,
             size: [h, w],
-            out_size,
+            out_size: [ys.h, ys.w],
         };
         let weights = self.blocked_weights(kind);
         let mut y = BlockedTensor::overwritten(ys);

@@ -13,6 +13,7 @@ mod depthwise;
 pub(crate) mod gemm;
 mod gemm_paths;
 pub(crate) mod path;
+pub(crate) mod sparse;
 
 pub use config::Conv2dConfig;
 pub(crate) use path::{ConvPath, Shapes};
@@ -36,6 +37,15 @@ pub(crate) struct Rearranged {
     winograd: OnceLock<Vec<f32>>,
     /// As the blocked kernel of the convolution's kind reads them.
     blocked: OnceLock<Vec<f32>>,
+    /// The non-zeros, for the sparse kernel, and where it was measured faster.
+    sparse: sparse::SparseForm,
+}
+
+impl Rearranged {
+    /// The choices between the dense and sparse kernels measured so far.
+    pub(crate) fn sparse_choices(&self) -> Vec<sparse::SparseChoice> {
+        self.sparse.choices()
+    }
 }
 
 /// What to do to each output plane right after the product: `v = (v + bias)·scale +

@@ -113,6 +113,14 @@ impl Conv2d {
         self.engine().maps_input_as_read(Isa::current())
     }
 
+    /// The choices this convolution measured between its dense and sparse kernels
+    /// (under [`crate::nn::SparsePolicy::Measured`], for each input size it ran on
+    /// blocked activations), in the order measured; empty for a layer more than half
+    /// dense, or not yet run. Changing the weights forgets them.
+    pub fn sparse_choices(&self) -> Vec<crate::nn::SparseChoice> {
+        self.rearranged.sparse_choices()
+    }
+
     /// Drops the rearranged copies of the weights, which no longer match them.
     fn weights_changed(&mut self) {
         self.rearranged = Rearranged::default();

@@ -1,0 +1,325 @@
+//! Which pruned convolutions run on the sparse kernel ([`crate::nn::kernels::blocked_sparse`]):
+//! the process-wide [`SparsePolicy`], and each convolution's sparse form and the
+//! choices it measured.
+//!
+//! Under the default policy, [`SparsePolicy::Measured`], a convolution with at most
+//! half of its weights non-zero times its dense and its sparse kernels the first time
+//! it runs on an input of a new size (with as many threads), and keeps the faster one
+//! for that size: a pruned layer is never slower than dense by more than the timing's
+//! noise, and a dense checkpoint never pays for the measurement.
+
+use crate::nn::kernels::blocked_sparse::{SparseConv, SparseShape};
+use crate::nn::Conv2dConfig;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// When pruned convolutions run on the sparse kernel.
+///
+/// The sparse kernel multiplies only the non-zero weights. It computes the same sums
+/// as the dense kernels up to rounding (within 1e-5 relative); an input with a NaN
+/// or an infinity always runs dense, so that it reaches every output it would reach
+/// there.
+///
+/// ```
+/// use reflow::nn::{set_sparse_policy, sparse_policy, SparsePolicy};
+///
+/// assert_eq!(sparse_policy(), SparsePolicy::Measured);
+/// set_sparse_policy(SparsePolicy::Never); // e.g. to time the dense network
+/// assert_eq!(sparse_policy(), SparsePolicy::Never);
+/// set_sparse_policy(SparsePolicy::Measured);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SparsePolicy {
+    /// A convolution with at most half of its weights non-zero times both kernels on
+    /// the first input of each size and keeps the faster (the default).
+    Measured,
+    /// Dense kernels only.
+    Never,
+    /// The sparse kernel wherever it applies, however dense the weights (for tests and
+    /// benchmarks).
+    Always,
+}
+
+impl SparsePolicy {
+    const ALL: [SparsePolicy; 3] = [
+        SparsePolicy::Measured,
+        SparsePolicy::Never,
+        SparsePolicy::Always,
+    ];
+
+    /// `measured`, `never` or `always`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SparsePolicy::Measured => "measured",
+            SparsePolicy::Never => "never",
+            SparsePolicy::Always => "always",
+        }
+    }
+}
+
+impl std::fmt::Display for SparsePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SparsePolicy {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        SparsePolicy::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                crate::Error::invalid(
+                    "sparse policy",
+                    format!("{s:?} (expected measured, never or always)"),
+                )
+            })
+    }
+}
+
+/// No policy read yet.
+const UNSET: u8 = u8::MAX;
+
+/// The policy: an index into [`SparsePolicy::ALL`], or [`UNSET`].
+static POLICY: AtomicU8 = AtomicU8::new(UNSET);
+
+/// The policy in force: `REFLOW_SPARSE` (`measured`, `never` or `always`) until
+/// [`set_sparse_policy`] is called, else [`SparsePolicy::Measured`]. An unknown
+/// `REFLOW_SPARSE` value is reported once on standard error and ignored.
+pub fn sparse_policy() -> SparsePolicy {
+    let index = POLICY.load(Ordering::Relaxed);
+    if index != UNSET {
+        return SparsePolicy::ALL[index as usize];
+    }
+    let policy = match std::env::var("REFLOW_SPARSE") {
+        Ok(v) => v.parse().unwrap_or_else(|e: crate::Error| {
+            eprintln!("reflow: REFLOW_SPARSE: {e}; using measured");
+            SparsePolicy::Measured
+        }),
+        Err(_) => SparsePolicy::Measured,
+    };
+    let index = SparsePolicy::ALL.iter().position(|p| *p == policy);
+    let index = index.expect("a policy") as u8;
+    // A concurrent `set_sparse_policy` wins.
+    let _ = POLICY.compare_exchange(UNSET, index, Ordering::Relaxed, Ordering::Relaxed);
+    SparsePolicy::ALL[POLICY.load(Ordering::Relaxed) as usize]
+}
+
+/// Sets the policy for the whole process (calls already running finish under the one
+/// they started with).
+pub fn set_sparse_policy(policy: SparsePolicy) {
+    let index = SparsePolicy::ALL.iter().position(|p| *p == policy);
+    POLICY.store(index.expect("a policy") as u8, Ordering::Relaxed);
+}
+
+/// The most non-zero weights, as a fraction, for which [`SparsePolicy::Measured`]
+/// times the sparse kernel: denser layers run dense without a measurement.
+const MEASURED_DENSITY: f64 = 0.5;
+
+/// What a convolution ran on for one input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Choice {
+    Dense,
+    Sparse,
+}
+
+/// A convolution's measured choice between its dense and sparse kernels for one input
+/// size, under [`SparsePolicy::Measured`] (see [`crate::nn::Conv2d::sparse_choices`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseChoice {
+    /// The input's `[n, h, w]`.
+    pub input: [usize; 3],
+    /// The threads the call had.
+    pub threads: usize,
+    /// Whether the sparse kernel was the faster, and runs for this size.
+    pub sparse: bool,
+}
+
+/// The input size a choice holds for: `[n, h, w, threads]`.
+type Key = [usize; 4];
+
+/// A convolution's sparse form, made on first use, and the choices measured for it.
+#[derive(Debug, Default)]
+pub(crate) struct SparseForm {
+    packed: OnceLock<Option<SparseConv>>,
+    choices: Mutex<Vec<(Key, Choice)>>,
+}
+
+impl Clone for SparseForm {
+    /// A copy measures again: it may run elsewhere.
+    fn clone(&self) -> Self {
+        SparseForm::default()
+    }
+}
+
+impl SparseForm {
+    /// The weights packed for the sparse kernel, if the policy lets it run and it can.
+    pub(crate) fn packed(
+        &self,
+        config: &Conv2dConfig,
+        weight: &[f32],
+        policy: SparsePolicy,
+    ) -> Option<&SparseConv> {
+        if policy == SparsePolicy::Never || config.dilation != [1, 1] {
+            return None;
+        }
+        let packed = self
+            .packed
+            .get_or_init(|| SparseConv::new(weight, shape(config)))
+            .as_ref()?;
+        let density = packed.nonzeros() as f64 / weight.len().max(1) as f64;
+        (policy == SparsePolicy::Always || density <= MEASURED_DENSITY).then_some(packed)
+    }
+
+    /// The choice measured for `key`, if any.
+    pub(crate) fn choice(&self, key: Key) -> Option<Choice> {
+        let choices = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        choices.iter().find(|(k, _)| *k == key).map(|(_, c)| *c)
+    }
+
+    /// Every choice measured so far.
+    pub(crate) fn choices(&self) -> Vec<SparseChoice> {
+        let choices = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        choices
+            .iter()
+            .map(|&([n, h, w, threads], choice)| SparseChoice {
+                input: [n, h, w],
+                threads,
+                sparse: choice == Choice::Sparse,
+            })
+            .collect()
+    }
+
+    /// Times `dense` and `sparse` (each run once to warm up, then twice alternately)
+    /// and keeps the faster for `key`; returns `dense`'s output. `sparse` gives `None`
+    /// when it declines the input: then nothing is kept.
+    pub(crate) fn measure<T>(
+        &self,
+        key: Key,
+        mut dense: impl FnMut() -> T,
+        mut sparse: impl FnMut() -> Option<T>,
+    ) -> T {
+        let time = |f: &mut dyn FnMut() -> bool| {
+            let start = Instant::now();
+            let ran = f();
+            (ran, start.elapsed().as_secs_f64())
+        };
+        let mut out = dense();
+        if sparse().is_none() {
+            return out;
+        }
+        let (mut fastest_dense, mut fastest_sparse) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..2 {
+            let (_, t) = time(&mut || {
+                out = dense();
+                true
+            });
+            fastest_dense = fastest_dense.min(t);
+            let (ran, t) = time(&mut || sparse().is_some());
+            if !ran {
+                return out;
+            }
+            fastest_sparse = fastest_sparse.min(t);
+        }
+        let choice = if fastest_sparse < fastest_dense {
+            Choice::Sparse
+        } else {
+            Choice::Dense
+        };
+        let mut choices = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        if !choices.iter().any(|(k, _)| *k == key) {
+            choices.push((key, choice));
+        }
+        out
+    }
+}
+
+/// The sparse kernel's view of `config`.
+fn shape(config: &Conv2dConfig) -> SparseShape {
+    SparseShape {
+        out: config.out_channels,
+        inputs: config.in_channels,
+        groups: config.groups,
+        kernel: config.kernel,
+        stride: config.stride,
+        padding: config.padding,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> Conv2dConfig {
+        Conv2dConfig::new(4, 2, 1)
+    }
+
+    #[test]
+    fn measured_policy_packs_only_layers_at_most_half_dense() {
+        let half = [1.0, 0.0, 2.0, 0.0, 0.0, 3.0, 0.0, 4.0];
+        let most = [1.0, 5.0, 2.0, 0.0, 6.0, 3.0, 0.0, 4.0];
+        for (weight, measured) in [(half, true), (most, false)] {
+            let form = SparseForm::default();
+            let packed = form.packed(&config(), &weight, SparsePolicy::Measured);
+            assert_eq!(packed.is_some(), measured, "{weight:?}");
+            assert!(form
+                .packed(&config(), &weight, SparsePolicy::Always)
+                .is_some());
+            assert!(form
+                .packed(&config(), &weight, SparsePolicy::Never)
+                .is_none());
+        }
+        let dilated = config().dilation(2);
+        let form = SparseForm::default();
+        assert!(form.packed(&dilated, &half, SparsePolicy::Always).is_none());
+    }
+
+    #[test]
+    fn measurement_keeps_the_faster_kernel_per_input_size() {
+        let form = SparseForm::default();
+        let slow = || std::thread::sleep(Duration::from_millis(3));
+        // The dense kernel's output comes back, whichever is kept.
+        let out = form.measure([1, 7, 7, 1], || 1, || Some(2));
+        assert_eq!(out, 1);
+        let out = form.measure(
+            [8, 7, 7, 1],
+            || {
+                slow();
+                1
+            },
+            || Some(2),
+        );
+        assert_eq!(out, 1);
+        let out = form.measure(
+            [8, 14, 14, 2],
+            || 1,
+            || {
+                slow();
+                Some(2)
+            },
+        );
+        assert_eq!(out, 1);
+        assert_eq!(form.choice([8, 7, 7, 1]), Some(Choice::Sparse));
+        assert_eq!(form.choice([8, 14, 14, 2]), Some(Choice::Dense));
+        assert_eq!(form.choice([2, 7, 7, 1]), None);
+        // A kernel that declines the input decides nothing.
+        let form = SparseForm::default();
+        assert_eq!(form.measure([1, 7, 7, 1], || 1, || None), 1);
+        assert_eq!(form.choice([1, 7, 7, 1]), None);
+        assert!(form.choices().is_empty());
+    }
+
+    #[test]
+    fn policies_have_names() {
+        for p in SparsePolicy::ALL {
+            assert_eq!(p.name().parse::<SparsePolicy>().unwrap(), p);
+            assert_eq!(p.to_string(), p.name());
+        }
+        let err = "sometimes".parse::<SparsePolicy>().unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+}

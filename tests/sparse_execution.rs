@@ -1,0 +1,98 @@
+//! Pruned networks on the sparse kernel: the same logits as on the dense kernels, in
+//! every family, at every kernel level; NaN reaches the same logits.
+//!
+//! The sparse policy is process-wide: this binary's one test sets it.
+
+mod common;
+
+use common::{array, read, relative_error};
+use ndarray::{Array4, Ix4};
+use reflow::layer::{Layer, Params};
+use reflow::models::{EfficientNet, MobileNetV2, MobileNetV3, RegNet, ResNet, Stem, Vgg};
+use reflow::nn::{set_sparse_policy, SparsePolicy, Tensor2, Tensor4};
+use reflow::prune::{MagnitudePruner, Pruner};
+use reflow::StateDict;
+
+/// How far the sparse kernel's logits may be from the dense kernels': both sum the
+/// same products in different orders.
+const KERNELS: f64 = 1e-5;
+
+/// A network of the bundled fixtures, as `Layer` and `Params`.
+trait Network: Layer<Input = Tensor4, Output = Tensor2> + Params {}
+impl<N: Layer<Input = Tensor4, Output = Tensor2> + Params> Network for N {}
+
+fn load(name: &str) -> (Box<dyn Network>, Tensor4) {
+    let state = read(&format!("{name}.safetensors"));
+    let net: Box<dyn Network> = match name {
+        "resnet20_cifar" => Box::new(ResNet::from_state_dict(&state, Stem::Cifar).unwrap()),
+        "resnext_small" => Box::new(ResNet::from_state_dict(&state, Stem::Imagenet).unwrap()),
+        "vgg_small" => Box::new(Vgg::from_state_dict(&state).unwrap()),
+        "regnet_y_small" => Box::new(RegNet::from_state_dict(&state).unwrap()),
+        "mobilenet_v2_small" => Box::new(MobileNetV2::from_state_dict(&state).unwrap()),
+        "mobilenet_v3_small" => Box::new(MobileNetV3::from_state_dict(&state).unwrap()),
+        "efficientnet_small" => Box::new(EfficientNet::from_state_dict(&state).unwrap()),
+        _ => unreachable!("a fixture"),
+    };
+    let io: StateDict = read(&format!("{name}.io.safetensors"));
+    let input = array(&io, "input").into_dimensionality::<Ix4>().unwrap();
+    (net, input)
+}
+
+/// The logits of `net` on `input` under `policy`.
+fn logits(net: &dyn Network, input: &Tensor4, policy: SparsePolicy) -> Vec<f32> {
+    set_sparse_policy(policy);
+    net.forward(input).unwrap().into_raw_vec_and_offset().0
+}
+
+#[test]
+fn pruned_networks_compute_the_same_logits_on_the_sparse_kernel() {
+    /// Restores the default policy, also when the test panics.
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_sparse_policy(SparsePolicy::Measured);
+        }
+    }
+    let _restore = Restore;
+    let names = [
+        "resnet20_cifar",
+        "resnext_small",
+        "vgg_small",
+        "regnet_y_small",
+        "mobilenet_v2_small",
+        "mobilenet_v3_small",
+        "efficientnet_small",
+    ];
+    common::at_every_level(|_| {
+        for name in names {
+            let (dense_net, input) = load(name);
+            for sparsity in [0.5, 0.9] {
+                let (mut net, _) = load(name);
+                MagnitudePruner::new(sparsity).prune(&mut *net).unwrap();
+                let dense = logits(&*net, &input, SparsePolicy::Never);
+                let sparse = logits(&*net, &input, SparsePolicy::Always);
+                let err = relative_error(&sparse, &dense);
+                eprintln!("{name} at {sparsity}: sparse against dense {err:.2e}");
+                assert!(err <= KERNELS, "{name} at {sparsity}: {err:e}");
+                // The measured choice, whichever it is, computes the same.
+                let measured = logits(&*net, &input, SparsePolicy::Measured);
+                let err = relative_error(&measured, &dense);
+                assert!(err <= KERNELS, "{name} at {sparsity}, measured: {err:e}");
+                // NaN in one image reaches that image's logits as on the dense kernels
+                // (the sparse kernel declines it), the other images' not.
+                let mut poisoned: Array4<f32> = input.clone();
+                poisoned[[0, 0, 1, 1]] = f32::NAN;
+                let dense = logits(&*net, &poisoned, SparsePolicy::Never);
+                let sparse = logits(&*net, &poisoned, SparsePolicy::Always);
+                let nan = |v: &[f32]| v.iter().map(|x| x.is_nan()).collect::<Vec<_>>();
+                assert_eq!(nan(&sparse), nan(&dense), "{name} at {sparsity}: NaN");
+                assert!(dense.iter().any(|v| v.is_nan()), "{name}: NaN reaches");
+            }
+            // An intact network gives the same logits under every policy.
+            let dense = logits(&*dense_net, &input, SparsePolicy::Never);
+            let sparse = logits(&*dense_net, &input, SparsePolicy::Always);
+            let err = relative_error(&sparse, &dense);
+            assert!(err <= KERNELS, "{name} intact: {err:e}");
+        }
+    });
+}
