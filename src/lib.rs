@@ -83,6 +83,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod bench;
 pub mod cpu;
 pub mod error;
 pub mod io;

@@ -468,3 +468,85 @@ fn image_folders_run_end_to_end_with_torchvisions_counts() {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
 }
+
+/// `reflow bench` with `args` after the checkpoint, and `REFLOW_SPARSE` = `policy`.
+fn bench(weights: &std::path::Path, args: &[&str], policy: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_reflow"))
+        .arg("bench")
+        .arg(weights)
+        .args(["--stem", "cifar", "--input", "3x16x16", "--batch", "2"])
+        .args(["--runs", "2", "--warmup", "1"])
+        .args(args)
+        .env("REFLOW_SPARSE", policy)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bench_times_each_convolution_on_its_kernel() {
+    use reflow::prune::{MagnitudePruner, Pruner};
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("s0.9.safetensors");
+    let state = common::read("resnet20_cifar.safetensors");
+    let mut net =
+        reflow::models::ResNet::from_state_dict(&state, reflow::models::Stem::Cifar).unwrap();
+    MagnitudePruner::new(0.9).prune(&mut net).unwrap();
+    reflow::StateDict::from_layer(&net)
+        .write_safetensors(&weights)
+        .unwrap();
+    let blocked = reflow::cpu::level() != reflow::cpu::Level::Portable;
+    for (policy, dense, sparse_layers) in [("always", false, 20), ("measured", true, 0)] {
+        let json = dir.path().join(format!("{policy}.json"));
+        let mut args = vec!["--json", json.to_str().unwrap()];
+        if dense {
+            args.push("--dense");
+        }
+        let out = bench(&weights, &args, policy);
+        let report = common::report(&out, &json);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("images/s"), "{text}");
+        assert!(report["images_per_second"].as_f64().unwrap() > 0.0);
+        assert_eq!(report["batch"], 2);
+        let layers = report["layers"].as_array().unwrap();
+        if !blocked {
+            assert!(layers.is_empty());
+            continue;
+        }
+        // The stem and two per block, and the two downsampling shortcuts.
+        assert_eq!(layers.len(), 21, "{text}");
+        assert_eq!(layers[0]["name"], "conv1");
+        assert!(layers.iter().all(|l| l["ms"].as_f64().unwrap() > 0.0));
+        let on_sparse = layers.iter().filter(|l| l["path"] == "sparse").count();
+        // Always: everything but the stem, which reads the NCHW images; dense: none.
+        assert_eq!(on_sparse, sparse_layers, "{policy}: {text}");
+        assert!(layers[1]["density"].as_f64().unwrap() < 0.5);
+    }
+    // Bad arguments are refused before any work, in one line naming the flag.
+    let checkpoint = weights.to_str().unwrap();
+    let input = ["--input", "3x16x16"];
+    for (args, needle) in [
+        (vec!["--input", "3x16"], "--input"),
+        (vec!["--input", "1x16x16"], "the network takes 3"),
+        (
+            [&input[..], &["--json", checkpoint]].concat(),
+            "would be overwritten",
+        ),
+        ([&input[..], &["--batch", "0"]].concat(), "--batch"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_reflow"))
+            .args(["bench", checkpoint, "--stem", "cifar"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(needle) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        weights.metadata().unwrap().len() > 0,
+        "the checkpoint is intact"
+    );
+}

@@ -22,6 +22,7 @@
 //! provide without copying.
 
 use crate::error::Result;
+use crate::nn::Profile;
 
 mod params;
 
@@ -198,6 +199,7 @@ pub struct Probe<'o> {
     observer: Option<&'o mut dyn Observer>,
     path: String,
     schedule: Schedule,
+    profile: Option<&'o Profile>,
 }
 
 impl Default for Probe<'_> {
@@ -212,6 +214,7 @@ impl std::fmt::Debug for Probe<'_> {
             .field("path", &self.path)
             .field("observed", &self.observer.is_some())
             .field("schedule", &self.schedule())
+            .field("profiled", &self.profile.is_some())
             .finish()
     }
 }
@@ -223,6 +226,7 @@ impl<'o> Probe<'o> {
             observer: None,
             path: String::new(),
             schedule: Schedule::Fused,
+            profile: None,
         }
     }
 
@@ -233,6 +237,7 @@ impl<'o> Probe<'o> {
             observer: Some(observer),
             path: String::new(),
             schedule: Schedule::LayerByLayer,
+            profile: None,
         }
     }
 
@@ -242,6 +247,18 @@ impl<'o> Probe<'o> {
     pub fn with_schedule(mut self, schedule: Schedule) -> Self {
         self.schedule = schedule;
         self
+    }
+
+    /// The probe with `profile` attached: the convolutions of a pass on blocked
+    /// activations record their time in it.
+    pub fn with_profile(mut self, profile: &'o Profile) -> Self {
+        self.profile = Some(profile);
+        self
+    }
+
+    /// The profile attached, if any.
+    pub fn profile(&self) -> Option<&'o Profile> {
+        self.profile
     }
 
     /// The schedule the layers follow: the one set, or [`Schedule::LayerByLayer`]

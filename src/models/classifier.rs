@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::runtime::threads;
-use crate::nn::{recycle, serially, Sequential, Tensor2, Tensor4};
+use crate::nn::{recycle, serially, Profile, Sequential, Tensor2, Tensor4};
 use ndarray::Axis;
 use rayon::prelude::*;
 
@@ -69,7 +69,8 @@ impl Classifier {
             // The layers' fork-joins are cheap from a thread of the pool, and cost a
             // wake-up and a wait each from outside it: the pass moves into the pool.
             // (An unobserved probe at the top has nothing else to carry.)
-            return rayon::scope(|_| self.forward_whole(x, &mut Probe::none()));
+            let profile = probe.profile();
+            return rayon::scope(|_| self.forward_whole(x, &mut unobserved(profile)));
         }
         let Some(mut pass) = Pass::for_eval(probe) else {
             return self.net.forward_with(x, probe);
@@ -89,14 +90,19 @@ impl Classifier {
     /// The eval pass of `x` in micro-batches of `m` images, run in parallel, each
     /// through the whole network on one thread. Each image's logits are computed
     /// exactly as in one pass (batch norm uses its running statistics).
-    fn forward_in_micro_batches(&self, x: &Tensor4, m: usize) -> Result<Tensor2> {
+    fn forward_in_micro_batches(
+        &self,
+        x: &Tensor4,
+        m: usize,
+        profile: Option<&Profile>,
+    ) -> Result<Tensor2> {
         let parts = x
             .axis_chunks_iter(Axis(0), m)
             .into_par_iter()
             .map(|chunk| {
                 serially(|| {
                     let chunk = chunk.to_owned();
-                    let logits = self.forward_whole(&chunk, &mut Probe::none());
+                    let logits = self.forward_whole(&chunk, &mut unobserved(profile));
                     recycle(chunk);
                     logits
                 })
@@ -107,6 +113,14 @@ impl Classifier {
             rows.assign(part);
         }
         Ok(logits)
+    }
+}
+
+/// A probe for a part of an unobserved pass: no observer, the pass's profile.
+fn unobserved(profile: Option<&Profile>) -> Probe<'_> {
+    match profile {
+        Some(profile) => Probe::none().with_profile(profile),
+        None => Probe::none(),
     }
 }
 
@@ -133,7 +147,7 @@ impl Layer for Classifier {
             m = m.min(x.dim().0.div_ceil(threads()));
         }
         if x.dim().0 > m && probe.schedule() == Schedule::Fused {
-            return self.forward_in_micro_batches(x, m);
+            return self.forward_in_micro_batches(x, m, probe.profile());
         }
         self.forward_whole(x, probe)
     }

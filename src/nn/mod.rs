@@ -37,6 +37,7 @@ pub use engine::sparse::{set_sparse_policy, sparse_policy, SparseChoice, SparseP
 pub use layers::{AdaptiveAvgPool2d, AnyTensor, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 pub use layers::{Dropout, Flatten, Identity, Linear, MaxPool2d, Rank, Residual, Sequential};
 pub use layers::{SqueezeExcitation, StochasticDepth, Tensor2, Tensor4};
+pub use profile::{LayerTime, Profile};
 pub use runtime::Activation;
 pub(crate) use runtime::{recycle, serially};
 
@@ -47,4 +48,5 @@ pub(crate) mod kernels;
 pub(crate) mod layers;
 #[doc(hidden)]
 pub mod layout_candidates;
+mod profile;
 pub(crate) mod runtime;

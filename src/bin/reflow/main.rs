@@ -1,15 +1,17 @@
 //! The `reflow` command: `reflow prune` prunes a torchvision-layout checkpoint and
 //! recovers it with REFLOW (see `docs/prune-example.md`); `reflow inspect` shows what a
-//! checkpoint holds. Built with the `cli` feature:
+//! checkpoint holds; `reflow bench` times it. Built with the `cli` feature:
 //!
 //! ```sh
 //! cargo install reflow --features cli
 //! reflow prune --weights model.safetensors --test-images ... --json report.json
 //! reflow inspect model.safetensors
+//! reflow bench model.safetensors --input 3x224x224 --batch 8
 //! ```
 
 #[macro_use]
 mod protocol;
+mod bench;
 mod inspect;
 mod prune;
 
@@ -26,12 +28,16 @@ enum Command {
     /// Print a checkpoint's inferred architecture, parameter counts and per-layer
     /// sparsity.
     Inspect(inspect::Args),
+    /// Time a checkpoint's eval pass: images per second, and per convolution its
+    /// kernel (dense or sparse) and time.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     match Command::try_parse() {
         Ok(Command::Prune(args)) => prune::execute(&args),
         Ok(Command::Inspect(args)) => inspect::execute(&args),
+        Ok(Command::Bench(args)) => bench::execute(&args),
         Err(e) => protocol::clap_exit(e),
     }
 }

@@ -10,6 +10,7 @@ use reflow::io::ImageSource;
 use reflow::metrics::argmax;
 use reflow::prelude::*;
 use reflow::stats::{Recorder, TapSelector};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Batch size for evaluation and signal measurement.
@@ -200,4 +201,47 @@ fn chunks(start: usize, end: usize) -> impl Iterator<Item = std::ops::Range<usiz
 /// The last batch-norm layer's signal relative to the dense network's.
 pub fn last_ratio(signal: &Signal, dense: &Signal) -> f64 {
     signal.ratio_to(dense).last().map_or(f64::NAN, |(_, r)| r)
+}
+
+/// An invalid command-line argument `--flag`.
+pub fn invalid(flag: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        name: format!("--{flag}"),
+        reason: reason.into(),
+    }
+}
+
+/// Where `path` is, whether or not it exists yet: its canonical form, or its folder's
+/// with its name.
+pub fn identity(path: &Path) -> Option<PathBuf> {
+    path.canonicalize().ok().or_else(|| {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(dir.canonicalize().ok()?.join(path.file_name()?))
+    })
+}
+
+/// `dir` (the current folder when empty or absent) exists, is a folder, and takes a
+/// new file.
+pub fn writable_folder(flag: &str, dir: Option<&Path>) -> reflow::Result<()> {
+    let dir = match dir {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid(
+            flag,
+            format!("folder {} does not exist", dir.display()),
+        ));
+    }
+    let probe = dir.join(format!(".reflow-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| invalid(flag, format!("cannot write in {}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

@@ -4,14 +4,15 @@
 //!
 //! The flags and the JSON report are specified in `docs/prune-example.md`.
 
-use crate::protocol::{self, last_ratio, progress_bar, Protocol};
+use crate::protocol::Protocol;
+use crate::protocol::{self, identity, invalid, last_ratio, progress_bar, writable_folder};
 use clap::Parser;
 use reflow::io::{read_cifar, CifarSplit, EvalTransform, ImageSource};
 use reflow::models::{Arch, Model};
 use reflow::prelude::*;
 use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
 use serde_json::{json, Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Prune a torchvision-layout checkpoint one-shot, then recover it with REFLOW.
@@ -176,13 +177,6 @@ fn parse_list<T: std::str::FromStr>(flag: &str, text: &str) -> reflow::Result<Ve
             })
         })
         .collect()
-}
-
-fn invalid(flag: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        name: format!("--{flag}"),
-        reason: reason.into(),
-    }
 }
 
 /// The `--pattern` of the runs.
@@ -975,18 +969,6 @@ fn enough_values(
     Ok(())
 }
 
-/// Where `path` is, whether or not it exists yet: its canonical form, or its folder's
-/// with its name.
-fn identity(path: &Path) -> Option<PathBuf> {
-    path.canonicalize().ok().or_else(|| {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(dir.canonicalize().ok()?.join(path.file_name()?))
-    })
-}
-
 /// Before any work: every input a regular file; every output's folder there and
 /// writable; no output the same file as an input or as another output (so that
 /// nothing given is ever overwritten). Makes `--save-dir` when it does not exist.
@@ -1061,28 +1043,5 @@ fn check_paths(args: &Args, saved: &[String]) -> reflow::Result<()> {
         }
         taken.push((format!("the --{flag} output"), id));
     }
-    Ok(())
-}
-
-/// `dir` (the current folder when empty or absent) exists, is a folder, and takes a
-/// new file.
-fn writable_folder(flag: &str, dir: Option<&Path>) -> reflow::Result<()> {
-    let dir = match dir {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(invalid(
-            flag,
-            format!("folder {} does not exist", dir.display()),
-        ));
-    }
-    let probe = dir.join(format!(".reflow-write-check-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .map_err(|e| invalid(flag, format!("cannot write in {}: {e}", dir.display())))?;
-    let _ = std::fs::remove_file(&probe);
     Ok(())
 }

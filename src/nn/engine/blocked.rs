@@ -58,6 +58,16 @@ impl BlockedKind {
         gi % LANES == 0 && go % LANES == 0
     }
 
+    /// The kernel's name in a [`crate::nn::Profile`].
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BlockedKind::Pointwise => "1x1",
+            BlockedKind::Depthwise => "depthwise",
+            BlockedKind::Direct => "direct",
+            BlockedKind::Winograd => "winograd",
+        }
+    }
+
     /// Whether the kernel reads an NCHW input as it is (else it needs blocks).
     pub(crate) fn reads_nchw(self) -> bool {
         self == BlockedKind::Direct
@@ -111,9 +121,9 @@ impl Convolution<'_> {
 
     /// The convolution of `x` by `kind`'s kernel, with `epilogue` (and the bias) and
     /// `residual` (added before the activation) applied as it stores; or by the sparse
-    /// kernel, as the [`SparsePolicy`] in force and the measurements decide. The
-    /// caller has checked the shapes: `x`'s channels, an output of `out_size`, and the
-    /// residual's shape, that of the output.
+    /// kernel, as the [`SparsePolicy`] in force and the measurements decide. Also the
+    /// name of the kernel that ran. The caller has checked the shapes: `x`'s channels,
+    /// an output of `out_size`, and the residual's shape, that of the output.
     pub(crate) fn run_blocked(
         &self,
         kind: BlockedKind,
@@ -122,7 +132,7 @@ impl Convolution<'_> {
         epilogue: &Epilogue<'_>,
         residual: Option<&BlockedTensor>,
         kernels: Kernels,
-    ) -> BlockedTensor {
+    ) -> (BlockedTensor, &'static str) {
         let c = self.config;
         let [n, ci, h, w] = x.dims();
         let xs = Blocked { n, c: ci, h, w };
@@ -144,11 +154,12 @@ impl Convolution<'_> {
             residual: residual.map(BlockedTensor::values),
         };
         let dense = || self.run_dense(kind, x, ys, store, kernels);
+        let dense_ran = || (dense(), kind.name());
         let policy = sparse_policy();
         let form = &self.rearranged.sparse;
         let (BlockedInput::Blocked(b), Some(packed)) = (x, form.packed(c, self.weight, policy))
         else {
-            return dense();
+            return dense_ran();
         };
         let sparse = || {
             let mut y = BlockedTensor::overwritten(ys);
@@ -165,14 +176,15 @@ impl Convolution<'_> {
             )
             .then_some(y)
         };
+        let sparse_ran = || sparse().map_or_else(dense_ran, |y| (y, "sparse"));
         if policy == SparsePolicy::Always {
-            return sparse().unwrap_or_else(dense);
+            return sparse_ran();
         }
         let key = [n, h, w, threads()];
         match form.choice(key) {
-            Some(Choice::Sparse) => sparse().unwrap_or_else(dense),
-            Some(Choice::Dense) => dense(),
-            None => form.measure(key, dense, sparse),
+            Some(Choice::Sparse) => sparse_ran(),
+            Some(Choice::Dense) => dense_ran(),
+            None => (form.measure(key, dense, sparse), kind.name()),
         }
     }
 

@@ -36,6 +36,9 @@ const TILE: usize = VECTORS * LANES;
 /// The plane values that one tile reads in one chunk of input channels, at most: they
 /// stay in the level-1 cache while every output channel reads them.
 const CHUNK_BYTES: usize = 32 * 1024;
+/// The non-zeros per output channel and chunk of input channels, on average, below
+/// which chunks grow past the level-1 cache.
+const ROW_NONZEROS: usize = 32;
 /// The most taps a kernel may have (a non-zero's tap is kept in 8 bits).
 const MAX_TAPS: usize = 256;
 
@@ -82,9 +85,17 @@ impl SparseConv {
         if taps > MAX_TAPS || shape.inputs >= 1 << 24 || weight.len() >= u32::MAX as usize {
             return None;
         }
-        // One tile's reads per input channel: each tap, its vectors of positions.
+        // One tile's reads per input channel: each tap, its vectors of positions. A
+        // chunk's reads fit the level-1 cache; but in sparser layers, a chunk gives
+        // each output channel at least `ROW_NONZEROS` on average, so that the cost of
+        // reloading its partial sums stays small.
         let per_channel = taps * TILE * std::mem::size_of::<f32>();
-        let chunk = (CHUNK_BYTES / per_channel).clamp(1, shape.inputs.max(1));
+        let nonzeros = weight.iter().filter(|v| **v != 0.0).count();
+        let per_row = nonzeros as f64 / (shape.out * shape.inputs).max(1) as f64;
+        let sparse_chunk = (ROW_NONZEROS as f64 / per_row.max(f64::MIN_POSITIVE)).ceil();
+        let chunk = (CHUNK_BYTES / per_channel)
+            .max(sparse_chunk.min(shape.inputs as f64) as usize)
+            .clamp(1, shape.inputs.max(1));
         let chunks = shape.inputs.div_ceil(chunk);
         let rows = shape.out.div_ceil(LANES) * LANES;
         let (mut starts, mut keys, mut values) = (vec![0u32], vec![], vec![]);

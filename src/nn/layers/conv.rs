@@ -224,7 +224,7 @@ impl Conv2d {
     /// The eval pass on blocks (see [`crate::nn::blocked`]): the convolution of `x`
     /// (blocks, or NCHW for a kernel that reads it) with `epilogue` applied as it
     /// stores, and `residual` (of the output's shape) added before its activation.
-    /// Errors name the running layer of `probe`.
+    /// Errors name the running layer of `probe`; its profile, if any, gets the time.
     pub(crate) fn run_blocked(
         &self,
         kind: BlockedKind,
@@ -234,6 +234,7 @@ impl Conv2d {
         kernels: Kernels,
         probe: &Probe<'_>,
     ) -> Result<BlockedTensor> {
+        let start = probe.profile().map(|_| std::time::Instant::now());
         let [n, c, ..] = x.dims();
         let c_in = self.config.in_channels;
         if c != c_in {
@@ -250,7 +251,11 @@ impl Conv2d {
             ));
         }
         let engine = self.engine();
-        Ok(engine.run_blocked(kind, x, [ho, wo], epilogue, residual, kernels))
+        let (y, kernel) = engine.run_blocked(kind, x, [ho, wo], epilogue, residual, kernels);
+        if let (Some(profile), Some(start)) = (probe.profile(), start) {
+            profile.record(probe.path(), kernel, start.elapsed().as_secs_f64());
+        }
+        Ok(y)
     }
 }
 

@@ -1,0 +1,182 @@
+//! Timing a network as it will run: images per second, and where the time goes,
+//! convolution by convolution (the engine behind `reflow bench`).
+
+use crate::error::{Error, Result};
+use crate::layer::{Layer, Probe};
+use crate::nn::{sparse_policy, LayerTime, Profile, SparsePolicy, Tensor2, Tensor4};
+use std::time::Instant;
+
+/// What [`bench`] runs: batches of `batch` images of `input` (`[C, H, W]`), `warmup`
+/// passes first, then `runs` timed passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchConfig {
+    /// `[C, H, W]` of one image.
+    pub input: [usize; 3],
+    /// Images per pass.
+    pub batch: usize,
+    /// Untimed passes first: they pack the weights, fill the memory pools and, under
+    /// [`SparsePolicy::Measured`], measure each pruned convolution's kernels.
+    pub warmup: usize,
+    /// Timed passes.
+    pub runs: usize,
+}
+
+impl BenchConfig {
+    /// Batches of `batch` images of `input`; two warm-up passes and ten timed ones.
+    pub fn new(input: [usize; 3], batch: usize) -> Self {
+        BenchConfig {
+            input,
+            batch,
+            warmup: 2,
+            runs: 10,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.input.contains(&0) {
+            return Err(Error::invalid(
+                "input",
+                format!("{:?}: every size must be positive", self.input),
+            ));
+        }
+        for (name, v) in [("batch", self.batch), ("runs", self.runs)] {
+            if v == 0 {
+                return Err(Error::invalid(name, "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`bench`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// What ran.
+    pub config: BenchConfig,
+    /// `batch` over the median time of a pass.
+    pub images_per_second: f64,
+    /// The median time of a pass, in milliseconds.
+    pub median_ms: f64,
+    /// The threads of the pool the passes ran on.
+    pub threads: usize,
+    /// The sparse policy in force.
+    pub policy: SparsePolicy,
+    /// Each convolution on blocked activations, its time per pass (`seconds` is the
+    /// mean over the timed passes; micro-batches on several threads add up) and its
+    /// kernel, in the order the pass ran them.
+    pub layers: Vec<LayerTime>,
+}
+
+/// Times `net` on batches of pseudo-random images (the same each pass) as
+/// `config` says, on the current rayon pool (run it inside
+/// [`rayon::ThreadPool::install`] to choose the threads).
+///
+/// ```
+/// use reflow::bench::{bench, BenchConfig};
+/// use reflow::models::{ResNet, ResNetConfig};
+///
+/// let net = ResNet::new(ResNetConfig::cifar_resnet(20)?)?;
+/// let config = BenchConfig { runs: 2, ..BenchConfig::new([3, 32, 32], 4) };
+/// let report = bench(&net, &config)?;
+/// assert!(report.images_per_second > 0.0);
+/// println!("{:.1} images/s", report.images_per_second);
+/// # Ok::<(), reflow::Error>(())
+/// ```
+pub fn bench<N>(net: &N, config: &BenchConfig) -> Result<BenchReport>
+where
+    N: Layer<Input = Tensor4, Output = Tensor2> + ?Sized,
+{
+    config.validate()?;
+    let [c, h, w] = config.input;
+    let len = config.batch * c * h * w;
+    // Values in [-1, 1), as normalised images are, from a fixed generator.
+    let mut state = 0x2545_f491_u32;
+    let values = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    let x = Tensor4::from_shape_vec((config.batch, c, h, w), values)
+        .expect("the values fill the shape");
+    for _ in 0..config.warmup {
+        net.forward(&x)?;
+    }
+    let profile = Profile::new();
+    let mut times = Vec::with_capacity(config.runs);
+    for _ in 0..config.runs {
+        let start = Instant::now();
+        net.forward_with(&x, &mut Probe::none().with_profile(&profile))?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let layers = profile
+        .layers()
+        .into_iter()
+        .map(|l| LayerTime {
+            seconds: l.seconds / config.runs as f64,
+            calls: l.calls / config.runs,
+            ..l
+        })
+        .collect();
+    Ok(BenchReport {
+        config: *config,
+        images_per_second: config.batch as f64 / median,
+        median_ms: median * 1e3,
+        threads: rayon::current_num_threads(),
+        policy: sparse_policy(),
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{ResNet, ResNetConfig};
+
+    #[test]
+    fn bench_times_every_convolution_of_a_network() {
+        let net = ResNet::new(ResNetConfig::cifar_resnet(20).unwrap()).unwrap();
+        let config = BenchConfig {
+            runs: 3,
+            ..BenchConfig::new([3, 16, 16], 2)
+        };
+        let report = bench(&net, &config).unwrap();
+        assert!(report.images_per_second > 0.0 && report.median_ms > 0.0);
+        if crate::nn::blocked::Pass::available(&Probe::none()) {
+            // The stem and two per block; the downsampling shortcuts' too.
+            let names: Vec<&str> = report.layers.iter().map(|l| l.name.as_str()).collect();
+            assert_eq!(names.len(), 1 + 2 * 9 + 2, "{names:?}");
+            assert_eq!(names[0], "conv1");
+            // Once per micro-batch.
+            let calls = report.layers[0].calls;
+            assert!(calls >= 1);
+            assert!(report
+                .layers
+                .iter()
+                .all(|l| l.calls == calls && l.seconds > 0.0));
+        }
+    }
+
+    #[test]
+    fn bench_refuses_empty_sizes_before_running() {
+        let net = ResNet::new(ResNetConfig::cifar_resnet(20).unwrap()).unwrap();
+        for config in [
+            BenchConfig::new([3, 0, 16], 2),
+            BenchConfig::new([3, 16, 16], 0),
+            BenchConfig {
+                runs: 0,
+                ..BenchConfig::new([3, 16, 16], 1)
+            },
+        ] {
+            let err = bench(&net, &config).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        }
+        // A wrong channel count is the network's own error.
+        let err = bench(&net, &BenchConfig::new([1, 16, 16], 1)).unwrap_err();
+        assert!(err.to_string().contains("[_, 3, _, _]"), "{err}");
+    }
+}
