@@ -1,6 +1,6 @@
 //! `reflow bench`: how fast a checkpoint runs here, and where the time goes.
 
-use crate::protocol::{identity, invalid, writable_folder};
+use crate::protocol::{identity, invalid, writable_folder, Checkpoint};
 use clap::Parser;
 use reflow::bench::{bench, BenchConfig, BenchReport};
 use reflow::models::{Arch, Model, Stem};
@@ -14,15 +14,8 @@ use std::process::ExitCode;
 /// (dense or sparse) and time.
 #[derive(Parser, Debug)]
 pub struct Args {
-    /// safetensors state dict in torchvision layout (as `reflow prune` saves it).
-    #[arg(value_name = "CHECKPOINT")]
-    weights: PathBuf,
-    /// Network family or torchvision preset; auto detects it from the keys.
-    #[arg(long, default_value = "auto")]
-    arch: String,
-    /// ResNet stem kind: cifar or imagenet.
-    #[arg(long, default_value = "imagenet")]
-    stem: String,
+    #[command(flatten)]
+    checkpoint: Checkpoint,
     /// One image's size, CxHxW (e.g. 3x224x224).
     #[arg(long)]
     input: String,
@@ -66,24 +59,27 @@ fn parse_input(text: &str) -> reflow::Result<[usize; 3]> {
 }
 
 /// Checks every argument before any work.
-fn check(args: &Args) -> reflow::Result<(Arch, Stem, BenchConfig)> {
-    let arch: Arch = args.arch.parse()?;
-    let stem: Stem = args.stem.parse()?;
+fn check(args: &Args) -> reflow::Result<BenchConfig> {
+    args.checkpoint.arch.parse::<Arch>()?;
+    args.checkpoint.stem.parse::<Stem>()?;
     let input = parse_input(&args.input)?;
     for (flag, v) in [("batch", args.batch), ("runs", args.runs)] {
         if v == 0 {
             return Err(invalid(flag, "must be positive"));
         }
     }
-    if !args.weights.is_file() {
+    if !args.checkpoint.weights.is_file() {
         return Err(invalid(
             "weights",
-            format!("{} is not a regular file", args.weights.display()),
+            format!(
+                "{} is not a regular file",
+                args.checkpoint.weights.display()
+            ),
         ));
     }
     if let Some(json) = &args.json {
         writable_folder("json", json.parent())?;
-        if identity(json).is_some() && identity(json) == identity(&args.weights) {
+        if identity(json).is_some() && identity(json) == identity(&args.checkpoint.weights) {
             return Err(invalid(
                 "json",
                 format!(
@@ -98,12 +94,12 @@ fn check(args: &Args) -> reflow::Result<(Arch, Stem, BenchConfig)> {
         runs: args.runs,
         ..BenchConfig::new(input, args.batch)
     };
-    Ok((arch, stem, config))
+    Ok(config)
 }
 
 fn run(args: &Args) -> reflow::Result<()> {
-    let (arch, stem, config) = check(args)?;
-    let net = Model::load(&args.weights, arch, stem)?;
+    let config = check(args)?;
+    let net = args.checkpoint.load()?;
     if net.in_channels() != config.input[0] {
         return Err(invalid(
             "input",
@@ -144,7 +140,7 @@ fn run(args: &Args) -> reflow::Result<()> {
             })
             .collect();
         let out = json!({
-            "checkpoint": args.weights.display().to_string(),
+            "checkpoint": args.checkpoint.weights.display().to_string(),
             "arch": net.arch().to_string(),
             "input": config.input,
             "batch": config.batch,
@@ -166,7 +162,7 @@ fn print(args: &Args, net: &Model, report: &BenchReport, density: &dyn Fn(&str) 
     let c = &report.config;
     say!(
         "{}: {}, batch {} of {}x{}x{}, {} thread(s), kernels {}, sparse {}",
-        args.weights.display(),
+        args.checkpoint.weights.display(),
         net.arch(),
         c.batch,
         c.input[0],

@@ -1,26 +1,18 @@
 //! `reflow inspect`: what a checkpoint holds, read the way `reflow prune` reads it.
 
+use crate::protocol::Checkpoint;
 use clap::Parser;
-use reflow::models::{Arch, Model, Stem};
+use reflow::models::Model;
 use reflow::prelude::*;
 use reflow::prune::SparsityReport;
 use serde_json::json;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Print a checkpoint's inferred architecture, parameter counts and per-layer sparsity.
 #[derive(Parser, Debug)]
 pub struct Args {
-    /// safetensors state dict in torchvision layout.
-    #[arg(value_name = "CHECKPOINT")]
-    weights: PathBuf,
-    /// Network family or torchvision preset; auto detects it from the keys.
-    #[arg(long, default_value = "auto")]
-    arch: String,
-    /// ResNet stem kind: cifar or imagenet (the one thing a ResNet's keys do not say;
-    /// the stem kernel is checked against it).
-    #[arg(long, default_value = "imagenet")]
-    stem: String,
+    #[command(flatten)]
+    checkpoint: Checkpoint,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -32,9 +24,7 @@ pub fn execute(args: &Args) -> ExitCode {
 }
 
 fn run(args: &Args) -> reflow::Result<()> {
-    let arch: Arch = args.arch.parse()?;
-    let stem: Stem = args.stem.parse()?;
-    let net = Model::load(&args.weights, arch, stem)?;
+    let net = args.checkpoint.load()?;
     let report = SparsityReport::measure(&net);
     let arch = net.arch();
     let shape = match &net {
@@ -76,7 +66,7 @@ fn run(args: &Args) -> reflow::Result<()> {
     }
     say!(
         "{}: {arch}{}",
-        args.weights.display(),
+        args.checkpoint.weights.display(),
         match shape.is_empty() {
             true => String::new(),
             false => format!(", {shape}"),

@@ -245,3 +245,27 @@ pub fn writable_folder(flag: &str, dir: Option<&Path>) -> reflow::Result<()> {
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
+
+/// The checkpoint a command reads, and how to read it.
+#[derive(clap::Args, Debug)]
+pub struct Checkpoint {
+    /// safetensors state dict in torchvision layout.
+    #[arg(value_name = "CHECKPOINT")]
+    pub weights: PathBuf,
+    /// Network family or torchvision preset; auto detects it from the keys.
+    #[arg(long, default_value = "auto")]
+    pub arch: String,
+    /// ResNet stem kind: cifar or imagenet (the one thing a ResNet's keys do not say;
+    /// the stem kernel is checked against it).
+    #[arg(long, default_value = "imagenet")]
+    pub stem: String,
+}
+
+impl Checkpoint {
+    /// The network, its family and shape read off the keys.
+    pub fn load(&self) -> reflow::Result<reflow::models::Model> {
+        let arch: reflow::models::Arch = self.arch.parse()?;
+        let stem: reflow::models::Stem = self.stem.parse()?;
+        reflow::models::Model::load(&self.weights, arch, stem)
+    }
+}
