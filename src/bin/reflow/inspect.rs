@@ -11,7 +11,8 @@ use std::process::ExitCode;
 /// Print a checkpoint's inferred architecture, parameter counts and per-layer sparsity.
 #[derive(Parser, Debug)]
 pub struct Args {
-    /// safetensors state dict in torchvision layout.
+    /// safetensors state dict in torchvision layout, dense or with pruned weights in
+    /// compressed-tensors' bitmask layout (--save-format compressed).
     #[arg(value_name = "CHECKPOINT")]
     weights: PathBuf,
     /// Network family or torchvision preset; auto detects it from the keys.
