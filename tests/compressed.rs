@@ -516,3 +516,49 @@ fn every_error_is_a_value_never_a_panic() {
         }
     }
 }
+
+#[test]
+fn the_convert_example_rewrites_either_way_and_never_its_input() {
+    let convert = common::example_binary("convert");
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let state = pruned("resnet20_cifar.safetensors", Stem::Cifar, 0.8);
+    state.write_safetensors(path("dense.safetensors")).unwrap();
+    let run = |args: &[&std::path::Path], format: &str| {
+        std::process::Command::new(&convert)
+            .args(args)
+            .arg(format)
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        &[&path("dense.safetensors"), &path("c.safetensors")],
+        "compressed",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[&path("c.safetensors"), &path("d.safetensors")], "dense");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(path("d.safetensors")).unwrap(),
+        std::fs::read(path("dense.safetensors")).unwrap(),
+        "dense → compressed → dense gives the same bytes"
+    );
+    assert!(Raw::of(&std::fs::read(path("c.safetensors")).unwrap())
+        .entries
+        .contains_key("fc.bitmask"));
+
+    let before = std::fs::read(path("c.safetensors")).unwrap();
+    let out = run(&[&path("c.safetensors"), &path("c.safetensors")], "dense");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("it would be overwritten"), "{stderr}");
+    assert_eq!(std::fs::read(path("c.safetensors")).unwrap(), before);
+}

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// The format's name, as compressed-tensors writes it (`CompressionFormat.sparse_bitmask`).
-pub(super) const FORMAT: &str = "sparse-bitmask";
+const FORMAT: &str = "sparse-bitmask";
 
 /// compressed-tensors' name for a sparsity config that compresses nothing.
 const DENSE_FORMAT: &str = "dense";
@@ -286,11 +286,7 @@ impl<'a> Compressed<'a> {
     pub(super) fn rebuild_into(&self, state: &mut StateDict, path: &Path) -> Result<()> {
         for (prefix, parts) in &self.tensors {
             let key = format!("{prefix}{WEIGHT}");
-            let bad = |reason: String| Error::CompressedTensor {
-                path: path.to_path_buf(),
-                key: key.clone(),
-                reason,
-            };
+            let bad = |reason: String| invalid(path, &key, reason);
             if state.contains(&key) {
                 return Err(bad(format!(
                     "the file holds it dense as well, beside \"{prefix}.bitmask\""
@@ -328,6 +324,16 @@ impl<'a> Compressed<'a> {
     }
 }
 
+/// The error of the compressed tensor `key` whose entries are missing or disagree,
+/// `reason` naming the entry.
+fn invalid(path: &Path, key: &str, reason: String) -> Error {
+    Error::CompressedTensor {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        reason,
+    }
+}
+
 /// The four entries of one compressed tensor.
 struct Entries<'v, 'a> {
     /// The dense tensor's name, `P.weight`.
@@ -343,15 +349,6 @@ struct Entries<'v, 'a> {
 }
 
 impl Entries<'_, '_> {
-    /// The error of a tensor whose entries disagree, `reason` naming the entry.
-    fn invalid(&self, reason: String) -> Error {
-        Error::CompressedTensor {
-            path: self.path.to_path_buf(),
-            key: self.key.to_string(),
-            reason,
-        }
-    }
-
     /// The quoted name of entry `part`.
     fn name(&self, part: usize) -> String {
         format!("\"{}\"", entry_name(self.prefix, part))
@@ -375,7 +372,7 @@ impl Entries<'_, '_> {
     /// before the entries' sizes agree, so that the dense tensor is at most eight
     /// times as many values as the file has mask bytes.
     fn rebuild(&self, dense_shape: Option<&[usize]>) -> Result<StoredTensor> {
-        let invalid = |reason: String| Err(self.invalid(reason));
+        let invalid = |reason: String| Err(invalid(self.path, self.key, reason));
 
         // The dense shape: rows along every dimension but the last, `cols` long.
         let dims = self.integers(2, self.shape)?;
