@@ -131,6 +131,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// A tensor stored in compressed-tensors' bitmask layout cannot be rebuilt: one of
+    /// its entries (`NAME.compressed`, `NAME.bitmask`, `NAME.shape`,
+    /// `NAME.row_offsets`) is missing or disagrees with the others.
+    #[error("{path}: compressed tensor \"{key}\": {reason}")]
+    CompressedTensor {
+        /// The file (or `<memory>` for bytes).
+        path: PathBuf,
+        /// The dense tensor's state-dict key, e.g. `layer1.0.conv1.weight`.
+        key: String,
+        /// What is wrong, naming the entry.
+        reason: String,
+    },
+
     /// A tensor is stored in a dtype `reflow` cannot use for it.
     #[error("tensor \"{key}\" has dtype {dtype}, expected {expected}")]
     UnsupportedDtype {

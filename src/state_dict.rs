@@ -72,9 +72,12 @@ impl StoredTensor {
 
 /// A PyTorch-style state dict: tensors by name, in sorted order.
 ///
-/// Read one from a safetensors file with [`StateDict::read_safetensors`], take one
-/// from a model with [`StateDict::from_layer`], and load one into a model with
-/// [`StateDict::load_into`] (strict, like `load_state_dict(strict=True)`).
+/// Read one from a safetensors file with [`StateDict::read_safetensors`] (dense, or
+/// with pruned weights in compressed-tensors' bitmask layout), take one from a model
+/// with [`StateDict::from_layer`], load one into a model with
+/// [`StateDict::load_into`] (strict, like `load_state_dict(strict=True)`), and write
+/// one with [`StateDict::write_safetensors`] or, compressed,
+/// [`StateDict::write_safetensors_as`].
 ///
 /// ```
 /// use reflow::layer::Layer;

@@ -169,6 +169,39 @@ fn a_small_run_reports_prunes_recalibrates_and_saves() {
 }
 
 #[test]
+fn save_format_compressed_writes_smaller_checkpoints_that_load_back() {
+    let files = Files::new();
+    let json = files.path("report.json");
+    let save = files.path("saved");
+    let mut args = with(files.args(), "--sparsity", "0.9");
+    args = with(args, "--json", &json);
+    args = with(args, "--save-dir", &save);
+    args = with(args, "--save-format", "compressed");
+    let report = common::report(&run(&args), &json);
+
+    let path = format!("{save}/s0.9.safetensors");
+    let net = ResNet::load(&path, Stem::Cifar).unwrap();
+    let sparsity = SparsityReport::measure(&net).prunable_sparsity();
+    assert_eq!(
+        sparsity,
+        report["runs"][0]["actual_sparsity"].as_f64().unwrap()
+    );
+    // The pruned weights are stored in the bitmask layout, in under a third of the
+    // dense file's bytes.
+    let bytes = std::fs::read(&path).unwrap();
+    let raw = common::Raw::of(&bytes);
+    assert!(raw.entries.contains_key("layer3.2.conv2.bitmask"));
+    assert!(!raw.entries.contains_key("layer3.2.conv2.weight"));
+    let dense = StateDict::from_layer(&net).to_safetensors_bytes().unwrap();
+    assert!(
+        bytes.len() * 3 < dense.len(),
+        "{} / {} bytes",
+        bytes.len(),
+        dense.len()
+    );
+}
+
+#[test]
 fn nm_and_channel_patterns_report_and_save() {
     let files = Files::new();
     let json = files.path("nm.json");
@@ -596,6 +629,18 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
     state
         .write_safetensors(dir.join("zero-width.safetensors"))
         .unwrap();
+    // A compressed checkpoint whose second row offset is one too many.
+    let mut net =
+        ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors"), Stem::Cifar).unwrap();
+    MagnitudePruner::new(0.8).prune(&mut net).unwrap();
+    let bytes = StateDict::from_layer(&net)
+        .to_safetensors_bytes_as(reflow::io::SaveFormat::Compressed)
+        .unwrap();
+    let mut raw = common::Raw::of(&bytes);
+    let mut offsets = raw.i64s("layer1.0.conv1.row_offsets");
+    offsets[1] += 1;
+    raw.set_i64s("layer1.0.conv1.row_offsets", vec![offsets.len()], &offsets);
+    std::fs::write(dir.join("bad-offsets.safetensors"), raw.bytes()).unwrap();
     let fifo = dir.join("fifo");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status();
     assert!(made.is_ok_and(|s| s.success()), "mkfifo");
@@ -677,6 +722,26 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
         (
             with(base.clone(), "--weights", &files.path("fifo")),
             "is not a regular file",
+        ),
+        (
+            with(
+                base.clone(),
+                "--weights",
+                &files.path("bad-offsets.safetensors"),
+            ),
+            "compressed tensor \"layer1.0.conv1.weight\": \"layer1.0.conv1.row_offsets\" gives row 1",
+        ),
+        (
+            with(
+                with(base.clone(), "--save-dir", &saves),
+                "--save-format",
+                "zip",
+            ),
+            "\"zip\" (expected \"dense\" or \"compressed\")",
+        ),
+        (
+            with(base.clone(), "--save-format", "compressed"),
+            "--save-dir <DIR>",
         ),
         (
             with(

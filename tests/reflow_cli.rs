@@ -41,6 +41,60 @@ fn inspect_shows_the_architecture_counts_and_sparsity() {
 }
 
 #[test]
+fn inspect_reads_compressed_checkpoints_as_their_dense_twins() {
+    use reflow::io::SaveFormat;
+    use reflow::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net =
+        ResNet::from_state_dict(&common::read("resnext_small.safetensors"), Stem::Imagenet)
+            .unwrap();
+    MagnitudePruner::new(0.8).prune(&mut net).unwrap();
+    let state = StateDict::from_layer(&net);
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    state
+        .write_safetensors_as(path("dense.safetensors"), SaveFormat::Dense)
+        .unwrap();
+    state
+        .write_safetensors_as(path("compressed.safetensors"), SaveFormat::Compressed)
+        .unwrap();
+    let inspect = |name: &str| {
+        let out = reflow(&["inspect", "--json", &path(name)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let report = inspect("compressed.safetensors");
+    assert_eq!(report, inspect("dense.safetensors"));
+    let sparsity = report["sparsity"].as_f64().unwrap();
+    assert!((sparsity - 0.8).abs() < 1e-3, "{sparsity}");
+
+    // A broken file, and a NaN weight: one line naming the tensor.
+    let bytes = std::fs::read(path("compressed.safetensors")).unwrap();
+    let mut missing = common::Raw::of(&bytes);
+    missing.entries.remove("layer2.0.conv2.bitmask").unwrap();
+    std::fs::write(path("missing.safetensors"), missing.bytes()).unwrap();
+    let mut nan = common::Raw::of(&bytes);
+    nan.bytes_mut("fc.compressed")[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(path("nan.safetensors"), nan.bytes()).unwrap();
+    for (name, needle) in [
+        (
+            "missing.safetensors",
+            "compressed tensor \"layer2.0.conv2.weight\": \"layer2.0.conv2.compressed\"",
+        ),
+        ("nan.safetensors", "key \"fc.weight\": NaN at index"),
+    ] {
+        let out = reflow(&["inspect", &path(name)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+    }
+}
+
+#[test]
 fn prune_runs_as_the_example_does() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("r.json");

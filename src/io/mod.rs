@@ -2,7 +2,10 @@
 //!
 //! - Checkpoints: [`StateDict::read_safetensors`](crate::StateDict::read_safetensors)
 //!   and [`StateDict::write_safetensors`](crate::StateDict::write_safetensors) (F32,
-//!   F16, BF16 and F64 read as `f32`; writes are atomic).
+//!   F16, BF16 and F64 read as `f32`; writes are atomic);
+//!   [`StateDict::write_safetensors_as`](crate::StateDict::write_safetensors_as) with
+//!   [`SaveFormat::Compressed`] writes sparse weights in compressed-tensors' bitmask
+//!   layout, which the reader rebuilds dense.
 //! - Data: [`IdxImages`], [`IdxLabels`], [`Dataset`] and [`Normalization`] for the
 //!   MNIST / Fashion-MNIST format, raw or gzip-compressed; [`read_cifar`] for
 //!   CIFAR-10's and CIFAR-100's binary files; `NpyImages` and `read_npy_labels` for
@@ -13,6 +16,7 @@
 
 mod atomic;
 mod cifar;
+mod compressed;
 #[cfg(feature = "image")]
 mod decode;
 mod file;
@@ -36,5 +40,6 @@ pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization, MIN_STD};
 pub use labelled::{LabelledBatches, LabelledData};
 #[cfg(feature = "npy")]
 pub use npy::{read_npy_labels, NpyImages};
+pub use safetensors::SaveFormat;
 pub use source::{FloatImages, ImageSource};
 pub use transform::{EvalTransform, Pixels};

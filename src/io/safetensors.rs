@@ -1,17 +1,89 @@
 //! safetensors checkpoints ⇄ [`StateDict`].
 
+use super::compressed::{self, Compressed};
 use super::write_atomic;
 use crate::error::{Error, Result};
 use crate::state_dict::{StateDict, StoredTensor, TensorData};
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use std::borrow::Cow;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// How [`StateDict::write_safetensors_as`] stores the tensors.
+///
+/// ```
+/// use reflow::io::SaveFormat;
+///
+/// assert_eq!("compressed".parse::<SaveFormat>()?, SaveFormat::Compressed);
+/// assert_eq!(SaveFormat::default(), SaveFormat::Dense);
+/// assert!("zip".parse::<SaveFormat>().is_err());
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SaveFormat {
+    /// Every tensor as it is, floats as F32 and integers as I64: what PyTorch's
+    /// `safetensors.torch.save_file(model.state_dict(), path)` writes.
+    #[default]
+    Dense,
+    /// Sparse weights in the bitmask layout of compressed-tensors (Neural Magic /
+    /// vLLM, format `"sparse-bitmask"`), which its `BitmaskCompressor` decompresses;
+    /// every other tensor dense, in the same file. A float `*.weight` of rank 2 or
+    /// more is compressed when that takes fewer bytes (from about 3 % zeros on: a
+    /// value's mask bit costs 1/32 of its four bytes). A `-0.0` weight is read back
+    /// as `+0.0`: the mask keeps the values `!= 0`, as compressed-tensors' does. See
+    /// `docs/models.md`, "Compressed checkpoints".
+    Compressed,
+}
+
+impl FromStr for SaveFormat {
+    type Err = Error;
+
+    /// Parses `dense` or `compressed`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "dense" => Ok(SaveFormat::Dense),
+            "compressed" => Ok(SaveFormat::Compressed),
+            other => Err(Error::invalid(
+                "save format",
+                format!("\"{other}\" (expected \"dense\" or \"compressed\")"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SaveFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SaveFormat::Dense => "dense",
+            SaveFormat::Compressed => "compressed",
+        })
+    }
+}
 
 /// A tensor ready to serialise: dtype, shape, little-endian bytes.
-struct Encoded {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+pub(super) struct Encoded {
+    pub(super) dtype: Dtype,
+    pub(super) shape: Vec<usize>,
+    pub(super) bytes: Vec<u8>,
+}
+
+/// Tensors ready to serialise, by name.
+pub(super) type Serialised = Vec<(String, Encoded)>;
+
+impl Encoded {
+    /// `tensor` as it is: floats as F32, integers as I64.
+    pub(super) fn dense(tensor: &StoredTensor) -> Self {
+        let (dtype, bytes) = match &tensor.data {
+            TensorData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        Encoded {
+            dtype,
+            shape: tensor.shape.clone(),
+            bytes,
+        }
+    }
 }
 
 impl View for &Encoded {
@@ -30,11 +102,32 @@ impl View for &Encoded {
 }
 
 /// Decodes little-endian elements of `N` bytes each.
-fn decode<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+fn decode_le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
     bytes
         .chunks_exact(N)
         .map(|c| f(c.try_into().expect("chunks of N bytes")))
         .collect()
+}
+
+/// The values of the entry `name`: F32, F16, BF16 and F64 as `f32`, I64 and I32 as
+/// `i64`; any other dtype is an [`Error::UnsupportedDtype`] naming the entry.
+pub(super) fn decode(name: &str, view: &TensorView) -> Result<TensorData> {
+    let raw = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => TensorData::F32(decode_le(raw, f32::from_le_bytes)),
+        Dtype::F64 => TensorData::F32(decode_le(raw, |b| f64::from_le_bytes(b) as f32)),
+        Dtype::F16 => TensorData::F32(decode_le(raw, |b| half::f16::from_le_bytes(b).to_f32())),
+        Dtype::BF16 => TensorData::F32(decode_le(raw, |b| half::bf16::from_le_bytes(b).to_f32())),
+        Dtype::I64 => TensorData::I64(decode_le(raw, i64::from_le_bytes)),
+        Dtype::I32 => TensorData::I64(decode_le(raw, |b| i32::from_le_bytes(b) as i64)),
+        other => {
+            return Err(Error::UnsupportedDtype {
+                key: name.to_string(),
+                dtype: format!("{other:?}"),
+                expected: "F32, F16, BF16 or F64 (I64 for counters)",
+            })
+        }
+    })
 }
 
 impl StateDict {
@@ -42,6 +135,13 @@ impl StateDict {
     /// I32 tensors (counters such as `num_batches_tracked`) become `i64`. Any other
     /// dtype is an [`Error::UnsupportedDtype`] naming the key; a truncated or corrupt
     /// file is an [`Error::Safetensors`].
+    ///
+    /// Tensors stored in the bitmask layout of compressed-tensors
+    /// ([`SaveFormat::Compressed`], or written by compressed-tensors'
+    /// `BitmaskCompressor`) are rebuilt dense under their own name (`conv1.weight`
+    /// from `conv1.compressed`, `conv1.bitmask`, `conv1.shape` and
+    /// `conv1.row_offsets`). A compressed tensor whose entries are missing or
+    /// disagree is an [`Error::CompressedTensor`] naming it.
     pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = super::file::read_regular(path)?;
@@ -54,32 +154,19 @@ impl StateDict {
     }
 
     fn parse_safetensors(bytes: &[u8], path: PathBuf) -> Result<Self> {
-        let file = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
-            path,
+        let invalid = |e: safetensors::SafeTensorError| Error::Safetensors {
+            path: path.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let file = SafeTensors::deserialize(bytes).map_err(invalid)?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
+        let compressed = Compressed::find(file.iter(), header.metadata().as_ref(), &path)?;
         let mut state = StateDict::new();
         for (name, view) in file.iter() {
-            let raw = view.data();
-            let data = match view.dtype() {
-                Dtype::F32 => TensorData::F32(decode(raw, f32::from_le_bytes)),
-                Dtype::F64 => TensorData::F32(decode(raw, |b| f64::from_le_bytes(b) as f32)),
-                Dtype::F16 => {
-                    TensorData::F32(decode(raw, |b| half::f16::from_le_bytes(b).to_f32()))
-                }
-                Dtype::BF16 => {
-                    TensorData::F32(decode(raw, |b| half::bf16::from_le_bytes(b).to_f32()))
-                }
-                Dtype::I64 => TensorData::I64(decode(raw, i64::from_le_bytes)),
-                Dtype::I32 => TensorData::I64(decode(raw, |b| i32::from_le_bytes(b) as i64)),
-                other => {
-                    return Err(Error::UnsupportedDtype {
-                        key: name.to_string(),
-                        dtype: format!("{other:?}"),
-                        expected: "F32, F16, BF16 or F64 (I64 for counters)",
-                    })
-                }
-            };
+            if compressed.holds_entry(name) {
+                continue;
+            }
+            let data = decode(name, &view)?;
             state.insert(
                 name,
                 StoredTensor {
@@ -88,44 +175,93 @@ impl StateDict {
                 },
             );
         }
+        compressed.rebuild_into(&mut state, &path)?;
         Ok(state)
     }
 
     /// Serialises to safetensors bytes: floats as F32, integers as I64.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let encoded: Vec<(&str, Encoded)> = self
-            .iter()
-            .map(|(name, t)| {
-                let (dtype, bytes) = match &t.data {
-                    TensorData::F32(v) => {
-                        (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                    }
-                    TensorData::I64(v) => {
-                        (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                    }
-                };
-                (
-                    name,
-                    Encoded {
-                        dtype,
-                        shape: t.shape.clone(),
-                        bytes,
-                    },
-                )
-            })
-            .collect();
-        safetensors::serialize(encoded.iter().map(|(n, e)| (*n, e)), None).map_err(|e| {
-            Error::Safetensors {
+        self.to_safetensors_bytes_as(SaveFormat::Dense)
+    }
+
+    /// Serialises to safetensors bytes in `format`. [`SaveFormat::Compressed`] fails
+    /// with an [`Error::InvalidArgument`] when a tensor's name ends like a compressed
+    /// tensor's entry (`.compressed`, `.bitmask`, `.shape`, `.row_offsets`): it would
+    /// not read back as itself.
+    ///
+    /// ```
+    /// use reflow::io::SaveFormat;
+    /// use reflow::state_dict::StoredTensor;
+    /// use reflow::StateDict;
+    ///
+    /// // A 3x3 convolution of 64 filters, 80 % of its weights pruned.
+    /// let weights: Vec<f32> = (0..64 * 64 * 9)
+    ///     .map(|i| if i % 5 == 0 { 0.01 * (i % 7) as f32 + 0.5 } else { 0.0 })
+    ///     .collect();
+    /// let mut state = StateDict::new();
+    /// state.insert("conv.weight", StoredTensor::f32(vec![64, 64, 3, 3], weights)?);
+    /// state.insert("bn.bias", StoredTensor::f32(vec![64], vec![0.1; 64])?);
+    ///
+    /// let dense = state.to_safetensors_bytes_as(SaveFormat::Dense)?;
+    /// let compressed = state.to_safetensors_bytes_as(SaveFormat::Compressed)?;
+    /// assert!(compressed.len() * 10 < dense.len() * 3);
+    /// // Read back dense, bit for bit.
+    /// assert_eq!(StateDict::from_safetensors_bytes(&compressed)?, state);
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    pub fn to_safetensors_bytes_as(&self, format: SaveFormat) -> Result<Vec<u8>> {
+        let (entries, metadata) = match format {
+            SaveFormat::Dense => {
+                let entries = self
+                    .iter()
+                    .map(|(name, t)| (name.to_string(), Encoded::dense(t)))
+                    .collect();
+                (entries, None)
+            }
+            SaveFormat::Compressed => {
+                let (entries, metadata) = compressed::encode(self)?;
+                (entries, Some(metadata))
+            }
+        };
+        safetensors::serialize(entries.iter().map(|(n, e)| (n.as_str(), e)), metadata).map_err(
+            |e| Error::Safetensors {
                 path: PathBuf::from("<memory>"),
                 reason: e.to_string(),
-            }
-        })
+            },
+        )
     }
 
     /// Writes a safetensors file that PyTorch reads with `safetensors.torch.load_file`
     /// and loads with `load_state_dict(strict=True)`. The write is atomic: a temporary
     /// file in the same folder, then a rename.
     pub fn write_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomic(path, &self.to_safetensors_bytes()?)
+        self.write_safetensors_as(path, SaveFormat::Dense)
+    }
+
+    /// Writes a safetensors file in `format`, atomically as
+    /// [`StateDict::write_safetensors`] does. [`StateDict::read_safetensors`] reads
+    /// either format back; a compressed file takes compressed-tensors to decompress
+    /// in Python (see `docs/models.md`, "Compressed checkpoints").
+    ///
+    /// ```
+    /// use reflow::io::SaveFormat;
+    /// use reflow::prelude::*;
+    ///
+    /// # let trained = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/resnet20_cifar.safetensors");
+    /// let mut net = ResNet::load(trained, Stem::Cifar)?;
+    /// MagnitudePruner::new(0.8).prune(&mut net)?;
+    /// let dir = tempfile::tempdir()?;
+    /// let (dense, compressed) = (dir.path().join("d.safetensors"), dir.path().join("c.safetensors"));
+    /// StateDict::from_layer(&net).write_safetensors_as(&dense, SaveFormat::Dense)?;
+    /// StateDict::from_layer(&net).write_safetensors_as(&compressed, SaveFormat::Compressed)?;
+    /// let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len());
+    /// assert!(size(&compressed)? * 2 < size(&dense)?);
+    ///
+    /// let back = ResNet::load(&compressed, Stem::Cifar)?;
+    /// assert_eq!(StateDict::from_layer(&back), StateDict::from_layer(&net));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_safetensors_as(&self, path: impl AsRef<Path>, format: SaveFormat) -> Result<()> {
+        write_atomic(path, &self.to_safetensors_bytes_as(format)?)
     }
 }

@@ -5,7 +5,8 @@
 use ndarray::{ArrayD, IxDyn};
 use reflow::layer::{ActivationView, LayerKind, Observer, Site, Tap};
 use reflow::StateDict;
-use std::collections::BTreeMap;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 /// The binary of example `name`, next to this test (`target/<profile>/examples/`).
@@ -176,4 +177,60 @@ pub fn report(out: &std::process::Output, json: impl AsRef<std::path::Path>) -> 
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+/// A safetensors file's entries (dtype, shape, bytes) and metadata, to look at and
+/// to break.
+pub struct Raw {
+    pub entries: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+impl Raw {
+    pub fn of(bytes: &[u8]) -> Raw {
+        let file = SafeTensors::deserialize(bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
+        let entries = file
+            .iter()
+            .map(|(n, v)| {
+                let entry = (v.dtype(), v.shape().to_vec(), v.data().to_vec());
+                (n.to_string(), entry)
+            })
+            .collect();
+        Raw {
+            entries,
+            metadata: header.metadata().clone(),
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let views: Vec<(&str, TensorView)> = self
+            .entries
+            .iter()
+            .map(|(n, (d, s, b))| (n.as_str(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize(views, self.metadata.clone()).unwrap()
+    }
+
+    pub fn i64s(&self, name: &str) -> Vec<i64> {
+        let (dtype, _, bytes) = &self.entries[name];
+        assert_eq!(*dtype, Dtype::I64, "{name}");
+        bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    pub fn set_i64s(&mut self, name: &str, shape: Vec<usize>, values: &[i64]) {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.entries.insert(name.into(), (Dtype::I64, shape, bytes));
+    }
+
+    pub fn shape(&self, name: &str) -> Vec<usize> {
+        self.entries[name].1.clone()
+    }
+
+    pub fn bytes_mut(&mut self, name: &str) -> &mut Vec<u8> {
+        &mut self.entries.get_mut(name).unwrap().2
+    }
 }

@@ -249,7 +249,8 @@ pub fn writable_folder(flag: &str, dir: Option<&Path>) -> reflow::Result<()> {
 /// The checkpoint a command reads, and how to read it.
 #[derive(clap::Args, Debug)]
 pub struct Checkpoint {
-    /// safetensors state dict in torchvision layout.
+    /// safetensors state dict in torchvision layout, dense or with pruned weights in
+    /// compressed-tensors' bitmask layout (--save-format compressed).
     #[arg(value_name = "CHECKPOINT")]
     pub weights: PathBuf,
     /// Network family or torchvision preset; auto detects it from the keys.

@@ -7,7 +7,7 @@
 use crate::protocol::Protocol;
 use crate::protocol::{self, identity, invalid, last_ratio, progress_bar, writable_folder};
 use clap::Parser;
-use reflow::io::{read_cifar, CifarSplit, EvalTransform, ImageSource};
+use reflow::io::{read_cifar, CifarSplit, EvalTransform, ImageSource, SaveFormat};
 use reflow::models::{Arch, Model};
 use reflow::prelude::*;
 use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
@@ -19,7 +19,8 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 pub struct Args {
-    /// safetensors state dict in torchvision layout.
+    /// safetensors state dict in torchvision layout, dense or with pruned weights in
+    /// compressed-tensors' bitmask layout (--save-format compressed).
     #[arg(long, value_name = "PATH")]
     weights: PathBuf,
     /// Network family or torchvision preset; auto detects it from the keys.
@@ -148,6 +149,16 @@ pub struct Args {
     /// nm<N>-<M> or channel-s<sparsity> .safetensors.
     #[arg(long, value_name = "DIR")]
     save_dir: Option<PathBuf>,
+    /// How --save-dir writes: dense (every tensor as it is) or compressed (pruned
+    /// weights in compressed-tensors' bitmask layout, "sparse-bitmask": smaller files
+    /// that reflow reads back and compressed-tensors decompresses).
+    #[arg(
+        long,
+        default_value = "dense",
+        value_name = "FORMAT",
+        requires = "save_dir"
+    )]
+    save_format: String,
 }
 
 /// Parses the command line (`args` with the program name first) and runs: exit code 0
@@ -243,6 +254,8 @@ struct Plan {
     norm: Normalization,
     /// The preprocessing of folder images.
     transform: EvalTransform,
+    /// How `--save-dir` writes.
+    save_format: SaveFormat,
 }
 
 fn plan(args: &Args) -> reflow::Result<Plan> {
@@ -336,6 +349,7 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
         reflow,
         norm,
         transform,
+        save_format: args.save_format.parse()?,
     })
 }
 
@@ -515,7 +529,7 @@ fn run(args: &Args) -> reflow::Result<()> {
             return Ok(());
         };
         // `check_paths` made the folder and made sure the file is no input.
-        StateDict::from_layer(net).write_safetensors(dir.join(name))
+        StateDict::from_layer(net).write_safetensors_as(dir.join(name), plan.save_format)
     };
 
     let protocol = Protocol {
