@@ -6,7 +6,7 @@ use crate::layer::{Layer, Probe};
 use crate::nn::{sparse_policy, LayerTime, Profile, SparsePolicy, Tensor2, Tensor4};
 use std::time::Instant;
 
-/// What [`bench`] runs: batches of `batch` images of `input` (`[C, H, W]`), `warmup`
+/// What [`bench()`] runs: batches of `batch` images of `input` (`[C, H, W]`), `warmup`
 /// passes first, then `runs` timed passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BenchConfig {
@@ -48,7 +48,7 @@ impl BenchConfig {
     }
 }
 
-/// What [`bench`] measured.
+/// What [`bench()`] measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
     /// What ran.
