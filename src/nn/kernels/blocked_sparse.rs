@@ -138,6 +138,14 @@ impl SparseConv {
     }
 }
 
+/// A non-zero weight as a tile reads it: where its input values are in the planes,
+/// and its value.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u32,
+    value: f32,
+}
+
 /// Where [`sparse_conv`] puts the input: per channel, for each stride phase kept, a
 /// zero-padded copy of the batch's values and copies of it shifted by one, two, …
 /// columns, then slack for the reads past the last position.
@@ -294,14 +302,16 @@ pub(crate) fn sparse_conv(
     let tap: Vec<usize> = (0..s.taps())
         .map(|t| planes.tap(s, t / s.kernel[1], t % s.kernel[1]))
         .collect();
-    let offsets: Vec<u32> = w
-        .keys
-        .iter()
-        .map(|&k| ((k >> 8) as usize * planes.channel + tap[(k & 0xff) as usize]) as u32)
+    // Each non-zero as its offset and value side by side: one stream to read.
+    let entries: Vec<Entry> = (w.keys.iter().zip(&w.values))
+        .map(|(&k, &value)| Entry {
+            offset: ((k >> 8) as usize * planes.channel + tap[(k & 0xff) as usize]) as u32,
+            value,
+        })
         .collect();
     // Every read stays inside the planes: a tile's vectors end at most 15 positions
     // past the last, which the slack after the farthest tap covers.
-    let farthest = offsets.iter().max().map_or(0, |&m| m as usize);
+    let farthest = entries.iter().map(|e| e.offset as usize).max().unwrap_or(0);
     assert!(farthest + planes.positions.next_multiple_of(LANES) <= len);
     // Tiles of positions; split the output blocks too when tiles are fewer than four
     // per thread.
@@ -315,7 +325,7 @@ pub(crate) fn sparse_conv(
     let per_part = blocks.div_ceil(parts);
     let parts = blocks.div_ceil(per_part);
     let out = SharedOut(y.as_mut_ptr());
-    let (planes_values, offsets) = (&cols[start..][..len], &offsets[..]);
+    let (planes_values, entries) = (&cols[start..][..len], &entries[..]);
     each_index(tiles * parts, threads, |task| {
         let (t, part) = (task / parts, task % parts);
         let first = t * TILE;
@@ -324,7 +334,7 @@ pub(crate) fn sparse_conv(
                 cols: planes_values,
                 planes,
                 w,
-                offsets,
+                entries,
                 first,
                 count: TILE.min(planes.positions - first),
                 blocks: part * per_part..((part + 1) * per_part).min(blocks),
@@ -496,8 +506,8 @@ struct SparseTile<'a> {
     cols: &'a [f32],
     planes: Planes,
     w: &'a SparseConv,
-    /// Each non-zero's offset in `cols`.
-    offsets: &'a [u32],
+    /// Each non-zero's offset in `cols`, and value.
+    entries: &'a [Entry],
     first: usize,
     count: usize,
     blocks: std::ops::Range<usize>,
@@ -531,7 +541,7 @@ fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
         cols,
         planes,
         w,
-        offsets,
+        entries,
         first,
         count,
         blocks,
@@ -561,21 +571,16 @@ fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
                 })
             };
             let (mut a, mut b) = (load(one), load(two));
-            let (ra, rb) = (from..middle, middle..to);
+            let (ra, rb) = (&entries[from..middle], &entries[middle..to]);
             let common = ra.len().min(rb.len());
-            for j in 0..common {
-                let (ia, ib) = (ra.start + j, rb.start + j);
-                let (wa, wb) = (s.splat(w.values[ia]), s.splat(w.values[ib]));
+            for (ea, eb) in ra[..common].iter().zip(&rb[..common]) {
+                let (wa, wb) = (s.splat(ea.value), s.splat(eb.value));
                 // SAFETY: every offset plus `first + V·16` is at most `cols.len()`: the
                 // tile's vectors end before the plane's last position rounded up to
                 // 16, and `sparse_conv` checked that the farthest offset from there is
                 // inside `cols`.
-                let (pa, pb) = unsafe {
-                    (
-                        base.add(offsets[ia] as usize),
-                        base.add(offsets[ib] as usize),
-                    )
-                };
+                let (pa, pb) =
+                    unsafe { (base.add(ea.offset as usize), base.add(eb.offset as usize)) };
                 for v in 0..V {
                     // SAFETY: as above.
                     unsafe {
@@ -584,14 +589,11 @@ fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
                     }
                 }
             }
-            for (acc, rest) in [
-                (&mut a, ra.start + common..ra.end),
-                (&mut b, rb.start + common..rb.end),
-            ] {
-                for i in rest {
-                    let wv = s.splat(w.values[i]);
+            for (acc, rest) in [(&mut a, &ra[common..]), (&mut b, &rb[common..])] {
+                for e in rest {
+                    let wv = s.splat(e.value);
                     // SAFETY: as above.
-                    let p = unsafe { base.add(offsets[i] as usize) };
+                    let p = unsafe { base.add(e.offset as usize) };
                     for (v, acc) in acc.iter_mut().enumerate() {
                         // SAFETY: as above.
                         *acc = s.fma(wv, unsafe { s.load_ptr(p.add(v * LANES)) }, *acc);
