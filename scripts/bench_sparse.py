@@ -38,7 +38,7 @@ REFLOW = Path(__file__).resolve().parent.parent / "target" / "release" / "reflow
 def reflow_bench(path: Path, arch: str, batch: int, threads: int, dense: bool, runs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        cmd = [str(REFLOW), "bench", str(path), "--arch", arch, "--input", "3x224x224",
+        cmd = [str(REFLOW), "bench", str(path), "--input", "3x224x224",
                "--batch", str(batch), "--threads", str(threads), "--runs", str(runs),
                "--json", str(out)]
         if dense:

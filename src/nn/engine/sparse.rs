@@ -119,6 +119,9 @@ pub fn set_sparse_policy(policy: SparsePolicy) {
 /// times the sparse kernel: denser layers run dense without a measurement.
 const MEASURED_DENSITY: f64 = 0.5;
 
+/// How much faster than dense the sparse kernel must have been measured to be chosen.
+const MARGIN: f64 = 0.95;
+
 /// What a convolution ran on for one input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Choice {
@@ -193,8 +196,9 @@ impl SparseForm {
             .collect()
     }
 
-    /// Times `dense` and `sparse` (each run once to warm up, then twice alternately)
-    /// and keeps the faster for `key`; returns `dense`'s output. `sparse` gives `None`
+    /// Times `dense` and `sparse` (each run once to warm up, then three times
+    /// alternately) and keeps for `key` the sparse kernel if its fastest run was at
+    /// least 5 % faster than dense's, else dense; returns `dense`'s output. `sparse` gives `None`
     /// when it declines the input: then nothing is kept.
     pub(crate) fn measure<T>(
         &self,
@@ -212,7 +216,7 @@ impl SparseForm {
             return out;
         }
         let (mut fastest_dense, mut fastest_sparse) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..2 {
+        for _ in 0..3 {
             let (_, t) = time(&mut || {
                 out = dense();
                 true
@@ -224,7 +228,9 @@ impl SparseForm {
             }
             fastest_sparse = fastest_sparse.min(t);
         }
-        let choice = if fastest_sparse < fastest_dense {
+        // Only a clear win counts: a layer on the sparse kernel by the timing's noise
+        // alone could make the network slower.
+        let choice = if fastest_sparse < MARGIN * fastest_dense {
             Choice::Sparse
         } else {
             Choice::Dense
