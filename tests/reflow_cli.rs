@@ -575,8 +575,22 @@ fn bench_times_each_convolution_on_its_kernel() {
         assert_eq!(on_sparse, sparse_layers, "{policy}: {text}");
         assert!(layers[1]["density"].as_f64().unwrap() < 0.5);
     }
-    // Bad arguments are refused before any work, in one line naming the flag.
+    // `reflow inspect` says which tensors may run sparse.
     let checkpoint = weights.to_str().unwrap();
+    let out = reflow(&["inspect", "--json", "--stem", "cifar", checkpoint]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kernels = |name: &str| {
+        let layers = report["layers"].as_array().unwrap();
+        let layer = layers.iter().find(|l| l["name"] == name).unwrap();
+        layer["kernels"].as_str().unwrap().to_string()
+    };
+    assert_eq!(kernels("layer1.0.conv1.weight"), "dense or sparse");
+    assert_eq!(
+        kernels("fc.weight"),
+        "dense",
+        "the classifier has no sparse kernel"
+    );
+    // Bad arguments are refused before any work, in one line naming the flag.
     let input = ["--input", "3x16x16"];
     for (args, needle) in [
         (vec!["--input", "3x16"], "--input"),

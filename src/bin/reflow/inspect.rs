@@ -26,6 +26,20 @@ pub fn execute(args: &Args) -> ExitCode {
 fn run(args: &Args) -> reflow::Result<()> {
     let net = args.checkpoint.load()?;
     let report = SparsityReport::measure(&net);
+    // Convolution weights (rank 4) by name: those at most half dense are timed on the
+    // sparse kernel when the network runs (`reflow bench` shows the choice).
+    let mut convolutions = std::collections::HashSet::new();
+    net.visit_params(&mut |p| {
+        if p.shape.len() == 4 {
+            convolutions.insert(p.name.to_string());
+        }
+    });
+    let kernels = |t: &reflow::prune::TensorSparsity| match convolutions.contains(&t.name)
+        && 1.0 - t.sparsity() <= 0.5
+    {
+        true => "dense or sparse",
+        false => "dense",
+    };
     let arch = net.arch();
     let shape = match &net {
         Model::ResNet(r) => {
@@ -45,7 +59,14 @@ fn run(args: &Args) -> reflow::Result<()> {
         let layers: Vec<_> = report
             .tensors
             .iter()
-            .map(|t| json!({"name": t.name, "numel": t.numel, "sparsity": t.sparsity()}))
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "numel": t.numel,
+                    "sparsity": t.sparsity(),
+                    "kernels": kernels(t),
+                })
+            })
             .collect();
         let out = json!({
             "family": arch.family(),
@@ -81,13 +102,14 @@ fn run(args: &Args) -> reflow::Result<()> {
         report.prunable_sparsity()
     );
     say!(
-        "{:<40} {:>12} {:>9}",
+        "{:<40} {:>12} {:>9}  kernels (sparse: timed against dense when it runs)",
         "prunable tensor",
         "values",
         "sparsity"
     );
     for t in &report.tensors {
-        say!("{:<40} {:>12} {:>9.4}", t.name, t.numel, t.sparsity());
+        let k = kernels(t);
+        say!("{:<40} {:>12} {:>9.4}  {k}", t.name, t.numel, t.sparsity());
     }
     Ok(())
 }
