@@ -28,6 +28,7 @@ use super::activation::activate;
 use super::blocked::{each_index, finish, Blocked, SharedOut, Store};
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::{buffer, recycle_buffer, with_scratch};
+use std::sync::{Arc, Mutex};
 
 /// Vectors of positions per tile.
 const VECTORS: usize = 4;
@@ -60,7 +61,7 @@ impl SparseShape {
 }
 
 /// The non-zero weights of a convolution, packed for [`sparse_conv`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub(crate) struct SparseConv {
     shape: SparseShape,
     /// Input channels per chunk.
@@ -73,6 +74,32 @@ pub(crate) struct SparseConv {
     /// Per non-zero, `input channel << 8 | tap` (tap `ky·kw + kx`).
     keys: Vec<u32>,
     values: Vec<f32>,
+    /// The non-zeros as the last call's planes read them (they depend on the input's
+    /// size, which seldom changes): remade only for another size.
+    entries: Mutex<Option<Arc<Entries>>>,
+}
+
+/// The non-zeros of a [`SparseConv`] for planes of one geometry: the key (values per
+/// channel, and each tap's offset) and the entries.
+#[derive(Debug)]
+struct Entries {
+    channel: usize,
+    taps: Vec<usize>,
+    entries: Vec<Entry>,
+    /// The largest offset.
+    farthest: usize,
+}
+
+impl Clone for SparseConv {
+    fn clone(&self) -> Self {
+        SparseConv {
+            starts: self.starts.clone(),
+            keys: self.keys.clone(),
+            values: self.values.clone(),
+            entries: Mutex::new(None),
+            ..*self
+        }
+    }
 }
 
 impl SparseConv {
@@ -125,12 +152,44 @@ impl SparseConv {
             starts,
             keys,
             values,
+            entries: Mutex::new(None),
         })
     }
 
     /// The non-zero weights.
     pub(crate) fn nonzeros(&self) -> usize {
         self.values.len()
+    }
+
+    /// The non-zeros for planes laid out as `planes`: the last call's if they were
+    /// the same, else made (and kept) anew.
+    fn entries(&self, s: SparseShape, planes: Planes) -> Arc<Entries> {
+        let taps: Vec<usize> = (0..s.taps())
+            .map(|t| planes.tap(s, t / s.kernel[1], t % s.kernel[1]))
+            .collect();
+        let mut cached = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = cached
+            .as_ref()
+            .filter(|e| e.channel == planes.channel && e.taps == taps)
+        {
+            return Arc::clone(e);
+        }
+        // Each non-zero as its offset and value side by side: one stream to read.
+        let entries: Vec<Entry> = (self.keys.iter().zip(&self.values))
+            .map(|(&k, &value)| Entry {
+                offset: ((k >> 8) as usize * planes.channel + taps[(k & 0xff) as usize]) as u32,
+                value,
+            })
+            .collect();
+        let farthest = entries.iter().map(|e| e.offset as usize).max().unwrap_or(0);
+        let made = Arc::new(Entries {
+            channel: planes.channel,
+            taps,
+            entries,
+            farthest,
+        });
+        *cached = Some(Arc::clone(&made));
+        made
     }
 
     fn chunks(&self) -> usize {
@@ -298,21 +357,11 @@ pub(crate) fn sparse_conv(
         recycle_buffer(cols);
         return false;
     }
-    // Each non-zero's offset in the planes.
-    let tap: Vec<usize> = (0..s.taps())
-        .map(|t| planes.tap(s, t / s.kernel[1], t % s.kernel[1]))
-        .collect();
-    // Each non-zero as its offset and value side by side: one stream to read.
-    let entries: Vec<Entry> = (w.keys.iter().zip(&w.values))
-        .map(|(&k, &value)| Entry {
-            offset: ((k >> 8) as usize * planes.channel + tap[(k & 0xff) as usize]) as u32,
-            value,
-        })
-        .collect();
+    let made = w.entries(s, planes);
+    let entries = &made.entries[..];
     // Every read stays inside the planes: a tile's vectors end at most 15 positions
     // past the last, which the slack after the farthest tap covers.
-    let farthest = entries.iter().map(|e| e.offset as usize).max().unwrap_or(0);
-    assert!(farthest + planes.positions.next_multiple_of(LANES) <= len);
+    assert!(made.farthest + planes.positions.next_multiple_of(LANES) <= len);
     // Tiles of positions; split the output blocks too when tiles are fewer than four
     // per thread.
     let tiles = planes.positions.div_ceil(TILE);
@@ -325,7 +374,7 @@ pub(crate) fn sparse_conv(
     let per_part = blocks.div_ceil(parts);
     let parts = blocks.div_ceil(per_part);
     let out = SharedOut(y.as_mut_ptr());
-    let (planes_values, entries) = (&cols[start..][..len], &entries[..]);
+    let planes_values = &cols[start..][..len];
     each_index(tiles * parts, threads, |task| {
         let (t, part) = (task / parts, task % parts);
         let first = t * TILE;
@@ -745,6 +794,53 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn one_packing_serves_inputs_of_several_sizes() {
+        // The non-zeros' offsets depend on the input's size: kept for the last one,
+        // made anew for another.
+        let shape = SparseShape {
+            out: 20,
+            inputs: 24,
+            groups: 1,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+        };
+        let weight = masked(20 * 24 * 9, 0.3, 1);
+        let packed = SparseConv::new(&weight, shape).expect("packs");
+        let kernels = *every_kernels().last().expect("a level");
+        for (n, h, w) in [(1, 5, 5), (2, 7, 6), (1, 5, 5), (3, 5, 5)] {
+            let g = Window {
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [1, 1],
+                size: [h, w],
+                out_size: [h, w],
+            };
+            let xs = Blocked { n, c: 24, h, w };
+            let ys = Blocked { c: 20, ..xs };
+            let x = values(n * 24 * h * w, 2);
+            let epilogue = TestEpilogue::new(ys, (4, 5), None);
+            let f = Activation::Identity;
+            let want = reference(&x, [n, 24, h, w], &weight, 20, 1, g, epilogue.reference(f));
+            let mut yb = vec![f32::NAN; ys.len()];
+            let store = epilogue.store(f);
+            assert!(sparse_conv(
+                kernels,
+                &blocks(&x, xs),
+                xs,
+                &packed,
+                [h, w],
+                store,
+                &mut yb,
+                1
+            ));
+            let mut got = vec![0.0; want.len()];
+            from_blocked(&yb, ys, &mut got);
+            close(&got, &want, &format!("{n}x{h}x{w}"));
         }
     }
 
