@@ -470,8 +470,14 @@ impl Kernel for Spread<'_> {
         } else {
             0
         };
+        // (The shifted copies are made below from the first, wholly.)
+        let (copy, phases) = (planes.copy, planes.phases[0] * planes.phases[1]);
         for c in 0..channels {
-            cols[c * planes.channel + filled..][..planes.channel - filled].fill(0.0);
+            let channel = &mut cols[c * planes.channel..][..planes.channel];
+            for phase in 0..phases {
+                channel[phase * planes.shifts * copy..][filled..copy].fill(0.0);
+            }
+            channel[phases * planes.shifts * copy..].fill(0.0);
         }
         let mut bad = s.zero();
         let image = |img: usize| &x[(img * xs.blocks() + block) * xs.h * xs.w * LANES..];
@@ -533,13 +539,13 @@ impl Kernel for Spread<'_> {
                 return false;
             }
         }
-        // The shifted copies.
-        let copy = planes.copy;
+        // The shifted copies: copy `j` is the first `j` values on, zeros at its end.
         for c in 0..channels {
-            for phase in 0..planes.phases[0] * planes.phases[1] {
+            for phase in 0..phases {
                 let at = c * planes.channel + phase * planes.shifts * copy;
                 for j in 1..planes.shifts {
                     cols.copy_within(at + j..at + copy, at + j * copy);
+                    cols[at + (j + 1) * copy - j..at + (j + 1) * copy].fill(0.0);
                 }
             }
         }
@@ -600,8 +606,11 @@ fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
         sums,
     } = t;
     let rows = (blocks.start * LANES)..(blocks.end * LANES);
-    sums.clear();
-    sums.resize(rows.len() * TILE, 0.0);
+    // Not zeroed: the first chunk writes every row's sums (zeros where it has no
+    // non-zero) before any chunk reads them.
+    if sums.len() < rows.len() * TILE {
+        sums.resize(rows.len() * TILE, 0.0);
+    }
     let base = cols[first..].as_ptr();
     // Two output channels at a time: eight independent sums with four vectors.
     for k in 0..w.chunks() {
