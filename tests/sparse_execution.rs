@@ -64,6 +64,26 @@ fn pruned_networks_compute_the_same_logits_on_the_sparse_kernel() {
         "efficientnet_small",
     ];
     common::at_every_level(|_| {
+        // A pruned classifier alone: a wide one (VGG's are 25,088 × 4,096), any batch.
+        let mut fc = reflow::nn::Linear::new(300, 37, true);
+        fc.visit_params_mut(&mut |p| {
+            for (k, v) in p.data.iter_mut().enumerate() {
+                *v = if k % 5 == 0 {
+                    (k % 7) as f32 - 3.0
+                } else {
+                    0.0
+                };
+            }
+        });
+        for n in [1, 3, 70] {
+            let x = ndarray::Array2::from_shape_fn((n, 300), |(r, c)| ((r * 31 + c) % 11) as f32);
+            set_sparse_policy(SparsePolicy::Never);
+            let dense = fc.forward(&x).unwrap();
+            set_sparse_policy(SparsePolicy::Always);
+            let sparse = fc.forward(&x).unwrap();
+            let err = relative_error(sparse.as_slice().unwrap(), dense.as_slice().unwrap());
+            assert!(err <= KERNELS, "linear, batch {n}: {err:e}");
+        }
         for name in names {
             let (dense_net, input) = load(name);
             for sparsity in [0.5, 0.9] {

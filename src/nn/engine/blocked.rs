@@ -1,7 +1,7 @@
 //! Convolutions on channel-blocked activations: which blocked kernel computes a
 //! convolution, its weights packed once for it, and the call.
 
-use super::sparse::{sparse_policy, Choice, SparsePolicy};
+use super::sparse::sparse_policy;
 use super::{Convolution, Epilogue};
 use crate::nn::blocked::BlockedTensor;
 use crate::nn::engine::Conv2dConfig;
@@ -121,7 +121,7 @@ impl Convolution<'_> {
 
     /// The convolution of `x` by `kind`'s kernel, with `epilogue` (and the bias) and
     /// `residual` (added before the activation) applied as it stores; or by the sparse
-    /// kernel, as the [`SparsePolicy`] in force and the measurements decide. Also the
+    /// kernel, as the [`crate::nn::SparsePolicy`] in force and the measurements decide. Also the
     /// name of the kernel that ran. The caller has checked the shapes: `x`'s channels,
     /// an output of `out_size`, and the residual's shape, that of the output.
     pub(crate) fn run_blocked(
@@ -154,12 +154,11 @@ impl Convolution<'_> {
             residual: residual.map(BlockedTensor::values),
         };
         let dense = || self.run_dense(kind, x, ys, store, kernels);
-        let dense_ran = || (dense(), kind.name());
         let policy = sparse_policy();
         let form = &self.rearranged.sparse;
         let (BlockedInput::Blocked(b), Some(packed)) = (x, form.packed(c, self.weight, policy))
         else {
-            return dense_ran();
+            return (dense(), kind.name());
         };
         let sparse = || {
             let mut y = BlockedTensor::overwritten(ys);
@@ -176,15 +175,10 @@ impl Convolution<'_> {
             )
             .then_some(y)
         };
-        let sparse_ran = || sparse().map_or_else(dense_ran, |y| (y, "sparse"));
-        if policy == SparsePolicy::Always {
-            return sparse_ran();
-        }
         let key = [n, h, w, threads()];
-        match form.choice(key) {
-            Some(Choice::Sparse) => sparse_ran(),
-            Some(Choice::Dense) => dense_ran(),
-            None => (form.measure(key, dense, sparse), kind.name()),
+        match form.run(policy, key, dense, sparse) {
+            (y, true) => (y, "sparse"),
+            (y, false) => (y, kind.name()),
         }
     }
 

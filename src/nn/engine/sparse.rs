@@ -177,6 +177,27 @@ impl SparseForm {
         (policy == SparsePolicy::Always || density <= MEASURED_DENSITY).then_some(packed)
     }
 
+    /// Runs `dense` or `sparse` (which gives `None` when it declines the input) as
+    /// `policy` and the choice for `key` say, measuring the choice on the first call
+    /// for `key`; returns the output and whether `sparse` made it.
+    pub(crate) fn run<T>(
+        &self,
+        policy: SparsePolicy,
+        key: Key,
+        mut dense: impl FnMut() -> T,
+        mut sparse: impl FnMut() -> Option<T>,
+    ) -> (T, bool) {
+        let mut sparse_or_dense = || match sparse() {
+            Some(y) => (y, true),
+            None => (dense(), false),
+        };
+        match (policy, self.choice(key)) {
+            (SparsePolicy::Never, _) | (_, Some(Choice::Dense)) => (dense(), false),
+            (SparsePolicy::Always, _) | (_, Some(Choice::Sparse)) => sparse_or_dense(),
+            (SparsePolicy::Measured, None) => (self.measure(key, dense, sparse), false),
+        }
+    }
+
     /// The choice measured for `key`, if any.
     pub(crate) fn choice(&self, key: Key) -> Option<Choice> {
         let choices = self.choices.lock().unwrap_or_else(|e| e.into_inner());

@@ -5,6 +5,11 @@ use crate::error::{Error, Result};
 use crate::layer::LayerKind;
 use crate::layer::{Probe, Site};
 use crate::nn::engine::gemm::gemm_bt;
+use crate::nn::engine::sparse::{sparse_policy, SparseForm};
+use crate::nn::kernels::blocked::{from_blocked, to_blocked, Blocked, Store};
+use crate::nn::kernels::blocked_sparse::{sparse_conv, SparseConv};
+use crate::nn::kernels::{Isa, Kernels, LANES};
+use crate::nn::{Activation, Conv2dConfig};
 use ndarray::Array2;
 
 /// `y = x Wᵀ + b` on `[N, in]` matrices: PyTorch's `nn.Linear`.
@@ -25,6 +30,8 @@ use ndarray::Array2;
 pub struct Linear {
     weight: ParamTensor,
     bias: Option<ParamTensor>,
+    /// The non-zeros for the sparse kernel, and where it was measured faster.
+    sparse: SparseForm,
 }
 
 impl Linear {
@@ -33,6 +40,7 @@ impl Linear {
         Linear {
             weight: ParamTensor::filled(&[out_features, in_features], 0.0),
             bias: bias.then(|| ParamTensor::filled(&[out_features], 0.0)),
+            sparse: SparseForm::default(),
         }
     }
 
@@ -58,9 +66,35 @@ impl Linear {
         emit2(probe, LayerKind::Linear, Site::Input, x);
         let o = self.out_features();
         let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        let dense = || self.dense(xs, n);
+        // As a 1×1 convolution of `n` images of 1 × 1, on the sparse kernel as the
+        // policy and the measurements decide (vector kernels only).
+        let policy = sparse_policy();
+        let config = Conv2dConfig::new(i, o, 1);
+        let kernels = Isa::current().kernels();
+        let y = match (
+            kernels,
+            self.sparse.packed(&config, &self.weight.data, policy),
+        ) {
+            (Some(kernels), Some(packed)) => {
+                let sparse = || self.sparse(kernels, packed, xs, n);
+                let key = [n, 1, 1, crate::nn::runtime::threads()];
+                self.sparse.run(policy, key, dense, sparse).0
+            }
+            _ => dense(),
+        };
+        emit2(probe, LayerKind::Linear, Site::Output, &y);
+        Ok(y)
+    }
+}
+
+impl Linear {
+    /// `x Wᵀ + b` by the dense product, `x` row-major `[n, in]`.
+    fn dense(&self, xs: &[f32], n: usize) -> Tensor2 {
+        let (i, o) = (self.in_features(), self.out_features());
         let mut y = Array2::<f32>::zeros((n, o));
         let ys = y.as_slice_mut().expect("fresh array");
-        let xs = x.as_slice().expect("standard layout");
         gemm_bt(
             ys,
             xs,
@@ -75,9 +109,61 @@ impl Linear {
                 row.iter_mut().zip(&b.data).for_each(|(v, &b)| *v += b);
             }
         }
-        emit2(probe, LayerKind::Linear, Site::Output, &y);
-        Ok(y)
+        y
+    }
+
+    /// `x Wᵀ + b` on the sparse kernel (the images as positions), or `None` when it
+    /// declines `x` (NaN or infinity).
+    fn sparse(
+        &self,
+        kernels: Kernels,
+        packed: &SparseConv,
+        xs: &[f32],
+        n: usize,
+    ) -> Option<Tensor2> {
+        let (i, o) = (self.in_features(), self.out_features());
+        let (xb, yb) = (
+            Blocked {
+                n,
+                c: i,
+                h: 1,
+                w: 1,
+            },
+            Blocked {
+                n,
+                c: o,
+                h: 1,
+                w: 1,
+            },
+        );
+        let mut x = vec![0.0; xb.len()];
+        to_blocked(xs, xb, &mut x);
+        let padded = yb.blocks() * LANES;
+        let scale = vec![1.0; padded];
+        let mut shift = vec![0.0; padded];
+        if let Some(b) = &self.bias {
+            shift[..o].copy_from_slice(&b.data);
+        }
+        let store = Store {
+            scale: &scale,
+            shift: &shift,
+            activation: Activation::Identity,
+            residual: None,
+        };
+        let mut y = vec![0.0; yb.len()];
+        let threads = crate::nn::runtime::threads();
+        if !sparse_conv(kernels, &x, xb, packed, [1, 1], store, &mut y, threads) {
+            return None;
+        }
+        let mut out = Array2::<f32>::zeros((n, o));
+        from_blocked(&y, yb, out.as_slice_mut().expect("fresh array"));
+        Some(out)
+    }
+
+    /// Drops the sparse form of the weights, which no longer matches them.
+    fn weights_changed(&mut self) {
+        self.sparse = SparseForm::default();
     }
 }
 
-plain_layer!(Linear, Tensor2, Tensor2, weight_bias);
+plain_layer!(Linear, Tensor2, Tensor2, weight_bias, then weights_changed);
