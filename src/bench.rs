@@ -61,7 +61,7 @@ pub struct BenchReport {
     pub threads: usize,
     /// The sparse policy in force.
     pub policy: SparsePolicy,
-    /// Each convolution on blocked activations, its time per pass (`seconds` is the
+    /// Each convolution on blocked activations and each linear layer, its time per pass (`seconds` is the
     /// mean over the timed passes; micro-batches on several threads add up) and its
     /// kernel, in the order the pass ran them.
     pub layers: Vec<LayerTime>,
@@ -147,10 +147,10 @@ mod tests {
         let report = bench(&net, &config).unwrap();
         assert!(report.images_per_second > 0.0 && report.median_ms > 0.0);
         if crate::nn::blocked::Pass::available(&Probe::none()) {
-            // The stem and two per block; the downsampling shortcuts' too.
+            // The stem and two per block, the downsampling shortcuts', the classifier.
             let names: Vec<&str> = report.layers.iter().map(|l| l.name.as_str()).collect();
-            assert_eq!(names.len(), 1 + 2 * 9 + 2, "{names:?}");
-            assert_eq!(names[0], "conv1");
+            assert_eq!(names.len(), 1 + 2 * 9 + 2 + 1, "{names:?}");
+            assert_eq!((names[0], names[21]), ("conv1", "fc"));
             // Once per micro-batch.
             let calls = report.layers[0].calls;
             assert!(calls >= 1);

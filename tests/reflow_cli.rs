@@ -549,7 +549,7 @@ fn bench_times_each_convolution_on_its_kernel() {
         .write_safetensors(&weights)
         .unwrap();
     let blocked = reflow::cpu::level() != reflow::cpu::Level::Portable;
-    for (policy, dense, sparse_layers) in [("always", false, 20), ("measured", true, 0)] {
+    for (policy, dense, sparse_layers) in [("always", false, 21), ("measured", true, 0)] {
         let json = dir.path().join(format!("{policy}.json"));
         let mut args = vec!["--json", json.to_str().unwrap()];
         if dense {
@@ -566,12 +566,14 @@ fn bench_times_each_convolution_on_its_kernel() {
             assert!(layers.is_empty());
             continue;
         }
-        // The stem and two per block, and the two downsampling shortcuts.
-        assert_eq!(layers.len(), 21, "{text}");
+        // The stem and two per block, the two downsampling shortcuts, the classifier.
+        assert_eq!(layers.len(), 22, "{text}");
         assert_eq!(layers[0]["name"], "conv1");
+        assert_eq!(layers[21]["name"], "fc");
         assert!(layers.iter().all(|l| l["ms"].as_f64().unwrap() > 0.0));
         let on_sparse = layers.iter().filter(|l| l["path"] == "sparse").count();
-        // Always: everything but the stem, which reads the NCHW images; dense: none.
+        // Always: everything but the stem, which reads the NCHW images (the classifier
+        // too); dense: none.
         assert_eq!(on_sparse, sparse_layers, "{policy}: {text}");
         assert!(layers[1]["density"].as_f64().unwrap() < 0.5);
     }

@@ -1,8 +1,9 @@
-//! Where an eval pass's time goes, convolution by convolution.
+//! Where an eval pass's time goes, convolution by convolution (and linear layers).
 
 use std::sync::Mutex;
 
-/// The time an eval pass spent in each convolution, and on which kernel, gathered
+/// The time an eval pass spent in each convolution and linear layer, and on which
+/// kernel, gathered
 /// while it is attached to the pass's probe ([`crate::layer::Probe::with_profile`]).
 ///
 /// Only passes on blocked activations record (unobserved eval passes on a processor
@@ -30,12 +31,13 @@ pub struct Profile {
     layers: Mutex<Vec<LayerTime>>,
 }
 
-/// One convolution's time in a [`Profile`], per kernel it ran on.
+/// One convolution's or linear layer's time in a [`Profile`], per kernel it ran on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerTime {
     /// The layer's path, as in the state dict (`layer1.0.conv1`).
     pub name: String,
-    /// The kernel: `1x1`, `depthwise`, `direct`, `winograd` or `sparse`.
+    /// The kernel: `1x1`, `depthwise`, `direct`, `winograd` or `sparse` for a
+    /// convolution; `gemm` or `sparse` for a linear layer.
     pub kernel: &'static str,
     /// Calls recorded.
     pub calls: usize,

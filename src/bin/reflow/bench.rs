@@ -10,8 +10,8 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Time a checkpoint's eval pass: images per second, and per convolution its kernel
-/// (dense or sparse) and time.
+/// Time a checkpoint's eval pass: images per second, and per convolution (and linear
+/// layer) its kernel (dense or sparse) and time.
 #[derive(Parser, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -179,13 +179,13 @@ fn print(args: &Args, net: &Model, report: &BenchReport, density: &dyn Fn(&str) 
         report.median_ms
     );
     if report.layers.is_empty() {
-        say!("(no convolution ran on blocked activations: no per-layer times)");
+        say!("(nothing ran on blocked activations or vector kernels: no per-layer times)");
         return;
     }
     let total: f64 = report.layers.iter().map(|l| l.seconds).sum();
     say!(
         "{:<36} {:>9} {:>8} {:>9} {:>6}",
-        "convolution",
+        "layer",
         "kernel",
         "density",
         "ms",
@@ -208,7 +208,7 @@ fn print(args: &Args, net: &Model, report: &BenchReport, density: &dyn Fn(&str) 
         .filter(|l| l.kernel == "sparse")
         .count();
     say!(
-        "{} convolution(s), {sparse} on the sparse kernel; {:.3} ms in them per pass \
+        "{} layer(s), {sparse} on the sparse kernel; {:.3} ms in them per pass \
          (micro-batches on several threads add up)",
         report.layers.len(),
         total * 1e3

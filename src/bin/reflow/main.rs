@@ -28,8 +28,8 @@ enum Command {
     /// Print a checkpoint's inferred architecture, parameter counts and per-layer
     /// sparsity.
     Inspect(inspect::Args),
-    /// Time a checkpoint's eval pass: images per second, and per convolution its
-    /// kernel (dense or sparse) and time.
+    /// Time a checkpoint's eval pass: images per second, and per convolution or linear
+    /// layer its kernel (dense or sparse) and time.
     Bench(bench::Args),
 }
 

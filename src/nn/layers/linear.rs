@@ -64,6 +64,7 @@ impl Linear {
             ));
         }
         emit2(probe, LayerKind::Linear, Site::Input, x);
+        let start = probe.profile().map(|_| std::time::Instant::now());
         let o = self.out_features();
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout");
@@ -73,17 +74,21 @@ impl Linear {
         let policy = sparse_policy();
         let config = Conv2dConfig::new(i, o, 1);
         let kernels = Isa::current().kernels();
-        let y = match (
+        let (y, sparse) = match (
             kernels,
             self.sparse.packed(&config, &self.weight.data, policy),
         ) {
             (Some(kernels), Some(packed)) => {
                 let sparse = || self.sparse(kernels, packed, xs, n);
                 let key = [n, 1, 1, crate::nn::runtime::threads()];
-                self.sparse.run(policy, key, dense, sparse).0
+                self.sparse.run(policy, key, dense, sparse)
             }
-            _ => dense(),
+            _ => (dense(), false),
         };
+        if let (Some(profile), Some(start)) = (probe.profile(), start) {
+            let kernel = if sparse { "sparse" } else { "gemm" };
+            profile.record(probe.path(), kernel, start.elapsed().as_secs_f64());
+        }
         emit2(probe, LayerKind::Linear, Site::Output, &y);
         Ok(y)
     }
