@@ -9,6 +9,7 @@ use crate::nn::kernels::blocked_direct::{self, InputLayout};
 use crate::nn::kernels::blocked_sparse::{sparse_conv, SparseConv, SparseShape};
 use crate::nn::kernels::blocked_winograd;
 use crate::nn::kernels::{Isa, Kernels, LANES};
+use crate::nn::layers::window_output_len;
 use crate::nn::{Activation, Conv2dConfig};
 
 /// Values of an `[n, c, h, w]` tensor in the blocked layout `[n][⌈c/16⌉][h][w][16]`.
@@ -37,8 +38,7 @@ pub fn from_blocked(x: &[f32], [n, c, h, w]: [usize; 4], y: &mut [f32]) -> Resul
 /// The output size of `c` for an `h × w` input.
 fn output_size(c: &Conv2dConfig, h: usize, w: usize) -> Option<(usize, usize)> {
     let axis = |size: usize, a: usize| {
-        let padded = size + 2 * c.padding[a];
-        (padded >= c.kernel[a]).then(|| (padded - c.kernel[a]) / c.stride[a] + 1)
+        window_output_len(size, c.kernel[a], c.stride[a], c.padding[a], c.dilation[a])
     };
     Some((axis(h, 0)?, axis(w, 1)?))
 }

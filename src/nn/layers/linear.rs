@@ -9,6 +9,7 @@ use crate::nn::engine::sparse::{sparse_policy, SparseForm};
 use crate::nn::kernels::blocked::{from_blocked, to_blocked, Blocked, Store};
 use crate::nn::kernels::blocked_sparse::{sparse_conv, SparseConv};
 use crate::nn::kernels::{Isa, Kernels, LANES};
+use crate::nn::runtime::{buffer, recycle_buffer};
 use crate::nn::{Activation, Conv2dConfig};
 use ndarray::Array2;
 
@@ -141,8 +142,9 @@ impl Linear {
                 w: 1,
             },
         );
-        let mut x = vec![0.0; xb.len()];
-        to_blocked(xs, xb, &mut x);
+        // Pooled buffers: every value is written before it is read.
+        let mut x = buffer(xb.len());
+        to_blocked(xs, xb, &mut x[..xb.len()]);
         let padded = yb.blocks() * LANES;
         let scale = vec![1.0; padded];
         let mut shift = vec![0.0; padded];
@@ -155,14 +157,17 @@ impl Linear {
             activation: Activation::Identity,
             residual: None,
         };
-        let mut y = vec![0.0; yb.len()];
+        let mut y = buffer(yb.len());
         let threads = crate::nn::runtime::threads();
-        if !sparse_conv(kernels, &x, xb, packed, [1, 1], store, &mut y, threads) {
-            return None;
-        }
-        let mut out = Array2::<f32>::zeros((n, o));
-        from_blocked(&y, yb, out.as_slice_mut().expect("fresh array"));
-        Some(out)
+        let (xv, yv) = (&x[..xb.len()], &mut y[..yb.len()]);
+        let out = sparse_conv(kernels, xv, xb, packed, [1, 1], store, yv, threads).then(|| {
+            let mut out = Array2::<f32>::zeros((n, o));
+            from_blocked(yv, yb, out.as_slice_mut().expect("fresh array"));
+            out
+        });
+        recycle_buffer(x);
+        recycle_buffer(y);
+        out
     }
 
     /// Drops the sparse form of the weights, which no longer matches them.
