@@ -19,6 +19,7 @@ use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use protocol::{last_ratio, progress_bar, Evaluation, Protocol, Run};
 use reflow::prelude::*;
+use reflow::trust::Repair;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -122,26 +123,27 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         test.len()
     );
     let protocol = Protocol {
-        test: &test,
+        test: test.images(),
+        labels: Some(test.labels().as_slice()),
         norm: &norm,
         calibration: &calibration,
         signal_images: args.signal_images.min(test.len()),
-        reflow: Reflow::cumulative(),
+        repair: Repair::reflow(Reflow::cumulative()),
     };
     let progress = progress_bar(1 + 2 * pruners.len() as u64);
     progress.set_message("dense model");
     let started = std::time::Instant::now();
     let dense_state = StateDict::from_layer(&net);
-    let dense = protocol.evaluate(&net)?;
+    let dense = protocol.dense(&net)?;
     progress.inc(1);
     let mut runs = Vec::new();
     for (&s, pruner) in args.sparsity.iter().zip(pruners) {
         progress.set_message(format!("sparsity {s}"));
-        runs.push(protocol.run(&mut net, &dense_state, s, pruner, &progress)?);
+        runs.push(protocol.run(&mut net, &dense_state, &dense, s, pruner, &progress)?);
     }
     progress.finish_and_clear();
 
-    print_table(&dense, &runs);
+    print_table(&dense.evaluation, &runs);
     println!(
         "signal: mean over channels of the variance of the last batch-norm output \
          (layer3.2.bn2), relative to the dense network; {} test images. {:.1} s in all.",
@@ -154,7 +156,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| "the bundled font is unreadable")?;
     let accuracy = args.out.join("accuracy");
-    svg_and_png!(accuracy, |area| plot_accuracy(area, &dense, &runs));
+    svg_and_png!(accuracy, |area| plot_accuracy(
+        area,
+        &dense.evaluation,
+        &runs
+    ));
     let at = runs
         .iter()
         .min_by(|a, b| {
@@ -164,7 +170,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .ok_or("no sparsity given")?;
     let signal = args.out.join("signal");
-    svg_and_png!(signal, |area| plot_signal(area, &dense, at));
+    svg_and_png!(signal, |area| plot_signal(area, &dense.evaluation, at));
     println!("plots: {}", args.out.display());
     for p in [&accuracy, &signal] {
         println!("  {}.svg, {}.png", p.display(), p.display());
@@ -183,11 +189,11 @@ fn print_table(dense: &Evaluation, runs: &[Run]) {
         println!(
             "{:>8.2} | {:>7.4} {:>7.4} {:>7.4} | {:>15.4} {:>15.4}",
             run.sparsity,
-            dense.accuracy.top1(),
-            run.pruned.accuracy.top1(),
-            run.reflow.accuracy.top1(),
+            dense.top1(),
+            run.pruned.top1(),
+            run.repaired.top1(),
             last_ratio(&run.pruned.signal, &dense.signal),
-            last_ratio(&run.reflow.signal, &dense.signal),
+            last_ratio(&run.repaired.signal, &dense.signal),
         );
     }
     println!();
@@ -244,22 +250,18 @@ where
         (
             "dense",
             BLACK,
-            runs.iter()
-                .map(|r| (r.sparsity, dense.accuracy.top1()))
-                .collect(),
+            runs.iter().map(|r| (r.sparsity, dense.top1())).collect(),
         ),
         (
             "pruned",
             RED,
-            runs.iter()
-                .map(|r| (r.sparsity, r.pruned.accuracy.top1()))
-                .collect(),
+            runs.iter().map(|r| (r.sparsity, r.pruned.top1())).collect(),
         ),
         (
             "pruned + REFLOW",
             BLUE,
             runs.iter()
-                .map(|r| (r.sparsity, r.reflow.accuracy.top1()))
+                .map(|r| (r.sparsity, r.repaired.top1()))
                 .collect(),
         ),
     ];
@@ -291,7 +293,7 @@ where
 {
     area.fill(&WHITE)?;
     let pruned = run.pruned.signal.ratio_to(&dense.signal);
-    let reflow = run.reflow.signal.ratio_to(&dense.signal);
+    let reflow = run.repaired.signal.ratio_to(&dense.signal);
     let points = |s: &Signal| -> Points {
         s.layers
             .iter()

@@ -25,7 +25,11 @@ Protocol (see method.md for the definitions):
    torch.nn.utils.prune (global_unstructured or per-tensor l1_unstructured,
    L1 magnitude), make it permanent, evaluate; then REFLOW the BN running
    statistics (--mode cumulative | ema | exact) on the first --calib-count
-   calibration images and evaluate again.
+   calibration images and evaluate again. --repair none skips REFLOW; --repair auto
+   keeps whichever of the pruned and the REFLOW network is closer to the dense one on
+   the calibration images, cross-fitted on their even and odd halves (reflow's
+   `trust::Repair`); every run reports the fidelity to the dense network (top-1
+   agreement, mean KL of the softmax outputs) and the calibration check.
    --pattern N:M (e.g. 2:4) makes one run instead: N:M masks along the input channels
    (patterns.nm_mask), tensors whose input channels are not a multiple of M left
    dense and listed as "skipped". --pattern channel (ResNets, VGG): each run removes the
@@ -253,14 +257,75 @@ def prunable_params(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Top-1 accuracy (argmax of the logits) over the whole set, eval mode, batches of 256."""
+def logits_of(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The logits of every image, eval mode, batches of 256."""
     model.eval()
-    correct = 0
-    for i in range(0, len(images), EVAL_BATCH):
-        logits = model(images[i: i + EVAL_BATCH])
-        correct += int((logits.argmax(dim=1) == labels[i: i + EVAL_BATCH]).sum())
-    return correct / len(images), correct
+    return torch.cat([model(images[i: i + EVAL_BATCH]) for i in range(0, len(images), EVAL_BATCH)])
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, torch.Tensor]:
+    """Top-1 accuracy (argmax of the logits) over the whole set, and the logits."""
+    logits = logits_of(model, images)
+    correct = int((logits.argmax(dim=1) == labels).sum())
+    return correct / len(images), correct, logits
+
+
+def fidelity(dense: torch.Tensor, other: torch.Tensor, keep=None) -> dict:
+    """Top-1 agreement and mean KL(softmax(dense) || softmax(other)) over the rows
+    `keep` selects (all by default), in float64 (method.md, "Fidelity")."""
+    if keep is not None:
+        dense, other = dense[keep], other[keep]
+    log_p = torch.log_softmax(dense.double(), dim=1)
+    log_q = torch.log_softmax(other.double(), dim=1)
+    kl = torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+    agree = (dense.argmax(dim=1) == other.argmax(dim=1)).double().mean()
+    return {"images": len(dense), "agreement": float(agree), "kl": float(kl)}
+
+
+NOISE_KL_LIMIT = 2e-3  # reflow::trust::NOISE_KL_LIMIT
+
+
+def round_up_2_digits(n: int) -> int:
+    unit = 1
+    while n // unit >= 100:
+        unit *= 10
+    return -(-n // unit) * unit
+
+
+def repair(net: nn.Module, calib: torch.Tensor, dense_calib: torch.Tensor, args) -> dict:
+    """--repair: reflow, none or auto, as reflow::trust::Repair does it. REFLOW from the
+    even- and from the odd-numbered calibration images (calib[0::2], calib[1::2]),
+    each judged on the other half; the pruned network judged on all; the calibration
+    check compares the two halves' networks on every image. Repairs `net` in place."""
+    if args.repair == "none":
+        return {"repair": "none", "repair_scores": {}, "calibration_check": None}
+    scores = {"none": fidelity(dense_calib, logits_of(net, calib))}
+    halves = []
+    for k in range(2):
+        trial = copy.deepcopy(net)
+        reflow(trial, calib[k::2], args)
+        halves.append(logits_of(trial, calib))
+    n = len(calib)
+    index = torch.arange(n)
+    on_odd = fidelity(dense_calib, halves[0], index % 2 == 1)
+    on_even = fidelity(dense_calib, halves[1], index % 2 == 0)
+    scores["reflow"] = {
+        "images": n,
+        "agreement": (on_odd["agreement"] * on_odd["images"] + on_even["agreement"] * on_even["images"]) / n,
+        "kl": (on_odd["kl"] * on_odd["images"] + on_even["kl"] * on_even["images"]) / n,
+    }
+    there, back = fidelity(halves[0], halves[1]), fidelity(halves[1], halves[0])
+    between = (there["kl"] + back["kl"]) / 2
+    noise = between / 4
+    needed = round_up_2_digits(math.ceil(n * noise / NOISE_KL_LIMIT))
+    check = {"images": n, "agreement_between_halves": there["agreement"], "kl_between_halves": between,
+             "predicted_noise_kl": noise, "images_needed": needed, "warning": noise > NOISE_KL_LIMIT}
+    chosen = "reflow"
+    if args.repair == "auto" and not scores["reflow"]["kl"] < scores["none"]["kl"]:
+        chosen = "none"
+    if chosen == "reflow":
+        reflow(net, calib, args)
+    return {"repair": chosen, "repair_scores": scores, "calibration_check": check}
 
 
 @torch.no_grad()
@@ -498,6 +563,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--exclude", default="", help="comma-separated parameter names or prefixes")
     ap.add_argument("--mode", choices=["cumulative", "ema", "exact"], default="cumulative")
     ap.add_argument("--momentum", type=float, default=0.1)
+    ap.add_argument("--repair", choices=["reflow", "none", "auto"], default="reflow")
     ap.add_argument("--signal-images", type=int, default=1000)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -636,8 +702,9 @@ def run(args) -> dict:
     if cfg["family"] == "resnet":
         report["model"].update(stem=args.stem, stages=cfg["layers"], block=cfg["block"], groups=cfg["groups"])
     t0 = time.time()
-    top1, correct = evaluate(model, test_x, test_y)
+    top1, correct, dense_logits = evaluate(model, test_x, test_y)
     report["dense"] = {"top1": top1, "correct": correct, "bn_signal": bn_signal(model, signal_x)}
+    dense_calib = logits_of(model, calib)
     print(f"[reference] dense top-1 {top1:.4f} ({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
 
     if args.pattern == "channel" and cfg["family"] not in ("resnet", "vgg"):
@@ -660,11 +727,15 @@ def run(args) -> dict:
             net = copy.deepcopy(model)
             prune_model(net, s, args.scope, args.exclude)
             layers, actual = layer_report(net)
-        p_top1, p_correct = evaluate(net, test_x, test_y)
+        p_top1, p_correct, p_logits = evaluate(net, test_x, test_y)
         p_signal = bn_signal(net, signal_x)
-        reflow(net, calib, args)
-        r_top1, r_correct = evaluate(net, test_x, test_y)
+        repaired = repair(net, calib, dense_calib, args)
+        r_top1, r_correct, r_logits = evaluate(net, test_x, test_y)
         r_signal = bn_signal(net, signal_x)
+        p_fid, r_fid = fidelity(dense_logits, p_logits), fidelity(dense_logits, r_logits)
+        extra.update(repaired)
+        extra.update(agreement_pruned=p_fid["agreement"], agreement_repaired=r_fid["agreement"],
+                     kl_pruned=p_fid["kl"], kl_repaired=r_fid["kl"])
         secs = time.time() - t0
         runs.append({
             **extra,

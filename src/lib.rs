@@ -96,6 +96,7 @@ pub mod prune;
 pub mod rescale;
 pub mod state_dict;
 pub mod stats;
+pub mod trust;
 
 pub use error::{Error, Result};
 pub use layer::Layer;

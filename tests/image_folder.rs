@@ -312,6 +312,27 @@ fn bad_folders_are_named_one_line_errors() {
     let flat = make_folder(&[("a.png", png.clone())]);
     let e = open_error(flat.path(), crop);
     assert!(e.contains("1 images directly in it"), "{e}");
+    // Unlabelled, the same folder is one image and no class, and no data set.
+    let images = ImageFolder::scan_unlabelled(flat.path(), 3, crop).unwrap();
+    assert_eq!((images.len(), images.classes().len()), (1, 0));
+    assert!(!images.is_labelled());
+    assert_eq!(
+        images
+            .tensor(&[0], &Normalization::imagenet())
+            .unwrap()
+            .shape(),
+        [1, 3, 16, 16]
+    );
+    let e = images.into_dataset().unwrap_err().to_string();
+    assert!(e.contains("without class sub-folders"), "{e}");
+    let e = ImageFolder::scan_unlabelled(empty.path(), 3, crop)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no class sub-folder and no image"), "{e}");
+    let labelled = make_folder(&[("cat/a.png", png.clone())]);
+    assert!(ImageFolder::scan_unlabelled(labelled.path(), 3, crop)
+        .unwrap()
+        .is_labelled());
 
     // An empty class folder, among good ones.
     let dir = make_folder(&[

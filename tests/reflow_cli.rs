@@ -360,6 +360,57 @@ fn the_imagenet_preset_is_torchvisions() {
     println!("ImageNet preset: {want}/29 correct, as torchvision");
 }
 
+/// Images straight in a folder, no class sub-folder, for test and calibration: no
+/// labels, so the report has the fidelity to the dense network and no accuracy.
+#[test]
+fn a_folder_without_classes_gives_fidelity_without_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let flat = dir.path().join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    for entry in std::fs::read_dir(common::fixture("images/png")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, flat.join(path.file_name().unwrap())).unwrap();
+    }
+    let flat = flat.to_string_lossy().into_owned();
+    let weights = common::fixture("resnet20_cifar.safetensors");
+    let json = dir.path().join("r.json");
+    let out = reflow(&[
+        "prune",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--stem",
+        "cifar",
+        "--preset",
+        "imagenet",
+        "--resize",
+        "32",
+        "--crop",
+        "32",
+        "--test-dir",
+        &flat,
+        "--calib-dir",
+        &flat,
+        "--calib-count",
+        "8",
+        "--signal-images",
+        "8",
+        "--sparsity",
+        "0.5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report = common::report(&out, &json);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("8 test images without labels"), "{stdout}");
+    assert_eq!(report["dense"]["images"], 8);
+    assert_eq!(report["dense"]["top1"], Value::Null);
+    let run = &report["runs"][0];
+    assert_eq!(run["reflow_top1"], Value::Null);
+    assert!(run["agreement_repaired"].as_f64().unwrap() <= 1.0);
+    assert!(run["kl_pruned"].as_f64().unwrap() > 0.0);
+    assert_eq!(run["calibration_check"]["images"], 8);
+}
+
 #[test]
 fn image_folders_run_end_to_end_with_torchvisions_counts() {
     let dir = tempfile::tempdir().unwrap();

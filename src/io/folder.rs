@@ -89,6 +89,14 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(all)
 }
 
+/// The error for an image `path` of a kind torchvision reads and reflow does not.
+fn unread(path: &Path, ext: &str) -> Error {
+    image_error(
+        path,
+        format!("{ext} images are not read; reflow reads JPEG and PNG"),
+    )
+}
+
 /// The extension of `path` among `IMAGE_EXTENSIONS`, lower-case.
 fn image_extension(path: &Path) -> Option<&'static str> {
     let name = path.file_name()?.to_string_lossy().to_lowercase();
@@ -114,10 +122,47 @@ impl ImageFolder {
     /// [`ImageFolder::check`] then checks. An image that is not what its name says
     /// then fails when it is decoded, naming the file.
     pub fn scan(dir: impl AsRef<Path>, channels: usize, transform: EvalTransform) -> Result<Self> {
-        let dir = dir.as_ref();
+        Self::list(dir.as_ref(), channels, transform, false)
+    }
+
+    /// Like [`ImageFolder::scan`], and also takes a folder with no class sub-folder
+    /// whose images lie directly in it (sorted by name): a folder without labels, for
+    /// what needs none (calibration images, fidelity to a dense network). Such a folder
+    /// has no [`classes`](ImageFolder::classes) and [`is_labelled`](ImageFolder::is_labelled)
+    /// is false.
+    pub fn scan_unlabelled(
+        dir: impl AsRef<Path>,
+        channels: usize,
+        transform: EvalTransform,
+    ) -> Result<Self> {
+        Self::list(dir.as_ref(), channels, transform, true)
+    }
+
+    fn list(dir: &Path, channels: usize, transform: EvalTransform, flat: bool) -> Result<Self> {
         check_channels(channels)?;
         transform.validate()?;
         let (class_dirs, loose) = entries(dir)?;
+        if class_dirs.is_empty() && flat {
+            let mut files = Vec::new();
+            for file in loose {
+                match image_extension(&file) {
+                    Some(ext) if DECODED.contains(&ext) => files.push(file),
+                    Some(ext) => return Err(unread(&file, ext)),
+                    None => {}
+                }
+            }
+            if files.is_empty() {
+                return Err(image_error(dir, "no class sub-folder and no image"));
+            }
+            let dims = Self::dims(&files[0], channels, transform)?;
+            return Ok(ImageFolder {
+                classes: Vec::new(),
+                files,
+                labels: Vec::new(),
+                transform,
+                dims,
+            });
+        }
         if class_dirs.is_empty() {
             let images = loose
                 .iter()
@@ -139,12 +184,7 @@ impl ImageFolder {
                             files.push(file);
                             labels.push(label as u32);
                         }
-                        Some(ext) => {
-                            return Err(image_error(
-                                &file,
-                                format!("{ext} images are not read; reflow reads JPEG and PNG"),
-                            ))
-                        }
+                        Some(ext) => return Err(unread(&file, ext)),
                         None => {}
                     }
                 }
@@ -158,21 +198,32 @@ impl ImageFolder {
             let name = class_dir.file_name().unwrap_or_default();
             classes.push(name.to_string_lossy().into_owned());
         }
-        // The output size: a crop's, or the first image's after the resize.
-        let [h, w] = match transform.crop {
-            Some(c) => [c, c],
-            None => {
-                let [ih, iw] = header(&files[0])?;
-                transform.output_dims(ih, iw)
-            }
-        };
+        let dims = Self::dims(&files[0], channels, transform)?;
         Ok(ImageFolder {
             classes,
             files,
             labels,
             transform,
-            dims: [channels, h, w],
+            dims,
         })
+    }
+
+    /// The output size: a crop's, or the `first` image's after the resize.
+    fn dims(first: &Path, channels: usize, transform: EvalTransform) -> Result<[usize; 3]> {
+        let [h, w] = match transform.crop {
+            Some(c) => [c, c],
+            None => {
+                let [ih, iw] = header(first)?;
+                transform.output_dims(ih, iw)
+            }
+        };
+        Ok([channels, h, w])
+    }
+
+    /// False for a folder of images without class sub-folders
+    /// ([`ImageFolder::scan_unlabelled`]).
+    pub fn is_labelled(&self) -> bool {
+        !self.classes.is_empty()
     }
 
     /// Checks the headers of images `indices` (in parallel): each must be an 8-bit
@@ -222,13 +273,19 @@ impl ImageFolder {
         &self.files
     }
 
-    /// The label of every image.
+    /// The label of every image (none for a folder without class sub-folders).
     pub fn labels(&self) -> IdxLabels {
         IdxLabels::from_vec(self.labels.clone())
     }
 
-    /// The images with their labels.
+    /// The images with their labels. Fails for a folder without class sub-folders.
     pub fn into_dataset(self) -> Result<Dataset<ImageFolder>> {
+        if !self.is_labelled() {
+            return Err(image_error(
+                &self.files[0],
+                "this image lies in a folder without class sub-folders: no labels to make a data set with",
+            ));
+        }
         let labels = self.labels();
         Dataset::new(self, labels)
     }

@@ -143,9 +143,57 @@ impl<'a> ImageBatches<'a> {
         &self.order
     }
 
+    /// The images at positions `fold`, `fold + folds`, `fold + 2·folds`, … of this
+    /// set (in batch order), in batches of the same size: `folds` such sets are
+    /// disjoint and together hold every image. Fails when `fold >= folds` or the fold
+    /// would hold no image.
+    ///
+    /// ```
+    /// use reflow::io::{IdxImages, Normalization};
+    /// use reflow::rescale::ImageBatches;
+    ///
+    /// let images = IdxImages::from_pixels([10, 1, 2, 2], vec![0; 40])?;
+    /// let norm = Normalization::fashion_mnist();
+    /// let all = ImageBatches::new(&images, 5, 4, &norm)?;
+    /// assert_eq!(all.fold(0, 2)?.indices(), &[0, 2, 4]);
+    /// assert_eq!(all.fold(1, 2)?.indices(), &[1, 3]);
+    /// assert!(all.fold(2, 2).is_err());
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    pub fn fold(&self, fold: usize, folds: usize) -> Result<Self> {
+        check_fold(fold, folds, self.order.len())?;
+        Ok(ImageBatches {
+            order: self
+                .order
+                .iter()
+                .copied()
+                .skip(fold)
+                .step_by(folds)
+                .collect(),
+            ..self.clone()
+        })
+    }
+
     fn batch(&self, indices: &[usize]) -> Result<Tensor4> {
         self.images.tensor(indices, self.norm)
     }
+}
+
+/// Fails unless fold `fold` of `folds` over `images` images holds at least one.
+pub(crate) fn check_fold(fold: usize, folds: usize, images: usize) -> Result<()> {
+    if fold >= folds {
+        return Err(Error::invalid(
+            "calibration fold",
+            format!("fold {fold} of {folds} (folds count from 0)"),
+        ));
+    }
+    if fold >= images {
+        return Err(Error::invalid(
+            "calibration fold",
+            format!("fold {fold} of {folds} would hold no image: the set has {images}"),
+        ));
+    }
+    Ok(())
 }
 
 impl CalibrationData<Tensor4> for ImageBatches<'_> {

@@ -9,6 +9,7 @@
 mod data;
 mod reflow;
 
+pub(crate) use data::check_fold;
 pub use data::{CalibrationData, ImageBatches};
 pub(crate) use reflow::NormSnapshot;
 pub use reflow::{Reflow, ReflowMode};

@@ -153,13 +153,12 @@ impl NormSnapshot {
         NormSnapshot(all)
     }
 
-    pub(crate) fn restore(self, model: &mut dyn Params) {
-        let mut saved = self.0;
+    pub(crate) fn restore(&self, model: &mut dyn Params) {
         model.visit_norms_mut(&mut |name, s| {
-            if let Some((m, v, n)) = saved.remove(name) {
-                s.running_mean.copy_from_slice(&m);
-                s.running_var.copy_from_slice(&v);
-                *s.num_batches_tracked = n;
+            if let Some((m, v, n)) = self.0.get(name) {
+                s.running_mean.copy_from_slice(m);
+                s.running_var.copy_from_slice(v);
+                *s.num_batches_tracked = *n;
             }
         });
     }

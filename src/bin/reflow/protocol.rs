@@ -1,45 +1,71 @@
 #![allow(dead_code)] // each example uses its own part of this module
 
 //! The evaluation protocol shared by `reflow prune` and the `prune` and `resnet`
-//! examples: for each
-//! sparsity, from the dense checkpoint, prune → evaluate → REFLOW → evaluate, with the
-//! signal metric of every batch-norm layer at each step.
+//! examples: for each sparsity, from the dense checkpoint, prune → evaluate → repair
+//! (REFLOW, none, or the automatic choice) → evaluate, with the signal metric of every
+//! batch-norm layer and the fidelity to the dense network at each step.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use reflow::io::ImageSource;
 use reflow::metrics::argmax;
 use reflow::prelude::*;
 use reflow::stats::{Recorder, TapSelector};
+use reflow::trust::{Fidelity, Reference, Repair, RepairReport};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Batch size for evaluation and signal measurement.
 pub const EVAL_BATCH: usize = 256;
 
-/// Accuracy on the test set and signal on the signal images.
+/// One network on the evaluation images: accuracy (when there are labels), the signal
+/// on the signal images, and the fidelity to the dense network (for all but it).
 pub struct Evaluation {
-    pub accuracy: Accuracy,
+    pub accuracy: Option<Accuracy>,
     pub signal: Signal,
+    pub fidelity: Option<Fidelity>,
+}
+
+impl Evaluation {
+    /// Top-1, NaN without labels.
+    pub fn top1(&self) -> f64 {
+        self.accuracy.map_or(f64::NAN, |a| a.top1())
+    }
+}
+
+/// The dense network, evaluated, and its outputs kept to compare the others with.
+pub struct Dense {
+    pub evaluation: Evaluation,
+    /// Its outputs on the evaluation images.
+    pub test: Reference,
+    /// Its outputs on the calibration images (what the repair's choice and check judge
+    /// by); `None` when the repair is none.
+    pub calibration: Option<Reference>,
 }
 
 /// One sparsity's results.
 pub struct Run {
     pub sparsity: f64,
     pub pruned: Evaluation,
-    pub reflow: Evaluation,
+    /// After the repair (the pruned network again when the repair made is none).
+    pub repaired: Evaluation,
+    /// Which repair was made, why, and the calibration check.
+    pub repair: RepairReport,
     /// The pruned network's zeros, tensor by tensor.
     pub report: SparsityReport,
     pub secs: f64,
 }
 
 /// The data a protocol runs on.
-pub struct Protocol<'a, S = IdxImages> {
-    pub test: &'a Dataset<S>,
+pub struct Protocol<'a> {
+    /// The evaluation images.
+    pub test: &'a dyn ImageSource,
+    /// Their labels, when there are: without, accuracy is not measured, fidelity is.
+    pub labels: Option<&'a [u32]>,
     pub norm: &'a Normalization,
     pub calibration: &'a ImageBatches<'a>,
     /// The signal metric is measured on the first this many test images.
     pub signal_images: usize,
-    pub reflow: Reflow,
+    pub repair: Repair,
 }
 
 /// `println!` that does not panic when stdout is closed (`reflow inspect m | head`):
@@ -92,45 +118,82 @@ pub fn progress_bar(steps: u64) -> ProgressBar {
     bar
 }
 
-impl<S: ImageSource> Protocol<'_, S> {
-    /// Top-1 on the whole test set and the signal metric on its first
-    /// `signal_images` images, in one pass: those images run with a recorder at every
-    /// batch-norm output, the others without.
-    pub fn evaluate<N>(&self, net: &N) -> reflow::Result<Evaluation>
+impl Protocol<'_> {
+    /// Evaluates the dense network and keeps its outputs: on the test images, and on
+    /// the calibration images when a repair may be made.
+    pub fn dense<N>(&self, net: &N) -> reflow::Result<Dense>
     where
         N: Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2>,
     {
-        let images = self.test.images();
-        let labels = self.test.labels().as_slice();
+        let mut test = Reference::new();
+        let evaluation = self.pass(net, &mut |logits| test.push(logits))?;
+        let calibration = match self.repair.candidates().is_empty() {
+            true => None,
+            false => Some(Reference::record(net, self.calibration)?),
+        };
+        Ok(Dense {
+            evaluation,
+            test,
+            calibration,
+        })
+    }
+
+    /// Top-1 on the whole test set (when labelled), the fidelity to `dense` on it and
+    /// the signal metric on its first `signal_images` images, in one pass.
+    pub fn evaluate<N>(&self, net: &N, dense: &Dense) -> reflow::Result<Evaluation>
+    where
+        N: Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2>,
+    {
+        let mut meter = dense.test.meter();
+        let mut evaluation = self.pass(net, &mut |logits| meter.add(logits))?;
+        evaluation.fidelity = Some(meter.finish()?);
+        Ok(evaluation)
+    }
+
+    /// One pass over the test images: accuracy, signal, and each batch's logits to
+    /// `outputs`.
+    fn pass<N>(
+        &self,
+        net: &N,
+        outputs: &mut dyn FnMut(&reflow::nn::Tensor2) -> reflow::Result<()>,
+    ) -> reflow::Result<Evaluation>
+    where
+        N: Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2>,
+    {
         let mut recorder = Recorder::new(TapSelector::batch_norm_outputs());
         let mut accuracy = Accuracy::default();
         let observed = self.signal_images.min(self.test.len());
         let ranges = chunks(0, observed).chain(chunks(observed, self.test.len()));
         for range in ranges {
             let indices: Vec<usize> = range.clone().collect();
-            let x = images.tensor(&indices, self.norm)?;
+            let x = self.test.tensor(&indices, self.norm)?;
             let logits = if range.start < observed {
                 net.forward_with(&x, &mut Probe::new(&mut recorder))?
             } else {
                 net.forward(&x)?
             };
-            for (row, &label) in logits.rows().into_iter().zip(&labels[range]) {
-                accuracy.correct += (argmax(row.iter().copied()) == label as usize) as usize;
-                accuracy.total += 1;
+            outputs(&logits)?;
+            if let Some(labels) = self.labels {
+                for (row, &label) in logits.rows().into_iter().zip(&labels[range]) {
+                    accuracy.correct += (argmax(row.iter().copied()) == label as usize) as usize;
+                    accuracy.total += 1;
+                }
             }
         }
         Ok(Evaluation {
-            accuracy,
+            accuracy: self.labels.map(|_| accuracy),
             signal: Signal::from_stats(&recorder.finish()?),
+            fidelity: None,
         })
     }
 
-    /// Restores `dense` into `net`, then prunes with `pruner`, evaluates, recalibrates
+    /// Restores `dense_state` into `net`, then prunes with `pruner`, evaluates, repairs
     /// and evaluates again. Ticks `progress` after each evaluation.
     pub fn run<N, P: Pruner>(
         &self,
         net: &mut N,
-        dense: &StateDict,
+        dense_state: &StateDict,
+        dense: &Dense,
         sparsity: f64,
         pruner: P,
         progress: &ProgressBar,
@@ -139,36 +202,17 @@ impl<S: ImageSource> Protocol<'_, S> {
         N: Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2>,
     {
         let started = Instant::now();
-        dense.load_into(net)?;
-        let (mut pruned, mut reflow) = (None, None);
-        let report = Pipeline::new(pruner, self.reflow).run_inspecting(
-            net,
-            self.calibration,
-            |stage, model| {
-                let slot = match stage {
-                    Stage::Dense => return Ok(()),
-                    Stage::Pruned => &mut pruned,
-                    Stage::Rescaled => &mut reflow,
-                };
-                *slot = Some(self.evaluate(model)?);
-                progress.inc(1);
-                Ok(())
-            },
-        )?;
-        Ok(Run {
-            sparsity,
-            pruned: pruned.expect("evaluated after pruning"),
-            reflow: reflow.expect("evaluated after REFLOW"),
-            report: report.sparsity,
-            secs: started.elapsed().as_secs_f64(),
-        })
+        dense_state.load_into(net)?;
+        pruner.masks(net)?.apply(net)?;
+        self.run_pruned(net, dense, sparsity, started, progress)
     }
 
-    /// Evaluates `net`, pruned already (a channel-pruned, compact network),
-    /// recalibrates it and evaluates again. `started` is when its pruning began.
+    /// Evaluates `net`, pruned already (a channel-pruned, compact network), repairs it
+    /// and evaluates again. `started` is when its pruning began.
     pub fn run_pruned<N>(
         &self,
         net: &mut N,
+        dense: &Dense,
         sparsity: f64,
         started: Instant,
         progress: &ProgressBar,
@@ -176,16 +220,30 @@ impl<S: ImageSource> Protocol<'_, S> {
     where
         N: Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2>,
     {
-        let pruned = self.evaluate(net)?;
+        let report = SparsityReport::measure(net);
+        let pruned = self.evaluate(net, dense)?;
         progress.inc(1);
-        self.reflow.rescale(net, self.calibration)?;
-        let reflow = self.evaluate(net)?;
+        let repair = match &dense.calibration {
+            Some(on_calibration) => self.repair.apply(net, self.calibration, on_calibration)?,
+            None => self
+                .repair
+                .apply(net, self.calibration, &Reference::new())?,
+        };
+        let repaired = match repair.rescale {
+            Some(_) => self.evaluate(net, dense)?,
+            None => Evaluation {
+                accuracy: pruned.accuracy,
+                signal: pruned.signal.clone(),
+                fidelity: pruned.fidelity,
+            },
+        };
         progress.inc(1);
         Ok(Run {
             sparsity,
             pruned,
-            reflow,
-            report: SparsityReport::measure(net),
+            repaired,
+            repair,
+            report,
             secs: started.elapsed().as_secs_f64(),
         })
     }

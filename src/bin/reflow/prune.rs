@@ -11,6 +11,7 @@ use reflow::io::{read_cifar, CifarSplit, EvalTransform, ImageSource, SaveFormat}
 use reflow::models::{Arch, Model};
 use reflow::prelude::*;
 use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
+use reflow::trust::{CalibrationCheck, Fidelity, Repair, MIN_AUTO_IMAGES};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,11 +36,11 @@ pub struct Args {
         long,
         value_name = "PATH",
         required_unless_present_any = ["cifar_dir", "test_npy", "test_dir"],
-        conflicts_with_all = ["cifar_dir", "test_npy", "test_dir"],
-        requires = "test_labels"
+        conflicts_with_all = ["cifar_dir", "test_npy", "test_dir"]
     )]
     test_images: Option<PathBuf>,
-    /// Test labels, IDX (.gz ok).
+    /// Test labels, IDX (.gz ok). Without labels the report has no accuracy, only the
+    /// fidelity to the dense network (top-1 agreement, KL).
     #[arg(long, value_name = "PATH", requires = "test_images")]
     test_labels: Option<PathBuf>,
     /// Test images, .npy: uint8 [N,H,W] or [N,C,H,W] (normalised with --mean/--std), or
@@ -47,15 +48,15 @@ pub struct Args {
     #[arg(
         long,
         value_name = "X.npy",
-        conflicts_with_all = ["cifar_dir", "test_dir"],
-        requires = "test_labels_npy"
+        conflicts_with_all = ["cifar_dir", "test_dir"]
     )]
     test_npy: Option<PathBuf>,
-    /// Test labels, .npy: int64, int32 or uint8 [N].
+    /// Test labels, .npy: int64, int32 or uint8 [N] (optional, as --test-labels).
     #[arg(long, value_name = "Y.npy", requires = "test_npy")]
     test_labels_npy: Option<PathBuf>,
     /// Test images, a folder of JPEG/PNG images in torchvision's ImageFolder layout
-    /// (one sub-folder per class, classes sorted by name); see --resize, --crop.
+    /// (one sub-folder per class, classes sorted by name), or with the images directly
+    /// in it (no labels: fidelity only); see --resize, --crop.
     #[arg(long, value_name = "DIR", conflicts_with = "cifar_dir")]
     test_dir: Option<PathBuf>,
     /// Calibration images, IDX (.gz ok); taken in file order (see --calib-seed).
@@ -71,7 +72,7 @@ pub struct Args {
     #[arg(long, value_name = "X.npy", conflicts_with = "calib_dir")]
     calib_npy: Option<PathBuf>,
     /// Calibration images, a folder in ImageFolder layout (one sub-folder or several;
-    /// the labels are not used).
+    /// the labels are not used) or with the images directly in it.
     #[arg(long, value_name = "DIR")]
     calib_dir: Option<PathBuf>,
     /// A folder of CIFAR-10 or CIFAR-100 binary files: the test images from its test
@@ -136,6 +137,12 @@ pub struct Args {
     /// REFLOW statistic mode: cumulative, ema or exact.
     #[arg(long, default_value = "cumulative")]
     mode: String,
+    /// The repair after pruning: reflow (REFLOW with --mode), none (keep the pruned
+    /// network), or auto (whichever of the two stays closer to the dense network on
+    /// the calibration images, each repair judged on images it was not estimated
+    /// from; needs at least 4 calibration images).
+    #[arg(long, default_value = "reflow")]
+    repair: String,
     /// Momentum for --mode ema.
     #[arg(long, default_value_t = 0.1, value_name = "M")]
     momentum: f64,
@@ -256,6 +263,47 @@ struct Plan {
     transform: EvalTransform,
     /// How `--save-dir` writes.
     save_format: SaveFormat,
+    /// `--repair`.
+    repair: RepairKind,
+}
+
+/// The `--repair` of the runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RepairKind {
+    Reflow,
+    None,
+    Auto,
+}
+
+impl RepairKind {
+    fn parse(text: &str) -> reflow::Result<RepairKind> {
+        match text {
+            "reflow" => Ok(RepairKind::Reflow),
+            "none" => Ok(RepairKind::None),
+            "auto" => Ok(RepairKind::Auto),
+            other => Err(invalid(
+                "repair",
+                format!("\"{other}\" (expected reflow, none or auto)"),
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RepairKind::Reflow => "reflow",
+            RepairKind::None => "none",
+            RepairKind::Auto => "auto",
+        }
+    }
+
+    /// The repair with REFLOW in `reflow`'s mode.
+    fn repair(self, reflow: Reflow) -> Repair {
+        match self {
+            RepairKind::Reflow => Repair::reflow(reflow),
+            RepairKind::None => Repair::None,
+            RepairKind::Auto => Repair::auto(reflow),
+        }
+    }
 }
 
 fn plan(args: &Args) -> reflow::Result<Plan> {
@@ -286,6 +334,16 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
     reflow.validate()?;
     if args.calib_count == 0 {
         return Err(invalid("calib-count", "empty calibration set (0 images)"));
+    }
+    let repair = RepairKind::parse(&args.repair)?;
+    if repair == RepairKind::Auto && args.calib_count < MIN_AUTO_IMAGES {
+        return Err(invalid(
+            "calib-count",
+            format!(
+                "{}: --repair auto needs at least {MIN_AUTO_IMAGES} calibration images (each half repairs and judges the other)",
+                args.calib_count
+            ),
+        ));
     }
     if args.calib_batch == 0 {
         return Err(invalid("calib-batch", "must be positive"));
@@ -350,6 +408,7 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
         norm,
         transform,
         save_format: args.save_format.parse()?,
+        repair,
     })
 }
 
@@ -403,12 +462,26 @@ fn run_json(run: &protocol::Run, pruned: &Pruned, plan: &Plan) -> Value {
         "scope": scope.to_string(),
         "sparsity": run.sparsity,
         "actual_sparsity": number(pruned.actual(run)),
-        "pruned_top1": number(run.pruned.accuracy.top1()),
-        "pruned_correct": run.pruned.accuracy.correct,
-        "reflow_top1": number(run.reflow.accuracy.top1()),
-        "reflow_correct": run.reflow.accuracy.correct,
+        "pruned_top1": top1_json(&run.pruned),
+        "pruned_correct": run.pruned.accuracy.map(|a| a.correct),
+        "reflow_top1": top1_json(&run.repaired),
+        "reflow_correct": run.repaired.accuracy.map(|a| a.correct),
+        "agreement_pruned": fidelity_field(&run.pruned, |f| f.agreement),
+        "agreement_repaired": fidelity_field(&run.repaired, |f| f.agreement),
+        "kl_pruned": fidelity_field(&run.pruned, |f| f.kl),
+        "kl_repaired": fidelity_field(&run.repaired, |f| f.kl),
+        "repair": run.repair.chosen,
+        "repair_reason": run.repair.reason,
+        "repair_scores": Value::Object(
+            run.repair
+                .scores
+                .iter()
+                .map(|s| (s.repair.clone(), fidelity_json(&s.fidelity)))
+                .collect::<Map<_, _>>()
+        ),
+        "calibration_check": run.repair.check.as_ref().map(check_json),
         "bn_signal_pruned": signal_json(&run.pruned.signal),
-        "bn_signal_reflow": signal_json(&run.reflow.signal),
+        "bn_signal_reflow": signal_json(&run.repaired.signal),
         "layers": layers_json(&run.report),
         "secs": run.secs,
     });
@@ -426,6 +499,33 @@ fn run_json(run: &protocol::Run, pruned: &Pruned, plan: &Plan) -> Value {
         }
     }
     entry
+}
+
+/// Top-1 as a JSON number, `null` without labels.
+fn top1_json(e: &protocol::Evaluation) -> Value {
+    e.accuracy.map_or(Value::Null, |a| number(a.top1()))
+}
+
+/// A field of the fidelity to the dense network.
+fn fidelity_field(e: &protocol::Evaluation, field: fn(&Fidelity) -> f64) -> Value {
+    e.fidelity
+        .as_ref()
+        .map_or(Value::Null, |f| number(field(f)))
+}
+
+fn fidelity_json(f: &Fidelity) -> Value {
+    json!({"images": f.images, "agreement": number(f.agreement), "kl": number(f.kl)})
+}
+
+fn check_json(c: &CalibrationCheck) -> Value {
+    json!({
+        "images": c.images,
+        "agreement_between_halves": number(c.agreement_between_halves),
+        "kl_between_halves": number(c.kl_between_halves),
+        "predicted_noise_kl": number(c.predicted_noise_kl),
+        "images_needed": c.images_needed,
+        "warning": c.warning,
+    })
 }
 
 fn layers_json(report: &SparsityReport) -> Value {
@@ -458,7 +558,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         ));
     }
     let runs_ahead = Runs::check(&plan, &net)?;
-    let (test, calib_images) = read_data(args, in_channels, num_classes, plan.transform)?;
+    let (test, labels, calib_images) = read_data(args, in_channels, num_classes, plan.transform)?;
     let test_flag = match (&args.cifar_dir, &args.test_npy, &args.test_dir) {
         (Some(_), _, _) => "cifar-dir",
         (None, Some(_), _) => "test-npy",
@@ -481,9 +581,10 @@ fn run(args: &Args) -> reflow::Result<()> {
             format!("{c}-channel images; the model takes {in_channels} input channel(s)"),
         ))
     };
-    channels(test_flag, test.images())?;
-    let labels = test.labels().as_slice();
-    if let Some(i) = labels.iter().position(|&l| l as usize >= num_classes) {
+    channels(test_flag, test.as_ref())?;
+    let labels = labels.as_ref().map(|l| l.as_slice());
+    let out_of_range = labels.and_then(|l| l.iter().position(|&c| c as usize >= num_classes));
+    if let (Some(i), Some(labels)) = (out_of_range, labels) {
         return Err(invalid(
             match test_flag {
                 "test-images" => "test-labels",
@@ -533,16 +634,17 @@ fn run(args: &Args) -> reflow::Result<()> {
     };
 
     let protocol = Protocol {
-        test: &test,
+        test: test.as_ref(),
+        labels,
         norm: &plan.norm,
         calibration: &calibration,
         signal_images: args.signal_images,
-        reflow: plan.reflow,
+        repair: plan.repair.repair(plan.reflow),
     };
     let progress = progress_bar(1 + 2 * plan.sparsities.len() as u64);
     progress.set_message("dense model");
     let dense_state = StateDict::from_layer(&net);
-    let dense = protocol.evaluate(&net)?;
+    let dense = protocol.dense(&net)?;
     progress.inc(1);
 
     let mut runs = Vec::new();
@@ -554,7 +656,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         Runs::Unstructured(pruners) => {
             for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
                 progress.set_message(label(s));
-                let run = protocol.run(&mut net, &dense_state, s, pruner, &progress)?;
+                let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &progress)?;
                 save(plan.pattern.saved_name(s), &net)?;
                 runs.push((run, Pruned::Unstructured));
             }
@@ -562,7 +664,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         Runs::Nm(pruner, skipped) => {
             let s = plan.sparsities[0];
             progress.set_message(label(s));
-            let run = protocol.run(&mut net, &dense_state, s, pruner, &progress)?;
+            let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &progress)?;
             save(plan.pattern.saved_name(s), &net)?;
             runs.push((run, Pruned::Nm(skipped)));
         }
@@ -571,7 +673,7 @@ fn run(args: &Args) -> reflow::Result<()> {
                 progress.set_message(label(s));
                 let started = std::time::Instant::now();
                 let (mut compact, report) = pruner.prune(&net)?;
-                let run = protocol.run_pruned(&mut compact, s, started, &progress)?;
+                let run = protocol.run_pruned(&mut compact, &dense, s, started, &progress)?;
                 save(plan.pattern.saved_name(s), &compact)?;
                 runs.push((run, Pruned::Channel(report)));
             }
@@ -600,22 +702,28 @@ fn run(args: &Args) -> reflow::Result<()> {
         count_parameters(&net),
         count_prunable(&net)
     );
+    let dense_signal = &dense.evaluation.signal;
     say!(
-        "dense: top-1 {:.4} ({}/{}), last BN signal {:.4}",
-        dense.accuracy.top1(),
-        dense.accuracy.correct,
-        dense.accuracy.total,
-        dense.signal.last().map_or(f64::NAN, |(_, v)| v)
+        "dense: {}, last BN signal {:.4}",
+        match dense.evaluation.accuracy {
+            Some(a) => format!("top-1 {:.4} ({}/{})", a.top1(), a.correct, a.total),
+            None => format!("{} test images without labels (fidelity only)", test.len()),
+        },
+        dense_signal.last().map_or(f64::NAN, |(_, v)| v)
     );
+    let (repaired, signal_repaired) = match plan.repair {
+        RepairKind::Reflow => ("REFLOW top-1", "signal REFLOW/d"),
+        _ => ("repaired top-1", "signal repair/d"),
+    };
     say!(
-        "{:<7} {:>8} {:>7} {:>13} {:>13} {:>16} {:>16} {:>6}",
+        "{:<7} {:>8} {:>7} {:>13} {:>14} {:>16} {:>16} {:>6}",
         "pruning",
         "sparsity",
         "actual",
         "pruned top-1",
-        "REFLOW top-1",
+        repaired,
         "signal pruned/d",
-        "signal REFLOW/d",
+        signal_repaired,
         "secs"
     );
     let kind = match plan.pattern {
@@ -628,10 +736,10 @@ fn run(args: &Args) -> reflow::Result<()> {
             kind,
             run.sparsity,
             pruned.actual(run),
-            run.pruned.accuracy.top1(),
-            run.reflow.accuracy.top1(),
-            last_ratio(&run.pruned.signal, &dense.signal),
-            last_ratio(&run.reflow.signal, &dense.signal),
+            run.pruned.top1(),
+            run.repaired.top1(),
+            last_ratio(&run.pruned.signal, dense_signal),
+            last_ratio(&run.repaired.signal, dense_signal),
             run.secs
         );
     }
@@ -639,6 +747,75 @@ fn run(args: &Args) -> reflow::Result<()> {
         "(signal: last batch-norm layer, relative to the dense network, on {} test images)",
         args.signal_images
     );
+    say!(
+        "fidelity to the dense network on {} test images (top-1 agreement, mean KL), and the repair ({}):",
+        test.len(),
+        plan.repair.name()
+    );
+    say!(
+        "{:<7} {:>8} {:>12} {:>14} {:>10} {:>12} {:>7}  {}",
+        "pruning",
+        "sparsity",
+        "agree pruned",
+        "agree repaired",
+        "KL pruned",
+        "KL repaired",
+        "repair",
+        "calibration check (halves' agreement, KL)"
+    );
+    for (run, _) in &runs {
+        let field = |e: &protocol::Evaluation, f: fn(&Fidelity) -> f64| {
+            e.fidelity.as_ref().map_or(f64::NAN, f)
+        };
+        say!(
+            "{:<7} {:>8.3} {:>12.4} {:>14.4} {:>10.4} {:>12.4} {:>7}  {}",
+            kind,
+            run.sparsity,
+            field(&run.pruned, |f| f.agreement),
+            field(&run.repaired, |f| f.agreement),
+            field(&run.pruned, |f| f.kl),
+            field(&run.repaired, |f| f.kl),
+            run.repair.chosen,
+            match &run.repair.check {
+                None => "-".to_string(),
+                Some(c) => format!(
+                    "{:.4}, {:.4}: {}",
+                    c.agreement_between_halves,
+                    c.kl_between_halves,
+                    match (&c.warning, c.images_needed) {
+                        (Some(_), Some(n)) => format!("too few, about {n} look needed"),
+                        (Some(_), None) => "failed".to_string(),
+                        (None, _) => "enough".to_string(),
+                    }
+                ),
+            }
+        );
+    }
+    // The worst check (the largest predicted noise) speaks for the calibration set.
+    let worst = runs
+        .iter()
+        .filter_map(|(run, _)| run.repair.check.as_ref())
+        .max_by(|a, b| {
+            let noise = |c: &CalibrationCheck| match c.predicted_noise_kl {
+                v if v.is_nan() => f64::INFINITY,
+                v => v,
+            };
+            noise(a).total_cmp(&noise(b))
+        });
+    if let Some(warning) = worst.and_then(|c| c.warning.as_ref()) {
+        say!("calibration: {warning}");
+        eprintln!("warning: {warning}");
+    }
+    if plan.repair == RepairKind::Auto {
+        for (run, _) in &runs {
+            say!(
+                "repair at {}: {} ({})",
+                run.sparsity,
+                run.repair.chosen,
+                run.repair.reason
+            );
+        }
+    }
     for (run, pruned) in &runs {
         match pruned {
             Pruned::Channel(r) => say!(
@@ -692,6 +869,10 @@ fn run(args: &Args) -> reflow::Result<()> {
             "count": calibration.len(),
             "batch": args.calib_batch,
             "seed": args.calib_seed,
+            "agreement_between_halves": worst.map(|c| number(c.agreement_between_halves)),
+            "kl_between_halves": worst.map(|c| number(c.kl_between_halves)),
+            "images_needed": worst.and_then(|c| c.images_needed),
+            "warning": worst.and_then(|c| c.warning.clone()),
         });
         if args.calib_seed.is_some() {
             calib["indices"] = json!(calibration.indices());
@@ -699,10 +880,12 @@ fn run(args: &Args) -> reflow::Result<()> {
         let report = json!({
             "model": model,
             "calibration": calib,
+            "repair": plan.repair.name(),
             "dense": {
-                "top1": number(dense.accuracy.top1()),
-                "correct": dense.accuracy.correct,
-                "bn_signal": signal_json(&dense.signal),
+                "top1": top1_json(&dense.evaluation),
+                "correct": dense.evaluation.accuracy.map(|a| a.correct),
+                "images": test.len(),
+                "bn_signal": signal_json(dense_signal),
             },
             "runs": runs.iter().map(|(run, pruned)| run_json(run, pruned, &plan)).collect::<Vec<_>>(),
         });
@@ -825,9 +1008,10 @@ mod folder {
     use reflow::io::{EvalTransform, IdxLabels};
     use std::path::Path;
 
-    /// The folder's images: a test folder (`classes`, the model's) with its class
-    /// count checked and every header read; a calibration folder (`None`: of which a
-    /// run draws a few) only listed, the run checks what it draws.
+    /// The folder's images, and their labels when it has class sub-folders: a test
+    /// folder (`classes`, the model's) with its class count checked and every header
+    /// read; a calibration folder (`None`: of which a run draws a few) only listed, the
+    /// run checks what it draws.
     #[cfg(feature = "image")]
     pub fn images(
         flag: &str,
@@ -835,7 +1019,7 @@ mod folder {
         channels: usize,
         transform: EvalTransform,
         classes: Option<usize>,
-    ) -> reflow::Result<(Source, IdxLabels)> {
+    ) -> reflow::Result<(Source, Option<IdxLabels>)> {
         use reflow::io::ImageFolder;
         if !dir.is_dir() {
             return Err(super::invalid(
@@ -847,8 +1031,8 @@ mod folder {
         let spinner = indicatif::ProgressBar::new_spinner();
         spinner.set_message(format!("--{flag}: reading {}", dir.display()));
         spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-        let images = ImageFolder::scan(dir, channels, transform).and_then(|images| {
-            if let Some(classes) = classes {
+        let images = ImageFolder::scan_unlabelled(dir, channels, transform).and_then(|images| {
+            if let Some(classes) = classes.filter(|_| images.is_labelled()) {
                 let found = images.classes();
                 if found.len() > classes {
                     return Err(super::invalid(
@@ -860,13 +1044,15 @@ mod folder {
                         ),
                     ));
                 }
+            }
+            if classes.is_some() {
                 images.check(&(0..images.paths().len()).collect::<Vec<_>>())?;
             }
             Ok(images)
         });
         spinner.finish_and_clear();
         let images = images?;
-        let labels = images.labels();
+        let labels = images.is_labelled().then(|| images.labels());
         Ok((Box::new(images), labels))
     }
 
@@ -877,7 +1063,7 @@ mod folder {
         _: usize,
         _: EvalTransform,
         _: Option<usize>,
-    ) -> reflow::Result<(Source, IdxLabels)> {
+    ) -> reflow::Result<(Source, Option<IdxLabels>)> {
         Err(super::invalid(
             flag,
             "this build reads no image folders: build with --features image (the reflow command has it)",
@@ -885,42 +1071,53 @@ mod folder {
     }
 }
 
-/// The test set and the calibration images: IDX files, `.npy` arrays, a CIFAR folder
-/// or image folders (read as `channels`, a test folder of at most `classes` classes,
-/// preprocessed by `transform`), any test source
+/// The test images, their labels when given, and the calibration images: IDX files,
+/// `.npy` arrays, a CIFAR folder or image folders (read as `channels`, a labelled test
+/// folder of at most `classes` classes, preprocessed by `transform`), any test source
 /// with any calibration source.
 fn read_data(
     args: &Args,
     channels: usize,
     classes: usize,
     transform: EvalTransform,
-) -> reflow::Result<(Dataset<Source>, Source)> {
+) -> reflow::Result<(Source, Option<IdxLabels>, Source)> {
     let boxed = |images: IdxImages| -> Source { Box::new(images) };
-    let test: Dataset<Source> = match (&args.cifar_dir, &args.test_images, &args.test_npy) {
+    /// Images with their labels, the counts checked.
+    fn labelled(images: Source, labels: IdxLabels) -> reflow::Result<(Source, Option<IdxLabels>)> {
+        let (images, labels) = Dataset::new(images, labels)?.into_parts();
+        Ok((images, Some(labels)))
+    }
+    let (test, labels) = match (&args.cifar_dir, &args.test_images, &args.test_npy) {
         _ if args.test_dir.is_some() => {
             let dir = args.test_dir.as_ref().expect("matched");
             let (images, labels) = folder::images("test-dir", dir, channels, transform, Some(classes))?;
-            Dataset::new(images, labels)?
+            match labels {
+                Some(labels) => labelled(images, labels)?,
+                None => (images, None),
+            }
         }
         (Some(dir), _, _) => {
             let (images, labels) = read_cifar(dir, CifarSplit::Test)?.1.into_parts();
-            Dataset::new(boxed(images), labels)?
+            labelled(boxed(images), labels)?
         }
         (None, Some(images), _) => {
-            let labels = args.test_labels.as_ref().ok_or_else(|| invalid("test-labels", "not given"))?;
-            Dataset::new(boxed(IdxImages::read(images)?), IdxLabels::read(labels)?)?
+            let images = boxed(IdxImages::read(images)?);
+            match &args.test_labels {
+                Some(labels) => labelled(images, IdxLabels::read(labels)?)?,
+                None => (images, None),
+            }
         }
         (None, None, Some(images)) => {
-            let labels = args
-                .test_labels_npy
-                .as_ref()
-                .ok_or_else(|| invalid("test-labels-npy", "not given"))?;
-            Dataset::new(npy::images("test-npy", images)?, npy::labels(labels)?)?
+            let images = npy::images("test-npy", images)?;
+            match &args.test_labels_npy {
+                Some(labels) => labelled(images, npy::labels(labels)?)?,
+                None => (images, None),
+            }
         }
         _ => {
             return Err(invalid(
                 "test-images",
-                "give --test-images and --test-labels, --test-npy and --test-labels-npy, or --cifar-dir",
+                "give --test-images (and --test-labels), --test-npy (and --test-labels-npy), --test-dir or --cifar-dir",
             ))
         }
     };
@@ -934,7 +1131,7 @@ fn read_data(
         (None, None, Some(dir)) => boxed(read_cifar(dir, CifarSplit::Train)?.1.into_parts().0),
         (None, None, None) => return Err(invalid("calib-images", "not given")),
     };
-    Ok((test, calib))
+    Ok((test, labels, calib))
 }
 
 /// Before any forward pass over the data: every batch norm gets at least two values
@@ -964,21 +1161,32 @@ fn enough_values(
     net.forward_with(&blank, &mut Probe::new(&mut smallest))?;
     let per_image = smallest.0;
     let count = args.calib_count.min(images.len());
-    let (images_at_once, flag) = match plan.reflow.mode() {
-        ReflowMode::Exact => (count, "calib-count"),
-        _ => match count % args.calib_batch {
-            0 => (args.calib_batch.min(count), "calib-batch"),
-            last => (last, "calib-batch"),
-        },
-    };
-    if images_at_once.saturating_mul(per_image) < 2 {
-        return Err(invalid(
-            flag,
-            format!(
-                "{images_at_once} image(s) of {h}x{w} give the smallest batch norms {} value(s) per channel; a variance needs two",
-                images_at_once.saturating_mul(per_image)
-            ),
+    // `--repair auto` also repairs from each half of the images.
+    let mut sets = vec![(count, String::new())];
+    if plan.repair == RepairKind::Auto {
+        sets.push((
+            count.div_ceil(2),
+            " (half of them, for --repair auto)".into(),
         ));
+        sets.push((count / 2, " (half of them, for --repair auto)".into()));
+    }
+    for (count, which) in sets {
+        let (images_at_once, flag) = match plan.reflow.mode() {
+            ReflowMode::Exact => (count, "calib-count"),
+            _ => match count % args.calib_batch {
+                0 => (args.calib_batch.min(count), "calib-batch"),
+                last => (last, "calib-batch"),
+            },
+        };
+        if images_at_once.saturating_mul(per_image) < 2 {
+            return Err(invalid(
+                flag,
+                format!(
+                    "{images_at_once} image(s){which} of {h}x{w} give the smallest batch norms {} value(s) per channel; a variance needs two",
+                    images_at_once.saturating_mul(per_image)
+                ),
+            ));
+        }
     }
     Ok(())
 }
