@@ -277,10 +277,6 @@ fn npy_arrays_count_as_the_same_pixels_in_idx_files() {
             ],
             "invalid --test-labels-npy: label 10 of sample 10, but the model has 10 classes",
         ),
-        (
-            vec!["--test-npy", &x, "--calib-npy", &c],
-            "--test-labels-npy <Y.npy>",
-        ),
     ] {
         let mut args: Vec<&str> = common_args.to_vec();
         args.extend(extra);
@@ -290,6 +286,20 @@ fn npy_arrays_count_as_the_same_pixels_in_idx_files() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
+    // Test images without labels: the fidelity to the dense network, no accuracy.
+    let mut args: Vec<&str> = common_args.to_vec();
+    args.extend(["--test-npy", &x, "--calib-npy", &c]);
+    let out = reflow(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("without labels (fidelity only)"),
+        "{stdout}"
+    );
 }
 
 /// The top-1 class torchvision's pipeline gives a fixture image under network `net`
