@@ -342,3 +342,116 @@ fn a_pipeline_that_fails_after_recalibrating_leaves_the_model_as_it_was() {
         assert_eq!(after.get(key), Some(t), "{key} changed");
     }
 }
+
+/// Issue 26: sizes are checked before they are trusted, in the library API too.
+#[test]
+fn sizes_given_to_the_api_are_checked_before_anything_is_allocated() {
+    use reflow::io::{EvalTransform, Pixels};
+    let p = Pixels::new([1, 2, 2], vec![1, 2, 3, 4]).unwrap();
+    let e = p.center_crop(100_000, 100_000).unwrap_err().to_string();
+    assert!(e.contains("crop") && e.contains("100000x100000"), "{e}");
+    assert!(p.center_crop(0, 3).is_err());
+    assert!(p.resize(100_000, 100_000).is_err());
+    let crop = EvalTransform {
+        resize: None,
+        crop: Some(100_000),
+    };
+    assert!(crop.validate().unwrap_err().to_string().contains("crop"));
+    // A 1 × 100,000 image resized by its short side to 2,000 would be 2,000 × 2 × 10⁸.
+    let resize = EvalTransform {
+        resize: Some(2_000),
+        crop: Some(8),
+    };
+    let e = resize.output_dims(1, 100_000).unwrap_err().to_string();
+    assert!(e.contains("resized image"), "{e}");
+    assert_eq!(resize.output_dims(300, 400).unwrap(), [8, 8]);
+}
+
+#[test]
+fn a_mask_from_an_endless_iterator_stops_at_the_tensor() {
+    use reflow::prune::TensorMask;
+    let e = TensorMask::from_pruned(&[2, 3], std::iter::repeat(true)).unwrap_err();
+    assert!(e.to_string().contains("more flags"), "{e}");
+    assert!(TensorMask::from_pruned(&[2, 3], [true; 6]).is_ok());
+}
+
+#[test]
+fn pruners_that_would_prune_nothing_are_errors() {
+    use reflow::prelude::*;
+    let net = net();
+    let e = NmPruner::new(1, usize::MAX)
+        .unwrap()
+        .masks(&net)
+        .unwrap_err();
+    assert!(e.to_string().contains("prunes nothing"), "{e}");
+    let everything = ["conv1", "layer1", "layer2", "layer3", "fc"];
+    let magnitude = everything
+        .iter()
+        .fold(MagnitudePruner::new(0.5), |p, e| p.exclude(*e));
+    let e = magnitude.masks(&net).unwrap_err();
+    assert!(e.to_string().contains("nothing is left to prune"), "{e}");
+    let state = reflow::StateDict::from_layer(&net);
+    let channel = everything
+        .iter()
+        .fold(ChannelPruner::new(0.5).unwrap(), |p, e| p.exclude(*e));
+    let e = channel.select(&state, &net.channel_scope()).unwrap_err();
+    assert!(e.to_string().contains("nothing is left to prune"), "{e}");
+}
+
+#[test]
+fn batches_tracked_saturate() {
+    let mut net = net();
+    net.visit_norms_mut(&mut |_, s| *s.num_batches_tracked = i64::MAX);
+    let x = Array4::from_shape_fn((2, 3, 8, 8), |(n, c, h, w)| (n + c + h * w) as f32);
+    net.forward_train(&x, NormUpdate::Ema { momentum: 0.1 }, &mut Probe::none())
+        .unwrap();
+    net.visit_norms(&mut |_, s| assert_eq!(s.num_batches_tracked, i64::MAX));
+}
+
+#[test]
+fn a_key_twice_in_a_safetensors_header_is_named() {
+    let header = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0; 4]);
+    let e = reflow::StateDict::from_safetensors_bytes(&bytes).unwrap_err();
+    assert!(e.to_string().contains("names tensor \"a\" twice"), "{e}");
+}
+
+/// A squeeze-excitation `fc1.weight` one row wider than its bias and `fc2.weight`
+/// is named itself, not the tensors that follow it; a torchvision preset is checked
+/// against the shapes.
+#[test]
+fn the_tensor_that_disagrees_is_the_one_named() {
+    use reflow::models::{Arch, Model};
+    for (fixture, key) in [
+        (
+            "efficientnet_small.safetensors",
+            "features.1.0.block.1.fc1.weight",
+        ),
+        (
+            "regnet_y_small.safetensors",
+            "trunk_output.block1.block1-0.f.se.fc1.weight",
+        ),
+    ] {
+        let state = common::read(fixture);
+        let mut shape = state
+            .get(key)
+            .unwrap_or_else(|| panic!("{fixture}: {key}"))
+            .shape
+            .clone();
+        shape[0] += 1;
+        let state = with_tensor(state, key, shape);
+        let e = Model::from_state_dict(&state, Arch::Auto, Stem::Imagenet)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(key) && e.contains("fc1.bias"), "{fixture}: {e}");
+    }
+    let small = common::read("efficientnet_small.safetensors");
+    let e = Model::from_state_dict(&small, Arch::EfficientNet(Some(7)), Stem::Imagenet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not efficientnet_b7's"), "{e}");
+}

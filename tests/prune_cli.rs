@@ -40,6 +40,7 @@ impl Files {
             &(0..40).map(|i| (i % 10) as u8).collect::<Vec<_>>(),
         );
         gz_idx(&dir.path().join("short-labels.gz"), &[39], &[0; 39]);
+        gz_idx(&dir.path().join("no-images.gz"), &[0, 3, 16, 16], &[]);
         gz_idx(
             &dir.path().join("calib-images.gz"),
             &[24, 3, 16, 16],
@@ -509,7 +510,7 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
         (
             // The 3-channel stem, 16, 32 and 64 channels: none a multiple of 128.
             with(base.clone(), "--pattern", "1:128"),
-            "1:128: no layer of this network can be pruned",
+            "invalid --pattern: 1:128 prunes nothing in this network",
         ),
         (
             with(
@@ -517,7 +518,7 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
                 "--exclude",
                 "layer1,layer2,layer3,fc",
             ),
-            "2:4: no layer of this network can be pruned",
+            "invalid --pattern: 2:4 prunes nothing in this network",
         ),
         (
             with(
@@ -539,10 +540,69 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
             ),
             "no convolution whose channels can be removed (14 skipped; layer1.0.conv1: feeds a grouped convolution (4 groups))",
         ),
+        // Issue 26's stragglers, each naming its flag before any work.
+        (
+            with(base.clone(), "--calib-images", &files.path("no-images.gz")),
+            "invalid --calib-images: ",
+        ),
+        (
+            with(base.clone(), "--json", &files.path("")),
+            "invalid --json: ",
+        ),
+        (
+            with(base.clone(), "--exclude", "conv1,layer1,layer2,layer3,fc"),
+            "invalid --exclude: the exclusions cover all 22 prunable tensors",
+        ),
+        (
+            with(
+                with(base.clone(), "--pattern", "channel"),
+                "--exclude",
+                "layer1,layer2,layer3",
+            ),
+            "invalid --exclude: the exclusions cover all 9 convolutions",
+        ),
+        (
+            with(base.clone(), "--momentum", "0.5"),
+            "invalid --momentum: applies to --mode ema",
+        ),
+        (
+            with(base.clone(), "--calib-count", "-1"),
+            "invalid value '-1' for '--calib-count <N>'",
+        ),
+        (
+            with(base.clone(), "--crop", "100000"),
+            "invalid --crop: 100000x100000 is more than 178956970 pixels",
+        ),
     ];
     for (args, needle) in cases {
         fails_with_one_line(&args, needle);
     }
+    let stderr = String::from_utf8_lossy(
+        &run(&with(
+            base.clone(),
+            "--calib-images",
+            &files.path("no-images.gz"),
+        ))
+        .stderr,
+    )
+    .into_owned();
+    assert!(stderr.contains("no-images.gz: 0 images"), "{stderr}");
+}
+
+/// `--save-dir out --json out/report.json` with no `out/` yet: `--save-dir` makes it.
+#[test]
+fn the_report_may_go_into_the_save_dir_it_makes() {
+    let files = Files::new();
+    let out = files.path("out");
+    let json = format!("{out}/report.json");
+    let args = with(
+        with(with(files.args(), "--sparsity", "0.5"), "--save-dir", &out),
+        "--json",
+        &json,
+    );
+    let report = common::report(&run(&args), &json);
+    assert_eq!(report["runs"][0]["sparsity"], 0.5);
+    assert!(Path::new(&format!("{out}/s0.5.safetensors")).exists());
 }
 
 #[test]

@@ -174,6 +174,12 @@ fn npy_arrays_count_as_the_same_pixels_in_idx_files() {
         &labels.iter().map(|&l| l as u8).collect::<Vec<_>>(),
     );
     let ci = idx("c.idx", &[24, 3, 16, 16], &calib);
+    let raw = npy(
+        dir.path(),
+        "raw.npy",
+        &[40, 3, 16, 16],
+        test.iter().map(|&v| f32::from(v)).collect(),
+    );
     let weights = common::fixture("resnet20_cifar.safetensors");
     let common_args = [
         "prune",
@@ -276,6 +282,18 @@ fn npy_arrays_count_as_the_same_pixels_in_idx_files() {
                 &c,
             ],
             "invalid --test-labels-npy: label 10 of sample 10, but the model has 10 classes",
+        ),
+        (
+            // Pixels saved as float32: taken as normalised, they would be wrong.
+            vec![
+                "--test-npy",
+                &raw,
+                "--test-labels-npy",
+                &y,
+                "--calib-npy",
+                &c,
+            ],
+            "look like pixels, but float32 images are taken as normalised already",
         ),
     ] {
         let mut args: Vec<&str> = common_args.to_vec();
@@ -680,4 +698,179 @@ fn bench_times_each_convolution_on_its_kernel() {
         weights.metadata().unwrap().len() > 0,
         "the checkpoint is intact"
     );
+}
+
+/// CRC-32 (PNG's), bit by bit.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// A 100-odd-byte PNG whose header says `width × height`.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [
+        (
+            *b"IHDR",
+            [
+                &width.to_be_bytes()[..],
+                &height.to_be_bytes(),
+                &[8, 0, 0, 0, 0],
+            ]
+            .concat(),
+        ),
+        (
+            *b"IDAT",
+            vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ),
+        (*b"IEND", vec![]),
+    ] {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(&data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    out
+}
+
+/// Issue 26: a size a header or a flag declares is checked before it is allocated,
+/// every file of a folder is checked before work, and no folder is walked twice. Each
+/// case runs under an 8 GiB address-space cap, so that an allocation of what a header
+/// claims fails the run (an abort, not the one-line error).
+#[test]
+fn sizes_in_headers_and_flags_are_checked_before_anything_is_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p).to_string_lossy().into_owned();
+    let png = std::fs::read(common::fixture("images/png/rgb_37x53.png")).unwrap();
+    let jpeg = std::fs::read(common::fixture("images/jpeg/rocket_q90_420.jpg")).unwrap();
+    let folder = |name: &str, files: &[(&str, &[u8])]| -> String {
+        for (file, bytes) in files {
+            let p = dir.path().join(name).join(file);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        path(name)
+    };
+    let good = folder("good", &[("a/x.png", &png), ("b/y.png", &png)]);
+    let bomb = folder(
+        "bomb",
+        &[
+            ("a/x.png", &png),
+            ("b/big.png", &png_claiming(100_000, 100_000)),
+        ],
+    );
+    let cut = folder(
+        "cut",
+        &[("a/x.png", &png), ("b/cut.jpg", &jpeg[..jpeg.len() - 100])],
+    );
+    let looped = folder("looped", &[("a/x.png", &png)]);
+    std::os::unix::fs::symlink(dir.path().join("looped"), dir.path().join("looped/a/up")).unwrap();
+    let selfish = folder("selfish", &[("a/x.png", &png)]);
+    for link in ["s1", "s2"] {
+        std::os::unix::fs::symlink(
+            dir.path().join("selfish/a"),
+            dir.path().join("selfish/a").join(link),
+        )
+        .unwrap();
+    }
+    // `.npy` images whose header claims [100000000, 28, 28] over a few bytes.
+    let mut header =
+        "{'descr': '|u1', 'fortran_order': False, 'shape': (100000000, 28, 28), }".to_string();
+    // Padded with spaces to a multiple of 64 bytes and ended by a newline, as NumPy writes it.
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    npy.extend([0u8; 1568]);
+    std::fs::write(path("bomb.npy"), npy).unwrap();
+
+    let weights = common::fixture("resnet20_cifar.safetensors");
+    let weights = weights.to_str().unwrap();
+    let base = |test: &[&str], extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "prune",
+            "--weights",
+            weights,
+            "--stem",
+            "cifar",
+            "--preset",
+            "imagenet",
+        ];
+        for (flag, size) in [("--resize", "32"), ("--crop", "32")] {
+            if !extra.contains(&flag) {
+                args.extend([flag, size]);
+            }
+        }
+        args.extend(["--calib-dir", &good, "--calib-count", "2"]);
+        args.extend(test);
+        args.extend(extra);
+        args.into_iter().map(String::from).collect()
+    };
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            base(&["--test-dir", &bomb], &[]),
+            format!("{bomb}/b/big.png: 100000x100000 pixels"),
+        ),
+        (
+            base(&["--test-dir", &cut], &[]),
+            format!("{cut}/b/cut.jpg: truncated JPEG"),
+        ),
+        (
+            base(&["--test-dir", &looped], &[]),
+            "looped/a/up: this folder is".into(),
+        ),
+        (
+            base(&["--test-dir", &selfish], &[]),
+            "selfish/a/s1: this folder is".into(),
+        ),
+        (
+            base(&["--test-npy", &path("bomb.npy")], &[]),
+            "needs 78400000000 bytes after the header".into(),
+        ),
+        (
+            base(&["--test-dir", &good], &["--crop", "100000"]),
+            "invalid --crop: 100000x100000".into(),
+        ),
+        (
+            base(&["--test-dir", &good], &["--resize", "200000"]),
+            "invalid --resize: 200000x200000".into(),
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 8388608 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_reflow"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{needle}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&needle), "{needle}: {stderr}");
+    }
+    // The good folder runs under the same cap.
+    let json = path("r.json");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 8388608 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_reflow"))
+        .args(base(
+            &["--test-dir", &good],
+            &["--sparsity", "0.5", "--signal-images", "2", "--json", &json],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(common::report(&out, &json)["dense"]["images"], 2);
 }

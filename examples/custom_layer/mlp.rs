@@ -118,7 +118,7 @@ impl BatchNorm1d {
             .map(|(&m, &v)| (m as f32, v as f32))
             .unzip();
         let y = self.normalise(x, &m32, &v32);
-        self.batches += 1;
+        self.batches = self.batches.saturating_add(1);
         let f = update.factor(self.batches);
         for c in 0..x.cols {
             self.mean[c] = ((1.0 - f) * self.mean[c] as f64 + f * mean[c]) as f32;

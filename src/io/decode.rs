@@ -1,7 +1,7 @@
 //! Decoding one JPEG (zune-jpeg) or PNG (png) file to [`Pixels`] of the network's
 //! channels, as Pillow converts (feature `image`).
 
-use super::Pixels;
+use super::{Pixels, REFUSED_IMAGE_PIXELS};
 use crate::error::{Error, Result};
 use std::io::Read;
 use std::path::Path;
@@ -41,10 +41,7 @@ pub fn read_image(path: impl AsRef<Path>, channels: usize) -> Result<Pixels> {
             // The decoder fills a JPEG cut short with gray; Pillow refuses it, and so
             // do we.
             if !jpeg_is_complete(&bytes) {
-                return Err(image_error(
-                    path,
-                    "truncated JPEG: the data ends before the end-of-image marker",
-                ));
+                return Err(truncated(path));
             }
             decode_jpeg(path, &bytes)?
         }
@@ -55,7 +52,9 @@ pub fn read_image(path: impl AsRef<Path>, channels: usize) -> Result<Pixels> {
 
 /// `[H, W]` of the image at `path`, from its header (the first 64 KiB of the file, or
 /// all of it when the header runs longer); fails as [`read_image`] would for a file
-/// that is no 8-bit JPEG or PNG.
+/// that is no 8-bit JPEG or PNG, is more than [`REFUSED_IMAGE_PIXELS`], or is a JPEG
+/// cut short (its last two bytes are not the end-of-image marker, and reading it
+/// whole finds none: one seek for a complete file).
 pub(super) fn header(path: &Path) -> Result<[usize; 2]> {
     const HEAD: u64 = 64 * 1024;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -72,11 +71,51 @@ pub(super) fn header(path: &Path) -> Result<[usize; 2]> {
             }),
         }
     };
-    match parse(&bytes) {
+    let dims = match parse(&bytes) {
         Err(_) if bytes.len() as u64 == HEAD => {
             parse(&std::fs::read(path).map_err(|e| Error::io(path, e))?)
         }
         result => result,
+    }?;
+    if format(path, &bytes)? == Format::Jpeg && !ends_with_eoi(path)? {
+        let whole = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        if !jpeg_is_complete(&whole) {
+            return Err(truncated(path));
+        }
+    }
+    Ok(dims)
+}
+
+/// True when the file's last two bytes are a JPEG end-of-image marker.
+fn ends_with_eoi(path: &Path) -> Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut last = [0u8; 2];
+    match file.seek(SeekFrom::End(-2)) {
+        Ok(_) => file.read_exact(&mut last).map_err(|e| Error::io(path, e))?,
+        Err(_) => return Ok(false),
+    }
+    Ok(last == [0xFF, 0xD9])
+}
+
+fn truncated(path: &Path) -> Error {
+    image_error(
+        path,
+        "truncated JPEG: the data ends before the end-of-image marker",
+    )
+}
+
+/// Fails, naming the file, when an image of `[h, w]` is more than
+/// [`REFUSED_IMAGE_PIXELS`]: checked from the header, before decoding allocates it.
+fn check_pixels(path: &Path, [h, w]: [usize; 2]) -> Result<()> {
+    match h.checked_mul(w) {
+        Some(p) if p <= REFUSED_IMAGE_PIXELS => Ok(()),
+        _ => Err(image_error(
+            path,
+            format!(
+                "{h}x{w} pixels, more than {REFUSED_IMAGE_PIXELS} (Pillow refuses it too: a possible decompression bomb)"
+            ),
+        )),
     }
 }
 
@@ -135,6 +174,7 @@ fn jpeg_decoder<'a>(path: &Path, bytes: &'a [u8]) -> Result<(JpegDecoder<'a>, [u
         .decode_headers()
         .map_err(|e| undecodable(path, format!("{e:?}")))?;
     let (w, h) = decoder.dimensions().expect("headers decoded");
+    check_pixels(path, [h, w])?;
     let gray = decoder.input_colorspace() == Some(ColorSpace::Luma);
     let out = if gray {
         ColorSpace::Luma
@@ -165,6 +205,8 @@ fn png_reader<'a>(path: &Path, bytes: &'a [u8]) -> Result<png::Reader<std::io::C
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND);
     let reader = decoder.read_info().map_err(|e| undecodable(path, e))?;
+    let info = reader.info();
+    check_pixels(path, [info.height as usize, info.width as usize])?;
     if reader.info().bit_depth == png::BitDepth::Sixteen {
         return Err(image_error(
             path,

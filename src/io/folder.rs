@@ -2,11 +2,14 @@
 //! `image`).
 
 use super::decode::{check_channels, header, image_error, read_image};
-use super::{Dataset, EvalTransform, IdxLabels, ImageSource, Normalization, Pixels};
+use super::{
+    is_large_image, Dataset, EvalTransform, IdxLabels, ImageSource, Normalization, Pixels,
+};
 use crate::error::{Error, Result};
 use crate::nn::Tensor4;
 use ndarray::Array4;
 use rayon::prelude::*;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// The extensions torchvision's `ImageFolder` takes (compared lower-case).
@@ -71,13 +74,34 @@ fn entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((dirs, files))
 }
 
+/// Marks `dir` walked: fails, naming it, when its canonical path was walked before
+/// (a symbolic link to a parent, to itself, or to a folder walked already), so that
+/// no walk loops or counts an image twice.
+fn first_visit(seen: &mut HashSet<PathBuf>, dir: &Path) -> Result<()> {
+    let canonical = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    match seen.insert(canonical.clone()) {
+        true => Ok(()),
+        false => Err(image_error(
+            dir,
+            format!(
+                "this folder is {} again (a symbolic link to a folder walked already): it would be walked twice",
+                canonical.display()
+            ),
+        )),
+    }
+}
+
 /// `dir` and every folder below it, in the order of Python's `sorted(os.walk(dir))`:
-/// by the whole path, as a string.
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+/// by the whole path, as a string. Every folder is walked once (`seen`).
+fn walk(dir: &Path, seen: &mut HashSet<PathBuf>) -> Result<Vec<PathBuf>> {
+    first_visit(seen, dir)?;
     let mut all = vec![dir.to_path_buf()];
     let mut next = 0;
     while next < all.len() {
         let (dirs, _) = entries(&all[next])?;
+        for d in &dirs {
+            first_visit(seen, d)?;
+        }
         all.extend(dirs);
         next += 1;
     }
@@ -175,9 +199,11 @@ impl ImageFolder {
             return Err(image_error(dir, hint));
         }
         let (mut classes, mut files, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        let mut seen = HashSet::new();
+        first_visit(&mut seen, dir)?;
         for (label, class_dir) in class_dirs.iter().enumerate() {
             let before = files.len();
-            for folder in walk(class_dir)? {
+            for folder in walk(class_dir, &mut seen)? {
                 for file in entries(&folder)?.1 {
                     match image_extension(&file) {
                         Some(ext) if DECODED.contains(&ext) => {
@@ -214,7 +240,9 @@ impl ImageFolder {
             Some(c) => [c, c],
             None => {
                 let [ih, iw] = header(first)?;
-                transform.output_dims(ih, iw)
+                transform
+                    .output_dims(ih, iw)
+                    .map_err(|e| image_error(first, e))?
             }
         };
         Ok([channels, h, w])
@@ -227,19 +255,30 @@ impl ImageFolder {
     }
 
     /// Checks the headers of images `indices` (in parallel): each must be an 8-bit
-    /// JPEG or PNG whose transformed size is the folder's. [`ImageFolder::open`] checks
-    /// every image; after [`ImageFolder::scan`], check the ones a run will use.
-    pub fn check(&self, indices: &[usize]) -> Result<()> {
+    /// JPEG or PNG (a JPEG whole, to its end-of-image marker) of at most
+    /// [`REFUSED_IMAGE_PIXELS`](super::REFUSED_IMAGE_PIXELS) pixels, whose transformed
+    /// size is the folder's. [`ImageFolder::open`] checks every image; after
+    /// [`ImageFolder::scan`], check the ones a run will use. Returns the images above
+    /// Pillow's warning size, [`MAX_IMAGE_PIXELS`](super::MAX_IMAGE_PIXELS) (Pillow
+    /// warns of them; they are read).
+    pub fn check(&self, indices: &[usize]) -> Result<Vec<PathBuf>> {
         let [_, h, w] = self.dims;
-        indices.par_iter().try_for_each(|&i| {
-            let path = self.path(i)?;
-            let [ih, iw] = header(path)?;
-            let out = self.transform.output_dims(ih, iw);
-            match out == [h, w] {
-                true => Ok(()),
-                false => Err(self.size_error(path, [ih, iw], out)),
-            }
-        })
+        let large = indices
+            .par_iter()
+            .map(|&i| {
+                let path = self.path(i)?;
+                let [ih, iw] = header(path)?;
+                let out = self
+                    .transform
+                    .output_dims(ih, iw)
+                    .map_err(|e| image_error(path, e))?;
+                match out == [h, w] {
+                    true => Ok(is_large_image(ih, iw).then(|| path.to_path_buf())),
+                    false => Err(self.size_error(path, [ih, iw], out)),
+                }
+            })
+            .collect::<Result<Vec<Option<PathBuf>>>>()?;
+        Ok(large.into_iter().flatten().collect())
     }
 
     /// An `input` (`[H, W]`) image at `path` that comes out `output`, not the folder's size.
@@ -315,7 +354,7 @@ impl ImageSource for ImageFolder {
     }
 
     fn check(&self, indices: &[usize]) -> Result<()> {
-        ImageFolder::check(self, indices)
+        ImageFolder::check(self, indices).map(drop)
     }
 
     fn tensor(&self, indices: &[usize], norm: &Normalization) -> Result<Tensor4> {

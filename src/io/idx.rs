@@ -144,7 +144,7 @@ impl IdxImages {
 
     /// Wraps raw pixels `[N, C, H, W]`.
     pub fn from_pixels(dims: [usize; 4], pixels: Vec<u8>) -> Result<Self> {
-        if dims.iter().product::<usize>() != pixels.len() {
+        if super::numel(&dims) != Some(pixels.len()) {
             return Err(Error::invalid(
                 "pixels",
                 format!("{} bytes for dimensions {dims:?}", pixels.len()),

@@ -15,6 +15,7 @@
 //!   index, and [`LabelledData`], any source of labelled batches.
 
 mod atomic;
+mod budget;
 mod cifar;
 mod compressed;
 #[cfg(feature = "image")]
@@ -31,6 +32,12 @@ mod source;
 mod transform;
 
 pub use atomic::write_atomic;
+#[cfg(feature = "npy")]
+pub(crate) use budget::byte_size;
+#[cfg(feature = "image")]
+pub(crate) use budget::is_large_image;
+pub(crate) use budget::numel;
+pub use budget::{check_image_pixels, MAX_IMAGE_PIXELS, REFUSED_IMAGE_PIXELS};
 pub use cifar::{read_cifar, CifarKind, CifarSplit};
 #[cfg(feature = "image")]
 pub use decode::read_image;

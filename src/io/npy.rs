@@ -30,12 +30,76 @@ fn npy_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Data(format!("{}: {reason}", path.display()))
 }
 
-/// The array in `bytes` as `T`, `None` when its dtype is another.
+/// The array in `bytes` as `T`, `None` when its dtype is another. The header's shape
+/// and dtype are checked against the bytes that follow it before anything is
+/// allocated.
 fn array<T: ReadableElement>(bytes: &[u8], path: &Path) -> Result<Option<ArrayD<T>>> {
+    check_header(bytes).map_err(|why| npy_error(path, format!("not a valid .npy file: {why}")))?;
     match ArrayD::<T>::read_npy(bytes) {
         Ok(a) => Ok(Some(a)),
         Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
         Err(e) => Err(npy_error(path, format!("not a valid .npy file: {e}"))),
+    }
+}
+
+/// The shape and the element size the header of `bytes` declares, whose product
+/// (overflow-checked) must be the number of bytes after the header.
+fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    let rest = bytes
+        .strip_prefix(b"\x93NUMPY")
+        .ok_or("no .npy magic string")?;
+    let (major, rest) = match rest {
+        [major, _minor, rest @ ..] => (*major, rest),
+        _ => return Err("the header is cut short".into()),
+    };
+    let (len, rest) = match (major, rest) {
+        (1, [a, b, rest @ ..]) => (usize::from(u16::from_le_bytes([*a, *b])), rest),
+        (2 | 3, [a, b, c, d, rest @ ..]) => (u32::from_le_bytes([*a, *b, *c, *d]) as usize, rest),
+        (1..=3, _) => return Err("the header is cut short".into()),
+        (v, _) => return Err(format!("format version {v} is not 1, 2 or 3")),
+    };
+    let header = rest
+        .get(..len)
+        .ok_or("the header is longer than the file")?;
+    let data = rest.len() - len;
+    let header = String::from_utf8_lossy(header);
+    let field = |name: &str| -> std::result::Result<String, String> {
+        let at = header
+            .find(&format!("'{name}'"))
+            .ok_or_else(|| format!("no '{name}' in the header"))?;
+        Ok(header[at + name.len() + 2..]
+            .trim_start()
+            .trim_start_matches(':')
+            .trim_start()
+            .to_string())
+    };
+    let descr = field("descr")?;
+    let item: usize = descr
+        .trim_start_matches(['\'', '"'])
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .map_err(|_| format!("dtype {}", descr.split(',').next().unwrap_or("")))?;
+    let shape = field("shape")?;
+    let inside = shape
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or("the shape is not a tuple")?;
+    let dims = inside
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.trim_end_matches('L').parse::<usize>())
+        .collect::<std::result::Result<Vec<usize>, _>>()
+        .map_err(|_| format!("shape ({inside}) is not a tuple of sizes"))?;
+    match super::byte_size(&dims, item) {
+        Some(n) if n == data => Ok(()),
+        Some(n) => Err(format!(
+            "shape {dims:?} of {item}-byte values needs {n} bytes after the header, the file has {data}"
+        )),
+        None => Err(format!("shape {dims:?} of {item}-byte values overflows")),
     }
 }
 
@@ -167,5 +231,39 @@ fn check_rank(path: &Path, shape: &[usize]) -> Result<()> {
             path,
             format!("labels must be [N], not {shape:?}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_header;
+
+    fn npy(header: &str, data: usize) -> Vec<u8> {
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(vec![0; data]);
+        bytes
+    }
+
+    #[test]
+    fn the_declared_size_must_be_the_files() {
+        let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3, 4), }";
+        assert!(check_header(&npy(header, 24)).is_ok());
+        let e = check_header(&npy(header, 23)).unwrap_err();
+        assert!(e.contains("needs 24 bytes") && e.contains("has 23"), "{e}");
+        let huge = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 28, 28), }";
+        assert!(check_header(&npy(huge, 100))
+            .unwrap_err()
+            .contains("313600000000"));
+        let overflow =
+            "{'descr': '<i8', 'fortran_order': False, 'shape': (18446744073709551615, 2), }";
+        assert!(check_header(&npy(overflow, 0))
+            .unwrap_err()
+            .contains("overflows"));
+        let labels = "{'descr': '<i8', 'fortran_order': False, 'shape': (5,), }";
+        assert!(check_header(&npy(labels, 40)).is_ok());
+        assert!(check_header(b"\x93NUMPY\x01").is_err());
+        assert!(check_header(b"PK\x03\x04").is_err());
     }
 }

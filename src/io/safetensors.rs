@@ -158,6 +158,12 @@ impl StateDict {
             path: path.clone(),
             reason: e.to_string(),
         };
+        if let Some(name) = duplicate_key(bytes) {
+            return Err(Error::Safetensors {
+                path,
+                reason: format!("the header names tensor \"{name}\" twice"),
+            });
+        }
         let file = SafeTensors::deserialize(bytes).map_err(invalid)?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
         let compressed = Compressed::find(file.iter(), header.metadata().as_ref(), &path)?;
@@ -264,4 +270,37 @@ impl StateDict {
     pub fn write_safetensors_as(&self, path: impl AsRef<Path>, format: SaveFormat) -> Result<()> {
         write_atomic(path, &self.to_safetensors_bytes_as(format)?)
     }
+}
+
+/// The first key the JSON header of a safetensors file gives twice (a JSON map keeps
+/// the last silently), or `None` — also when the header is unreadable, which the
+/// safetensors reader then reports.
+fn duplicate_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> std::result::Result<Self::Value, M::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let header = bytes.get(8..8usize.checked_add(usize::try_from(len).ok()?)?)?;
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(Keys)
+        .ok()
+        .flatten()
 }

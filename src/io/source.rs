@@ -143,7 +143,7 @@ impl FloatImages {
     /// Wraps `values` of shape `dims`. Fails when the count does not fit the shape, an
     /// image dimension is 0, or a value is NaN or infinite (naming the image).
     pub fn new(dims: [usize; 4], values: Vec<f32>) -> Result<Self> {
-        if dims.iter().product::<usize>() != values.len() {
+        if super::numel(&dims) != Some(values.len()) {
             return Err(Error::invalid(
                 "images",
                 format!("{} values for dimensions {dims:?}", values.len()),
@@ -168,6 +168,12 @@ impl FloatImages {
     /// `[N, C, H, W]`.
     pub fn dims(&self) -> [usize; 4] {
         self.dims
+    }
+
+    /// The largest magnitude among the values: normalised images rarely pass 10,
+    /// pixels left in 0..=255 do.
+    pub fn max_abs(&self) -> f32 {
+        self.values.iter().fold(0.0, |m, v| m.max(v.abs()))
     }
 }
 

@@ -8,6 +8,7 @@
 //! vertical one, each rounded to 8 bits. Given the same decoded pixels, the output is
 //! Pillow's, bit for bit.
 
+use super::check_image_pixels;
 use crate::error::{Error, Result};
 
 /// An 8-bit image, channel-major: `[C, H, W]`.
@@ -17,7 +18,7 @@ use crate::error::{Error, Result};
 ///
 /// let gray = Pixels::new([1, 2, 3], vec![0, 10, 20, 30, 40, 50])?;
 /// assert_eq!(gray.dims(), [1, 2, 3]);
-/// assert_eq!(gray.center_crop(2, 1).as_slice(), &[10, 40]);
+/// assert_eq!(gray.center_crop(2, 1)?.as_slice(), &[10, 40]);
 /// # Ok::<(), reflow::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,7 @@ impl Pixels {
                 format!("empty image dimensions {dims:?}"),
             ));
         }
-        if dims.iter().product::<usize>() != data.len() {
+        if super::numel(&dims) != Some(data.len()) {
             return Err(Error::invalid(
                 "pixels",
                 format!("{} bytes for dimensions {dims:?}", data.len()),
@@ -60,14 +61,10 @@ impl Pixels {
     }
 
     /// The image resized to `height × width` as Pillow's `Image.resize((width, height),
-    /// BILINEAR)` does (antialiased when shrinking). Both sizes must be positive.
+    /// BILINEAR)` does (antialiased when shrinking). Both sizes must be positive, and
+    /// their product at most [`REFUSED_IMAGE_PIXELS`](super::REFUSED_IMAGE_PIXELS).
     pub fn resize(&self, height: usize, width: usize) -> Result<Pixels> {
-        if height == 0 || width == 0 {
-            return Err(Error::invalid(
-                "resize",
-                format!("to {height}x{width}: sizes must be positive"),
-            ));
-        }
+        check_output("resize", height, width)?;
         let [c, h, w] = self.dims;
         let horizontal = (width != w).then(|| Filter::new(w, width));
         let vertical = (height != h).then(|| Filter::new(h, height));
@@ -100,7 +97,10 @@ impl Pixels {
     /// The `height × width` centre, as torchvision's `CenterCrop` takes it: the top and
     /// left offsets are `round((size − crop) / 2)` (halves to even), and an image
     /// smaller than the crop is padded with zeros first (`⌊d/2⌋` before, `⌈d/2⌉` after).
-    pub fn center_crop(&self, height: usize, width: usize) -> Pixels {
+    /// Fails when a size is 0 or the crop is more than
+    /// [`REFUSED_IMAGE_PIXELS`](super::REFUSED_IMAGE_PIXELS).
+    pub fn center_crop(&self, height: usize, width: usize) -> Result<Pixels> {
+        check_output("crop", height, width)?;
         let [c, h, w] = self.dims;
         // Offsets of the crop in the (padded) image, as signed source coordinates.
         let offset = |size: usize, crop: usize| -> isize {
@@ -126,11 +126,23 @@ impl Pixels {
                 }
             }
         }
-        Pixels {
+        Ok(Pixels {
             dims: [c, height, width],
             data,
-        }
+        })
     }
+}
+
+/// An output of `height × width` for `what` (resize, crop): both positive, within the
+/// pixel budget.
+fn check_output(what: &str, height: usize, width: usize) -> Result<()> {
+    if height == 0 || width == 0 {
+        return Err(Error::invalid(
+            what,
+            format!("to {height}x{width}: sizes must be positive"),
+        ));
+    }
+    check_image_pixels(what, height, width)
 }
 
 /// Python's `round(d / 2)`: halves go to the even neighbour.
@@ -276,11 +288,14 @@ impl EvalTransform {
         }
     }
 
-    /// Fails when a size is 0.
+    /// Fails when a size is 0, or a square of its side is more than
+    /// [`REFUSED_IMAGE_PIXELS`](super::REFUSED_IMAGE_PIXELS) (13,377 is the largest).
     pub fn validate(&self) -> Result<()> {
         for (name, size) in [("resize", self.resize), ("crop", self.crop)] {
-            if size == Some(0) {
-                return Err(Error::invalid(name, "the size must be positive"));
+            match size {
+                Some(0) => return Err(Error::invalid(name, "the size must be positive")),
+                Some(s) => check_image_pixels(name, s, s)?,
+                None => {}
             }
         }
         Ok(())
@@ -301,18 +316,24 @@ impl EvalTransform {
         }
     }
 
-    /// `[H, W]` of the output for an `height × width` input.
-    pub fn output_dims(&self, height: usize, width: usize) -> [usize; 2] {
-        match self.crop {
+    /// `[H, W]` of the output for an `height × width` input. Fails when the input, or
+    /// the image it is resized to (a very long or very narrow image resized by its
+    /// short side), is more than [`REFUSED_IMAGE_PIXELS`](super::REFUSED_IMAGE_PIXELS).
+    pub fn output_dims(&self, height: usize, width: usize) -> Result<[usize; 2]> {
+        check_image_pixels("image", height, width)?;
+        let [rh, rw] = self.resized_dims(height, width);
+        check_image_pixels("resized image", rh, rw)?;
+        Ok(match self.crop {
             Some(c) => [c, c],
-            None => self.resized_dims(height, width),
-        }
+            None => [rh, rw],
+        })
     }
 
     /// The transformed image.
     pub fn apply(&self, image: &Pixels) -> Result<Pixels> {
         self.validate()?;
         let [_, h, w] = image.dims();
+        self.output_dims(h, w)?;
         let [rh, rw] = self.resized_dims(h, w);
         let resized = if [rh, rw] == [h, w] {
             None
@@ -321,7 +342,7 @@ impl EvalTransform {
         };
         let resized = resized.as_ref().unwrap_or(image);
         Ok(match self.crop {
-            Some(c) => resized.center_crop(c, c),
+            Some(c) => resized.center_crop(c, c)?,
             None => resized.clone(),
         })
     }
@@ -345,9 +366,12 @@ mod tests {
         assert_eq!(round_half_even_half(5), 2);
         assert_eq!(round_half_even_half(7), 4);
         let p = Pixels::new([1, 1, 5], vec![1, 2, 3, 4, 5]).unwrap();
-        assert_eq!(p.center_crop(1, 2).as_slice(), &[3, 4]);
+        assert_eq!(p.center_crop(1, 2).unwrap().as_slice(), &[3, 4]);
         // Padding: 5 → 8 adds 1 before and 2 after.
-        assert_eq!(p.center_crop(1, 8).as_slice(), &[0, 1, 2, 3, 4, 5, 0, 0]);
+        assert_eq!(
+            p.center_crop(1, 8).unwrap().as_slice(),
+            &[0, 1, 2, 3, 4, 5, 0, 0]
+        );
     }
 
     #[test]

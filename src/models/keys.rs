@@ -13,6 +13,38 @@ pub(crate) fn arch(family: &str, key: &str, reason: impl Into<String>) -> Error 
     }
 }
 
+/// Dimension `axis` of `key` (a non-empty rank-`rank` tensor), a width the network is
+/// built with, checked against the `witnesses` that carry the same width (tensor and
+/// axis; those absent are passed over): when every witness agrees on another value,
+/// `key` is the odd one out and the error names it, not the tensors that follow it.
+pub(crate) fn width_of(
+    state: &StateDict,
+    family: &str,
+    (key, rank, axis): (&str, usize, usize),
+    witnesses: &[(&str, usize)],
+) -> Result<usize> {
+    let width = shape_of(state, family, key, rank)?[axis];
+    let seen: Vec<(&str, usize)> = witnesses
+        .iter()
+        .filter_map(|&(w, a)| Some((w, *state.get(w)?.shape.get(a)?)))
+        .collect();
+    match seen.first() {
+        Some(&(_, other)) if other != width && seen.iter().all(|&(_, v)| v == other) => {
+            let names: Vec<&str> = seen.iter().map(|&(w, _)| w).collect();
+            Err(arch(
+                family,
+                key,
+                format!(
+                    "{width} along dimension {axis}, but {} {} {other}",
+                    names.join(" and "),
+                    if names.len() == 1 { "has" } else { "have" }
+                ),
+            ))
+        }
+        _ => Ok(width),
+    }
+}
+
 /// The shape of `key`, which must be a non-empty rank-`rank` tensor.
 pub(crate) fn shape_of<'s>(
     state: &'s StateDict,

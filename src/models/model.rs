@@ -220,7 +220,22 @@ impl Model {
             Arch::EfficientNet(b) => {
                 let mut cfg = EfficientNetConfig::infer(state)?;
                 if let Some(b) = b {
-                    cfg = cfg.with_bn_eps(EfficientNetConfig::b(b)?.bn_eps);
+                    let preset = EfficientNetConfig::b(b)?;
+                    if cfg.variant() != Some(b) {
+                        return Err(Error::Architecture {
+                            family: "EfficientNet".into(),
+                            key: "features".into(),
+                            reason: match cfg.variant() {
+                                Some(other) => format!(
+                                    "the blocks are efficientnet_b{other}'s, not efficientnet_b{b}'s"
+                                ),
+                                None => format!(
+                                    "the blocks are no torchvision preset's, not efficientnet_b{b}'s (--arch efficientnet reads any)"
+                                ),
+                            },
+                        });
+                    }
+                    cfg = cfg.with_bn_eps(preset.bn_eps);
                 }
                 Model::EfficientNet(load(state, EfficientNet::new(cfg)?)?)
             }

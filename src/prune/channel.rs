@@ -280,6 +280,15 @@ impl ChannelPruner {
                 format!("\"{e}\" matches no parameter of the network"),
             ));
         }
+        if scope.couplings.iter().all(|c| self.excluded(&c.conv)) {
+            return Err(Error::invalid(
+                "exclude",
+                format!(
+                    "the exclusions cover all {} convolutions whose channels can be removed: nothing is left to prune",
+                    scope.couplings.len()
+                ),
+            ));
+        }
         let mut removals = Vec::new();
         for c in &scope.couplings {
             let channels = check_coupling(state, c)?;

@@ -28,16 +28,26 @@ impl TensorMask {
     pub fn from_pruned(shape: &[usize], pruned: impl IntoIterator<Item = bool>) -> Result<Self> {
         let mut mask = Self::keep_all(shape);
         let mut n = 0;
-        for (i, p) in pruned.into_iter().enumerate() {
+        // One past the tensor's length is enough to tell too many flags: an endless
+        // iterator is not walked to its end.
+        for (i, p) in pruned.into_iter().take(mask.len + 1).enumerate() {
             if i < mask.len && p {
                 mask.prune(i);
             }
             n = i + 1;
         }
         if n != mask.len {
+            let count = match n > mask.len {
+                true => "more".to_string(),
+                false => n.to_string(),
+            };
             return Err(Error::invalid(
                 "mask",
-                format!("{n} flags for a tensor of shape {}", Shape(shape.to_vec())),
+                format!(
+                    "{count} flags for a tensor of shape {} ({} values)",
+                    Shape(shape.to_vec()),
+                    mask.len
+                ),
             ));
         }
         Ok(mask)

@@ -160,6 +160,25 @@ impl Pruner for NmPruner {
                 Err(e) => error = Some(e),
             }
         });
-        error.map_or(Ok(masks), Err)
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if masks.is_empty() {
+            let skipped = self.skipped(model)?;
+            return Err(Error::invalid(
+                "N:M pruning",
+                format!(
+                    "{}:{} prunes nothing in this network: no prunable tensor (not excluded) has a multiple of {} along its grouped axis{}",
+                    self.n,
+                    self.m,
+                    self.m,
+                    match skipped.first() {
+                        Some(first) => format!(" ({} skipped, the first {first})", skipped.len()),
+                        None => String::new(),
+                    }
+                ),
+            ));
+        }
+        Ok(masks)
     }
 }

@@ -176,6 +176,16 @@ impl PrunePlan {
                 ));
             }
         }
+        let excluded = |n: &str| self.exclude.iter().any(|pattern| matches(pattern, n));
+        if !prunable.is_empty() && prunable.iter().all(|(n, _)| excluded(n)) {
+            return Err(Error::invalid(
+                "exclusion",
+                format!(
+                    "the exclusions cover all {} prunable tensors: nothing is left to prune",
+                    prunable.len()
+                ),
+            ));
+        }
         // An override names a tensor (`layer1.0.conv1.weight`) or its module
         // (`layer1.0.conv1`).
         let mut override_of = BTreeMap::new();

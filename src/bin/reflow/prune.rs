@@ -81,20 +81,30 @@ pub struct Args {
     cifar_dir: Option<PathBuf>,
     /// Draw the --calib-count calibration images by a shuffle of the whole calibration
     /// set seeded with S (default: the first ones, in order).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_hyphen_values = true)]
     calib_seed: Option<u64>,
     /// Number of calibration images.
-    #[arg(long, default_value_t = 1024, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
     calib_count: usize,
     /// Calibration batch size.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 128,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
     calib_batch: usize,
     /// Resize the shorter side of folder images to N (torchvision's Resize(N):
     /// bilinear, antialiased).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     resize: Option<usize>,
     /// Centre-crop folder images to N x N (torchvision's CenterCrop(N)).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     crop: Option<usize>,
     /// Preprocessing preset: imagenet (--resize 256 --crop 224, mean
     /// 0.485,0.456,0.406, std 0.229,0.224,0.225). Flags given explicitly win.
@@ -143,11 +153,16 @@ pub struct Args {
     /// from; needs at least 4 calibration images).
     #[arg(long, default_value = "reflow")]
     repair: String,
-    /// Momentum for --mode ema.
-    #[arg(long, default_value_t = 0.1, value_name = "M")]
-    momentum: f64,
+    /// Momentum for --mode ema (default 0.1).
+    #[arg(long, value_name = "M", allow_hyphen_values = true)]
+    momentum: Option<f64>,
     /// First N test images used for the per-BN signal metric.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 1000,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
     signal_images: usize,
     /// Write the JSON report here.
     #[arg(long, value_name = "PATH")]
@@ -320,9 +335,15 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
             .validate()
             .map_err(|_| invalid("sparsity", format!("{s} is outside [0, 1)")))?;
     }
+    if args.momentum.is_some() && args.mode != "ema" {
+        return Err(invalid(
+            "momentum",
+            format!("applies to --mode ema; --mode {} takes none", args.mode),
+        ));
+    }
     let reflow = match args.mode.as_str() {
         "cumulative" => Reflow::cumulative(),
-        "ema" => Reflow::ema(args.momentum),
+        "ema" => Reflow::ema(args.momentum.unwrap_or(0.1)),
         "exact" => Reflow::exact(),
         other => {
             return Err(invalid(
@@ -383,6 +404,12 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
     for (flag, size) in [("resize", args.resize), ("crop", args.crop)] {
         if size == Some(0) {
             return Err(invalid(flag, "the size must be positive"));
+        }
+        if let Some(size) = size {
+            reflow::io::check_image_pixels(flag, size, size).map_err(|e| match e {
+                Error::InvalidArgument { reason, .. } => invalid(flag, reason),
+                other => other,
+            })?;
         }
         if size.is_some() && args.test_dir.is_none() && args.calib_dir.is_none() {
             return Err(invalid(
@@ -581,6 +608,9 @@ fn run(args: &Args) -> reflow::Result<()> {
             format!("{c}-channel images; the model takes {in_channels} input channel(s)"),
         ))
     };
+    if test.is_empty() {
+        return Err(invalid(test_flag, "0 test images"));
+    }
     channels(test_flag, test.as_ref())?;
     let labels = labels.as_ref().map(|l| l.as_slice());
     let out_of_range = labels.and_then(|l| l.iter().position(|&c| c as usize >= num_classes));
@@ -604,6 +634,28 @@ fn run(args: &Args) -> reflow::Result<()> {
                 "{} asked for, the test set has {}",
                 args.signal_images,
                 test.len()
+            ),
+        ));
+    }
+    let given = |flag: &str| -> String {
+        let path = match flag {
+            "calib-images" => &args.calib_images,
+            "calib-npy" => &args.calib_npy,
+            "calib-dir" => &args.calib_dir,
+            "test-images" => &args.test_images,
+            "test-npy" => &args.test_npy,
+            "test-dir" => &args.test_dir,
+            _ => &args.cifar_dir,
+        };
+        path.as_ref()
+            .map_or(String::new(), |p| format!("{}: ", p.display()))
+    };
+    if calib_images.is_empty() {
+        return Err(invalid(
+            calib_flag,
+            format!(
+                "{}0 images; calibration needs at least one",
+                given(calib_flag)
             ),
         ));
     }
@@ -895,6 +947,21 @@ fn run(args: &Args) -> reflow::Result<()> {
     Ok(())
 }
 
+/// A pruner's error about one of its parameters, as the error of the flag that set it.
+fn as_flag(e: Error) -> Error {
+    match e {
+        Error::InvalidArgument { name, reason } => {
+            let flag = match name.as_str() {
+                "exclusion" | "exclude" => "exclude",
+                "N:M pruning" => "pattern",
+                _ => return Error::InvalidArgument { name, reason },
+            };
+            invalid(flag, reason)
+        }
+        other => other,
+    }
+}
+
 /// The runs' pruners, each checked against the network before any data is read.
 enum Runs {
     Unstructured(Vec<MagnitudePruner>),
@@ -920,25 +987,14 @@ impl Runs {
                         exclude,
                         MagnitudePruner::exclude,
                     );
-                    p.plan().check(net).map(|_| p)
+                    p.plan().check(net).map(|_| p).map_err(as_flag)
                 })
                 .collect::<reflow::Result<_>>()
                 .map(Runs::Unstructured),
             Pattern::Nm(n, m) => {
                 let pruner = excluding(NmPruner::new(n, m)?, exclude, NmPruner::exclude);
                 let skipped = pruner.skipped(net)?;
-                if pruner.masks(net)?.is_empty() {
-                    return Err(invalid(
-                        "pattern",
-                        format!(
-                            "{n}:{m}: no layer of this network can be pruned: no prunable tensor (not excluded) has a multiple of {m} input channels{}",
-                            match skipped.first() {
-                                Some(first) => format!(" ({} skipped, the first {first})", skipped.len()),
-                                None => String::new(),
-                            }
-                        ),
-                    ));
-                }
+                pruner.masks(net).map_err(as_flag)?;
                 Ok(Runs::Nm(pruner, skipped))
             }
             Pattern::Channel => {
@@ -957,7 +1013,7 @@ impl Runs {
                     .iter()
                     .map(|&s| {
                         let p = excluding(ChannelPruner::new(s)?, exclude, ChannelPruner::exclude);
-                        p.select(&state, &scope).map(|_| p)
+                        p.select(&state, &scope).map(|_| p).map_err(as_flag)
                     })
                     .collect::<reflow::Result<_>>()
                     .map(Runs::Channel)
@@ -974,9 +1030,26 @@ mod npy {
     use super::Source;
     use std::path::Path;
 
+    /// Float images whose values pass this are taken for unnormalised pixels.
     #[cfg(feature = "npy")]
-    pub fn images(_flag: &str, path: &Path) -> reflow::Result<Source> {
-        Ok(Box::new(reflow::io::NpyImages::read(path)?))
+    const NORMALISED_LIMIT: f32 = 50.0;
+
+    #[cfg(feature = "npy")]
+    pub fn images(flag: &str, path: &Path) -> reflow::Result<Source> {
+        let images = reflow::io::NpyImages::read(path)?;
+        if let reflow::io::NpyImages::Normalized(floats) = &images {
+            let max = floats.max_abs();
+            if max > NORMALISED_LIMIT {
+                return Err(super::invalid(
+                    flag,
+                    format!(
+                        "{}: float32 values up to {max} look like pixels, but float32 images are taken as normalised already (--mean/--std apply to uint8 images): normalise them, or save them as uint8",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(Box::new(images))
     }
 
     #[cfg(feature = "npy")]
@@ -1046,7 +1119,15 @@ mod folder {
                 }
             }
             if classes.is_some() {
-                images.check(&(0..images.paths().len()).collect::<Vec<_>>())?;
+                let large = images.check(&(0..images.paths().len()).collect::<Vec<_>>())?;
+                if let Some(first) = large.first() {
+                    eprintln!(
+                        "warning: --{flag}: {} image(s) above {} pixels (Pillow warns of a possible decompression bomb), the first {}",
+                        large.len(),
+                        reflow::io::MAX_IMAGE_PIXELS,
+                        first.display()
+                    );
+                }
             }
             Ok(images)
         });
@@ -1156,6 +1237,8 @@ fn enough_values(
         }
     }
     let [c, h, w] = images.image_dims();
+    // The probe is one image of the calibration set's size: bounded like any image.
+    reflow::io::check_image_pixels("calibration images", h, w)?;
     let mut smallest = Smallest(usize::MAX);
     let blank = reflow::nn::Tensor4::zeros((1, c, h, w));
     net.forward_with(&blank, &mut Probe::new(&mut smallest))?;
@@ -1233,10 +1316,6 @@ fn check_paths(args: &Args, saved: &[String]) -> reflow::Result<()> {
         }
     }
     let mut outputs: Vec<(&str, PathBuf)> = Vec::new();
-    if let Some(json) = &args.json {
-        writable_folder("json", json.parent())?;
-        outputs.push(("json", json.clone()));
-    }
     if let Some(dir) = &args.save_dir {
         if dir.exists() && !dir.is_dir() {
             return Err(invalid(
@@ -1248,6 +1327,17 @@ fn check_paths(args: &Args, saved: &[String]) -> reflow::Result<()> {
             .map_err(|e| invalid("save-dir", format!("{}: {e}", dir.display())))?;
         writable_folder("save-dir", Some(dir))?;
         outputs.extend(saved.iter().map(|name| ("save-dir", dir.join(name))));
+    }
+    // After --save-dir is made: the report may go into it.
+    if let Some(json) = &args.json {
+        if json.is_dir() {
+            return Err(invalid(
+                "json",
+                format!("{} is a folder; give a file name", json.display()),
+            ));
+        }
+        writable_folder("json", json.parent())?;
+        outputs.push(("json", json.clone()));
     }
     let mut taken: Vec<(String, PathBuf)> = inputs
         .iter()

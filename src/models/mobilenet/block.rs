@@ -232,7 +232,7 @@ pub(crate) fn read_block(
     (in_channels, stride, activation): (usize, usize, Activation),
     se_required: bool,
 ) -> Result<MobileBlock> {
-    use crate::models::keys::shape_of;
+    use crate::models::keys::{shape_of, width_of};
     let key = |j: usize, s: &str| format!("{prefix}.{j}.{s}");
     let first = shape_of(state, family, &key(0, "0.weight"), 4)?;
     // The first unit is the depthwise convolution unless the block expands.
@@ -242,7 +242,15 @@ pub(crate) fn read_block(
     let kernel = shape_of(state, family, &key(j, "0.weight"), 4)?[2];
     let se = key(j + 1, "fc1.weight");
     let squeeze = match se_required || state.contains(&se) {
-        true => Some(shape_of(state, family, &se, 4)?[0]),
+        true => {
+            let (bias, fc2) = (key(j + 1, "fc1.bias"), key(j + 1, "fc2.weight"));
+            Some(width_of(
+                state,
+                family,
+                (&se, 4, 0),
+                &[(&bias, 0), (&fc2, 1)],
+            )?)
+        }
         false => None,
     };
     let project = key(j + 1 + usize::from(squeeze.is_some()), "0.weight");

@@ -1,7 +1,7 @@
 //! The shape of a RegNet X or Y, torchvision's presets, and its inference from keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, check_size, count_while, shape_of};
+use crate::models::keys::{arch, check_size, count_while, shape_of, width_of};
 use crate::state_dict::StateDict;
 
 const FAMILY: &str = "RegNet";
@@ -299,7 +299,11 @@ impl RegNetConfig {
                 let fc1 = format!("{}.f.se.fc1.weight", block(k, j));
                 match (se, state.contains(&fc1)) {
                     (true, true) => {
-                        let q = shape_of(state, FAMILY, &fc1, 4)?[0];
+                        let (bias, fc2) = (
+                            format!("{}.f.se.fc1.bias", block(k, j)),
+                            format!("{}.f.se.fc2.weight", block(k, j)),
+                        );
+                        let q = width_of(state, FAMILY, (&fc1, 4, 0), &[(&bias, 0), (&fc2, 1)])?;
                         let r = *se_ratio.get_or_insert(q as f64 / c as f64);
                         if (r * c as f64).round_ties_even() as usize != q {
                             return Err(arch(

@@ -95,7 +95,7 @@ impl BatchNorm2d {
         let mean: Vec<f32> = moments.iter().map(|m| m.0 as f32).collect();
         let var: Vec<f32> = moments.iter().map(|m| m.1 as f32).collect();
         let (scale, shift) = self.affine(&mean, &var);
-        self.num_batches_tracked += 1;
+        self.num_batches_tracked = self.num_batches_tracked.saturating_add(1);
         let f = update.factor(self.num_batches_tracked);
         let unbias = count as f64 / (count - 1) as f64;
         for (ch, &(m, v)) in moments.iter().enumerate() {
