@@ -377,14 +377,22 @@ fn bad_folders_are_named_one_line_errors() {
     let e = open_error(dir.path(), EvalTransform::none());
     assert!(e.contains("2.png") && e.contains("same size"), "{e}");
 
-    // A JPEG cut short: its header reads, its decoding fails, naming it.
+    // A JPEG cut short: refused when the folder is opened (its end marker is read
+    // with its header, issue 26), naming it; decoding it alone fails the same way.
     let dir = make_folder(&[("a/cut.jpg", jpeg[..jpeg.len() / 3].to_vec())]);
-    let set = ImageFolder::open(dir.path(), 3, crop).unwrap();
-    let e = set
-        .tensor(&[0], &Normalization::imagenet())
+    let e = open_error(dir.path(), crop);
+    assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
+    let e = read_image(dir.path().join("a/cut.jpg"), 3)
         .unwrap_err()
         .to_string();
     assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
+    // A scanned folder (as for calibration) checks it among the images drawn.
+    let set = ImageFolder::scan(dir.path(), 3, crop).unwrap();
+    assert!(set
+        .check(&[0])
+        .unwrap_err()
+        .to_string()
+        .contains("truncated JPEG"));
     let dir = make_folder(&[("a/cut.png", png[..png.len() / 2].to_vec())]);
     let set = ImageFolder::open(dir.path(), 3, crop).unwrap();
     let e = set

@@ -93,10 +93,11 @@ fn bad_patterns_and_exclusions_are_errors() {
             .contains("\"b\" matches no prunable parameter"),
         "{e}"
     );
-    let masks = NmPruner::new(2, 4)
+    // Excluding every tensor would prune nothing: an error (issue 26), not empty masks.
+    let e = NmPruner::new(2, 4)
         .unwrap()
         .exclude("a")
         .masks(&weights)
-        .unwrap();
-    assert!(masks.is_empty());
+        .unwrap_err();
+    assert!(e.to_string().contains("nothing is left to prune"), "{e}");
 }
