@@ -10,18 +10,25 @@
 //! the last batch-norm layer, and writes two plots (SVG and PNG) to the folder it names.
 //! Flags change the defaults; `--help` lists them.
 
-#[macro_use]
-#[path = "../src/bin/reflow/protocol.rs"]
-mod protocol;
-
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
-use protocol::{last_ratio, progress_bar, Evaluation, Protocol, Run};
 use reflow::prelude::*;
+use reflow::protocol::{Evaluation, Protocol, Run};
 use reflow::trust::Repair;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// A progress bar on stderr for `steps` evaluations.
+fn progress_bar(steps: u64) -> ProgressBar {
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    bar
+}
 
 /// Fashion-MNIST's training-set statistics.
 const MEAN: f32 = 0.2860;
@@ -139,7 +146,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut runs = Vec::new();
     for (&s, pruner) in args.sparsity.iter().zip(pruners) {
         progress.set_message(format!("sparsity {s}"));
-        runs.push(protocol.run(&mut net, &dense_state, &dense, s, pruner, &progress)?);
+        runs.push(
+            protocol.run(&mut net, &dense_state, &dense, s, pruner, &mut || {
+                progress.inc(1)
+            })?,
+        );
     }
     progress.finish_and_clear();
 
@@ -192,8 +203,8 @@ fn print_table(dense: &Evaluation, runs: &[Run]) {
             dense.top1(),
             run.pruned.top1(),
             run.repaired.top1(),
-            last_ratio(&run.pruned.signal, &dense.signal),
-            last_ratio(&run.repaired.signal, &dense.signal),
+            run.pruned.signal.last_ratio_to(&dense.signal),
+            run.repaired.signal.last_ratio_to(&dense.signal),
         );
     }
     println!();

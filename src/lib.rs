@@ -92,6 +92,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod protocol;
 pub mod prune;
 pub mod rescale;
 pub mod state_dict;

@@ -45,6 +45,12 @@ impl Signal {
         self.layers.last().map(|(n, v)| (n.as_str(), *v))
     }
 
+    /// The last layer's metric relative to `reference`'s for the same layer: signal
+    /// collapse at the deepest batch norm in one number; NaN when there is none.
+    pub fn last_ratio_to(&self, reference: &Signal) -> f64 {
+        self.ratio_to(reference).last().map_or(f64::NAN, |(_, r)| r)
+    }
+
     /// Layer by layer, `self / reference` for the layers both have.
     pub fn ratio_to(&self, reference: &Signal) -> Signal {
         Signal {

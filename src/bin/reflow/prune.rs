@@ -708,7 +708,9 @@ fn run(args: &Args) -> reflow::Result<()> {
         Runs::Unstructured(pruners) => {
             for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
                 progress.set_message(label(s));
-                let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &progress)?;
+                let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &mut || {
+                    progress.inc(1)
+                })?;
                 save(plan.pattern.saved_name(s), &net)?;
                 runs.push((run, Pruned::Unstructured));
             }
@@ -716,7 +718,9 @@ fn run(args: &Args) -> reflow::Result<()> {
         Runs::Nm(pruner, skipped) => {
             let s = plan.sparsities[0];
             progress.set_message(label(s));
-            let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &progress)?;
+            let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &mut || {
+                progress.inc(1)
+            })?;
             save(plan.pattern.saved_name(s), &net)?;
             runs.push((run, Pruned::Nm(skipped)));
         }
@@ -725,7 +729,8 @@ fn run(args: &Args) -> reflow::Result<()> {
                 progress.set_message(label(s));
                 let started = std::time::Instant::now();
                 let (mut compact, report) = pruner.prune(&net)?;
-                let run = protocol.run_pruned(&mut compact, &dense, s, started, &progress)?;
+                let run = protocol
+                    .run_pruned(&mut compact, &dense, s, started, &mut || progress.inc(1))?;
                 save(plan.pattern.saved_name(s), &compact)?;
                 runs.push((run, Pruned::Channel(report)));
             }

@@ -1,0 +1,251 @@
+//! The evaluation protocol `reflow prune` runs, as library API: for each pruning,
+//! from the dense network, prune → evaluate → repair (REFLOW, none, or the automatic
+//! choice of [`trust`](crate::trust)) → evaluate, with the signal metric of every
+//! batch-norm layer and the fidelity to the dense network at each step.
+//!
+//! ```
+//! use reflow::prelude::*;
+//! use reflow::protocol::Protocol;
+//! use reflow::trust::Repair;
+//!
+//! let mut net = ResNet::new(ResNetConfig::cifar_resnet(8)?.with_in_channels(1))?;
+//! # let mut i = 0u32;
+//! # net.visit_params_mut(&mut |p| if p.role.is_prunable() { p.data.iter_mut().for_each(|v| { i = i.wrapping_mul(747796405).wrapping_add(2891336453); *v = (i >> 9) as f32 / 8388608.0 - 1.0; }) });
+//! let pixels: Vec<u8> = (0..24 * 64).map(|i| (i * 37 % 251) as u8).collect();
+//! let images = IdxImages::from_pixels([24, 1, 8, 8], pixels)?;
+//! let labels: Vec<u32> = (0..24).map(|i| i % 10).collect();
+//! let norm = Normalization::fashion_mnist();
+//! let calibration = ImageBatches::new(&images, 16, 8, &norm)?;
+//! let protocol = Protocol {
+//!     test: &images,
+//!     labels: Some(&labels),
+//!     norm: &norm,
+//!     calibration: &calibration,
+//!     signal_images: 8,
+//!     repair: Repair::reflow(Reflow::cumulative()),
+//! };
+//! let dense = protocol.dense(&net)?;
+//! let dense_state = StateDict::from_layer(&net);
+//! let run = protocol.run(&mut net, &dense_state, &dense, 0.5, MagnitudePruner::new(0.5), &mut || {})?;
+//! assert_eq!(run.repair.chosen, "reflow");
+//! assert_eq!(run.pruned.accuracy.unwrap().total, 24);
+//! println!("agreement with dense after REFLOW: {:?}", run.repaired.fidelity);
+//! # Ok::<(), reflow::Error>(())
+//! ```
+
+use crate::error::Result;
+use crate::io::{ImageSource, Normalization};
+use crate::layer::{Layer, Probe};
+use crate::metrics::{argmax, Accuracy};
+use crate::prune::{Pruner, SparsityReport};
+use crate::rescale::ImageBatches;
+use crate::state_dict::StateDict;
+use crate::stats::{Recorder, Signal, TapSelector};
+use crate::trust::{Fidelity, Reference, Repair, RepairReport};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Batch size for evaluation and signal measurement.
+pub const EVAL_BATCH: usize = 256;
+
+/// One network on the evaluation images: accuracy (when there are labels), the signal
+/// on the signal images, and the fidelity to the dense network (for all but it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Top-1 on the evaluation images, when they have labels.
+    pub accuracy: Option<Accuracy>,
+    /// The signal metric of every batch norm on the first `signal_images` images.
+    pub signal: Signal,
+    /// Agreement and KL to the dense network (`None` for the dense network itself).
+    pub fidelity: Option<Fidelity>,
+}
+
+impl Evaluation {
+    /// Top-1, NaN without labels.
+    pub fn top1(&self) -> f64 {
+        self.accuracy.map_or(f64::NAN, |a| a.top1())
+    }
+}
+
+/// The dense network, evaluated, and its outputs kept to compare the others with.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    /// Its evaluation.
+    pub evaluation: Evaluation,
+    /// Its outputs on the evaluation images.
+    pub test: Reference,
+    /// Its outputs on the calibration images (what the repair's choice and check judge
+    /// by); `None` when the repair is none.
+    pub calibration: Option<Reference>,
+}
+
+/// One sparsity's results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    /// The sparsity asked for (N:M: 1 − N/M; channel pruning: the channel fraction).
+    pub sparsity: f64,
+    /// The pruned network, before the repair.
+    pub pruned: Evaluation,
+    /// After the repair (the pruned network again when the repair made is none).
+    pub repaired: Evaluation,
+    /// Which repair was made, why, and the calibration check.
+    pub repair: RepairReport,
+    /// The pruned network's zeros, tensor by tensor.
+    pub report: SparsityReport,
+    /// Wall time of the run, in seconds.
+    pub secs: f64,
+}
+
+/// The data a protocol runs on, and the repair it makes.
+pub struct Protocol<'a> {
+    /// The evaluation images.
+    pub test: &'a dyn ImageSource,
+    /// Their labels, when there are: without, accuracy is not measured, fidelity is.
+    pub labels: Option<&'a [u32]>,
+    /// The normalisation of every image.
+    pub norm: &'a Normalization,
+    /// The calibration images, in batches.
+    pub calibration: &'a ImageBatches<'a>,
+    /// The signal metric is measured on the first this many test images.
+    pub signal_images: usize,
+    /// What to do after pruning.
+    pub repair: Repair,
+}
+
+impl Protocol<'_> {
+    /// Evaluates the dense network and keeps its outputs: on the test images, and on
+    /// the calibration images when a repair may be made.
+    pub fn dense<N>(&self, net: &N) -> Result<Dense>
+    where
+        N: Layer<Input = crate::nn::Tensor4, Output = crate::nn::Tensor2>,
+    {
+        let mut test = Reference::new();
+        let evaluation = self.pass(net, &mut |logits| test.push(logits))?;
+        let calibration = match self.repair.candidates().is_empty() {
+            true => None,
+            false => Some(Reference::record(net, self.calibration)?),
+        };
+        Ok(Dense {
+            evaluation,
+            test,
+            calibration,
+        })
+    }
+
+    /// Top-1 on the whole test set (when labelled), the fidelity to `dense` on it and
+    /// the signal metric on its first `signal_images` images, in one pass.
+    pub fn evaluate<N>(&self, net: &N, dense: &Dense) -> Result<Evaluation>
+    where
+        N: Layer<Input = crate::nn::Tensor4, Output = crate::nn::Tensor2>,
+    {
+        let mut meter = dense.test.meter();
+        let mut evaluation = self.pass(net, &mut |logits| meter.add(logits))?;
+        evaluation.fidelity = Some(meter.finish()?);
+        Ok(evaluation)
+    }
+
+    /// One pass over the test images: accuracy, signal, and each batch's logits to
+    /// `outputs`.
+    fn pass<N>(
+        &self,
+        net: &N,
+        outputs: &mut dyn FnMut(&crate::nn::Tensor2) -> Result<()>,
+    ) -> Result<Evaluation>
+    where
+        N: Layer<Input = crate::nn::Tensor4, Output = crate::nn::Tensor2>,
+    {
+        let mut recorder = Recorder::new(TapSelector::batch_norm_outputs());
+        let mut accuracy = Accuracy::default();
+        let observed = self.signal_images.min(self.test.len());
+        let ranges = chunks(0, observed).chain(chunks(observed, self.test.len()));
+        for range in ranges {
+            let indices: Vec<usize> = range.clone().collect();
+            let x = self.test.tensor(&indices, self.norm)?;
+            let logits = if range.start < observed {
+                net.forward_with(&x, &mut Probe::new(&mut recorder))?
+            } else {
+                net.forward(&x)?
+            };
+            outputs(&logits)?;
+            if let Some(labels) = self.labels {
+                for (row, &label) in logits.rows().into_iter().zip(&labels[range]) {
+                    accuracy.correct += (argmax(row.iter().copied()) == label as usize) as usize;
+                    accuracy.total += 1;
+                }
+            }
+        }
+        Ok(Evaluation {
+            accuracy: self.labels.map(|_| accuracy),
+            signal: Signal::from_stats(&recorder.finish()?),
+            fidelity: None,
+        })
+    }
+
+    /// Restores `dense_state` into `net`, then prunes with `pruner`, evaluates, repairs
+    /// and evaluates again. Calls `progress` after each evaluation.
+    pub fn run<N, P: Pruner>(
+        &self,
+        net: &mut N,
+        dense_state: &StateDict,
+        dense: &Dense,
+        sparsity: f64,
+        pruner: P,
+        progress: &mut dyn FnMut(),
+    ) -> Result<Run>
+    where
+        N: Layer<Input = crate::nn::Tensor4, Output = crate::nn::Tensor2>,
+    {
+        let started = Instant::now();
+        dense_state.load_into(net)?;
+        pruner.masks(net)?.apply(net)?;
+        self.run_pruned(net, dense, sparsity, started, progress)
+    }
+
+    /// Evaluates `net`, pruned already (a channel-pruned, compact network), repairs it
+    /// and evaluates again. `started` is when its pruning began.
+    pub fn run_pruned<N>(
+        &self,
+        net: &mut N,
+        dense: &Dense,
+        sparsity: f64,
+        started: Instant,
+        progress: &mut dyn FnMut(),
+    ) -> Result<Run>
+    where
+        N: Layer<Input = crate::nn::Tensor4, Output = crate::nn::Tensor2>,
+    {
+        let report = SparsityReport::measure(net);
+        let pruned = self.evaluate(net, dense)?;
+        progress();
+        let repair = match &dense.calibration {
+            Some(on_calibration) => self.repair.apply(net, self.calibration, on_calibration)?,
+            None => self
+                .repair
+                .apply(net, self.calibration, &Reference::new())?,
+        };
+        let repaired = match repair.rescale {
+            Some(_) => self.evaluate(net, dense)?,
+            None => Evaluation {
+                accuracy: pruned.accuracy,
+                signal: pruned.signal.clone(),
+                fidelity: pruned.fidelity,
+            },
+        };
+        progress();
+        Ok(Run {
+            sparsity,
+            pruned,
+            repaired,
+            repair,
+            report,
+            secs: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// `start..end` in ranges of at most [`EVAL_BATCH`].
+fn chunks(start: usize, end: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (start..end)
+        .step_by(EVAL_BATCH)
+        .map(move |s| s..(s + EVAL_BATCH).min(end))
+}
