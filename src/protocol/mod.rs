@@ -33,6 +33,13 @@
 //! # Ok::<(), reflow::Error>(())
 //! ```
 
+mod report;
+
+pub use report::{
+    CalibrationReport, ChannelLayer, CheckReport, DenseReport, FidelityReport, Layers, ModelReport,
+    Number, Report, ResNetShape, RunReport, ScoresReport, SignalReport, TensorLayer,
+};
+
 use crate::error::Result;
 use crate::io::{ImageSource, Normalization};
 use crate::layer::{Layer, Probe};

@@ -10,9 +10,11 @@ use clap::Parser;
 use reflow::io::{read_cifar, CifarSplit, EvalTransform, ImageSource, SaveFormat};
 use reflow::models::{Arch, Model};
 use reflow::prelude::*;
-use reflow::prune::{ChannelReport, PrunePlan, SparsityReport};
-use reflow::trust::{CalibrationCheck, Fidelity, Repair, MIN_AUTO_IMAGES};
-use serde_json::{json, Map, Value};
+use reflow::protocol::{
+    CalibrationReport, DenseReport, Layers, ModelReport, Number, Report, RunReport,
+};
+use reflow::prune::{ChannelReport, PrunePlan};
+use reflow::trust::{Fidelity, Repair, MIN_AUTO_IMAGES};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -439,27 +441,6 @@ fn plan(args: &Args) -> reflow::Result<Plan> {
     })
 }
 
-/// `v` as a JSON number, or, when it is NaN or infinite (which JSON numbers cannot
-/// be, and serde_json would write as `null`), as the string `"NaN"`, `"inf"` or
-/// `"-inf"`: a value that went wrong stays visible in the report.
-fn number(v: f64) -> Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        json!(v.to_string())
-    }
-}
-
-fn signal_json(signal: &Signal) -> Value {
-    Value::Object(
-        signal
-            .layers
-            .iter()
-            .map(|(name, v)| (name.clone(), number(*v)))
-            .collect::<Map<_, _>>(),
-    )
-}
-
 /// What a run pruned, beyond the zeros in [`protocol::Run::report`].
 enum Pruned {
     Unstructured,
@@ -479,88 +460,31 @@ impl Pruned {
     }
 }
 
-fn run_json(run: &protocol::Run, pruned: &Pruned, plan: &Plan) -> Value {
+fn run_report(run: &protocol::Run, pruned: &Pruned, plan: &Plan) -> RunReport {
     let scope = match plan.pattern {
         Pattern::Unstructured => plan.scope,
         _ => Scope::Layer,
     };
-    let mut entry = json!({
-        "pattern": plan.pattern.name(),
-        "scope": scope.to_string(),
-        "sparsity": run.sparsity,
-        "actual_sparsity": number(pruned.actual(run)),
-        "pruned_top1": top1_json(&run.pruned),
-        "pruned_correct": run.pruned.accuracy.map(|a| a.correct),
-        "reflow_top1": top1_json(&run.repaired),
-        "reflow_correct": run.repaired.accuracy.map(|a| a.correct),
-        "agreement_pruned": fidelity_field(&run.pruned, |f| f.agreement),
-        "agreement_repaired": fidelity_field(&run.repaired, |f| f.agreement),
-        "kl_pruned": fidelity_field(&run.pruned, |f| f.kl),
-        "kl_repaired": fidelity_field(&run.repaired, |f| f.kl),
-        "repair": run.repair.chosen,
-        "repair_reason": run.repair.reason,
-        "repair_scores": Value::Object(
-            run.repair
-                .scores
-                .iter()
-                .map(|s| (s.repair.clone(), fidelity_json(&s.fidelity)))
-                .collect::<Map<_, _>>()
-        ),
-        "calibration_check": run.repair.check.as_ref().map(check_json),
-        "bn_signal_pruned": signal_json(&run.pruned.signal),
-        "bn_signal_reflow": signal_json(&run.repaired.signal),
-        "layers": layers_json(&run.report),
-        "secs": run.secs,
-    });
+    let layers = match pruned {
+        Pruned::Channel(report) => Layers::channels(report),
+        _ => Layers::tensors(&run.report),
+    };
+    let mut entry = RunReport::of(
+        run,
+        &plan.pattern.name(),
+        &scope.to_string(),
+        pruned.actual(run),
+        layers,
+    );
     match pruned {
         Pruned::Unstructured => {}
-        Pruned::Nm(skipped) => entry["skipped"] = json!(skipped),
+        Pruned::Nm(skipped) => entry.skipped = Some(skipped.clone()),
         Pruned::Channel(report) => {
-            entry["skipped"] = json!(report.skipped.iter().map(|s| &s.conv).collect::<Vec<_>>());
-            entry["params"] = json!(report.params.1);
-            entry["layers"] = report
-                .removals
-                .iter()
-                .map(|r| json!({"name": r.conv, "channels": r.channels, "kept": r.kept()}))
-                .collect();
+            entry.skipped = Some(report.skipped.iter().map(|s| s.conv.clone()).collect());
+            entry.params = Some(report.params.1);
         }
     }
     entry
-}
-
-/// Top-1 as a JSON number, `null` without labels.
-fn top1_json(e: &protocol::Evaluation) -> Value {
-    e.accuracy.map_or(Value::Null, |a| number(a.top1()))
-}
-
-/// A field of the fidelity to the dense network.
-fn fidelity_field(e: &protocol::Evaluation, field: fn(&Fidelity) -> f64) -> Value {
-    e.fidelity
-        .as_ref()
-        .map_or(Value::Null, |f| number(field(f)))
-}
-
-fn fidelity_json(f: &Fidelity) -> Value {
-    json!({"images": f.images, "agreement": number(f.agreement), "kl": number(f.kl)})
-}
-
-fn check_json(c: &CalibrationCheck) -> Value {
-    json!({
-        "images": c.images,
-        "agreement_between_halves": number(c.agreement_between_halves),
-        "kl_between_halves": number(c.kl_between_halves),
-        "predicted_noise_kl": number(c.predicted_noise_kl),
-        "images_needed": c.images_needed,
-        "warning": c.warning,
-    })
-}
-
-fn layers_json(report: &SparsityReport) -> Value {
-    report
-        .tensors
-        .iter()
-        .map(|t| json!({"name": t.name, "numel": t.numel, "sparsity": number(t.sparsity())}))
-        .collect()
 }
 
 fn run(args: &Args) -> reflow::Result<()> {
@@ -849,16 +773,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         );
     }
     // The worst check (the largest predicted noise) speaks for the calibration set.
-    let worst = runs
-        .iter()
-        .filter_map(|(run, _)| run.repair.check.as_ref())
-        .max_by(|a, b| {
-            let noise = |c: &CalibrationCheck| match c.predicted_noise_kl {
-                v if v.is_nan() => f64::INFINITY,
-                v => v,
-            };
-            noise(a).total_cmp(&noise(b))
-        });
+    let worst = CalibrationReport::worst(runs.iter().map(|(run, _)| run));
     if let Some(warning) = worst.and_then(|c| c.warning.as_ref()) {
         say!("calibration: {warning}");
         eprintln!("warning: {warning}");
@@ -899,19 +814,6 @@ fn run(args: &Args) -> reflow::Result<()> {
     }
 
     if let Some(path) = &args.json {
-        let mut model = json!({
-            "family": arch.family(),
-            "arch": arch.to_string(),
-            "params": count_parameters(&net),
-            "prunable": count_prunable(&net),
-        });
-        if let Model::ResNet(r) = &net {
-            let cfg = r.config();
-            model["stem"] = json!(cfg.stem.to_string());
-            model["stages"] = json!(cfg.layers);
-            model["block"] = json!(cfg.block.to_string());
-            model["groups"] = json!(cfg.groups);
-        }
         let source = match (&args.calib_images, &args.calib_npy, &args.calib_dir) {
             (Some(path), _, _) | (None, Some(path), _) | (None, None, Some(path)) => {
                 path.display().to_string()
@@ -921,32 +823,27 @@ fn run(args: &Args) -> reflow::Result<()> {
                 None => String::new(),
             },
         };
-        let mut calib = json!({
-            "source": source,
-            "count": calibration.len(),
-            "batch": args.calib_batch,
-            "seed": args.calib_seed,
-            "agreement_between_halves": worst.map(|c| number(c.agreement_between_halves)),
-            "kl_between_halves": worst.map(|c| number(c.kl_between_halves)),
-            "images_needed": worst.and_then(|c| c.images_needed),
-            "warning": worst.and_then(|c| c.warning.clone()),
-        });
-        if args.calib_seed.is_some() {
-            calib["indices"] = json!(calibration.indices());
-        }
-        let report = json!({
-            "model": model,
-            "calibration": calib,
-            "repair": plan.repair.name(),
-            "dense": {
-                "top1": top1_json(&dense.evaluation),
-                "correct": dense.evaluation.accuracy.map(|a| a.correct),
-                "images": test.len(),
-                "bn_signal": signal_json(dense_signal),
+        let report = Report {
+            model: ModelReport::of(&net),
+            calibration: CalibrationReport {
+                source,
+                count: calibration.len(),
+                batch: args.calib_batch,
+                seed: args.calib_seed,
+                agreement_between_halves: worst.map(|c| Number(c.agreement_between_halves)),
+                kl_between_halves: worst.map(|c| Number(c.kl_between_halves)),
+                images_needed: worst.and_then(|c| c.images_needed),
+                warning: worst.and_then(|c| c.warning.clone()),
+                indices: args.calib_seed.map(|_| calibration.indices().to_vec()),
             },
-            "runs": runs.iter().map(|(run, pruned)| run_json(run, pruned, &plan)).collect::<Vec<_>>(),
-        });
-        let text = serde_json::to_string_pretty(&report).expect("JSON values serialise");
+            repair: plan.repair.name().to_string(),
+            dense: DenseReport::of(&dense.evaluation, test.len()),
+            runs: runs
+                .iter()
+                .map(|(run, pruned)| run_report(run, pruned, &plan))
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&report).expect("the report serialises");
         reflow::io::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
