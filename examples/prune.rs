@@ -16,7 +16,7 @@
 #[macro_use]
 #[path = "../src/bin/reflow/protocol.rs"]
 mod protocol;
-#[path = "../src/bin/reflow/prune.rs"]
+#[path = "../src/bin/reflow/prune/mod.rs"]
 mod prune;
 
 fn main() -> std::process::ExitCode {

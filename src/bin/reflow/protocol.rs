@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reflow::prelude::*;
 use std::path::{Path, PathBuf};
 
-pub use reflow::protocol::{Evaluation, Protocol, Run};
+pub use reflow::protocol::{Dense, Evaluation, Protocol, Run};
 
 /// `println!` that does not panic when stdout is closed (`reflow inspect m | head`):
 /// what cannot be written is dropped.

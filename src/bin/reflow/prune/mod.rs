@@ -1,0 +1,395 @@
+//! `reflow prune` (and the `prune` example): prune a torchvision-layout checkpoint
+//! (ResNet, RegNet, MobileNetV2/V3, EfficientNet or VGG-BN) at several sparsities,
+//! evaluate it, repair it (REFLOW, nothing, or the automatic choice), evaluate again, and report.
+//!
+//! The flags and the JSON report are specified in `docs/prune-example.md`.
+//!
+//! The command in files: the flags and their plan (`plan.rs`), the data (`data.rs`),
+//! the paths checked before work (`paths.rs`), and the tables and the JSON report
+//! (`report.rs`); this file runs them in order.
+
+mod data;
+mod paths;
+mod plan;
+mod report;
+
+use super::protocol::Protocol;
+use super::protocol::{self, invalid, progress_bar};
+use clap::Parser;
+use data::{enough_values, read_data};
+use paths::check_paths;
+use plan::{plan, Pattern, Runs};
+use reflow::io::ImageSource;
+use reflow::models::Model;
+use reflow::prelude::*;
+use report::{finish, Pruned};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Prune a torchvision-layout checkpoint one-shot, then recover it with REFLOW.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Args {
+    /// safetensors state dict in torchvision layout, dense or with pruned weights in
+    /// compressed-tensors' bitmask layout (--save-format compressed).
+    #[arg(long, value_name = "PATH")]
+    weights: PathBuf,
+    /// Network family or torchvision preset; auto detects it from the keys.
+    #[arg(long, default_value = "auto")]
+    arch: String,
+    /// ResNet stem kind: cifar (3x3, no max pool) or imagenet (7x7 stride 2 + max
+    /// pool). Other families ignore it.
+    #[arg(long, default_value = "imagenet")]
+    stem: String,
+    /// Test images, IDX (.gz ok).
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["cifar_dir", "test_npy", "test_dir"],
+        conflicts_with_all = ["cifar_dir", "test_npy", "test_dir"]
+    )]
+    test_images: Option<PathBuf>,
+    /// Test labels, IDX (.gz ok). Without labels the report has no accuracy, only the
+    /// fidelity to the dense network (top-1 agreement, KL).
+    #[arg(long, value_name = "PATH", requires = "test_images")]
+    test_labels: Option<PathBuf>,
+    /// Test images, .npy: uint8 [N,H,W] or [N,C,H,W] (normalised with --mean/--std), or
+    /// float32 [N,C,H,W] normalised already.
+    #[arg(
+        long,
+        value_name = "X.npy",
+        conflicts_with_all = ["cifar_dir", "test_dir"]
+    )]
+    test_npy: Option<PathBuf>,
+    /// Test labels, .npy: int64, int32 or uint8 [N] (optional, as --test-labels).
+    #[arg(long, value_name = "Y.npy", requires = "test_npy")]
+    test_labels_npy: Option<PathBuf>,
+    /// Test images, a folder of JPEG/PNG images in torchvision's ImageFolder layout
+    /// (one sub-folder per class, classes sorted by name), or with the images directly
+    /// in it (no labels: fidelity only); see --resize, --crop.
+    #[arg(long, value_name = "DIR", conflicts_with = "cifar_dir")]
+    test_dir: Option<PathBuf>,
+    /// Calibration images, IDX (.gz ok); taken in file order (see --calib-seed).
+    /// With --cifar-dir, the CIFAR training images when not given.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["cifar_dir", "calib_npy", "calib_dir"],
+        conflicts_with_all = ["calib_npy", "calib_dir"]
+    )]
+    calib_images: Option<PathBuf>,
+    /// Calibration images, .npy (the dtypes and shapes of --test-npy).
+    #[arg(long, value_name = "X.npy", conflicts_with = "calib_dir")]
+    calib_npy: Option<PathBuf>,
+    /// Calibration images, a folder in ImageFolder layout (one sub-folder or several;
+    /// the labels are not used) or with the images directly in it.
+    #[arg(long, value_name = "DIR")]
+    calib_dir: Option<PathBuf>,
+    /// A folder of CIFAR-10 or CIFAR-100 binary files: the test images from its test
+    /// split, the calibration images from its training split (unless --calib-images).
+    #[arg(long, value_name = "DIR")]
+    cifar_dir: Option<PathBuf>,
+    /// Draw the --calib-count calibration images by a shuffle of the whole calibration
+    /// set seeded with S (default: the first ones, in order).
+    #[arg(long, value_name = "S", allow_hyphen_values = true)]
+    calib_seed: Option<u64>,
+    /// Number of calibration images.
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
+    calib_count: usize,
+    /// Calibration batch size.
+    #[arg(
+        long,
+        default_value_t = 128,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
+    calib_batch: usize,
+    /// Resize the shorter side of folder images to N (torchvision's Resize(N):
+    /// bilinear, antialiased).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    resize: Option<usize>,
+    /// Centre-crop folder images to N x N (torchvision's CenterCrop(N)).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    crop: Option<usize>,
+    /// Preprocessing preset: imagenet (--resize 256 --crop 224, mean
+    /// 0.485,0.456,0.406, std 0.229,0.224,0.225). Flags given explicitly win.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Per-channel means, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        allow_hyphen_values = true,
+        required_unless_present = "preset"
+    )]
+    mean: Option<String>,
+    /// Per-channel standard deviations, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        allow_hyphen_values = true,
+        required_unless_present = "preset"
+    )]
+    std: Option<String>,
+    /// Sparsities, comma-separated, each in [0, 1).
+    #[arg(
+        long,
+        default_value = "0.5,0.7,0.8,0.9",
+        value_name = "LIST",
+        allow_hyphen_values = true
+    )]
+    sparsity: String,
+    /// Pruning scope: global or layer (unstructured pattern).
+    #[arg(long, default_value = "global")]
+    scope: String,
+    /// Sparsity pattern: unstructured, N:M (e.g. 2:4; one run, --sparsity ignored) or
+    /// channel (--sparsity is the fraction of channels removed; a compact network).
+    #[arg(long, default_value = "unstructured")]
+    pattern: String,
+    /// Parameter names or prefixes never pruned, comma-separated.
+    #[arg(long, default_value = "", value_name = "LIST")]
+    exclude: String,
+    /// REFLOW statistic mode: cumulative, ema or exact.
+    #[arg(long, default_value = "cumulative")]
+    mode: String,
+    /// The repair after pruning: reflow (REFLOW with --mode), none (keep the pruned
+    /// network), or auto (whichever of the two stays closer to the dense network on
+    /// the calibration images, each repair judged on images it was not estimated
+    /// from; needs at least 4 calibration images).
+    #[arg(long, default_value = "reflow")]
+    repair: String,
+    /// Momentum for --mode ema (default 0.1).
+    #[arg(long, value_name = "M", allow_hyphen_values = true)]
+    momentum: Option<f64>,
+    /// First N test images used for the per-BN signal metric.
+    #[arg(
+        long,
+        default_value_t = 1000,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
+    signal_images: usize,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write each run's network, pruned and recalibrated, to <DIR>: s<sparsity>,
+    /// nm<N>-<M> or channel-s<sparsity> .safetensors.
+    #[arg(long, value_name = "DIR")]
+    save_dir: Option<PathBuf>,
+    /// How --save-dir writes: dense (every tensor as it is) or compressed (pruned
+    /// weights in compressed-tensors' bitmask layout, "sparse-bitmask": smaller files
+    /// that reflow reads back and compressed-tensors decompresses).
+    #[arg(
+        long,
+        default_value = "dense",
+        value_name = "FORMAT",
+        requires = "save_dir"
+    )]
+    save_format: String,
+}
+
+/// Parses the command line (`args` with the program name first) and runs: exit code 0
+/// on success, 2 on a malformed command line, 1 on any other error, each a line on
+/// stderr. The `prune` example's entry point (`reflow` parses its subcommands itself).
+#[allow(dead_code)]
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    match Args::try_parse_from(args) {
+        Ok(args) => execute(&args),
+        Err(e) => protocol::clap_exit(e),
+    }
+}
+
+/// Runs parsed arguments.
+pub fn execute(args: &Args) -> ExitCode {
+    crate::protocol::exit_with(run(args))
+}
+
+fn run(args: &Args) -> reflow::Result<()> {
+    let plan = plan(args)?;
+    let saved: Vec<String> = plan
+        .sparsities
+        .iter()
+        .map(|&s| plan.pattern.saved_name(s))
+        .collect();
+    check_paths(args, &saved)?;
+
+    let mut net = Model::load(&args.weights, plan.arch, plan.stem)?;
+    let (in_channels, num_classes) = (net.in_channels(), net.num_classes());
+    if plan.norm.channels() != in_channels {
+        return Err(invalid(
+            "mean/--std",
+            format!(
+                "{} values given; the model takes {} input channel(s)",
+                plan.norm.channels(),
+                in_channels
+            ),
+        ));
+    }
+    let runs_ahead = Runs::check(&plan, &net)?;
+    let (test, labels, calib_images) = read_data(args, in_channels, num_classes, plan.transform)?;
+    let test_flag = match (&args.cifar_dir, &args.test_npy, &args.test_dir) {
+        (Some(_), _, _) => "cifar-dir",
+        (None, Some(_), _) => "test-npy",
+        (None, None, Some(_)) => "test-dir",
+        (None, None, None) => "test-images",
+    };
+    let calib_flag = match (&args.calib_images, &args.calib_npy, &args.calib_dir) {
+        (Some(_), _, _) => "calib-images",
+        (None, Some(_), _) => "calib-npy",
+        (None, None, Some(_)) => "calib-dir",
+        (None, None, None) => "cifar-dir",
+    };
+    let channels = |flag: &str, images: &dyn ImageSource| {
+        let c = images.image_dims()[0];
+        if c == in_channels {
+            return Ok(());
+        }
+        Err(invalid(
+            flag,
+            format!("{c}-channel images; the model takes {in_channels} input channel(s)"),
+        ))
+    };
+    if test.is_empty() {
+        return Err(invalid(test_flag, "0 test images"));
+    }
+    channels(test_flag, test.as_ref())?;
+    let labels = labels.as_ref().map(|l| l.as_slice());
+    let out_of_range = labels.and_then(|l| l.iter().position(|&c| c as usize >= num_classes));
+    if let (Some(i), Some(labels)) = (out_of_range, labels) {
+        return Err(invalid(
+            match test_flag {
+                "test-images" => "test-labels",
+                "test-npy" => "test-labels-npy",
+                other => other,
+            },
+            format!(
+                "label {} of sample {i}, but the model has {num_classes} classes",
+                labels[i]
+            ),
+        ));
+    }
+    if args.signal_images > test.len() {
+        return Err(invalid(
+            "signal-images",
+            format!(
+                "{} asked for, the test set has {}",
+                args.signal_images,
+                test.len()
+            ),
+        ));
+    }
+    let given = |flag: &str| -> String {
+        let path = match flag {
+            "calib-images" => &args.calib_images,
+            "calib-npy" => &args.calib_npy,
+            "calib-dir" => &args.calib_dir,
+            "test-images" => &args.test_images,
+            "test-npy" => &args.test_npy,
+            "test-dir" => &args.test_dir,
+            _ => &args.cifar_dir,
+        };
+        path.as_ref()
+            .map_or(String::new(), |p| format!("{}: ", p.display()))
+    };
+    if calib_images.is_empty() {
+        return Err(invalid(
+            calib_flag,
+            format!(
+                "{}0 images; calibration needs at least one",
+                given(calib_flag)
+            ),
+        ));
+    }
+    channels(calib_flag, calib_images.as_ref())?;
+    enough_values(args, &plan, &net, calib_images.as_ref())?;
+    let calibration = ImageBatches::new(
+        calib_images.as_ref(),
+        args.calib_count,
+        args.calib_batch,
+        &plan.norm,
+    )
+    .map_err(|e| match e {
+        Error::Data(m) => Error::Data(format!("--{calib_flag}: {m}")),
+        other => other,
+    })?;
+    let calibration = match args.calib_seed {
+        Some(seed) => calibration.shuffled(seed),
+        None => calibration,
+    };
+    // The images drawn, before any work (a folder reads their headers).
+    calib_images.check(calibration.indices())?;
+    let save = |name: String, net: &Model| -> reflow::Result<()> {
+        let Some(dir) = &args.save_dir else {
+            return Ok(());
+        };
+        // `check_paths` made the folder and made sure the file is no input.
+        StateDict::from_layer(net).write_safetensors_as(dir.join(name), plan.save_format)
+    };
+
+    let protocol = Protocol {
+        test: test.as_ref(),
+        labels,
+        norm: &plan.norm,
+        calibration: &calibration,
+        signal_images: args.signal_images,
+        repair: plan.repair.repair(plan.reflow),
+    };
+    let progress = progress_bar(1 + 2 * plan.sparsities.len() as u64);
+    progress.set_message("dense model");
+    let dense_state = StateDict::from_layer(&net);
+    let dense = protocol.dense(&net)?;
+    progress.inc(1);
+
+    let mut runs = Vec::new();
+    let label = |s: f64| match plan.pattern {
+        Pattern::Nm(..) => plan.pattern.name(),
+        _ => format!("{} {s}", plan.pattern.name()),
+    };
+    match runs_ahead {
+        Runs::Unstructured(pruners) => {
+            for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
+                progress.set_message(label(s));
+                let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &mut || {
+                    progress.inc(1)
+                })?;
+                save(plan.pattern.saved_name(s), &net)?;
+                runs.push((run, Pruned::Unstructured));
+            }
+        }
+        Runs::Nm(pruner, skipped) => {
+            let s = plan.sparsities[0];
+            progress.set_message(label(s));
+            let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &mut || {
+                progress.inc(1)
+            })?;
+            save(plan.pattern.saved_name(s), &net)?;
+            runs.push((run, Pruned::Nm(skipped)));
+        }
+        Runs::Channel(pruners) => {
+            for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
+                progress.set_message(label(s));
+                let started = std::time::Instant::now();
+                let (mut compact, report) = pruner.prune(&net)?;
+                let run = protocol
+                    .run_pruned(&mut compact, &dense, s, started, &mut || progress.inc(1))?;
+                save(plan.pattern.saved_name(s), &compact)?;
+                runs.push((run, Pruned::Channel(report)));
+            }
+        }
+    }
+    progress.finish_and_clear();
+    finish(
+        args,
+        &plan,
+        &net,
+        &dense,
+        &runs,
+        test.as_ref(),
+        &calibration,
+    )
+}

@@ -1,0 +1,256 @@
+//! What `reflow prune` prints, and the JSON report it writes.
+
+use super::super::protocol::{self, last_ratio};
+use super::plan::{Pattern, Plan, RepairKind};
+use super::Args;
+use reflow::io::ImageSource;
+use reflow::models::Model;
+use reflow::prelude::*;
+use reflow::protocol::{
+    CalibrationReport, DenseReport, Layers, ModelReport, Number, Report, RunReport,
+};
+use reflow::prune::ChannelReport;
+use reflow::trust::Fidelity;
+
+/// What a run pruned, beyond the zeros in [`protocol::Run::report`].
+pub(super) enum Pruned {
+    Unstructured,
+    /// The tensors N:M left dense.
+    Nm(Vec<String>),
+    /// The channels removed.
+    Channel(ChannelReport),
+}
+
+impl Pruned {
+    /// The fraction pruned: of the prunable weights, or of the channels in scope.
+    fn actual(&self, run: &protocol::Run) -> f64 {
+        match self {
+            Pruned::Channel(r) => r.channel_fraction(),
+            _ => run.report.prunable_sparsity(),
+        }
+    }
+}
+
+fn run_report(run: &protocol::Run, pruned: &Pruned, plan: &Plan) -> RunReport {
+    let scope = match plan.pattern {
+        Pattern::Unstructured => plan.scope,
+        _ => Scope::Layer,
+    };
+    let layers = match pruned {
+        Pruned::Channel(report) => Layers::channels(report),
+        _ => Layers::tensors(&run.report),
+    };
+    let mut entry = RunReport::of(
+        run,
+        &plan.pattern.name(),
+        &scope.to_string(),
+        pruned.actual(run),
+        layers,
+    );
+    match pruned {
+        Pruned::Unstructured => {}
+        Pruned::Nm(skipped) => entry.skipped = Some(skipped.clone()),
+        Pruned::Channel(report) => {
+            entry.skipped = Some(report.skipped.iter().map(|s| s.conv.clone()).collect());
+            entry.params = Some(report.params.1);
+        }
+    }
+    entry
+}
+
+/// Prints the tables and writes the JSON report (`--json`).
+pub(super) fn finish(
+    args: &Args,
+    plan: &Plan,
+    net: &Model,
+    dense: &protocol::Dense,
+    runs: &[(protocol::Run, Pruned)],
+    test: &dyn ImageSource,
+    calibration: &ImageBatches<'_>,
+) -> reflow::Result<()> {
+    let arch = net.arch();
+    let described = match &net {
+        Model::ResNet(r) => {
+            let cfg = r.config();
+            format!(
+                "{} stem, stages {:?}, {} blocks, groups {}",
+                cfg.stem, cfg.layers, cfg.block, cfg.groups
+            )
+        }
+        _ => arch.to_string(),
+    };
+    let described = match described == arch.family() {
+        true => String::new(),
+        false => format!(" {described},"),
+    };
+    say!(
+        "model: {},{described} {} parameters ({} prunable)",
+        arch.family(),
+        count_parameters(net),
+        count_prunable(net)
+    );
+    let dense_signal = &dense.evaluation.signal;
+    say!(
+        "dense: {}, last BN signal {:.4}",
+        match dense.evaluation.accuracy {
+            Some(a) => format!("top-1 {:.4} ({}/{})", a.top1(), a.correct, a.total),
+            None => format!("{} test images without labels (fidelity only)", test.len()),
+        },
+        dense_signal.last().map_or(f64::NAN, |(_, v)| v)
+    );
+    let (repaired, signal_repaired) = match plan.repair {
+        RepairKind::Reflow => ("REFLOW top-1", "signal REFLOW/d"),
+        _ => ("repaired top-1", "signal repair/d"),
+    };
+    say!(
+        "{:<7} {:>8} {:>7} {:>13} {:>14} {:>16} {:>16} {:>6}",
+        "pruning",
+        "sparsity",
+        "actual",
+        "pruned top-1",
+        repaired,
+        "signal pruned/d",
+        signal_repaired,
+        "secs"
+    );
+    let kind = match plan.pattern {
+        Pattern::Unstructured => plan.scope.to_string(),
+        other => other.name(),
+    };
+    for (run, pruned) in runs {
+        say!(
+            "{:<7} {:>8.3} {:>7.4} {:>13.4} {:>13.4} {:>16.4} {:>16.4} {:>6.1}",
+            kind,
+            run.sparsity,
+            pruned.actual(run),
+            run.pruned.top1(),
+            run.repaired.top1(),
+            last_ratio(&run.pruned.signal, dense_signal),
+            last_ratio(&run.repaired.signal, dense_signal),
+            run.secs
+        );
+    }
+    say!(
+        "(signal: last batch-norm layer, relative to the dense network, on {} test images)",
+        args.signal_images
+    );
+    say!(
+        "fidelity to the dense network on {} test images (top-1 agreement, mean KL), and the repair ({}):",
+        test.len(),
+        plan.repair.name()
+    );
+    say!(
+        "{:<7} {:>8} {:>12} {:>14} {:>10} {:>12} {:>7}  {}",
+        "pruning",
+        "sparsity",
+        "agree pruned",
+        "agree repaired",
+        "KL pruned",
+        "KL repaired",
+        "repair",
+        "calibration check (halves' agreement, KL)"
+    );
+    for (run, _) in runs {
+        let field = |e: &protocol::Evaluation, f: fn(&Fidelity) -> f64| {
+            e.fidelity.as_ref().map_or(f64::NAN, f)
+        };
+        say!(
+            "{:<7} {:>8.3} {:>12.4} {:>14.4} {:>10.4} {:>12.4} {:>7}  {}",
+            kind,
+            run.sparsity,
+            field(&run.pruned, |f| f.agreement),
+            field(&run.repaired, |f| f.agreement),
+            field(&run.pruned, |f| f.kl),
+            field(&run.repaired, |f| f.kl),
+            run.repair.chosen,
+            match &run.repair.check {
+                None => "-".to_string(),
+                Some(c) => format!(
+                    "{:.4}, {:.4}: {}",
+                    c.agreement_between_halves,
+                    c.kl_between_halves,
+                    match (&c.warning, c.images_needed) {
+                        (Some(_), Some(n)) => format!("too few, about {n} look needed"),
+                        (Some(_), None) => "failed".to_string(),
+                        (None, _) => "enough".to_string(),
+                    }
+                ),
+            }
+        );
+    }
+    // The worst check (the largest predicted noise) speaks for the calibration set.
+    let worst = CalibrationReport::worst(runs.iter().map(|(run, _)| run));
+    if let Some(warning) = worst.and_then(|c| c.warning.as_ref()) {
+        say!("calibration: {warning}");
+        eprintln!("warning: {warning}");
+    }
+    if plan.repair == RepairKind::Auto {
+        for (run, _) in runs {
+            say!(
+                "repair at {}: {} ({})",
+                run.sparsity,
+                run.repair.chosen,
+                run.repair.reason
+            );
+        }
+    }
+    for (run, pruned) in runs {
+        match pruned {
+            Pruned::Channel(r) => say!(
+                "channel {}: {} of {} channels removed in {} convolutions; {} -> {} parameters{}",
+                run.sparsity,
+                r.removals.iter().map(|c| c.removed.len()).sum::<usize>(),
+                r.removals.iter().map(|c| c.channels).sum::<usize>(),
+                r.removals.len(),
+                r.params.0,
+                r.params.1,
+                match r.skipped.len() {
+                    0 => String::new(),
+                    k => format!(" ({k} convolutions skipped: {})", r.skipped[0].reason),
+                }
+            ),
+            Pruned::Nm(skipped) if !skipped.is_empty() => say!(
+                "{}: {} tensor(s) left dense (grouped axis not a multiple of M): {}",
+                plan.pattern.name(),
+                skipped.len(),
+                skipped.join(", ")
+            ),
+            _ => {}
+        }
+    }
+
+    if let Some(path) = &args.json {
+        let source = match (&args.calib_images, &args.calib_npy, &args.calib_dir) {
+            (Some(path), _, _) | (None, Some(path), _) | (None, None, Some(path)) => {
+                path.display().to_string()
+            }
+            (None, None, None) => match &args.cifar_dir {
+                Some(dir) => format!("{} (training split)", dir.display()),
+                None => String::new(),
+            },
+        };
+        let report = Report {
+            model: ModelReport::of(net),
+            calibration: CalibrationReport {
+                source,
+                count: calibration.len(),
+                batch: args.calib_batch,
+                seed: args.calib_seed,
+                agreement_between_halves: worst.map(|c| Number(c.agreement_between_halves)),
+                kl_between_halves: worst.map(|c| Number(c.kl_between_halves)),
+                images_needed: worst.and_then(|c| c.images_needed),
+                warning: worst.and_then(|c| c.warning.clone()),
+                indices: args.calib_seed.map(|_| calibration.indices().to_vec()),
+            },
+            repair: plan.repair.name().to_string(),
+            dense: DenseReport::of(&dense.evaluation, test.len()),
+            runs: runs
+                .iter()
+                .map(|(run, pruned)| run_report(run, pruned, plan))
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&report).expect("the report serialises");
+        reflow::io::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
