@@ -420,8 +420,7 @@ fn a_folder_without_classes_gives_fidelity_without_accuracy() {
         &flat,
         "--calib-count",
         "8",
-        "--signal-images",
-        "8",
+        // No --signal-images: the default, 1,000, becomes the 8 test images.
         "--sparsity",
         "0.5",
         "--json",

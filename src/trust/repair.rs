@@ -314,18 +314,17 @@ fn choose(scores: &[RepairScore]) -> (usize, String) {
     let best = (1..scores.len()).fold(0, |best, i| if kl(i) < kl(best) { i } else { best });
     let none = &scores[0].fidelity;
     let reason = match best {
-        0 => format!(
-            "the pruned network is closer to the dense one on the calibration images (KL {:.4}) than any repair made from half of them is on the other half (best: {} KL {:.4})",
-            none.kl,
-            scores[1..]
+        0 => {
+            let closest = scores[1..]
                 .iter()
-                .min_by(|a, b| a.fidelity.kl.total_cmp(&b.fidelity.kl))
-                .map_or("none", |s| s.repair.as_str()),
-            scores[1..]
-                .iter()
-                .map(|s| s.fidelity.kl)
-                .fold(f64::INFINITY, f64::min)
-        ),
+                .min_by(|a, b| a.fidelity.kl.total_cmp(&b.fidelity.kl));
+            format!(
+                "the pruned network is closer to the dense one on the calibration images (KL {:.4}) than any repair made from half of them is on the other half (best: {} KL {:.4})",
+                none.kl,
+                closest.map_or("none", |s| s.repair.as_str()),
+                closest.map_or(f64::NAN, |s| s.fidelity.kl)
+            )
+        }
         i => format!(
             "made from half the calibration images, it is closer to the dense network on the other half (KL {:.4}) than the pruned network is (KL {:.4})",
             scores[i].fidelity.kl, none.kl

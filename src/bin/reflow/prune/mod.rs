@@ -26,6 +26,10 @@ use report::{finish, Pruned};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Test images the signal metric is measured on when `--signal-images` is not given
+/// (all of them when there are fewer).
+const DEFAULT_SIGNAL_IMAGES: usize = 1000;
+
 /// Prune a torchvision-layout checkpoint one-shot, then recover it with REFLOW.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -166,14 +170,10 @@ pub struct Args {
     /// Momentum for --mode ema (default 0.1).
     #[arg(long, value_name = "M", allow_hyphen_values = true)]
     momentum: Option<f64>,
-    /// First N test images used for the per-BN signal metric.
-    #[arg(
-        long,
-        default_value_t = 1000,
-        value_name = "N",
-        allow_hyphen_values = true
-    )]
-    signal_images: usize,
+    /// First N test images used for the per-BN signal metric (default 1000, or every
+    /// test image when there are fewer).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    signal_images: Option<usize>,
     /// Write the JSON report here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -273,16 +273,17 @@ fn run(args: &Args) -> reflow::Result<()> {
             ),
         ));
     }
-    if args.signal_images > test.len() {
-        return Err(invalid(
-            "signal-images",
-            format!(
-                "{} asked for, the test set has {}",
-                args.signal_images,
-                test.len()
-            ),
-        ));
-    }
+    // Asked for, at most the test set; by default 1,000, or all when fewer.
+    let signal_images = match args.signal_images {
+        Some(n) if n > test.len() => {
+            return Err(invalid(
+                "signal-images",
+                format!("{n} asked for, the test set has {}", test.len()),
+            ))
+        }
+        Some(n) => n,
+        None => DEFAULT_SIGNAL_IMAGES.min(test.len()),
+    };
     let given = |flag: &str| -> String {
         let path = match flag {
             "calib-images" => &args.calib_images,
@@ -336,7 +337,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         labels,
         norm: &plan.norm,
         calibration: &calibration,
-        signal_images: args.signal_images,
+        signal_images,
         repair: plan.repair.repair(plan.reflow),
     };
     let progress = progress_bar(1 + 2 * plan.sparsities.len() as u64);
@@ -383,13 +384,5 @@ fn run(args: &Args) -> reflow::Result<()> {
         }
     }
     progress.finish_and_clear();
-    finish(
-        args,
-        &plan,
-        &net,
-        &dense,
-        &runs,
-        test.as_ref(),
-        &calibration,
-    )
+    finish(args, &plan, &net, &dense, &runs, &protocol)
 }

@@ -179,7 +179,7 @@ pub(super) fn plan(args: &Args) -> reflow::Result<Plan> {
     if args.calib_batch == 0 {
         return Err(invalid("calib-batch", "must be positive"));
     }
-    if args.signal_images == 0 {
+    if args.signal_images == Some(0) {
         return Err(invalid("signal-images", "must be positive"));
     }
     let preset = match args.preset.as_deref() {

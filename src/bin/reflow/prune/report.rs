@@ -3,7 +3,6 @@
 use super::super::protocol::{self, last_ratio};
 use super::plan::{Pattern, Plan, RepairKind};
 use super::Args;
-use reflow::io::ImageSource;
 use reflow::models::Model;
 use reflow::prelude::*;
 use reflow::protocol::{
@@ -65,9 +64,9 @@ pub(super) fn finish(
     net: &Model,
     dense: &protocol::Dense,
     runs: &[(protocol::Run, Pruned)],
-    test: &dyn ImageSource,
-    calibration: &ImageBatches<'_>,
+    protocol: &protocol::Protocol<'_>,
 ) -> reflow::Result<()> {
+    let (test, calibration) = (protocol.test, protocol.calibration);
     let arch = net.arch();
     let described = match &net {
         Model::ResNet(r) => {
@@ -132,7 +131,7 @@ pub(super) fn finish(
     }
     say!(
         "(signal: last batch-norm layer, relative to the dense network, on {} test images)",
-        args.signal_images
+        protocol.signal_images
     );
     say!(
         "fidelity to the dense network on {} test images (top-1 agreement, mean KL), and the repair ({}):",
