@@ -85,6 +85,7 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod layer;

@@ -1,9 +1,10 @@
 //! Prune → measure → rescale → measure, in one call.
 
+use crate::data::CalibrationData;
 use crate::error::{Error, Result};
 use crate::layer::{Layer, Params};
 use crate::prune::{Masks, Pruner, SparsityReport};
-use crate::rescale::{CalibrationData, NormSnapshot, RescaleReport, Rescaler};
+use crate::rescale::{NormSnapshot, RescaleReport, Rescaler};
 use crate::stats::{measure_signal, Signal};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -7,7 +7,7 @@ use ndarray::{Array4, Axis};
 
 /// Images a network can be fed, by index: held in memory ([`IdxImages`],
 /// [`FloatImages`]) or read on demand. A [`Dataset`](super::Dataset) pairs one with
-/// labels, and [`ImageBatches`](crate::rescale::ImageBatches) draws calibration
+/// labels, and [`ImageBatches`](crate::data::ImageBatches) draws calibration
 /// batches from one.
 ///
 /// ```

@@ -40,12 +40,12 @@ pub use report::{
     Number, Report, ResNetShape, RunReport, ScoresReport, SignalReport, TensorLayer,
 };
 
+use crate::data::ImageBatches;
 use crate::error::Result;
 use crate::io::{ImageSource, Normalization};
 use crate::layer::{Layer, Probe};
 use crate::metrics::{argmax, Accuracy};
 use crate::prune::{Pruner, SparsityReport};
-use crate::rescale::ImageBatches;
 use crate::state_dict::StateDict;
 use crate::stats::{Recorder, Signal, TapSelector};
 use crate::trust::{Fidelity, Reference, Repair, RepairReport};

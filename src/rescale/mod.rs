@@ -1,16 +1,14 @@
 //! Recalibration: changing only normalisation statistics, never a trainable weight.
 //!
-//! - [`CalibrationData`]: batches a recalibration can go over, as often as it needs.
-//! - [`ImageBatches`]: the first (or a seeded random) `count` images of an IDX file,
-//!   normalised, in batches.
+//! - [`CalibrationData`]: batches a recalibration can go over, as often as it needs,
+//!   and [`ImageBatches`]: images of any source, normalised, in batches (both live in
+//!   [`crate::data`] and are re-exported here).
 //! - [`Rescaler`]: the stage's trait; [`Reflow`] is REFLOW, with the three statistic
 //!   modes of [`ReflowMode`].
 
-mod data;
 mod reflow;
 
-pub(crate) use data::check_fold;
-pub use data::{CalibrationData, ImageBatches};
+pub use crate::data::{CalibrationData, ImageBatches};
 pub(crate) use reflow::NormSnapshot;
 pub use reflow::{Reflow, ReflowMode};
 

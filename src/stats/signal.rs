@@ -1,9 +1,9 @@
 //! The signal-collapse metric of the paper.
 
 use super::{LayerStats, Recorder, TapSelector};
+use crate::data::CalibrationData;
 use crate::error::{Error, Result};
 use crate::layer::{Layer, Probe};
-use crate::rescale::CalibrationData;
 use serde::{Deserialize, Serialize};
 
 /// The signal metric of each batch-norm layer, in forward order: for the output `Y`

@@ -1,11 +1,11 @@
 //! Fidelity to a reference network: top-1 agreement and the KL divergence of the
 //! softmax outputs, image by image, without labels.
 
+use crate::data::CalibrationData;
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use crate::metrics::argmax;
 use crate::nn::{Tensor2, Tensor4};
-use crate::rescale::CalibrationData;
 use serde::{Deserialize, Serialize};
 
 /// How close a network's outputs are to a reference network's on the same images.

@@ -43,7 +43,7 @@ impl<I> CalibrationData<I> for Vec<I> {
 ///
 /// ```
 /// use reflow::io::{IdxImages, Normalization};
-/// use reflow::rescale::{CalibrationData, ImageBatches};
+/// use reflow::data::{CalibrationData, ImageBatches};
 ///
 /// let images = IdxImages::from_pixels([10, 1, 2, 2], vec![0; 40])?;
 /// let norm = Normalization::fashion_mnist();
@@ -150,7 +150,7 @@ impl<'a> ImageBatches<'a> {
     ///
     /// ```
     /// use reflow::io::{IdxImages, Normalization};
-    /// use reflow::rescale::ImageBatches;
+    /// use reflow::data::ImageBatches;
     ///
     /// let images = IdxImages::from_pixels([10, 1, 2, 2], vec![0; 40])?;
     /// let norm = Normalization::fashion_mnist();
