@@ -1,7 +1,7 @@
 //! Calibration batches.
 
+use super::{ImageSource, Normalization};
 use crate::error::{Error, Result};
-use crate::io::{ImageSource, Normalization};
 use crate::nn::Tensor4;
 
 /// A sequence of input batches that can be walked several times, in the same order

@@ -34,16 +34,10 @@ pub(crate) fn is_large_image(height: usize, width: usize) -> bool {
     height.saturating_mul(width) > MAX_IMAGE_PIXELS
 }
 
-/// The number of elements of `shape`, or `None` when the product overflows (a
-/// wrapped product could match a file's length by accident).
-pub(crate) fn numel(shape: &[usize]) -> Option<usize> {
-    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
-}
-
 /// The bytes `shape` of `item`-byte elements take, or `None` on overflow.
 #[cfg_attr(not(feature = "npy"), allow(dead_code))]
 pub(crate) fn byte_size(shape: &[usize], item: usize) -> Option<usize> {
-    numel(shape)?.checked_mul(item)
+    crate::data::numel(shape)?.checked_mul(item)
 }
 
 #[cfg(test)]

@@ -31,22 +31,22 @@ mod safetensors;
 mod source;
 mod transform;
 
+pub(crate) use crate::data::numel;
+pub use crate::data::{FloatImages, ImageSource, Normalization, MIN_STD};
 pub use atomic::write_atomic;
 #[cfg(feature = "npy")]
 pub(crate) use budget::byte_size;
 #[cfg(feature = "image")]
 pub(crate) use budget::is_large_image;
-pub(crate) use budget::numel;
 pub use budget::{check_image_pixels, MAX_IMAGE_PIXELS, REFUSED_IMAGE_PIXELS};
 pub use cifar::{read_cifar, CifarKind, CifarSplit};
 #[cfg(feature = "image")]
 pub use decode::read_image;
 #[cfg(feature = "image")]
 pub use folder::ImageFolder;
-pub use idx::{Batch, Dataset, IdxImages, IdxLabels, Normalization, MIN_STD};
+pub use idx::{Batch, Dataset, IdxImages, IdxLabels};
 pub use labelled::{LabelledBatches, LabelledData};
 #[cfg(feature = "npy")]
 pub use npy::{read_npy_labels, NpyImages};
 pub use safetensors::SaveFormat;
-pub use source::{FloatImages, ImageSource};
 pub use transform::{EvalTransform, Pixels};
