@@ -168,7 +168,7 @@ fn channel_pruned_resnet50(s: f64) -> Model {
     let mut net = ResNet::new(ResNetConfig::resnet50()).unwrap();
     fill(&mut net);
     let (compact, _) = ChannelPruner::new(s).unwrap().prune(&net).unwrap();
-    Model::ResNet(compact)
+    Model::new(compact)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -196,7 +196,7 @@ fn main() {
     let cases: [(&str, Build, _); 7] = [
         (
             "resnet50@224 b8",
-            || Model::ResNet(ResNet::new(ResNetConfig::resnet50()).unwrap()),
+            || Model::new(ResNet::new(ResNetConfig::resnet50()).unwrap()),
             (8, 3, 224, 224),
         ),
         (
@@ -213,23 +213,23 @@ fn main() {
             "resnet20@28 b256",
             || {
                 let cfg = ResNetConfig::cifar_resnet(20).unwrap().with_in_channels(1);
-                Model::ResNet(ResNet::new(cfg).unwrap())
+                Model::new(ResNet::new(cfg).unwrap())
             },
             (256, 1, 28, 28),
         ),
         (
             "mobilenet_v2@224 b8",
-            || Model::MobileNetV2(MobileNetV2::new(MobileNetV2Config::mobilenet_v2()).unwrap()),
+            || Model::new(MobileNetV2::new(MobileNetV2Config::mobilenet_v2()).unwrap()),
             (8, 3, 224, 224),
         ),
         (
             "efficientnet_b0@224 b8",
-            || Model::EfficientNet(EfficientNet::new(EfficientNetConfig::b(0).unwrap()).unwrap()),
+            || Model::new(EfficientNet::new(EfficientNetConfig::b(0).unwrap()).unwrap()),
             (8, 3, 224, 224),
         ),
         (
             "regnet_x_400mf@224 b8",
-            || Model::RegNet(RegNet::new(RegNetConfig::regnet_x_400mf()).unwrap()),
+            || Model::new(RegNet::new(RegNetConfig::regnet_x_400mf()).unwrap()),
             (8, 3, 224, 224),
         ),
     ];

@@ -442,14 +442,14 @@ fn the_tensor_that_disagrees_is_the_one_named() {
             .clone();
         shape[0] += 1;
         let state = with_tensor(state, key, shape);
-        let e = Model::from_state_dict(&state, Arch::Auto, Stem::Imagenet)
+        let e = Model::from_state_dict(&state, Arch::AUTO, Stem::Imagenet)
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains(key) && e.contains("fc1.bias"), "{fixture}: {e}");
     }
     let small = common::read("efficientnet_small.safetensors");
-    let e = Model::from_state_dict(&small, Arch::EfficientNet(Some(7)), Stem::Imagenet)
+    let e = Model::from_state_dict(&small, "efficientnet_b7".parse().unwrap(), Stem::Imagenet)
         .err()
         .unwrap()
         .to_string();

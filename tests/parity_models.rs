@@ -194,7 +194,7 @@ fn fused_calibration_equals_layer_by_layer_in_every_family() {
         "efficientnet_small",
     ] {
         let state = read(&format!("{name}.safetensors"));
-        let load = || Model::from_state_dict(&state, Arch::Auto, Stem::Imagenet).unwrap();
+        let load = || Model::from_state_dict(&state, Arch::AUTO, Stem::Imagenet).unwrap();
         let (mut fused, mut layered) = (load(), load());
         let io = read(&format!("{name}.io.safetensors"));
         let x = array(&io, "input").into_dimensionality::<Ix4>().unwrap();

@@ -3,7 +3,7 @@
 //! state dict's keys.
 //!
 //! [`Model`] holds a network of any of them, its family detected from a checkpoint's
-//! keys or named ([`Arch`]):
+//! keys or named ([`Arch`]); each family is a [`Family`] registered in [`FAMILIES`]:
 //!
 //! - [`ResNet`]: ResNet, ResNeXt and Wide ResNet ([`ResNetConfig`]);
 //! - [`EfficientNet`] B0–B7 ([`EfficientNetConfig`]);
@@ -29,18 +29,32 @@ macro_rules! channel_and_class_builders {
 }
 
 mod classifier;
-mod efficientnet;
+mod family;
 mod keys;
-mod mobilenet;
 mod model;
-mod regnet;
-mod resnet;
-mod vgg;
 
-pub use efficientnet::{EfficientNet, EfficientNetConfig};
-pub use mobilenet::{MobileBlock, MobileNetV2, MobileNetV2Config, MobileNetV3};
-pub use mobilenet::{MobileNetV3Config, MobileNetV3Variant, MOBILENET_V3_BN_EPS};
+pub use family::{Family, FamilyNetwork};
 pub use model::{Arch, Model};
-pub use regnet::{RegNet, RegNetConfig, RegNetStage};
-pub use resnet::{BlockKind, ResNet, ResNetConfig, Stem};
-pub use vgg::{Vgg, VggConfig, VggLayer};
+
+/// Declares each family's folder, re-exports its public items and lists its
+/// [`Family`] types in [`FAMILIES`].
+macro_rules! families {
+    ($($folder:ident: $($family:ident),+;)+) => {
+        $(
+            mod $folder;
+            pub use $folder::*;
+        )+
+
+        /// Every family reflow reads, in the order [`Arch::AUTO`] tries them on a
+        /// state dict's keys. Adding a family: its folder and a line here.
+        pub static FAMILIES: &[&dyn Family] = &[$($(&$folder::$family),+),+];
+    };
+}
+
+families! {
+    resnet: ResNetFamily;
+    regnet: RegNetFamily;
+    mobilenet: MobileNetV2Family, MobileNetV3Family;
+    efficientnet: EfficientNetFamily;
+    vgg: VggFamily;
+}

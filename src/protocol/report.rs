@@ -3,7 +3,7 @@
 //! `docs/prune-example.md`, "Output").
 
 use super::{Evaluation, Run};
-use crate::models::Model;
+use crate::models::{Model, ResNet};
 use crate::prune::{ChannelReport, SparsityReport};
 use crate::stats::Signal;
 use crate::trust::{CalibrationCheck, Fidelity};
@@ -77,18 +77,15 @@ impl ModelReport {
             arch: arch.to_string(),
             params: crate::layer::count_parameters(net),
             prunable: crate::layer::count_prunable(net),
-            resnet: match net {
-                Model::ResNet(r) => {
-                    let cfg = r.config();
-                    Some(ResNetShape {
-                        stem: cfg.stem.to_string(),
-                        stages: cfg.layers.clone(),
-                        block: cfg.block.to_string(),
-                        groups: cfg.groups,
-                    })
+            resnet: net.downcast_ref::<ResNet>().map(|r| {
+                let cfg = r.config();
+                ResNetShape {
+                    stem: cfg.stem.to_string(),
+                    stages: cfg.layers.clone(),
+                    block: cfg.block.to_string(),
+                    groups: cfg.groups,
                 }
-                _ => None,
-            },
+            }),
         }
     }
 }

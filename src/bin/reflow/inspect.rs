@@ -2,7 +2,6 @@
 
 use crate::protocol::Checkpoint;
 use clap::Parser;
-use reflow::models::Model;
 use reflow::prelude::*;
 use reflow::prune::SparsityReport;
 use serde_json::json;
@@ -41,20 +40,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         false => "dense",
     };
     let arch = net.arch();
-    let shape = match &net {
-        Model::ResNet(r) => {
-            let c = r.config();
-            let widths = match &c.block_widths {
-                Some(_) => ", per-block widths (channel-pruned)",
-                None => "",
-            };
-            format!(
-                "{} stem, stages {:?} of {} blocks, planes {:?}, groups {}{widths}",
-                c.stem, c.layers, c.block, c.planes, c.groups
-            )
-        }
-        _ => String::new(),
-    };
+    let shape = net.describe();
     if args.json {
         let layers: Vec<_> = report
             .tensors

@@ -1,6 +1,7 @@
 //! EfficientNet B0–B7 (Tan & Le, 2019) in torchvision's layout.
 
 use super::classifier::{family_network, Classifier};
+use crate::models::{Family, FamilyNetwork, Model, Stem};
 use super::keys::{arch, check_size, count_while, shape_of};
 use super::mobilenet::block::{body_parameters, make_divisible, read_block, validate_sizes};
 use super::mobilenet::block::{Layout, MobileBlock, MobileParts};
@@ -271,5 +272,61 @@ impl EfficientNet {
         }
         .build()?;
         Ok(EfficientNet { config, net })
+    }
+}
+
+/// The EfficientNet family in torchvision's layout: B0–B7 or any shapes.
+#[derive(Debug)]
+pub struct EfficientNetFamily;
+
+impl Family for EfficientNetFamily {
+    fn name(&self) -> &'static str {
+        "efficientnet"
+    }
+
+    fn title(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn variants(&self) -> &'static [&'static str] {
+        &VARIANT_NAMES
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["features.1.0.block.0.0.weight"]
+    }
+
+    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
+        EfficientNet::from_state_dict(state).map(Model::new)
+    }
+}
+
+/// torchvision's names of B0 … B7.
+const VARIANT_NAMES: [&str; 8] = [
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+];
+
+impl FamilyNetwork for EfficientNet {
+    fn family(&self) -> &'static dyn Family {
+        &EfficientNetFamily
+    }
+
+    fn variant(&self) -> Option<&'static str> {
+        self.config.variant().map(|b| VARIANT_NAMES[b])
+    }
+
+    fn in_channels(&self) -> usize {
+        self.net.in_channels
+    }
+
+    fn num_classes(&self) -> usize {
+        self.net.classes
     }
 }

@@ -4,6 +4,7 @@ use super::block::{body_parameters, make_divisible, validate_sizes};
 use super::block::{Layout, MobileBlock, MobileParts};
 use crate::error::Result;
 use crate::models::classifier::{family_network, Classifier};
+use crate::models::{Family, FamilyNetwork, Model, Stem};
 use crate::models::keys::{arch, check_size, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
 use crate::state_dict::StateDict;
@@ -239,5 +240,41 @@ impl MobileNetV2 {
         }
         .build()?;
         Ok(MobileNetV2 { config, net })
+    }
+}
+
+/// The MobileNetV2 family in torchvision's layout, at any width.
+#[derive(Debug)]
+pub struct MobileNetV2Family;
+
+impl Family for MobileNetV2Family {
+    fn name(&self) -> &'static str {
+        "mobilenet_v2"
+    }
+
+    fn title(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["features.1.conv.0.0.weight"]
+    }
+
+    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
+        MobileNetV2::from_state_dict(state).map(Model::new)
+    }
+}
+
+impl FamilyNetwork for MobileNetV2 {
+    fn family(&self) -> &'static dyn Family {
+        &MobileNetV2Family
+    }
+
+    fn in_channels(&self) -> usize {
+        self.net.in_channels
+    }
+
+    fn num_classes(&self) -> usize {
+        self.net.classes
     }
 }

@@ -1,6 +1,7 @@
 //! MobileNetV3 small and large (Howard et al., 2019) in torchvision's layout.
 
 use super::block::{body_parameters, make_divisible, read_block, validate_sizes};
+use crate::models::{Family, FamilyNetwork, Model, Stem};
 use super::block::{Layout, MobileBlock, MobileParts};
 use crate::error::Result;
 use crate::models::classifier::{family_network, Classifier};
@@ -303,5 +304,54 @@ impl MobileNetV3 {
         }
         .build()?;
         Ok(MobileNetV3 { config, net })
+    }
+}
+
+/// The MobileNetV3 family in torchvision's layout: small or large, at any width.
+#[derive(Debug)]
+pub struct MobileNetV3Family;
+
+impl Family for MobileNetV3Family {
+    fn name(&self) -> &'static str {
+        "mobilenet_v3"
+    }
+
+    fn title(&self) -> &'static str {
+        FAMILY
+    }
+
+    /// The two variants, at any width.
+    fn variants(&self) -> &'static [&'static str] {
+        &["mobilenet_v3_small", "mobilenet_v3_large"]
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["features.1.block.0.0.weight"]
+    }
+
+    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
+        MobileNetV3::from_state_dict(state).map(Model::new)
+    }
+}
+
+impl FamilyNetwork for MobileNetV3 {
+    fn family(&self) -> &'static dyn Family {
+        &MobileNetV3Family
+    }
+
+    /// `mobilenet_v3_small` or `mobilenet_v3_large`, at any width.
+    fn variant(&self) -> Option<&'static str> {
+        Some(match self.config.variant {
+            MobileNetV3Variant::Small => "mobilenet_v3_small",
+            MobileNetV3Variant::Large => "mobilenet_v3_large",
+        })
+    }
+
+    fn in_channels(&self) -> usize {
+        self.net.in_channels
+    }
+
+    fn num_classes(&self) -> usize {
+        self.net.classes
     }
 }

@@ -5,7 +5,9 @@ mod config;
 pub use config::{RegNetConfig, RegNetStage};
 
 use super::classifier::{family_network, Classifier};
+use super::{Family, FamilyNetwork, Model, Stem};
 use crate::error::Result;
+use crate::state_dict::StateDict;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use crate::nn::{Flatten, Linear, Residual, Sequential, SqueezeExcitation};
 
@@ -109,5 +111,41 @@ impl RegNet {
             },
             config,
         })
+    }
+}
+
+/// The RegNet family in torchvision's layout: RegNet X and Y at any widths.
+#[derive(Debug)]
+pub struct RegNetFamily;
+
+impl Family for RegNetFamily {
+    fn name(&self) -> &'static str {
+        "regnet"
+    }
+
+    fn title(&self) -> &'static str {
+        "RegNet"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["stem.0.weight", "trunk_output.block1.block1-0.f.a.0.weight"]
+    }
+
+    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
+        RegNet::from_state_dict(state).map(Model::new)
+    }
+}
+
+impl FamilyNetwork for RegNet {
+    fn family(&self) -> &'static dyn Family {
+        &RegNetFamily
+    }
+
+    fn in_channels(&self) -> usize {
+        self.net.in_channels
+    }
+
+    fn num_classes(&self) -> usize {
+        self.net.classes
     }
 }

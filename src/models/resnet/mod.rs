@@ -12,6 +12,7 @@ mod infer;
 pub use config::{BlockKind, ResNetConfig, Stem};
 
 use super::classifier::{family_network, Classifier};
+use super::{Family, FamilyNetwork, Model};
 use crate::error::Result;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use crate::nn::{Flatten, Linear, MaxPool2d, Residual, Sequential};
@@ -233,4 +234,65 @@ fn block(
     } else {
         Residual::identity(body)
     })
+}
+
+/// The ResNet family in torchvision's layout: ResNet, ResNeXt and Wide ResNet, with
+/// an ImageNet or a CIFAR stem.
+#[derive(Debug)]
+pub struct ResNetFamily;
+
+impl Family for ResNetFamily {
+    fn name(&self) -> &'static str {
+        "resnet"
+    }
+
+    fn title(&self) -> &'static str {
+        "ResNet"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["conv1.weight", "layer1.0.conv1.weight"]
+    }
+
+    fn load(&self, state: &StateDict, stem: Stem) -> Result<Model> {
+        ResNet::from_state_dict(state, stem).map(Model::new)
+    }
+
+    fn channel_pruning(&self) -> Option<&'static str> {
+        Some("ResNets (each block's conv1, and conv2 in an ungrouped bottleneck)")
+    }
+}
+
+impl FamilyNetwork for ResNet {
+    fn family(&self) -> &'static dyn Family {
+        &ResNetFamily
+    }
+
+    fn in_channels(&self) -> usize {
+        self.net.in_channels
+    }
+
+    fn num_classes(&self) -> usize {
+        self.net.classes
+    }
+
+    fn describe(&self) -> String {
+        let c = &self.config;
+        let widths = match &c.block_widths {
+            Some(_) => ", per-block widths (channel-pruned)",
+            None => "",
+        };
+        format!(
+            "{} stem, stages {:?} of {} blocks, planes {:?}, groups {}{widths}",
+            c.stem, c.layers, c.block, c.planes, c.groups
+        )
+    }
+
+    fn channel_scope(&self) -> Option<ChannelScope> {
+        Some(ChannelPrunable::channel_scope(self))
+    }
+
+    fn rebuild(&self, state: &StateDict) -> Result<Model> {
+        ChannelPrunable::rebuild(self, state).map(Model::new)
+    }
 }

@@ -5,6 +5,7 @@ mod config;
 pub use config::{VggConfig, VggLayer};
 
 use super::classifier::{family_network, Classifier};
+use super::{Family, FamilyNetwork, Model, Stem};
 use crate::error::Result;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use crate::nn::{Dropout, Flatten, Linear, MaxPool2d, Sequential, Tensor2};
@@ -124,5 +125,60 @@ impl ChannelPrunable for Vgg {
 
     fn rebuild(&self, state: &StateDict) -> Result<Self> {
         Vgg::from_state_dict(state)
+    }
+}
+
+/// The VGG family with batch norm in torchvision's layout: `vgg11_bn` … `vgg19_bn`
+/// or any convolutions and pools.
+#[derive(Debug)]
+pub struct VggFamily;
+
+impl Family for VggFamily {
+    fn name(&self) -> &'static str {
+        "vgg"
+    }
+
+    fn title(&self) -> &'static str {
+        "VGG"
+    }
+
+    fn variants(&self) -> &'static [&'static str] {
+        &["vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["features.0.weight", "classifier.6.weight"]
+    }
+
+    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
+        Vgg::from_state_dict(state).map(Model::new)
+    }
+
+    fn channel_pruning(&self) -> Option<&'static str> {
+        Some("VGG (every convolution)")
+    }
+}
+
+impl FamilyNetwork for Vgg {
+    fn family(&self) -> &'static dyn Family {
+        &VggFamily
+    }
+
+    fn variant(&self) -> Option<&'static str> {
+        VggFamily.variants().iter().copied().find(|name| {
+            VggConfig::preset(name).is_some_and(|p| p.features == self.config.features)
+        })
+    }
+
+    fn in_channels(&self) -> usize {
+        self.net.in_channels
+    }
+
+    fn num_classes(&self) -> usize {
+        self.net.classes
+    }
+
+    fn channel_scope(&self) -> Option<ChannelScope> {
+        Some(ChannelPrunable::channel_scope(self))
     }
 }

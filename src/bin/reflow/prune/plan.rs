@@ -4,7 +4,7 @@
 use super::super::protocol::invalid;
 use super::Args;
 use reflow::io::{EvalTransform, SaveFormat};
-use reflow::models::{Arch, Model};
+use reflow::models::{Arch, Model, FAMILIES};
 use reflow::prelude::*;
 use reflow::prune::PrunePlan;
 use reflow::trust::{Repair, MIN_AUTO_IMAGES};
@@ -300,11 +300,16 @@ impl Runs {
                 Ok(Runs::Nm(pruner, skipped))
             }
             Pattern::Channel => {
-                if !matches!(net, Model::ResNet(_) | Model::Vgg(_)) {
+                if net.family().channel_pruning().is_none() {
+                    let supported: Vec<_> = FAMILIES
+                        .iter()
+                        .filter_map(|f| f.channel_pruning())
+                        .collect();
                     return Err(invalid(
                         "pattern",
                         format!(
-                            "channel: channel pruning supports ResNets (each block's conv1, and conv2 in an ungrouped bottleneck) and VGG (every convolution); this network is a {}",
+                            "channel: channel pruning supports {}; this network is a {}",
+                            supported.join(" and "),
                             net.arch().family()
                         ),
                     ));

@@ -68,15 +68,9 @@ pub(super) fn finish(
 ) -> reflow::Result<()> {
     let (test, calibration) = (protocol.test, protocol.calibration);
     let arch = net.arch();
-    let described = match &net {
-        Model::ResNet(r) => {
-            let cfg = r.config();
-            format!(
-                "{} stem, stages {:?}, {} blocks, groups {}",
-                cfg.stem, cfg.layers, cfg.block, cfg.groups
-            )
-        }
-        _ => arch.to_string(),
+    let described = match net.describe() {
+        d if d.is_empty() => arch.to_string(),
+        d => d,
     };
     let described = match described == arch.family() {
         true => String::new(),
