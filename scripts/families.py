@@ -19,6 +19,7 @@ Families and their configs:
     mobilenet_v2  width_mult, num_classes
     mobilenet_v3  arch ("mobilenet_v3_small" | "mobilenet_v3_large"), width_mult, num_classes
     efficientnet  width_mult, depth_mult, num_classes, bn_eps (1e-5; 1e-3 as B5-B7)
+    shufflenet_v2 stages_repeats (3), stages_out_channels (5), num_classes
     small_cnn     widths (3), hidden, num_classes: not torchvision's; the vgg_style example
     resnet        torch_resnet.build_resnet's arguments but in_channels: block, layers,
                   planes, stem_width, stem, num_classes[, groups, width_per_group].
@@ -35,7 +36,7 @@ import torch.nn as nn
 import torchvision
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torchvision.models import efficientnet, mobilenet_v2, mobilenetv3, regnet, vgg
+from torchvision.models import efficientnet, mobilenet_v2, mobilenetv3, regnet, shufflenetv2, vgg
 
 METADATA_KEY = "reflow_model"
 
@@ -95,6 +96,11 @@ def small_efficientnet(cfg: dict) -> nn.Module:
                                      norm_layer=norm)
 
 
+def small_shufflenet_v2(cfg: dict) -> nn.Module:
+    return shufflenetv2.ShuffleNetV2(cfg["stages_repeats"], cfg["stages_out_channels"],
+                                     num_classes=cfg["num_classes"])
+
+
 class SmallCnn(nn.Module):
     """A VGG-style network that is not torchvision's: conv -> ReLU -> BN (the batch norm
     after the activation), max pools, and a classifier head (the `vgg_style` example)."""
@@ -125,6 +131,7 @@ BUILDERS = {
     "mobilenet_v2": small_mobilenet_v2,
     "mobilenet_v3": small_mobilenet_v3,
     "efficientnet": small_efficientnet,
+    "shufflenet_v2": small_shufflenet_v2,
 }
 
 

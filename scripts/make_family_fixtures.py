@@ -15,13 +15,15 @@ batch-norm statistics and gamma/beta (`torch_resnet.randomize_`):
                          width_mult 0.25, 10 classes (BN eps 1e-3); input [2, 3, 40, 40]
     efficientnet_small   torchvision EfficientNet with the b0 setting at width 0.25,
                          depth 0.5, 10 classes; input [2, 3, 40, 40]
+    shufflenet_v2_small  torchvision ShuffleNetV2, stages_repeats [2, 3, 2],
+                         stages_out_channels [8, 16, 32, 64, 96], 7 classes; input [2, 3, 48, 48]
 
 For each, `<name>.safetensors` is the state dict and `<name>.io.safetensors` holds
 `input`, `logits` and every BatchNorm2d's eval-mode output as `bn/<module name>`,
 computed in float64 from the stored float32 values (see make_fixtures.py). The io
 file's metadata `config` records the torchvision constructor arguments.
 
-Usage: /root/venvs/ref/bin/python scripts/make_family_fixtures.py [--out DIR]
+Usage: ~/venvs/ref/bin/python scripts/make_family_fixtures.py [--out DIR] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import forward_with_bn_outputs  # noqa: E402
 from torch_resnet import randomize_  # noqa: E402
 from families import (  # noqa: E402
-    small_efficientnet, small_mobilenet_v2, small_mobilenet_v3, small_regnet, small_vgg,
+    small_efficientnet, small_mobilenet_v2, small_mobilenet_v3, small_regnet, small_shufflenet_v2,
+    small_vgg,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,15 +73,19 @@ FIXTURES = {
     "mobilenet_v2_small": (small_mobilenet_v2, dict(width_mult=0.25, num_classes=10), (2, 3, 40, 40), 14),
     "mobilenet_v3_small": (small_mobilenet_v3, dict(arch="mobilenet_v3_small", width_mult=0.25, num_classes=10), (2, 3, 40, 40), 15),
     "efficientnet_small": (small_efficientnet, dict(width_mult=0.25, depth_mult=0.5, num_classes=10), (2, 3, 40, 40), 16),
+    "shufflenet_v2_small": (small_shufflenet_v2, dict(stages_repeats=[2, 3, 2], stages_out_channels=[8, 16, 32, 64, 96], num_classes=7), (2, 3, 48, 48), 17),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures")
+    ap.add_argument("--only", nargs="*", choices=sorted(FIXTURES), help="just these fixtures")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for name, (build, cfg, shape, seed) in FIXTURES.items():
+        if args.only and name not in args.only:
+            continue
         model = randomized(build(cfg), seed)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1))
         logits64, bn64 = forward_with_bn_outputs(copy.deepcopy(model).double(), x.double())

@@ -55,6 +55,26 @@ fn regnet_presets_have_torchvision_parameter_counts() {
 }
 
 #[test]
+fn shufflenet_v2_presets_have_torchvision_parameter_counts() {
+    use reflow::models::{Model, ShuffleNetV2, ShuffleNetV2Config, Stem};
+    // torchvision 0.29: sum(p.numel() for p in shufflenet_v2_*().parameters()).
+    for (name, n) in [
+        ("shufflenet_v2_x0_5", 1_366_792),
+        ("shufflenet_v2_x1_0", 2_278_604),
+        ("shufflenet_v2_x1_5", 3_503_624),
+        ("shufflenet_v2_x2_0", 7_393_996),
+    ] {
+        let cfg = ShuffleNetV2Config::preset(name).unwrap();
+        assert_eq!(cfg.num_parameters(), n, "{name}");
+        let state = StateDict::from_layer(&ShuffleNetV2::new(cfg.clone()).unwrap());
+        let net = Model::from_state_dict(&state, arch(name), Stem::Imagenet).unwrap();
+        assert_eq!(count_parameters(&net), n, "{name}");
+        assert_eq!(net.arch().to_string(), name);
+        assert_eq!(ShuffleNetV2Config::infer(&state).unwrap(), cfg, "{name}");
+    }
+}
+
+#[test]
 fn regnet_keys_are_torchvisions() {
     let net = RegNet::new(RegNetConfig::regnet_y_400mf()).unwrap();
     let mut names = Vec::new();
@@ -190,7 +210,7 @@ fn a_state_dict_that_fits_no_family_names_the_first_key_that_does_not_fit() {
 fn every_family_is_detected_from_its_keys() {
     use reflow::models::{Arch, EfficientNet, EfficientNetConfig, MobileNetV2, MobileNetV2Config};
     use reflow::models::{MobileNetV3, MobileNetV3Config, Model, ResNet};
-    use reflow::models::{ResNetConfig, Stem};
+    use reflow::models::{ResNetConfig, ShuffleNetV2, ShuffleNetV2Config, Stem};
     let cases: Vec<(StateDict, Arch)> = vec![
         (
             StateDict::from_layer(&ResNet::new(ResNetConfig::cifar_resnet(20).unwrap()).unwrap()),
@@ -217,6 +237,13 @@ fn every_family_is_detected_from_its_keys() {
         (
             StateDict::from_layer(&Vgg::new(VggConfig::vgg13_bn().with_num_classes(4)).unwrap()),
             arch("vgg13_bn"),
+        ),
+        (
+            StateDict::from_layer(
+                &ShuffleNetV2::new(ShuffleNetV2Config::preset("shufflenet_v2_x0_5").unwrap())
+                    .unwrap(),
+            ),
+            arch("shufflenet_v2_x0_5"),
         ),
     ];
     for (state, arch) in cases {

@@ -8,7 +8,7 @@ use ndarray::Ix4;
 use reflow::layer::{Layer, Probe, Schedule};
 use reflow::models::{BlockKind, EfficientNet, MobileNetV2, MobileNetV2Config, MobileNetV3};
 use reflow::models::{MobileNetV3Config, MobileNetV3Variant, RegNet, ResNet, ResNetConfig, Stem};
-use reflow::models::{Vgg, VggLayer};
+use reflow::models::{ShuffleNetV2, Vgg, VggLayer};
 use reflow::nn::{Tensor2, Tensor4};
 use reflow::StateDict;
 
@@ -178,6 +178,17 @@ fn efficientnet_matches_pytorch() {
     });
 }
 
+#[test]
+fn shufflenet_v2_matches_pytorch() {
+    common::at_every_level(|_| {
+        let net = check_with("shufflenet_v2_small", ShuffleNetV2::from_state_dict);
+        let cfg = net.config();
+        assert_eq!(cfg.stages_repeats, [2, 3, 2]);
+        assert_eq!(cfg.stages_out_channels, [8, 16, 32, 64, 96]);
+        assert_eq!((cfg.in_channels, cfg.num_classes), (3, 7));
+    });
+}
+
 /// A fused calibration pass (each batch norm applied where its output is next read:
 /// by the depthwise path, the image kernels, a residual add, a squeeze-excitation)
 /// updates the running statistics as the layer-by-layer pass does, in every family.
@@ -192,6 +203,7 @@ fn fused_calibration_equals_layer_by_layer_in_every_family() {
         "mobilenet_v2_small",
         "mobilenet_v3_small",
         "efficientnet_small",
+        "shufflenet_v2_small",
     ] {
         let state = read(&format!("{name}.safetensors"));
         let load = || Model::from_state_dict(&state, Arch::AUTO, Stem::Imagenet).unwrap();

@@ -57,4 +57,5 @@ families! {
     mobilenet: MobileNetV2Family, MobileNetV3Family;
     efficientnet: EfficientNetFamily;
     vgg: VggFamily;
+    shufflenet: ShuffleNetV2Family;
 }
