@@ -14,10 +14,18 @@
 //! - [`nn`]: the ndarray reference backend (conv, batch norm, pooling, linear, ...);
 //! - [`cpu`]: which vector instructions the kernels use (AVX-512, AVX2, NEON, or
 //!   portable products), chosen at run time, and how to cap them;
-//! - [`models`]: ResNet, ResNeXt and Wide ResNet in torchvision's layout, with presets
-//!   and architecture inference from a checkpoint;
-//! - [`StateDict`] and [`io`]: safetensors checkpoints and IDX data;
-//! - [`prune`]: one-shot magnitude (and random) pruning, masks, sparsity reports;
+//! - [`models`]: seven families in torchvision's layout (ResNet / ResNeXt / Wide
+//!   ResNet, RegNet, MobileNetV2 and V3, EfficientNet, VGG with batch norm,
+//!   ShuffleNetV2), each a [`models::Family`] registered in [`models::FAMILIES`], with
+//!   presets and architecture inference from a checkpoint's keys;
+//! - [`data`]: calibration data, image batches and normalisation, which the stages share;
+//! - [`trust`]: fidelity to the dense network, the calibration-set check and the
+//!   repair choice, without labels;
+//! - [`protocol`]: the evaluation protocol `reflow prune` runs, and its report;
+//! - [`StateDict`] and [`io`]: safetensors checkpoints (dense or compressed), IDX,
+//!   CIFAR, `.npy` and image folders;
+//! - [`prune`]: one-shot magnitude (and random) pruning, unstructured, N:M or by
+//!   channel; masks, sparsity reports;
 //! - [`stats`]: streaming, mergeable activation statistics and the signal metric;
 //! - [`rescale`]: REFLOW, re-estimating batch-norm statistics on calibration data;
 //! - [`pipeline`]: the stages composed, prune → measure → rescale → measure;
