@@ -256,9 +256,10 @@ fn main() {
     } else {
         level
     };
-    let peak: f64 = rayon::broadcast(|_| cpu::peak_gflops(peak_level).unwrap_or(f64::NAN))
-        .into_iter()
-        .sum();
+    let peak: f64 =
+        rayon::broadcast(|_| reflow::bench::peak_gflops(peak_level).unwrap_or(f64::NAN))
+            .into_iter()
+            .sum();
     let threads_used = rayon::current_num_threads();
     if args.iter().any(|a| a == "--tsv") {
         println!("level\t{threads_used}\t{level}\t{peak_level}");

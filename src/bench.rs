@@ -6,6 +6,25 @@ use crate::layer::{Layer, Probe};
 use crate::nn::{sparse_policy, LayerTime, Profile, SparsePolicy, Tensor2, Tensor4};
 use std::time::Instant;
 
+/// The multiply-add throughput of one core at `level`, in GFLOP/s (a multiply-add
+/// counts two), measured on the calling thread over about a fifth of a second: the
+/// peak that the benchmarks' "% of peak" divides by. Independent chains of fused
+/// multiply-adds, as many as fill the pipelines, run in the kernels' registers. Call
+/// it on several threads at once (e.g. `rayon::broadcast`) and add the results for the
+/// peak of several cores.
+///
+/// `None` for [`Level::Portable`](crate::cpu::Level::Portable), which has no kernels
+/// of its own, and for a level the processor does not support.
+pub fn peak_gflops(level: crate::cpu::Level) -> Option<f64> {
+    use crate::nn::kernels::{peak, Isa};
+    match Isa::at_most(level) {
+        Isa::Kernels(kernels) if Isa::Kernels(kernels).level() == level => {
+            Some(peak::gflops(kernels, 0.2))
+        }
+        _ => None,
+    }
+}
+
 /// What [`bench()`] runs: batches of `batch` images of `input` (`[C, H, W]`), `warmup`
 /// passes first, then `runs` timed passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,8 @@
 //! | [`Level::Neon`] | aarch64 (Apple silicon, Graviton, …) | the same kernels, four registers per 16 lanes |
 //! | [`Level::Portable`] | anything | faer's matrix products (im2col, shifted, pointwise) |
 //!
+//! This module imports nothing of the crate: the kernels read it, not the other way.
+//!
 //! The cap exists so that one machine can run every path (tests and benchmarks do), or
 //! to rule out a path. It starts from the environment variable `REFLOW_KERNEL`
 //! (`portable`, `avx2`, `avx512` or `neon`, read once), and [`set_max_level`] changes
@@ -32,13 +34,22 @@ pub(crate) mod level;
 pub use level::{max_level, set_max_level, Level, UnknownLevel};
 
 impl Level {
-    /// Whether this processor supports the level.
+    /// Whether this processor supports the level: the features its kernels use
+    /// (AVX-512F; AVX2 and FMA; NEON), detected at run time.
     pub fn is_supported(self) -> bool {
         match self {
             Level::Portable => true,
-            Level::Neon => crate::nn::kernels::Neon::detect().is_some(),
-            Level::Avx2 => crate::nn::kernels::Avx2::detect().is_some(),
-            Level::Avx512 => crate::nn::kernels::Avx512::detect().is_some(),
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
     }
 }
@@ -60,27 +71,13 @@ pub fn supported() -> Vec<Level> {
         .collect()
 }
 
-/// The multiply-add throughput of one core at `level`, in GFLOP/s (a multiply-add
-/// counts two), measured on the calling thread over about a fifth of a second: the
-/// peak that the benchmarks' "% of peak" divides by. Independent chains of fused
-/// multiply-adds, as many as fill the pipelines, run in the kernels' registers. Call
-/// it on several threads at once (e.g. `rayon::broadcast`) and add the results for the
-/// peak of several cores.
-///
-/// `None` for [`Level::Portable`], which has no kernels of its own, and for a level
-/// the processor does not support.
-pub fn peak_gflops(level: Level) -> Option<f64> {
-    use crate::nn::kernels::{peak, Isa};
-    match Isa::at_most(level) {
-        Isa::Kernels(kernels) if Isa::Kernels(kernels).level() == level => {
-            Some(peak::gflops(kernels, 0.2))
-        }
-        _ => None,
-    }
-}
-
 /// The level the next convolution call will use: the widest level that the processor
 /// supports and the cap allows.
 pub fn level() -> Level {
-    crate::nn::kernels::Isa::current().level()
+    let cap = max_level();
+    Level::ALL
+        .into_iter()
+        .rev()
+        .find(|&l| l <= cap && l.is_supported())
+        .unwrap_or(Level::Portable)
 }

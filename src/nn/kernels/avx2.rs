@@ -7,12 +7,11 @@ pub(crate) struct Avx2(());
 impl Avx2 {
     /// The token, when the processor has AVX2 and FMA.
     pub(crate) fn detect() -> Option<Self> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Some(Avx2(()));
+        // The token is made only once the feature is seen.
+        match crate::cpu::Level::Avx2.is_supported() {
+            true => Some(Avx2(())),
+            false => None,
         }
-        None
     }
 }
 

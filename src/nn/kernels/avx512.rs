@@ -7,11 +7,11 @@ pub(crate) struct Avx512(());
 impl Avx512 {
     /// The token, when the processor has AVX-512F.
     pub(crate) fn detect() -> Option<Self> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Some(Avx512(()));
+        // The token is made only once the feature is seen.
+        match crate::cpu::Level::Avx512.is_supported() {
+            true => Some(Avx512(())),
+            false => None,
         }
-        None
     }
 }
 

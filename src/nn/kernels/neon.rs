@@ -12,11 +12,11 @@ impl Neon {
     /// The token, when the processor has NEON (every aarch64 processor that runs a
     /// standard Linux, macOS or Windows does).
     pub(crate) fn detect() -> Option<Self> {
-        #[cfg(target_arch = "aarch64")]
-        if std::arch::is_aarch64_feature_detected!("neon") {
-            return Some(Neon(()));
+        // The token is made only once the feature is seen.
+        match crate::cpu::Level::Neon.is_supported() {
+            true => Some(Neon(())),
+            false => None,
         }
-        None
     }
 }
 
