@@ -26,7 +26,7 @@
 //! stands, and records the dense shape in the metadata entry `reflow.shapes`. It
 //! reads every rank compressed-tensors writes.
 
-use super::safetensors::{decode, Encoded, Serialised};
+use super::encoding::{decode, Encoded, Serialised};
 use crate::error::{Error, Result, Shape};
 use crate::state_dict::{StateDict, StoredTensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};

@@ -20,6 +20,7 @@ mod cifar;
 mod compressed;
 #[cfg(feature = "image")]
 mod decode;
+mod encoding;
 mod file;
 #[cfg(feature = "image")]
 mod folder;
