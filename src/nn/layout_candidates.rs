@@ -8,6 +8,7 @@ use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
 use crate::nn::kernels::blocked_direct::{self, InputLayout};
 use crate::nn::kernels::blocked_sparse::{sparse_conv, SparseConv, SparseShape};
 use crate::nn::kernels::blocked_winograd;
+use crate::nn::kernels::{blocked_depthwise, blocked_pointwise};
 use crate::nn::kernels::{Isa, Kernels, LANES};
 use crate::nn::layers::window_output_len;
 use crate::nn::{Activation, Conv2dConfig};
@@ -133,9 +134,11 @@ impl BlockedConv {
         })?;
         let packed = match kind {
             BlockedKind::Pointwise => {
-                blocked::pack_pointwise(weight, c.out_channels, c.in_channels)
+                blocked_pointwise::pack_pointwise(weight, c.out_channels, c.in_channels)
             }
-            BlockedKind::Depthwise => blocked::pack_depthwise(weight, c.in_channels, c.kernel),
+            BlockedKind::Depthwise => {
+                blocked_depthwise::pack_depthwise(weight, c.in_channels, c.kernel)
+            }
             BlockedKind::Direct => blocked_direct::pack_direct(
                 weight,
                 c.out_channels,
@@ -191,10 +194,10 @@ impl BlockedConv {
         let (o, packed) = (c.out_channels, &self.packed);
         match self.kind {
             BlockedKind::Pointwise => {
-                blocked::pointwise(kernels, x, xs, packed, o, store, y, threads)
+                blocked_pointwise::pointwise(kernels, x, xs, packed, o, store, y, threads)
             }
             BlockedKind::Depthwise => {
-                blocked::depthwise(kernels, x, xs, packed, g, store, y, threads)
+                blocked_depthwise::depthwise(kernels, x, xs, packed, g, store, y, threads)
             }
             BlockedKind::Direct => {
                 let xin = (xs, InputLayout::Blocked, c.groups);

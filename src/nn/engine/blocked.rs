@@ -5,10 +5,11 @@ use super::sparse::sparse_policy;
 use super::{Convolution, Epilogue};
 use crate::nn::blocked::BlockedTensor;
 use crate::nn::engine::Conv2dConfig;
-use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
+use crate::nn::kernels::blocked::{Blocked, Store, Window};
 use crate::nn::kernels::blocked_direct::{self, InputLayout};
 use crate::nn::kernels::blocked_sparse::sparse_conv;
 use crate::nn::kernels::blocked_winograd;
+use crate::nn::kernels::{blocked_depthwise, blocked_pointwise};
 use crate::nn::kernels::{Kernels, LANES};
 use crate::nn::runtime::threads;
 use ndarray::ArrayView4;
@@ -104,9 +105,11 @@ impl Convolution<'_> {
         let c = self.config;
         self.rearranged.blocked.get_or_init(|| match kind {
             BlockedKind::Pointwise => {
-                blocked::pack_pointwise(self.weight, c.out_channels, c.in_channels)
+                blocked_pointwise::pack_pointwise(self.weight, c.out_channels, c.in_channels)
             }
-            BlockedKind::Depthwise => blocked::pack_depthwise(self.weight, c.in_channels, c.kernel),
+            BlockedKind::Depthwise => {
+                blocked_depthwise::pack_depthwise(self.weight, c.in_channels, c.kernel)
+            }
             BlockedKind::Direct => blocked_direct::pack_direct(
                 self.weight,
                 c.out_channels,
@@ -206,7 +209,7 @@ impl Convolution<'_> {
         let mut y = BlockedTensor::overwritten(ys);
         let (threads, out) = (threads(), c.out_channels);
         match (kind, x) {
-            (BlockedKind::Pointwise, BlockedInput::Blocked(x)) => blocked::pointwise(
+            (BlockedKind::Pointwise, BlockedInput::Blocked(x)) => blocked_pointwise::pointwise(
                 kernels,
                 x.values(),
                 xs,
@@ -216,7 +219,7 @@ impl Convolution<'_> {
                 y.values_mut(),
                 threads,
             ),
-            (BlockedKind::Depthwise, BlockedInput::Blocked(x)) => blocked::depthwise(
+            (BlockedKind::Depthwise, BlockedInput::Blocked(x)) => blocked_depthwise::depthwise(
                 kernels,
                 x.values(),
                 xs,

@@ -9,8 +9,9 @@
 //! 3. Each tile's sixteen products are transformed back, `Y = Aᵀ M A`, into its 2 × 2
 //!    outputs, and the store (scale, shift, residual, activation) is applied to them.
 
-use super::blocked::{activate_stored, each_chunk, each_index, finish, pointwise, Blocked};
+use super::blocked::{activate_stored, each_chunk, each_index, finish, Blocked};
 use super::blocked::{SharedOut, Store};
+use super::blocked_pointwise::pointwise;
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::{buffer, recycle_buffer, Activation};
 

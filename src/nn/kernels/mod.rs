@@ -28,8 +28,10 @@
 
 pub(crate) mod activation;
 pub(crate) mod blocked;
+pub(crate) mod blocked_depthwise;
 pub(crate) mod blocked_direct;
 pub(crate) mod blocked_map;
+pub(crate) mod blocked_pointwise;
 pub(crate) mod blocked_pool;
 pub(crate) mod blocked_sparse;
 pub(crate) mod blocked_winograd;

@@ -1,0 +1,153 @@
+//! Steps 2 and 3 of [`sparse_conv`](super::sparse_conv): the sums of a tile of
+//! positions over the non-zero weights, and the store.
+
+use super::*;
+use crate::nn::kernels::activation::activate;
+
+/// Positions `first..first + count` of [`sparse_conv`], output blocks `blocks`, as a
+/// [`Kernel`].
+pub(super) struct SparseTile<'a> {
+    pub(super) cols: &'a [f32],
+    pub(super) planes: Planes,
+    pub(super) w: &'a SparseConv,
+    /// Each non-zero's offset in `cols`, and value.
+    pub(super) entries: &'a [Entry],
+    pub(super) first: usize,
+    pub(super) count: usize,
+    pub(super) blocks: std::ops::Range<usize>,
+    pub(super) store: Store<'a>,
+    /// The output, of shape `ys`; this task writes only its positions and blocks.
+    pub(super) y: SharedOut,
+    pub(super) ys: Blocked,
+    /// This thread's scratch for the partial sums.
+    pub(super) sums: &'a mut Vec<f32>,
+}
+
+impl Kernel for SparseTile<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        match self.count.div_ceil(LANES) {
+            4 => sparse_tile::<S, 4>(s, self),
+            3 => sparse_tile::<S, 3>(s, self),
+            2 => sparse_tile::<S, 2>(s, self),
+            _ => sparse_tile::<S, 1>(s, self),
+        }
+    }
+}
+
+/// [`SparseTile`] with `V` vectors of positions (the last one maybe partly past the
+/// tile's positions: those lanes are computed and not stored).
+#[inline(always)]
+pub(super) fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
+    let SparseTile {
+        cols,
+        planes,
+        w,
+        entries,
+        first,
+        count,
+        blocks,
+        store,
+        y,
+        ys,
+        sums,
+    } = t;
+    let rows = (blocks.start * LANES)..(blocks.end * LANES);
+    // Not zeroed: the first chunk writes every row's sums (zeros where it has no
+    // non-zero) before any chunk reads them.
+    if sums.len() < rows.len() * TILE {
+        sums.resize(rows.len() * TILE, 0.0);
+    }
+    let base = cols[first..].as_ptr();
+    // Two output channels at a time: eight independent sums with four vectors.
+    for k in 0..w.chunks() {
+        for i in (0..rows.len()).step_by(2) {
+            let row = k * w.rows + rows.start + i;
+            let [from, middle, to] = [0, 1, 2].map(|j| w.starts[row + j] as usize);
+            if k > 0 && from == to {
+                continue;
+            }
+            let (one, two) = sums[i * TILE..][..2 * TILE].split_at_mut(TILE);
+            // The first chunk starts from zero (and writes the rows it has nothing for).
+            let load = |sum: &[f32]| -> [S::V; V] {
+                std::array::from_fn(|v| match k {
+                    0 => s.zero(),
+                    _ => s.load(sum[v * LANES..][..LANES].try_into().expect("16 lanes")),
+                })
+            };
+            let (mut a, mut b) = (load(one), load(two));
+            let (ra, rb) = (&entries[from..middle], &entries[middle..to]);
+            let common = ra.len().min(rb.len());
+            for (ea, eb) in ra[..common].iter().zip(&rb[..common]) {
+                let (wa, wb) = (s.splat(ea.value), s.splat(eb.value));
+                // SAFETY: every offset plus `first + V·16` is at most `cols.len()`: the
+                // tile's vectors end before the plane's last position rounded up to
+                // 16, and `sparse_conv` checked that the farthest offset from there is
+                // inside `cols`.
+                let (pa, pb) =
+                    unsafe { (base.add(ea.offset as usize), base.add(eb.offset as usize)) };
+                for v in 0..V {
+                    // SAFETY: as above.
+                    unsafe {
+                        a[v] = s.fma(wa, s.load_ptr(pa.add(v * LANES)), a[v]);
+                        b[v] = s.fma(wb, s.load_ptr(pb.add(v * LANES)), b[v]);
+                    }
+                }
+            }
+            for (acc, rest) in [(&mut a, &ra[common..]), (&mut b, &rb[common..])] {
+                for e in rest {
+                    let wv = s.splat(e.value);
+                    // SAFETY: as above.
+                    let p = unsafe { base.add(e.offset as usize) };
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        *acc = s.fma(wv, unsafe { s.load_ptr(p.add(v * LANES)) }, *acc);
+                    }
+                }
+            }
+            for (sum, acc) in [(one, a), (two, b)] {
+                for (v, acc) in acc.iter().enumerate() {
+                    s.store(
+                        (&mut sum[v * LANES..][..LANES]).try_into().expect("16"),
+                        *acc,
+                    );
+                }
+            }
+        }
+    }
+    // Where each position of the tile goes in the output's first block (`None` for
+    // the positions computed and not stored); block `ob` is `ob · h · w · 16` on.
+    let image = ys.h * ys.w * LANES;
+    let places: [Option<usize>; TILE] = std::array::from_fn(|i| {
+        let (img, oy, ox) = planes.output(first + i).filter(|_| i < count)?;
+        Some(img * ys.blocks() * image + (oy * ys.w + ox) * LANES)
+    });
+    for (b, ob) in blocks.enumerate() {
+        let scale = s.load(store.scale[ob * LANES..][..LANES].try_into().expect("16"));
+        let shift = s.load(store.shift[ob * LANES..][..LANES].try_into().expect("16"));
+        for v in 0..V {
+            let mut lanes: [S::V; LANES] = std::array::from_fn(|lane| {
+                let at = (b * LANES + lane) * TILE + v * LANES;
+                s.load(sums[at..][..LANES].try_into().expect("16 lanes"))
+            });
+            s.transpose(&mut lanes);
+            for (&value, place) in lanes.iter().zip(&places[v * LANES..][..LANES]) {
+                let Some(place) = place else {
+                    continue;
+                };
+                let o = place + ob * image;
+                // SAFETY: position `(oy, ox)` of block `ob` belongs to this task alone,
+                // and `o` is inside the output of shape `ys` (and the residual, of the
+                // same shape).
+                unsafe {
+                    let residual = store.residual.map(|r| r.as_ptr().add(o));
+                    let value = finish(s, value, (scale, shift), residual);
+                    let value = activate(s, store.activation, value);
+                    s.store_ptr(y.at(o), value);
+                }
+            }
+        }
+    }
+}
