@@ -1,9 +1,10 @@
 //! A network that is not part of reflow, with its own tensor type: a plain `Vec<f32>`
 //! matrix and a `Linear → BatchNorm1d → ReLU → Linear` multilayer perceptron.
 //!
-//! Implementing `reflow::layer::Params` (the parameter walk: each part declared once,
-//! by name) and `reflow::Layer` (the two passes) for it is all it takes to run
-//! reflow's stages — magnitude pruning, signal measurement and REFLOW — on it.
+//! Implementing `reflow::layer::Params` (the parameter walk: the leaves report their
+//! tensors, `reflow::params!` names the network's children once) and `reflow::Layer`
+//! (the two passes) for it is all it takes to run reflow's stages — magnitude
+//! pruning, signal measurement and REFLOW — on it.
 
 use reflow::layer::{ActivationView, Layer, LayerKind, NormParams, NormParamsMut, NormUpdate};
 use reflow::layer::{Params, Probe, Site, Visitor, VisitorMut};
@@ -208,19 +209,8 @@ impl Params for BatchNorm1d {
     }
 }
 
-impl Params for Mlp {
-    fn visit(&self, v: &mut Visitor<'_>) {
-        v.child("fc1", &self.fc1);
-        v.child("bn1", &self.bn1);
-        v.child("fc2", &self.fc2);
-    }
-
-    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
-        v.child("fc1", &mut self.fc1);
-        v.child("bn1", &mut self.bn1);
-        v.child("fc2", &mut self.fc2);
-    }
-}
+// The children, each named once (by its field's name): both walks.
+reflow::params!(Mlp { fc1, bn1, fc2 });
 
 impl Layer for Mlp {
     type Input = Matrix;

@@ -24,6 +24,7 @@
 use crate::error::Result;
 use crate::nn::Profile;
 
+mod children;
 mod params;
 
 pub use params::{check_norm_walk, count_parameters, count_prunable};

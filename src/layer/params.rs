@@ -233,6 +233,22 @@ pub trait Params {
     }
 }
 
+/// An optional part: walked when present (a block's shortcut or branch that only
+/// some blocks have).
+impl<P: Params> Params for Option<P> {
+    fn visit(&self, v: &mut Visitor<'_>) {
+        if let Some(p) = self {
+            p.visit(v)
+        }
+    }
+
+    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
+        if let Some(p) = self {
+            p.visit_mut(v)
+        }
+    }
+}
+
 impl<P: Params + ?Sized> Params for Box<P> {
     fn visit(&self, v: &mut Visitor<'_>) {
         (**self).visit(v)

@@ -2,7 +2,7 @@
 //! input, and the micro-batch scheduler of fused eval passes.
 
 use crate::error::{Error, Result};
-use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
+use crate::layer::{Layer, NormUpdate, Probe, Schedule};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::runtime::threads;
 use crate::nn::{recycle, serially, Profile, Sequential, Tensor2, Tensor4};
@@ -124,15 +124,7 @@ fn unobserved(profile: Option<&Profile>) -> Probe<'_> {
     }
 }
 
-impl Params for Classifier {
-    fn visit(&self, v: &mut Visitor<'_>) {
-        v.child("", &self.net);
-    }
-
-    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
-        v.child("", &mut self.net);
-    }
-}
+crate::params!(Classifier { net as "" });
 
 impl Layer for Classifier {
     type Input = Tensor4;
@@ -198,15 +190,7 @@ macro_rules! family_network {
             }
         }
 
-        impl $crate::layer::Params for $ty {
-            fn visit(&self, v: &mut $crate::layer::Visitor<'_>) {
-                v.child("", &self.net);
-            }
-
-            fn visit_mut(&mut self, v: &mut $crate::layer::VisitorMut<'_>) {
-                v.child("", &mut self.net);
-            }
-        }
+        $crate::params!($ty { net as "" });
 
         impl $crate::layer::Layer for $ty {
             type Input = $crate::nn::Tensor4;

@@ -2,7 +2,7 @@
 //! channels interleaved.
 
 use crate::error::{Error, Result};
-use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::layer::{Layer, NormUpdate, Probe};
 use crate::nn::{Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Sequential, Tensor4};
 use ndarray::{s, Array4, Axis};
 
@@ -86,21 +86,7 @@ impl ShuffleBlock {
     }
 }
 
-impl Params for ShuffleBlock {
-    fn visit(&self, v: &mut Visitor<'_>) {
-        if let Some(b) = &self.branch1 {
-            v.child("branch1", b);
-        }
-        v.child("branch2", &self.branch2);
-    }
-
-    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
-        if let Some(b) = &mut self.branch1 {
-            v.child("branch1", b);
-        }
-        v.child("branch2", &mut self.branch2);
-    }
-}
+crate::params!(ShuffleBlock { branch1, branch2 });
 
 impl Layer for ShuffleBlock {
     type Input = Tensor4;

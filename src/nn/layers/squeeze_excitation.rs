@@ -3,7 +3,7 @@
 use super::{check_channels, layer_context, Conv2d, Conv2dConfig, Tensor4};
 use crate::error::Error;
 use crate::error::Result;
-use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::layer::{Layer, NormUpdate, Probe};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::kernels::blocked_map::scale_planes;
 use crate::nn::kernels::LANES;
@@ -125,17 +125,7 @@ impl BlockedLayer for SqueezeExcitation {
     }
 }
 
-impl Params for SqueezeExcitation {
-    fn visit(&self, v: &mut Visitor<'_>) {
-        v.child("fc1", &self.fc1);
-        v.child("fc2", &self.fc2);
-    }
-
-    fn visit_mut(&mut self, v: &mut VisitorMut<'_>) {
-        v.child("fc1", &mut self.fc1);
-        v.child("fc2", &mut self.fc2);
-    }
-}
+crate::params!(SqueezeExcitation { fc1, fc2 });
 
 impl Layer for SqueezeExcitation {
     type Input = Tensor4;
