@@ -211,7 +211,51 @@ pub enum Error {
         reason: String,
     },
 
-    /// A configuration or argument is out of range.
+    /// A number outside the values its parameter takes (a sparsity of 1, a momentum
+    /// of 0, a dropout probability of 1.2).
+    #[error("invalid {name}: {value} is outside {allowed}")]
+    OutOfRange {
+        /// The parameter, e.g. `momentum` or `channel fraction`.
+        name: String,
+        /// The value given, as written (`p = 1.2` for a probability `p`).
+        value: String,
+        /// The values allowed, as an interval: `[0, 1)`, `(0, 1]`.
+        allowed: String,
+    },
+
+    /// A name that is none of those its parameter takes (a mode, a policy, a format).
+    #[error("invalid {name}: \"{given}\" (expected {expected})")]
+    UnknownName {
+        /// The parameter, e.g. `sparse policy`.
+        name: String,
+        /// The name given.
+        given: String,
+        /// The names taken, in words: `measured, never or always`.
+        expected: String,
+    },
+
+    /// No data where a stage needs some: an empty calibration set, no batches to
+    /// measure on.
+    #[error("invalid {name}: {what}")]
+    EmptyData {
+        /// The data, e.g. `calibration data`.
+        name: String,
+        /// What is empty: `empty calibration set (0 batches)`.
+        what: String,
+    },
+
+    /// A computation a kernel or layer does not offer (a dilated sparse convolution,
+    /// a reader the build was compiled without).
+    #[error("unsupported {name}: {reason}")]
+    Unsupported {
+        /// What is asked of, e.g. `config`.
+        name: String,
+        /// What it does not do.
+        reason: String,
+    },
+
+    /// A configuration or argument is invalid in a way no variant above names: a
+    /// family's config whose parts disagree, a layer built from mismatched parts.
     #[error("invalid {name}: {reason}")]
     InvalidArgument {
         /// The parameter or option, e.g. `groups` or `mean`.
@@ -235,6 +279,48 @@ impl Error {
 
     pub(crate) fn invalid(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::OutOfRange`].
+    pub(crate) fn out_of_range(
+        name: impl Into<String>,
+        value: impl fmt::Display,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Error::OutOfRange {
+            name: name.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+
+    /// [`Error::UnknownName`].
+    pub(crate) fn unknown(
+        name: impl Into<String>,
+        given: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::UnknownName {
+            name: name.into(),
+            given: given.into(),
+            expected: expected.into(),
+        }
+    }
+
+    /// [`Error::EmptyData`].
+    pub(crate) fn empty(name: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::EmptyData {
+            name: name.into(),
+            what: what.into(),
+        }
+    }
+
+    /// [`Error::Unsupported`].
+    pub(crate) fn unsupported(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Unsupported {
             name: name.into(),
             reason: reason.into(),
         }

@@ -146,7 +146,7 @@ impl<'d, P: Pruner, R: Rescaler<I>, I> Pipeline<'d, P, R, I> {
     {
         self.rescaler.validate()?;
         if calibration.num_batches() == 0 {
-            return Err(Error::invalid(
+            return Err(Error::empty(
                 "calibration data",
                 "empty calibration set (0 batches)",
             ));

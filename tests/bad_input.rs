@@ -455,3 +455,60 @@ fn the_tensor_that_disagrees_is_the_one_named() {
         .to_string();
     assert!(e.contains("not efficientnet_b7's"), "{e}");
 }
+
+/// The frequent kinds of bad argument are variants a caller can match on, with the
+/// parameter named in a field, and their messages unchanged.
+#[test]
+fn errors_are_typed_by_kind() {
+    use reflow::io::SaveFormat;
+    use reflow::nn::SparsePolicy;
+    use reflow::prune::{MagnitudePruner, Pruner, Scope};
+    use reflow::Error;
+    let mut model = net();
+    match MagnitudePruner::new(1.2).prune(&mut model).unwrap_err() {
+        Error::OutOfRange {
+            name,
+            value,
+            allowed,
+        } => assert_eq!(
+            (name.as_str(), value.as_str(), allowed.as_str()),
+            ("sparsity", "1.2", "[0, 1)")
+        ),
+        other => panic!("{other}"),
+    }
+    let e = Reflow::ema(0.0).rescale(&mut model, &Vec::<Array4<f32>>::new());
+    assert!(
+        matches!(&e, Err(Error::OutOfRange { name, .. }) if name == "momentum"),
+        "{e:?}"
+    );
+    let empty = Reflow::cumulative().rescale(&mut model, &Vec::<Array4<f32>>::new());
+    assert!(
+        matches!(&empty, Err(Error::EmptyData { name, .. }) if name == "calibration data"),
+        "{empty:?}"
+    );
+    for (e, which) in [
+        ("lyer".parse::<Scope>().unwrap_err(), "scope"),
+        ("cifar10".parse::<Stem>().unwrap_err(), "stem"),
+        ("zip".parse::<SaveFormat>().unwrap_err(), "save format"),
+        (
+            "sometimes".parse::<SparsePolicy>().unwrap_err(),
+            "sparse policy",
+        ),
+        ("gelu".parse::<Activation>().unwrap_err(), "activation"),
+    ] {
+        match &e {
+            Error::UnknownName { name, given, .. } => {
+                assert_eq!(name, which);
+                assert!(
+                    e.to_string().contains(&format!("\"{given}\" (expected ")),
+                    "{e}"
+                );
+            }
+            other => panic!("{which}: {other}"),
+        }
+    }
+    assert_eq!(
+        "zip".parse::<SaveFormat>().unwrap_err().to_string(),
+        "invalid save format: \"zip\" (expected \"dense\" or \"compressed\")"
+    );
+}

@@ -83,7 +83,7 @@ impl<'a> ImageBatches<'a> {
         norm: &'a Normalization,
     ) -> Result<Self> {
         if count == 0 {
-            return Err(Error::invalid(
+            return Err(Error::empty(
                 "calibration count",
                 "empty calibration set (0 images)",
             ));

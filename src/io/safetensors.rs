@@ -44,9 +44,10 @@ impl FromStr for SaveFormat {
         match s {
             "dense" => Ok(SaveFormat::Dense),
             "compressed" => Ok(SaveFormat::Compressed),
-            other => Err(Error::invalid(
+            other => Err(Error::unknown(
                 "save format",
-                format!("\"{other}\" (expected \"dense\" or \"compressed\")"),
+                other,
+                "\"dense\" or \"compressed\"",
             )),
         }
     }

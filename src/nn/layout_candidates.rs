@@ -97,7 +97,7 @@ impl OwnedStore {
 fn vector_kernels() -> Result<Kernels> {
     Isa::current()
         .kernels()
-        .ok_or_else(|| Error::invalid("level", "the blocked kernels need a vector level"))
+        .ok_or_else(|| Error::unsupported("level", "the blocked kernels need a vector level"))
 }
 
 /// A convolution with its weights packed for the blocked kernel the engine would pick
@@ -127,7 +127,7 @@ impl BlockedConv {
         check_len("weight", weight.len(), c.weight_shape().iter().product())?;
         let store = OwnedStore::new(scale, shift, relu, c.out_channels)?;
         let kind = BlockedKind::of(&c).ok_or_else(|| {
-            Error::invalid(
+            Error::unsupported(
                 "config",
                 "the blocked kernels compute one-group and depthwise convolutions",
             )
@@ -233,7 +233,7 @@ impl SparseBlockedConv {
     ) -> Result<Self> {
         config.validate()?;
         if config.dilation != [1, 1] {
-            return Err(Error::invalid(
+            return Err(Error::unsupported(
                 "config",
                 "the sparse blocked kernel has no dilation",
             ));
@@ -249,7 +249,7 @@ impl SparseBlockedConv {
             padding: config.padding,
         };
         let packed = SparseConv::new(weight, shape)
-            .ok_or_else(|| Error::invalid("config", "too large for the sparse kernel"))?;
+            .ok_or_else(|| Error::unsupported("config", "too large for the sparse kernel"))?;
         Ok(SparseBlockedConv {
             config,
             packed,

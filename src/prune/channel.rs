@@ -113,10 +113,7 @@ impl FromStr for FilterNorm {
         match s {
             "l1" => Ok(FilterNorm::L1),
             "l2" => Ok(FilterNorm::L2),
-            other => Err(Error::invalid(
-                "filter norm",
-                format!("\"{other}\" (expected \"l1\" or \"l2\")"),
-            )),
+            other => Err(Error::unknown("filter norm", other, "\"l1\" or \"l2\"")),
         }
     }
 }
@@ -212,10 +209,7 @@ impl ChannelPruner {
     /// output channels, by L1 filter norm.
     pub fn new(fraction: f64) -> Result<Self> {
         if fraction.is_nan() || !(0.0..1.0).contains(&fraction) {
-            return Err(Error::invalid(
-                "channel fraction",
-                format!("{fraction} is outside [0, 1)"),
-            ));
+            return Err(Error::out_of_range("channel fraction", fraction, "[0, 1)"));
         }
         Ok(ChannelPruner {
             fraction,

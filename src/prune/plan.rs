@@ -36,10 +36,7 @@ impl FromStr for Scope {
         match s {
             "global" => Ok(Scope::Global),
             "layer" => Ok(Scope::Layer),
-            other => Err(Error::invalid(
-                "scope",
-                format!("\"{other}\" (expected \"global\" or \"layer\")"),
-            )),
+            other => Err(Error::unknown("scope", other, "\"global\" or \"layer\"")),
         }
     }
 }
@@ -105,7 +102,7 @@ pub fn removal_count(sparsity: f64, n: usize) -> usize {
 
 fn check_fraction(name: &str, s: f64) -> Result<()> {
     if s.is_nan() || !(0.0..1.0).contains(&s) {
-        return Err(Error::invalid(name, format!("{s} is outside [0, 1)")));
+        return Err(Error::out_of_range(name, s, "[0, 1)"));
     }
     Ok(())
 }

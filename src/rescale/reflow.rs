@@ -90,10 +90,7 @@ impl Reflow {
     pub fn validate(&self) -> Result<()> {
         if let ReflowMode::Ema { momentum } = self.mode {
             if !(momentum > 0.0 && momentum <= 1.0) {
-                return Err(Error::invalid(
-                    "momentum",
-                    format!("{momentum} is outside (0, 1]"),
-                ));
+                return Err(Error::out_of_range("momentum", momentum, "(0, 1]"));
             }
         }
         Ok(())
@@ -114,7 +111,7 @@ impl<I> Rescaler<I> for Reflow {
         check_norm_walk(model)?;
         let batches = data.num_batches();
         if batches == 0 {
-            return Err(Error::invalid(
+            return Err(Error::empty(
                 "calibration data",
                 "empty calibration set (0 batches)",
             ));

@@ -83,7 +83,7 @@ where
     D: CalibrationData<L::Input> + ?Sized,
 {
     if data.num_batches() == 0 {
-        return Err(Error::invalid(
+        return Err(Error::empty(
             "signal data",
             "no batches to measure the signal on",
         ));
@@ -95,7 +95,7 @@ where
     })?;
     let stats = recorder.finish()?;
     if let Some((layer, _)) = stats.iter().find(|(_, m)| m.count() == 0) {
-        return Err(Error::invalid(
+        return Err(Error::empty(
             "signal data",
             format!("no value reached {layer}: the batches hold no images"),
         ));

@@ -68,7 +68,7 @@ impl Reference {
         let mut reference = Reference::new();
         data.try_for_each_batch(&mut |x| reference.push(&model.forward(x)?))?;
         if reference.is_empty() {
-            return Err(Error::invalid("reference images", "no image to record"));
+            return Err(Error::empty("reference images", "no image to record"));
         }
         Ok(reference)
     }

@@ -71,10 +71,7 @@ impl FromStr for Stem {
         match s {
             "cifar" => Ok(Stem::Cifar),
             "imagenet" => Ok(Stem::Imagenet),
-            other => Err(Error::invalid(
-                "stem",
-                format!("\"{other}\" (expected \"cifar\" or \"imagenet\")"),
-            )),
+            other => Err(Error::unknown("stem", other, "\"cifar\" or \"imagenet\"")),
         }
     }
 }

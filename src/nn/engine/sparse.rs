@@ -71,12 +71,7 @@ impl std::str::FromStr for SparsePolicy {
         SparsePolicy::ALL
             .into_iter()
             .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                crate::Error::invalid(
-                    "sparse policy",
-                    format!("{s:?} (expected measured, never or always)"),
-                )
-            })
+            .ok_or_else(|| crate::Error::unknown("sparse policy", s, "measured, never or always"))
     }
 }
 

@@ -96,10 +96,7 @@ impl Dropout {
     /// Dropout with probability `p`, in [0, 1).
     pub fn new(p: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::invalid(
-                "dropout",
-                format!("p = {p} is outside [0, 1)"),
-            ));
+            return Err(Error::out_of_range("dropout", format!("p = {p}"), "[0, 1)"));
         }
         Ok(Dropout { p })
     }
@@ -142,9 +139,10 @@ impl StochasticDepth {
     /// Stochastic depth with drop probability `p`, in [0, 1).
     pub fn new(p: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::invalid(
+            return Err(Error::out_of_range(
                 "stochastic depth",
-                format!("p = {p} is outside [0, 1)"),
+                format!("p = {p}"),
+                "[0, 1)",
             ));
         }
         Ok(StochasticDepth { p })

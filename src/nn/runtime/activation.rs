@@ -208,10 +208,7 @@ impl FromStr for Activation {
             .find(|a| a.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Activation::ALL.iter().map(|a| a.name()).collect();
-                crate::Error::invalid(
-                    "activation",
-                    format!("\"{s}\" is none of {}", names.join(", ")),
-                )
+                crate::Error::unknown("activation", s, names.join(", "))
             })
     }
 }
