@@ -95,6 +95,7 @@ pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod exec;
 pub mod io;
 pub mod layer;
 pub mod metrics;

@@ -22,6 +22,7 @@
 //! provide without copying.
 
 use crate::error::Result;
+use crate::exec::Exec;
 use crate::nn::Profile;
 
 mod children;
@@ -191,7 +192,8 @@ pub enum Schedule {
 }
 
 /// The context a forward pass carries: the path of the layer being run, an optional
-/// [`Observer`], and the [`Schedule`] the layers may follow.
+/// [`Observer`], the [`Schedule`] the layers may follow, and how they may compute
+/// ([`Exec`]: kernel cap, threads, sparse policy).
 ///
 /// Composite layers run a child inside [`Probe::scoped`] with the child's name, so the
 /// path always names the running layer in torchvision style (`layer3.1.bn2`); leaf
@@ -201,6 +203,7 @@ pub struct Probe<'o> {
     path: String,
     schedule: Schedule,
     profile: Option<&'o Profile>,
+    exec: Exec,
 }
 
 impl Default for Probe<'_> {
@@ -216,18 +219,21 @@ impl std::fmt::Debug for Probe<'_> {
             .field("observed", &self.observer.is_some())
             .field("schedule", &self.schedule())
             .field("profiled", &self.profile.is_some())
+            .field("exec", &self.exec)
             .finish()
     }
 }
 
 impl<'o> Probe<'o> {
-    /// A probe that observes nothing, with the [`Schedule::Fused`] schedule.
+    /// A probe that observes nothing, with the [`Schedule::Fused`] schedule and the
+    /// process's [`Exec::defaults`].
     pub fn none() -> Self {
         Probe {
             observer: None,
             path: String::new(),
             schedule: Schedule::Fused,
             profile: None,
+            exec: Exec::defaults(),
         }
     }
 
@@ -239,7 +245,19 @@ impl<'o> Probe<'o> {
             path: String::new(),
             schedule: Schedule::LayerByLayer,
             profile: None,
+            exec: Exec::defaults(),
         }
+    }
+
+    /// The probe with `exec` deciding how the layers compute.
+    pub fn with_exec(mut self, exec: Exec) -> Self {
+        self.exec = exec;
+        self
+    }
+
+    /// How the layers compute: kernel cap, threads, sparse policy.
+    pub fn exec(&self) -> Exec {
+        self.exec
     }
 
     /// The probe with `schedule` for the layers of a pass without an observer (with

@@ -2,10 +2,10 @@
 //! input, and the micro-batch scheduler of fused eval passes.
 
 use crate::error::{Error, Result};
+use crate::exec::{Exec, Par};
 use crate::layer::{Layer, NormUpdate, Probe, Schedule};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
-use crate::nn::runtime::threads;
-use crate::nn::{recycle, serially, Profile, Sequential, Tensor2, Tensor4};
+use crate::nn::{recycle, Profile, Sequential, Tensor2, Tensor4};
 use ndarray::Axis;
 use rayon::prelude::*;
 
@@ -65,12 +65,13 @@ impl Classifier {
     /// nobody observes it and the processor has vector kernels, else layer by layer on
     /// NCHW tensors.
     fn forward_whole(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
-        if Pass::available(probe) && threads() > 1 && rayon::current_thread_index().is_none() {
+        let exec = probe.exec();
+        if Pass::available(probe) && exec.threads() > 1 && rayon::current_thread_index().is_none() {
             // The layers' fork-joins are cheap from a thread of the pool, and cost a
             // wake-up and a wait each from outside it: the pass moves into the pool.
             // (An unobserved probe at the top has nothing else to carry.)
             let profile = probe.profile();
-            return rayon::scope(|_| self.forward_whole(x, &mut unobserved(profile)));
+            return rayon::scope(|_| self.forward_whole(x, &mut unobserved(profile, exec)));
         }
         let Some(mut pass) = Pass::for_eval(probe) else {
             return self.net.forward_with(x, probe);
@@ -87,27 +88,30 @@ impl Classifier {
         })
     }
 
-    /// The eval pass of `x` in micro-batches of `m` images, run in parallel, each
-    /// through the whole network on one thread. Each image's logits are computed
-    /// exactly as in one pass (batch norm uses its running statistics).
+    /// The eval pass of `x` in micro-batches of `m` images, each through the whole
+    /// network on one thread, in parallel when `exec` has several threads. Each
+    /// image's logits are computed exactly as in one pass (batch norm uses its running
+    /// statistics).
     fn forward_in_micro_batches(
         &self,
         x: &Tensor4,
         m: usize,
         profile: Option<&Profile>,
+        exec: Exec,
     ) -> Result<Tensor2> {
-        let parts = x
-            .axis_chunks_iter(Axis(0), m)
-            .into_par_iter()
-            .map(|chunk| {
-                serially(|| {
-                    let chunk = chunk.to_owned();
-                    let logits = self.forward_whole(&chunk, &mut unobserved(profile));
-                    recycle(chunk);
-                    logits
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // The micro-batches run side by side: each layer stays on its thread.
+        let serial = exec.with_par(Par::Seq);
+        let part = |chunk: ndarray::ArrayView4<'_, f32>| {
+            let chunk = chunk.to_owned();
+            let logits = self.forward_whole(&chunk, &mut unobserved(profile, serial));
+            recycle(chunk);
+            logits
+        };
+        let chunks = x.axis_chunks_iter(Axis(0), m);
+        let parts = match exec.par() {
+            Par::Rayon => chunks.into_par_iter().map(part).collect::<Result<Vec<_>>>(),
+            Par::Seq => chunks.map(part).collect::<Result<Vec<_>>>(),
+        }?;
         let mut logits = Tensor2::zeros((x.dim().0, self.classes));
         for (mut rows, part) in logits.axis_chunks_iter_mut(Axis(0), m).zip(&parts) {
             rows.assign(part);
@@ -116,11 +120,13 @@ impl Classifier {
     }
 }
 
-/// A probe for a part of an unobserved pass: no observer, the pass's profile.
-fn unobserved(profile: Option<&Profile>) -> Probe<'_> {
+/// A probe for a part of an unobserved pass: no observer, the pass's profile and
+/// `exec`.
+fn unobserved(profile: Option<&Profile>, exec: Exec) -> Probe<'_> {
+    let probe = Probe::none().with_exec(exec);
     match profile {
-        Some(profile) => Probe::none().with_profile(profile),
-        None => Probe::none(),
+        Some(profile) => probe.with_profile(profile),
+        None => probe,
     }
 }
 
@@ -136,10 +142,10 @@ impl Layer for Classifier {
         if Pass::available(probe) {
             // On blocks, a batch of at least one image per thread is split between the
             // threads, each running whole networks alone: no fork-join per layer.
-            m = m.min(x.dim().0.div_ceil(threads()));
+            m = m.min(x.dim().0.div_ceil(probe.exec().threads()));
         }
         if x.dim().0 > m && probe.schedule() == Schedule::Fused {
-            return self.forward_in_micro_batches(x, m, probe.profile());
+            return self.forward_in_micro_batches(x, m, probe.profile(), probe.exec());
         }
         self.forward_whole(x, probe)
     }

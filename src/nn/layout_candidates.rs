@@ -95,7 +95,7 @@ impl OwnedStore {
 
 /// The kernels' instruction set: the widest within the cap, which must have vectors.
 fn vector_kernels() -> Result<Kernels> {
-    Isa::current()
+    Isa::of(crate::exec::Exec::defaults())
         .kernels()
         .ok_or_else(|| Error::unsupported("level", "the blocked kernels need a vector level"))
 }

@@ -33,13 +33,14 @@
 //!
 //! [`Layer`]: crate::layer::Layer
 
-pub use engine::sparse::{set_sparse_policy, sparse_policy, SparseChoice, SparsePolicy};
+pub use crate::exec::{set_sparse_policy, sparse_policy, SparsePolicy};
+pub use engine::sparse::SparseChoice;
 pub use layers::{AdaptiveAvgPool2d, AnyTensor, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 pub use layers::{Dropout, Flatten, Identity, Linear, MaxPool2d, Rank, Residual, Sequential};
 pub use layers::{SqueezeExcitation, StochasticDepth, Tensor2, Tensor4};
 pub use profile::{LayerTime, Profile};
+pub(crate) use runtime::recycle;
 pub use runtime::Activation;
-pub(crate) use runtime::{recycle, serially};
 
 #[doc(hidden)]
 pub mod blocked;

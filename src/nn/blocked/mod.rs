@@ -103,17 +103,24 @@ impl<'p, 'o> Pass<'p, 'o> {
         if !Pass::available(probe) {
             return None;
         }
-        Isa::current().kernels().map(|k| Pass::new(k, probe))
+        Isa::of(probe.exec()).kernels().map(|k| Pass::new(k, probe))
     }
 
     /// Whether [`Pass::for_eval`] gives a pass.
     pub(crate) fn available(probe: &Probe<'_>) -> bool {
-        probe.schedule() == crate::layer::Schedule::Fused && Isa::current().kernels().is_some()
+        probe.schedule() == crate::layer::Schedule::Fused
+            && Isa::of(probe.exec()).kernels().is_some()
     }
 
     /// The kernels' instruction set.
     pub(crate) fn kernels(&self) -> Kernels {
         self.kernels
+    }
+
+    /// How many threads a layer may spread its work over (the probe's
+    /// [`Exec`](crate::exec::Exec)).
+    pub(crate) fn threads(&self) -> usize {
+        self.probe.exec().threads()
     }
 
     /// The probe, for the running layer's path.

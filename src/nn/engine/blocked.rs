@@ -1,8 +1,8 @@
 //! Convolutions on channel-blocked activations: which blocked kernel computes a
 //! convolution, its weights packed once for it, and the call.
 
-use super::sparse::sparse_policy;
 use super::{Convolution, Epilogue};
+use crate::exec::Exec;
 use crate::nn::blocked::BlockedTensor;
 use crate::nn::engine::Conv2dConfig;
 use crate::nn::kernels::blocked::{Blocked, Store, Window};
@@ -11,7 +11,6 @@ use crate::nn::kernels::blocked_sparse::sparse_conv;
 use crate::nn::kernels::blocked_winograd;
 use crate::nn::kernels::{blocked_depthwise, blocked_pointwise};
 use crate::nn::kernels::{Kernels, LANES};
-use crate::nn::runtime::threads;
 use ndarray::ArrayView4;
 
 /// The blocked kernel that computes a convolution.
@@ -127,6 +126,7 @@ impl Convolution<'_> {
     /// kernel, as the [`crate::nn::SparsePolicy`] in force and the measurements decide. Also the
     /// name of the kernel that ran. The caller has checked the shapes: `x`'s channels,
     /// an output of `out_size`, and the residual's shape, that of the output.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_blocked(
         &self,
         kind: BlockedKind,
@@ -135,7 +135,9 @@ impl Convolution<'_> {
         epilogue: &Epilogue<'_>,
         residual: Option<&BlockedTensor>,
         kernels: Kernels,
+        exec: Exec,
     ) -> (BlockedTensor, &'static str) {
+        let threads = exec.threads();
         let c = self.config;
         let [n, ci, h, w] = x.dims();
         let xs = Blocked { n, c: ci, h, w };
@@ -156,8 +158,8 @@ impl Convolution<'_> {
             activation: epilogue.activation,
             residual: residual.map(BlockedTensor::values),
         };
-        let dense = || self.run_dense(kind, x, ys, store, kernels);
-        let policy = sparse_policy();
+        let dense = || self.run_dense(kind, x, ys, store, kernels, threads);
+        let policy = exec.sparse();
         let form = &self.rearranged.sparse;
         let (BlockedInput::Blocked(b), Some(packed)) = (x, form.packed(c, self.weight, policy))
         else {
@@ -165,7 +167,7 @@ impl Convolution<'_> {
         };
         let sparse = || {
             let mut y = BlockedTensor::overwritten(ys);
-            let (values, threads) = (b.values(), threads());
+            let values = b.values();
             sparse_conv(
                 kernels,
                 values,
@@ -178,7 +180,7 @@ impl Convolution<'_> {
             )
             .then_some(y)
         };
-        let key = [n, h, w, threads()];
+        let key = [n, h, w, threads];
         match form.run(policy, key, dense, sparse) {
             (y, true) => (y, "sparse"),
             (y, false) => (y, kind.name()),
@@ -194,6 +196,7 @@ impl Convolution<'_> {
         ys: Blocked,
         store: Store<'_>,
         kernels: Kernels,
+        threads: usize,
     ) -> BlockedTensor {
         let c = self.config;
         let [n, ci, h, w] = x.dims();
@@ -207,7 +210,7 @@ impl Convolution<'_> {
         };
         let weights = self.blocked_weights(kind);
         let mut y = BlockedTensor::overwritten(ys);
-        let (threads, out) = (threads(), c.out_channels);
+        let out = c.out_channels;
         match (kind, x) {
             (BlockedKind::Pointwise, BlockedInput::Blocked(x)) => blocked_pointwise::pointwise(
                 kernels,

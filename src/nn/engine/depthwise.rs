@@ -46,25 +46,25 @@ impl Depthwise<'_> {
         let (plane_in, plane_out) = ((sh.h * sh.w).max(1), (sh.ho * sh.wo).max(1));
         let planes = y.chunks_mut(plane_out).zip(x.chunks(plane_in)).enumerate();
         match (moments, threads) {
-            (Some(m), Threads::All) => y
+            (Some(m), Threads::Rayon) => y
                 .par_chunks_mut(plane_out)
                 .zip(x.par_chunks(plane_in))
                 .zip(m.par_iter_mut())
                 .enumerate()
                 .for_each(|(ch, ((yp, xp), m))| *m = self.plane(ch, xp, yp, true)),
-            (None, Threads::All) => y
+            (None, Threads::Rayon) => y
                 .par_chunks_mut(plane_out)
                 .zip(x.par_chunks(plane_in))
                 .enumerate()
                 .for_each(|(ch, (yp, xp))| {
                     self.plane(ch, xp, yp, false);
                 }),
-            (Some(m), Threads::One) => {
+            (Some(m), Threads::Seq) => {
                 for ((ch, (yp, xp)), m) in planes.zip(m.iter_mut()) {
                     *m = self.plane(ch, xp, yp, true);
                 }
             }
-            (None, Threads::One) => {
+            (None, Threads::Seq) => {
                 for (ch, (yp, xp)) in planes {
                     self.plane(ch, xp, yp, false);
                 }

@@ -7,8 +7,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 /// faer's name for `t`.
 fn par(t: Threads) -> Par {
     match t {
-        Threads::One => Par::Seq,
-        Threads::All => Par::rayon(0),
+        Threads::Seq => Par::Seq,
+        Threads::Rayon => Par::rayon(0),
     }
 }
 
@@ -71,10 +71,10 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2x3
         let b = [1.0, 0.0, 2.0, 1.0, 0.0, 3.0]; // 3x2
         let mut c = [0.0; 4];
-        gemm(&mut c, &a, &b, 2, 3, 2, Threads::One);
+        gemm(&mut c, &a, &b, 2, 3, 2, Threads::Seq);
         assert_eq!(c, [5.0, 11.0, 14.0, 23.0]);
         let bt = [1.0, 2.0, 0.0, 0.0, 1.0, 3.0]; // b transposed, 2x3
-        gemm_bt(&mut c, &a, &bt, 2, 3, 2, Threads::All);
+        gemm_bt(&mut c, &a, &bt, 2, 3, 2, Threads::Rayon);
         assert_eq!(c, [5.0, 11.0, 14.0, 23.0]);
     }
 }

@@ -18,9 +18,10 @@ pub(crate) mod sparse;
 pub use config::Conv2dConfig;
 pub(crate) use path::{ConvPath, Shapes};
 
+use crate::exec::Exec;
 use crate::nn::kernels::direct::{self, ImageCall};
 use crate::nn::kernels::{plain, winograd, Isa};
-use crate::nn::runtime::{threads, Activation, ChannelMap, Threads};
+use crate::nn::runtime::{Activation, ChannelMap, Threads};
 use crate::stats::plane_moments;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -100,12 +101,12 @@ impl Epilogue<'_> {
 /// `y = x · gates[p]` for each plane `p` of `spatial` values (a squeeze-excitation's
 /// reweighting), vectorised for the current instruction set, in parallel over chunks
 /// of planes when the layer may use several threads.
-pub(crate) fn scale_planes(x: &[f32], y: &mut [f32], spatial: usize, gates: &[f32]) {
-    let isa = Isa::current();
+pub(crate) fn scale_planes(x: &[f32], y: &mut [f32], spatial: usize, gates: &[f32], exec: Exec) {
+    let (isa, threads) = (Isa::of(exec), exec.threads());
     let spatial = spatial.max(1);
     // About 64 KiB of output per task.
     let planes = (16_384 / spatial).max(1);
-    if threads() == 1 {
+    if threads == 1 {
         return plain::scale_planes(isa, x, y, spatial, gates);
     }
     y.par_chunks_mut(planes * spatial)
@@ -116,10 +117,10 @@ pub(crate) fn scale_planes(x: &[f32], y: &mut [f32], spatial: usize, gates: &[f3
 
 /// `out = f(out + s)` (a residual add), vectorised for the current instruction set, in
 /// parallel over chunks.
-pub(crate) fn add_activate(out: &mut [f32], s: &[f32], f: Activation) {
-    let isa = Isa::current();
+pub(crate) fn add_activate(out: &mut [f32], s: &[f32], f: Activation, exec: Exec) {
+    let (isa, threads) = (Isa::of(exec), exec.threads());
     const CHUNK: usize = 16_384;
-    if threads() == 1 {
+    if threads == 1 {
         for (o, s) in out.chunks_mut(CHUNK).zip(s.chunks(CHUNK)) {
             plain::add_activate(isa, o, s, f);
         }
@@ -177,10 +178,10 @@ impl Convolution<'_> {
         epilogue: &Epilogue<'_>,
         moments: Option<&mut [(f64, f64)]>,
         isa: Isa,
+        threads: usize,
     ) {
         let Batch { x, y, n, shape } = batch;
         let c = self.config;
-        let threads = threads();
         let images = self.images_per_product(n, shape.ho * shape.wo, threads);
         let path = path::choose(c, shape, images, isa);
         let by_image = path.kernels().is_some() || path == ConvPath::Depthwise;
@@ -228,20 +229,20 @@ impl Convolution<'_> {
         // at a time, each product over all threads (when there are several).
         let parallel = threads > 1 && n >= threads;
         let t = if threads > 1 {
-            Threads::All
+            Threads::Rayon
         } else {
-            Threads::One
+            Threads::Seq
         };
         match (parallel, moments) {
             (true, Some(m)) => y
                 .par_chunks_mut(y_len)
                 .zip(x.par_chunks(x_len))
                 .zip(m.par_chunks_mut(m_len))
-                .for_each(|((yc, xc), mc)| run(xc, yc, Some(mc), Threads::One)),
+                .for_each(|((yc, xc), mc)| run(xc, yc, Some(mc), Threads::Seq)),
             (true, None) => y
                 .par_chunks_mut(y_len)
                 .zip(x.par_chunks(x_len))
-                .for_each(|(yc, xc)| run(xc, yc, None, Threads::One)),
+                .for_each(|(yc, xc)| run(xc, yc, None, Threads::Seq)),
             (false, Some(m)) => {
                 let chunks = y.chunks_mut(y_len).zip(x.chunks(x_len));
                 for ((yc, xc), mc) in chunks.zip(m.chunks_mut(m_len)) {

@@ -1,6 +1,6 @@
 //! Which pruned convolutions run on the sparse kernel ([`crate::nn::kernels::blocked_sparse`]):
-//! the process-wide [`SparsePolicy`], and each convolution's sparse form and the
-//! choices it measured.
+//! each convolution's sparse form and the choices it measured under the pass's
+//! [`SparsePolicy`].
 //!
 //! Under the default policy, [`SparsePolicy::Measured`], a convolution with at most
 //! half of its weights non-zero times its dense and its sparse kernels the first time
@@ -8,107 +8,11 @@
 //! for that size: a pruned layer is never slower than dense by more than the timing's
 //! noise, and a dense checkpoint never pays for the measurement.
 
+use crate::exec::SparsePolicy;
 use crate::nn::kernels::blocked_sparse::{SparseConv, SparseShape};
 use crate::nn::Conv2dConfig;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
-
-/// When pruned convolutions run on the sparse kernel.
-///
-/// The sparse kernel multiplies only the non-zero weights. It computes the same sums
-/// as the dense kernels up to rounding (within 1e-5 relative); an input with a NaN
-/// or an infinity always runs dense, so that it reaches every output it would reach
-/// there.
-///
-/// ```
-/// use reflow::nn::{set_sparse_policy, sparse_policy, SparsePolicy};
-///
-/// assert_eq!(sparse_policy(), SparsePolicy::Measured);
-/// set_sparse_policy(SparsePolicy::Never); // e.g. to time the dense network
-/// assert_eq!(sparse_policy(), SparsePolicy::Never);
-/// set_sparse_policy(SparsePolicy::Measured);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SparsePolicy {
-    /// A convolution with at most half of its weights non-zero times both kernels on
-    /// the first input of each size and keeps the faster (the default).
-    Measured,
-    /// Dense kernels only.
-    Never,
-    /// The sparse kernel wherever it applies, however dense the weights (for tests and
-    /// benchmarks).
-    Always,
-}
-
-impl SparsePolicy {
-    const ALL: [SparsePolicy; 3] = [
-        SparsePolicy::Measured,
-        SparsePolicy::Never,
-        SparsePolicy::Always,
-    ];
-
-    /// `measured`, `never` or `always`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SparsePolicy::Measured => "measured",
-            SparsePolicy::Never => "never",
-            SparsePolicy::Always => "always",
-        }
-    }
-}
-
-impl std::fmt::Display for SparsePolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for SparsePolicy {
-    type Err = crate::Error;
-
-    fn from_str(s: &str) -> crate::Result<Self> {
-        SparsePolicy::ALL
-            .into_iter()
-            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| crate::Error::unknown("sparse policy", s, "measured, never or always"))
-    }
-}
-
-/// No policy read yet.
-const UNSET: u8 = u8::MAX;
-
-/// The policy: an index into [`SparsePolicy::ALL`], or [`UNSET`].
-static POLICY: AtomicU8 = AtomicU8::new(UNSET);
-
-/// The policy in force: `REFLOW_SPARSE` (`measured`, `never` or `always`) until
-/// [`set_sparse_policy`] is called, else [`SparsePolicy::Measured`]. An unknown
-/// `REFLOW_SPARSE` value is reported once on standard error and ignored.
-pub fn sparse_policy() -> SparsePolicy {
-    let index = POLICY.load(Ordering::Relaxed);
-    if index != UNSET {
-        return SparsePolicy::ALL[index as usize];
-    }
-    let policy = match std::env::var("REFLOW_SPARSE") {
-        Ok(v) => v.parse().unwrap_or_else(|e: crate::Error| {
-            eprintln!("reflow: REFLOW_SPARSE: {e}; using measured");
-            SparsePolicy::Measured
-        }),
-        Err(_) => SparsePolicy::Measured,
-    };
-    let index = SparsePolicy::ALL.iter().position(|p| *p == policy);
-    let index = index.expect("a policy") as u8;
-    // A concurrent `set_sparse_policy` wins.
-    let _ = POLICY.compare_exchange(UNSET, index, Ordering::Relaxed, Ordering::Relaxed);
-    SparsePolicy::ALL[POLICY.load(Ordering::Relaxed) as usize]
-}
-
-/// Sets the policy for the whole process (calls already running finish under the one
-/// they started with).
-pub fn set_sparse_policy(policy: SparsePolicy) {
-    let index = SparsePolicy::ALL.iter().position(|p| *p == policy);
-    POLICY.store(index.expect("a policy") as u8, Ordering::Relaxed);
-}
 
 /// The most non-zero weights, as a fraction, for which [`SparsePolicy::Measured`]
 /// times the sparse kernel: denser layers run dense without a measurement.

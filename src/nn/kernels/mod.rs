@@ -51,7 +51,7 @@ pub(crate) use avx512::Avx512;
 pub(crate) use neon::Neon;
 pub(crate) use scalar::Scalar;
 
-use crate::cpu::level::{max_level, Level};
+use crate::cpu::level::Level;
 
 /// Lanes of a [`Simd`] group: output channels per block of every kernel.
 pub(crate) const LANES: usize = 16;
@@ -186,10 +186,9 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
-    /// The widest instruction set the processor has within the cap of
-    /// [`crate::cpu::max_level`].
-    pub(crate) fn current() -> Isa {
-        Isa::at_most(max_level())
+    /// The widest instruction set the processor has within `exec`'s cap.
+    pub(crate) fn of(exec: crate::exec::Exec) -> Isa {
+        Isa::at_most(exec.level())
     }
 
     /// The widest instruction set the processor has at or below `level`.

@@ -63,7 +63,7 @@ impl BlockedLayer for Activation {
         match x {
             Value::Blocked(b) => {
                 let mut y = b.into_owned();
-                let threads = crate::nn::runtime::threads();
+                let threads = pass.threads();
                 add_activate(pass.kernels(), y.values_mut(), None, *self, threads);
                 Ok(Value::Blocked(Cow::Owned(y)))
             }

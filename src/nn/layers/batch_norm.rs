@@ -184,7 +184,7 @@ impl Layer for BatchNorm2d {
         let (n, c, h, w) = y.dim();
         let moments = channel_moments(y.as_slice().expect("standard layout"), n, c, h * w);
         self.absorb(&moments, n * h * w, update, Activation::Identity)
-            .apply_in_place(&mut y);
+            .apply_in_place(&mut y, probe.exec().threads());
         emit4(probe, LayerKind::BatchNorm, Site::Output, &y);
         Ok(y)
     }

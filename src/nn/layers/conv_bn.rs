@@ -200,7 +200,7 @@ impl Layer for ConvBn {
         };
         let y = self
             .train_unit(x, None, activation, update, probe)?
-            .into_tensor();
+            .into_tensor(probe.exec().threads());
         if !bn_output_observed {
             return Ok(y);
         }

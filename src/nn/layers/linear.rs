@@ -2,10 +2,11 @@
 
 use super::{emit2, layer_context, ParamTensor, Tensor2};
 use crate::error::{Error, Result};
+use crate::exec::Par;
 use crate::layer::LayerKind;
 use crate::layer::{Probe, Site};
 use crate::nn::engine::gemm::gemm_bt;
-use crate::nn::engine::sparse::{sparse_policy, SparseForm};
+use crate::nn::engine::sparse::SparseForm;
 use crate::nn::kernels::blocked::{from_blocked, to_blocked, Blocked, Store};
 use crate::nn::kernels::blocked_sparse::{sparse_conv, SparseConv};
 use crate::nn::kernels::{Isa, Kernels, LANES};
@@ -69,19 +70,20 @@ impl Linear {
         let o = self.out_features();
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout");
-        let dense = || self.dense(xs, n);
+        let exec = probe.exec();
+        let dense = || self.dense(xs, n, exec.par());
         // As a 1×1 convolution of `n` images of 1 × 1, on the sparse kernel as the
         // policy and the measurements decide (vector kernels only).
-        let policy = sparse_policy();
+        let policy = exec.sparse();
         let config = Conv2dConfig::new(i, o, 1);
-        let kernels = Isa::current().kernels();
+        let kernels = Isa::of(exec).kernels();
         let (y, sparse) = match (
             kernels,
             self.sparse.packed(&config, &self.weight.data, policy),
         ) {
             (Some(kernels), Some(packed)) => {
-                let sparse = || self.sparse(kernels, packed, xs, n);
-                let key = [n, 1, 1, crate::nn::runtime::threads()];
+                let sparse = || self.sparse(kernels, packed, xs, n, exec.threads());
+                let key = [n, 1, 1, exec.threads()];
                 self.sparse.run(policy, key, dense, sparse)
             }
             _ => (dense(), false),
@@ -97,19 +99,11 @@ impl Linear {
 
 impl Linear {
     /// `x Wᵀ + b` by the dense product, `x` row-major `[n, in]`.
-    fn dense(&self, xs: &[f32], n: usize) -> Tensor2 {
+    fn dense(&self, xs: &[f32], n: usize, par: Par) -> Tensor2 {
         let (i, o) = (self.in_features(), self.out_features());
         let mut y = Array2::<f32>::zeros((n, o));
         let ys = y.as_slice_mut().expect("fresh array");
-        gemm_bt(
-            ys,
-            xs,
-            &self.weight.data,
-            n,
-            i,
-            o,
-            crate::nn::runtime::product_threads(),
-        );
+        gemm_bt(ys, xs, &self.weight.data, n, i, o, par);
         if let Some(b) = &self.bias {
             for row in ys.chunks_mut(o.max(1)) {
                 row.iter_mut().zip(&b.data).for_each(|(v, &b)| *v += b);
@@ -126,6 +120,7 @@ impl Linear {
         packed: &SparseConv,
         xs: &[f32],
         n: usize,
+        threads: usize,
     ) -> Option<Tensor2> {
         let (i, o) = (self.in_features(), self.out_features());
         let (xb, yb) = (
@@ -158,7 +153,6 @@ impl Linear {
             residual: None,
         };
         let mut y = buffer(yb.len());
-        let threads = crate::nn::runtime::threads();
         let (xv, yv) = (&x[..xb.len()], &mut y[..yb.len()]);
         let out = sparse_conv(kernels, xv, xb, packed, [1, 1], store, yv, threads).then(|| {
             let mut out = Array2::<f32>::zeros((n, o));

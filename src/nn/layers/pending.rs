@@ -26,11 +26,11 @@ impl Pending {
         }
     }
 
-    /// The tensor with its map applied.
-    pub fn into_tensor(self) -> Tensor4 {
+    /// The tensor with its map applied (over `threads`).
+    pub fn into_tensor(self, threads: usize) -> Tensor4 {
         let mut y = self.raw;
         if let Some(map) = &self.map {
-            map.apply_in_place(&mut y);
+            map.apply_in_place(&mut y, threads);
         }
         y
     }

@@ -148,7 +148,7 @@ impl BlockedLayer for MaxPool2d {
             out_size: [ho, wo],
         };
         let mut y = BlockedTensor::overwritten(Blocked { n, c, h: ho, w: wo });
-        let threads = crate::nn::runtime::threads();
+        let threads = pass.threads();
         max_pool(
             pass.kernels(),
             x.values(),

@@ -129,8 +129,8 @@ impl Residual {
         );
         if map.is_none() && s_map.is_none() {
             // The plain add (every eval pass): one vectorised pass.
-            crate::nn::engine::add_activate(os, ss, post);
-        } else if crate::nn::runtime::threads() > 1 {
+            crate::nn::engine::add_activate(os, ss, post, probe.exec());
+        } else if probe.exec().threads() > 1 {
             os.par_chunks_mut(spatial)
                 .zip(ss.par_chunks(spatial))
                 .enumerate()

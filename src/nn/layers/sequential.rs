@@ -162,9 +162,9 @@ enum Flow {
 }
 
 impl Flow {
-    fn into_any(self) -> AnyTensor {
+    fn into_any(self, threads: usize) -> AnyTensor {
         match self {
-            Flow::Pending(p) => AnyTensor::Nchw(p.into_tensor()),
+            Flow::Pending(p) => AnyTensor::Nchw(p.into_tensor(threads)),
             Flow::Ready(t) => t,
         }
     }
@@ -286,11 +286,12 @@ impl<I: Rank, O: Rank> Sequential<I, O> {
                     // A convolution that cannot map its input as it reads it gets the
                     // batch norm's output, made in place (not in a mapped copy).
                     if let Some(Flow::Pending(p)) = &current {
-                        if p.map.is_some() && !unit.conv().maps_input_as_read() {
+                        if p.map.is_some() && !unit.conv().maps_input_as_read(probe.exec()) {
                             let Some(Flow::Pending(p)) = current.take() else {
                                 unreachable!("matched above")
                             };
-                            current = Some(Flow::Pending(Pending::ready(p.into_tensor())));
+                            let threads = probe.exec().threads();
+                            current = Some(Flow::Pending(Pending::ready(p.into_tensor(threads))));
                         }
                     }
                     let pending = probe.scoped(name, |p| {
@@ -306,7 +307,8 @@ impl<I: Rank, O: Rank> Sequential<I, O> {
                 }
                 Child::Layer(layer) => {
                     // Other layers read the batch norm's output itself.
-                    let ready = current.take().map(Flow::into_any);
+                    let threads = probe.exec().threads();
+                    let ready = current.take().map(|f| f.into_any(threads));
                     let input: &dyn Any = match &ready {
                         Some(t) => t,
                         None => x,
@@ -390,7 +392,7 @@ impl<I: Rank, O: Rank> Sequential<I, O> {
                 &r.dims()[..],
             ));
         }
-        let threads = crate::nn::runtime::threads();
+        let threads = pass.threads();
         add_activate(
             pass.kernels(),
             y.values_mut(),
@@ -447,7 +449,10 @@ impl<I: Rank, O: Rank> Layer for Sequential<I, O> {
 
     fn forward_train(&mut self, x: &I, update: NormUpdate, probe: &mut Probe<'_>) -> Result<O> {
         if probe.schedule() == Schedule::Fused {
-            let y = self.train_flow(x, update, probe)?.map(Flow::into_any);
+            let threads = probe.exec().threads();
+            let y = self
+                .train_flow(x, update, probe)?
+                .map(|f| f.into_any(threads));
             return self.output(y, x, probe);
         }
         let mut current: Option<AnyTensor> = None;

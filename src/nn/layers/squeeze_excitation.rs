@@ -80,7 +80,7 @@ impl SqueezeExcitation {
         let gates = g.as_slice_mut().expect("fresh tensor");
         let mut y = overwritten((n, c, h, w));
         let ys = y.as_slice_mut().expect("fresh tensor");
-        crate::nn::engine::scale_planes(xs, ys, spatial, gates);
+        crate::nn::engine::scale_planes(xs, ys, spatial, gates, probe.exec());
         Ok(y)
     }
 }
@@ -118,7 +118,7 @@ impl BlockedLayer for SqueezeExcitation {
         for (image, g) in g.as_slice().expect("fresh tensor").chunks(c).enumerate() {
             gates[image * blocks * LANES..][..c].copy_from_slice(g);
         }
-        let threads = crate::nn::runtime::threads();
+        let threads = pass.threads();
         let plane = h * w * LANES;
         scale_planes(pass.kernels(), x.values_mut(), plane, &gates, threads);
         Ok(Value::Blocked(Cow::Owned(x)))

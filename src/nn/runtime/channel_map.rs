@@ -42,13 +42,13 @@ impl ChannelMap {
     }
 
     /// Applies the map to every value of `y`, in place, in parallel over the planes
-    /// (on the calling thread alone inside [`super::serially`]).
-    pub fn apply_in_place(&self, y: &mut Array4<f32>) {
+    /// when `threads` allows.
+    pub fn apply_in_place(&self, y: &mut Array4<f32>, threads: usize) {
         let (_, c, h, w) = y.dim();
         let spatial = (h * w).max(1);
         let ys = y.as_slice_mut().expect("standard layout");
         let plane = |(i, plane): (usize, &mut [f32])| self.apply_to_plane(i % c, plane);
-        if super::threads() > 1 {
+        if threads > 1 {
             ys.par_chunks_mut(spatial).enumerate().for_each(plane);
         } else {
             ys.chunks_mut(spatial).enumerate().for_each(plane);

@@ -14,4 +14,4 @@ pub use activation::Activation;
 pub(crate) use channel_map::ChannelMap;
 pub(crate) use pool_alloc::{buffer, overwritten, recycle, recycle_buffer};
 pub(crate) use scratch::{with_scratch, Line, Scratch};
-pub(crate) use threads::{product_threads, serially, threads, Threads};
+pub(crate) use threads::Threads;

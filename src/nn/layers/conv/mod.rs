@@ -2,6 +2,7 @@
 
 use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
 use crate::error::{Error, Result};
+use crate::exec::Exec;
 use crate::layer::{LayerKind, Probe, Site};
 use crate::nn::blocked::BlockedTensor;
 use crate::nn::engine::blocked::{BlockedInput, BlockedKind};
@@ -109,8 +110,8 @@ impl Conv2d {
     /// Whether [`Conv2d::run_with_moments`] applies an input map as it reads the input
     /// on this processor (else it maps a copy first, which costs the memory of the
     /// input).
-    pub(crate) fn maps_input_as_read(&self) -> bool {
-        self.engine().maps_input_as_read(Isa::current())
+    pub(crate) fn maps_input_as_read(&self, exec: Exec) -> bool {
+        self.engine().maps_input_as_read(Isa::of(exec))
     }
 
     /// The choices this convolution measured between its dense and sparse kernels
@@ -140,7 +141,7 @@ impl Conv2d {
         probe: &mut Probe<'_>,
         epilogue: &Epilogue<'_>,
     ) -> Result<Tensor4> {
-        self.convolve(x, None, probe, epilogue, None, Isa::current())
+        self.convolve(x, None, probe, epilogue, None, Isa::of(probe.exec()))
     }
 
     /// The convolution (with its bias) of `x`, mapped by `input` first when given, and
@@ -156,7 +157,7 @@ impl Conv2d {
         input: Option<&ChannelMap>,
         probe: &mut Probe<'_>,
     ) -> Result<(Tensor4, Vec<(f64, f64)>)> {
-        self.run_with_moments_on(x, input, probe, Isa::current())
+        self.run_with_moments_on(x, input, probe, Isa::of(probe.exec()))
     }
 
     /// [`Conv2d::run_with_moments`] on `isa`.
@@ -193,7 +194,7 @@ impl Conv2d {
             if !as_read || probe.wants(LayerKind::Conv, Site::Input) {
                 let mut mapped = overwritten(x.dim());
                 mapped.assign(x);
-                map.apply_in_place(&mut mapped);
+                map.apply_in_place(&mut mapped, probe.exec().threads());
                 let y = self.convolve(&mapped, None, probe, epilogue, moments, isa);
                 recycle(mapped);
                 return y;
@@ -210,7 +211,9 @@ impl Conv2d {
             n,
             shape: Shapes { h, w, ho, wo },
         };
-        self.engine().run(batch, input, epilogue, moments, isa);
+        let threads = probe.exec().threads();
+        self.engine()
+            .run(batch, input, epilogue, moments, isa, threads);
         Ok(y)
     }
 }
@@ -251,7 +254,8 @@ impl Conv2d {
             ));
         }
         let engine = self.engine();
-        let (y, kernel) = engine.run_blocked(kind, x, [ho, wo], epilogue, residual, kernels);
+        let exec = probe.exec();
+        let (y, kernel) = engine.run_blocked(kind, x, [ho, wo], epilogue, residual, kernels, exec);
         if let (Some(profile), Some(start)) = (probe.profile(), start) {
             profile.record(probe.path(), kernel, start.elapsed().as_secs_f64());
         }
