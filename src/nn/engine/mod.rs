@@ -20,7 +20,7 @@ pub(crate) use path::{ConvPath, Shapes};
 
 use crate::exec::Exec;
 use crate::nn::kernels::direct::{self, ImageCall};
-use crate::nn::kernels::{plain, winograd, Isa};
+use crate::nn::kernels::{plain, winograd, Isa, Kernels};
 use crate::nn::runtime::{Activation, ChannelMap, Threads};
 use crate::stats::plane_moments;
 use rayon::prelude::*;
@@ -303,75 +303,110 @@ impl Convolution<'_> {
         t: Threads,
         moments: Option<&mut [(f64, f64)]>,
     ) {
-        if plan.path == ConvPath::Depthwise {
-            let call = depthwise::Depthwise {
-                config: self.config,
-                shape: plan.shape,
-                weight: self.weight,
-                bias: self.bias,
-                input: plan.kernel_call.input,
-                epilogue: plan.epilogue,
-                isa: plan.isa,
-            };
-            let sh = plan.shape;
-            let c = self.config.in_channels;
-            let (per_in, per_out) = (c * sh.h * sh.w, c * sh.ho * sh.wo);
-            let mut moments = moments.map(|m| m.chunks_exact_mut(c));
-            for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
-                call.image(xi, yi, moments.as_mut().and_then(|m| m.next()), t);
+        match plan.path {
+            ConvPath::Depthwise => self.depthwise(x, y, plan, t, moments),
+            ConvPath::Winograd(kernels) => {
+                self.images(x, y, plan, kernels, winograd::image, moments)
             }
-            return;
+            ConvPath::Direct(kernels) => self.images(x, y, plan, kernels, direct::image, moments),
+            ConvPath::Pointwise => self.products(x, y, plan, t, Product::Columns(true), moments),
+            ConvPath::Im2col => self.products(x, y, plan, t, Product::Columns(false), moments),
+            ConvPath::Shifted => self.products(x, y, plan, t, Product::Shifted, moments),
         }
-        if let Some(kernels) = plan.path.kernels() {
-            let c = self.config;
-            let sh = plan.shape;
-            let (per_in, per_out) = (c.in_channels * sh.h * sh.w, c.out_channels * sh.ho * sh.wo);
-            let image = match plan.path {
-                ConvPath::Winograd(_) => winograd::image,
-                _ => direct::image,
-            };
-            let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
-            let after = plan.epilogue.after_kernel();
-            // Group by group: each a convolution of its own input channels into its own
-            // output channels (one group for most convolutions).
-            let groups = c.groups;
-            let (cg, og) = (c.in_channels / groups, c.out_channels / groups);
-            let (gin, gout) = (cg * sh.h * sh.w, og * sh.ho * sh.wo);
-            let gw = plan.weights.len() / groups;
-            let call = |g: usize| ImageCall {
-                weights: &plan.weights[g * gw..(g + 1) * gw],
-                scale: &plan.kernel_call.scale[g * og..(g + 1) * og],
-                shift: &plan.kernel_call.shift[g * og..(g + 1) * og],
-                input: match &plan.group_inputs {
-                    Some(maps) => Some(&maps[g]),
-                    None => plan.kernel_call.input,
-                },
-                ..plan.kernel_call
-            };
-            for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
-                let mut mi = moments.as_mut().and_then(|m| m.next());
-                let planes = xi.chunks_exact(gin).zip(yi.chunks_exact_mut(gout));
-                for (g, (xg, yg)) in planes.enumerate() {
-                    let mg = mi.as_deref_mut().map(|m| &mut m[g * og..(g + 1) * og]);
-                    image(kernels, &call(g), xg, yg, mg);
-                }
-                // The image's output is still in cache.
-                if let Some(activation) = after {
-                    plain::activate(plan.isa, yi, activation);
-                }
-            }
-            return;
-        }
-        let Some(moments) = moments else {
-            return self.products(x, y, plan, t, plan.epilogue);
+    }
+
+    /// [`Convolution::chunk`] on the depthwise path, image by image.
+    fn depthwise(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        plan: &Plan<'_>,
+        t: Threads,
+        moments: Option<&mut [(f64, f64)]>,
+    ) {
+        let call = depthwise::Depthwise {
+            config: self.config,
+            shape: plan.shape,
+            weight: self.weight,
+            bias: self.bias,
+            input: plan.kernel_call.input,
+            epilogue: plan.epilogue,
+            isa: plan.isa,
         };
-        // The moments of the planes just written, while in cache, before the
-        // activation.
+        let sh = plan.shape;
+        let c = self.config.in_channels;
+        let (per_in, per_out) = (c * sh.h * sh.w, c * sh.ho * sh.wo);
+        let mut moments = moments.map(|m| m.chunks_exact_mut(c));
+        for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
+            call.image(xi, yi, moments.as_mut().and_then(|m| m.next()), t);
+        }
+    }
+
+    /// [`Convolution::chunk`] on an image kernel (`image`: Winograd's or the direct
+    /// one), image by image and group by group.
+    fn images(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        plan: &Plan<'_>,
+        kernels: Kernels,
+        image: ImageKernel,
+        moments: Option<&mut [(f64, f64)]>,
+    ) {
+        let c = self.config;
+        let sh = plan.shape;
+        let (per_in, per_out) = (c.in_channels * sh.h * sh.w, c.out_channels * sh.ho * sh.wo);
+        let mut moments = moments.map(|m| m.chunks_exact_mut(c.out_channels));
+        let after = plan.epilogue.after_kernel();
+        // Group by group: each a convolution of its own input channels into its own
+        // output channels (one group for most convolutions).
+        let groups = c.groups;
+        let (cg, og) = (c.in_channels / groups, c.out_channels / groups);
+        let (gin, gout) = (cg * sh.h * sh.w, og * sh.ho * sh.wo);
+        let gw = plan.weights.len() / groups;
+        let call = |g: usize| ImageCall {
+            weights: &plan.weights[g * gw..(g + 1) * gw],
+            scale: &plan.kernel_call.scale[g * og..(g + 1) * og],
+            shift: &plan.kernel_call.shift[g * og..(g + 1) * og],
+            input: match &plan.group_inputs {
+                Some(maps) => Some(&maps[g]),
+                None => plan.kernel_call.input,
+            },
+            ..plan.kernel_call
+        };
+        for (xi, yi) in x.chunks_exact(per_in).zip(y.chunks_exact_mut(per_out)) {
+            let mut mi = moments.as_mut().and_then(|m| m.next());
+            let planes = xi.chunks_exact(gin).zip(yi.chunks_exact_mut(gout));
+            for (g, (xg, yg)) in planes.enumerate() {
+                let mg = mi.as_deref_mut().map(|m| &mut m[g * og..(g + 1) * og]);
+                image(kernels, &call(g), xg, yg, mg);
+            }
+            // The image's output is still in cache.
+            if let Some(activation) = after {
+                plain::activate(plan.isa, yi, activation);
+            }
+        }
+    }
+
+    /// [`Convolution::chunk`] by one of the matrix-product paths; with `moments`,
+    /// those of the planes just written, while in cache, before the activation.
+    fn products(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        plan: &Plan<'_>,
+        t: Threads,
+        product: Product,
+        moments: Option<&mut [(f64, f64)]>,
+    ) {
+        let Some(moments) = moments else {
+            return self.product(x, y, plan, t, product, plan.epilogue);
+        };
         let linear = Epilogue {
             activation: Activation::Identity,
             ..*plan.epilogue
         };
-        self.products(x, y, plan, t, &linear);
+        self.product(x, y, plan, t, product, &linear);
         let spatial = plan.shape.ho * plan.shape.wo;
         for (m, plane) in moments.iter_mut().zip(y.chunks_exact(spatial.max(1))) {
             *m = plane_moments(plane);
@@ -379,28 +414,42 @@ impl Convolution<'_> {
         plain::activate(plan.isa, y, plan.epilogue.activation);
     }
 
-    /// [`Convolution::chunk`] by one of the matrix-product paths.
-    fn products(
+    /// The product of `product`'s layout, then `epilogue`.
+    fn product(
         &self,
         x: &[f32],
         y: &mut [f32],
         plan: &Plan<'_>,
         t: Threads,
+        product: Product,
         epilogue: &Epilogue<'_>,
     ) {
         let sh = plan.shape;
-        if plan.path == ConvPath::Shifted {
-            let slices = plan.weights;
-            gemm_paths::shifted(self, x, y, sh, slices, t, epilogue);
-            return;
-        }
-        gemm_paths::columns(self, x, y, sh, plan.path == ConvPath::Pointwise, t);
-        let spatial = sh.ho * sh.wo;
-        for yi in y.chunks_mut((self.config.out_channels * spatial).max(1)) {
-            epilogue.apply(yi, spatial, self.bias, plan.isa);
+        match product {
+            Product::Shifted => gemm_paths::shifted(self, x, y, sh, plan.weights, t, epilogue),
+            Product::Columns(pointwise) => {
+                gemm_paths::columns(self, x, y, sh, pointwise, t);
+                let spatial = sh.ho * sh.wo;
+                for yi in y.chunks_mut((self.config.out_channels * spatial).max(1)) {
+                    epilogue.apply(yi, spatial, self.bias, plan.isa);
+                }
+            }
         }
     }
 }
+
+/// How a matrix-product path lays out the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Product {
+    /// One product per kernel row, of shifted copies of the padded input.
+    Shifted,
+    /// The receptive fields as columns; `true` for a 1×1 convolution, whose input is
+    /// its own columns.
+    Columns(bool),
+}
+
+/// An image kernel: Winograd's or the direct one.
+type ImageKernel = fn(Kernels, &ImageCall<'_>, &[f32], &mut [f32], Option<&mut [(f64, f64)]>);
 
 /// What every chunk of one call shares.
 struct Plan<'a> {
