@@ -34,11 +34,13 @@
 //! ```
 
 mod report;
+mod study;
 
 pub use report::{
     CalibrationReport, ChannelLayer, CheckReport, DenseReport, FidelityReport, Layers, ModelReport,
     Number, Report, ResNetShape, RunReport, ScoresReport, SignalReport, TensorLayer,
 };
+pub use study::{Pattern, Progress, Pruned, RepairChoice, Runs, Study};
 
 use crate::data::ImageBatches;
 use crate::error::Result;

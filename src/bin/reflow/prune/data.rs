@@ -2,11 +2,12 @@
 //! folders or image folders, and the check that every batch norm gets enough values.
 
 use super::super::protocol::invalid;
-use super::plan::{Plan, RepairKind};
+use super::plan::Plan;
 use super::Args;
 use reflow::io::{read_cifar, CifarSplit, EvalTransform, ImageSource};
 use reflow::models::Model;
 use reflow::prelude::*;
+use reflow::protocol::RepairChoice;
 
 /// Images of any source, chosen at run time.
 type Source = Box<dyn ImageSource>;
@@ -232,7 +233,7 @@ pub(super) fn enough_values(
     let count = args.calib_count.min(images.len());
     // `--repair auto` also repairs from each half of the images.
     let mut sets = vec![(count, String::new())];
-    if plan.repair == RepairKind::Auto {
+    if plan.study.repair == RepairChoice::Auto {
         sets.push((
             count.div_ceil(2),
             " (half of them, for --repair auto)".into(),
@@ -240,7 +241,7 @@ pub(super) fn enough_values(
         sets.push((count / 2, " (half of them, for --repair auto)".into()));
     }
     for (count, which) in sets {
-        let (images_at_once, flag) = match plan.reflow.mode() {
+        let (images_at_once, flag) = match plan.study.reflow.mode() {
             ReflowMode::Exact => (count, "calib-count"),
             _ => match count % args.calib_batch {
                 0 => (args.calib_batch.min(count), "calib-batch"),

@@ -18,11 +18,12 @@ use super::protocol::{self, invalid, progress_bar};
 use clap::Parser;
 use data::{enough_values, read_data};
 use paths::check_paths;
-use plan::{plan, Pattern, Runs};
+use plan::{as_flag, plan};
 use reflow::io::ImageSource;
 use reflow::models::Model;
 use reflow::prelude::*;
-use report::{finish, Pruned};
+use reflow::protocol::Progress as Step;
+use report::finish;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -211,12 +212,7 @@ pub fn execute(args: &Args) -> ExitCode {
 
 fn run(args: &Args) -> reflow::Result<()> {
     let plan = plan(args)?;
-    let saved: Vec<String> = plan
-        .sparsities
-        .iter()
-        .map(|&s| plan.pattern.saved_name(s))
-        .collect();
-    check_paths(args, &saved)?;
+    check_paths(args, &plan.study.saved_names())?;
 
     let mut net = Model::load(&args.weights, plan.arch, plan.stem)?;
     let (in_channels, num_classes) = (net.in_channels(), net.num_classes());
@@ -230,7 +226,7 @@ fn run(args: &Args) -> reflow::Result<()> {
             ),
         ));
     }
-    let runs_ahead = Runs::check(&plan, &net)?;
+    let runs = plan.study.pruners(&net).map_err(as_flag)?;
     let (test, labels, calib_images) = read_data(args, in_channels, num_classes, plan.transform)?;
     let test_flag = match (&args.cifar_dir, &args.test_npy, &args.test_dir) {
         (Some(_), _, _) => "cifar-dir",
@@ -324,65 +320,31 @@ fn run(args: &Args) -> reflow::Result<()> {
     };
     // The images drawn, before any work (a folder reads their headers).
     calib_images.check(calibration.indices())?;
-    let save = |name: String, net: &Model| -> reflow::Result<()> {
-        let Some(dir) = &args.save_dir else {
-            return Ok(());
-        };
-        // `check_paths` made the folder and made sure the file is no input.
-        StateDict::from_layer(net).write_safetensors_as(dir.join(name), plan.save_format)
-    };
-
     let protocol = Protocol {
         test: test.as_ref(),
         labels,
         norm: &plan.norm,
         calibration: &calibration,
         signal_images,
-        repair: plan.repair.repair(plan.reflow),
+        repair: plan.study.repair.repair(plan.study.reflow),
     };
-    let progress = progress_bar(1 + 2 * plan.sparsities.len() as u64);
+    let progress = progress_bar(1 + 2 * plan.study.sparsities.len() as u64);
     progress.set_message("dense model");
-    let dense_state = StateDict::from_layer(&net);
     let dense = protocol.dense(&net)?;
     progress.inc(1);
 
-    let mut runs = Vec::new();
-    let label = |s: f64| match plan.pattern {
-        Pattern::Nm(..) => plan.pattern.name(),
-        _ => format!("{} {s}", plan.pattern.name()),
+    let mut save = |name: &str, net: &Model| -> reflow::Result<()> {
+        let Some(dir) = &args.save_dir else {
+            return Ok(());
+        };
+        // `check_paths` made the folder and made sure the file is no input.
+        StateDict::from_layer(net).write_safetensors_as(dir.join(name), plan.save_format)
     };
-    match runs_ahead {
-        Runs::Unstructured(pruners) => {
-            for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
-                progress.set_message(label(s));
-                let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &mut || {
-                    progress.inc(1)
-                })?;
-                save(plan.pattern.saved_name(s), &net)?;
-                runs.push((run, Pruned::Unstructured));
-            }
-        }
-        Runs::Nm(pruner, skipped) => {
-            let s = plan.sparsities[0];
-            progress.set_message(label(s));
-            let run = protocol.run(&mut net, &dense_state, &dense, s, pruner, &mut || {
-                progress.inc(1)
-            })?;
-            save(plan.pattern.saved_name(s), &net)?;
-            runs.push((run, Pruned::Nm(skipped)));
-        }
-        Runs::Channel(pruners) => {
-            for (&s, pruner) in plan.sparsities.iter().zip(pruners) {
-                progress.set_message(label(s));
-                let started = std::time::Instant::now();
-                let (mut compact, report) = pruner.prune(&net)?;
-                let run = protocol
-                    .run_pruned(&mut compact, &dense, s, started, &mut || progress.inc(1))?;
-                save(plan.pattern.saved_name(s), &compact)?;
-                runs.push((run, Pruned::Channel(report)));
-            }
-        }
-    }
+    let mut show = |step: Step<'_>| match step {
+        Step::Run(label) => progress.set_message(label.to_string()),
+        Step::Pass => progress.inc(1),
+    };
+    let runs = protocol.study(&mut net, &plan.study, runs, &dense, &mut save, &mut show)?;
     progress.finish_and_clear();
     finish(args, &plan, &net, &dense, &runs, &protocol)
 }

@@ -1,61 +1,13 @@
 //! What `reflow prune` prints, and the JSON report it writes.
 
 use super::super::protocol::{self, last_ratio};
-use super::plan::{Pattern, Plan, RepairKind};
+use super::plan::Plan;
 use super::Args;
 use reflow::models::Model;
 use reflow::prelude::*;
-use reflow::protocol::{
-    CalibrationReport, DenseReport, Layers, ModelReport, Number, Report, RunReport,
-};
-use reflow::prune::ChannelReport;
+use reflow::protocol::{CalibrationReport, DenseReport, ModelReport, Number, Report};
+use reflow::protocol::{Pattern, Pruned, RepairChoice};
 use reflow::trust::Fidelity;
-
-/// What a run pruned, beyond the zeros in [`protocol::Run::report`].
-pub(super) enum Pruned {
-    Unstructured,
-    /// The tensors N:M left dense.
-    Nm(Vec<String>),
-    /// The channels removed.
-    Channel(ChannelReport),
-}
-
-impl Pruned {
-    /// The fraction pruned: of the prunable weights, or of the channels in scope.
-    fn actual(&self, run: &protocol::Run) -> f64 {
-        match self {
-            Pruned::Channel(r) => r.channel_fraction(),
-            _ => run.report.prunable_sparsity(),
-        }
-    }
-}
-
-fn run_report(run: &protocol::Run, pruned: &Pruned, plan: &Plan) -> RunReport {
-    let scope = match plan.pattern {
-        Pattern::Unstructured => plan.scope,
-        _ => Scope::Layer,
-    };
-    let layers = match pruned {
-        Pruned::Channel(report) => Layers::channels(report),
-        _ => Layers::tensors(&run.report),
-    };
-    let mut entry = RunReport::of(
-        run,
-        &plan.pattern.name(),
-        &scope.to_string(),
-        pruned.actual(run),
-        layers,
-    );
-    match pruned {
-        Pruned::Unstructured => {}
-        Pruned::Nm(skipped) => entry.skipped = Some(skipped.clone()),
-        Pruned::Channel(report) => {
-            entry.skipped = Some(report.skipped.iter().map(|s| s.conv.clone()).collect());
-            entry.params = Some(report.params.1);
-        }
-    }
-    entry
-}
 
 /// Prints the tables and writes the JSON report (`--json`).
 pub(super) fn finish(
@@ -91,8 +43,8 @@ pub(super) fn finish(
         },
         dense_signal.last().map_or(f64::NAN, |(_, v)| v)
     );
-    let (repaired, signal_repaired) = match plan.repair {
-        RepairKind::Reflow => ("REFLOW top-1", "signal REFLOW/d"),
+    let (repaired, signal_repaired) = match plan.study.repair {
+        RepairChoice::Reflow => ("REFLOW top-1", "signal REFLOW/d"),
         _ => ("repaired top-1", "signal repair/d"),
     };
     say!(
@@ -106,8 +58,8 @@ pub(super) fn finish(
         signal_repaired,
         "secs"
     );
-    let kind = match plan.pattern {
-        Pattern::Unstructured => plan.scope.to_string(),
+    let kind = match plan.study.pattern {
+        Pattern::Unstructured => plan.study.scope.to_string(),
         other => other.name(),
     };
     for (run, pruned) in runs {
@@ -130,7 +82,7 @@ pub(super) fn finish(
     say!(
         "fidelity to the dense network on {} test images (top-1 agreement, mean KL), and the repair ({}):",
         test.len(),
-        plan.repair.name()
+        plan.study.repair.name()
     );
     say!(
         "{:<7} {:>8} {:>12} {:>14} {:>10} {:>12} {:>7}  {}",
@@ -177,7 +129,7 @@ pub(super) fn finish(
         say!("calibration: {warning}");
         eprintln!("warning: {warning}");
     }
-    if plan.repair == RepairKind::Auto {
+    if plan.study.repair == RepairChoice::Auto {
         for (run, _) in runs {
             say!(
                 "repair at {}: {} ({})",
@@ -204,7 +156,7 @@ pub(super) fn finish(
             ),
             Pruned::Nm(skipped) if !skipped.is_empty() => say!(
                 "{}: {} tensor(s) left dense (grouped axis not a multiple of M): {}",
-                plan.pattern.name(),
+                plan.study.pattern.name(),
                 skipped.len(),
                 skipped.join(", ")
             ),
@@ -235,11 +187,11 @@ pub(super) fn finish(
                 warning: worst.and_then(|c| c.warning.clone()),
                 indices: args.calib_seed.map(|_| calibration.indices().to_vec()),
             },
-            repair: plan.repair.name().to_string(),
+            repair: plan.study.repair.name().to_string(),
             dense: DenseReport::of(&dense.evaluation, test.len()),
             runs: runs
                 .iter()
-                .map(|(run, pruned)| run_report(run, pruned, plan))
+                .map(|(run, pruned)| pruned.report(run, &plan.study))
                 .collect(),
         };
         let text = serde_json::to_string_pretty(&report).expect("the report serialises");

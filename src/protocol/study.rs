@@ -1,0 +1,398 @@
+//! A study: the prunings `reflow prune` runs one after the other from the dense
+//! network — the pattern, the sparsities, the exclusions and the repair — as typed
+//! options, checked against the network before any data is read ([`Study::pruners`]),
+//! then run by [`Protocol::study`].
+
+use super::{Dense, Layers, Protocol, Run, RunReport};
+use crate::error::{Error, Result};
+use crate::models::{Model, FAMILIES};
+use crate::prune::{ChannelPruner, ChannelReport, MagnitudePruner, NmPruner, Pruner};
+use crate::prune::{PrunePlan, Scope};
+use crate::rescale::Reflow;
+use crate::state_dict::StateDict;
+use crate::trust::Repair;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
+
+/// How the weights are pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// Magnitude pruning at each sparsity, in the study's [`Scope`].
+    Unstructured,
+    /// N of every M consecutive weights kept: one run.
+    Nm(usize, usize),
+    /// Whole channels removed at each sparsity (the fraction of the channels in
+    /// scope): a compact network.
+    Channel,
+}
+
+impl Pattern {
+    /// `unstructured`, `N:M` or `channel`: how reports name it.
+    pub fn name(self) -> String {
+        match self {
+            Pattern::Unstructured => "unstructured".into(),
+            Pattern::Nm(n, m) => format!("{n}:{m}"),
+            Pattern::Channel => "channel".into(),
+        }
+    }
+
+    /// The file name of a run's network at `sparsity`: `s0.5.safetensors`,
+    /// `nm2-4.safetensors`, `channel-s0.3.safetensors`.
+    pub fn saved_name(self, sparsity: f64) -> String {
+        match self {
+            Pattern::Unstructured => format!("s{sparsity}.safetensors"),
+            Pattern::Nm(n, m) => format!("nm{n}-{m}.safetensors"),
+            Pattern::Channel => format!("channel-s{sparsity}.safetensors"),
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl FromStr for Pattern {
+    type Err = Error;
+
+    /// `unstructured`, `channel` or `N:M` with 1 ≤ N < M.
+    ///
+    /// ```
+    /// use reflow::protocol::Pattern;
+    ///
+    /// assert_eq!("2:4".parse::<Pattern>()?, Pattern::Nm(2, 4));
+    /// assert!("4:2".parse::<Pattern>().is_err());
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    fn from_str(text: &str) -> Result<Pattern> {
+        let bad = |why: &str| Error::invalid("pattern", format!("\"{text}\": {why}"));
+        match text {
+            "unstructured" => Ok(Pattern::Unstructured),
+            "channel" => Ok(Pattern::Channel),
+            _ => {
+                let Some((n, m)) = text.split_once(':') else {
+                    return Err(bad("expected unstructured, channel or N:M (e.g. 2:4)"));
+                };
+                let (Ok(n), Ok(m)) = (n.trim().parse::<usize>(), m.trim().parse::<usize>()) else {
+                    return Err(bad("N and M must be whole numbers (e.g. 2:4)"));
+                };
+                NmPruner::new(n, m).map_err(|_| bad("N must be at least 1 and below M"))?;
+                Ok(Pattern::Nm(n, m))
+            }
+        }
+    }
+}
+
+/// What follows each pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RepairChoice {
+    /// REFLOW in the study's mode (the paper's method).
+    #[default]
+    Reflow,
+    /// Nothing: the pruned network as it is.
+    None,
+    /// REFLOW or nothing, whichever stays closer to the dense network (see
+    /// [`Repair::auto`]).
+    Auto,
+}
+
+impl RepairChoice {
+    /// `reflow`, `none` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RepairChoice::Reflow => "reflow",
+            RepairChoice::None => "none",
+            RepairChoice::Auto => "auto",
+        }
+    }
+
+    /// The repair, with REFLOW as `reflow`.
+    pub fn repair(self, reflow: Reflow) -> Repair {
+        match self {
+            RepairChoice::Reflow => Repair::reflow(reflow),
+            RepairChoice::None => Repair::None,
+            RepairChoice::Auto => Repair::auto(reflow),
+        }
+    }
+}
+
+impl FromStr for RepairChoice {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<RepairChoice> {
+        match text {
+            "reflow" => Ok(RepairChoice::Reflow),
+            "none" => Ok(RepairChoice::None),
+            "auto" => Ok(RepairChoice::Auto),
+            other => Err(Error::invalid(
+                "repair",
+                format!("\"{other}\" (expected reflow, none or auto)"),
+            )),
+        }
+    }
+}
+
+/// The prunings of one study and what follows each.
+///
+/// ```
+/// use reflow::models::{Model, ResNet, ResNetConfig};
+/// use reflow::protocol::{Pattern, Study};
+///
+/// let net = Model::new(ResNet::new(ResNetConfig::cifar_resnet(8)?)?);
+/// let study = Study::new(Pattern::Unstructured, vec![0.5, 0.8]).excluding("fc");
+/// study.validate()?;
+/// assert_eq!(study.pruners(&net)?.len(), 2);
+/// assert_eq!(Study::new(Pattern::Nm(2, 4), vec![]).sparsities, [0.5]);
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Study {
+    /// How the weights are pruned.
+    pub pattern: Pattern,
+    /// The scope of unstructured pruning (N:M and channel pruning are per layer).
+    pub scope: Scope,
+    /// One per run: the fraction pruned (for N:M, 1 − N/M).
+    pub sparsities: Vec<f64>,
+    /// Parameter names or prefixes never pruned.
+    pub exclude: Vec<String>,
+    /// REFLOW's statistic mode, for the repair.
+    pub reflow: Reflow,
+    /// What follows each pruning.
+    pub repair: RepairChoice,
+}
+
+impl Study {
+    /// `pattern` at `sparsities` (for N:M the one sparsity 1 − N/M, whatever is given),
+    /// global scope, nothing excluded, cumulative REFLOW after each.
+    pub fn new(pattern: Pattern, sparsities: Vec<f64>) -> Study {
+        let sparsities = match pattern {
+            Pattern::Nm(n, m) => vec![1.0 - n as f64 / m as f64],
+            _ => sparsities,
+        };
+        Study {
+            pattern,
+            scope: Scope::Global,
+            sparsities,
+            exclude: Vec::new(),
+            reflow: Reflow::cumulative(),
+            repair: RepairChoice::Reflow,
+        }
+    }
+
+    /// The same study, never pruning `name` (a parameter or a prefix of names).
+    pub fn excluding(mut self, name: impl Into<String>) -> Study {
+        self.exclude.push(name.into());
+        self
+    }
+
+    /// Checks what can be checked without the network: at least one sparsity, each in
+    /// [0, 1); REFLOW's parameters.
+    pub fn validate(&self) -> Result<()> {
+        if self.sparsities.is_empty() {
+            return Err(Error::invalid("sparsity", "no value given"));
+        }
+        for &s in &self.sparsities {
+            PrunePlan::new(s)
+                .validate()
+                .map_err(|_| Error::out_of_range("sparsity", s, "[0, 1)"))?;
+        }
+        self.reflow.validate()
+    }
+
+    /// The file names of the runs' networks (see [`Pattern::saved_name`]).
+    pub fn saved_names(&self) -> Vec<String> {
+        let names = self.sparsities.iter();
+        names.map(|&s| self.pattern.saved_name(s)).collect()
+    }
+
+    /// The runs' pruners, each checked against `net` (exclusions that match nothing,
+    /// an N:M that prunes nothing, a family without channel scope) before any data.
+    pub fn pruners(&self, net: &Model) -> Result<Runs> {
+        /// `p` with every exclusion.
+        fn excluding<P>(p: P, exclude: &[String], add: fn(P, String) -> P) -> P {
+            exclude.iter().cloned().fold(p, add)
+        }
+        let exclude = &self.exclude;
+        match self.pattern {
+            Pattern::Unstructured => self
+                .sparsities
+                .iter()
+                .map(|&s| {
+                    let p = MagnitudePruner::new(s).scope(self.scope);
+                    let p = excluding(p, exclude, MagnitudePruner::exclude);
+                    p.plan().check(net).map(|_| p)
+                })
+                .collect::<Result<_>>()
+                .map(Runs::Unstructured),
+            Pattern::Nm(n, m) => {
+                let pruner = excluding(NmPruner::new(n, m)?, exclude, NmPruner::exclude);
+                let skipped = pruner.skipped(net)?;
+                pruner.masks(net)?;
+                Ok(Runs::Nm(pruner, skipped))
+            }
+            Pattern::Channel => {
+                if net.family().channel_pruning().is_none() {
+                    let supported: Vec<_> = FAMILIES
+                        .iter()
+                        .filter_map(|f| f.channel_pruning())
+                        .collect();
+                    return Err(Error::unsupported(
+                        "pattern",
+                        format!(
+                            "channel: channel pruning supports {}; this network is a {}",
+                            supported.join(" and "),
+                            net.arch().family()
+                        ),
+                    ));
+                }
+                let state = StateDict::from_layer(net);
+                let scope = crate::prune::ChannelPrunable::channel_scope(net);
+                self.sparsities
+                    .iter()
+                    .map(|&s| {
+                        let p = excluding(ChannelPruner::new(s)?, exclude, ChannelPruner::exclude);
+                        p.select(&state, &scope).map(|_| p)
+                    })
+                    .collect::<Result<_>>()
+                    .map(Runs::Channel)
+            }
+        }
+    }
+}
+
+/// The pruners of a study's runs, checked against the network.
+#[derive(Debug)]
+pub enum Runs {
+    /// One magnitude pruner per sparsity.
+    Unstructured(Vec<MagnitudePruner>),
+    /// The N:M pruner and the tensors it leaves dense.
+    Nm(NmPruner, Vec<String>),
+    /// One channel pruner per sparsity.
+    Channel(Vec<ChannelPruner>),
+}
+
+impl Runs {
+    /// How many runs.
+    pub fn len(&self) -> usize {
+        match self {
+            Runs::Unstructured(p) => p.len(),
+            Runs::Nm(..) => 1,
+            Runs::Channel(p) => p.len(),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a run pruned, beyond the zeros in [`Run::report`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pruned {
+    /// Weights set to zero.
+    Unstructured,
+    /// N:M, and the tensors it left dense.
+    Nm(Vec<String>),
+    /// The channels removed.
+    Channel(ChannelReport),
+}
+
+impl Pruned {
+    /// The fraction pruned: of the prunable weights, or of the channels in scope.
+    pub fn actual(&self, run: &Run) -> f64 {
+        match self {
+            Pruned::Channel(r) => r.channel_fraction(),
+            _ => run.report.prunable_sparsity(),
+        }
+    }
+
+    /// The report's entry for `run` of `study`.
+    pub fn report(&self, run: &Run, study: &Study) -> RunReport {
+        let scope = match study.pattern {
+            Pattern::Unstructured => study.scope,
+            _ => Scope::Layer,
+        };
+        let layers = match self {
+            Pruned::Channel(report) => Layers::channels(report),
+            _ => Layers::tensors(&run.report),
+        };
+        let name = study.pattern.name();
+        let mut entry = RunReport::of(run, &name, &scope.to_string(), self.actual(run), layers);
+        match self {
+            Pruned::Unstructured => {}
+            Pruned::Nm(skipped) => entry.skipped = Some(skipped.clone()),
+            Pruned::Channel(report) => {
+                entry.skipped = Some(report.skipped.iter().map(|s| s.conv.clone()).collect());
+                entry.params = Some(report.params.1);
+            }
+        }
+        entry
+    }
+}
+
+/// Where a study is, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress<'a> {
+    /// A run starts: its label (`unstructured 0.5`, `2:4`).
+    Run(&'a str),
+    /// One evaluation pass is done (two per run).
+    Pass,
+}
+
+impl Protocol<'_> {
+    /// Runs `runs` (from [`Study::pruners`]) on `net`, each from the dense weights
+    /// (`dense`, from [`Protocol::dense`] on the same network): prune, evaluate,
+    /// repair, evaluate. `save` gets each run's network and its file name (a channel
+    /// run's network is the compact one) as the repair stage left it; `net` ends as
+    /// the last unstructured or N:M run left it.
+    pub fn study(
+        &self,
+        net: &mut Model,
+        study: &Study,
+        runs: Runs,
+        dense: &Dense,
+        save: &mut dyn FnMut(&str, &Model) -> Result<()>,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Vec<(Run, Pruned)>> {
+        let dense_state = StateDict::from_layer(net);
+        let label = |s: f64| match study.pattern {
+            Pattern::Nm(..) => study.pattern.name(),
+            _ => format!("{} {s}", study.pattern.name()),
+        };
+        let mut done = Vec::new();
+        match runs {
+            Runs::Unstructured(pruners) => {
+                for (&s, pruner) in study.sparsities.iter().zip(pruners) {
+                    progress(Progress::Run(&label(s)));
+                    let pass = &mut || progress(Progress::Pass);
+                    let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
+                    save(&study.pattern.saved_name(s), net)?;
+                    done.push((run, Pruned::Unstructured));
+                }
+            }
+            Runs::Nm(pruner, skipped) => {
+                let s = study.sparsities[0];
+                progress(Progress::Run(&label(s)));
+                let pass = &mut || progress(Progress::Pass);
+                let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
+                save(&study.pattern.saved_name(s), net)?;
+                done.push((run, Pruned::Nm(skipped)));
+            }
+            Runs::Channel(pruners) => {
+                for (&s, pruner) in study.sparsities.iter().zip(pruners) {
+                    progress(Progress::Run(&label(s)));
+                    let started = Instant::now();
+                    let (mut compact, report) = pruner.prune(net)?;
+                    let pass = &mut || progress(Progress::Pass);
+                    let run = self.run_pruned(&mut compact, dense, s, started, pass)?;
+                    save(&study.pattern.saved_name(s), &compact)?;
+                    done.push((run, Pruned::Channel(report)));
+                }
+            }
+        }
+        Ok(done)
+    }
+}
