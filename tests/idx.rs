@@ -1,5 +1,7 @@
 //! The IDX reader: raw and gzip files, normalisation, and the errors bad files produce.
 
+mod common;
+
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use reflow::io::{Dataset, IdxImages, IdxLabels, Normalization};
@@ -142,4 +144,66 @@ fn normalisation_rejects_bad_values() {
     assert!(Normalization::new(vec![f32::NAN], vec![1.0]).is_err());
     assert!(Normalization::new(vec![0.5], vec![-1.0]).is_err());
     assert!(Normalization::new(vec![0.5, 0.5], vec![1.0]).is_err());
+}
+
+/// The protocol's typed sources open IDX test and calibration sets, and name the
+/// source as the caller does in their errors.
+#[test]
+fn protocol_sources_open_idx_files_and_name_the_source_in_errors() {
+    use reflow::io::EvalTransform;
+    use reflow::protocol::{Images, Labels};
+    let dir = tempfile::tempdir().unwrap();
+    let (images, labels, bad) = (
+        dir.path().join("x.idx"),
+        dir.path().join("y.idx"),
+        dir.path().join("y5.idx"),
+    );
+    common::write_idx(&images, &[6, 4, 4], &[7u8; 6 * 16], false);
+    common::write_idx(&labels, &[6], &[0, 1, 2, 0, 1, 2], false);
+    common::write_idx(&bad, &[5], &[0, 1, 2, 0, 1], false);
+    let source = Images::Idx(images.clone());
+    let names = ("--test-images", "--test-labels");
+    let test = source
+        .open_test(
+            Some(&Labels::Idx(labels)),
+            1,
+            3,
+            EvalTransform::default(),
+            names,
+        )
+        .unwrap();
+    assert_eq!(test.images.len(), 6);
+    assert_eq!(test.labels.as_ref().map(|l| l.as_slice().len()), Some(6));
+    let unlabelled = source
+        .open_test(None, 1, 3, EvalTransform::default(), names)
+        .unwrap();
+    assert!(unlabelled.labels.is_none());
+    let calib = source
+        .open_calibration(1, EvalTransform::default(), "--calib-images")
+        .unwrap();
+    assert_eq!(calib.image_dims(), [1, 4, 4]);
+    // Six images, five labels: the counts must agree.
+    let e = source
+        .open_test(
+            Some(&Labels::Idx(bad)),
+            1,
+            3,
+            EvalTransform::default(),
+            names,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains('6') && e.to_string().contains('5'),
+        "{e}"
+    );
+    // A folder that is not one is named as the caller names it.
+    #[cfg(feature = "image")]
+    {
+        let Err(e) =
+            Images::Folder(images).open_calibration(1, EvalTransform::default(), "--calib-dir")
+        else {
+            panic!("a file is no folder");
+        };
+        assert!(e.to_string().starts_with("invalid --calib-dir: "), "{e}");
+    }
 }

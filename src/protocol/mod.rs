@@ -34,12 +34,14 @@
 //! ```
 
 mod report;
+mod sources;
 mod study;
 
 pub use report::{
     CalibrationReport, ChannelLayer, CheckReport, DenseReport, FidelityReport, Layers, ModelReport,
     Number, Report, ResNetShape, RunReport, ScoresReport, SignalReport, TensorLayer,
 };
+pub use sources::{Images, Labels, Source, TestImages};
 pub use study::{Pattern, Progress, Pruned, RepairChoice, Runs, Study};
 
 use crate::data::ImageBatches;

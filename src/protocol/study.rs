@@ -126,10 +126,7 @@ impl FromStr for RepairChoice {
             "reflow" => Ok(RepairChoice::Reflow),
             "none" => Ok(RepairChoice::None),
             "auto" => Ok(RepairChoice::Auto),
-            other => Err(Error::invalid(
-                "repair",
-                format!("\"{other}\" (expected reflow, none or auto)"),
-            )),
+            other => Err(Error::unknown("repair", other, "reflow, none or auto")),
         }
     }
 }

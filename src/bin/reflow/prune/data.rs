@@ -4,140 +4,11 @@
 use super::super::protocol::invalid;
 use super::plan::Plan;
 use super::Args;
-use reflow::io::{read_cifar, CifarSplit, EvalTransform, ImageSource};
+use reflow::io::{EvalTransform, IdxLabels, ImageSource};
 use reflow::models::Model;
 use reflow::prelude::*;
 use reflow::protocol::RepairChoice;
-
-/// Images of any source, chosen at run time.
-type Source = Box<dyn ImageSource>;
-
-/// `.npy` files, when the build has the `npy` feature (the `reflow` command always has).
-mod npy {
-    use super::Source;
-    use std::path::Path;
-
-    /// Float images whose values pass this are taken for unnormalised pixels.
-    #[cfg(feature = "npy")]
-    const NORMALISED_LIMIT: f32 = 50.0;
-
-    #[cfg(feature = "npy")]
-    pub fn images(flag: &str, path: &Path) -> reflow::Result<Source> {
-        let images = reflow::io::NpyImages::read(path)?;
-        if let reflow::io::NpyImages::Normalized(floats) = &images {
-            let max = floats.max_abs();
-            if max > NORMALISED_LIMIT {
-                return Err(super::invalid(
-                    flag,
-                    format!(
-                        "{}: float32 values up to {max} look like pixels, but float32 images are taken as normalised already (--mean/--std apply to uint8 images): normalise them, or save them as uint8",
-                        path.display()
-                    ),
-                ));
-            }
-        }
-        Ok(Box::new(images))
-    }
-
-    #[cfg(feature = "npy")]
-    pub fn labels(path: &Path) -> reflow::Result<reflow::io::IdxLabels> {
-        reflow::io::read_npy_labels(path)
-    }
-
-    #[cfg(not(feature = "npy"))]
-    pub fn images(flag: &str, _: &Path) -> reflow::Result<Source> {
-        Err(super::invalid(
-            flag,
-            "this build reads no .npy files: build with --features npy (the reflow command has it)",
-        ))
-    }
-
-    #[cfg(not(feature = "npy"))]
-    pub fn labels(_: &Path) -> reflow::Result<reflow::io::IdxLabels> {
-        Err(super::invalid(
-            "test-labels-npy",
-            "this build reads no .npy files: build with --features npy",
-        ))
-    }
-}
-
-/// Image folders, when the build has the `image` feature (the `reflow` command
-/// always has).
-mod folder {
-    use super::Source;
-    use reflow::io::{EvalTransform, IdxLabels};
-    use std::path::Path;
-
-    /// The folder's images, and their labels when it has class sub-folders: a test
-    /// folder (`classes`, the model's) with its class count checked and every header
-    /// read; a calibration folder (`None`: of which a run draws a few) only listed, the
-    /// run checks what it draws.
-    #[cfg(feature = "image")]
-    pub fn images(
-        flag: &str,
-        dir: &Path,
-        channels: usize,
-        transform: EvalTransform,
-        classes: Option<usize>,
-    ) -> reflow::Result<(Source, Option<IdxLabels>)> {
-        use reflow::io::ImageFolder;
-        if !dir.is_dir() {
-            return Err(super::invalid(
-                flag,
-                format!("{} is not a folder", dir.display()),
-            ));
-        }
-        // Listing a large folder and reading its headers takes a while.
-        let spinner = indicatif::ProgressBar::new_spinner();
-        spinner.set_message(format!("--{flag}: reading {}", dir.display()));
-        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-        let images = ImageFolder::scan_unlabelled(dir, channels, transform).and_then(|images| {
-            if let Some(classes) = classes.filter(|_| images.is_labelled()) {
-                let found = images.classes();
-                if found.len() > classes {
-                    return Err(super::invalid(
-                        flag,
-                        format!(
-                            "{} class folders, but the model has {classes} classes (the first without one: \"{}\")",
-                            found.len(),
-                            found[classes]
-                        ),
-                    ));
-                }
-            }
-            if classes.is_some() {
-                let large = images.check(&(0..images.paths().len()).collect::<Vec<_>>())?;
-                if let Some(first) = large.first() {
-                    eprintln!(
-                        "warning: --{flag}: {} image(s) above {} pixels (Pillow warns of a possible decompression bomb), the first {}",
-                        large.len(),
-                        reflow::io::MAX_IMAGE_PIXELS,
-                        first.display()
-                    );
-                }
-            }
-            Ok(images)
-        });
-        spinner.finish_and_clear();
-        let images = images?;
-        let labels = images.is_labelled().then(|| images.labels());
-        Ok((Box::new(images), labels))
-    }
-
-    #[cfg(not(feature = "image"))]
-    pub fn images(
-        flag: &str,
-        _: &Path,
-        _: usize,
-        _: EvalTransform,
-        _: Option<usize>,
-    ) -> reflow::Result<(Source, Option<IdxLabels>)> {
-        Err(super::invalid(
-            flag,
-            "this build reads no image folders: build with --features image (the reflow command has it)",
-        ))
-    }
-}
+use reflow::protocol::{Images, Labels, Source};
 
 /// The test images, their labels when given, and the calibration images: IDX files,
 /// `.npy` arrays, a CIFAR folder or image folders (read as `channels`, a labelled test
@@ -149,57 +20,84 @@ pub(super) fn read_data(
     classes: usize,
     transform: EvalTransform,
 ) -> reflow::Result<(Source, Option<IdxLabels>, Source)> {
-    let boxed = |images: IdxImages| -> Source { Box::new(images) };
-    /// Images with their labels, the counts checked.
-    fn labelled(images: Source, labels: IdxLabels) -> reflow::Result<(Source, Option<IdxLabels>)> {
-        let (images, labels) = Dataset::new(images, labels)?.into_parts();
-        Ok((images, Some(labels)))
-    }
-    let (test, labels) = match (&args.cifar_dir, &args.test_images, &args.test_npy) {
+    let (test, test_flag, labels, labels_flag) = match (&args.cifar_dir, &args.test_images) {
         _ if args.test_dir.is_some() => {
-            let dir = args.test_dir.as_ref().expect("matched");
-            let (images, labels) = folder::images("test-dir", dir, channels, transform, Some(classes))?;
-            match labels {
-                Some(labels) => labelled(images, labels)?,
-                None => (images, None),
+            let dir = args.test_dir.clone().expect("matched");
+            (Images::Folder(dir), "test-dir", None, "test-dir")
+        }
+        (Some(dir), _) => (Images::Cifar(dir.clone()), "cifar-dir", None, "cifar-dir"),
+        (None, Some(path)) => (
+            Images::Idx(path.clone()),
+            "test-images",
+            args.test_labels.clone().map(Labels::Idx),
+            "test-labels",
+        ),
+        (None, None) => match &args.test_npy {
+            Some(path) => (
+                Images::Npy(path.clone()),
+                "test-npy",
+                args.test_labels_npy.clone().map(Labels::Npy),
+                "test-labels-npy",
+            ),
+            None => {
+                return Err(invalid(
+                    "test-images",
+                    "give --test-images (and --test-labels), --test-npy (and --test-labels-npy), --test-dir or --cifar-dir",
+                ))
             }
-        }
-        (Some(dir), _, _) => {
-            let (images, labels) = read_cifar(dir, CifarSplit::Test)?.1.into_parts();
-            labelled(boxed(images), labels)?
-        }
-        (None, Some(images), _) => {
-            let images = boxed(IdxImages::read(images)?);
-            match &args.test_labels {
-                Some(labels) => labelled(images, IdxLabels::read(labels)?)?,
-                None => (images, None),
-            }
-        }
-        (None, None, Some(images)) => {
-            let images = npy::images("test-npy", images)?;
-            match &args.test_labels_npy {
-                Some(labels) => labelled(images, npy::labels(labels)?)?,
-                None => (images, None),
-            }
-        }
-        _ => {
-            return Err(invalid(
-                "test-images",
-                "give --test-images (and --test-labels), --test-npy (and --test-labels-npy), --test-dir or --cifar-dir",
-            ))
-        }
+        },
     };
-    let calib: Source = match (&args.calib_images, &args.calib_npy, &args.cifar_dir) {
-        _ if args.calib_dir.is_some() => {
-            let dir = args.calib_dir.as_ref().expect("matched");
-            folder::images("calib-dir", dir, channels, transform, None)?.0
-        }
-        (Some(path), _, _) => boxed(IdxImages::read(path)?),
-        (None, Some(path), _) => npy::images("calib-npy", path)?,
-        (None, None, Some(dir)) => boxed(read_cifar(dir, CifarSplit::Train)?.1.into_parts().0),
+    let names = (format!("--{test_flag}"), format!("--{labels_flag}"));
+    let test = reading(&test, test_flag, || {
+        test.open_test(
+            labels.as_ref(),
+            channels,
+            classes,
+            transform,
+            (&names.0, &names.1),
+        )
+    })?;
+    if let Some(first) = test.large.first() {
+        eprintln!(
+            "warning: --{test_flag}: {} image(s) above {} pixels (Pillow warns of a possible decompression bomb), the first {}",
+            test.large.len(),
+            reflow::io::MAX_IMAGE_PIXELS,
+            first.display()
+        );
+    }
+    let (calib, calib_flag) = match (&args.calib_images, &args.calib_npy, &args.cifar_dir) {
+        _ if args.calib_dir.is_some() => (
+            Images::Folder(args.calib_dir.clone().expect("matched")),
+            "calib-dir",
+        ),
+        (Some(path), _, _) => (Images::Idx(path.clone()), "calib-images"),
+        (None, Some(path), _) => (Images::Npy(path.clone()), "calib-npy"),
+        (None, None, Some(dir)) => (Images::Cifar(dir.clone()), "cifar-dir"),
         (None, None, None) => return Err(invalid("calib-images", "not given")),
     };
-    Ok((test, labels, calib))
+    let name = format!("--{calib_flag}");
+    let calib = reading(&calib, calib_flag, || {
+        calib.open_calibration(channels, transform, &name)
+    })?;
+    Ok((test.images, test.labels, calib))
+}
+
+/// Runs `open`, with a spinner on stderr while a folder is listed and its headers read
+/// (a large folder takes a while).
+fn reading<T>(
+    images: &Images,
+    flag: &str,
+    open: impl FnOnce() -> reflow::Result<T>,
+) -> reflow::Result<T> {
+    if !matches!(images, Images::Folder(_)) {
+        return open();
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!("--{flag}: reading {}", images.path().display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let opened = open();
+    spinner.finish_and_clear();
+    opened
 }
 
 /// Before any forward pass over the data: every batch norm gets at least two values

@@ -168,6 +168,18 @@ pub(super) fn as_flag(e: Error) -> Error {
                 None => Error::InvalidArgument { name, reason },
             }
         }
+        Error::UnknownName {
+            name,
+            given,
+            expected,
+        } => match flag(&name) {
+            Some(f) => invalid(f, format!("\"{given}\" (expected {expected})")),
+            None => Error::UnknownName {
+                name,
+                given,
+                expected,
+            },
+        },
         Error::OutOfRange {
             name,
             value,
