@@ -17,12 +17,12 @@ DATA=(--test-images $A/t10k-images-idx3-ubyte.gz --test-labels $A/t10k-labels-id
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(vgg_fmnist regnet_x_fmnist regnet_y_fmnist mobilenet_v2_fmnist
                                  mobilenet_v3_fmnist efficientnet_fmnist)
-cargo build --release --quiet --example prune
+cargo build --release --quiet --features cli --bin reflow
 for name in "${names[@]}"; do
   [ -f $OUT/$name.safetensors ] || $PY scripts/train_families_fmnist.py --only $name --out $OUT
   rm -rf $OUT/$name.saved && mkdir -p $OUT/$name.saved
   echo "== $name"
-  ./target/release/examples/prune --weights $OUT/$name.safetensors "${DATA[@]}" \
+  ./target/release/reflow prune --weights $OUT/$name.safetensors "${DATA[@]}" \
       --calib-images $A/calib-images-idx3-ubyte.gz --json $OUT/$name.reflow.json \
       --save-dir $OUT/$name.saved 2>/dev/null
   $PY scripts/reference.py --weights $OUT/$name.safetensors "${DATA[@]}" \

@@ -16,7 +16,7 @@ A=assets/fashion-mnist
 OUT=target/patterns
 DATA=(--test-images $A/t10k-images-idx3-ubyte.gz --test-labels $A/t10k-labels-idx1-ubyte.gz
       --calib-images $A/calib-images-idx3-ubyte.gz --mean 0.2860 --std 0.3530 --stem cifar)
-cargo build --release --quiet --example prune
+cargo build --release --quiet --features cli --bin reflow
 for name in resnet_bottleneck_fmnist vgg_fmnist; do
   [ -f target/families/$name.safetensors ] ||
     $PY scripts/train_families_fmnist.py --only $name --out target/families
@@ -32,7 +32,7 @@ for weights in $A/resnet20_fmnist.safetensors target/families/resnet_bottleneck_
     [ $# -ge 3 ] && flags+=(--scope "$3")
     tag=$(echo "$run" | tr ' :,' '-_+')
     echo "== $name $run"
-    ./target/release/examples/prune --weights "$weights" "${DATA[@]}" "${flags[@]}" \
+    ./target/release/reflow prune --weights "$weights" "${DATA[@]}" "${flags[@]}" \
         --json "$OUT/$name/$tag.reflow.json" --save-dir "$OUT/$name/saved/$tag" 2>/dev/null |
         grep -E '^(dense|global|layer|2:4|channel) '
     $PY scripts/reference.py --weights "$weights" "${DATA[@]}" "${flags[@]}" \

@@ -207,3 +207,25 @@ fn protocol_sources_open_idx_files_and_name_the_source_in_errors() {
         assert!(e.to_string().starts_with("invalid --calib-dir: "), "{e}");
     }
 }
+
+/// A build without the `npy` feature names the feature, and the source as the caller
+/// names it (the `reflow` command always has the feature).
+#[test]
+#[cfg(not(feature = "npy"))]
+fn a_build_without_npy_names_the_feature() {
+    use reflow::io::EvalTransform;
+    use reflow::protocol::Images;
+    let Err(e) = Images::Npy("calib.npy".into()).open_calibration(
+        1,
+        EvalTransform::default(),
+        "--calib-npy",
+    ) else {
+        panic!("a build without npy reads no .npy file");
+    };
+    assert!(
+        e.to_string().contains(
+            "invalid --calib-npy: this build reads no .npy files: build with --features npy"
+        ),
+        "{e}"
+    );
+}

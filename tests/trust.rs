@@ -2,7 +2,9 @@
 //! fidelity to the dense network in the report (checked against an independent
 //! computation on the saved network), the calibration check's warning, `--repair
 //! auto` doing no harm and choosing on calibration images alone, and evaluation
-//! without labels.
+//! without labels. The command's tests need `--features cli` (`.ci/run` runs them
+//! so); the library's run in every build.
+#![cfg_attr(not(feature = "cli"), allow(dead_code, unused_imports))]
 
 mod common;
 
@@ -14,10 +16,14 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// `reflow prune` with `args` (feature `cli`).
+#[cfg(feature = "cli")]
 fn run(args: &[String]) -> Output {
-    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let binary = BINARY.get_or_init(|| common::example_binary("prune"));
-    Command::new(binary).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_reflow"))
+        .arg("prune")
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn asset(name: &str) -> PathBuf {
@@ -111,6 +117,7 @@ fn number(v: &Value) -> f64 {
 /// at 0 % and 30 % (so its accuracy is the unrepaired one's) and repairs at 80 %; and
 /// the choice, the scores and the check are the same on another evaluation set.
 #[test]
+#[cfg(feature = "cli")]
 fn auto_does_no_harm_with_16_images_and_never_looks_at_the_evaluation_set() {
     let dir = tempfile::tempdir().unwrap();
     let first = test_subset(dir.path(), 0..1000, "a");
@@ -216,6 +223,7 @@ fn by_hand(dense: &Tensor2, other: &Tensor2) -> (f64, f64) {
 /// equals the one computed here from the dense and the saved networks; and the dense
 /// network against itself has agreement 1 and KL 0.
 #[test]
+#[cfg(feature = "cli")]
 fn fidelity_equals_an_independent_computation_and_1024_images_are_enough() {
     let dir = tempfile::tempdir().unwrap();
     let test = test_subset(dir.path(), 0..1000, "");
@@ -276,6 +284,7 @@ fn fidelity_equals_an_independent_computation_and_1024_images_are_enough() {
 /// Evaluation images without labels: the report has fidelity and no accuracy (a
 /// folder of images with no class sub-folder: `tests/reflow_cli.rs`).
 #[test]
+#[cfg(feature = "cli")]
 fn without_labels_the_report_has_fidelity_only() {
     let dir = tempfile::tempdir().unwrap();
     let test = test_subset(dir.path(), 0..300, "");
@@ -319,6 +328,7 @@ fn without_labels_the_report_has_fidelity_only() {
 
 /// Bad `--repair` input: one line naming the flag, before any work.
 #[test]
+#[cfg(feature = "cli")]
 fn bad_repair_flags_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let test = test_subset(dir.path(), 0..10, "");
