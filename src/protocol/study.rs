@@ -4,11 +4,15 @@
 //! then run by [`Protocol::study`].
 
 use super::{Dense, Layers, Protocol, Run, RunReport};
+use crate::data::ImageSource;
 use crate::error::{Error, Result};
+use crate::io::check_image_pixels;
+use crate::layer::{ActivationView, Layer, LayerKind, Observer, Probe, Site, Tap};
 use crate::models::{Model, FAMILIES};
+use crate::nn::Tensor4;
 use crate::prune::{ChannelPruner, ChannelReport, MagnitudePruner, NmPruner, Pruner};
 use crate::prune::{PrunePlan, Scope};
-use crate::rescale::Reflow;
+use crate::rescale::{Reflow, ReflowMode};
 use crate::state_dict::StateDict;
 use crate::trust::Repair;
 use std::fmt;
@@ -256,6 +260,68 @@ impl Study {
                     .map(Runs::Channel)
             }
         }
+    }
+}
+
+impl Study {
+    /// Before any forward pass over the data: every batch norm of `net` gets at least
+    /// two values per channel to compute a variance from — in each calibration batch
+    /// (`count` of `images`, in batches of `batch`) for the running modes, in the
+    /// whole set for `exact`; and in each half too for the automatic repair. How many
+    /// values a batch norm sees per image is measured on one blank image.
+    pub fn check_calibration(
+        &self,
+        net: &Model,
+        images: &dyn ImageSource,
+        count: usize,
+        batch: usize,
+    ) -> Result<()> {
+        /// The smallest plane a batch norm sees.
+        struct Smallest(usize);
+        impl Observer for Smallest {
+            fn wants(&self, tap: &Tap<'_>) -> bool {
+                tap.kind == LayerKind::BatchNorm && tap.site == Site::Output
+            }
+            fn observe(&mut self, _: &Tap<'_>, a: ActivationView<'_>) {
+                self.0 = self.0.min(a.spatial);
+            }
+        }
+        if batch == 0 {
+            return Err(Error::invalid("calibration batch size", "must be positive"));
+        }
+        let [c, h, w] = images.image_dims();
+        // The probe is one image of the calibration set's size: bounded like any image.
+        check_image_pixels("calibration images", h, w)?;
+        let mut smallest = Smallest(usize::MAX);
+        let blank = Tensor4::zeros((1, c, h, w));
+        net.forward_with(&blank, &mut Probe::new(&mut smallest))?;
+        let per_image = smallest.0;
+        let count = count.min(images.len());
+        // The automatic repair also repairs from each half of the images.
+        let mut sets = vec![(count, "")];
+        if self.repair == RepairChoice::Auto {
+            let half = " (half of them, for the automatic repair)";
+            sets.extend([(count.div_ceil(2), half), (count / 2, half)]);
+        }
+        for (count, which) in sets {
+            let (images_at_once, name) = match self.reflow.mode() {
+                ReflowMode::Exact => (count, "calibration count"),
+                _ => match count % batch {
+                    0 => (batch.min(count), "calibration batch size"),
+                    last => (last, "calibration batch size"),
+                },
+            };
+            let values = images_at_once.saturating_mul(per_image);
+            if values < 2 {
+                return Err(Error::invalid(
+                    name,
+                    format!(
+                        "{images_at_once} image(s){which} of {h}x{w} give the smallest batch norms {values} value(s) per channel; a variance needs two"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

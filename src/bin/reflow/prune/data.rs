@@ -1,13 +1,9 @@
 //! The test and calibration images of `reflow prune`: IDX files, `.npy` arrays, CIFAR
-//! folders or image folders, and the check that every batch norm gets enough values.
+//! folders or image folders, mapped onto `reflow::protocol::Images` and `Labels`.
 
 use super::super::protocol::invalid;
-use super::plan::Plan;
 use super::Args;
-use reflow::io::{EvalTransform, IdxLabels, ImageSource};
-use reflow::models::Model;
-use reflow::prelude::*;
-use reflow::protocol::RepairChoice;
+use reflow::io::{EvalTransform, IdxLabels};
 use reflow::protocol::{Images, Labels, Source};
 
 /// The test images, their labels when given, and the calibration images: IDX files,
@@ -98,63 +94,4 @@ fn reading<T>(
     let opened = open();
     spinner.finish_and_clear();
     opened
-}
-
-/// Before any forward pass over the data: every batch norm gets at least two values
-/// per channel to compute a variance from — in each calibration batch for the
-/// running modes, in the whole calibration set for `exact`. How many values a batch
-/// norm sees per image is measured on one blank image.
-pub(super) fn enough_values(
-    args: &Args,
-    plan: &Plan,
-    net: &Model,
-    images: &dyn ImageSource,
-) -> reflow::Result<()> {
-    /// The smallest plane a batch norm sees.
-    struct Smallest(usize);
-    impl reflow::layer::Observer for Smallest {
-        fn wants(&self, tap: &reflow::layer::Tap<'_>) -> bool {
-            tap.kind == reflow::layer::LayerKind::BatchNorm
-                && tap.site == reflow::layer::Site::Output
-        }
-        fn observe(&mut self, _: &reflow::layer::Tap<'_>, a: reflow::layer::ActivationView<'_>) {
-            self.0 = self.0.min(a.spatial);
-        }
-    }
-    let [c, h, w] = images.image_dims();
-    // The probe is one image of the calibration set's size: bounded like any image.
-    reflow::io::check_image_pixels("calibration images", h, w)?;
-    let mut smallest = Smallest(usize::MAX);
-    let blank = reflow::nn::Tensor4::zeros((1, c, h, w));
-    net.forward_with(&blank, &mut Probe::new(&mut smallest))?;
-    let per_image = smallest.0;
-    let count = args.calib_count.min(images.len());
-    // `--repair auto` also repairs from each half of the images.
-    let mut sets = vec![(count, String::new())];
-    if plan.study.repair == RepairChoice::Auto {
-        sets.push((
-            count.div_ceil(2),
-            " (half of them, for --repair auto)".into(),
-        ));
-        sets.push((count / 2, " (half of them, for --repair auto)".into()));
-    }
-    for (count, which) in sets {
-        let (images_at_once, flag) = match plan.study.reflow.mode() {
-            ReflowMode::Exact => (count, "calib-count"),
-            _ => match count % args.calib_batch {
-                0 => (args.calib_batch.min(count), "calib-batch"),
-                last => (last, "calib-batch"),
-            },
-        };
-        if images_at_once.saturating_mul(per_image) < 2 {
-            return Err(invalid(
-                flag,
-                format!(
-                    "{images_at_once} image(s){which} of {h}x{w} give the smallest batch norms {} value(s) per channel; a variance needs two",
-                    images_at_once.saturating_mul(per_image)
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -16,7 +16,7 @@ mod report;
 use super::protocol::Protocol;
 use super::protocol::{self, invalid, progress_bar};
 use clap::Parser;
-use data::{enough_values, read_data};
+use data::read_data;
 use paths::check_paths;
 use plan::{as_flag, plan};
 use reflow::io::ImageSource;
@@ -303,7 +303,14 @@ fn run(args: &Args) -> reflow::Result<()> {
         ));
     }
     channels(calib_flag, calib_images.as_ref())?;
-    enough_values(args, &plan, &net, calib_images.as_ref())?;
+    plan.study
+        .check_calibration(
+            &net,
+            calib_images.as_ref(),
+            args.calib_count,
+            args.calib_batch,
+        )
+        .map_err(as_flag)?;
     let calibration = ImageBatches::new(
         calib_images.as_ref(),
         args.calib_count,

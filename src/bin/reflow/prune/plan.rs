@@ -159,6 +159,8 @@ pub(super) fn as_flag(e: Error) -> Error {
         "N:M pruning" | "pattern" => Some("pattern"),
         "sparsity" => Some("sparsity"),
         "repair" => Some("repair"),
+        "calibration count" => Some("calib-count"),
+        "calibration batch size" => Some("calib-batch"),
         _ => None,
     };
     match e {
