@@ -2,8 +2,9 @@
 //! convolution by convolution (the engine behind `reflow bench`).
 
 use crate::error::{Error, Result};
+use crate::exec::Exec;
 use crate::layer::{Layer, Probe};
-use crate::nn::{sparse_policy, LayerTime, Profile, SparsePolicy, Tensor2, Tensor4};
+use crate::nn::{LayerTime, Profile, SparsePolicy, Tensor2, Tensor4};
 use std::time::Instant;
 
 /// The multiply-add throughput of one core at `level`, in GFLOP/s (a multiply-add
@@ -38,6 +39,9 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Timed passes.
     pub runs: usize,
+    /// How the passes compute: kernel cap, threads, sparse policy (the process's
+    /// defaults from [`BenchConfig::new`]).
+    pub exec: Exec,
 }
 
 impl BenchConfig {
@@ -48,6 +52,7 @@ impl BenchConfig {
             batch,
             warmup: 2,
             runs: 10,
+            exec: Exec::defaults(),
         }
     }
 
@@ -87,8 +92,8 @@ pub struct BenchReport {
 }
 
 /// Times `net` on batches of pseudo-random images (the same each pass) as
-/// `config` says, on the current rayon pool (run it inside
-/// [`rayon::ThreadPool::install`] to choose the threads).
+/// `config` says, under its [`Exec`], on the current rayon pool (run it inside
+/// [`rayon::ThreadPool::install`] to choose how many threads `Par::Rayon` has).
 ///
 /// ```
 /// use reflow::bench::{bench, BenchConfig};
@@ -121,13 +126,14 @@ where
     let x = Tensor4::from_shape_vec((config.batch, c, h, w), values)
         .expect("the values fill the shape");
     for _ in 0..config.warmup {
-        net.forward(&x)?;
+        net.forward_with(&x, &mut Probe::none().with_exec(config.exec))?;
     }
     let profile = Profile::new();
     let mut times = Vec::with_capacity(config.runs);
     for _ in 0..config.runs {
         let start = Instant::now();
-        net.forward_with(&x, &mut Probe::none().with_profile(&profile))?;
+        let probe = Probe::none().with_exec(config.exec);
+        net.forward_with(&x, &mut probe.with_profile(&profile))?;
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
@@ -145,8 +151,8 @@ where
         config: *config,
         images_per_second: config.batch as f64 / median,
         median_ms: median * 1e3,
-        threads: rayon::current_num_threads(),
-        policy: sparse_policy(),
+        threads: config.exec.threads(),
+        policy: config.exec.sparse(),
         layers,
     })
 }

@@ -4,7 +4,7 @@ use crate::protocol::{identity, invalid, writable_folder, Checkpoint};
 use clap::Parser;
 use reflow::bench::{bench, BenchConfig, BenchReport};
 use reflow::models::{Arch, Model, Stem};
-use reflow::nn::{set_sparse_policy, SparsePolicy};
+use reflow::nn::SparsePolicy;
 use reflow::prune::SparsityReport;
 use serde_json::json;
 use std::path::PathBuf;
@@ -110,8 +110,9 @@ fn run(args: &Args) -> reflow::Result<()> {
             ),
         ));
     }
+    let mut config = config;
     if args.dense {
-        set_sparse_policy(SparsePolicy::Never);
+        config.exec = config.exec.with_sparse(SparsePolicy::Never);
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
