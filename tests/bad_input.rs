@@ -70,9 +70,7 @@ fn a_batch_of_no_images() {
     // An eval pass of no images has no logits.
     assert_eq!(net.forward(&empty).unwrap().dim(), (0, 10));
     // Calibration needs values: an error naming the first batch norm.
-    let err = net
-        .forward_train(&empty, NormUpdate::Cumulative, &mut Probe::none())
-        .unwrap_err();
+    let err = net.forward_train(&empty, &mut Probe::none()).unwrap_err();
     assert!(err.to_string().contains("bn1"), "{err}");
     let before = net.forward(&Array4::ones((2, 3, 16, 16))).unwrap();
     let err = Reflow::cumulative()
@@ -403,8 +401,11 @@ fn batches_tracked_saturate() {
     let mut net = net();
     net.visit_norms_mut(&mut |_, s| *s.num_batches_tracked = i64::MAX);
     let x = Array4::from_shape_fn((2, 3, 8, 8), |(n, c, h, w)| (n + c + h * w) as f32);
-    net.forward_train(&x, NormUpdate::Ema { momentum: 0.1 }, &mut Probe::none())
-        .unwrap();
+    net.forward_train(
+        &x,
+        &mut Probe::none().with_update(NormUpdate::Ema { momentum: 0.1 }),
+    )
+    .unwrap();
     net.visit_norms(&mut |_, s| assert_eq!(s.num_batches_tracked, i64::MAX));
 }
 

@@ -286,7 +286,7 @@ fn wrong_input_channels_at_forward_are_a_shape_error() {
 
 #[test]
 fn errors_inside_a_network_name_the_layer_path() {
-    use reflow::layer::{NormUpdate, Probe};
+    use reflow::layer::Probe;
     use reflow::nn::{Conv2d, Conv2dConfig, Sequential};
     let inner = Sequential::new().push("conv", Conv2d::new(Conv2dConfig::new(4, 4, 5)).unwrap());
     let mut outer = Sequential::new().push("inner", inner);
@@ -297,9 +297,7 @@ fn errors_inside_a_network_name_the_layer_path() {
     assert!(err.to_string().starts_with("inner.conv:"), "{err}");
     // Wrong channel count, in the calibration pass.
     let x = ndarray::Array4::zeros((1, 3, 9, 9));
-    let err = outer
-        .forward_train(&x, NormUpdate::Cumulative, &mut Probe::none())
-        .unwrap_err();
+    let err = outer.forward_train(&x, &mut Probe::none()).unwrap_err();
     assert!(err.to_string().starts_with("inner.conv:"), "{err}");
 }
 
@@ -323,12 +321,8 @@ fn saved_checkpoints_carry_reflows_state() {
     let mut net =
         ResNet::from_state_dict(&read("resnext_small.safetensors"), Stem::Imagenet).unwrap();
     let dense = net.forward(&input).unwrap();
-    net.forward_train(
-        &input,
-        NormUpdate::Ema { momentum: 0.5 },
-        &mut Probe::none(),
-    )
-    .unwrap();
+    let ema = Probe::none().with_update(NormUpdate::Ema { momentum: 0.5 });
+    net.forward_train(&input, &mut { ema }).unwrap();
     let logits = net.forward(&input).unwrap();
     assert_ne!(logits, dense, "the calibration pass changed the statistics");
 

@@ -194,7 +194,7 @@ fn shufflenet_v2_matches_pytorch() {
 /// updates the running statistics as the layer-by-layer pass does, in every family.
 #[test]
 fn fused_calibration_equals_layer_by_layer_in_every_family() {
-    use reflow::layer::{NormUpdate, Params};
+    use reflow::layer::Params;
     use reflow::models::{Arch, Model};
     for name in [
         "resnext_small",
@@ -212,12 +212,8 @@ fn fused_calibration_equals_layer_by_layer_in_every_family() {
         let x = array(&io, "input").into_dimensionality::<Ix4>().unwrap();
         let by_layer = || Probe::none().with_schedule(Schedule::LayerByLayer);
         for _ in 0..2 {
-            fused
-                .forward_train(&x, NormUpdate::Cumulative, &mut Probe::none())
-                .unwrap();
-            layered
-                .forward_train(&x, NormUpdate::Cumulative, &mut by_layer())
-                .unwrap();
+            fused.forward_train(&x, &mut Probe::none()).unwrap();
+            layered.forward_train(&x, &mut by_layer()).unwrap();
         }
         let stats = |m: &Model| {
             let mut all = Vec::new();

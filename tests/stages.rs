@@ -301,9 +301,9 @@ fn a_fused_calibration_pass_equals_the_layer_by_layer_pass() {
         // pass. The two compute the same values, to the bit, at every kernel level.
         let (mut fused, mut separate) = (net(), net());
         for x in batches(3, 5) {
-            let a = fused.forward_train(&x, NormUpdate::Cumulative, &mut Probe::none());
+            let a = fused.forward_train(&x, &mut Probe::none());
             let mut probe = Probe::none().with_schedule(Schedule::LayerByLayer);
-            let b = separate.forward_train(&x, NormUpdate::Cumulative, &mut probe);
+            let b = separate.forward_train(&x, &mut probe);
             assert_eq!(a.unwrap(), b.unwrap());
         }
         let stats = |net: &ResNet| {

@@ -222,15 +222,10 @@ impl Layer for Mlp {
         })
     }
 
-    fn forward_train(
-        &mut self,
-        x: &Matrix,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Matrix> {
+    fn forward_train(&mut self, x: &Matrix, probe: &mut Probe<'_>) -> Result<Matrix> {
         // Train-mode batch norm needs `&mut self.bn1` while the dense layers are read:
-        // take it out for the pass.
-        let mut bn = self.bn1.clone();
+        // take it out for the pass. The probe says how to fold the batch in.
+        let (mut bn, update) = (self.bn1.clone(), probe.update());
         let y = self.run(x, probe, |h| bn.forward_train(h, update));
         self.bn1 = bn;
         y

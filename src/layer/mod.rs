@@ -204,6 +204,7 @@ pub struct Probe<'o> {
     schedule: Schedule,
     profile: Option<&'o Profile>,
     exec: Exec,
+    update: NormUpdate,
 }
 
 impl Default for Probe<'_> {
@@ -220,6 +221,7 @@ impl std::fmt::Debug for Probe<'_> {
             .field("schedule", &self.schedule())
             .field("profiled", &self.profile.is_some())
             .field("exec", &self.exec)
+            .field("update", &self.update)
             .finish()
     }
 }
@@ -234,6 +236,7 @@ impl<'o> Probe<'o> {
             schedule: Schedule::Fused,
             profile: None,
             exec: Exec::defaults(),
+            update: NormUpdate::Cumulative,
         }
     }
 
@@ -246,6 +249,7 @@ impl<'o> Probe<'o> {
             schedule: Schedule::LayerByLayer,
             profile: None,
             exec: Exec::defaults(),
+            update: NormUpdate::Cumulative,
         }
     }
 
@@ -258,6 +262,19 @@ impl<'o> Probe<'o> {
     /// How the layers compute: kernel cap, threads, sparse policy.
     pub fn exec(&self) -> Exec {
         self.exec
+    }
+
+    /// The probe with `update` folding each batch's statistics into the running ones
+    /// in a calibration pass ([`Layer::forward_train`]); [`NormUpdate::Cumulative`]
+    /// by default.
+    pub fn with_update(mut self, update: NormUpdate) -> Self {
+        self.update = update;
+        self
+    }
+
+    /// How a calibration pass folds each batch's statistics into the running ones.
+    pub fn update(&self) -> NormUpdate {
+        self.update
     }
 
     /// The probe with `schedule` for the layers of a pass without an observer (with
@@ -372,13 +389,10 @@ pub trait Layer: Params {
     }
 
     /// The calibration pass: every batch-norm layer normalises by the batch's statistics
-    /// and folds them into its running statistics by `update`. No other state changes.
-    fn forward_train(
-        &mut self,
-        input: &Self::Input,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Self::Output>;
+    /// and folds them into its running statistics by the probe's
+    /// [`update`](Probe::update). No other state changes.
+    fn forward_train(&mut self, input: &Self::Input, probe: &mut Probe<'_>)
+        -> Result<Self::Output>;
 
     /// The layer's eval pass on the engine's channel-blocked activations, for the
     /// bundled layers that have blocked kernels. The default, `None`, is right for
@@ -398,7 +412,7 @@ pub trait Network<I>: Params {
     fn infer(&self, input: &I, probe: &mut Probe<'_>) -> Result<()>;
 
     /// [`Layer::forward_train`], the output dropped.
-    fn calibrate(&mut self, input: &I, update: NormUpdate, probe: &mut Probe<'_>) -> Result<()>;
+    fn calibrate(&mut self, input: &I, probe: &mut Probe<'_>) -> Result<()>;
 }
 
 impl<L: Layer + ?Sized> Network<L::Input> for L {
@@ -406,12 +420,7 @@ impl<L: Layer + ?Sized> Network<L::Input> for L {
         self.forward_with(input, probe).map(drop)
     }
 
-    fn calibrate(
-        &mut self,
-        input: &L::Input,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<()> {
-        self.forward_train(input, update, probe).map(drop)
+    fn calibrate(&mut self, input: &L::Input, probe: &mut Probe<'_>) -> Result<()> {
+        self.forward_train(input, probe).map(drop)
     }
 }

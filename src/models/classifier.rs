@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::exec::{Exec, Par};
-use crate::layer::{Layer, NormUpdate, Probe, Schedule};
+use crate::layer::{Layer, Probe, Schedule};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::{recycle, Profile, Sequential, Tensor2, Tensor4};
 use ndarray::Axis;
@@ -150,14 +150,9 @@ impl Layer for Classifier {
         self.forward_whole(x, probe)
     }
 
-    fn forward_train(
-        &mut self,
-        x: &Tensor4,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor2> {
+    fn forward_train(&mut self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
         self.check_input(x)?;
-        self.net.forward_train(x, update, probe)
+        self.net.forward_train(x, probe)
     }
 }
 
@@ -213,10 +208,9 @@ macro_rules! family_network {
             fn forward_train(
                 &mut self,
                 x: &$crate::nn::Tensor4,
-                update: $crate::layer::NormUpdate,
                 probe: &mut $crate::layer::Probe<'_>,
             ) -> $crate::error::Result<$crate::nn::Tensor2> {
-                self.net.forward_train(x, update, probe)
+                self.net.forward_train(x, probe)
             }
         }
     };

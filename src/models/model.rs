@@ -2,7 +2,7 @@
 
 use super::{Family, FamilyNetwork, Stem, FAMILIES};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::layer::{Layer, Params, Probe, Visitor, VisitorMut};
 use crate::nn::{Tensor2, Tensor4};
 use crate::prune::{ChannelPrunable, ChannelScope};
 use crate::state_dict::StateDict;
@@ -283,12 +283,7 @@ impl Layer for Model {
         self.net.forward_with(x, probe)
     }
 
-    fn forward_train(
-        &mut self,
-        x: &Tensor4,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor2> {
-        self.net.forward_train(x, update, probe)
+    fn forward_train(&mut self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor2> {
+        self.net.forward_train(x, probe)
     }
 }

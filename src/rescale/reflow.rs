@@ -175,7 +175,7 @@ fn running<I>(
         layers += 1;
     });
     data.try_for_each_batch(&mut |x| {
-        model.calibrate(x, update, &mut Probe::none())?;
+        model.calibrate(x, &mut Probe::none().with_update(update))?;
         Ok(())
     })?;
     Ok(RescaleReport {

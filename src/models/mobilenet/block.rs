@@ -3,7 +3,7 @@
 //! (1×1, no activation), and the identity added when the shape allows.
 
 use crate::error::Result;
-use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::layer::{Layer, Params, Probe, Visitor, VisitorMut};
 use crate::nn::{Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Residual, Sequential};
 use crate::nn::{SqueezeExcitation, Tensor4};
 
@@ -180,12 +180,11 @@ impl Layer for InvertedResidual {
     fn forward_train(
         &mut self,
         x: &Tensor4,
-        update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Tensor4> {
         match self {
-            InvertedResidual::Residual(r) => r.forward_train(x, update, probe),
-            InvertedResidual::Plain(s) => s.forward_train(x, update, probe),
+            InvertedResidual::Residual(r) => r.forward_train(x, probe),
+            InvertedResidual::Plain(s) => s.forward_train(x, probe),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! channels interleaved.
 
 use crate::error::{Error, Result};
-use crate::layer::{Layer, NormUpdate, Probe};
+use crate::layer::{Layer, Probe};
 use crate::nn::{Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn, Sequential, Tensor4};
 use ndarray::{s, Array4, Axis};
 
@@ -110,18 +110,17 @@ impl Layer for ShuffleBlock {
     fn forward_train(
         &mut self,
         x: &Tensor4,
-        update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Tensor4> {
         let branch2 = &mut self.branch2;
         let (left, right) = match &mut self.branch1 {
             Some(branch1) => (
-                probe.scoped("branch1", |p| branch1.forward_train(x, update, p))?,
-                probe.scoped("branch2", |p| branch2.forward_train(x, update, p))?,
+                probe.scoped("branch1", |p| branch1.forward_train(x, p))?,
+                probe.scoped("branch2", |p| branch2.forward_train(x, p))?,
             ),
             None => {
                 let (a, b) = Self::halves(x, probe)?;
-                let b = probe.scoped("branch2", |p| branch2.forward_train(&b, update, p))?;
+                let b = probe.scoped("branch2", |p| branch2.forward_train(&b, p))?;
                 (a, b)
             }
         };

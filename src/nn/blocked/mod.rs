@@ -226,12 +226,7 @@ mod tests {
             Ok(x * 2.0)
         }
 
-        fn forward_train(
-            &mut self,
-            x: &Tensor4,
-            _: crate::layer::NormUpdate,
-            p: &mut Probe<'_>,
-        ) -> Result<Tensor4> {
+        fn forward_train(&mut self, x: &Tensor4, p: &mut Probe<'_>) -> Result<Tensor4> {
             self.forward_with(x, p)
         }
     }

@@ -3,7 +3,7 @@
 
 use super::tensor::AnyTensor;
 use crate::error::{Error, Result};
-use crate::layer::{Layer, NormUpdate, Params, Probe, Visitor, VisitorMut};
+use crate::layer::{Layer, Params, Probe, Visitor, VisitorMut};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::kernels::blocked_map::add_activate;
 use crate::nn::runtime::Activation;
@@ -30,12 +30,7 @@ macro_rules! any_rank_layer {
                 Ok(self.run(x))
             }
 
-            fn forward_train(
-                &mut self,
-                x: &AnyTensor,
-                _: NormUpdate,
-                _: &mut Probe<'_>,
-            ) -> Result<AnyTensor> {
+            fn forward_train(&mut self, x: &AnyTensor, _: &mut Probe<'_>) -> Result<AnyTensor> {
                 Ok(self.run(x))
             }
         }

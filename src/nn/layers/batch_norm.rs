@@ -27,7 +27,7 @@ use rayon::prelude::*;
 ///
 /// let mut bn = BatchNorm2d::new(2, 1e-5);
 /// let x = Array4::from_shape_fn((4, 2, 3, 3), |(n, c, h, w)| (n + c * h + w) as f32);
-/// bn.forward_train(&x, NormUpdate::Cumulative, &mut Probe::none())?;
+/// bn.forward_train(&x, &mut Probe::none())?;
 /// assert_eq!(bn.num_batches_tracked(), 1);
 /// assert!(bn.running_mean()[1] > 0.0);
 /// # Ok::<(), reflow::Error>(())
@@ -171,19 +171,14 @@ impl Layer for BatchNorm2d {
         Ok(y)
     }
 
-    fn forward_train(
-        &mut self,
-        x: &Tensor4,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor4> {
+    fn forward_train(&mut self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         check_channels(probe, x, self.channels())?;
         emit4(probe, LayerKind::BatchNorm, Site::Input, x);
         require_batch_statistics(layer_context(probe), x)?;
         let mut y = x.as_standard_layout().into_owned();
         let (n, c, h, w) = y.dim();
         let moments = channel_moments(y.as_slice().expect("standard layout"), n, c, h * w);
-        self.absorb(&moments, n * h * w, update, Activation::Identity)
+        self.absorb(&moments, n * h * w, probe.update(), Activation::Identity)
             .apply_in_place(&mut y, probe.exec().threads());
         emit4(probe, LayerKind::BatchNorm, Site::Output, &y);
         Ok(y)
@@ -231,10 +226,8 @@ mod tests {
         let mut bn = BatchNorm2d::new(1, 1e-5);
         let a = Array4::from_shape_vec((1, 1, 1, 2), vec![0.0, 2.0]).unwrap();
         let b = Array4::from_shape_vec((1, 1, 1, 2), vec![4.0, 8.0]).unwrap();
-        bn.forward_train(&a, NormUpdate::Cumulative, &mut Probe::none())
-            .unwrap();
-        bn.forward_train(&b, NormUpdate::Cumulative, &mut Probe::none())
-            .unwrap();
+        bn.forward_train(&a, &mut Probe::none()).unwrap();
+        bn.forward_train(&b, &mut Probe::none()).unwrap();
         // means 1 and 6; unbiased variances 2 and 8.
         assert_eq!(bn.running_mean(), &[3.5]);
         assert_eq!(bn.running_var(), &[5.0]);
@@ -248,7 +241,10 @@ mod tests {
             ((n * 31 + c * 7 + h * 5 + w) as f32).sin() * (c + 1) as f32
         });
         let y = bn
-            .forward_train(&x, NormUpdate::Ema { momentum: 0.1 }, &mut Probe::none())
+            .forward_train(
+                &x,
+                &mut Probe::none().with_update(NormUpdate::Ema { momentum: 0.1 }),
+            )
             .unwrap();
         let m = channel_moments(y.as_slice().unwrap(), 2, 3, 20);
         for (mean, var) in m {
@@ -263,9 +259,7 @@ mod tests {
     fn a_single_value_per_channel_cannot_be_calibrated() {
         let mut bn = BatchNorm2d::new(2, 1e-5);
         let x = Array4::zeros((1, 2, 1, 1));
-        let err = bn
-            .forward_train(&x, NormUpdate::Cumulative, &mut Probe::none())
-            .unwrap_err();
+        let err = bn.forward_train(&x, &mut Probe::none()).unwrap_err();
         assert!(matches!(err, Error::Shape { .. }));
         assert_eq!(bn.num_batches_tracked(), 0);
     }

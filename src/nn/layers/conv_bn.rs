@@ -4,7 +4,7 @@ use super::batch_norm::require_batch_statistics;
 use super::pending::Pending;
 use super::{emit4, BatchNorm2d, Conv2d, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerKind, NormUpdate, Params, Probe, Site, Visitor, VisitorMut};
+use crate::layer::{Layer, LayerKind, Params, Probe, Site, Visitor, VisitorMut};
 use crate::nn::blocked::{BlockedLayer, BlockedTensor, Pass, Value};
 use crate::nn::engine::blocked::{BlockedInput, BlockedKind};
 use crate::nn::engine::Epilogue;
@@ -105,10 +105,9 @@ impl ConvBn {
         &mut self,
         x: &Tensor4,
         input: Option<&ChannelMap>,
-        update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Pending> {
-        self.train_unit(x, input, self.activation, update, probe)
+        self.train_unit(x, input, self.activation, probe)
     }
 
     /// [`ConvBn::train_pending`], with `activation` in the map.
@@ -117,14 +116,15 @@ impl ConvBn {
         x: &Tensor4,
         input: Option<&ChannelMap>,
         activation: Activation,
-        update: NormUpdate,
         probe: &mut Probe<'_>,
     ) -> Result<Pending> {
         let (raw, moments) =
             probe.scoped(&self.conv_name, |p| self.conv.run_with_moments(x, input, p))?;
         require_batch_statistics(probe.child_path(&self.bn_name), &raw)?;
         let (n, _, h, w) = raw.dim();
-        let map = self.bn.absorb(&moments, n * h * w, update, activation);
+        let map = self
+            .bn
+            .absorb(&moments, n * h * w, probe.update(), activation);
         Ok(Pending {
             raw,
             map: Some(map),
@@ -178,15 +178,10 @@ impl Layer for ConvBn {
         Ok(self.activate_in_place(y))
     }
 
-    fn forward_train(
-        &mut self,
-        x: &Tensor4,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor4> {
+    fn forward_train(&mut self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         if self.conv_output_observed(probe) {
-            let y = probe.scoped(&self.conv_name, |p| self.conv.forward_train(x, update, p))?;
-            let y = probe.scoped(&self.bn_name, |p| self.bn.forward_train(&y, update, p))?;
+            let y = probe.scoped(&self.conv_name, |p| self.conv.forward_train(x, p))?;
+            let y = probe.scoped(&self.bn_name, |p| self.bn.forward_train(&y, p))?;
             return Ok(self.activate_in_place(y));
         }
         // The convolution gathers the batch statistics as it writes its output, which
@@ -199,7 +194,7 @@ impl Layer for ConvBn {
             false => self.activation,
         };
         let y = self
-            .train_unit(x, None, activation, update, probe)?
+            .train_unit(x, None, activation, probe)?
             .into_tensor(probe.exec().threads());
         if !bn_output_observed {
             return Ok(y);
@@ -380,11 +375,13 @@ mod tests {
         let x = Array4::from_shape_fn((3, 3, 7, 6), |(a, b, c, d)| {
             ((a * 5 + b + c * d) as f32).sin()
         });
-        let update = NormUpdate::Ema { momentum: 0.3 };
-        let y1 = fused.forward_train(&x, update, &mut Probe::none()).unwrap();
+        let update = crate::layer::NormUpdate::Ema { momentum: 0.3 };
+        let y1 = fused
+            .forward_train(&x, &mut Probe::none().with_update(update))
+            .unwrap();
         let mut input = Wants(Site::Input, vec![]);
         let y2 = unfused
-            .forward_train(&x, update, &mut Probe::new(&mut input))
+            .forward_train(&x, &mut Probe::new(&mut input).with_update(update))
             .unwrap();
         assert_eq!(input.1.len(), 1, "the unfused path ran");
         let err = (&y1 - &y2).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));

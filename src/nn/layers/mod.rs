@@ -119,7 +119,6 @@ macro_rules! plain_layer {
             fn forward_train(
                 &mut self,
                 x: &$input,
-                _update: $crate::layer::NormUpdate,
                 probe: &mut $crate::layer::Probe<'_>,
             ) -> $crate::error::Result<$output> {
                 self.run(x, probe)

@@ -3,7 +3,7 @@
 use super::pending::Pending;
 use super::{emit4, Sequential, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerKind, NormUpdate, Params, Probe, Schedule, Site};
+use crate::layer::{Layer, LayerKind, Params, Probe, Schedule, Site};
 use crate::layer::{Visitor, VisitorMut};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::runtime::{recycle, relu, Activation, ChannelMap};
@@ -207,18 +207,13 @@ impl Layer for Residual {
         }
     }
 
-    fn forward_train(
-        &mut self,
-        x: &Tensor4,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor4> {
+    fn forward_train(&mut self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         if probe.schedule() == Schedule::Fused {
             // The batch norms ending the body and the shortcut are applied in the add.
-            let y = self.body.train_pending(x, update, probe)?;
+            let y = self.body.train_pending(x, probe)?;
             return match &mut self.shortcut {
                 Some((name, sc)) => {
-                    let s = probe.scoped(name, |p| sc.train_pending(x, update, p))?;
+                    let s = probe.scoped(name, |p| sc.train_pending(x, p))?;
                     let out = self.add_mapped(y, &s.raw, s.map.as_ref(), probe);
                     recycle(s.raw);
                     out
@@ -226,10 +221,10 @@ impl Layer for Residual {
                 None => self.add_mapped(y, x, None, probe),
             };
         }
-        let y = self.body.forward_train(x, update, probe)?;
+        let y = self.body.forward_train(x, probe)?;
         match &mut self.shortcut {
             Some((name, sc)) => {
-                let s = probe.scoped(name, |p| sc.forward_train(x, update, p))?;
+                let s = probe.scoped(name, |p| sc.forward_train(x, p))?;
                 let out = self.add(y, &s, probe);
                 recycle(s);
                 out

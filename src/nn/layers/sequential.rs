@@ -4,7 +4,7 @@ use super::pending::Pending;
 use super::tensor::{input_as, AnyTensor, Rank};
 use super::{layer_context, ConvBn, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{Layer, NormUpdate, Params, Probe, Schedule, Visitor, VisitorMut};
+use crate::layer::{Layer, Params, Probe, Schedule, Visitor, VisitorMut};
 use crate::nn::blocked::{forward_value, BlockedLayer, BlockedTensor, Pass, Value};
 use crate::nn::kernels::blocked_map::add_activate;
 use crate::nn::runtime::{recycle, Activation};
@@ -59,12 +59,7 @@ trait Link: Params + Send + Sync {
     fn forward_dyn(&self, x: &dyn Any, probe: &mut Probe<'_>) -> Result<AnyTensor>;
     /// The eval pass of a blocked pass ([`forward_value`]).
     fn forward_value<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>>;
-    fn train_dyn(
-        &mut self,
-        x: &dyn Any,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<AnyTensor>;
+    fn train_dyn(&mut self, x: &dyn Any, probe: &mut Probe<'_>) -> Result<AnyTensor>;
 }
 
 /// A layer boxed as a [`Link`].
@@ -91,14 +86,9 @@ where
         Ok(self.0.forward_with(&x, probe)?.into_any())
     }
 
-    fn train_dyn(
-        &mut self,
-        x: &dyn Any,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<AnyTensor> {
+    fn train_dyn(&mut self, x: &dyn Any, probe: &mut Probe<'_>) -> Result<AnyTensor> {
         let x = input_as::<L::Input>(x, &layer_context(probe))?;
-        Ok(self.0.forward_train(&x, update, probe)?.into_any())
+        Ok(self.0.forward_train(&x, probe)?.into_any())
     }
 
     fn forward_value<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
@@ -138,18 +128,13 @@ impl Child {
         }
     }
 
-    fn train_dyn(
-        &mut self,
-        x: &dyn Any,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<AnyTensor> {
+    fn train_dyn(&mut self, x: &dyn Any, probe: &mut Probe<'_>) -> Result<AnyTensor> {
         match self {
             Child::Unit(unit) => {
                 let x = input_as::<Tensor4>(x, &layer_context(probe))?;
-                Ok(AnyTensor::Nchw(unit.forward_train(&x, update, probe)?))
+                Ok(AnyTensor::Nchw(unit.forward_train(&x, probe)?))
             }
-            Child::Layer(layer) => layer.train_dyn(x, update, probe),
+            Child::Layer(layer) => layer.train_dyn(x, probe),
         }
     }
 }
@@ -273,12 +258,7 @@ impl<I: Rank, O: Rank> Sequential<I, O> {
     /// [`Layer::forward_train`], but a final [`ConvBn`] leaves its batch norm's output
     /// pending, and each [`ConvBn`] reads the pending output of the one before it
     /// through its map (no pass of its own over the batch-norm outputs).
-    fn train_flow(
-        &mut self,
-        x: &I,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Option<Flow>> {
+    fn train_flow(&mut self, x: &I, probe: &mut Probe<'_>) -> Result<Option<Flow>> {
         let mut current: Option<Flow> = None;
         for (name, child) in &mut self.layers {
             let next = match child {
@@ -301,7 +281,7 @@ impl<I: Rank, O: Rank> Sequential<I, O> {
                             Some(Flow::Pending(p)) => (Cow::Borrowed(&p.raw), p.map.as_ref()),
                             Some(Flow::Ready(t)) => (input_as::<Tensor4>(t, &context)?, None),
                         };
-                        unit.train_pending(&input, map, update, p)
+                        unit.train_pending(&input, map, p)
                     })?;
                     Flow::Pending(pending)
                 }
@@ -313,7 +293,7 @@ impl<I: Rank, O: Rank> Sequential<I, O> {
                         Some(t) => t,
                         None => x,
                     };
-                    let y = probe.scoped(name, |p| layer.train_dyn(input, update, p))?;
+                    let y = probe.scoped(name, |p| layer.train_dyn(input, p))?;
                     if let Some(ready) = ready {
                         recycle_any(ready);
                     }
@@ -334,13 +314,8 @@ impl<I: Rank, O: Rank> Sequential<I, O> {
 impl Sequential<Tensor4, Tensor4> {
     /// [`Sequential::train_flow`] for a 4-d chain: the output, with its batch norm
     /// possibly pending.
-    pub(crate) fn train_pending(
-        &mut self,
-        x: &Tensor4,
-        update: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Pending> {
-        match self.train_flow(x, update, probe)? {
+    pub(crate) fn train_pending(&mut self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Pending> {
+        match self.train_flow(x, probe)? {
             None => Ok(Pending::ready(x.clone())),
             Some(Flow::Pending(p)) => Ok(p),
             Some(Flow::Ready(t)) => {
@@ -447,12 +422,10 @@ impl<I: Rank, O: Rank> Layer for Sequential<I, O> {
         self.output(current, x, probe)
     }
 
-    fn forward_train(&mut self, x: &I, update: NormUpdate, probe: &mut Probe<'_>) -> Result<O> {
+    fn forward_train(&mut self, x: &I, probe: &mut Probe<'_>) -> Result<O> {
         if probe.schedule() == Schedule::Fused {
             let threads = probe.exec().threads();
-            let y = self
-                .train_flow(x, update, probe)?
-                .map(|f| f.into_any(threads));
+            let y = self.train_flow(x, probe)?.map(|f| f.into_any(threads));
             return self.output(y, x, probe);
         }
         let mut current: Option<AnyTensor> = None;
@@ -461,7 +434,7 @@ impl<I: Rank, O: Rank> Layer for Sequential<I, O> {
                 Some(t) => t,
                 None => x,
             };
-            let y = probe.scoped(name, |p| child.train_dyn(input, update, p))?;
+            let y = probe.scoped(name, |p| child.train_dyn(input, p))?;
             if let Some(previous) = current.replace(y) {
                 recycle_any(previous);
             }
@@ -513,10 +486,14 @@ mod tests {
             let x = Array4::from_shape_fn((3, 3, 9, 7), |(a, b, c, d)| {
                 ((a * 7 + b * 3 + c * d) as f32).cos()
             });
-            let u = NormUpdate::Cumulative;
-            let y1 = fused.forward_train(&x, u, &mut Probe::none()).unwrap();
+            let u = crate::layer::NormUpdate::Cumulative;
+            let y1 = fused
+                .forward_train(&x, &mut Probe::none().with_update(u))
+                .unwrap();
             let by_layer = Probe::none().with_schedule(Schedule::LayerByLayer);
-            let y2 = layered.forward_train(&x, u, &mut { by_layer }).unwrap();
+            let y2 = layered
+                .forward_train(&x, &mut by_layer.with_update(u))
+                .unwrap();
             let err = (&y1 - &y2).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
             assert!(err < 1e-4, "{act}: {err}");
             let (mut a, mut b) = (vec![], vec![]);

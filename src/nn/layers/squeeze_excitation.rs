@@ -3,7 +3,7 @@
 use super::{check_channels, layer_context, Conv2d, Conv2dConfig, Tensor4};
 use crate::error::Error;
 use crate::error::Result;
-use crate::layer::{Layer, NormUpdate, Probe};
+use crate::layer::{Layer, Probe};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
 use crate::nn::kernels::blocked_map::scale_planes;
 use crate::nn::kernels::LANES;
@@ -139,12 +139,7 @@ impl Layer for SqueezeExcitation {
         self.run(x, probe)
     }
 
-    fn forward_train(
-        &mut self,
-        x: &Tensor4,
-        _: NormUpdate,
-        probe: &mut Probe<'_>,
-    ) -> Result<Tensor4> {
+    fn forward_train(&mut self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<Tensor4> {
         self.run(x, probe)
     }
 }
