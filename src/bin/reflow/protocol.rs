@@ -1,6 +1,4 @@
-#![allow(dead_code)] // each example uses its own part of this module
-
-//! What the `reflow` commands (and the `prune` example) share beyond the library's
+//! What the `reflow` commands share beyond the library's
 //! [`reflow::protocol`]: exit codes, one-line errors, the progress bar, path checks
 //! and the checkpoint flags.
 

@@ -1,5 +1,5 @@
-//! `reflow prune` (and the `prune` example): prune a torchvision-layout checkpoint
-//! (ResNet, RegNet, MobileNetV2/V3, EfficientNet or VGG-BN) at several sparsities,
+//! `reflow prune`: prune a torchvision-layout checkpoint (any family of
+//! `reflow::models::FAMILIES`) at several sparsities,
 //! evaluate it, repair it (REFLOW, nothing, or the automatic choice), evaluate again, and report.
 //!
 //! The flags and the JSON report are specified in `docs/prune-example.md`.
@@ -14,7 +14,7 @@ mod plan;
 mod report;
 
 use super::protocol::Protocol;
-use super::protocol::{self, invalid, progress_bar};
+use super::protocol::{invalid, progress_bar};
 use clap::Parser;
 use data::read_data;
 use paths::check_paths;
@@ -192,17 +192,6 @@ pub struct Args {
         requires = "save_dir"
     )]
     save_format: String,
-}
-
-/// Parses the command line (`args` with the program name first) and runs: exit code 0
-/// on success, 2 on a malformed command line, 1 on any other error, each a line on
-/// stderr. The `prune` example's entry point (`reflow` parses its subcommands itself).
-#[allow(dead_code)]
-pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    match Args::try_parse_from(args) {
-        Ok(args) => execute(&args),
-        Err(e) => protocol::clap_exit(e),
-    }
 }
 
 /// Runs parsed arguments.
