@@ -182,6 +182,24 @@ fn protocol_sources_open_idx_files_and_name_the_source_in_errors() {
         .open_calibration(1, EvalTransform::default(), "--calib-images")
         .unwrap();
     assert_eq!(calib.image_dims(), [1, 4, 4]);
+    // Checked against the network: its channels, its classes.
+    let Err(e) = source.open_test(None, 3, 3, EvalTransform::default(), names) else {
+        panic!("1-channel images for a 3-channel network");
+    };
+    assert!(
+        e.to_string()
+            .starts_with("invalid --test-images: 1-channel images; the model takes 3"),
+        "{e}"
+    );
+    let labels_of = Labels::Idx(dir.path().join("y.idx"));
+    let Err(e) = source.open_test(Some(&labels_of), 1, 2, EvalTransform::default(), names) else {
+        panic!("label 2 for a network of 2 classes");
+    };
+    assert!(
+        e.to_string()
+            .starts_with("invalid --test-labels: label 2 of sample 2, but the model has 2 classes"),
+        "{e}"
+    );
     // Six images, five labels: the counts must agree.
     let e = source
         .open_test(

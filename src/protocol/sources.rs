@@ -6,7 +6,7 @@
 //! its flag, `--test-npy`), so that a user reads back what they wrote.
 
 use crate::data::ImageSource;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::{read_cifar, CifarSplit, Dataset, EvalTransform, IdxImages, IdxLabels};
 use std::path::{Path, PathBuf};
 
@@ -65,10 +65,12 @@ impl std::fmt::Debug for TestImages {
 const NORMALISED_LIMIT: f32 = 50.0;
 
 impl Images {
-    /// The images and labels for evaluation, read as `channels` and, for a folder,
+    /// The images and labels for evaluation of a network with `channels` input
+    /// channels and `classes` outputs, read as `channels` and, for a folder,
     /// preprocessed by `transform`: a labelled folder has at most `classes` classes
-    /// and every header is read now; the counts of images and labels must agree.
-    /// `name` and `labels_name` name the images and the labels in errors.
+    /// and every header is read now. Checked: at least one image, of `channels`
+    /// channels; as many labels as images, each below `classes`. `name` and
+    /// `labels_name` name the images and the labels in errors.
     pub fn open_test(
         &self,
         labels: Option<&Labels>,
@@ -83,6 +85,10 @@ impl Images {
             Ok((images, Some(labels)))
         }
         let mut large = Vec::new();
+        let labels_name = match labels {
+            Some(_) => labels_name,
+            None => name,
+        };
         let (images, labels) = match (self, labels) {
             (Images::Cifar(dir), _) => {
                 let (images, labels) = read_cifar(dir, CifarSplit::Test)?.1.into_parts();
@@ -106,6 +112,20 @@ impl Images {
                 labelled(images.open(name, channels, transform)?, labels)?
             }
         };
+        if images.is_empty() {
+            return Err(Error::invalid(name, "0 test images"));
+        }
+        check_channels(images.as_ref(), channels, name)?;
+        let slice = labels.as_ref().map(|l| l.as_slice()).unwrap_or_default();
+        if let Some(i) = slice.iter().position(|&c| c as usize >= classes) {
+            return Err(Error::invalid(
+                labels_name,
+                format!(
+                    "label {} of sample {i}, but the model has {classes} classes",
+                    slice[i]
+                ),
+            ));
+        }
         Ok(TestImages {
             images,
             labels,
@@ -113,10 +133,31 @@ impl Images {
         })
     }
 
-    /// The images for calibration, read as `channels` and, for a folder, preprocessed
-    /// by `transform` (a folder is only listed: a run checks the images it draws).
-    /// `name` names the source in errors.
+    /// The images for calibrating a network with `channels` input channels, read as
+    /// `channels` and, for a folder, preprocessed by `transform` (a folder is only
+    /// listed: a run checks the images it draws). Checked: at least one image, of
+    /// `channels` channels. `name` names the source in errors.
     pub fn open_calibration(
+        &self,
+        channels: usize,
+        transform: EvalTransform,
+        name: &str,
+    ) -> Result<Source> {
+        let images = self.open_calibration_unchecked(channels, transform, name)?;
+        if images.is_empty() {
+            return Err(Error::invalid(
+                name,
+                format!(
+                    "{}: 0 images; calibration needs at least one",
+                    self.path().display()
+                ),
+            ));
+        }
+        check_channels(images.as_ref(), channels, name)?;
+        Ok(images)
+    }
+
+    fn open_calibration_unchecked(
         &self,
         channels: usize,
         transform: EvalTransform,
@@ -151,6 +192,18 @@ impl Images {
             Images::Idx(p) | Images::Npy(p) | Images::Folder(p) | Images::Cifar(p) => p,
         }
     }
+}
+
+/// Images of `channels` channels, or an error naming the source.
+fn check_channels(images: &dyn ImageSource, channels: usize, name: &str) -> Result<()> {
+    let c = images.image_dims()[0];
+    if c == channels {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        name,
+        format!("{c}-channel images; the model takes {channels} input channel(s)"),
+    ))
 }
 
 /// `.npy` files, when the build has the `npy` feature.

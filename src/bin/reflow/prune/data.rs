@@ -9,13 +9,14 @@ use reflow::protocol::{Images, Labels, Source};
 /// The test images, their labels when given, and the calibration images: IDX files,
 /// `.npy` arrays, a CIFAR folder or image folders (read as `channels`, a labelled test
 /// folder of at most `classes` classes, preprocessed by `transform`), any test source
-/// with any calibration source.
+/// with any calibration source, each checked against the network's channels and
+/// classes; and the flag that gave the calibration images.
 pub(super) fn read_data(
     args: &Args,
     channels: usize,
     classes: usize,
     transform: EvalTransform,
-) -> reflow::Result<(Source, Option<IdxLabels>, Source)> {
+) -> reflow::Result<(Source, Option<IdxLabels>, Source, &'static str)> {
     let (test, test_flag, labels, labels_flag) = match (&args.cifar_dir, &args.test_images) {
         _ if args.test_dir.is_some() => {
             let dir = args.test_dir.clone().expect("matched");
@@ -75,7 +76,7 @@ pub(super) fn read_data(
     let calib = reading(&calib, calib_flag, || {
         calib.open_calibration(channels, transform, &name)
     })?;
-    Ok((test.images, test.labels, calib))
+    Ok((test.images, test.labels, calib, calib_flag))
 }
 
 /// Runs `open`, with a spinner on stderr while a folder is listed and its headers read

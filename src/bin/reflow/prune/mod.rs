@@ -216,48 +216,9 @@ fn run(args: &Args) -> reflow::Result<()> {
         ));
     }
     let runs = plan.study.pruners(&net).map_err(as_flag)?;
-    let (test, labels, calib_images) = read_data(args, in_channels, num_classes, plan.transform)?;
-    let test_flag = match (&args.cifar_dir, &args.test_npy, &args.test_dir) {
-        (Some(_), _, _) => "cifar-dir",
-        (None, Some(_), _) => "test-npy",
-        (None, None, Some(_)) => "test-dir",
-        (None, None, None) => "test-images",
-    };
-    let calib_flag = match (&args.calib_images, &args.calib_npy, &args.calib_dir) {
-        (Some(_), _, _) => "calib-images",
-        (None, Some(_), _) => "calib-npy",
-        (None, None, Some(_)) => "calib-dir",
-        (None, None, None) => "cifar-dir",
-    };
-    let channels = |flag: &str, images: &dyn ImageSource| {
-        let c = images.image_dims()[0];
-        if c == in_channels {
-            return Ok(());
-        }
-        Err(invalid(
-            flag,
-            format!("{c}-channel images; the model takes {in_channels} input channel(s)"),
-        ))
-    };
-    if test.is_empty() {
-        return Err(invalid(test_flag, "0 test images"));
-    }
-    channels(test_flag, test.as_ref())?;
+    let (test, labels, calib_images, calib_flag) =
+        read_data(args, in_channels, num_classes, plan.transform)?;
     let labels = labels.as_ref().map(|l| l.as_slice());
-    let out_of_range = labels.and_then(|l| l.iter().position(|&c| c as usize >= num_classes));
-    if let (Some(i), Some(labels)) = (out_of_range, labels) {
-        return Err(invalid(
-            match test_flag {
-                "test-images" => "test-labels",
-                "test-npy" => "test-labels-npy",
-                other => other,
-            },
-            format!(
-                "label {} of sample {i}, but the model has {num_classes} classes",
-                labels[i]
-            ),
-        ));
-    }
     // Asked for, at most the test set; by default 1,000, or all when fewer.
     let signal_images = match args.signal_images {
         Some(n) if n > test.len() => {
@@ -269,29 +230,6 @@ fn run(args: &Args) -> reflow::Result<()> {
         Some(n) => n,
         None => DEFAULT_SIGNAL_IMAGES.min(test.len()),
     };
-    let given = |flag: &str| -> String {
-        let path = match flag {
-            "calib-images" => &args.calib_images,
-            "calib-npy" => &args.calib_npy,
-            "calib-dir" => &args.calib_dir,
-            "test-images" => &args.test_images,
-            "test-npy" => &args.test_npy,
-            "test-dir" => &args.test_dir,
-            _ => &args.cifar_dir,
-        };
-        path.as_ref()
-            .map_or(String::new(), |p| format!("{}: ", p.display()))
-    };
-    if calib_images.is_empty() {
-        return Err(invalid(
-            calib_flag,
-            format!(
-                "{}0 images; calibration needs at least one",
-                given(calib_flag)
-            ),
-        ));
-    }
-    channels(calib_flag, calib_images.as_ref())?;
     plan.study
         .check_calibration(
             &net,
