@@ -59,6 +59,35 @@ use std::time::Instant;
 /// Batch size for evaluation and signal measurement.
 pub const EVAL_BATCH: usize = 256;
 
+/// Test images the signal metric is measured on when none are asked for (all of them
+/// when there are fewer).
+pub const DEFAULT_SIGNAL_IMAGES: usize = 1000;
+
+/// How many of `test` images the signal metric is measured on: `asked`, at most the
+/// test set, or [`DEFAULT_SIGNAL_IMAGES`] (all when there are fewer).
+///
+/// ```
+/// use reflow::protocol::signal_images;
+///
+/// assert_eq!(signal_images(None, 400)?, 400);
+/// assert_eq!(signal_images(None, 10_000)?, 1000);
+/// assert_eq!(signal_images(Some(64), 400)?, 64);
+/// assert!(signal_images(Some(500), 400).is_err());
+/// assert!(signal_images(Some(0), 400).is_err());
+/// # Ok::<(), reflow::Error>(())
+/// ```
+pub fn signal_images(asked: Option<usize>, test: usize) -> Result<usize> {
+    match asked {
+        Some(0) => Err(crate::Error::invalid("signal images", "must be positive")),
+        Some(n) if n > test => Err(crate::Error::invalid(
+            "signal images",
+            format!("{n} asked for, the test set has {test}"),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(DEFAULT_SIGNAL_IMAGES.min(test)),
+    }
+}
+
 /// One network on the evaluation images: accuracy (when there are labels), the signal
 /// on the signal images, and the fidelity to the dense network (for all but it).
 #[derive(Debug, Clone, PartialEq, Serialize)]

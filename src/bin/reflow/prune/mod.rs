@@ -27,10 +27,6 @@ use report::finish;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Test images the signal metric is measured on when `--signal-images` is not given
-/// (all of them when there are fewer).
-const DEFAULT_SIGNAL_IMAGES: usize = 1000;
-
 /// Prune a torchvision-layout checkpoint one-shot, then recover it with REFLOW.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -219,17 +215,8 @@ fn run(args: &Args) -> reflow::Result<()> {
     let (test, labels, calib_images, calib_flag) =
         read_data(args, in_channels, num_classes, plan.transform)?;
     let labels = labels.as_ref().map(|l| l.as_slice());
-    // Asked for, at most the test set; by default 1,000, or all when fewer.
-    let signal_images = match args.signal_images {
-        Some(n) if n > test.len() => {
-            return Err(invalid(
-                "signal-images",
-                format!("{n} asked for, the test set has {}", test.len()),
-            ))
-        }
-        Some(n) => n,
-        None => DEFAULT_SIGNAL_IMAGES.min(test.len()),
-    };
+    let signal_images =
+        reflow::protocol::signal_images(args.signal_images, test.len()).map_err(as_flag)?;
     plan.study
         .check_calibration(
             &net,

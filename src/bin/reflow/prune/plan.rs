@@ -160,6 +160,7 @@ pub(super) fn as_flag(e: Error) -> Error {
         "sparsity" => Some("sparsity"),
         "repair" => Some("repair"),
         "calibration count" => Some("calib-count"),
+        "signal images" => Some("signal-images"),
         "calibration batch size" => Some("calib-batch"),
         _ => None,
     };
