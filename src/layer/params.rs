@@ -285,85 +285,6 @@ pub struct Visitor<'f> {
     norms: Option<NormSink<'f>>,
 }
 
-impl<'f> Visitor<'f> {
-    /// A walk calling `params` for every tensor and `norms` for every batch norm.
-    pub fn new(params: Option<&'f mut dyn FnMut(Param<'_>)>, norms: Option<NormSink<'f>>) -> Self {
-        Visitor {
-            path: String::new(),
-            params,
-            norms,
-        }
-    }
-
-    /// The path of the module being walked (`layer1.0`); empty at the top.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// Walks `child` under `name` (an empty name: at this module's level).
-    pub fn child<P: Params + ?Sized>(&mut self, name: &str, child: &P) {
-        let len = enter(&mut self.path, name);
-        child.visit(self);
-        self.path.truncate(len);
-    }
-
-    /// Reports one tensor, `name` being its last component (`weight`).
-    pub fn tensor(&mut self, name: &str, role: ParamRole, shape: &[usize], data: &[f32]) {
-        if let Some(f) = self.params.as_deref_mut() {
-            f(Param {
-                name: &join(&self.path, name),
-                role,
-                shape,
-                data,
-            });
-        }
-    }
-
-    /// Reports the module `name`'s `weight` (of `shape`, role [`ParamRole::Weight`])
-    /// and, when present, its `bias` (one value per output, `shape[0]`): a
-    /// convolution or linear layer. An empty `name` reports them at this level.
-    pub fn weight_bias(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-    ) {
-        let len = enter(&mut self.path, name);
-        self.tensor("weight", ParamRole::Weight, shape, weight);
-        if let Some(bias) = bias {
-            self.tensor("bias", ParamRole::Bias, &[bias.len()], bias);
-        }
-        self.path.truncate(len);
-    }
-
-    /// Reports the batch norm `name`: `weight`, `bias`, `running_mean`,
-    /// `running_var`, and its statistics to the norm walk.
-    pub fn batch_norm(&mut self, name: &str, bn: NormParams<'_>) {
-        let len = enter(&mut self.path, name);
-        let shape = [bn.weight.len()];
-        self.tensor("weight", ParamRole::NormWeight, &shape, bn.weight);
-        self.tensor("bias", ParamRole::NormBias, &shape, bn.bias);
-        let stats = bn.stats;
-        self.tensor(
-            "running_mean",
-            ParamRole::RunningMean,
-            &shape,
-            stats.running_mean,
-        );
-        self.tensor(
-            "running_var",
-            ParamRole::RunningVar,
-            &shape,
-            stats.running_var,
-        );
-        if let Some(f) = self.norms.as_deref_mut() {
-            f(&self.path, stats);
-        }
-        self.path.truncate(len);
-    }
-}
-
 /// The mutable walk over a [`Params`]: [`Visitor`]'s twin.
 pub struct VisitorMut<'f> {
     path: String,
@@ -371,84 +292,105 @@ pub struct VisitorMut<'f> {
     norms: Option<NormSinkMut<'f>>,
 }
 
-impl<'f> VisitorMut<'f> {
-    /// A walk calling `params` for every tensor and `norms` for every batch norm.
-    pub fn new(
-        params: Option<&'f mut dyn FnMut(ParamMut<'_>)>,
-        norms: Option<NormSinkMut<'f>>,
-    ) -> Self {
-        VisitorMut {
-            path: String::new(),
-            params,
-            norms,
+/// The methods of both walks, written once: `$visit` is the [`Params`] method that
+/// walks a child, `$($mut)?` the borrow the tensors are handed out with.
+macro_rules! walk {
+    ($walk:ident, $param:ident, $norm_params:ident, $sink:ident, $visit:ident $(, $mut:ident)?) => {
+        impl<'f> $walk<'f> {
+            /// A walk calling `params` for every tensor and `norms` for every batch norm.
+            pub fn new(
+                params: Option<&'f mut dyn FnMut($param<'_>)>,
+                norms: Option<$sink<'f>>,
+            ) -> Self {
+                $walk {
+                    path: String::new(),
+                    params,
+                    norms,
+                }
+            }
+
+            /// The path of the module being walked (`layer1.0`); empty at the top.
+            pub fn path(&self) -> &str {
+                &self.path
+            }
+
+            /// Walks `child` under `name` (an empty name: at this module's level).
+            pub fn child<P: Params + ?Sized>(&mut self, name: &str, child: &$($mut)? P) {
+                let len = enter(&mut self.path, name);
+                child.$visit(self);
+                self.path.truncate(len);
+            }
+
+            /// Reports one tensor, `name` being its last component (`weight`).
+            pub fn tensor(
+                &mut self,
+                name: &str,
+                role: ParamRole,
+                shape: &[usize],
+                data: &$($mut)? [f32],
+            ) {
+                if let Some(f) = self.params.as_deref_mut() {
+                    f($param {
+                        name: &join(&self.path, name),
+                        role,
+                        shape,
+                        data,
+                    });
+                }
+            }
+
+            /// Reports the module `name`'s `weight` (of `shape`, role
+            /// [`ParamRole::Weight`]) and, when present, its `bias` (one value per
+            /// output, `shape[0]`): a convolution or linear layer. An empty `name`
+            /// reports them at this level.
+            pub fn weight_bias(
+                &mut self,
+                name: &str,
+                shape: &[usize],
+                weight: &$($mut)? [f32],
+                bias: Option<&$($mut)? [f32]>,
+            ) {
+                let len = enter(&mut self.path, name);
+                self.tensor("weight", ParamRole::Weight, shape, weight);
+                if let Some(bias) = bias {
+                    self.tensor("bias", ParamRole::Bias, &[bias.len()], bias);
+                }
+                self.path.truncate(len);
+            }
+
+            /// Reports the batch norm `name`: `weight`, `bias`, `running_mean`,
+            /// `running_var`, and its statistics to the norm walk.
+            pub fn batch_norm(&mut self, name: &str, bn: $norm_params<'_>) {
+                let len = enter(&mut self.path, name);
+                let shape = [bn.weight.len()];
+                let stats = bn.stats;
+                let tensors = [
+                    ("weight", ParamRole::NormWeight, bn.weight),
+                    ("bias", ParamRole::NormBias, bn.bias),
+                    ("running_mean", ParamRole::RunningMean, &$($mut)? *stats.running_mean),
+                    ("running_var", ParamRole::RunningVar, &$($mut)? *stats.running_var),
+                ];
+                for (name, role, data) in tensors {
+                    self.tensor(name, role, &shape, data);
+                }
+                if let Some(f) = self.norms.as_deref_mut() {
+                    f(&self.path, stats);
+                }
+                self.path.truncate(len);
+            }
         }
-    }
-
-    /// The path of the module being walked; empty at the top.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// Walks `child` under `name` (an empty name: at this module's level).
-    pub fn child<P: Params + ?Sized>(&mut self, name: &str, child: &mut P) {
-        let len = enter(&mut self.path, name);
-        child.visit_mut(self);
-        self.path.truncate(len);
-    }
-
-    /// Reports one tensor, `name` being its last component.
-    pub fn tensor(&mut self, name: &str, role: ParamRole, shape: &[usize], data: &mut [f32]) {
-        if let Some(f) = self.params.as_deref_mut() {
-            f(ParamMut {
-                name: &join(&self.path, name),
-                role,
-                shape,
-                data,
-            });
-        }
-    }
-
-    /// Mutable twin of [`Visitor::weight_bias`].
-    pub fn weight_bias(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        weight: &mut [f32],
-        bias: Option<&mut [f32]>,
-    ) {
-        let len = enter(&mut self.path, name);
-        self.tensor("weight", ParamRole::Weight, shape, weight);
-        if let Some(bias) = bias {
-            self.tensor("bias", ParamRole::Bias, &[bias.len()], bias);
-        }
-        self.path.truncate(len);
-    }
-
-    /// Mutable twin of [`Visitor::batch_norm`].
-    pub fn batch_norm(&mut self, name: &str, bn: NormParamsMut<'_>) {
-        let len = enter(&mut self.path, name);
-        let shape = [bn.weight.len()];
-        self.tensor("weight", ParamRole::NormWeight, &shape, bn.weight);
-        self.tensor("bias", ParamRole::NormBias, &shape, bn.bias);
-        let stats = bn.stats;
-        self.tensor(
-            "running_mean",
-            ParamRole::RunningMean,
-            &shape,
-            stats.running_mean,
-        );
-        self.tensor(
-            "running_var",
-            ParamRole::RunningVar,
-            &shape,
-            stats.running_var,
-        );
-        if let Some(f) = self.norms.as_deref_mut() {
-            f(&self.path, stats);
-        }
-        self.path.truncate(len);
-    }
+    };
 }
+
+walk!(Visitor, Param, NormParams, NormSink, visit);
+walk!(
+    VisitorMut,
+    ParamMut,
+    NormParamsMut,
+    NormSinkMut,
+    visit_mut,
+    mut
+);
 
 /// Counts the parameters PyTorch's `sum(p.numel() for p in model.parameters())` counts:
 /// all but the running statistics.

@@ -4,9 +4,9 @@
 
 use crate::error::{Error, Result};
 use crate::nn::engine::blocked::BlockedKind;
-use crate::nn::kernels::blocked::{self, Blocked, Store, Window};
+use crate::nn::kernels::blocked::{self, Blocked, Store};
 use crate::nn::kernels::blocked_direct::{self, InputLayout};
-use crate::nn::kernels::blocked_sparse::{sparse_conv, SparseConv, SparseShape};
+use crate::nn::kernels::blocked_sparse::{sparse_conv, SparseConv};
 use crate::nn::kernels::blocked_winograd;
 use crate::nn::kernels::{blocked_depthwise, blocked_pointwise};
 use crate::nn::kernels::{Isa, Kernels, LANES};
@@ -184,13 +184,7 @@ impl BlockedConv {
         check_len("x", x.len(), xs.len())?;
         check_len("y", y.len(), blocked_len(n, c.out_channels, ho, wo))?;
         let (kernels, store) = (vector_kernels()?, self.store.view());
-        let g = Window {
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
-            size: [h, w],
-            out_size: [ho, wo],
-        };
+        let g = c.geometry([h, w], [ho, wo]);
         let (o, packed) = (c.out_channels, &self.packed);
         match self.kind {
             BlockedKind::Pointwise => {
@@ -240,15 +234,7 @@ impl SparseBlockedConv {
         }
         let (o, c, [kh, kw]) = (config.out_channels, config.in_channels, config.kernel);
         check_len("weight", weight.len(), o * c / config.groups * kh * kw)?;
-        let shape = SparseShape {
-            out: o,
-            inputs: c,
-            groups: config.groups,
-            kernel: config.kernel,
-            stride: config.stride,
-            padding: config.padding,
-        };
-        let packed = SparseConv::new(weight, shape)
+        let packed = SparseConv::new(weight, config.geometry([0, 0], [0, 0]))
             .ok_or_else(|| Error::unsupported("config", "too large for the sparse kernel"))?;
         Ok(SparseBlockedConv {
             config,

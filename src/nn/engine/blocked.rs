@@ -5,7 +5,7 @@ use super::{Convolution, Epilogue};
 use crate::exec::Exec;
 use crate::nn::blocked::BlockedTensor;
 use crate::nn::engine::Conv2dConfig;
-use crate::nn::kernels::blocked::{Blocked, Store, Window};
+use crate::nn::kernels::blocked::{Blocked, Store};
 use crate::nn::kernels::blocked_direct::{self, InputLayout};
 use crate::nn::kernels::blocked_sparse::sparse_conv;
 use crate::nn::kernels::blocked_winograd;
@@ -201,13 +201,7 @@ impl Convolution<'_> {
         let c = self.config;
         let [n, ci, h, w] = x.dims();
         let xs = Blocked { n, c: ci, h, w };
-        let g = Window {
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
-            size: [h, w],
-            out_size: [ys.h, ys.w],
-        };
+        let g = c.geometry([h, w], [ys.h, ys.w]);
         let weights = self.blocked_weights(kind);
         let mut y = BlockedTensor::overwritten(ys);
         let out = c.out_channels;

@@ -1,6 +1,7 @@
 //! The hyper-parameters of a 2-d convolution.
 
 use crate::error::{Error, Result};
+use crate::nn::kernels::geometry::Geometry;
 
 /// The hyper-parameters of a [`Conv2d`](crate::nn::Conv2d), with PyTorch's meaning and defaults.
 ///
@@ -82,6 +83,21 @@ impl Conv2dConfig {
             self.kernel[0],
             self.kernel[1],
         ]
+    }
+
+    /// The kernels' view of it on an input of `size` giving `out_size`.
+    pub(crate) fn geometry(&self, size: [usize; 2], out_size: [usize; 2]) -> Geometry {
+        Geometry {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            groups: self.groups,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            size,
+            out_size,
+        }
     }
 
     /// Rejects zero sizes and channel counts that do not divide by `groups`.

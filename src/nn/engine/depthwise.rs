@@ -3,7 +3,7 @@
 //! [`crate::nn::kernels::plain`], vectorised for the call's instruction set.
 
 use super::{Conv2dConfig, Epilogue, Shapes};
-use crate::nn::kernels::plain::{depthwise_plane, DepthwiseGeometry, DepthwisePlane};
+use crate::nn::kernels::plain::{depthwise_plane, DepthwisePlane};
 use crate::nn::kernels::Isa;
 use crate::nn::runtime::{ChannelMap, Threads};
 use rayon::prelude::*;
@@ -76,15 +76,7 @@ impl Depthwise<'_> {
     /// the moments of the plane before the activation when `moments` is set.
     fn plane(&self, ch: usize, x: &[f32], y: &mut [f32], moments: bool) -> (f64, f64) {
         let c = self.config;
-        let sh = self.shape;
-        let geometry = DepthwiseGeometry {
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
-            dilation: c.dilation,
-            size: [sh.h, sh.w],
-            out_size: [sh.ho, sh.wo],
-        };
+        let geometry = super::path::geometry(c, self.shape);
         let taps = c.kernel[0] * c.kernel[1];
         SCRATCH.with_borrow_mut(|(padded, mapped)| {
             let plane = DepthwisePlane {

@@ -20,6 +20,7 @@ pub(crate) use path::{ConvPath, Shapes};
 
 use crate::exec::Exec;
 use crate::nn::kernels::direct::{self, ImageCall};
+use crate::nn::kernels::geometry::Geometry;
 use crate::nn::kernels::{plain, winograd, Isa, Kernels};
 use crate::nn::runtime::{Activation, ChannelMap, Threads};
 use crate::stats::plane_moments;
@@ -198,7 +199,7 @@ impl Convolution<'_> {
                 .unzip(),
             None => Default::default(),
         };
-        let geometry = path::geometry(c, shape);
+        let geometry = path::geometry(c, shape).group();
         // A grouped image-kernel call reads each group's input map from channel 0.
         let group_inputs = match (input, path.kernels().is_some() && c.groups > 1) {
             (Some(map), true) => Some(map.split(c.groups)),
@@ -258,7 +259,7 @@ impl Convolution<'_> {
     }
 
     /// The weights in the order `path` reads them (made once and kept).
-    fn path_weights(&self, path: ConvPath, geometry: &direct::Geometry) -> &[f32] {
+    fn path_weights(&self, path: ConvPath, geometry: &Geometry) -> &[f32] {
         let r = self.rearranged;
         // The image kernels' weights, group after group.
         let groups = self.config.groups;

@@ -2,7 +2,8 @@
 //! call's shape and the instruction set.
 
 use super::Conv2dConfig;
-use crate::nn::kernels::{direct, Isa, Kernels, LANES};
+use crate::nn::kernels::geometry::Geometry;
+use crate::nn::kernels::{Isa, Kernels, LANES};
 
 /// A way to compute a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,24 +101,15 @@ pub(crate) fn choose(c: &Conv2dConfig, shape: Shapes, images: usize, isa: Isa) -
     }
 }
 
-/// The image kernels' view of one group of a call of `c` on `shape`.
-pub(crate) fn geometry(c: &Conv2dConfig, shape: Shapes) -> direct::Geometry {
-    direct::Geometry {
-        c_in: c.in_channels / c.groups,
-        c_out: c.out_channels / c.groups,
-        kernel: c.kernel,
-        stride: c.stride,
-        padding: c.padding,
-        dilation: c.dilation,
-        size: [shape.h, shape.w],
-        out_size: [shape.ho, shape.wo],
-    }
+/// The kernels' view of a call of `c` on `shape`.
+pub(crate) fn geometry(c: &Conv2dConfig, shape: Shapes) -> Geometry {
+    c.geometry([shape.h, shape.w], [shape.ho, shape.wo])
 }
 
 /// Whether the Winograd kernel computes `c` (for tests that check the choice).
 #[cfg(test)]
 pub(crate) fn winograd_computes(c: &Conv2dConfig, shape: Shapes) -> bool {
-    crate::nn::kernels::winograd::computes(&geometry(c, shape))
+    crate::nn::kernels::winograd::computes(&geometry(c, shape).group())
 }
 
 #[cfg(test)]

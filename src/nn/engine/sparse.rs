@@ -9,7 +9,7 @@
 //! noise, and a dense checkpoint never pays for the measurement.
 
 use crate::exec::SparsePolicy;
-use crate::nn::kernels::blocked_sparse::{SparseConv, SparseShape};
+use crate::nn::kernels::blocked_sparse::SparseConv;
 use crate::nn::Conv2dConfig;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -70,7 +70,7 @@ impl SparseForm {
         }
         let packed = self
             .packed
-            .get_or_init(|| SparseConv::new(weight, shape(config)))
+            .get_or_init(|| SparseConv::new(weight, config.geometry([0, 0], [0, 0])))
             .as_ref()?;
         let density = packed.nonzeros() as f64 / weight.len().max(1) as f64;
         (policy == SparsePolicy::Always || density <= MEASURED_DENSITY).then_some(packed)
@@ -160,18 +160,6 @@ impl SparseForm {
             choices.push((key, choice));
         }
         out
-    }
-}
-
-/// The sparse kernel's view of `config`.
-fn shape(config: &Conv2dConfig) -> SparseShape {
-    SparseShape {
-        out: config.out_channels,
-        inputs: config.in_channels,
-        groups: config.groups,
-        kernel: config.kernel,
-        stride: config.stride,
-        padding: config.padding,
     }
 }
 

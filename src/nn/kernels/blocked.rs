@@ -4,7 +4,7 @@
 //!
 //! In this layout every kernel keeps channels in lanes and never transposes. This
 //! file has the layout ([`Blocked`], the reorders [`to_blocked`] / [`from_blocked`] at
-//! the boundaries with NCHW), the geometry of a window ([`Window`]), the store every
+//! the boundaries with NCHW), the store every
 //! kernel ends with ([`Store`], [`finish`]: `y = f(y·scale + shift (+ residual))` per
 //! output channel) and the task runners; the kernels are its siblings:
 //! `blocked_pointwise` (1×1), `blocked_depthwise`, `blocked_direct` (any window),
@@ -183,53 +183,10 @@ pub(crate) fn each_index(count: usize, threads: usize, task: impl Fn(usize) + Sy
     }
 }
 
-/// The window of a convolution on blocked planes: its kernel, stride and padding, and
-/// the input and output sizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Window {
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub padding: [usize; 2],
-    /// Input `[h, w]`.
-    pub size: [usize; 2],
-    /// Output `[ho, wo]`.
-    pub out_size: [usize; 2],
-}
-
-impl Window {
-    /// The output columns `lo..hi` whose windows read no padding column.
-    pub(crate) fn inner_columns(&self) -> (usize, usize) {
-        let ([_, w], [_, wo], [_, kw], [_, sw], [_, pw]) = (
-            self.size,
-            self.out_size,
-            self.kernel,
-            self.stride,
-            self.padding,
-        );
-        let lo = pw.div_ceil(sw).min(wo);
-        let hi = if w + pw >= kw {
-            ((w + pw - kw) / sw + 1).min(wo)
-        } else {
-            0
-        };
-        (lo, hi.max(lo))
-    }
-
-    /// For output row `oy`: the input row of kernel row 0 (negative in the padding),
-    /// and the kernel rows `r0..r1` that fall inside the image.
-    pub(crate) fn rows(&self, oy: usize) -> (isize, usize, usize) {
-        let ([h, _], [kh, _], [sh, _], [ph, _]) =
-            (self.size, self.kernel, self.stride, self.padding);
-        let top = (oy * sh) as isize - ph as isize;
-        let r0 = (-top).clamp(0, kh as isize) as usize;
-        let r1 = (h as isize - top).clamp(r0 as isize, kh as isize) as usize;
-        (top, r0, r1)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::nn::kernels::geometry::Geometry;
 
     /// `len` pseudo-random values in [−0.5, 0.5), the same for the same seed.
     pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -253,7 +210,7 @@ pub(crate) mod tests {
         weight: &[f32],
         o: usize,
         groups: usize,
-        g: Window,
+        g: Geometry,
         (scale, shift, f, residual): Epilogue<'_>,
     ) -> Vec<f32> {
         let ([kh, kw], [sh, sw], [ph, pw], [ho, wo]) = (g.kernel, g.stride, g.padding, g.out_size);

@@ -2,7 +2,8 @@
 //! sixteen channels per vector, a row of outputs in registers, every tap one vector
 //! load of the input. The store applies `y = f(y·scale + shift)` per channel.
 
-use super::blocked::{activate_stored, each_chunk, finish, Blocked, Store, Window};
+use super::blocked::{activate_stored, each_chunk, finish, Blocked, Store};
+use super::geometry::Geometry;
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::Activation;
 
@@ -27,7 +28,7 @@ pub(crate) fn depthwise(
     x: &[f32],
     xs: Blocked,
     weights: &[f32],
-    g: Window,
+    g: Geometry,
     store: Store<'_>,
     y: &mut [f32],
     threads: usize,
@@ -62,7 +63,7 @@ struct DepthwisePlane<'a> {
     x: &'a [f32],
     /// `[kh][kw][16]`.
     w: &'a [f32],
-    g: Window,
+    g: Geometry,
     scale: &'a [f32],
     shift: &'a [f32],
     activation: Activation,
@@ -145,7 +146,7 @@ struct DepthwiseRow<S: Simd> {
     x: *const f32,
     w: *const f32,
     y: *mut f32,
-    g: Window,
+    g: Geometry,
     scale: S::V,
     shift: S::V,
     activation: Activation,
@@ -230,8 +231,8 @@ impl<S: Simd> DepthwiseRow<S> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::blocked::from_blocked;
     use super::super::blocked::tests::{blocks, close, reference, values, TestEpilogue};
-    use super::super::blocked::{from_blocked, Window};
     use super::*;
     use crate::nn::kernels::every_kernels;
     use crate::nn::runtime::Activation;
@@ -249,13 +250,7 @@ mod tests {
             (1, 32, 2, 2, 3, 1, 1),
         ] {
             let (ho, wo) = ((h + 2 * pd - k) / st + 1, (w + 2 * pd - k) / st + 1);
-            let g = Window {
-                kernel: [k, k],
-                stride: [st, st],
-                padding: [pd, pd],
-                size: [h, w],
-                out_size: [ho, wo],
-            };
+            let g = Geometry::window(c, [k, k], [st, st], [pd, pd], [h, w], [ho, wo]);
             let x = values(n * c * h * w, 6);
             let weight = values(c * k * k, 7);
             let xs = Blocked { n, c, h, w };

@@ -8,7 +8,8 @@
 //! `2 + T` loads. Columns whose windows read padding go one at a time, skipping the
 //! taps outside.
 
-use super::blocked::{activate_stored, each_chunk, finish, Blocked, Store, Window};
+use super::blocked::{activate_stored, each_chunk, finish, Blocked, Store};
+use super::geometry::Geometry;
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::{buffer, recycle_buffer};
 
@@ -70,7 +71,7 @@ pub(crate) fn direct(
     (xs, layout, groups): (Blocked, InputLayout, usize),
     weights: &[f32],
     out: usize,
-    g: Window,
+    g: Geometry,
     store: Store<'_>,
     y: &mut [f32],
     threads: usize,
@@ -81,7 +82,7 @@ pub(crate) fn direct(
     }
     assert!(x.len() == xs.n * layout.image_len(xs));
     let (padded, ps) = pad(x, xs, layout, g.padding);
-    let g = Window {
+    let g = Geometry {
         padding: [0, 0],
         size: [ps.h, ps.w],
         ..g
@@ -109,7 +110,7 @@ fn unpadded(
     (xs, layout, groups): (Blocked, InputLayout, usize),
     weights: &[f32],
     out: usize,
-    g: Window,
+    g: Geometry,
     store: Store<'_>,
     y: &mut [f32],
     threads: usize,
@@ -183,7 +184,7 @@ struct DirectTask<'a> {
     /// Input and output channels per group.
     group: (usize, usize),
     weights: &'a [f32],
-    g: Window,
+    g: Geometry,
     blocks: std::ops::Range<usize>,
     /// Its residual, if any, is sliced as `y`.
     store: Store<'a>,
@@ -250,7 +251,7 @@ struct Tile<'a> {
     shift: usize,
     w: *const f32,
     b: usize,
-    g: Window,
+    g: Geometry,
     store: Store<'a>,
     /// Block `b`'s output, `[B][ho][wo][16]`.
     y: *mut f32,
@@ -460,13 +461,15 @@ mod tests {
         .enumerate()
         {
             let out = |len: usize, k: usize| (len + 2 * pd - k) / st + 1;
-            let g = Window {
-                kernel: [kh, kw],
-                stride: [st, st],
-                padding: [pd, pd],
-                size: [h, w],
-                out_size: [out(h, kh), out(w, kw)],
-            };
+            let g = Geometry::window(
+                c,
+                [kh, kw],
+                [st, st],
+                [pd, pd],
+                [h, w],
+                [out(h, kh), out(w, kw)],
+            )
+            .with_channels(c, o, groups);
             let f = Activation::ALL[case % Activation::ALL.len()];
             let xs = Blocked { n, c, h, w };
             let ys = Blocked {

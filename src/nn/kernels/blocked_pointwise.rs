@@ -300,8 +300,9 @@ unsafe fn tile<S: Simd, const B: usize, const T: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::blocked::from_blocked;
     use super::super::blocked::tests::{blocks, close, reference, values, TestEpilogue};
-    use super::super::blocked::{from_blocked, Window};
+    use super::super::geometry::Geometry;
     use super::*;
     use crate::nn::kernels::every_kernels;
     use crate::nn::runtime::Activation;
@@ -327,13 +328,8 @@ mod tests {
             let residual = (case % 2 == 1).then(|| values(n * o * h * w, 10));
             let x = values(n * c * h * w, 2);
             let weight = values(o * c, 3);
-            let g = Window {
-                kernel: [1, 1],
-                stride: [1, 1],
-                padding: [0, 0],
-                size: [h, w],
-                out_size: [h, w],
-            };
+            let g =
+                Geometry::window(c, [1, 1], [1, 1], [0, 0], [h, w], [h, w]).with_channels(c, o, 1);
             let xs = Blocked { n, c, h, w };
             let ys = Blocked { c: o, ..xs };
             let epilogue = TestEpilogue::new(ys, (4, 5), residual);

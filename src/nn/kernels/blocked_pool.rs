@@ -1,7 +1,8 @@
 //! Max pooling on channel-blocked tensors: sixteen channels per vector, the padding
 //! acting as −∞ (its taps are skipped), NaN propagating as in PyTorch.
 
-use super::blocked::{each_chunk, Blocked, Window};
+use super::blocked::{each_chunk, Blocked};
+use super::geometry::Geometry;
 use super::{Kernel, Kernels, Simd, LANES};
 
 /// The max pooling of `x` (blocked, shape `xs`) over the window `g` into `y` (blocked,
@@ -10,7 +11,7 @@ pub(crate) fn max_pool(
     kernels: Kernels,
     x: &[f32],
     xs: Blocked,
-    g: Window,
+    g: Geometry,
     y: &mut [f32],
     threads: usize,
 ) {
@@ -34,7 +35,7 @@ pub(crate) fn max_pool(
 struct MaxPlane<'a> {
     /// `[h][w][16]`.
     x: &'a [f32],
-    g: Window,
+    g: Geometry,
     /// `[ho][wo][16]`.
     y: &'a mut [f32],
 }
@@ -85,13 +86,7 @@ mod tests {
             (1, 3, 5, 4, 3, 1, 1),
         ] {
             let out = |len: usize| (len + 2 * pd - k) / st + 1;
-            let g = Window {
-                kernel: [k, k],
-                stride: [st, st],
-                padding: [pd, pd],
-                size: [h, w],
-                out_size: [out(h), out(w)],
-            };
+            let g = Geometry::window(c, [k, k], [st, st], [pd, pd], [h, w], [out(h), out(w)]);
             let mut x = values(n * c * h * w, 21);
             x[5] = f32::NAN;
             let [ho, wo] = g.out_size;

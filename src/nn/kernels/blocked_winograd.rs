@@ -310,8 +310,9 @@ fn transform_out<S: Simd>(s: S, m: [S::V; 16]) -> [S::V; 4] {
 
 #[cfg(test)]
 mod tests {
+    use super::super::blocked::from_blocked;
     use super::super::blocked::tests::{blocks, close, reference, values, TestEpilogue};
-    use super::super::blocked::{from_blocked, Window};
+    use super::super::geometry::Geometry;
     use super::*;
     use crate::nn::kernels::every_kernels;
 
@@ -330,13 +331,8 @@ mod tests {
         .enumerate()
         {
             let (ho, wo) = (h + 2 * p - 2, w + 2 * p - 2);
-            let g = Window {
-                kernel: [3, 3],
-                stride: [1, 1],
-                padding: [p, p],
-                size: [h, w],
-                out_size: [ho, wo],
-            };
+            let g = Geometry::window(c, [3, 3], [1, 1], [p, p], [h, w], [ho, wo])
+                .with_channels(c, o, 1);
             let f = Activation::ALL[(case + 1) % Activation::ALL.len()];
             let xs = Blocked { n, c, h, w };
             let ys = Blocked {

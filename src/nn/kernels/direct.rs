@@ -18,6 +18,7 @@
 //! The sums run over the input channels and kernel offsets in the same order for every
 //! output, and the result differs from the GEMM path only by rounding.
 
+use super::geometry::Geometry;
 use super::store::{as_arrays, store_channels, Affine, Moments};
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::{with_scratch, ChannelMap, Line};
@@ -60,54 +61,10 @@ pub(crate) fn padded<R>(
     })
 }
 
-/// One convolution as the image kernels see it: one group, `c_out` a multiple of 16.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Geometry {
-    /// Input channels.
-    pub c_in: usize,
-    /// Output channels, a multiple of [`LANES`].
-    pub c_out: usize,
-    /// `[kh, kw]`.
-    pub kernel: [usize; 2],
-    /// `[sh, sw]`.
-    pub stride: [usize; 2],
-    /// Zero rows and columns on each side, `[ph, pw]`.
-    pub padding: [usize; 2],
-    /// `[dh, dw]`.
-    pub dilation: [usize; 2],
-    /// Input `[h, w]`.
-    pub size: [usize; 2],
-    /// Output `[ho, wo]`.
-    pub out_size: [usize; 2],
-}
-
-impl Geometry {
-    /// Whether the image kernels can compute it: whole blocks of 16 output channels,
-    /// and an output that the kernel and padding give.
-    pub(crate) fn is_valid(&self) -> bool {
-        let axis = |a: usize| {
-            let span = self.dilation[a] * (self.kernel[a] - 1) + 1;
-            let padded = self.size[a] + 2 * self.padding[a];
-            padded >= span && (padded - span) / self.stride[a] + 1 == self.out_size[a]
-        };
-        self.c_in > 0
-            && self.c_out > 0
-            && self.c_out.is_multiple_of(LANES)
-            && self
-                .kernel
-                .iter()
-                .chain(&self.stride)
-                .chain(&self.dilation)
-                .all(|&v| v > 0)
-            && axis(0)
-            && axis(1)
-    }
-}
-
 /// The weights `[O, C, kh, kw]` repacked as `[O/16][C][kh][kw][16]`.
 pub(crate) fn pack(g: &Geometry, weight: &[f32]) -> Vec<f32> {
-    let per_out = g.c_in * g.kernel[0] * g.kernel[1];
-    assert_eq!(weight.len(), g.c_out * per_out);
+    let per_out = g.in_channels * g.kernel[0] * g.kernel[1];
+    assert_eq!(weight.len(), g.out_channels * per_out);
     let mut packed = vec![0.0; weight.len()];
     for (o, filter) in weight.chunks_exact(per_out).enumerate() {
         let (block, lane) = (o / LANES, o % LANES);
@@ -139,14 +96,14 @@ impl ImageCall<'_> {
     /// one moment per output channel.
     pub(crate) fn check(&self, x: &[f32], y: &[f32], moments: Option<&[(f64, f64)]>) {
         let g = self.geometry;
-        assert!(g.is_valid(), "{g:?}");
-        assert!(self.scale.len() == g.c_out && self.shift.len() == g.c_out);
-        assert_eq!(x.len(), g.c_in * g.size[0] * g.size[1]);
-        assert_eq!(y.len(), g.c_out * g.out_size[0] * g.out_size[1]);
-        assert!(moments.is_none_or(|m| m.len() == g.c_out));
+        assert!(g.suits_image_kernels(), "{g:?}");
+        assert!(self.scale.len() == g.out_channels && self.shift.len() == g.out_channels);
+        assert_eq!(x.len(), g.in_channels * g.size[0] * g.size[1]);
+        assert_eq!(y.len(), g.out_channels * g.out_size[0] * g.out_size[1]);
+        assert!(moments.is_none_or(|m| m.len() == g.out_channels));
         assert!(self
             .input
-            .is_none_or(|m| m.scale.len() == g.c_in && m.shift.len() == g.c_in));
+            .is_none_or(|m| m.scale.len() == g.in_channels && m.shift.len() == g.in_channels));
     }
 }
 
@@ -166,18 +123,26 @@ pub(crate) fn image(
     let g = *call.geometry;
     assert_eq!(
         call.weights.len(),
-        g.c_out * g.c_in * g.kernel[0] * g.kernel[1]
+        g.out_channels * g.in_channels * g.kernel[0] * g.kernel[1]
     );
     let ([h, w], [ph, pw]) = (g.size, g.padding);
     let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-    padded(x, call.input, g.c_in, (h, w), (ph, pw), (hp, wp), |pad| {
-        kernels.run(Blocks {
-            call,
-            pad,
-            y,
-            moments,
-        })
-    });
+    padded(
+        x,
+        call.input,
+        g.in_channels,
+        (h, w),
+        (ph, pw),
+        (hp, wp),
+        |pad| {
+            kernels.run(Blocks {
+                call,
+                pad,
+                y,
+                moments,
+            })
+        },
+    );
 }
 
 /// [`image`] of a padded image, as a [`Kernel`].
@@ -222,10 +187,10 @@ fn blocks_on<S: Simd>(
     let [ph, pw] = g.padding;
     let ([h, w], [ho, wo]) = (g.size, g.out_size);
     let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-    let per_out = g.c_in * kh * kw;
+    let per_out = g.in_channels * kh * kw;
     let (widths, max_rows) = block_shapes(S::PIXELS);
     let tiles = Tiles {
-        c_in: g.c_in,
+        c_in: g.in_channels,
         plane: hp * wp,
         wp,
         kernel: g.kernel,
@@ -428,12 +393,12 @@ mod tests {
     fn reference(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
         let ([h, w], [ho, wo]) = (g.size, g.out_size);
         let [kh, kw] = g.kernel;
-        let mut y = vec![0.0f64; g.c_out * ho * wo];
-        for o in 0..g.c_out {
+        let mut y = vec![0.0f64; g.out_channels * ho * wo];
+        for o in 0..g.out_channels {
             for i in 0..ho {
                 for j in 0..wo {
                     let mut acc = 0.0f64;
-                    for c in 0..g.c_in {
+                    for c in 0..g.in_channels {
                         for ki in 0..kh {
                             for kj in 0..kw {
                                 let ih = (i * g.stride[0] + ki * g.dilation[0]) as isize
@@ -442,7 +407,7 @@ mod tests {
                                     - g.padding[1] as isize;
                                 if (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw) {
                                     let xv = x[(c * h + ih as usize) * w + iw as usize];
-                                    let wv = weight[((o * g.c_in + c) * kh + ki) * kw + kj];
+                                    let wv = weight[((o * g.in_channels + c) * kh + ki) * kw + kj];
                                     acc += f64::from(xv) * f64::from(wv);
                                 }
                             }
@@ -469,8 +434,9 @@ mod tests {
                 (size[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) / stride[a] + 1
             };
             let g = Geometry {
-                c_in: 5,
-                c_out: 32,
+                in_channels: 5,
+                out_channels: 32,
+                groups: 1,
                 kernel,
                 stride,
                 padding,

@@ -20,7 +20,7 @@
 //! - [`plain`]: plain loops compiled for an instruction set (activations, affine maps,
 //!   the depthwise convolution), vectorised by the compiler at its width.
 //!
-//! The kernels take their own geometry ([`direct::Geometry`]), never a layer's
+//! The kernels take their own geometry ([`geometry::Geometry`]), never a layer's
 //! configuration.
 
 // The crate denies `unsafe` everywhere else.
@@ -36,6 +36,7 @@ pub(crate) mod blocked_pool;
 pub(crate) mod blocked_sparse;
 pub(crate) mod blocked_winograd;
 pub(crate) mod direct;
+pub(crate) mod geometry;
 pub(crate) mod peak;
 pub(crate) mod plain;
 pub(crate) mod store;

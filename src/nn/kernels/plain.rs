@@ -3,6 +3,7 @@
 //! AVX-512, eight with AVX2) instead of the baseline's four: the activations and
 //! affine maps of the matrix-product paths, and the depthwise convolution.
 
+use super::geometry::Geometry;
 use super::{Isa, Kernel, Kernels, Scalar, Simd};
 use crate::nn::runtime::{Activation, ChannelMap};
 use crate::stats::plane_moments;
@@ -63,21 +64,10 @@ pub(crate) fn activate(isa: Isa, values: &mut [f32], f: Activation) {
     }
 }
 
-/// The shape of one depthwise plane: the kernel's, and the input's and output's sizes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DepthwiseGeometry {
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub padding: [usize; 2],
-    pub dilation: [usize; 2],
-    pub size: [usize; 2],
-    pub out_size: [usize; 2],
-}
-
 /// One channel of a depthwise convolution: `x` (mapped by `input` as it is read)
 /// convolved with `filter` into `y`, then `f(y·a + b)`.
 pub(crate) struct DepthwisePlane<'a> {
-    pub geometry: &'a DepthwiseGeometry,
+    pub geometry: &'a Geometry,
     pub x: &'a [f32],
     pub y: &'a mut [f32],
     pub filter: &'a [f32],

@@ -25,7 +25,8 @@
 //! direct kernel; the output goes through the same epilogue (batch norm, ReLU,
 //! calibration moments).
 
-use super::direct::{Geometry, ImageCall};
+use super::direct::ImageCall;
+use super::geometry::Geometry;
 use super::store::{as_arrays, as_floats, store_channels, Affine, Moments};
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::{with_scratch, Line, Scratch};
@@ -47,15 +48,15 @@ fn xi_stride(c_in: usize) -> usize {
 
 /// Whether Winograd's F(2×2, 3×3) computes `g`: a 3×3 kernel, stride 1, no dilation.
 pub(crate) fn computes(g: &Geometry) -> bool {
-    g.kernel == [3, 3] && g.stride == [1, 1] && g.dilation == [1, 1] && g.is_valid()
+    g.kernel == [3, 3] && g.stride == [1, 1] && g.dilation == [1, 1] && g.suits_image_kernels()
 }
 
 /// The kernels `[O, C, 3, 3]` carried to the Winograd domain, `U = G g Gᵀ`, laid out
 /// as `[O/16][ξ][C][16]`.
 pub(crate) fn transform_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
-    let c_in = g.c_in;
-    assert_eq!(weight.len(), g.c_out * c_in * 9);
-    let mut u = vec![0.0; g.c_out * c_in * 16];
+    let c_in = g.in_channels;
+    assert_eq!(weight.len(), g.out_channels * c_in * 9);
+    let mut u = vec![0.0; g.out_channels * c_in * 16];
     for (k, g) in weight.chunks_exact(9).enumerate() {
         let (o, c) = (k / c_in, k % c_in);
         let g: Vec<f64> = g.iter().map(|&v| v as f64).collect();
@@ -166,9 +167,9 @@ pub(crate) fn image(
     call.check(x, y, moments.as_deref());
     let g = call.geometry;
     assert!(computes(g), "{g:?}");
-    assert_eq!(call.weights.len(), g.c_out * 16 * g.c_in);
+    assert_eq!(call.weights.len(), g.out_channels * 16 * g.in_channels);
     let ([h, w], [_, wo]) = (g.size, g.out_size);
-    let (c_in, out_blocks) = (g.c_in, g.c_out / LANES);
+    let (c_in, out_blocks) = (g.in_channels, g.out_channels / LANES);
     let mut stats: Vec<Moments> = match moments {
         Some(_) => (0..out_blocks).map(|_| Moments::default()).collect(),
         None => Vec::new(),
@@ -239,7 +240,7 @@ impl Kernel for Blocks<'_> {
 fn blocks_on<S: Simd>(s: S, call: &ImageCall<'_>, x: &[f32], y: &mut [f32], work: Work<'_>) {
     let g = call.geometry;
     let [ho, wo] = g.out_size;
-    let c_in = g.c_in;
+    let c_in = g.in_channels;
     let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
     let windows = Windows {
         c_in,

@@ -4,8 +4,9 @@ use super::{emit4, layer_context, window_output_len, Tensor2, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{LayerKind, Probe, Site};
 use crate::nn::blocked::{BlockedLayer, BlockedTensor, Pass, Value};
-use crate::nn::kernels::blocked::{Blocked, Window};
+use crate::nn::kernels::blocked::Blocked;
 use crate::nn::kernels::blocked_pool::max_pool;
+use crate::nn::kernels::geometry::Geometry;
 use crate::nn::AnyTensor;
 use ndarray::{Array4, Zip};
 use rayon::prelude::*;
@@ -140,13 +141,7 @@ impl BlockedLayer for MaxPool2d {
         let x = x.into_blocked(pass)?;
         let [n, c, h, w] = x.dims();
         let (ho, wo) = self.output_size(&x.dims(), pass.probe())?;
-        let g = Window {
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-            size: [h, w],
-            out_size: [ho, wo],
-        };
+        let g = Geometry::window(c, self.kernel, self.stride, self.padding, [h, w], [ho, wo]);
         let mut y = BlockedTensor::overwritten(Blocked { n, c, h: ho, w: wo });
         let threads = pass.threads();
         max_pool(

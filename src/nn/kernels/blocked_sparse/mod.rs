@@ -25,6 +25,7 @@
 //! output channel, its non-zeros as `(channel, tap)` and value.
 
 use super::blocked::{each_index, finish, Blocked, SharedOut, Store};
+use super::geometry::Geometry;
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::{buffer, recycle_buffer, with_scratch};
 use std::sync::{Arc, Mutex};
@@ -48,27 +49,11 @@ const ROW_NONZEROS: usize = 32;
 /// The most taps a kernel may have (a non-zero's tap is kept in 8 bits).
 const MAX_TAPS: usize = 256;
 
-/// The convolution a [`SparseConv`] computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SparseShape {
-    pub out: usize,
-    pub inputs: usize,
-    pub groups: usize,
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub padding: [usize; 2],
-}
-
-impl SparseShape {
-    fn taps(&self) -> usize {
-        self.kernel[0] * self.kernel[1]
-    }
-}
-
 /// The non-zero weights of a convolution, packed for [`sparse_conv`].
 #[derive(Debug)]
 pub(crate) struct SparseConv {
-    shape: SparseShape,
+    /// Its channels, groups and window (the sizes are each call's).
+    geometry: Geometry,
     /// Input channels per chunk.
     chunk: usize,
     /// Output channels padded to whole blocks: the rows of each chunk.
@@ -108,13 +93,21 @@ impl Clone for SparseConv {
 }
 
 impl SparseConv {
-    /// The non-zeros of `weight` (`[out, inputs / groups, kh, kw]`), or `None` when the
+    /// The non-zeros of `weight` (`[out, in / groups, kh, kw]`) of a convolution of
+    /// `shape`'s channels, groups and window (its sizes are each call's), or `None` when the
     /// kernel has more than 256 taps or the counts overflow 32 bits.
-    pub(crate) fn new(weight: &[f32], shape: SparseShape) -> Option<Self> {
+    pub(crate) fn new(weight: &[f32], shape: Geometry) -> Option<Self> {
         let taps = shape.taps();
-        let (cg, og) = (shape.inputs / shape.groups, shape.out / shape.groups);
-        assert_eq!(weight.len(), shape.out * cg * taps, "weight of the shape");
-        if taps > MAX_TAPS || shape.inputs >= 1 << 24 || weight.len() >= u32::MAX as usize {
+        let (cg, og) = (
+            shape.in_channels / shape.groups,
+            shape.out_channels / shape.groups,
+        );
+        assert_eq!(
+            weight.len(),
+            shape.out_channels * cg * taps,
+            "weight of the shape"
+        );
+        if taps > MAX_TAPS || shape.in_channels >= 1 << 24 || weight.len() >= u32::MAX as usize {
             return None;
         }
         // One tile's reads per input channel: each tap, its vectors of positions. A
@@ -123,18 +116,18 @@ impl SparseConv {
         // reloading its partial sums stays small.
         let per_channel = taps * TILE * std::mem::size_of::<f32>();
         let nonzeros = weight.iter().filter(|v| **v != 0.0).count();
-        let per_row = nonzeros as f64 / (shape.out * shape.inputs).max(1) as f64;
+        let per_row = nonzeros as f64 / (shape.out_channels * shape.in_channels).max(1) as f64;
         let sparse_chunk = (ROW_NONZEROS as f64 / per_row.max(f64::MIN_POSITIVE)).ceil();
         let chunk = (CHUNK_BYTES / per_channel)
-            .max(sparse_chunk.min(shape.inputs as f64) as usize)
-            .clamp(1, shape.inputs.max(1));
-        let chunks = shape.inputs.div_ceil(chunk);
-        let rows = shape.out.div_ceil(LANES) * LANES;
+            .max(sparse_chunk.min(shape.in_channels as f64) as usize)
+            .clamp(1, shape.in_channels.max(1));
+        let chunks = shape.in_channels.div_ceil(chunk);
+        let rows = shape.out_channels.div_ceil(LANES) * LANES;
         let (mut starts, mut keys, mut values) = (vec![0u32], vec![], vec![]);
         for k in 0..chunks {
-            let channels = k * chunk..((k + 1) * chunk).min(shape.inputs);
+            let channels = k * chunk..((k + 1) * chunk).min(shape.in_channels);
             for o in 0..rows {
-                if o < shape.out {
+                if o < shape.out_channels {
                     let first = o / og * cg;
                     let mine = channels.start.max(first)..channels.end.min(first + cg);
                     for c in mine {
@@ -151,7 +144,7 @@ impl SparseConv {
             }
         }
         Some(SparseConv {
-            shape,
+            geometry: shape,
             chunk,
             rows,
             starts,
@@ -168,7 +161,7 @@ impl SparseConv {
 
     /// The non-zeros for planes laid out as `planes`: the last call's if they were
     /// the same, else made (and kept) anew.
-    fn entries(&self, s: SparseShape, planes: Planes) -> Arc<Entries> {
+    fn entries(&self, s: Geometry, planes: Planes) -> Arc<Entries> {
         let taps: Vec<usize> = (0..s.taps())
             .map(|t| planes.tap(s, t / s.kernel[1], t % s.kernel[1]))
             .collect();
@@ -198,7 +191,7 @@ impl SparseConv {
     }
 
     fn chunks(&self) -> usize {
-        self.shape.inputs.div_ceil(self.chunk)
+        self.geometry.in_channels.div_ceil(self.chunk)
     }
 }
 
@@ -229,22 +222,22 @@ pub(crate) fn sparse_conv(
     y: &mut [f32],
     threads: usize,
 ) -> bool {
-    let s = w.shape;
+    let s = w.geometry.with_sizes([xs.h, xs.w], out_size);
     let ys = Blocked {
-        c: s.out,
+        c: s.out_channels,
         h: out_size[0],
         w: out_size[1],
         ..xs
     };
-    assert!(xs.c == s.inputs && x.len() == xs.len() && y.len() == ys.len());
+    assert!(xs.c == s.in_channels && x.len() == xs.len() && y.len() == ys.len());
     assert!(store.scale.len() == ys.blocks() * LANES && store.shift.len() == store.scale.len());
     assert!(store.residual.is_none_or(|r| r.len() == y.len()));
     if y.is_empty() {
         // No image, or no output position: nothing to compute.
         return true;
     }
-    let planes = Planes::new(s, xs, out_size);
-    let len = s.inputs * planes.channel;
+    let planes = Planes::new(s, xs);
+    let len = s.in_channels * planes.channel;
     if len >= u32::MAX as usize {
         return false;
     }
@@ -306,8 +299,8 @@ pub(crate) fn sparse_conv(
 
 #[cfg(test)]
 mod tests {
+    use super::super::blocked::from_blocked;
     use super::super::blocked::tests::{blocks, close, reference, values, TestEpilogue};
-    use super::super::blocked::{from_blocked, Window};
     use super::*;
     use crate::nn::kernels::every_kernels;
     use crate::nn::runtime::Activation;
@@ -349,26 +342,13 @@ mod tests {
         for (n, c, o, groups, h, w, kernel, stride, padding, density) in cases {
             let taps = kernel[0] * kernel[1];
             let weight = masked(o * c / groups * taps, density, 1);
-            let shape = SparseShape {
-                out: o,
-                inputs: c,
-                groups,
-                kernel,
-                stride,
-                padding,
-            };
-            let packed = SparseConv::new(&weight, shape).expect("packs");
             let out_size = [
                 (h + 2 * padding[0] - kernel[0]) / stride[0] + 1,
                 (w + 2 * padding[1] - kernel[1]) / stride[1] + 1,
             ];
-            let g = Window {
-                kernel,
-                stride,
-                padding,
-                size: [h, w],
-                out_size,
-            };
+            let g = Geometry::window(c, kernel, stride, padding, [h, w], out_size)
+                .with_channels(c, o, groups);
+            let packed = SparseConv::new(&weight, g).expect("packs");
             let xs = Blocked { n, c, h, w };
             let ys = Blocked {
                 n,
@@ -411,25 +391,13 @@ mod tests {
     fn one_packing_serves_inputs_of_several_sizes() {
         // The non-zeros' offsets depend on the input's size: kept for the last one,
         // made anew for another.
-        let shape = SparseShape {
-            out: 20,
-            inputs: 24,
-            groups: 1,
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: [1, 1],
-        };
+        let shape = Geometry::window(24, [3, 3], [1, 1], [1, 1], [0, 0], [0, 0]);
+        let shape = shape.with_channels(24, 20, 1);
         let weight = masked(20 * 24 * 9, 0.3, 1);
         let packed = SparseConv::new(&weight, shape).expect("packs");
         let kernels = *every_kernels().last().expect("a level");
         for (n, h, w) in [(1, 5, 5), (2, 7, 6), (1, 5, 5), (3, 5, 5)] {
-            let g = Window {
-                kernel: [3, 3],
-                stride: [1, 1],
-                padding: [1, 1],
-                size: [h, w],
-                out_size: [h, w],
-            };
+            let g = shape.with_sizes([h, w], [h, w]);
             let xs = Blocked { n, c: 24, h, w };
             let ys = Blocked { c: 20, ..xs };
             let x = values(n * 24 * h * w, 2);
@@ -459,14 +427,7 @@ mod tests {
         // NaN and infinities reach every output that the dense kernels' zero weights
         // multiply them into: the caller runs those instead.
         for (stride, bad) in [([1, 1], f32::NAN), ([2, 2], f32::INFINITY)] {
-            let shape = SparseShape {
-                out: 16,
-                inputs: 16,
-                groups: 1,
-                kernel: [3, 3],
-                stride,
-                padding: [1, 1],
-            };
+            let shape = Geometry::window(16, [3, 3], stride, [1, 1], [0, 0], [0, 0]);
             let packed = SparseConv::new(&masked(16 * 16 * 9, 0.3, 1), shape).expect("packs");
             let xs = Blocked {
                 n: 1,

@@ -38,7 +38,8 @@ pub(super) struct Planes {
 }
 
 impl Planes {
-    pub(super) fn new(s: SparseShape, xs: Blocked, out_size: [usize; 2]) -> Self {
+    pub(super) fn new(s: Geometry, xs: Blocked) -> Self {
+        let out_size = s.out_size;
         let padded = [xs.h + 2 * s.padding[0], xs.w + 2 * s.padding[1]];
         let phases = [s.stride[0].min(s.kernel[0]), s.stride[1].min(s.kernel[1])];
         let shifts = (s.kernel[1] - 1) / s.stride[1] + 1;
@@ -72,14 +73,14 @@ impl Planes {
 
     /// The offset from an output position to the value that tap `(ky, kx)` reads, in a
     /// channel's planes.
-    pub(super) fn tap(&self, s: SparseShape, ky: usize, kx: usize) -> usize {
+    pub(super) fn tap(&self, s: Geometry, ky: usize, kx: usize) -> usize {
         let phase = (ky % s.stride[0]) * self.phases[1] + kx % s.stride[1];
         (phase * self.shifts + kx / s.stride[1]) * self.copy + ky / s.stride[0] * self.pitch
     }
 
     /// Where the input's padded row `y`, column `x` of image `img` goes in a channel's
     /// unshifted copies, if its phase is kept.
-    pub(super) fn place(&self, s: SparseShape, img: usize, y: usize, x: usize) -> Option<usize> {
+    pub(super) fn place(&self, s: Geometry, img: usize, y: usize, x: usize) -> Option<usize> {
         let (a, b) = (y % s.stride[0], x % s.stride[1]);
         if a >= self.phases[0] || b >= self.phases[1] {
             return None;
@@ -108,7 +109,7 @@ pub(super) fn spread(
     kernels: Kernels,
     x: &[f32],
     xs: Blocked,
-    s: SparseShape,
+    s: Geometry,
     planes: Planes,
     cols: &mut [f32],
     threads: usize,
@@ -143,7 +144,7 @@ pub(super) fn spread(
 pub(super) struct Spread<'a> {
     pub(super) x: &'a [f32],
     pub(super) xs: Blocked,
-    pub(super) s: SparseShape,
+    pub(super) s: Geometry,
     pub(super) planes: Planes,
     pub(super) block: usize,
     /// The planes of the block's channels.

@@ -286,15 +286,18 @@ fn rearranged_weights_follow_changes_to_the_weights() {
     }
 }
 
-#[test]
-fn moments_gathered_while_convolving_equal_those_of_the_output() {
+/// One configuration or more per kernel path (direct, Winograd, GEMM and shifted
+/// products, depthwise, grouped image kernels), odd sizes, on every instruction set.
+fn every_path_on_every_isa() -> impl Iterator<Item = (Conv2dConfig, (usize, usize), Isa)> {
     let cases = [
         // Direct kernel: several pixel blocks per plane, 2 output blocks.
         (Conv2dConfig::new(8, 32, 3).padding(1).bias(true), (13, 30)),
         (Conv2dConfig::new(16, 16, 3).padding(1).stride(2), (14, 14)),
+        (Conv2dConfig::new(8, 16, 3).padding(1).stride(2), (9, 13)),
         // Winograd: several tile blocks and output blocks, odd sizes.
         (Conv2dConfig::new(16, 32, 3).padding(1).bias(true), (13, 30)),
         (Conv2dConfig::new(32, 16, 3).padding(1), (7, 7)),
+        (Conv2dConfig::new(16, 32, 3).padding(1), (9, 13)),
         // GEMM and shifted products.
         (Conv2dConfig::new(4, 6, 3).bias(true), (9, 9)),
         (Conv2dConfig::new(80, 8, 3).padding(1), (12, 30)),
@@ -303,17 +306,25 @@ fn moments_gathered_while_convolving_equal_those_of_the_output() {
             Conv2dConfig::new(8, 8, 5).padding(2).stride(2).groups(8),
             (11, 9),
         ),
-        // Grouped image kernels.
+        (
+            Conv2dConfig::new(8, 8, 3).padding(1).stride(2).groups(8),
+            (9, 13),
+        ),
+        // Grouped image kernels: each group from its own channels.
         (Conv2dConfig::new(64, 64, 3).padding(1).groups(4), (9, 14)),
         (
             Conv2dConfig::new(48, 48, 3).padding(1).stride(2).groups(3),
             (13, 11),
         ),
     ];
-    for ((cfg, (h, w)), isa) in cases
+    cases
         .into_iter()
-        .flat_map(|c| every_isa().into_iter().map(move |i| (c, i)))
-    {
+        .flat_map(|(cfg, hw)| every_isa().into_iter().map(move |isa| (cfg, hw, isa)))
+}
+
+#[test]
+fn moments_gathered_while_convolving_equal_those_of_the_output() {
+    for (cfg, (h, w), isa) in every_path_on_every_isa() {
         let conv = filled(cfg);
         let x = ramp((3, cfg.in_channels, h, w)).mapv(|v| v + 2.0);
         let (y, got) = conv
@@ -337,26 +348,7 @@ fn moments_gathered_while_convolving_equal_those_of_the_output() {
 
 #[test]
 fn an_input_map_is_applied_as_the_input_is_read() {
-    let cases = [
-        // Winograd, the direct kernel (with padding), a GEMM path, depthwise.
-        (Conv2dConfig::new(16, 32, 3).padding(1), (9, 13)),
-        (Conv2dConfig::new(8, 16, 3).padding(1).stride(2), (9, 13)),
-        (Conv2dConfig::new(80, 8, 3).padding(1), (12, 30)),
-        (
-            Conv2dConfig::new(8, 8, 3).padding(1).stride(2).groups(8),
-            (9, 13),
-        ),
-        // Grouped image kernels: each group's map from its own channels.
-        (Conv2dConfig::new(64, 64, 3).padding(1).groups(4), (9, 14)),
-        (
-            Conv2dConfig::new(48, 48, 3).padding(1).stride(2).groups(3),
-            (13, 11),
-        ),
-    ];
-    for ((cfg, (h, w)), isa) in cases
-        .into_iter()
-        .flat_map(|c| every_isa().into_iter().map(move |i| (c, i)))
-    {
+    for (cfg, (h, w), isa) in every_path_on_every_isa() {
         let conv = filled(cfg);
         let x = ramp((2, cfg.in_channels, h, w));
         let c = cfg.in_channels;
