@@ -78,6 +78,22 @@ pub(crate) fn count_while(state: &StateDict, format: impl Fn(usize) -> String) -
     (0..).take_while(|&i| state.contains(&format(i))).count()
 }
 
+/// The tail of a family's `infer`: `config`, read off `state`'s keys, once it is
+/// valid (`validate`) and needs no more parameters (`size`) than `state` holds values
+/// (see [`check_size`]; the error names `key`).
+pub(crate) fn inferred<C>(
+    state: &StateDict,
+    family: &str,
+    key: &str,
+    config: C,
+    validate: impl Fn(&C) -> Result<()>,
+    size: impl Fn(&C) -> usize,
+) -> Result<C> {
+    validate(&config)?;
+    check_size(state, family, key, size(&config))?;
+    Ok(config)
+}
+
 /// Refuses an architecture read off the keys that needs more parameters than `state`
 /// holds values: a mis-shaped tensor or thousands of block keys must not make the
 /// network, and its allocation, huge. The strict load names the keys otherwise.

@@ -44,6 +44,26 @@ fn output_size(c: &Conv2dConfig, h: usize, w: usize) -> Option<(usize, usize)> {
     Some((axis(h, 0)?, axis(w, 1)?))
 }
 
+/// The blocked input and the output size of `c` on `x` (`[n, in, h, w]`) into `y`,
+/// once their lengths are checked.
+fn check_call(
+    c: &Conv2dConfig,
+    (x, [n, h, w]): (&[f32], [usize; 3]),
+    y: &[f32],
+) -> Result<(Blocked, [usize; 2])> {
+    let xs = Blocked {
+        n,
+        c: c.in_channels,
+        h,
+        w,
+    };
+    let (ho, wo) =
+        output_size(c, h, w).ok_or_else(|| Error::invalid("x", "smaller than the kernel"))?;
+    check_len("x", x.len(), xs.len())?;
+    check_len("y", y.len(), blocked_len(n, c.out_channels, ho, wo))?;
+    Ok((xs, [ho, wo]))
+}
+
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got == want {
         Ok(())
@@ -172,19 +192,9 @@ impl BlockedConv {
         threads: usize,
     ) -> Result<()> {
         let c = &self.config;
-        let xs = Blocked {
-            n,
-            c: c.in_channels,
-            h,
-            w,
-        };
-        let (ho, wo) = self
-            .output_size(h, w)
-            .ok_or_else(|| Error::invalid("x", "smaller than the kernel"))?;
-        check_len("x", x.len(), xs.len())?;
-        check_len("y", y.len(), blocked_len(n, c.out_channels, ho, wo))?;
+        let (xs, out_size) = check_call(c, (x, [n, h, w]), y)?;
         let (kernels, store) = (vector_kernels()?, self.store.view());
-        let g = c.geometry([h, w], [ho, wo]);
+        let g = c.geometry([h, w], out_size);
         let (o, packed) = (c.out_channels, &self.packed);
         match self.kind {
             BlockedKind::Pointwise => {
@@ -251,19 +261,9 @@ impl SparseBlockedConv {
         y: &mut [f32],
         threads: usize,
     ) -> Result<()> {
-        let c = &self.config;
-        let xs = Blocked {
-            n,
-            c: c.in_channels,
-            h,
-            w,
-        };
-        let (ho, wo) =
-            output_size(c, h, w).ok_or_else(|| Error::invalid("x", "smaller than the kernel"))?;
-        check_len("x", x.len(), xs.len())?;
-        check_len("y", y.len(), blocked_len(n, c.out_channels, ho, wo))?;
+        let (xs, out_size) = check_call(&self.config, (x, [n, h, w]), y)?;
         let (kernels, store) = (vector_kernels()?, self.store.view());
-        if !sparse_conv(kernels, x, xs, &self.packed, [ho, wo], store, y, threads) {
+        if !sparse_conv(kernels, x, xs, &self.packed, out_size, store, y, threads) {
             return Err(Error::invalid("x", "not finite, or too large"));
         }
         Ok(())

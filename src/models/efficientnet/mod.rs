@@ -2,7 +2,7 @@
 
 use super::classifier::{family_network, Classifier};
 use crate::models::{Family, FamilyNetwork, Model, Stem};
-use super::keys::{arch, check_size, count_while, shape_of};
+use super::keys::{arch, inferred, count_while, shape_of};
 use super::mobilenet::block::{body_parameters, make_divisible, read_block, validate_sizes};
 use super::mobilenet::block::{Layout, MobileBlock, MobileParts};
 use crate::error::{Error, Result};
@@ -209,9 +209,7 @@ impl EfficientNetConfig {
         if let Some(v) = cfg.variant() {
             cfg.bn_eps = VARIANTS[v].3;
         }
-        cfg.validate()?;
-        check_size(state, FAMILY, "features.0.0.weight", cfg.num_parameters())?;
-        Ok(cfg)
+        inferred(state, FAMILY, "features.0.0.weight", cfg, Self::validate, Self::num_parameters)
     }
 }
 

@@ -5,7 +5,7 @@ use super::block::{Layout, MobileBlock, MobileParts};
 use crate::error::Result;
 use crate::models::classifier::{family_network, Classifier};
 use crate::models::{Family, FamilyNetwork, Model, Stem};
-use crate::models::keys::{arch, check_size, count_while, shape_of};
+use crate::models::keys::{arch, inferred, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
 use crate::state_dict::StateDict;
 
@@ -172,14 +172,7 @@ impl MobileNetV2Config {
             last_channel,
             num_classes,
         };
-        config.validate()?;
-        check_size(
-            state,
-            FAMILY,
-            "features.0.0.weight",
-            config.num_parameters(),
-        )?;
-        Ok(config)
+        inferred(state, FAMILY, "features.0.0.weight", config, Self::validate, Self::num_parameters)
     }
 }
 

@@ -5,7 +5,7 @@ use crate::models::{Family, FamilyNetwork, Model, Stem};
 use super::block::{Layout, MobileBlock, MobileParts};
 use crate::error::Result;
 use crate::models::classifier::{family_network, Classifier};
-use crate::models::keys::{arch, check_size, count_while, shape_of};
+use crate::models::keys::{arch, inferred, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
 use crate::state_dict::StateDict;
 use std::fmt;
@@ -236,14 +236,7 @@ impl MobileNetV3Config {
             hidden,
             num_classes,
         };
-        config.validate()?;
-        check_size(
-            state,
-            FAMILY,
-            "features.0.0.weight",
-            config.num_parameters(),
-        )?;
-        Ok(config)
+        inferred(state, FAMILY, "features.0.0.weight", config, Self::validate, Self::num_parameters)
     }
 }
 

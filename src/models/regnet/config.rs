@@ -1,7 +1,7 @@
 //! The shape of a RegNet X or Y, torchvision's presets, and its inference from keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, check_size, count_while, shape_of, width_of};
+use crate::models::keys::{arch, inferred, count_while, shape_of, width_of};
 use crate::state_dict::StateDict;
 
 const FAMILY: &str = "RegNet";
@@ -334,8 +334,6 @@ impl RegNetConfig {
             in_channels,
             num_classes,
         };
-        config.validate()?;
-        check_size(state, FAMILY, "stem.0.weight", config.num_parameters())?;
-        Ok(config)
+        inferred(state, FAMILY, "stem.0.weight", config, Self::validate, Self::num_parameters)
     }
 }

@@ -2,7 +2,7 @@
 //! dict's keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, check_size, count_while, shape_of};
+use crate::models::keys::{arch, inferred, count_while, shape_of};
 use crate::state_dict::StateDict;
 
 pub(super) const FAMILY: &str = "ShuffleNetV2";
@@ -138,8 +138,6 @@ impl ShuffleNetV2Config {
             in_channels: stem[1],
             num_classes: fc[0],
         };
-        config.validate()?;
-        check_size(state, FAMILY, "conv1.0.weight", config.num_parameters())?;
-        Ok(config)
+        inferred(state, FAMILY, "conv1.0.weight", config, Self::validate, Self::num_parameters)
     }
 }

@@ -1,7 +1,7 @@
 //! The shape of a VGG with batch norm, its presets, and its inference from keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, check_size, shape_of};
+use crate::models::keys::{arch, inferred, shape_of};
 use crate::state_dict::StateDict;
 
 const FAMILY: &str = "VGG";
@@ -228,8 +228,6 @@ impl VggConfig {
             hidden,
             num_classes,
         };
-        config.validate()?;
-        check_size(state, FAMILY, "features.0.weight", config.num_parameters())?;
-        Ok(config)
+        inferred(state, FAMILY, "features.0.weight", config, Self::validate, Self::num_parameters)
     }
 }

@@ -223,8 +223,8 @@ impl Convolution<'_> {
         };
         let (y_len, x_len) = ((images * out_len).max(1), (images * in_len).max(1));
         let m_len = (images * c.out_channels).max(1);
-        let run = |xc: &[f32], yc: &mut [f32], mc: Option<&mut [(f64, f64)]>, t| {
-            self.chunk(xc, yc, &plan, t, mc)
+        let run = |x: &[f32], y: &mut [f32], moments: Option<&mut [(f64, f64)]>, t| {
+            self.chunk(&plan, Chunk { x, y, moments, t })
         };
         // In parallel over the images when there are enough of them; else one image
         // at a time, each product over all threads (when there are several).
@@ -296,35 +296,20 @@ impl Convolution<'_> {
     /// path, then applies the bias and the epilogue. Fills `moments` (`[B × O]`), when
     /// given, with each output plane's mean and sum of squared deviations, before the
     /// activation.
-    fn chunk(
-        &self,
-        x: &[f32],
-        y: &mut [f32],
-        plan: &Plan<'_>,
-        t: Threads,
-        moments: Option<&mut [(f64, f64)]>,
-    ) {
+    fn chunk(&self, plan: &Plan<'_>, chunk: Chunk<'_>) {
         match plan.path {
-            ConvPath::Depthwise => self.depthwise(x, y, plan, t, moments),
-            ConvPath::Winograd(kernels) => {
-                self.images(x, y, plan, kernels, winograd::image, moments)
-            }
-            ConvPath::Direct(kernels) => self.images(x, y, plan, kernels, direct::image, moments),
-            ConvPath::Pointwise => self.products(x, y, plan, t, Product::Columns(true), moments),
-            ConvPath::Im2col => self.products(x, y, plan, t, Product::Columns(false), moments),
-            ConvPath::Shifted => self.products(x, y, plan, t, Product::Shifted, moments),
+            ConvPath::Depthwise => self.depthwise(plan, chunk),
+            ConvPath::Winograd(kernels) => self.images(plan, chunk, kernels, winograd::image),
+            ConvPath::Direct(kernels) => self.images(plan, chunk, kernels, direct::image),
+            ConvPath::Pointwise => self.products(plan, chunk, Product::Columns(true)),
+            ConvPath::Im2col => self.products(plan, chunk, Product::Columns(false)),
+            ConvPath::Shifted => self.products(plan, chunk, Product::Shifted),
         }
     }
 
     /// [`Convolution::chunk`] on the depthwise path, image by image.
-    fn depthwise(
-        &self,
-        x: &[f32],
-        y: &mut [f32],
-        plan: &Plan<'_>,
-        t: Threads,
-        moments: Option<&mut [(f64, f64)]>,
-    ) {
+    fn depthwise(&self, plan: &Plan<'_>, chunk: Chunk<'_>) {
+        let Chunk { x, y, moments, t } = chunk;
         let call = depthwise::Depthwise {
             config: self.config,
             shape: plan.shape,
@@ -345,15 +330,8 @@ impl Convolution<'_> {
 
     /// [`Convolution::chunk`] on an image kernel (`image`: Winograd's or the direct
     /// one), image by image and group by group.
-    fn images(
-        &self,
-        x: &[f32],
-        y: &mut [f32],
-        plan: &Plan<'_>,
-        kernels: Kernels,
-        image: ImageKernel,
-        moments: Option<&mut [(f64, f64)]>,
-    ) {
+    fn images(&self, plan: &Plan<'_>, chunk: Chunk<'_>, kernels: Kernels, image: ImageKernel) {
+        let Chunk { x, y, moments, .. } = chunk;
         let c = self.config;
         let sh = plan.shape;
         let (per_in, per_out) = (c.in_channels * sh.h * sh.w, c.out_channels * sh.ho * sh.wo);
@@ -391,15 +369,8 @@ impl Convolution<'_> {
 
     /// [`Convolution::chunk`] by one of the matrix-product paths; with `moments`,
     /// those of the planes just written, while in cache, before the activation.
-    fn products(
-        &self,
-        x: &[f32],
-        y: &mut [f32],
-        plan: &Plan<'_>,
-        t: Threads,
-        product: Product,
-        moments: Option<&mut [(f64, f64)]>,
-    ) {
+    fn products(&self, plan: &Plan<'_>, chunk: Chunk<'_>, product: Product) {
+        let Chunk { x, y, moments, t } = chunk;
         let Some(moments) = moments else {
             return self.product(x, y, plan, t, product, plan.epilogue);
         };
@@ -451,6 +422,15 @@ enum Product {
 
 /// An image kernel: Winograd's or the direct one.
 type ImageKernel = fn(Kernels, &ImageCall<'_>, &[f32], &mut [f32], Option<&mut [(f64, f64)]>);
+
+/// One chunk of a call: its images `x`, their outputs `y`, the moments to fill, and
+/// the threads its products may use.
+struct Chunk<'c> {
+    x: &'c [f32],
+    y: &'c mut [f32],
+    moments: Option<&'c mut [(f64, f64)]>,
+    t: Threads,
+}
 
 /// What every chunk of one call shares.
 struct Plan<'a> {

@@ -165,27 +165,9 @@ mod imp {
         }
 
         #[inline(always)]
-        fn zero(self) -> V {
-            // SAFETY: AVX (the token).
-            unsafe { [_mm256_setzero_ps(); 2] }
-        }
-
-        #[inline(always)]
         fn splat(self, v: f32) -> V {
             // SAFETY: AVX (the token).
             unsafe { [_mm256_set1_ps(v); 2] }
-        }
-
-        #[inline(always)]
-        fn load(self, v: &[f32; LANES]) -> V {
-            // SAFETY: 16 floats.
-            unsafe { self.load_ptr(v.as_ptr()) }
-        }
-
-        #[inline(always)]
-        fn store(self, to: &mut [f32; LANES], v: V) {
-            // SAFETY: 16 floats.
-            unsafe { self.store_ptr(to.as_mut_ptr(), v) }
         }
 
         #[inline(always)]

@@ -80,27 +80,9 @@ mod imp {
         }
 
         #[inline(always)]
-        fn zero(self) -> __m512 {
-            // SAFETY: AVX-512F (the token).
-            unsafe { _mm512_setzero_ps() }
-        }
-
-        #[inline(always)]
         fn splat(self, v: f32) -> __m512 {
             // SAFETY: AVX-512F (the token).
             unsafe { _mm512_set1_ps(v) }
-        }
-
-        #[inline(always)]
-        fn load(self, v: &[f32; LANES]) -> __m512 {
-            // SAFETY: AVX-512F; 16 floats.
-            unsafe { _mm512_loadu_ps(v.as_ptr()) }
-        }
-
-        #[inline(always)]
-        fn store(self, to: &mut [f32; LANES], v: __m512) {
-            // SAFETY: AVX-512F; 16 floats.
-            unsafe { _mm512_storeu_ps(to.as_mut_ptr(), v) }
         }
 
         #[inline(always)]

@@ -95,13 +95,24 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn vectorize<K: Kernel>(self, kernel: K) -> K::Output;
 
     /// All lanes zero.
-    fn zero(self) -> Self::V;
+    #[inline(always)]
+    fn zero(self) -> Self::V {
+        self.splat(0.0)
+    }
     /// All lanes `v`.
     fn splat(self, v: f32) -> Self::V;
     /// Sixteen values.
-    fn load(self, v: &[f32; LANES]) -> Self::V;
+    #[inline(always)]
+    fn load(self, v: &[f32; LANES]) -> Self::V {
+        // SAFETY: 16 floats.
+        unsafe { self.load_ptr(v.as_ptr()) }
+    }
     /// Writes the sixteen lanes.
-    fn store(self, to: &mut [f32; LANES], v: Self::V);
+    #[inline(always)]
+    fn store(self, to: &mut [f32; LANES], v: Self::V) {
+        // SAFETY: 16 floats.
+        unsafe { self.store_ptr(to.as_mut_ptr(), v) }
+    }
     /// `a + b`.
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a − b`.
@@ -237,16 +248,7 @@ macro_rules! unavailable {
             fn vectorize<K: $crate::nn::kernels::Kernel>(self, _: K) -> K::Output {
                 unreachable!("no token of an instruction set this target lacks")
             }
-            fn zero(self) -> Self::V {
-                unreachable!()
-            }
             fn splat(self, _: f32) -> Self::V {
-                unreachable!()
-            }
-            fn load(self, _: &[f32; 16]) -> Self::V {
-                unreachable!()
-            }
-            fn store(self, _: &mut [f32; 16], _: Self::V) {
                 unreachable!()
             }
             fn add(self, _: Self::V, _: Self::V) -> Self::V {

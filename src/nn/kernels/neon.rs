@@ -109,26 +109,9 @@ mod imp {
         }
 
         #[inline(always)]
-        fn zero(self) -> V {
-            self.splat(0.0)
-        }
-
-        #[inline(always)]
         fn splat(self, v: f32) -> V {
             // SAFETY: NEON (the token).
             unsafe { [vdupq_n_f32(v); 4] }
-        }
-
-        #[inline(always)]
-        fn load(self, v: &[f32; LANES]) -> V {
-            // SAFETY: 16 floats.
-            unsafe { self.load_ptr(v.as_ptr()) }
-        }
-
-        #[inline(always)]
-        fn store(self, to: &mut [f32; LANES], v: V) {
-            // SAFETY: 16 floats.
-            unsafe { self.store_ptr(to.as_mut_ptr(), v) }
         }
 
         #[inline(always)]
