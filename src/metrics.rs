@@ -1,9 +1,9 @@
 //! Classification accuracy.
 
+use crate::data::LabelledData;
+use crate::data::Tensor2;
 use crate::error::{Error, Result};
-use crate::io::LabelledData;
 use crate::layer::Layer;
-use crate::nn::Tensor2;
 use serde::{Deserialize, Serialize};
 
 /// Correct predictions out of a total.

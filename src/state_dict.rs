@@ -44,7 +44,7 @@ impl StoredTensor {
     }
 
     fn checked(shape: Vec<usize>, len: usize) -> Result<Vec<usize>> {
-        if crate::io::numel(&shape) != Some(len) {
+        if crate::data::numel(&shape) != Some(len) {
             return Err(Error::invalid(
                 "tensor",
                 format!("shape {} does not hold {len} values", Shape(shape)),

@@ -1,8 +1,8 @@
 //! Calibration batches.
 
 use super::{ImageSource, Normalization};
+use crate::data::Tensor4;
 use crate::error::{Error, Result};
-use crate::nn::Tensor4;
 
 /// A sequence of input batches that can be walked several times, in the same order
 /// each time.

@@ -1,8 +1,8 @@
 //! Where a network's input images come from: any [`ImageSource`], read by index.
 
 use super::Normalization;
+use crate::data::Tensor4;
 use crate::error::{Error, Result};
-use crate::nn::Tensor4;
 use ndarray::{Array4, Axis};
 
 /// Images a network can be fed, by index: held in memory ([`IdxImages`](crate::io::IdxImages),

@@ -5,8 +5,8 @@ use super::decode::{check_channels, header, image_error, read_image};
 use super::{
     is_large_image, Dataset, EvalTransform, IdxLabels, ImageSource, Normalization, Pixels,
 };
+use crate::data::Tensor4;
 use crate::error::{Error, Result};
-use crate::nn::Tensor4;
 use ndarray::Array4;
 use rayon::prelude::*;
 use std::collections::HashSet;

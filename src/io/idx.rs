@@ -4,9 +4,9 @@
 //! dimensions, then the row-major data. Only unsigned-byte data (`dtype = 0x08`) is
 //! used by image data sets, and only it is accepted here.
 
+use crate::data::Tensor4;
 use crate::data::{ImageSource, Normalization};
 use crate::error::{Error, Result};
-use crate::nn::Tensor4;
 use ndarray::Array4;
 use std::io::Read;
 use std::ops::Range;

@@ -33,6 +33,7 @@ mod source;
 mod transform;
 
 pub(crate) use crate::data::numel;
+pub use crate::data::LabelledData;
 pub use crate::data::{FloatImages, ImageSource, Normalization, MIN_STD};
 pub use atomic::write_atomic;
 #[cfg(feature = "npy")]
@@ -46,7 +47,7 @@ pub use decode::read_image;
 #[cfg(feature = "image")]
 pub use folder::ImageFolder;
 pub use idx::{Batch, Dataset, IdxImages, IdxLabels};
-pub use labelled::{LabelledBatches, LabelledData};
+pub use labelled::LabelledBatches;
 #[cfg(feature = "npy")]
 pub use npy::{read_npy_labels, NpyImages};
 pub use safetensors::SaveFormat;

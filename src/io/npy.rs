@@ -1,8 +1,8 @@
 //! NumPy `.npy` arrays of images and labels (feature `npy`).
 
 use super::{FloatImages, IdxImages, IdxLabels, ImageSource, Normalization};
+use crate::data::Tensor4;
 use crate::error::{Error, Result};
-use crate::nn::Tensor4;
 use ndarray::ArrayD;
 use ndarray_npy::{ReadNpyError, ReadNpyExt, ReadableElement};
 use std::path::Path;

@@ -1,9 +1,9 @@
 //! IDX images as an [`ImageSource`](crate::data::ImageSource).
 
 use super::IdxImages;
+use crate::data::Tensor4;
 use crate::data::{check_indices, runs, stack, ImageSource, Normalization};
 use crate::error::Result;
-use crate::nn::Tensor4;
 
 impl ImageSource for IdxImages {
     fn len(&self) -> usize {

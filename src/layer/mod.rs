@@ -23,14 +23,15 @@
 
 use crate::error::Result;
 use crate::exec::Exec;
-use crate::nn::Profile;
 
 mod children;
 mod params;
+mod profile;
 
 pub use params::{check_norm_walk, count_parameters, count_prunable};
 pub use params::{NormParams, NormParamsMut, NormStats, NormStatsMut, Param, ParamMut, ParamRole};
 pub use params::{NormSink, NormSinkMut, Params, Visitor, VisitorMut};
+pub use profile::{LayerTime, Profile};
 
 /// How a batch-norm layer updates its running statistics during
 /// [`Layer::forward_train`]. In both rules the layer normalises by the batch's own

@@ -34,11 +34,11 @@
 //! [`Layer`]: crate::layer::Layer
 
 pub use crate::exec::{set_sparse_policy, sparse_policy, SparsePolicy};
+pub use crate::layer::{LayerTime, Profile};
 pub use engine::sparse::SparseChoice;
 pub use layers::{AdaptiveAvgPool2d, AnyTensor, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 pub use layers::{Dropout, Flatten, Identity, Linear, MaxPool2d, Rank, Residual, Sequential};
 pub use layers::{SqueezeExcitation, StochasticDepth, Tensor2, Tensor4};
-pub use profile::{LayerTime, Profile};
 pub(crate) use runtime::recycle;
 pub use runtime::Activation;
 
@@ -49,5 +49,4 @@ pub(crate) mod kernels;
 pub(crate) mod layers;
 #[doc(hidden)]
 pub mod layout_candidates;
-mod profile;
 pub(crate) mod runtime;

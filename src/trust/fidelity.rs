@@ -2,10 +2,10 @@
 //! softmax outputs, image by image, without labels.
 
 use crate::data::CalibrationData;
+use crate::data::{Tensor2, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use crate::metrics::argmax;
-use crate::nn::{Tensor2, Tensor4};
 use serde::{Deserialize, Serialize};
 
 /// How close a network's outputs are to a reference network's on the same images.

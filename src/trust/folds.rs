@@ -1,8 +1,8 @@
 //! Calibration data divided into disjoint folds of whole images, for cross-fitting.
 
+use crate::data::Tensor4;
 use crate::data::{check_fold, CalibrationData, ImageBatches};
 use crate::error::{Error, Result};
-use crate::nn::Tensor4;
 use ndarray::{concatenate, Axis};
 
 /// Calibration data that can be divided into disjoint folds of whole images.

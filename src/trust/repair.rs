@@ -2,9 +2,9 @@
 //! closest to the dense network, chosen on the calibration images alone.
 
 use super::{CalibrationCheck, Fidelity, Reference, Split};
+use crate::data::{Tensor2, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::Layer;
-use crate::nn::{Tensor2, Tensor4};
 use crate::rescale::{NormSnapshot, Reflow, RescaleReport, Rescaler};
 use serde::{Deserialize, Serialize};
 

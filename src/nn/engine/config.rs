@@ -129,3 +129,12 @@ impl Conv2dConfig {
         Ok(())
     }
 }
+
+/// The input and output sizes of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shapes {
+    pub h: usize,
+    pub w: usize,
+    pub ho: usize,
+    pub wo: usize,
+}

@@ -76,7 +76,8 @@ impl Depthwise<'_> {
     /// the moments of the plane before the activation when `moments` is set.
     fn plane(&self, ch: usize, x: &[f32], y: &mut [f32], moments: bool) -> (f64, f64) {
         let c = self.config;
-        let geometry = super::path::geometry(c, self.shape);
+        let sh = self.shape;
+        let geometry = c.geometry([sh.h, sh.w], [sh.ho, sh.wo]);
         let taps = c.kernel[0] * c.kernel[1];
         SCRATCH.with_borrow_mut(|(padded, mapped)| {
             let plane = DepthwisePlane {

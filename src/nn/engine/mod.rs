@@ -16,7 +16,8 @@ pub(crate) mod path;
 pub(crate) mod sparse;
 
 pub use config::Conv2dConfig;
-pub(crate) use path::{ConvPath, Shapes};
+pub(crate) use config::Shapes;
+pub(crate) use path::ConvPath;
 
 use crate::exec::Exec;
 use crate::nn::kernels::direct::{self, ImageCall};
@@ -199,7 +200,7 @@ impl Convolution<'_> {
                 .unzip(),
             None => Default::default(),
         };
-        let geometry = path::geometry(c, shape).group();
+        let geometry = c.geometry([shape.h, shape.w], [shape.ho, shape.wo]).group();
         // A grouped image-kernel call reads each group's input map from channel 0.
         let group_inputs = match (input, path.kernels().is_some() && c.groups > 1) {
             (Some(map), true) => Some(map.split(c.groups)),

@@ -1,8 +1,7 @@
 //! Which way a convolution call computes: one pure function of the configuration, the
 //! call's shape and the instruction set.
 
-use super::Conv2dConfig;
-use crate::nn::kernels::geometry::Geometry;
+use super::{Conv2dConfig, Shapes};
 use crate::nn::kernels::{Isa, Kernels, LANES};
 
 /// A way to compute a convolution.
@@ -32,15 +31,6 @@ impl ConvPath {
             _ => None,
         }
     }
-}
-
-/// The input and output sizes of one call, and how many images share one product.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Shapes {
-    pub h: usize,
-    pub w: usize,
-    pub ho: usize,
-    pub wo: usize,
 }
 
 /// Stride-1 convolutions whose padded output rows give at least this many columns use
@@ -101,15 +91,11 @@ pub(crate) fn choose(c: &Conv2dConfig, shape: Shapes, images: usize, isa: Isa) -
     }
 }
 
-/// The kernels' view of a call of `c` on `shape`.
-pub(crate) fn geometry(c: &Conv2dConfig, shape: Shapes) -> Geometry {
-    c.geometry([shape.h, shape.w], [shape.ho, shape.wo])
-}
-
 /// Whether the Winograd kernel computes `c` (for tests that check the choice).
 #[cfg(test)]
 pub(crate) fn winograd_computes(c: &Conv2dConfig, shape: Shapes) -> bool {
-    crate::nn::kernels::winograd::computes(&geometry(c, shape).group())
+    let g = c.geometry([shape.h, shape.w], [shape.ho, shape.wo]);
+    crate::nn::kernels::winograd::computes(&g.group())
 }
 
 #[cfg(test)]

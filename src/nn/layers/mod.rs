@@ -13,15 +13,9 @@ pub use squeeze_excitation::SqueezeExcitation;
 pub(crate) use tensor::input_as;
 pub use tensor::{AnyTensor, Rank};
 
+pub use crate::data::{Tensor2, Tensor4};
 use crate::error::{Error, Result};
 use crate::layer::{ActivationView, LayerKind, Probe, Site, Visitor, VisitorMut};
-use ndarray::{Array2, Array4};
-
-/// An NCHW `f32` activation tensor.
-pub type Tensor4 = Array4<f32>;
-
-/// A `[N, features]` `f32` activation matrix.
-pub type Tensor2 = Array2<f32>;
 
 /// A learnable tensor of a layer: row-major values and their shape.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 /// The time an eval pass spent in each convolution and linear layer, and on which
 /// kernel, gathered
-/// while it is attached to the pass's probe ([`crate::layer::Probe::with_profile`]).
+/// while it is attached to the pass's probe ([`Probe::with_profile`](super::Probe::with_profile)).
 ///
 /// Only passes on blocked activations record (unobserved eval passes on a processor
 /// with vector kernels: see [`crate::nn::blocked`]); a convolution that runs on NCHW
