@@ -65,7 +65,7 @@ impl BenchConfig {
         }
         for (name, v) in [("batch", self.batch), ("runs", self.runs)] {
             if v == 0 {
-                return Err(Error::invalid(name, "must be positive"));
+                return Err(Error::zero(name));
             }
         }
         Ok(())
@@ -189,8 +189,9 @@ mod tests {
     #[test]
     fn bench_refuses_empty_sizes_before_running() {
         let net = ResNet::new(ResNetConfig::cifar_resnet(20).unwrap()).unwrap();
+        let err = bench(&net, &BenchConfig::new([3, 0, 16], 2)).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
         for config in [
-            BenchConfig::new([3, 0, 16], 2),
             BenchConfig::new([3, 16, 16], 0),
             BenchConfig {
                 runs: 0,
@@ -198,7 +199,10 @@ mod tests {
             },
         ] {
             let err = bench(&net, &config).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+            assert!(
+                matches!(err, Error::OutOfRange { ref value, .. } if value == "0"),
+                "{err}"
+            );
         }
         // A wrong channel count is the network's own error.
         let err = bench(&net, &BenchConfig::new([1, 16, 16], 1)).unwrap_err();

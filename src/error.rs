@@ -297,6 +297,11 @@ impl Error {
         }
     }
 
+    /// [`Error::OutOfRange`] for a count or size that must be at least one and is 0.
+    pub(crate) fn zero(name: impl Into<String>) -> Self {
+        Error::out_of_range(name, 0, "[1, ∞)")
+    }
+
     /// [`Error::UnknownName`].
     pub(crate) fn unknown(
         name: impl Into<String>,

@@ -95,7 +95,7 @@ impl<'a> ImageBatches<'a> {
             )));
         }
         if batch_size == 0 {
-            return Err(Error::invalid("calibration batch size", "must be positive"));
+            return Err(Error::zero("calibration batch size"));
         }
         norm.check_source(images)?;
         Ok(ImageBatches {

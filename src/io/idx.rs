@@ -338,7 +338,7 @@ impl<S: ImageSource> Dataset<S> {
         norm: &'a Normalization,
     ) -> Result<impl Iterator<Item = Result<Batch<'a>>> + 'a> {
         if batch_size == 0 {
-            return Err(Error::invalid("batch size", "must be positive"));
+            return Err(Error::zero("batch size"));
         }
         norm.check_source(&self.images)?;
         Ok((0..self.len()).step_by(batch_size).map(move |start| {

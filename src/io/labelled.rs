@@ -35,7 +35,7 @@ impl<S: super::ImageSource> Dataset<S> {
         norm: &'a Normalization,
     ) -> Result<LabelledBatches<'a, S>> {
         if batch_size == 0 {
-            return Err(Error::invalid("batch size", "must be positive"));
+            return Err(Error::zero("batch size"));
         }
         norm.check_source(self.images())?;
         Ok(LabelledBatches {

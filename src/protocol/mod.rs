@@ -78,7 +78,7 @@ pub const DEFAULT_SIGNAL_IMAGES: usize = 1000;
 /// ```
 pub fn signal_images(asked: Option<usize>, test: usize) -> Result<usize> {
     match asked {
-        Some(0) => Err(crate::Error::invalid("signal images", "must be positive")),
+        Some(0) => Err(crate::Error::zero("signal images")),
         Some(n) if n > test => Err(crate::Error::invalid(
             "signal images",
             format!("{n} asked for, the test set has {test}"),

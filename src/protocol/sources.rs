@@ -113,7 +113,7 @@ impl Images {
             }
         };
         if images.is_empty() {
-            return Err(Error::invalid(name, "0 test images"));
+            return Err(Error::empty(name, "0 test images"));
         }
         check_channels(images.as_ref(), channels, name)?;
         let slice = labels.as_ref().map(|l| l.as_slice()).unwrap_or_default();
@@ -145,7 +145,7 @@ impl Images {
     ) -> Result<Source> {
         let images = self.open_calibration_unchecked(channels, transform, name)?;
         if images.is_empty() {
-            return Err(Error::invalid(
+            return Err(Error::empty(
                 name,
                 format!(
                     "{}: 0 images; calibration needs at least one",

@@ -287,7 +287,7 @@ impl Study {
             }
         }
         if batch == 0 {
-            return Err(Error::invalid("calibration batch size", "must be positive"));
+            return Err(Error::zero("calibration batch size"));
         }
         let [c, h, w] = images.image_dims();
         // The probe is one image of the calibration set's size: bounded like any image.
