@@ -1,22 +1,9 @@
 //! [`Simd`] on x86-64 AVX2 with FMA: sixteen lanes in two `ymm` registers.
 
-/// Proof that the processor has AVX2 and FMA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Avx2(());
-
-impl Avx2 {
-    /// The token, when the processor has AVX2 and FMA.
-    pub(crate) fn detect() -> Option<Self> {
-        // The token is made only once the feature is seen.
-        match crate::cpu::Level::Avx2.is_supported() {
-            true => Some(Avx2(())),
-            false => None,
-        }
-    }
+super::token! {
+    /// Proof that the processor has AVX2 and FMA.
+    Avx2: Avx2 on "x86_64"
 }
-
-#[cfg(not(target_arch = "x86_64"))]
-super::unavailable!(Avx2);
 
 #[cfg(target_arch = "x86_64")]
 mod imp {

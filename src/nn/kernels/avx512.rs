@@ -1,22 +1,9 @@
 //! [`Simd`] on x86-64 AVX-512F: sixteen lanes in one `zmm` register.
 
-/// Proof that the processor has AVX-512F.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Avx512(());
-
-impl Avx512 {
-    /// The token, when the processor has AVX-512F.
-    pub(crate) fn detect() -> Option<Self> {
-        // The token is made only once the feature is seen.
-        match crate::cpu::Level::Avx512.is_supported() {
-            true => Some(Avx512(())),
-            false => None,
-        }
-    }
+super::token! {
+    /// Proof that the processor has AVX-512F.
+    Avx512: Avx512 on "x86_64"
 }
-
-#[cfg(not(target_arch = "x86_64"))]
-super::unavailable!(Avx512);
 
 #[cfg(target_arch = "x86_64")]
 mod imp {

@@ -236,6 +236,29 @@ impl Isa {
     }
 }
 
+/// Declares the token of an instruction set: a proof that the processor has it,
+/// made only by `detect` once [`Level`](crate::cpu::Level)`::$level` is seen; on
+/// another `target_arch` than `$arch` the token cannot exist ([`unavailable!`]).
+macro_rules! token {
+    ($(#[$doc:meta])* $token:ident: $level:ident on $arch:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) struct $token(());
+
+        impl $token {
+            /// The token, when the processor has the instruction set.
+            pub(crate) fn detect() -> Option<Self> {
+                // The token is made only once the feature is seen.
+                crate::cpu::Level::$level.is_supported().then_some($token(()))
+            }
+        }
+
+        #[cfg(not(target_arch = $arch))]
+        $crate::nn::kernels::unavailable!($token);
+    };
+}
+use token;
+
 /// Implements [`Simd`] for a token that cannot exist on this target (its `detect`
 /// returns `None` here), so that generic code compiles for every target.
 macro_rules! unavailable {

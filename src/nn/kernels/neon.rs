@@ -4,24 +4,11 @@
 //! through memory like the [`super::Scalar`] group, whose code the tests run on every
 //! machine.
 
-/// Proof that the processor has NEON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Neon(());
-
-impl Neon {
-    /// The token, when the processor has NEON (every aarch64 processor that runs a
-    /// standard Linux, macOS or Windows does).
-    pub(crate) fn detect() -> Option<Self> {
-        // The token is made only once the feature is seen.
-        match crate::cpu::Level::Neon.is_supported() {
-            true => Some(Neon(())),
-            false => None,
-        }
-    }
+super::token! {
+    /// Proof that the processor has NEON (every aarch64 processor that runs a standard
+    /// Linux, macOS or Windows does).
+    Neon: Neon on "aarch64"
 }
-
-#[cfg(not(target_arch = "aarch64"))]
-super::unavailable!(Neon);
 
 #[cfg(target_arch = "aarch64")]
 mod imp {
