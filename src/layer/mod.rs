@@ -101,6 +101,30 @@ pub struct Tap<'a> {
     pub kind: LayerKind,
     /// Input or output.
     pub site: Site,
+    /// At a convolution's input: how it reads that input (`None` elsewhere), so that
+    /// an observer can unfold it into the columns each weight multiplies.
+    pub window: Option<ConvWindow>,
+}
+
+/// How a convolution reads its input tensor: its window, groups and the input's size.
+/// Column `(c, ky, kx)` of the unfolded input, for output position `(oy, ox)`, is
+/// the input at row `oy·stride[0] + ky·dilation[0] − padding[0]` and column
+/// `ox·stride[1] + kx·dilation[1] − padding[1]` (zero outside), PyTorch's `unfold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvWindow {
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Zero rows and columns on each side, `[ph, pw]`.
+    pub padding: [usize; 2],
+    /// `[dh, dw]`.
+    pub dilation: [usize; 2],
+    /// Channel groups: output channel `o` reads the input channels of group
+    /// `o / (out / groups)`.
+    pub groups: usize,
+    /// The input's `[h, w]`.
+    pub size: [usize; 2],
 }
 
 /// An activation tensor seen at a tap, as `[batch, channels, spatial]` in row-major
@@ -333,11 +357,17 @@ impl<'o> Probe<'o> {
 
     /// Whether the observer wants the running layer's activation at `site`.
     pub fn wants(&self, kind: LayerKind, site: Site) -> bool {
+        self.wants_at(kind, site, None)
+    }
+
+    /// [`Probe::wants`] for a tap with a convolution's `window`.
+    pub fn wants_at(&self, kind: LayerKind, site: Site, window: Option<ConvWindow>) -> bool {
         match &self.observer {
             Some(o) => o.wants(&Tap {
                 layer: &self.path,
                 kind,
                 site,
+                window,
             }),
             None => false,
         }
@@ -345,11 +375,23 @@ impl<'o> Probe<'o> {
 
     /// Shows the running layer's activation at `site` to the observer, if it wants it.
     pub fn emit(&mut self, kind: LayerKind, site: Site, activation: ActivationView<'_>) {
+        self.emit_at(kind, site, None, activation)
+    }
+
+    /// [`Probe::emit`] for a tap with a convolution's `window` (a convolution's input).
+    pub fn emit_at(
+        &mut self,
+        kind: LayerKind,
+        site: Site,
+        window: Option<ConvWindow>,
+        activation: ActivationView<'_>,
+    ) {
         if let Some(o) = self.observer.as_deref_mut() {
             let tap = Tap {
                 layer: &self.path,
                 kind,
                 site,
+                window,
             };
             if o.wants(&tap) {
                 o.observe(&tap, activation);

@@ -1,9 +1,9 @@
 //! Pruning masks: which weights of which tensors are removed.
 
 use crate::error::{Error, Result, Shape, ShapeMismatch, StateDictMismatch};
-use crate::layer::Params;
+use crate::layer::{Param, Params};
 use crate::state_dict::{StateDict, StoredTensor};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// The pruned positions of one weight tensor, as a bitset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,5 +241,49 @@ impl Masks {
             );
         }
         Ok(masks)
+    }
+}
+/// The masks `decide` gives the prunable tensors of `model` named in `members`, in
+/// walk order: which of each tensor's weights go (`None` leaves a tensor out). The
+/// first error stops the walk.
+pub(crate) fn decide_masks(
+    model: &dyn Params,
+    members: &HashSet<String>,
+    mut decide: impl FnMut(&Param<'_>) -> Result<Option<Vec<bool>>>,
+) -> Result<Masks> {
+    let mut masks = Masks::new();
+    let mut error = None;
+    model.visit_params(&mut |p| {
+        if !members.contains(p.name) || error.is_some() {
+            return;
+        }
+        match decide(&p).and_then(|pruned| {
+            pruned
+                .map(|v| TensorMask::from_pruned(p.shape, v))
+                .transpose()
+        }) {
+            Ok(Some(mask)) => masks.insert(p.name, mask),
+            Ok(None) => {}
+            Err(e) => error = Some(e),
+        }
+    });
+    match error {
+        Some(e) => Err(e),
+        None => Ok(masks),
+    }
+}
+
+/// Marks the `count` of `indices` with the smallest `key` pruned; among equal keys
+/// the one earlier in `indices` first (a stable sort: give them in increasing order
+/// for "the lower index first").
+pub(crate) fn prune_smallest(
+    indices: &mut [usize],
+    count: usize,
+    key: impl Fn(usize) -> f64,
+    pruned: &mut [bool],
+) {
+    indices.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
+    for &i in &indices[..count] {
+        pruned[i] = true;
     }
 }

@@ -33,6 +33,7 @@ mod plan;
 mod random;
 mod report;
 mod select;
+mod wanda;
 
 pub use channel::{
     ChannelCoupling, ChannelPrunable, ChannelPruner, ChannelRemoval, ChannelReport, ChannelScope,
@@ -44,6 +45,7 @@ pub use nm::{NmAxis, NmPruner};
 pub use plan::{removal_count, PrunePlan, Scope};
 pub use random::RandomPruner;
 pub use report::{SparsityReport, TensorSparsity};
+pub use wanda::{InputNorms, WandaPruner};
 
 use crate::error::Result;
 use crate::layer::Params;

@@ -1,8 +1,9 @@
 //! N:M (semi-structured) pruning: in every group of M consecutive weights, the M − N
 //! of smallest magnitude are removed.
 
+use super::mask::{decide_masks, prune_smallest};
 use super::plan::PrunePlan;
-use super::{Masks, Pruner, Scope, TensorMask};
+use super::{Masks, Pruner, Scope};
 use crate::error::{Error, Result};
 use crate::layer::Params;
 use std::collections::HashSet;
@@ -129,15 +130,10 @@ impl NmPruner {
 impl Pruner for NmPruner {
     fn masks(&self, model: &dyn Params) -> Result<Masks> {
         let members = self.members(model)?;
-        let mut masks = Masks::new();
-        let mut error = None;
-        model.visit_params(&mut |p| {
-            if !members.contains(p.name) || error.is_some() {
-                return;
-            }
+        let masks = decide_masks(model, &members, |p| {
             let (len, stride) = self.runs(p.shape);
             if !len.is_multiple_of(self.m) {
-                return;
+                return Ok(None);
             }
             let mut pruned = vec![false; p.data.len()];
             // Each run: `len` values `stride` apart, starting at `start`.
@@ -148,21 +144,12 @@ impl Pruner for NmPruner {
                 for g in (0..len).step_by(self.m) {
                     order.clear();
                     order.extend((g..g + self.m).map(|k| start + k * stride));
-                    // Stable: among equal |w|, the lower index first.
-                    order.sort_by(|&a, &b| p.data[a].abs().total_cmp(&p.data[b].abs()));
-                    for &i in &order[..self.m - self.n] {
-                        pruned[i] = true;
-                    }
+                    let magnitude = |i: usize| f64::from(p.data[i].abs());
+                    prune_smallest(&mut order, self.m - self.n, magnitude, &mut pruned);
                 }
             }
-            match TensorMask::from_pruned(p.shape, pruned) {
-                Ok(mask) => masks.insert(p.name, mask),
-                Err(e) => error = Some(e),
-            }
-        });
-        if let Some(e) = error {
-            return Err(e);
-        }
+            Ok(Some(pruned))
+        })?;
         if masks.is_empty() {
             let skipped = self.skipped(model)?;
             return Err(Error::invalid(

@@ -15,7 +15,7 @@ pub use tensor::{AnyTensor, Rank};
 
 pub use crate::data::{Tensor2, Tensor4};
 use crate::error::{Error, Result};
-use crate::layer::{ActivationView, LayerKind, Probe, Site, Visitor, VisitorMut};
+use crate::layer::{ActivationView, ConvWindow, LayerKind, Probe, Site, Visitor, VisitorMut};
 
 /// A learnable tensor of a layer: row-major values and their shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,14 +137,25 @@ mod tensor;
 
 /// Shows `x` to the probe's observer at `site`, if it wants it.
 pub(crate) fn emit4(probe: &mut Probe<'_>, kind: LayerKind, site: Site, x: &Tensor4) {
-    if probe.wants(kind, site) {
+    emit4_at(probe, kind, site, None, x)
+}
+
+/// [`emit4`] at a tap with a convolution's `window`.
+pub(crate) fn emit4_at(
+    probe: &mut Probe<'_>,
+    kind: LayerKind,
+    site: Site,
+    window: Option<ConvWindow>,
+    x: &Tensor4,
+) {
+    if probe.wants_at(kind, site, window) {
         let (n, c, h, w) = x.dim();
         let data = x.as_standard_layout();
         if let Some(act) = data
             .as_slice()
             .and_then(|s| ActivationView::new(s, n, c, h * w))
         {
-            probe.emit(kind, site, act);
+            probe.emit_at(kind, site, window, act);
         }
     }
 }

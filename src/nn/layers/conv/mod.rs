@@ -1,9 +1,11 @@
 //! 2-d convolution, NCHW: the layer. The engine ([`crate::nn::engine`]) computes it.
 
-use super::{check_channels, emit4, layer_context, window_output_len, ParamTensor, Tensor4};
+use super::{
+    check_channels, emit4, emit4_at, layer_context, window_output_len, ParamTensor, Tensor4,
+};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
-use crate::layer::{LayerKind, Probe, Site};
+use crate::layer::{ConvWindow, LayerKind, Probe, Site};
 use crate::nn::blocked::BlockedTensor;
 use crate::nn::engine::blocked::{BlockedInput, BlockedKind};
 use crate::nn::engine::{Batch, Convolution, Epilogue, Rearranged, Shapes};
@@ -200,8 +202,17 @@ impl Conv2d {
                 return y;
             }
         }
-        emit4(probe, LayerKind::Conv, Site::Input, x);
         let (n, _, h, w) = x.dim();
+        let c = &self.config;
+        let window = ConvWindow {
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: c.groups,
+            size: [h, w],
+        };
+        emit4_at(probe, LayerKind::Conv, Site::Input, Some(window), x);
         let (ho, wo) = self.checked_output_size(x.shape(), probe)?;
         let x = x.as_standard_layout();
         let mut y = overwritten((n, self.config.out_channels, ho, wo));
