@@ -100,6 +100,7 @@ pub mod io;
 pub mod layer;
 pub mod metrics;
 pub mod models;
+mod names;
 pub mod nn;
 pub mod pipeline;
 pub mod protocol;

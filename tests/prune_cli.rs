@@ -262,6 +262,72 @@ fn nm_and_channel_patterns_report_and_save() {
     }
 }
 
+#[test]
+fn the_wanda_method_prunes_each_row_by_the_calibration_images_input_norms() {
+    let files = Files::new();
+    let json = files.path("wanda.json");
+    let save = files.path("saved");
+    let args = with(with(files.args(), "--json", &json), "--save-dir", &save);
+    let args = with(with(args, "--method", "wanda"), "--sparsity", "0.5");
+    let out = run(&with(args.clone(), "--exclude", "fc"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = common::report(&out, &json);
+    assert!(stdout.contains("wanda      0.500"), "{stdout}");
+    assert_eq!(report["method"], "wanda");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(
+        (runs[0]["pattern"].as_str(), runs[0]["scope"].as_str()),
+        (Some("unstructured"), Some("layer"))
+    );
+    // The saved network's zeros are Wanda's masks of the dense network, its input
+    // norms measured on the first 16 calibration images as the command normalises
+    // them.
+    let dense = ResNet::load(common::fixture("resnet20_cifar.safetensors"), Stem::Cifar).unwrap();
+    let images = IdxImages::read(files.path("calib-images.gz")).unwrap();
+    let norm = Normalization::new(vec![0.5; 3], vec![0.25; 3]).unwrap();
+    let batches = ImageBatches::new(&images, 16, 8, &norm).unwrap();
+    let norms = reflow::prune::InputNorms::measure(&dense, &batches).unwrap();
+    let masks = reflow::prune::WandaPruner::new(0.5, norms)
+        .exclude("fc")
+        .masks(&dense)
+        .unwrap();
+    let saved = ResNet::load(format!("{save}/s0.5.safetensors"), Stem::Cifar).unwrap();
+    let mut compared = 0;
+    saved.visit_params(&mut |p| {
+        if let Some(mask) = masks.get(p.name) {
+            for (i, &v) in p.data.iter().enumerate() {
+                assert_eq!(v == 0.0, mask.is_pruned(i), "{} at {i}", p.name);
+            }
+            compared += 1;
+        }
+    });
+    assert_eq!(compared, 21, "every convolution; fc excluded");
+    // Not magnitude's per-layer masks: the input norms changed the choice.
+    let magnitude = MagnitudePruner::new(0.5).scope(reflow::prune::Scope::Layer);
+    assert_ne!(magnitude.masks(&dense).unwrap(), masks);
+
+    // N:M by Wanda's scores, and the method's bad input.
+    let out = run(&with(
+        with(args.clone(), "--pattern", "2:4"),
+        "--json",
+        &json,
+    ));
+    let report = common::report(&out, &json);
+    assert_eq!(report["runs"][0]["pattern"], "2:4");
+    assert_eq!(
+        report["runs"][0]["skipped"],
+        serde_json::json!(["conv1.weight"])
+    );
+    fails_with_one_line(
+        &with(args.clone(), "--method", "obs"),
+        "invalid --method: \"obs\" (expected magnitude or wanda)",
+    );
+    fails_with_one_line(
+        &with(args, "--pattern", "channel"),
+        "wanda chooses weights, not channels",
+    );
+}
+
 /// A CIFAR-10 folder of `test` test and 2 × `train` training records, labels `i % 10`.
 fn cifar_folder(dir: &Path, test: usize, train: usize) {
     let records = |n: usize, seed: usize| -> Vec<u8> {

@@ -8,7 +8,6 @@ use crate::state_dict::{StateDict, StoredTensor};
 use safetensors::tensor::SafeTensors;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 /// How [`StateDict::write_safetensors_as`] stores the tensors.
 ///
@@ -36,31 +35,10 @@ pub enum SaveFormat {
     Compressed,
 }
 
-impl FromStr for SaveFormat {
-    type Err = Error;
-
-    /// Parses `dense` or `compressed`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "dense" => Ok(SaveFormat::Dense),
-            "compressed" => Ok(SaveFormat::Compressed),
-            other => Err(Error::unknown(
-                "save format",
-                other,
-                "\"dense\" or \"compressed\"",
-            )),
-        }
-    }
-}
-
-impl fmt::Display for SaveFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SaveFormat::Dense => "dense",
-            SaveFormat::Compressed => "compressed",
-        })
-    }
-}
+crate::names::names!(SaveFormat as "save format", expecting "\"dense\" or \"compressed\"": {
+    Dense = "dense",
+    Compressed = "compressed",
+});
 
 impl StateDict {
     /// Reads a safetensors file. F32, F16, BF16 and F64 tensors become `f32`; I64 and

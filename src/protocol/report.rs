@@ -31,6 +31,8 @@ pub struct Report {
     pub model: ModelReport,
     /// The calibration set and its check.
     pub calibration: CalibrationReport,
+    /// `--method`: `magnitude` or `wanda`.
+    pub method: String,
     /// `--repair`: `reflow`, `none` or `auto`.
     pub repair: String,
     /// The dense network.

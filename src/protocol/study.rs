@@ -11,6 +11,7 @@ use crate::layer::{ActivationView, Layer, LayerKind, Observer, Probe, Site, Tap}
 use crate::models::{Model, FAMILIES};
 use crate::nn::Tensor4;
 use crate::prune::{ChannelPruner, ChannelReport, MagnitudePruner, NmPruner, Pruner};
+use crate::prune::{InputNorms, WandaPruner};
 use crate::prune::{PrunePlan, Scope};
 use crate::rescale::{Reflow, ReflowMode};
 use crate::state_dict::StateDict;
@@ -89,6 +90,22 @@ impl FromStr for Pattern {
     }
 }
 
+/// How the weights to remove are chosen, for the unstructured and N:M patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// The smallest |w| ([`MagnitudePruner`], [`NmPruner`]): no data needed.
+    #[default]
+    Magnitude,
+    /// The smallest |w| · ‖x‖ of each row ([`WandaPruner`]), the input norms measured
+    /// on the dense network over the calibration images, once before the runs.
+    Wanda,
+}
+
+crate::names::names!(Method as "method", expecting "magnitude or wanda": {
+    Magnitude = "magnitude",
+    Wanda = "wanda",
+});
+
 /// What follows each pruning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RepairChoice {
@@ -102,35 +119,19 @@ pub enum RepairChoice {
     Auto,
 }
 
-impl RepairChoice {
-    /// `reflow`, `none` or `auto`.
-    pub fn name(self) -> &'static str {
-        match self {
-            RepairChoice::Reflow => "reflow",
-            RepairChoice::None => "none",
-            RepairChoice::Auto => "auto",
-        }
-    }
+crate::names::names!(RepairChoice as "repair", expecting "reflow, none or auto": {
+    Reflow = "reflow",
+    None = "none",
+    Auto = "auto",
+});
 
+impl RepairChoice {
     /// The repair, with REFLOW as `reflow`.
     pub fn repair(self, reflow: Reflow) -> Repair {
         match self {
             RepairChoice::Reflow => Repair::reflow(reflow),
             RepairChoice::None => Repair::None,
             RepairChoice::Auto => Repair::auto(reflow),
-        }
-    }
-}
-
-impl FromStr for RepairChoice {
-    type Err = Error;
-
-    fn from_str(text: &str) -> Result<RepairChoice> {
-        match text {
-            "reflow" => Ok(RepairChoice::Reflow),
-            "none" => Ok(RepairChoice::None),
-            "auto" => Ok(RepairChoice::Auto),
-            other => Err(Error::unknown("repair", other, "reflow, none or auto")),
         }
     }
 }
@@ -152,6 +153,8 @@ impl FromStr for RepairChoice {
 pub struct Study {
     /// How the weights are pruned.
     pub pattern: Pattern,
+    /// How the weights to remove are chosen (unstructured and N:M patterns).
+    pub method: Method,
     /// The scope of unstructured pruning (N:M and channel pruning are per layer).
     pub scope: Scope,
     /// One per run: the fraction pruned (for N:M, 1 − N/M).
@@ -174,6 +177,7 @@ impl Study {
         };
         Study {
             pattern,
+            method: Method::Magnitude,
             scope: Scope::Global,
             sparsities,
             exclude: Vec::new(),
@@ -216,6 +220,9 @@ impl Study {
             exclude.iter().cloned().fold(p, add)
         }
         let exclude = &self.exclude;
+        if self.method == Method::Wanda {
+            return self.wanda_pruners(net);
+        }
         match self.pattern {
             Pattern::Unstructured => self
                 .sparsities
@@ -264,6 +271,31 @@ impl Study {
 }
 
 impl Study {
+    /// [`Study::pruners`] for [`Method::Wanda`]: without norms yet (the study measures
+    /// them), checked against `net`.
+    fn wanda_pruners(&self, net: &Model) -> Result<Runs> {
+        let pruner = |s: f64| {
+            let p = WandaPruner::new(s, InputNorms::default());
+            self.exclude.iter().cloned().fold(p, WandaPruner::exclude)
+        };
+        let pruners: Vec<WandaPruner> = match self.pattern {
+            Pattern::Unstructured => self.sparsities.iter().map(|&s| pruner(s)).collect(),
+            Pattern::Nm(n, m) => vec![pruner(0.0).nm(n, m)?],
+            Pattern::Channel => return Err(Error::unsupported(
+                "method",
+                "wanda chooses weights, not channels: channel pruning ranks filters by their norm",
+            )),
+        };
+        for p in &pruners {
+            p.check(net)?;
+        }
+        let skipped = match self.pattern {
+            Pattern::Nm(..) => Some(pruners[0].skipped(net)?),
+            _ => None,
+        };
+        Ok(Runs::Wanda(pruners, skipped))
+    }
+
     /// Before any forward pass over the data: every batch norm of `net` gets at least
     /// two values per channel to compute a variance from — in each calibration batch
     /// (`count` of `images`, in batches of `batch`) for the running modes, in the
@@ -334,6 +366,9 @@ pub enum Runs {
     Nm(NmPruner, Vec<String>),
     /// One channel pruner per sparsity.
     Channel(Vec<ChannelPruner>),
+    /// One Wanda pruner per sparsity (one for N:M, with the tensors it leaves dense),
+    /// their norms measured when the study runs.
+    Wanda(Vec<WandaPruner>, Option<Vec<String>>),
 }
 
 impl Runs {
@@ -343,6 +378,7 @@ impl Runs {
             Runs::Unstructured(p) => p.len(),
             Runs::Nm(..) => 1,
             Runs::Channel(p) => p.len(),
+            Runs::Wanda(p, _) => p.len(),
         }
     }
 
@@ -374,8 +410,8 @@ impl Pruned {
 
     /// The report's entry for `run` of `study`.
     pub fn report(&self, run: &Run, study: &Study) -> RunReport {
-        let scope = match study.pattern {
-            Pattern::Unstructured => study.scope,
+        let scope = match (study.pattern, study.method) {
+            (Pattern::Unstructured, Method::Magnitude) => study.scope,
             _ => Scope::Layer,
         };
         let layers = match self {
@@ -421,9 +457,15 @@ impl Protocol<'_> {
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<Vec<(Run, Pruned)>> {
         let dense_state = StateDict::from_layer(net);
-        let label = |s: f64| match study.pattern {
-            Pattern::Nm(..) => study.pattern.name(),
-            _ => format!("{} {s}", study.pattern.name()),
+        let label = |s: f64| {
+            let method = match study.method {
+                Method::Magnitude => String::new(),
+                other => format!("{} ", other.name()),
+            };
+            match study.pattern {
+                Pattern::Nm(..) => format!("{method}{}", study.pattern.name()),
+                _ => format!("{method}{} {s}", study.pattern.name()),
+            }
         };
         let mut done = Vec::new();
         match runs {
@@ -443,6 +485,22 @@ impl Protocol<'_> {
                 let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
                 save(&study.pattern.saved_name(s), net)?;
                 done.push((run, Pruned::Nm(skipped)));
+            }
+            Runs::Wanda(pruners, skipped) => {
+                // The dense network's inputs, once (as OBC's and Wanda's default).
+                let norms = InputNorms::measure(&*net, self.calibration)?;
+                for (&s, pruner) in study.sparsities.iter().zip(pruners) {
+                    progress(Progress::Run(&label(s)));
+                    let pass = &mut || progress(Progress::Pass);
+                    let pruner = pruner.with_norms(norms.clone());
+                    let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
+                    save(&study.pattern.saved_name(s), net)?;
+                    let pruned = match &skipped {
+                        Some(skipped) => Pruned::Nm(skipped.clone()),
+                        None => Pruned::Unstructured,
+                    };
+                    done.push((run, pruned));
+                }
             }
             Runs::Channel(pruners) => {
                 for (&s, pruner) in study.sparsities.iter().zip(pruners) {

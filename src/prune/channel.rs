@@ -12,8 +12,6 @@ use crate::error::{Error, Result, Shape};
 use crate::layer::{count_parameters, Params};
 use crate::state_dict::{StateDict, StoredTensor, TensorData};
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// A convolution whose output channels may be removed, and what reads them: the
 /// channels feed only `norm` and then `next`, never a residual addition.
@@ -96,27 +94,10 @@ pub enum FilterNorm {
     L2,
 }
 
-impl fmt::Display for FilterNorm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FilterNorm::L1 => "l1",
-            FilterNorm::L2 => "l2",
-        })
-    }
-}
-
-impl FromStr for FilterNorm {
-    type Err = Error;
-
-    /// Parses `l1` or `l2`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "l1" => Ok(FilterNorm::L1),
-            "l2" => Ok(FilterNorm::L2),
-            other => Err(Error::unknown("filter norm", other, "\"l1\" or \"l2\"")),
-        }
-    }
-}
+crate::names::names!(FilterNorm as "filter norm", expecting "\"l1\" or \"l2\"": {
+    L1 = "l1",
+    L2 = "l2",
+});
 
 /// The channels removed from one convolution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,6 @@
 use crate::error::{Error, Result};
 use crate::layer::Params;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 /// Which weights compete with each other for removal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -19,27 +17,10 @@ pub enum Scope {
     Layer,
 }
 
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scope::Global => "global",
-            Scope::Layer => "layer",
-        })
-    }
-}
-
-impl FromStr for Scope {
-    type Err = Error;
-
-    /// Parses `global` or `layer`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "global" => Ok(Scope::Global),
-            "layer" => Ok(Scope::Layer),
-            other => Err(Error::unknown("scope", other, "\"global\" or \"layer\"")),
-        }
-    }
-}
+crate::names::names!(Scope as "scope", expecting "\"global\" or \"layer\"": {
+    Global = "global",
+    Layer = "layer",
+});
 
 /// The parameters every pruner shares: target sparsity, scope, per-tensor overrides
 /// (which take a tensor out of the global ranking and prune it on its own) and

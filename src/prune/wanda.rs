@@ -119,6 +119,11 @@ impl Observer for Collector {
     }
 }
 
+/// The length of a weight's rows: all but its first (output) dimension.
+fn row_of(shape: &[usize]) -> usize {
+    shape.get(1..).map_or(1, |rest| rest.iter().product())
+}
+
 fn squares<'a>(values: impl Iterator<Item = &'a f32>) -> f64 {
     values.map(|&v| f64::from(v) * f64::from(v)).sum()
 }
@@ -227,6 +232,47 @@ impl WandaPruner {
         self
     }
 
+    /// The same pruner scoring with `norms` (measured after it was made, e.g. once
+    /// the network it was checked against has seen the calibration data).
+    pub fn with_norms(mut self, norms: InputNorms) -> Self {
+        self.norms = norms;
+        self
+    }
+
+    /// The checks that need no data, against `model`: the sparsity, exclusions that
+    /// match, no NaN, and with N:M at least one row it can group.
+    pub fn check(&self, model: &dyn Params) -> Result<()> {
+        let members = self.members(model)?;
+        if let Some((n, m)) = self.nm {
+            let mut groupable = false;
+            model.visit_params(&mut |p| {
+                groupable |= members.contains(p.name) && row_of(p.shape).is_multiple_of(m);
+            });
+            if !groupable {
+                return Err(Error::invalid(
+                    "N:M pruning",
+                    format!("{n}:{m} prunes nothing in this network: no prunable tensor (not excluded) has rows of a multiple of {m} weights"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// With N:M, the prunable tensors left dense because their rows are not a multiple
+    /// of M, in walk order; none otherwise.
+    pub fn skipped(&self, model: &dyn Params) -> Result<Vec<String>> {
+        let members = self.members(model)?;
+        let mut skipped = Vec::new();
+        if let Some((_, m)) = self.nm {
+            model.visit_params(&mut |p| {
+                if members.contains(p.name) && !row_of(p.shape).is_multiple_of(m) {
+                    skipped.push(p.name.to_string());
+                }
+            });
+        }
+        Ok(skipped)
+    }
+
     /// The prunable tensors in scope, after the plan's checks (sparsity, exclusions
     /// that match, no NaN).
     fn members(&self, model: &dyn Params) -> Result<HashSet<String>> {
@@ -256,7 +302,7 @@ impl WandaPruner {
                 "no input statistics: the layer reported no input during the calibration pass",
             )
         })?;
-        let (out, row) = (shape[0], shape[1..].iter().product::<usize>());
+        let (out, row) = (shape.first().copied().unwrap_or(1), row_of(shape));
         // A grouped convolution: row `o` reads the columns of its group.
         let groups = match sums.len() % row.max(1) {
             0 if row > 0 && sums.len() >= row => sums.len() / row,
@@ -283,7 +329,7 @@ impl Pruner for WandaPruner {
         let members = self.members(model)?;
         decide_masks(model, &members, |p| {
             let norms = self.column_norms(p.name, p.shape)?;
-            let row = p.shape[1..].iter().product::<usize>().max(1);
+            let row = row_of(p.shape).max(1);
             let (len, remove) = match self.nm {
                 Some((n, m)) if row.is_multiple_of(m) => (m, m - n),
                 Some(_) => (row, 0),

@@ -2,7 +2,6 @@
 
 use crate::error::{Error, Result};
 use std::fmt;
-use std::str::FromStr;
 
 /// The residual block of a ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,27 +53,10 @@ impl Stem {
     }
 }
 
-impl fmt::Display for Stem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Stem::Cifar => "cifar",
-            Stem::Imagenet => "imagenet",
-        })
-    }
-}
-
-impl FromStr for Stem {
-    type Err = Error;
-
-    /// Parses `cifar` or `imagenet`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cifar" => Ok(Stem::Cifar),
-            "imagenet" => Ok(Stem::Imagenet),
-            other => Err(Error::unknown("stem", other, "\"cifar\" or \"imagenet\"")),
-        }
-    }
-}
+crate::names::names!(Stem as "stem", expecting "\"cifar\" or \"imagenet\"": {
+    Cifar = "cifar",
+    Imagenet = "imagenet",
+});
 
 /// Everything that determines a ResNet's layers and parameter shapes.
 ///

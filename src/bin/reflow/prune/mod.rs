@@ -152,6 +152,12 @@ pub struct Args {
     /// channel (--sparsity is the fraction of channels removed; a compact network).
     #[arg(long, default_value = "unstructured")]
     pattern: String,
+    /// How the weights to remove are chosen (unstructured and N:M patterns): magnitude
+    /// (the smallest |w|) or wanda (the smallest |w|·‖x‖ of each output row, the input
+    /// norms measured on the dense network over the calibration images; per row, so
+    /// --scope does not apply).
+    #[arg(long, default_value = "magnitude")]
+    method: String,
     /// Parameter names or prefixes never pruned, comma-separated.
     #[arg(long, default_value = "", value_name = "LIST")]
     exclude: String,

@@ -137,6 +137,7 @@ pub(super) fn plan(args: &Args) -> reflow::Result<Plan> {
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect(),
+        method: args.method.parse().map_err(as_flag)?,
         reflow,
         repair,
         ..Study::new(pattern, sparsities)
@@ -159,6 +160,7 @@ pub(super) fn as_flag(e: Error) -> Error {
         "N:M pruning" | "pattern" => Some("pattern"),
         "sparsity" => Some("sparsity"),
         "repair" => Some("repair"),
+        "method" => Some("method"),
         "calibration count" => Some("calib-count"),
         "signal images" => Some("signal-images"),
         "calibration batch size" => Some("calib-batch"),

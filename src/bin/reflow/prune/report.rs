@@ -6,7 +6,7 @@ use super::Args;
 use reflow::models::Model;
 use reflow::prelude::*;
 use reflow::protocol::{CalibrationReport, DenseReport, ModelReport, Number, Report};
-use reflow::protocol::{Pattern, Pruned, RepairChoice};
+use reflow::protocol::{Method, Pattern, Pruned, RepairChoice};
 use reflow::trust::Fidelity;
 
 /// Prints the tables and writes the JSON report (`--json`).
@@ -58,9 +58,11 @@ pub(super) fn finish(
         signal_repaired,
         "secs"
     );
-    let kind = match plan.study.pattern {
-        Pattern::Unstructured => plan.study.scope.to_string(),
-        other => other.name(),
+    let kind = match (plan.study.method, plan.study.pattern) {
+        (Method::Wanda, Pattern::Unstructured) => "wanda".to_string(),
+        (Method::Wanda, other) => format!("wanda {other}"),
+        (_, Pattern::Unstructured) => plan.study.scope.to_string(),
+        (_, other) => other.name(),
     };
     for (run, pruned) in runs {
         say!(
@@ -187,6 +189,7 @@ pub(super) fn finish(
                 warning: worst.and_then(|c| c.warning.clone()),
                 indices: args.calib_seed.map(|_| calibration.indices().to_vec()),
             },
+            method: plan.study.method.name().to_string(),
             repair: plan.study.repair.name().to_string(),
             dense: DenseReport::of(&dense.evaluation, test.len()),
             runs: runs
