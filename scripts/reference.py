@@ -63,6 +63,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 import torch.nn.utils.prune as prune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -412,6 +413,70 @@ def prune_nm(model: nn.Module, n: int, m: int, exclude: list[str]) -> list[str]:
     return skipped
 
 
+@torch.no_grad()
+def wanda_sums(model: nn.Module, calib: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+    """Wanda's input statistics (method.md, "Activation-aware pruners"): for every
+    Conv2d/Linear weight, the sum over the calibration images and output positions of
+    the squared unfolded input columns (F.unfold with the layer's window; a Linear's
+    input features), float64, indexed (c, ky, kx) over all input channels. Measured on
+    the dense network in eval mode."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(module, args):
+            x = args[0].double()
+            if isinstance(module, nn.Linear):
+                s = (x**2).reshape(-1, x.shape[-1]).sum(0)
+            else:
+                cols = F.unfold(x, module.kernel_size, dilation=module.dilation,
+                                padding=module.padding, stride=module.stride)
+                s = (cols**2).sum((0, 2))
+            sums[name] = sums[name] + s if name in sums else s
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in prunable_params(model)]
+    model.eval()
+    for i in range(0, len(calib), batch):
+        model(calib[i:i + batch])
+    for h in hooks:
+        h.remove()
+    return sums
+
+
+@torch.no_grad()
+def prune_wanda(model: nn.Module, sums: dict[str, torch.Tensor], sparsity: float,
+                nm: tuple[int, int] | None, exclude: list[str]) -> list[str]:
+    """Wanda (Sun et al. 2024, locuslab/wanda prune_wanda, extended to convolutions as
+    method.md defines it): weight W[o, j] of weight.flatten(1) scores |W[o, j]| *
+    sqrt(sums[j]) (a grouped convolution: the columns of the output's group); per row
+    the round(s * row) smallest are zeroed, or with N:M the M - N smallest of every M
+    consecutive weights of a row (rows not a multiple of M: left dense, returned).
+    Ties: the lower index first (torch.sort(stable=True))."""
+    skipped = []
+    for name, module in prunable_params(model):
+        if is_excluded(name, exclude):
+            continue
+        w = module.weight.detach().flatten(1)
+        out, row = w.shape
+        s = sums[name]
+        groups = s.numel() // row
+        norms = s.reshape(groups, row).sqrt().repeat_interleave(out // groups, dim=0)
+        score = w.double().abs() * norms
+        if nm is not None:
+            n, m = nm
+            if row % m:
+                skipped.append(name)
+                continue
+            grouped = score.reshape(out, row // m, m)
+            order = torch.sort(grouped, dim=2, stable=True).indices[:, :, : m - n]
+            mask = torch.zeros_like(grouped, dtype=torch.bool).scatter_(2, order, True).reshape(out, row)
+        else:
+            order = torch.sort(score, dim=1, stable=True).indices[:, : round(sparsity * row)]
+            mask = torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+        module.weight.mul_((~mask).reshape(module.weight.shape).to(module.weight.dtype))
+    return skipped
+
+
 def channel_pruned(model: nn.Module, family: str, stem: str, fraction: float,
                    exclude: list[str]) -> tuple[nn.Module, list[dict], list[str]]:
     """The compact network (patterns.channel_prune, L1), its per-conv channel counts, and the skipped."""
@@ -561,6 +626,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--scope", choices=["global", "layer"], default="global")
     ap.add_argument("--pattern", default="unstructured", help="unstructured | N:M | channel")
     ap.add_argument("--exclude", default="", help="comma-separated parameter names or prefixes")
+    ap.add_argument("--method", choices=["magnitude", "wanda"], default="magnitude",
+                    help="unstructured and N:M: the smallest |w|, or Wanda's |w| * ||x|| per row")
     ap.add_argument("--mode", choices=["cumulative", "ema", "exact"], default="cumulative")
     ap.add_argument("--momentum", type=float, default=0.1)
     ap.add_argument("--repair", choices=["reflow", "none", "auto"], default="reflow")
@@ -709,11 +776,20 @@ def run(args) -> dict:
 
     if args.pattern == "channel" and cfg["family"] not in ("resnet", "vgg"):
         raise InputError(f"--pattern channel supports ResNets and VGG; this network is a {cfg['family']}")
+    if args.method == "wanda" and args.pattern == "channel":
+        raise InputError("--method wanda chooses weights, not channels")
+    sums = wanda_sums(model, calib, args.calib_batch) if args.method == "wanda" else None
     runs = []
     for s in args.sparsity:
         t0 = time.time()
         extra = {"pattern": args.pattern}
-        if args.nm:
+        if sums is not None:
+            net = copy.deepcopy(model)
+            skipped = prune_wanda(net, sums, s, args.nm, args.exclude)
+            if args.nm:
+                extra["skipped"] = skipped
+            layers, actual = layer_report(net)
+        elif args.nm:
             net = copy.deepcopy(model)
             extra["skipped"] = prune_nm(net, *args.nm, args.exclude)
             layers, actual = layer_report(net)
@@ -739,7 +815,7 @@ def run(args) -> dict:
         secs = time.time() - t0
         runs.append({
             **extra,
-            "scope": args.scope if args.pattern == "unstructured" else "layer", "sparsity": s, "actual_sparsity": actual,
+            "scope": args.scope if args.pattern == "unstructured" and sums is None else "layer", "sparsity": s, "actual_sparsity": actual,
             "pruned_top1": p_top1, "pruned_correct": p_correct,
             "reflow_top1": r_top1, "reflow_correct": r_correct,
             "bn_signal_pruned": p_signal, "bn_signal_reflow": r_signal,

@@ -901,18 +901,23 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
 /// `scripts/reference.py` (PyTorch) for the same flags, pruned and after REFLOW
 /// (`scripts/compare_patterns.sh` compares every field).
 #[test]
-fn bundled_resnet20_structured_patterns_count_as_pytorch() {
+fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
     let dir = tempfile::tempdir().unwrap();
     let base = common::bundled_prune_args();
     /// The flags, and per run the correct counts (pruned, after REFLOW).
     type Case<'a> = (&'a [&'a str], &'a [(u64, u64)]);
     // As reference.py counted them.
-    let cases: [Case; 2] = [
+    let cases: [Case; 4] = [
         (&["--pattern", "2:4"], &[(8672, 9340)]),
         (
             &["--pattern", "channel", "--sparsity", "0.3,0.5"],
             &[(4532, 9046), (2248, 7373)],
         ),
+        (
+            &["--method", "wanda", "--sparsity", "0.5,0.9"],
+            &[(8926, 9313), (1000, 2511)],
+        ),
+        (&["--method", "wanda", "--pattern", "2:4"], &[(6102, 9291)]),
     ];
     for (k, (flags, want)) in cases.iter().enumerate() {
         let json = dir.path().join(format!("{k}.json"));
