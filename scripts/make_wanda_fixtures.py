@@ -100,7 +100,7 @@ def main() -> None:
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    inputs = [torch.randn((3, 8, 9, 11), generator=gen), torch.randn((2, 8, 9, 11), generator=gen)]
+    inputs = [torch.randn((16, 8, 9, 11), generator=gen), torch.randn((16, 8, 9, 11), generator=gen)]
     layers = {name: m for name, m in net.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))}
     sums: dict[str, torch.Tensor] = {}
 

@@ -4,57 +4,15 @@
 
 mod common;
 
-use reflow::layer::Layer;
-use reflow::nn::{Activation, AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Linear};
-use reflow::nn::{Sequential, Tensor2, Tensor4};
+use reflow::nn::{Linear, Tensor2, Tensor4};
 use reflow::prune::{InputNorms, Pruner, WandaPruner};
-use reflow::{Error, StateDict};
-
-/// The fixture's network, loaded with its weights.
-fn network(fixture: &StateDict) -> impl Layer<Input = Tensor4, Output = Tensor2> {
-    let conv = |cfg: Conv2dConfig| Conv2d::new(cfg).unwrap();
-    let mut net = Sequential::new()
-        .push("0", conv(Conv2dConfig::new(8, 16, 3).padding(1).groups(2)))
-        .push("1", Activation::Relu)
-        .push(
-            "2",
-            conv(
-                Conv2dConfig::new(16, 16, 3)
-                    .stride(2)
-                    .padding(2)
-                    .dilation(2),
-            ),
-        )
-        .push("3", Activation::Relu)
-        .push("4", conv(Conv2dConfig::new(16, 24, 1).bias(true)))
-        .push("5", AdaptiveAvgPool2d::new(1, 1).unwrap())
-        .push("6", Flatten)
-        .push("7", Linear::new(24, 10, true));
-    let mut weights = StateDict::new();
-    for (k, t) in fixture.iter() {
-        if let Some(name) = k.strip_prefix("weights/") {
-            weights.insert(name, t.clone());
-        }
-    }
-    weights.load_into(&mut net).unwrap();
-    net
-}
-
-fn inputs(fixture: &StateDict) -> Vec<Tensor4> {
-    (0..)
-        .map_while(|k| {
-            let t = fixture.get(&format!("inputs/{k}"))?;
-            let dims: [usize; 4] = t.shape.clone().try_into().unwrap();
-            Some(Tensor4::from_shape_vec(dims, t.as_f32().unwrap().to_vec()).unwrap())
-        })
-        .collect()
-}
+use reflow::Error;
 
 #[test]
 fn input_norms_and_masks_equal_the_pytorch_reference() {
     let fixture = common::read("wanda_masks.safetensors");
-    let net = network(&fixture);
-    let batches = inputs(&fixture);
+    let net = common::small_network(&fixture);
+    let batches = common::small_inputs(&fixture);
     assert_eq!(batches.len(), 2);
     let norms = InputNorms::measure(&net, &batches).unwrap();
     assert_eq!(norms.layers().collect::<Vec<_>>(), ["0", "2", "4", "7"]);
@@ -109,7 +67,7 @@ fn input_norms_and_masks_equal_the_pytorch_reference() {
 #[test]
 fn a_layer_without_input_statistics_is_an_error_naming_it() {
     let fixture = common::read("wanda_masks.safetensors");
-    let net = network(&fixture);
+    let net = common::small_network(&fixture);
     // Statistics of a lone linear layer: none of the network's layers but "" match.
     let fc = Linear::new(4, 2, false);
     let x = Tensor2::zeros((1, 4));
@@ -123,8 +81,8 @@ fn a_layer_without_input_statistics_is_an_error_naming_it() {
 #[test]
 fn bad_parameters_are_errors_before_any_work() {
     let fixture = common::read("wanda_masks.safetensors");
-    let net = network(&fixture);
-    let norms = InputNorms::measure(&net, &inputs(&fixture)).unwrap();
+    let net = common::small_network(&fixture);
+    let norms = InputNorms::measure(&net, &common::small_inputs(&fixture)).unwrap();
     assert!(WandaPruner::new(0.0, norms.clone()).nm(4, 4).is_err());
     let err = WandaPruner::new(1.0, norms.clone())
         .masks(&net)

@@ -237,7 +237,7 @@ impl Protocol<'_> {
     {
         let started = Instant::now();
         dense_state.load_into(net)?;
-        pruner.masks(net)?.apply(net)?;
+        pruner.prune(net)?;
         self.run_pruned(net, dense, sparsity, started, progress)
     }
 

@@ -32,7 +32,9 @@ mod nm;
 mod plan;
 mod random;
 mod report;
+mod rows;
 mod select;
+mod sparsegpt;
 mod wanda;
 
 pub use channel::{
@@ -45,6 +47,7 @@ pub use nm::{NmAxis, NmPruner};
 pub use plan::{removal_count, PrunePlan, Scope};
 pub use random::RandomPruner;
 pub use report::{SparsityReport, TensorSparsity};
+pub use sparsegpt::{Hessians, SparseGptPruner};
 pub use wanda::{InputNorms, WandaPruner};
 
 use crate::error::Result;

@@ -3,12 +3,13 @@
 //! smallest scores of every output row removed.
 
 use super::mask::{decide_masks, prune_smallest};
-use super::plan::{removal_count, PrunePlan};
-use super::{Masks, Pruner, Scope};
+use super::plan::removal_count;
+use super::rows::{observe_calibration, row_of, row_plan_methods, RowPlan};
+use super::{Masks, Pruner};
 use crate::data::CalibrationData;
 use crate::error::{Error, Result};
-use crate::layer::{ActivationView, LayerKind, Network, Observer, Params, Probe, Site, Tap};
-use std::collections::{BTreeMap, HashSet};
+use crate::layer::{ActivationView, LayerKind, Network, Observer, Params, Site, Tap};
+use std::collections::BTreeMap;
 
 /// The squared L2 norm of every column of each convolution's and linear layer's
 /// unfolded input, summed over calibration data: what [`WandaPruner`] scores with.
@@ -43,17 +44,14 @@ impl InputNorms {
     /// One eval pass of `model` over every batch of `data`, summing the squares of each
     /// convolution's and linear layer's unfolded input columns.
     pub fn measure<I>(model: &dyn Network<I>, data: &dyn CalibrationData<I>) -> Result<Self> {
-        if data.num_batches() == 0 {
-            return Err(Error::empty("calibration data", "no batches"));
-        }
         let mut collector = Collector::default();
-        data.try_for_each_batch(&mut |x| model.infer(x, &mut Probe::new(&mut collector)))?;
-        if let Some(e) = collector.error {
-            return Err(e);
+        observe_calibration(model, data, &mut collector)?;
+        match collector.error {
+            Some(e) => Err(e),
+            None => Ok(InputNorms {
+                layers: collector.layers,
+            }),
         }
-        Ok(InputNorms {
-            layers: collector.layers,
-        })
     }
 
     /// The sums of squares of layer `name`'s input columns (the layer's path, as in
@@ -117,11 +115,6 @@ impl Observer for Collector {
             }
         }
     }
-}
-
-/// The length of a weight's rows: all but its first (output) dimension.
-fn row_of(shape: &[usize]) -> usize {
-    shape.get(1..).map_or(1, |rest| rest.iter().product())
 }
 
 fn squares<'a>(values: impl Iterator<Item = &'a f32>) -> f64 {
@@ -196,9 +189,7 @@ fn add_window_columns(sums: &mut [f64], x: &ActivationView<'_>, w: crate::layer:
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct WandaPruner {
-    sparsity: f64,
-    nm: Option<(usize, usize)>,
-    exclude: Vec<String>,
+    plan: RowPlan,
     norms: InputNorms,
 }
 
@@ -206,90 +197,18 @@ impl WandaPruner {
     /// Removes `sparsity` of every row, scored with `norms`.
     pub fn new(sparsity: f64, norms: InputNorms) -> Self {
         WandaPruner {
-            sparsity,
-            nm: None,
-            exclude: Vec::new(),
+            plan: RowPlan::new(sparsity),
             norms,
         }
     }
 
-    /// Keeps `n` of every `m` consecutive weights of each row instead; `0 < n < m`.
-    pub fn nm(mut self, n: usize, m: usize) -> Result<Self> {
-        if n == 0 || n >= m {
-            return Err(Error::invalid(
-                "N:M",
-                format!("{n}:{m}: N must be at least 1 and below M"),
-            ));
-        }
-        self.nm = Some((n, m));
-        Ok(self)
-    }
-
-    /// Never prunes the parameter `name_or_prefix` (a tensor, or a module and all it
-    /// holds); an exclusion that matches nothing is an error when the pruner runs.
-    pub fn exclude(mut self, name_or_prefix: impl Into<String>) -> Self {
-        self.exclude.push(name_or_prefix.into());
-        self
-    }
+    row_plan_methods!();
 
     /// The same pruner scoring with `norms` (measured after it was made, e.g. once
     /// the network it was checked against has seen the calibration data).
     pub fn with_norms(mut self, norms: InputNorms) -> Self {
         self.norms = norms;
         self
-    }
-
-    /// The checks that need no data, against `model`: the sparsity, exclusions that
-    /// match, no NaN, and with N:M at least one row it can group.
-    pub fn check(&self, model: &dyn Params) -> Result<()> {
-        let members = self.members(model)?;
-        if let Some((n, m)) = self.nm {
-            let mut groupable = false;
-            model.visit_params(&mut |p| {
-                groupable |= members.contains(p.name) && row_of(p.shape).is_multiple_of(m);
-            });
-            if !groupable {
-                return Err(Error::invalid(
-                    "N:M pruning",
-                    format!("{n}:{m} prunes nothing in this network: no prunable tensor (not excluded) has rows of a multiple of {m} weights"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// With N:M, the prunable tensors left dense because their rows are not a multiple
-    /// of M, in walk order; none otherwise.
-    pub fn skipped(&self, model: &dyn Params) -> Result<Vec<String>> {
-        let members = self.members(model)?;
-        let mut skipped = Vec::new();
-        if let Some((_, m)) = self.nm {
-            model.visit_params(&mut |p| {
-                if members.contains(p.name) && !row_of(p.shape).is_multiple_of(m) {
-                    skipped.push(p.name.to_string());
-                }
-            });
-        }
-        Ok(skipped)
-    }
-
-    /// The prunable tensors in scope, after the plan's checks (sparsity, exclusions
-    /// that match, no NaN).
-    fn members(&self, model: &dyn Params) -> Result<HashSet<String>> {
-        let plan = PrunePlan {
-            scope: Scope::Layer,
-            exclude: self.exclude.clone(),
-            ..PrunePlan::new(if self.nm.is_some() {
-                0.0
-            } else {
-                self.sparsity
-            })
-        };
-        Ok(plan
-            .groups(model)?
-            .into_iter()
-            .flat_map(|g| g.tensors)
-            .collect())
     }
 
     /// The norm of the input column that weight `j` of row `o` of `name` (of `shape`)
@@ -326,14 +245,14 @@ impl WandaPruner {
 
 impl Pruner for WandaPruner {
     fn masks(&self, model: &dyn Params) -> Result<Masks> {
-        let members = self.members(model)?;
+        let members = self.plan.members(model)?;
         decide_masks(model, &members, |p| {
             let norms = self.column_norms(p.name, p.shape)?;
             let row = row_of(p.shape).max(1);
-            let (len, remove) = match self.nm {
+            let (len, remove) = match self.plan.nm {
                 Some((n, m)) if row.is_multiple_of(m) => (m, m - n),
                 Some(_) => (row, 0),
-                None => (row, removal_count(self.sparsity, row)),
+                None => (row, removal_count(self.plan.sparsity, row)),
             };
             let score = |i: usize| f64::from(p.data[i]).abs() * norms[i];
             let mut pruned = vec![false; p.data.len()];

@@ -234,3 +234,49 @@ impl Raw {
         &mut self.entries.get_mut(name).unwrap().2
     }
 }
+
+/// The network of `scripts/make_wanda_fixtures.py` (a grouped, a strided and dilated, a
+/// 1×1 convolution and a linear layer), loaded with the fixture's weights.
+pub fn small_network(
+    fixture: &StateDict,
+) -> impl reflow::layer::Layer<Input = reflow::nn::Tensor4, Output = reflow::nn::Tensor2> {
+    use reflow::nn::Sequential;
+    use reflow::nn::{Activation, AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Linear};
+    let conv = |cfg: Conv2dConfig| Conv2d::new(cfg).unwrap();
+    let mut net = Sequential::new()
+        .push("0", conv(Conv2dConfig::new(8, 16, 3).padding(1).groups(2)))
+        .push("1", Activation::Relu)
+        .push(
+            "2",
+            conv(
+                Conv2dConfig::new(16, 16, 3)
+                    .stride(2)
+                    .padding(2)
+                    .dilation(2),
+            ),
+        )
+        .push("3", Activation::Relu)
+        .push("4", conv(Conv2dConfig::new(16, 24, 1).bias(true)))
+        .push("5", AdaptiveAvgPool2d::new(1, 1).unwrap())
+        .push("6", Flatten)
+        .push("7", Linear::new(24, 10, true));
+    let mut weights = StateDict::new();
+    for (k, t) in fixture.iter() {
+        if let Some(name) = k.strip_prefix("weights/") {
+            weights.insert(name, t.clone());
+        }
+    }
+    weights.load_into(&mut net).unwrap();
+    net
+}
+
+/// The calibration batches of `scripts/make_wanda_fixtures.py`.
+pub fn small_inputs(fixture: &StateDict) -> Vec<reflow::nn::Tensor4> {
+    (0..)
+        .map_while(|k| {
+            let t = fixture.get(&format!("inputs/{k}"))?;
+            let dims: [usize; 4] = t.shape.clone().try_into().unwrap();
+            Some(reflow::nn::Tensor4::from_shape_vec(dims, t.as_f32().unwrap().to_vec()).unwrap())
+        })
+        .collect()
+}
