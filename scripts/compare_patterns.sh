@@ -3,7 +3,8 @@
 # bundled ResNet-20, a bottleneck ResNet and a VGG-BN (resnet_bottleneck_fmnist and
 # vgg_fmnist, trained by train_families_fmnist.py into target/families/ when missing): --pattern 2:4,
 # --pattern channel --sparsity 0.3,0.5, and unstructured 0.5 (global and layer) next
-# to them, and --method wanda at 0.5 and 2:4; REFLOW cumulative on 1,024 images. The reports are compared count by count
+# to them, and --method wanda and sparsegpt at 0.5 and 2:4; REFLOW cumulative on 1,024
+# images. The reports are compared count by count
 # (and the skipped tensors and compact parameter counts), and every checkpoint reflow
 # saved is loaded into PyTorch with strict=True — the compact ones built from their
 # shapes — and evaluated. Exits non-zero on any difference.
@@ -26,7 +27,8 @@ for weights in $A/resnet20_fmnist.safetensors target/families/resnet_bottleneck_
   name=$(basename "$weights" .safetensors)
   rm -rf "$OUT/$name" && mkdir -p "$OUT/$name/saved"
   for run in "2:4" "channel 0.3,0.5" "unstructured 0.5" "unstructured 0.5 layer" \
-             "unstructured 0.5 layer wanda" "2:4 - - wanda"; do
+             "unstructured 0.5 layer wanda" "2:4 - - wanda" \
+             "unstructured 0.5 layer sparsegpt" "2:4 - - sparsegpt"; do
     set -- $run
     pattern=$1 flags=(--pattern "$1")
     [ $# -ge 2 ] && [ "$2" != - ] && flags+=(--sparsity "$2")
@@ -36,7 +38,7 @@ for weights in $A/resnet20_fmnist.safetensors target/families/resnet_bottleneck_
     echo "== $name $run"
     ./target/release/reflow prune --weights "$weights" "${DATA[@]}" "${flags[@]}" \
         --json "$OUT/$name/$tag.reflow.json" --save-dir "$OUT/$name/saved/$tag" 2>/dev/null |
-        grep -E '^(dense|global|layer|2:4|channel|wanda) '
+        grep -E '^(dense|global|layer|2:4|channel|wanda|sparsegpt) '
     $PY scripts/reference.py --weights "$weights" "${DATA[@]}" "${flags[@]}" \
         --json "$OUT/$name/$tag.reference.json" >/dev/null 2>&1
     $PY scripts/compare_reports.py "$OUT/$name/$tag.reflow.json" "$OUT/$name/$tag.reference.json" \

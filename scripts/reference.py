@@ -69,6 +69,7 @@ import torch.nn.utils.prune as prune  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import families  # noqa: E402
 from patterns import channel_prune, nm_mask  # noqa: E402
+from sparsegpt_reference import fasterprune, unfolded  # noqa: E402
 from torch_resnet import build_from_shapes, infer_config  # noqa: E402
 
 EVAL_BATCH = 256      # test-set evaluation batch (contract: whole test set, batches of 256)
@@ -414,6 +415,18 @@ def prune_nm(model: nn.Module, n: int, m: int, exclude: list[str]) -> list[str]:
 
 
 @torch.no_grad()
+def run_with_input_hooks(model: nn.Module, calib: torch.Tensor, batch: int, record) -> None:
+    """One eval pass over `calib` in batches, `record(name)` hooked before every
+    Conv2d/Linear (named by its weight)."""
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in prunable_params(model)]
+    model.eval()
+    for i in range(0, len(calib), batch):
+        model(calib[i:i + batch])
+    for h in hooks:
+        h.remove()
+
+
+@torch.no_grad()
 def wanda_sums(model: nn.Module, calib: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
     """Wanda's input statistics (method.md, "Activation-aware pruners"): for every
     Conv2d/Linear weight, the sum over the calibration images and output positions of
@@ -434,12 +447,7 @@ def wanda_sums(model: nn.Module, calib: torch.Tensor, batch: int) -> dict[str, t
             sums[name] = sums[name] + s if name in sums else s
         return hook
 
-    hooks = [m.register_forward_pre_hook(record(name)) for name, m in prunable_params(model)]
-    model.eval()
-    for i in range(0, len(calib), batch):
-        model(calib[i:i + batch])
-    for h in hooks:
-        h.remove()
+    run_with_input_hooks(model, calib, batch, record)
     return sums
 
 
@@ -474,6 +482,51 @@ def prune_wanda(model: nn.Module, sums: dict[str, torch.Tensor], sparsity: float
             order = torch.sort(score, dim=1, stable=True).indices[:, : round(sparsity * row)]
             mask = torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
         module.weight.mul_((~mask).reshape(module.weight.shape).to(module.weight.dtype))
+    return skipped
+
+
+@torch.no_grad()
+def sparsegpt_hessians(model: nn.Module, calib: torch.Tensor, batch: int) -> dict[str, list[torch.Tensor]]:
+    """SparseGPT's input Hessians (float64): for every Conv2d/Linear weight, per group,
+    the sum of x x^T over the unfolded input columns of the calibration images, on the
+    dense network in eval mode (the reference's 2/n scale changes nothing)."""
+    hessians: dict[str, list[torch.Tensor]] = {}
+
+    def record(name: str):
+        def hook(module, args):
+            hs = hessians.setdefault(name, [])
+            for g, x in enumerate(unfolded(module, args[0])):
+                h = x @ x.t()
+                if g < len(hs):
+                    hs[g] += h
+                else:
+                    hs.append(h)
+        return hook
+
+    run_with_input_hooks(model, calib, batch, record)
+    return hessians
+
+
+@torch.no_grad()
+def prune_sparsegpt(model: nn.Module, hessians: dict[str, list[torch.Tensor]], sparsity: float,
+                    nm: tuple[int, int] | None, exclude: list[str]) -> list[str]:
+    """SparseGPT (IST-DASLab/sparsegpt fasterprune, blocks of 128, 1 % dampening) on
+    every non-excluded Conv2d/Linear weight.flatten(1), group by group, the kept weights
+    updated; with N:M, rows not a multiple of M are left dense (returned)."""
+    skipped = []
+    for name, module in prunable_params(model):
+        if is_excluded(name, exclude):
+            continue
+        w = module.weight.detach().flatten(1)
+        out, row = w.shape
+        if nm is not None and row % nm[1]:
+            skipped.append(name)
+            continue
+        hs = hessians[name]
+        per = out // len(hs)
+        prunen, prunem = (nm[1] - nm[0], nm[1]) if nm is not None else (0, 0)
+        parts = [fasterprune(w[g * per:(g + 1) * per], h, sparsity, prunen, prunem) for g, h in enumerate(hs)]
+        module.weight.copy_(torch.cat(parts).reshape(module.weight.shape).to(module.weight.dtype))
     return skipped
 
 
@@ -626,8 +679,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--scope", choices=["global", "layer"], default="global")
     ap.add_argument("--pattern", default="unstructured", help="unstructured | N:M | channel")
     ap.add_argument("--exclude", default="", help="comma-separated parameter names or prefixes")
-    ap.add_argument("--method", choices=["magnitude", "wanda"], default="magnitude",
-                    help="unstructured and N:M: the smallest |w|, or Wanda's |w| * ||x|| per row")
+    ap.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"], default="magnitude",
+                    help="unstructured and N:M: the smallest |w|, Wanda's |w| * ||x|| per row, or SparseGPT")
     ap.add_argument("--mode", choices=["cumulative", "ema", "exact"], default="cumulative")
     ap.add_argument("--momentum", type=float, default=0.1)
     ap.add_argument("--repair", choices=["reflow", "none", "auto"], default="reflow")
@@ -776,16 +829,20 @@ def run(args) -> dict:
 
     if args.pattern == "channel" and cfg["family"] not in ("resnet", "vgg"):
         raise InputError(f"--pattern channel supports ResNets and VGG; this network is a {cfg['family']}")
-    if args.method == "wanda" and args.pattern == "channel":
-        raise InputError("--method wanda chooses weights, not channels")
-    sums = wanda_sums(model, calib, args.calib_batch) if args.method == "wanda" else None
+    if args.method != "magnitude" and args.pattern == "channel":
+        raise InputError(f"--method {args.method} chooses weights, not channels")
+    stats, prune_by = {
+        "wanda": (lambda: wanda_sums(model, calib, args.calib_batch), prune_wanda),
+        "sparsegpt": (lambda: sparsegpt_hessians(model, calib, args.calib_batch), prune_sparsegpt),
+    }.get(args.method, (lambda: None, None))
+    sums = stats()
     runs = []
     for s in args.sparsity:
         t0 = time.time()
         extra = {"pattern": args.pattern}
         if sums is not None:
             net = copy.deepcopy(model)
-            skipped = prune_wanda(net, sums, s, args.nm, args.exclude)
+            skipped = prune_by(net, sums, s, args.nm, args.exclude)
             if args.nm:
                 extra["skipped"] = skipped
             layers, actual = layer_report(net)

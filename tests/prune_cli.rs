@@ -320,7 +320,7 @@ fn the_wanda_method_prunes_each_row_by_the_calibration_images_input_norms() {
     );
     fails_with_one_line(
         &with(args.clone(), "--method", "obs"),
-        "invalid --method: \"obs\" (expected magnitude or wanda)",
+        "invalid --method: \"obs\" (expected magnitude, wanda or sparsegpt)",
     );
     fails_with_one_line(
         &with(args, "--pattern", "channel"),
@@ -907,7 +907,7 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
     /// The flags, and per run the correct counts (pruned, after REFLOW).
     type Case<'a> = (&'a [&'a str], &'a [(u64, u64)]);
     // As reference.py counted them.
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         (&["--pattern", "2:4"], &[(8672, 9340)]),
         (
             &["--pattern", "channel", "--sparsity", "0.3,0.5"],
@@ -918,6 +918,28 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
             &[(8926, 9313), (1000, 2511)],
         ),
         (&["--method", "wanda", "--pattern", "2:4"], &[(6102, 9291)]),
+        (
+            &[
+                "--method",
+                "sparsegpt",
+                "--sparsity",
+                "0.5",
+                "--calib-count",
+                "256",
+            ],
+            &[(9374, 9378)],
+        ),
+        (
+            &[
+                "--method",
+                "sparsegpt",
+                "--pattern",
+                "2:4",
+                "--calib-count",
+                "256",
+            ],
+            &[(9308, 9388)],
+        ),
     ];
     for (k, (flags, want)) in cases.iter().enumerate() {
         let json = dir.path().join(format!("{k}.json"));

@@ -11,7 +11,7 @@ use crate::layer::{ActivationView, Layer, LayerKind, Observer, Probe, Site, Tap}
 use crate::models::{Model, FAMILIES};
 use crate::nn::Tensor4;
 use crate::prune::{ChannelPruner, ChannelReport, MagnitudePruner, NmPruner, Pruner};
-use crate::prune::{InputNorms, WandaPruner};
+use crate::prune::{Hessians, InputNorms, SparseGptPruner, WandaPruner};
 use crate::prune::{PrunePlan, Scope};
 use crate::rescale::{Reflow, ReflowMode};
 use crate::state_dict::StateDict;
@@ -99,11 +99,15 @@ pub enum Method {
     /// The smallest |w| · ‖x‖ of each row ([`WandaPruner`]), the input norms measured
     /// on the dense network over the calibration images, once before the runs.
     Wanda,
+    /// SparseGPT's choice and weight update ([`SparseGptPruner`]), the input Hessians
+    /// measured on the dense network over the calibration images, once before the runs.
+    SparseGpt,
 }
 
-crate::names::names!(Method as "method", expecting "magnitude or wanda": {
+crate::names::names!(Method as "method", expecting "magnitude, wanda or sparsegpt": {
     Magnitude = "magnitude",
     Wanda = "wanda",
+    SparseGpt = "sparsegpt",
 });
 
 /// What follows each pruning.
@@ -220,8 +224,8 @@ impl Study {
             exclude.iter().cloned().fold(p, add)
         }
         let exclude = &self.exclude;
-        if self.method == Method::Wanda {
-            return self.wanda_pruners(net);
+        if self.method != Method::Magnitude {
+            return self.activation_pruners(net);
         }
         match self.pattern {
             Pattern::Unstructured => self
@@ -271,29 +275,57 @@ impl Study {
 }
 
 impl Study {
-    /// [`Study::pruners`] for [`Method::Wanda`]: without norms yet (the study measures
-    /// them), checked against `net`.
-    fn wanda_pruners(&self, net: &Model) -> Result<Runs> {
-        let pruner = |s: f64| {
-            let p = WandaPruner::new(s, InputNorms::default());
-            self.exclude.iter().cloned().fold(p, WandaPruner::exclude)
+    /// [`Study::pruners`] for the activation-aware methods: without their statistics
+    /// yet (the study measures them), checked against `net`.
+    fn activation_pruners(&self, net: &Model) -> Result<Runs> {
+        let (sparsities, nm) = match self.pattern {
+            Pattern::Unstructured => (self.sparsities.clone(), None),
+            Pattern::Nm(n, m) => (vec![0.0], Some((n, m))),
+            Pattern::Channel => {
+                return Err(Error::unsupported(
+                    "method",
+                    format!(
+                    "{} chooses weights, not channels: channel pruning ranks filters by their norm",
+                    self.method
+                ),
+                ))
+            }
         };
-        let pruners: Vec<WandaPruner> = match self.pattern {
-            Pattern::Unstructured => self.sparsities.iter().map(|&s| pruner(s)).collect(),
-            Pattern::Nm(n, m) => vec![pruner(0.0).nm(n, m)?],
-            Pattern::Channel => return Err(Error::unsupported(
-                "method",
-                "wanda chooses weights, not channels: channel pruning ranks filters by their norm",
-            )),
-        };
-        for p in &pruners {
-            p.check(net)?;
+        /// The pruners of type `$ty`, made from `$empty` statistics, and with N:M the
+        /// tensors they leave dense.
+        macro_rules! checked {
+            ($ty:ident, $empty:expr) => {{
+                let mut pruners = Vec::new();
+                for &s in &sparsities {
+                    let p = self
+                        .exclude
+                        .iter()
+                        .cloned()
+                        .fold($ty::new(s, $empty), $ty::exclude);
+                    let p = match nm {
+                        Some((n, m)) => p.nm(n, m)?,
+                        None => p,
+                    };
+                    p.check(net)?;
+                    pruners.push(p);
+                }
+                let skipped = match nm {
+                    Some(_) => Some(pruners[0].skipped(net)?),
+                    None => None,
+                };
+                (pruners, skipped)
+            }};
         }
-        let skipped = match self.pattern {
-            Pattern::Nm(..) => Some(pruners[0].skipped(net)?),
-            _ => None,
-        };
-        Ok(Runs::Wanda(pruners, skipped))
+        Ok(match self.method {
+            Method::SparseGpt => {
+                let (pruners, skipped) = checked!(SparseGptPruner, Hessians::default());
+                Runs::SparseGpt(pruners, skipped)
+            }
+            _ => {
+                let (pruners, skipped) = checked!(WandaPruner, InputNorms::default());
+                Runs::Wanda(pruners, skipped)
+            }
+        })
     }
 
     /// Before any forward pass over the data: every batch norm of `net` gets at least
@@ -369,6 +401,9 @@ pub enum Runs {
     /// One Wanda pruner per sparsity (one for N:M, with the tensors it leaves dense),
     /// their norms measured when the study runs.
     Wanda(Vec<WandaPruner>, Option<Vec<String>>),
+    /// One SparseGPT pruner per sparsity (one for N:M, with the tensors it leaves
+    /// dense), their Hessians measured when the study runs.
+    SparseGpt(Vec<SparseGptPruner>, Option<Vec<String>>),
 }
 
 impl Runs {
@@ -379,6 +414,7 @@ impl Runs {
             Runs::Nm(..) => 1,
             Runs::Channel(p) => p.len(),
             Runs::Wanda(p, _) => p.len(),
+            Runs::SparseGpt(p, _) => p.len(),
         }
     }
 
@@ -468,39 +504,29 @@ impl Protocol<'_> {
             }
         };
         let mut done = Vec::new();
-        match runs {
-            Runs::Unstructured(pruners) => {
-                for (&s, pruner) in study.sparsities.iter().zip(pruners) {
-                    progress(Progress::Run(&label(s)));
-                    let pass = &mut || progress(Progress::Pass);
-                    let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
-                    save(&study.pattern.saved_name(s), net)?;
-                    done.push((run, Pruned::Unstructured));
-                }
-            }
-            Runs::Nm(pruner, skipped) => {
-                let s = study.sparsities[0];
-                progress(Progress::Run(&label(s)));
-                let pass = &mut || progress(Progress::Pass);
-                let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
-                save(&study.pattern.saved_name(s), net)?;
-                done.push((run, Pruned::Nm(skipped)));
-            }
+        fn boxed<P: Pruner + 'static>(pruners: Vec<P>) -> Vec<Box<dyn Pruner>> {
+            pruners
+                .into_iter()
+                .map(|p| Box::new(p) as Box<dyn Pruner>)
+                .collect()
+        }
+        // Runs that zero weights (SparseGPT's also update the others) in `net`, with
+        // N:M the tensors left dense; the activation-aware ones' statistics measured
+        // on the dense network, once (as OBC's and Wanda's default).
+        let (pruners, skipped) = match runs {
+            Runs::Unstructured(pruners) => (boxed(pruners), None),
+            Runs::Nm(pruner, skipped) => (boxed(vec![pruner]), Some(skipped)),
             Runs::Wanda(pruners, skipped) => {
-                // The dense network's inputs, once (as OBC's and Wanda's default).
                 let norms = InputNorms::measure(&*net, self.calibration)?;
-                for (&s, pruner) in study.sparsities.iter().zip(pruners) {
-                    progress(Progress::Run(&label(s)));
-                    let pass = &mut || progress(Progress::Pass);
-                    let pruner = pruner.with_norms(norms.clone());
-                    let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
-                    save(&study.pattern.saved_name(s), net)?;
-                    let pruned = match &skipped {
-                        Some(skipped) => Pruned::Nm(skipped.clone()),
-                        None => Pruned::Unstructured,
-                    };
-                    done.push((run, pruned));
-                }
+                let pruners = pruners.into_iter().map(|p| p.with_norms(norms.clone()));
+                (boxed(pruners.collect()), skipped)
+            }
+            Runs::SparseGpt(pruners, skipped) => {
+                let hessians = Hessians::measure(&*net, self.calibration)?;
+                let pruners = pruners
+                    .into_iter()
+                    .map(|p| p.with_hessians(hessians.clone()));
+                (boxed(pruners.collect()), skipped)
             }
             Runs::Channel(pruners) => {
                 for (&s, pruner) in study.sparsities.iter().zip(pruners) {
@@ -512,7 +538,19 @@ impl Protocol<'_> {
                     save(&study.pattern.saved_name(s), &compact)?;
                     done.push((run, Pruned::Channel(report)));
                 }
+                return Ok(done);
             }
+        };
+        for (&s, pruner) in study.sparsities.iter().zip(pruners) {
+            progress(Progress::Run(&label(s)));
+            let pass = &mut || progress(Progress::Pass);
+            let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
+            save(&study.pattern.saved_name(s), net)?;
+            let pruned = match &skipped {
+                Some(skipped) => Pruned::Nm(skipped.clone()),
+                None => Pruned::Unstructured,
+            };
+            done.push((run, pruned));
         }
         Ok(done)
     }

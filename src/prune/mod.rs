@@ -81,3 +81,13 @@ pub trait Pruner {
         Ok((masks, SparsityReport::measure(model)))
     }
 }
+
+impl<P: Pruner + ?Sized> Pruner for Box<P> {
+    fn masks(&self, model: &dyn Params) -> Result<Masks> {
+        (**self).masks(model)
+    }
+
+    fn prune(&self, model: &mut dyn Params) -> Result<(Masks, SparsityReport)> {
+        (**self).prune(model)
+    }
+}

@@ -153,9 +153,11 @@ pub struct Args {
     #[arg(long, default_value = "unstructured")]
     pattern: String,
     /// How the weights to remove are chosen (unstructured and N:M patterns): magnitude
-    /// (the smallest |w|) or wanda (the smallest |w|·‖x‖ of each output row, the input
-    /// norms measured on the dense network over the calibration images; per row, so
-    /// --scope does not apply).
+    /// (the smallest |w|), wanda (the smallest |w|·‖x‖ of each output row) or sparsegpt
+    /// (SparseGPT's choice from the inverse Hessian of each layer's inputs, with its
+    /// update of the weights kept); wanda and sparsegpt measure their statistics on the
+    /// dense network over the calibration images, and prune every layer alike
+    /// (--scope does not apply).
     #[arg(long, default_value = "magnitude")]
     method: String,
     /// Parameter names or prefixes never pruned, comma-separated.

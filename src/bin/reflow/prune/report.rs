@@ -59,10 +59,10 @@ pub(super) fn finish(
         "secs"
     );
     let kind = match (plan.study.method, plan.study.pattern) {
-        (Method::Wanda, Pattern::Unstructured) => "wanda".to_string(),
-        (Method::Wanda, other) => format!("wanda {other}"),
-        (_, Pattern::Unstructured) => plan.study.scope.to_string(),
-        (_, other) => other.name(),
+        (Method::Magnitude, Pattern::Unstructured) => plan.study.scope.to_string(),
+        (Method::Magnitude, other) => other.name(),
+        (method, Pattern::Unstructured) => method.to_string(),
+        (method, other) => format!("{method} {other}"),
     };
     for (run, pruned) in runs {
         say!(
