@@ -191,9 +191,20 @@ impl Conv2d {
         isa: Isa,
     ) -> Result<Tensor4> {
         check_channels(probe, x, self.config.in_channels)?;
+        let (n, _, h, w) = x.dim();
+        let c = &self.config;
+        // How the convolution reads `x`: its input tap carries it, asked and shown alike.
+        let window = Some(ConvWindow {
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: c.groups,
+            size: [h, w],
+        });
         if let Some(map) = input {
             let as_read = self.engine().maps_input_as_read(isa);
-            if !as_read || probe.wants(LayerKind::Conv, Site::Input) {
+            if !as_read || probe.wants_at(LayerKind::Conv, Site::Input, window) {
                 let mut mapped = overwritten(x.dim());
                 mapped.assign(x);
                 map.apply_in_place(&mut mapped, probe.exec().threads());
@@ -202,17 +213,7 @@ impl Conv2d {
                 return y;
             }
         }
-        let (n, _, h, w) = x.dim();
-        let c = &self.config;
-        let window = ConvWindow {
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
-            dilation: c.dilation,
-            groups: c.groups,
-            size: [h, w],
-        };
-        emit4_at(probe, LayerKind::Conv, Site::Input, Some(window), x);
+        emit4_at(probe, LayerKind::Conv, Site::Input, window, x);
         let (ho, wo) = self.checked_output_size(x.shape(), probe)?;
         let x = x.as_standard_layout();
         let mut y = overwritten((n, self.config.out_channels, ho, wo));
