@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def unfolded(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Per group, the unfolded input columns [R, columns] (float64)."""
-    x = x.double()
+def unfolded(module: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
+    """Per group, the unfolded input columns [R, columns] (float64 unless `dtype`)."""
+    x = x.to(dtype)
     if isinstance(module, nn.Linear):
         return [x.t()]
     cols = F.unfold(x, module.kernel_size, dilation=module.dilation,
@@ -22,10 +22,12 @@ def unfolded(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def fasterprune(W: torch.Tensor, H: torch.Tensor, sparsity: float, prunen: int = 0, prunem: int = 0,
-                blocksize: int = 128, percdamp: float = 0.01) -> torch.Tensor:
-    """SparseGPT.fasterprune (IST-DASLab/sparsegpt, sparsegpt.py), float64."""
-    W = W.clone().double()
-    H = H.clone()
+                blocksize: int = 128, percdamp: float = 0.01,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """SparseGPT.fasterprune (IST-DASLab/sparsegpt, sparsegpt.py), float64 unless
+    `dtype` (the reference itself computes in float32)."""
+    W = W.clone().to(dtype)
+    H = H.clone().to(dtype)
     columns = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1

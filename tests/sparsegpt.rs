@@ -1,12 +1,13 @@
 //! SparseGPT against the PyTorch reference of `scripts/make_sparsegpt_fixtures.py`
 //! (IST-DASLab/sparsegpt's `fasterprune`, in float64): the input Hessians of a grouped,
 //! a strided and dilated, a 1×1 convolution and a linear layer, and the pruned,
-//! updated weights, unstructured and 2:4 (one layer spans two blocks of 128 columns).
+//! updated weights, unstructured and 2:4 (one layer spans two blocks of 128 columns);
+//! the sequential mode of SparseGPT and of Wanda.
 
 mod common;
 
 use reflow::layer::Params;
-use reflow::prune::{Hessians, Pruner, SparseGptPruner};
+use reflow::prune::{Hessians, InputNorms, Pruner, SparseGptPruner, WandaPruner};
 use reflow::Error;
 
 #[test]
@@ -49,26 +50,20 @@ fn hessians_and_updated_weights_equal_the_pytorch_reference() {
             masks, masks_first,
             "{prefix}: masks() says what prune() does"
         );
-        let mut compared = 0;
-        pruned.visit_params(&mut |p| {
-            let Some(want) = fixture.get(&format!("{prefix}{}", p.name)) else {
-                return;
-            };
-            let want = want.as_f32().unwrap();
-            let scale = want.iter().fold(0f32, |m, &v| m.max(v.abs()));
-            for (i, (&g, &w)) in p.data.iter().zip(want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-4 * scale,
-                    "{prefix}{} at {i}: {g} against {w}",
-                    p.name
-                );
-                assert_eq!(g == 0.0, w == 0.0, "{prefix}{} at {i}: zero", p.name);
-                assert_eq!(masks.get(p.name).unwrap().is_pruned(i), w == 0.0);
-            }
-            compared += 1;
-        });
-        assert_eq!(compared, 4, "{prefix}");
+        assert_eq!(compare_weights(&pruned, &fixture, prefix), 4, "{prefix}");
+        assert_masks_are_the_zeros(&pruned, &masks);
     }
+}
+
+/// Every tensor `masks` holds is zero exactly where its mask prunes.
+fn assert_masks_are_the_zeros(net: &dyn Params, masks: &reflow::prune::Masks) {
+    net.visit_params(&mut |p| {
+        if let Some(mask) = masks.get(p.name) {
+            for (i, &w) in p.data.iter().enumerate() {
+                assert_eq!(mask.is_pruned(i), w == 0.0, "{} at {i}", p.name);
+            }
+        }
+    });
 }
 
 #[test]
@@ -98,6 +93,90 @@ fn fewer_calibration_positions_than_columns_is_an_error_naming_the_layer() {
     assert!(
         err.to_string()
             .contains("\"2.weight\": 30 calibration positions, fewer than its 144 input columns"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_sequential_mode_equals_the_pytorch_reference() {
+    let wanda = common::read("wanda_masks.safetensors");
+    let fixture = common::read("sparsegpt.safetensors");
+    let inputs = common::small_inputs(&wanda);
+    for tag in ["0.5", "2:4"] {
+        let nm = |p: SparseGptPruner| match tag {
+            "2:4" => p.nm(2, 4).unwrap(),
+            _ => p,
+        };
+        let sparsegpt = nm(SparseGptPruner::new(0.5, Hessians::default()));
+        let mut net = common::small_network(&wanda);
+        let (masks, _) = sparsegpt.prune_sequential(&mut net, &inputs).unwrap();
+        let compared = compare_weights(&net, &fixture, &format!("sequential/sparsegpt/{tag}/"));
+        assert_eq!(compared, 4, "{tag}");
+        assert_masks_are_the_zeros(&net, &masks);
+        // Not what the dense mode gives: the last layer's inputs changed.
+        let mut dense = common::small_network(&wanda);
+        let hessians = Hessians::measure(&dense, &inputs).unwrap();
+        nm(SparseGptPruner::new(0.5, hessians))
+            .prune(&mut dense)
+            .unwrap();
+        let last = |n: &dyn Params| {
+            let mut w = Vec::new();
+            n.visit_params(&mut |p| {
+                if p.name == "7.weight" {
+                    w = p.data.to_vec();
+                }
+            });
+            w
+        };
+        assert_ne!(last(&net), last(&dense), "{tag}");
+
+        let wanda_pruner = WandaPruner::new(0.5, InputNorms::default());
+        let wanda_pruner = match tag {
+            "2:4" => wanda_pruner.nm(2, 4).unwrap(),
+            _ => wanda_pruner,
+        };
+        let mut net = common::small_network(&wanda);
+        wanda_pruner.prune_sequential(&mut net, &inputs).unwrap();
+        let compared = compare_weights(&net, &fixture, &format!("sequential/wanda/{tag}/"));
+        assert_eq!(compared, 4, "{tag}");
+    }
+}
+
+/// Compares the weights of `net` with the fixture's under `prefix` (within 1e-4 of
+/// the largest, zeros at the same places); how many tensors it compared.
+fn compare_weights(net: &dyn Params, fixture: &reflow::StateDict, prefix: &str) -> usize {
+    let mut compared = 0;
+    net.visit_params(&mut |p| {
+        let Some(want) = fixture.get(&format!("{prefix}{}", p.name)) else {
+            return;
+        };
+        let want = want.as_f32().unwrap();
+        let scale = want.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        for (i, (&g, &w)) in p.data.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * scale,
+                "{prefix}{} at {i}: {g} against {w}",
+                p.name
+            );
+            assert_eq!(g == 0.0, w == 0.0, "{prefix}{} at {i}: zero", p.name);
+        }
+        compared += 1;
+    });
+    compared
+}
+
+#[test]
+fn inputs_whose_squares_overflow_are_an_error_naming_the_layer() {
+    let wanda = common::read("wanda_masks.safetensors");
+    let net = common::small_network(&wanda);
+    let mut huge = common::small_inputs(&wanda);
+    huge[0][[0, 0, 0, 0]] = 1e20;
+    let hessians = Hessians::measure(&net, &huge).unwrap();
+    let err = SparseGptPruner::new(0.5, hessians).masks(&net).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("\"0.weight\": its input Hessian is not finite"),
         "{err}"
     );
 }

@@ -35,6 +35,7 @@ mod report;
 mod rows;
 mod select;
 mod sparsegpt;
+mod unfold;
 mod wanda;
 
 pub use channel::{

@@ -2,12 +2,13 @@
 //! N of every M of a row are kept), the exclusions, and the checks against a network
 //! that need no data.
 
+use super::mask::decide_masks;
 use super::plan::PrunePlan;
-use super::Scope;
+use super::{Masks, Scope, SparsityReport};
 use crate::data::CalibrationData;
 use crate::error::{Error, Result};
 use crate::layer::{Network, Observer, Params, Probe};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// The sparsity of each row, or N:M within rows, and the exclusions.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +104,58 @@ pub(crate) fn observe_calibration<I>(
         return Err(Error::empty("calibration data", "no batches"));
     }
     data.try_for_each_batch(&mut |x| model.infer(x, &mut Probe::new(&mut *observer)))
+}
+
+/// The new values of a tensor and which of them are zero, or `None` to leave it.
+pub(crate) type Decision = Option<(Vec<f32>, Vec<bool>)>;
+
+/// A tensor [`prune_sequentially`] asks about.
+pub(crate) struct Turn<'a> {
+    /// The layer's path (`layer1.0.conv1`).
+    pub layer: &'a str,
+    /// The tensor's name (`layer1.0.conv1.weight`), shape and values.
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub values: &'a [f32],
+}
+
+/// Prunes the tensors `plan` takes one at a time, in walk order (the forward order of
+/// the bundled networks, which REFLOW's exact mode relies on too): `decide(model,
+/// turn)` measures what it needs on `model` as pruned so far and gives the tensor's
+/// new values, which are written before the next tensor's turn.
+pub(crate) fn prune_sequentially<I>(
+    model: &mut dyn Network<I>,
+    plan: &RowPlan,
+    mut decide: impl FnMut(&dyn Network<I>, Turn<'_>) -> Result<Decision>,
+) -> Result<(Masks, SparsityReport)> {
+    let members = plan.members(model)?;
+    let mut order = Vec::new();
+    model.visit_params(&mut |p| {
+        if members.contains(p.name) {
+            order.push((p.name.to_string(), p.shape.to_vec(), p.data.to_vec()));
+        }
+    });
+    let mut pruned = HashMap::new();
+    for (name, shape, values) in order {
+        let layer = name.strip_suffix(".weight").unwrap_or("");
+        let turn = Turn {
+            layer,
+            name: &name,
+            shape: &shape,
+            values: &values,
+        };
+        let Some((values, zeros)) = decide(&*model, turn)? else {
+            continue;
+        };
+        model.visit_params_mut(&mut |p| {
+            if p.name == name {
+                p.data.copy_from_slice(&values);
+            }
+        });
+        pruned.insert(name, zeros);
+    }
+    let masks = decide_masks(model, &members, |p| Ok(pruned.remove(p.name)))?;
+    Ok((masks, SparsityReport::measure(model)))
 }
 
 /// The length of a weight's rows: all but its first (output) dimension.

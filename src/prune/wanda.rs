@@ -4,8 +4,8 @@
 
 use super::mask::{decide_masks, prune_smallest};
 use super::plan::removal_count;
-use super::rows::{observe_calibration, row_of, row_plan_methods, RowPlan};
-use super::{Masks, Pruner};
+use super::rows::{observe_calibration, prune_sequentially, row_of, row_plan_methods, RowPlan};
+use super::{Masks, Pruner, SparsityReport};
 use crate::data::CalibrationData;
 use crate::error::{Error, Result};
 use crate::layer::{ActivationView, LayerKind, Network, Observer, Params, Site, Tap};
@@ -44,7 +44,31 @@ impl InputNorms {
     /// One eval pass of `model` over every batch of `data`, summing the squares of each
     /// convolution's and linear layer's unfolded input columns.
     pub fn measure<I>(model: &dyn Network<I>, data: &dyn CalibrationData<I>) -> Result<Self> {
-        let mut collector = Collector::default();
+        Self::collect(model, data, Collector::default())
+    }
+
+    /// [`InputNorms::measure`] for layer `layer` alone.
+    fn measure_layer<I>(
+        model: &dyn Network<I>,
+        data: &dyn CalibrationData<I>,
+        layer: &str,
+    ) -> Result<Self> {
+        let only = Some(layer.to_string());
+        Self::collect(
+            model,
+            data,
+            Collector {
+                only,
+                ..Collector::default()
+            },
+        )
+    }
+
+    fn collect<I>(
+        model: &dyn Network<I>,
+        data: &dyn CalibrationData<I>,
+        mut collector: Collector,
+    ) -> Result<Self> {
         observe_calibration(model, data, &mut collector)?;
         match collector.error {
             Some(e) => Err(e),
@@ -69,13 +93,17 @@ impl InputNorms {
 /// The observer of [`InputNorms::measure`].
 #[derive(Default)]
 struct Collector {
+    /// The one layer measured (all when `None`).
+    only: Option<String>,
     layers: BTreeMap<String, Vec<f64>>,
     error: Option<Error>,
 }
 
 impl Observer for Collector {
     fn wants(&self, tap: &Tap<'_>) -> bool {
-        tap.site == Site::Input && matches!(tap.kind, LayerKind::Conv | LayerKind::Linear)
+        tap.site == Site::Input
+            && matches!(tap.kind, LayerKind::Conv | LayerKind::Linear)
+            && self.only.as_deref().is_none_or(|only| only == tap.layer)
     }
 
     fn observe(&mut self, tap: &Tap<'_>, x: ActivationView<'_>) {
@@ -213,9 +241,9 @@ impl WandaPruner {
 
     /// The norm of the input column that weight `j` of row `o` of `name` (of `shape`)
     /// multiplies, for every `(o, j)`: `[out][row]`, flattened.
-    fn column_norms(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
+    fn column_norms(norms: &InputNorms, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
         let layer = name.strip_suffix(".weight").unwrap_or("");
-        let sums = self.norms.layer(layer).ok_or_else(|| {
+        let sums = norms.layer(layer).ok_or_else(|| {
             Error::invalid(
                 format!("\"{name}\""),
                 "no input statistics: the layer reported no input during the calibration pass",
@@ -241,28 +269,79 @@ impl WandaPruner {
             .flat_map(|o| sums[o / per_group * row..][..row].iter().map(|s| s.sqrt()))
             .collect())
     }
+
+    /// Which weights of tensor `name` (`shape`, `data`) go, scored with `norms`.
+    fn decide(
+        &self,
+        norms: &InputNorms,
+        name: &str,
+        shape: &[usize],
+        data: &[f32],
+    ) -> Result<Vec<bool>> {
+        let norms = Self::column_norms(norms, name, shape)?;
+        let row = row_of(shape).max(1);
+        let (len, remove) = match self.plan.nm {
+            Some((n, m)) if row.is_multiple_of(m) => (m, m - n),
+            Some(_) => (row, 0),
+            None => (row, removal_count(self.plan.sparsity, row)),
+        };
+        let score = |i: usize| f64::from(data[i]).abs() * norms[i];
+        let mut pruned = vec![false; data.len()];
+        let mut order: Vec<usize> = Vec::with_capacity(len);
+        for start in (0..data.len()).step_by(len) {
+            order.clear();
+            order.extend(start..start + len);
+            prune_smallest(&mut order, remove, score, &mut pruned);
+        }
+        Ok(pruned)
+    }
+
+    /// Prunes `model` layer by layer, each layer's input norms measured on `model`
+    /// with the layers before it already pruned, instead of on the dense network: one
+    /// pass over `data` per layer in scope, in the network's parameter order (its
+    /// forward order, for the bundled networks). The pruner's own norms are not used.
+    /// Returns what [`Pruner::prune`] does.
+    ///
+    /// ```
+    /// use reflow::models::{ResNet, ResNetConfig};
+    /// use reflow::nn::Tensor4;
+    /// use reflow::prune::{InputNorms, WandaPruner};
+    ///
+    /// let mut net = ResNet::new(ResNetConfig::cifar_resnet(8)?)?;
+    /// let batches = vec![Tensor4::from_elem((2, 3, 8, 8), 0.5)];
+    /// let pruner = WandaPruner::new(0.5, InputNorms::default());
+    /// let (masks, _) = pruner.prune_sequential(&mut net, &batches)?;
+    /// // Rows of 16 · 3 · 3 weights: 72 of each go.
+    /// let mask = masks.get("layer1.0.conv1.weight").unwrap();
+    /// assert_eq!(mask.pruned_count() * 2, mask.len());
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    pub fn prune_sequential<I>(
+        &self,
+        model: &mut dyn Network<I>,
+        data: &dyn CalibrationData<I>,
+    ) -> Result<(Masks, SparsityReport)> {
+        prune_sequentially(model, &self.plan, |net, t| {
+            // A tensor N:M leaves dense: a mask that removes nothing, as in `masks`.
+            let pruned = match self.plan.leaves_dense(t.shape) {
+                true => vec![false; t.values.len()],
+                false => {
+                    let norms = InputNorms::measure_layer(net, data, t.layer)?;
+                    self.decide(&norms, t.name, t.shape, t.values)?
+                }
+            };
+            let kept = t.values.iter().zip(&pruned);
+            let values = kept.map(|(&v, &p)| if p { 0.0 } else { v }).collect();
+            Ok(Some((values, pruned)))
+        })
+    }
 }
 
 impl Pruner for WandaPruner {
     fn masks(&self, model: &dyn Params) -> Result<Masks> {
         let members = self.plan.members(model)?;
         decide_masks(model, &members, |p| {
-            let norms = self.column_norms(p.name, p.shape)?;
-            let row = row_of(p.shape).max(1);
-            let (len, remove) = match self.plan.nm {
-                Some((n, m)) if row.is_multiple_of(m) => (m, m - n),
-                Some(_) => (row, 0),
-                None => (row, removal_count(self.plan.sparsity, row)),
-            };
-            let score = |i: usize| f64::from(p.data[i]).abs() * norms[i];
-            let mut pruned = vec![false; p.data.len()];
-            let mut order: Vec<usize> = Vec::with_capacity(len);
-            for start in (0..p.data.len()).step_by(len) {
-                order.clear();
-                order.extend(start..start + len);
-                prune_smallest(&mut order, remove, score, &mut pruned);
-            }
-            Ok(Some(pruned))
+            self.decide(&self.norms, p.name, p.shape, p.data).map(Some)
         })
     }
 }
