@@ -415,10 +415,11 @@ def prune_nm(model: nn.Module, n: int, m: int, exclude: list[str]) -> list[str]:
 
 
 @torch.no_grad()
-def run_with_input_hooks(model: nn.Module, calib: torch.Tensor, batch: int, record) -> None:
+def run_with_input_hooks(model: nn.Module, calib: torch.Tensor, batch: int, record, only: str | None = None) -> None:
     """One eval pass over `calib` in batches, `record(name)` hooked before every
-    Conv2d/Linear (named by its weight)."""
-    hooks = [m.register_forward_pre_hook(record(name)) for name, m in prunable_params(model)]
+    Conv2d/Linear (named by its weight), or the one named `only`."""
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in prunable_params(model)
+             if only is None or name == only]
     model.eval()
     for i in range(0, len(calib), batch):
         model(calib[i:i + batch])
@@ -427,7 +428,7 @@ def run_with_input_hooks(model: nn.Module, calib: torch.Tensor, batch: int, reco
 
 
 @torch.no_grad()
-def wanda_sums(model: nn.Module, calib: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+def wanda_sums(model: nn.Module, calib: torch.Tensor, batch: int, only: str | None = None) -> dict[str, torch.Tensor]:
     """Wanda's input statistics (method.md, "Activation-aware pruners"): for every
     Conv2d/Linear weight, the sum over the calibration images and output positions of
     the squared unfolded input columns (F.unfold with the layer's window; a Linear's
@@ -447,7 +448,7 @@ def wanda_sums(model: nn.Module, calib: torch.Tensor, batch: int) -> dict[str, t
             sums[name] = sums[name] + s if name in sums else s
         return hook
 
-    run_with_input_hooks(model, calib, batch, record)
+    run_with_input_hooks(model, calib, batch, record, only)
     return sums
 
 
@@ -486,7 +487,8 @@ def prune_wanda(model: nn.Module, sums: dict[str, torch.Tensor], sparsity: float
 
 
 @torch.no_grad()
-def sparsegpt_hessians(model: nn.Module, calib: torch.Tensor, batch: int) -> dict[str, list[torch.Tensor]]:
+def sparsegpt_hessians(model: nn.Module, calib: torch.Tensor, batch: int,
+                       only: str | None = None) -> dict[str, list[torch.Tensor]]:
     """SparseGPT's input Hessians (float64): for every Conv2d/Linear weight, per group,
     the sum of x x^T over the unfolded input columns of the calibration images, on the
     dense network in eval mode (the reference's 2/n scale changes nothing)."""
@@ -503,8 +505,21 @@ def sparsegpt_hessians(model: nn.Module, calib: torch.Tensor, batch: int) -> dic
                     hs.append(h)
         return hook
 
-    run_with_input_hooks(model, calib, batch, record)
+    run_with_input_hooks(model, calib, batch, record, only)
     return hessians
+
+
+def prune_sequentially(model: nn.Module, measure, prune_by, sparsity: float, nm, exclude: list[str]) -> list[str]:
+    """The sequential mode (--inputs sequential): every non-excluded Conv2d/Linear in
+    module order, its statistics `measure(model, name)` taken on the network as pruned
+    so far, then pruned by `prune_by` (that layer alone). Returns the tensors N:M left
+    dense."""
+    skipped = []
+    names = [name for name, _ in prunable_params(model) if not is_excluded(name, exclude)]
+    for name in names:
+        others = [n for n in names if n != name]
+        skipped += prune_by(model, measure(model, name), sparsity, nm, exclude + others)
+    return skipped
 
 
 @torch.no_grad()
@@ -681,6 +696,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--exclude", default="", help="comma-separated parameter names or prefixes")
     ap.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"], default="magnitude",
                     help="unstructured and N:M: the smallest |w|, Wanda's |w| * ||x|| per row, or SparseGPT")
+    ap.add_argument("--inputs", choices=["dense", "sequential"], default="dense",
+                    help="wanda and sparsegpt: statistics on the dense network, or layer by layer on the network pruned so far")
     ap.add_argument("--mode", choices=["cumulative", "ema", "exact"], default="cumulative")
     ap.add_argument("--momentum", type=float, default=0.1)
     ap.add_argument("--repair", choices=["reflow", "none", "auto"], default="reflow")
@@ -831,18 +848,23 @@ def run(args) -> dict:
         raise InputError(f"--pattern channel supports ResNets and VGG; this network is a {cfg['family']}")
     if args.method != "magnitude" and args.pattern == "channel":
         raise InputError(f"--method {args.method} chooses weights, not channels")
+    if args.inputs == "sequential" and args.method == "magnitude":
+        raise InputError("--inputs sequential: magnitude pruning measures no inputs")
     stats, prune_by = {
-        "wanda": (lambda: wanda_sums(model, calib, args.calib_batch), prune_wanda),
-        "sparsegpt": (lambda: sparsegpt_hessians(model, calib, args.calib_batch), prune_sparsegpt),
-    }.get(args.method, (lambda: None, None))
-    sums = stats()
+        "wanda": (lambda net, only=None: wanda_sums(net, calib, args.calib_batch, only), prune_wanda),
+        "sparsegpt": (lambda net, only=None: sparsegpt_hessians(net, calib, args.calib_batch, only), prune_sparsegpt),
+    }.get(args.method, (lambda net, only=None: None, None))
+    sums = stats(model) if args.inputs == "dense" else None
     runs = []
     for s in args.sparsity:
         t0 = time.time()
         extra = {"pattern": args.pattern}
-        if sums is not None:
+        if prune_by is not None:
             net = copy.deepcopy(model)
-            skipped = prune_by(net, sums, s, args.nm, args.exclude)
+            if sums is not None:
+                skipped = prune_by(net, sums, s, args.nm, args.exclude)
+            else:
+                skipped = prune_sequentially(net, stats, prune_by, s, args.nm, args.exclude)
             if args.nm:
                 extra["skipped"] = skipped
             layers, actual = layer_report(net)

@@ -274,6 +274,7 @@ fn the_wanda_method_prunes_each_row_by_the_calibration_images_input_norms() {
     let report = common::report(&out, &json);
     assert!(stdout.contains("wanda      0.500"), "{stdout}");
     assert_eq!(report["method"], "wanda");
+    assert_eq!(report["inputs"], "dense");
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(
         (runs[0]["pattern"].as_str(), runs[0]["scope"].as_str()),
@@ -323,8 +324,20 @@ fn the_wanda_method_prunes_each_row_by_the_calibration_images_input_norms() {
         "invalid --method: \"obs\" (expected magnitude, wanda or sparsegpt)",
     );
     fails_with_one_line(
-        &with(args, "--pattern", "channel"),
+        &with(args.clone(), "--pattern", "channel"),
         "wanda chooses weights, not channels",
+    );
+    fails_with_one_line(
+        &with(args.clone(), "--inputs", "pruned"),
+        "invalid --inputs: \"pruned\" (expected dense or sequential)",
+    );
+    fails_with_one_line(
+        &with(
+            with(args, "--method", "magnitude"),
+            "--inputs",
+            "sequential",
+        ),
+        "invalid --inputs: sequential: magnitude pruning measures no inputs",
     );
 }
 
@@ -907,7 +920,7 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
     /// The flags, and per run the correct counts (pruned, after REFLOW).
     type Case<'a> = (&'a [&'a str], &'a [(u64, u64)]);
     // As reference.py counted them.
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (&["--pattern", "2:4"], &[(8672, 9340)]),
         (
             &["--pattern", "channel", "--sparsity", "0.3,0.5"],
@@ -939,6 +952,32 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
                 "256",
             ],
             &[(9308, 9388)],
+        ),
+        (
+            &[
+                "--method",
+                "sparsegpt",
+                "--inputs",
+                "sequential",
+                "--sparsity",
+                "0.5",
+                "--calib-count",
+                "256",
+            ],
+            &[(9359, 9386)],
+        ),
+        (
+            &[
+                "--method",
+                "wanda",
+                "--inputs",
+                "sequential",
+                "--pattern",
+                "2:4",
+                "--calib-count",
+                "256",
+            ],
+            &[(5255, 9212)],
         ),
     ];
     for (k, (flags, want)) in cases.iter().enumerate() {

@@ -42,7 +42,7 @@ pub use report::{
     Number, Report, ResNetShape, RunReport, ScoresReport, SignalReport, TensorLayer,
 };
 pub use sources::{Images, Labels, Source, TestImages};
-pub use study::{Method, Pattern, Progress, Pruned, RepairChoice, Runs, Study};
+pub use study::{Inputs, Method, Pattern, Progress, Pruned, RepairChoice, Runs, Study};
 
 use crate::data::ImageBatches;
 use crate::error::Result;

@@ -31,8 +31,10 @@ pub struct Report {
     pub model: ModelReport,
     /// The calibration set and its check.
     pub calibration: CalibrationReport,
-    /// `--method`: `magnitude` or `wanda`.
+    /// `--method`: `magnitude`, `wanda` or `sparsegpt`.
     pub method: String,
+    /// `--inputs`: `dense` or `sequential` (what wanda and sparsegpt measure on).
+    pub inputs: String,
     /// `--repair`: `reflow`, `none` or `auto`.
     pub repair: String,
     /// The dense network.

@@ -110,6 +110,24 @@ crate::names::names!(Method as "method", expecting "magnitude, wanda or sparsegp
     SparseGpt = "sparsegpt",
 });
 
+/// Which network the activation-aware methods measure each layer's inputs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Inputs {
+    /// The dense network, once before the runs (OBC's and Wanda's default).
+    #[default]
+    Dense,
+    /// The network as pruned so far: layer by layer in forward order, each measured
+    /// with the layers before it pruned (and, for SparseGPT, updated), one pass over
+    /// the calibration images per layer and run
+    /// ([`SparseGptPruner::prune_sequential`], [`WandaPruner::prune_sequential`]).
+    Sequential,
+}
+
+crate::names::names!(Inputs as "inputs", expecting "dense or sequential": {
+    Dense = "dense",
+    Sequential = "sequential",
+});
+
 /// What follows each pruning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RepairChoice {
@@ -159,6 +177,8 @@ pub struct Study {
     pub pattern: Pattern,
     /// How the weights to remove are chosen (unstructured and N:M patterns).
     pub method: Method,
+    /// Which network the activation-aware methods measure their statistics on.
+    pub inputs: Inputs,
     /// The scope of unstructured pruning (N:M and channel pruning are per layer).
     pub scope: Scope,
     /// One per run: the fraction pruned (for N:M, 1 − N/M).
@@ -182,6 +202,7 @@ impl Study {
         Study {
             pattern,
             method: Method::Magnitude,
+            inputs: Inputs::Dense,
             scope: Scope::Global,
             sparsities,
             exclude: Vec::new(),
@@ -197,10 +218,17 @@ impl Study {
     }
 
     /// Checks what can be checked without the network: at least one sparsity, each in
-    /// [0, 1); REFLOW's parameters.
+    /// [0, 1); sequential inputs only with an activation-aware method; REFLOW's
+    /// parameters.
     pub fn validate(&self) -> Result<()> {
         if self.sparsities.is_empty() {
             return Err(Error::invalid("sparsity", "no value given"));
+        }
+        if self.inputs == Inputs::Sequential && self.method == Method::Magnitude {
+            return Err(Error::unsupported(
+                "inputs",
+                "sequential: magnitude pruning measures no inputs (it applies to the wanda and sparsegpt methods)",
+            ));
         }
         for &s in &self.sparsities {
             PrunePlan::new(s)
@@ -510,6 +538,24 @@ impl Protocol<'_> {
                 .map(|p| Box::new(p) as Box<dyn Pruner>)
                 .collect()
         }
+        let pruned_kind = |skipped: &Option<Vec<String>>| match skipped {
+            Some(skipped) => Pruned::Nm(skipped.clone()),
+            None => Pruned::Unstructured,
+        };
+        if study.inputs == Inputs::Sequential {
+            let (runs, skipped) = self.sequential(runs)?;
+            for (&s, prune) in study.sparsities.iter().zip(runs) {
+                progress(Progress::Run(&label(s)));
+                let started = Instant::now();
+                dense_state.load_into(net)?;
+                prune(net)?;
+                let pass = &mut || progress(Progress::Pass);
+                let run = self.run_pruned(net, dense, s, started, pass)?;
+                save(&study.pattern.saved_name(s), net)?;
+                done.push((run, pruned_kind(&skipped)));
+            }
+            return Ok(done);
+        }
         // Runs that zero weights (SparseGPT's also update the others) in `net`, with
         // N:M the tensors left dense; the activation-aware ones' statistics measured
         // on the dense network, once (as OBC's and Wanda's default).
@@ -546,12 +592,38 @@ impl Protocol<'_> {
             let pass = &mut || progress(Progress::Pass);
             let run = self.run(net, &dense_state, dense, s, pruner, pass)?;
             save(&study.pattern.saved_name(s), net)?;
-            let pruned = match &skipped {
-                Some(skipped) => Pruned::Nm(skipped.clone()),
-                None => Pruned::Unstructured,
-            };
-            done.push((run, pruned));
+            done.push((run, pruned_kind(&skipped)));
         }
         Ok(done)
     }
+
+    /// The activation-aware runs of `runs` in the sequential mode: each prunes a
+    /// network with the calibration images layer by layer. With N:M, the tensors
+    /// left dense.
+    fn sequential(&self, runs: Runs) -> Result<(Vec<SequentialRun<'_>>, Option<Vec<String>>)> {
+        let data = self.calibration;
+        Ok(match runs {
+            Runs::Wanda(pruners, skipped) => {
+                let runs = pruners.into_iter().map(|p| -> SequentialRun<'_> {
+                    Box::new(move |net| p.prune_sequential(net, data).map(drop))
+                });
+                (runs.collect(), skipped)
+            }
+            Runs::SparseGpt(pruners, skipped) => {
+                let runs = pruners.into_iter().map(|p| -> SequentialRun<'_> {
+                    Box::new(move |net| p.prune_sequential(net, data).map(drop))
+                });
+                (runs.collect(), skipped)
+            }
+            _ => {
+                return Err(Error::unsupported(
+                    "inputs",
+                    "sequential: only the wanda and sparsegpt methods measure inputs",
+                ))
+            }
+        })
+    }
 }
+
+/// One run of the sequential mode: prunes the network it is given.
+type SequentialRun<'a> = Box<dyn Fn(&mut Model) -> Result<()> + 'a>;

@@ -160,6 +160,12 @@ pub struct Args {
     /// (--scope does not apply).
     #[arg(long, default_value = "magnitude")]
     method: String,
+    /// Which network wanda and sparsegpt measure each layer's inputs on: dense (the
+    /// dense network, once before the runs) or sequential (layer by layer, each
+    /// layer's inputs from the network with the layers before it already pruned; one
+    /// pass over the calibration images per layer and run).
+    #[arg(long, default_value = "dense")]
+    inputs: String,
     /// Parameter names or prefixes never pruned, comma-separated.
     #[arg(long, default_value = "", value_name = "LIST")]
     exclude: String,

@@ -138,10 +138,12 @@ pub(super) fn plan(args: &Args) -> reflow::Result<Plan> {
             .map(String::from)
             .collect(),
         method: args.method.parse().map_err(as_flag)?,
+        inputs: args.inputs.parse().map_err(as_flag)?,
         reflow,
         repair,
         ..Study::new(pattern, sparsities)
     };
+    study.validate().map_err(as_flag)?;
     Ok(Plan {
         arch: args.arch.parse()?,
         stem: args.stem.parse()?,
@@ -161,6 +163,7 @@ pub(super) fn as_flag(e: Error) -> Error {
         "sparsity" => Some("sparsity"),
         "repair" => Some("repair"),
         "method" => Some("method"),
+        "inputs" => Some("inputs"),
         "calibration count" => Some("calib-count"),
         "signal images" => Some("signal-images"),
         "calibration batch size" => Some("calib-batch"),

@@ -190,6 +190,7 @@ pub(super) fn finish(
                 indices: args.calib_seed.map(|_| calibration.indices().to_vec()),
             },
             method: plan.study.method.name().to_string(),
+            inputs: plan.study.inputs.name().to_string(),
             repair: plan.study.repair.name().to_string(),
             dense: DenseReport::of(&dense.evaluation, test.len()),
             runs: runs
