@@ -568,7 +568,7 @@ impl Protocol<'_> {
                 (boxed(pruners.collect()), skipped)
             }
             Runs::SparseGpt(pruners, skipped) => {
-                let hessians = Hessians::measure(&*net, self.calibration)?;
+                let hessians = std::sync::Arc::new(Hessians::measure(&*net, self.calibration)?);
                 let pruners = pruners
                     .into_iter()
                     .map(|p| p.with_hessians(hessians.clone()));

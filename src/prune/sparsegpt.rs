@@ -17,6 +17,7 @@ use faer::linalg::triangular_inverse;
 use faer::{Accum, Mat, Par, Side};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Columns SparseGPT processes together (the reference's `blocksize`).
 pub const BLOCK: usize = 128;
@@ -202,15 +203,18 @@ impl Observer for Collector {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SparseGptPruner {
     plan: RowPlan,
-    hessians: Hessians,
+    /// Shared: a network's Hessians can take a gigabyte, and every sparsity of a
+    /// study prunes with the same ones.
+    hessians: Arc<Hessians>,
 }
 
 impl SparseGptPruner {
-    /// Removes `sparsity` of every layer, with `hessians`.
-    pub fn new(sparsity: f64, hessians: Hessians) -> Self {
+    /// Removes `sparsity` of every layer, with `hessians` (or an `Arc` of them, to
+    /// share them between pruners without a copy).
+    pub fn new(sparsity: f64, hessians: impl Into<Arc<Hessians>>) -> Self {
         SparseGptPruner {
             plan: RowPlan::new(sparsity),
-            hessians,
+            hessians: hessians.into(),
         }
     }
 
@@ -264,8 +268,8 @@ impl SparseGptPruner {
     }
 
     /// The same pruner with `hessians` (measured after it was made).
-    pub fn with_hessians(mut self, hessians: Hessians) -> Self {
-        self.hessians = hessians;
+    pub fn with_hessians(mut self, hessians: impl Into<Arc<Hessians>>) -> Self {
+        self.hessians = hessians.into();
         self
     }
 
