@@ -863,6 +863,10 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
             "is not a regular file",
         ),
         (
+            with(base.clone(), "--method", "sparsegpt"),
+            "--calib-count: \"layer3.0.conv1.weight\": 16 image(s) of 16x16 give 256 calibration positions, fewer than its 288 input columns",
+        ),
+        (
             with(
                 base.clone(),
                 "--weights",

@@ -10,9 +10,9 @@ use crate::io::check_image_pixels;
 use crate::layer::{ActivationView, Layer, LayerKind, Observer, Probe, Site, Tap};
 use crate::models::{Model, FAMILIES};
 use crate::nn::Tensor4;
+use crate::prune::{matches, PrunePlan, Scope, Unfold};
 use crate::prune::{ChannelPruner, ChannelReport, MagnitudePruner, NmPruner, Pruner};
 use crate::prune::{Hessians, InputNorms, SparseGptPruner, WandaPruner};
-use crate::prune::{PrunePlan, Scope};
 use crate::rescale::{Reflow, ReflowMode};
 use crate::state_dict::StateDict;
 use crate::trust::Repair;
@@ -368,14 +368,28 @@ impl Study {
         count: usize,
         batch: usize,
     ) -> Result<()> {
-        /// The smallest plane a batch norm sees.
-        struct Smallest(usize);
-        impl Observer for Smallest {
+        /// The smallest plane a batch norm sees; with SparseGPT, each convolution's
+        /// and linear layer's input columns and output positions per image.
+        struct Blank {
+            smallest: usize,
+            columns: Option<Vec<(String, usize, usize)>>,
+        }
+        impl Observer for Blank {
             fn wants(&self, tap: &Tap<'_>) -> bool {
-                tap.kind == LayerKind::BatchNorm && tap.site == Site::Output
+                match (tap.kind, tap.site) {
+                    (LayerKind::BatchNorm, Site::Output) => true,
+                    (LayerKind::Conv | LayerKind::Linear, Site::Input) => self.columns.is_some(),
+                    _ => false,
+                }
             }
-            fn observe(&mut self, _: &Tap<'_>, a: ActivationView<'_>) {
-                self.0 = self.0.min(a.spatial);
+            fn observe(&mut self, tap: &Tap<'_>, a: ActivationView<'_>) {
+                if tap.kind == LayerKind::BatchNorm {
+                    self.smallest = self.smallest.min(a.spatial);
+                } else if let (Some(columns), Ok(unfold)) =
+                    (self.columns.as_mut(), Unfold::new(a, tap.window))
+                {
+                    columns.push((tap.layer.to_string(), unfold.rows(), unfold.columns()));
+                }
             }
         }
         if batch == 0 {
@@ -384,11 +398,15 @@ impl Study {
         let [c, h, w] = images.image_dims();
         // The probe is one image of the calibration set's size: bounded like any image.
         check_image_pixels("calibration images", h, w)?;
-        let mut smallest = Smallest(usize::MAX);
-        let blank = Tensor4::zeros((1, c, h, w));
-        net.forward_with(&blank, &mut Probe::new(&mut smallest))?;
-        let per_image = smallest.0;
+        let mut blank = Blank {
+            smallest: usize::MAX,
+            columns: (self.method == Method::SparseGpt).then(Vec::new),
+        };
+        let image = Tensor4::zeros((1, c, h, w));
+        net.forward_with(&image, &mut Probe::new(&mut blank))?;
+        let per_image = blank.smallest;
         let count = count.min(images.len());
+        self.check_sparsegpt_rank(blank.columns.unwrap_or_default(), count, [h, w])?;
         // The automatic repair also repairs from each half of the images.
         let mut sets = vec![(count, "")];
         if self.repair == RepairChoice::Auto {
@@ -412,6 +430,37 @@ impl Study {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Study {
+    /// SparseGPT's Hessian of each layer it prunes needs full rank: at least as many
+    /// calibration positions (`count` images times the layer's `positions` per
+    /// image) as the layer has input `columns`. `layers` holds `(layer, columns,
+    /// positions)` in forward order; the first one short is the error.
+    fn check_sparsegpt_rank(
+        &self,
+        layers: Vec<(String, usize, usize)>,
+        count: usize,
+        [h, w]: [usize; 2],
+    ) -> Result<()> {
+        for (layer, columns, positions) in layers {
+            let name = format!("{layer}.weight");
+            let excluded = self.exclude.iter().any(|e| matches(e, &name));
+            let left_dense = matches!(self.pattern, Pattern::Nm(_, m) if columns % m != 0);
+            let have = count.saturating_mul(positions);
+            if excluded || left_dense || have >= columns {
+                continue;
+            }
+            return Err(Error::invalid(
+                "calibration count",
+                format!(
+                    "\"{name}\": {count} image(s) of {h}x{w} give {have} calibration positions, fewer than its {columns} input columns: SparseGPT's Hessian would have no full rank; give at least {} images or --exclude it",
+                    columns.div_ceil(positions.max(1))
+                ),
+            ));
         }
         Ok(())
     }

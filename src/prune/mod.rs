@@ -45,10 +45,12 @@ pub use channel::{
 pub use magnitude::MagnitudePruner;
 pub use mask::{Masks, TensorMask};
 pub use nm::{NmAxis, NmPruner};
+pub(crate) use plan::matches;
 pub use plan::{removal_count, PrunePlan, Scope};
 pub use random::RandomPruner;
 pub use report::{SparsityReport, TensorSparsity};
 pub use sparsegpt::{Hessians, SparseGptPruner};
+pub(crate) use unfold::Unfold;
 pub use wanda::{InputNorms, WandaPruner};
 
 use crate::error::Result;
