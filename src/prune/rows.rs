@@ -7,7 +7,7 @@ use super::plan::PrunePlan;
 use super::{Masks, Scope, SparsityReport};
 use crate::data::CalibrationData;
 use crate::error::{Error, Result};
-use crate::layer::{Network, Observer, Params, Probe};
+use crate::layer::{LayerKind, Network, Observer, Params, Probe, Site, Tap};
 use std::collections::{HashMap, HashSet};
 
 /// The sparsity of each row, or N:M within rows, and the exclusions.
@@ -90,6 +90,30 @@ impl RowPlan {
             }
         });
         Ok(skipped)
+    }
+}
+
+/// The taps the activation-aware pruners measure: the inputs of the convolutions and
+/// linear layers, or of one of them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InputTaps {
+    /// The one layer measured (all when `None`).
+    pub only: Option<String>,
+}
+
+impl InputTaps {
+    /// Layer `layer` alone.
+    pub fn of(layer: &str) -> Self {
+        InputTaps {
+            only: Some(layer.to_string()),
+        }
+    }
+
+    /// [`Observer::wants`] for them.
+    pub fn wants(&self, tap: &Tap<'_>) -> bool {
+        tap.site == Site::Input
+            && matches!(tap.kind, LayerKind::Conv | LayerKind::Linear)
+            && self.only.as_deref().is_none_or(|only| only == tap.layer)
     }
 }
 

@@ -4,13 +4,12 @@
 
 use super::mask::decide_masks;
 use super::rows::{observe_calibration, prune_sequentially, row_of, row_plan_methods};
-use super::rows::{Decision, RowPlan};
+use super::rows::{Decision, InputTaps, RowPlan};
 use super::unfold::Unfold;
 use super::{Masks, Pruner, SparsityReport};
 use crate::data::CalibrationData;
 use crate::error::{Error, Result};
-use crate::layer::{ActivationView, LayerKind, Network, Observer, Params};
-use crate::layer::{Site, Tap};
+use crate::layer::{ActivationView, Network, Observer, Params, Tap};
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::linalg::matmul::{matmul, triangular};
 use faer::linalg::triangular_inverse;
@@ -59,7 +58,7 @@ impl Hessians {
         layer: &str,
     ) -> Result<Self> {
         let mut collector = Collector {
-            only: Some(layer.to_string()),
+            taps: InputTaps::of(layer),
             ..Collector::default()
         };
         observe_calibration(model, data, &mut collector)?;
@@ -82,8 +81,7 @@ const TILE: usize = 64;
 
 #[derive(Default)]
 struct Collector {
-    /// The one layer measured (all when `None`).
-    only: Option<String>,
+    taps: InputTaps,
     layers: BTreeMap<String, LayerHessian>,
     error: Option<Error>,
     /// The unfolded columns of one chunk, and their product (column-major; kept
@@ -121,9 +119,7 @@ impl Collector {
 
 impl Observer for Collector {
     fn wants(&self, tap: &Tap<'_>) -> bool {
-        tap.site == Site::Input
-            && matches!(tap.kind, LayerKind::Conv | LayerKind::Linear)
-            && self.only.as_deref().is_none_or(|only| only == tap.layer)
+        self.taps.wants(tap)
     }
 
     fn observe(&mut self, tap: &Tap<'_>, x: ActivationView<'_>) {

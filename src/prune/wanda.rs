@@ -4,11 +4,12 @@
 
 use super::mask::{decide_masks, prune_smallest};
 use super::plan::removal_count;
-use super::rows::{observe_calibration, prune_sequentially, row_of, row_plan_methods, RowPlan};
+use super::rows::{observe_calibration, prune_sequentially, row_of, row_plan_methods};
+use super::rows::{InputTaps, RowPlan};
 use super::{Masks, Pruner, SparsityReport};
 use crate::data::CalibrationData;
 use crate::error::{Error, Result};
-use crate::layer::{ActivationView, LayerKind, Network, Observer, Params, Site, Tap};
+use crate::layer::{ActivationView, Network, Observer, Params, Tap};
 use std::collections::BTreeMap;
 
 /// The squared L2 norm of every column of each convolution's and linear layer's
@@ -53,12 +54,12 @@ impl InputNorms {
         data: &dyn CalibrationData<I>,
         layer: &str,
     ) -> Result<Self> {
-        let only = Some(layer.to_string());
+        let taps = InputTaps::of(layer);
         Self::collect(
             model,
             data,
             Collector {
-                only,
+                taps,
                 ..Collector::default()
             },
         )
@@ -93,17 +94,14 @@ impl InputNorms {
 /// The observer of [`InputNorms::measure`].
 #[derive(Default)]
 struct Collector {
-    /// The one layer measured (all when `None`).
-    only: Option<String>,
+    taps: InputTaps,
     layers: BTreeMap<String, Vec<f64>>,
     error: Option<Error>,
 }
 
 impl Observer for Collector {
     fn wants(&self, tap: &Tap<'_>) -> bool {
-        tap.site == Site::Input
-            && matches!(tap.kind, LayerKind::Conv | LayerKind::Linear)
-            && self.only.as_deref().is_none_or(|only| only == tap.layer)
+        self.taps.wants(tap)
     }
 
     fn observe(&mut self, tap: &Tap<'_>, x: ActivationView<'_>) {
