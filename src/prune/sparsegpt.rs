@@ -72,8 +72,8 @@ impl Hessians {
     }
 }
 
-/// Output positions summed per product: enough for a fast matrix product, few
-/// enough that the `f32` partial sums keep their precision (they are summed in `f64`).
+/// Output positions unfolded and multiplied at a time: enough for a fast matrix
+/// product, few enough to keep the unfolded chunk in cache-sized pieces.
 const CHUNK: usize = 2048;
 
 /// Side of the tiles the lower triangle is copied in.
@@ -84,10 +84,7 @@ struct Collector {
     taps: InputTaps,
     layers: BTreeMap<String, LayerHessian>,
     error: Option<Error>,
-    /// The unfolded columns of one chunk, and their product (column-major; kept
-    /// between layers, allocated once at the largest size).
-    columns: Vec<f32>,
-    product: Vec<f32>,
+    buffers: Buffers,
 }
 
 impl Collector {
@@ -145,45 +142,70 @@ impl Observer for Collector {
                 .get_or_insert_with(|| Error::invalid(at(), "its shape changed between batches"));
             return;
         }
-        let per_chunk = (CHUNK / unfold.line_len().max(1)).max(1);
-        self.product.resize(self.product.len().max(row * row), 0.0);
-        for g in 0..groups {
-            let h = &mut layer.h[g * row * row..(g + 1) * row * row];
-            for start in (0..unfold.lines()).step_by(per_chunk) {
-                let lines = start..(start + per_chunk).min(unfold.lines());
-                let len = lines.len() * unfold.line_len();
-                self.columns.resize(row * len, 0.0);
-                unfold.fill(g, lines, &mut self.columns);
-                let x = faer::MatRef::from_row_major_slice(&self.columns, row, len);
-                // The lower triangle of X Xᵀ in f32, added to the f64 sum.
-                let mut product = faer::MatMut::from_column_major_slice_mut(
-                    &mut self.product[..row * row],
-                    row,
-                    row,
-                );
-                triangular::matmul(
-                    product.as_mut(),
-                    BlockStructure::TriangularLower,
-                    Accum::Replace,
-                    x,
-                    BlockStructure::Rectangular,
-                    x.transpose(),
-                    BlockStructure::Rectangular,
-                    1.0,
-                    Par::rayon(0),
-                );
-                // Column j's lower part into row j's upper part: H is symmetric.
-                let product = &self.product[..row * row];
-                h.par_chunks_mut(row).enumerate().for_each(|(j, h)| {
-                    let column = &product[j * row..(j + 1) * row];
-                    for (h, &p) in h[j..].iter_mut().zip(&column[j..]) {
-                        *h += f64::from(p);
-                    }
-                });
+        if row < SMALL_ROWS {
+            // Many small groups (a depthwise convolution): a group per thread.
+            let h = layer.h.par_chunks_mut(row * row).enumerate();
+            h.for_each(|(g, h)| add_products(&unfold, g, h, &mut Buffers::default()));
+        } else {
+            for (g, h) in layer.h.chunks_mut(row * row).enumerate() {
+                add_products(&unfold, g, h, &mut self.buffers);
             }
         }
         layer.columns += unfold.columns();
     }
+}
+
+/// Below this many rows a group's products are too small to spread over threads.
+const SMALL_ROWS: usize = 64;
+
+/// The unfolded columns of one chunk; kept between layers, grown to the largest size.
+#[derive(Default)]
+struct Buffers {
+    columns: Vec<f64>,
+}
+
+/// Adds to `h` (row-major, upper triangle) `X Xᵀ` over group `g`'s unfolded columns
+/// of `unfold`, a chunk of [`CHUNK`] positions at a time, in `f64` (each product of two
+/// `f32` values is exact in `f64`): the lower triangle of each chunk's product, added
+/// to `h`'s upper triangle read column-major. A group of [`SMALL_ROWS`] rows or more
+/// on every thread; a smaller one (a depthwise or a thin convolution,
+/// squeeze-excitation) on the calling thread.
+fn add_products(unfold: &Unfold<'_>, g: usize, h: &mut [f64], buffers: &mut Buffers) {
+    let row = unfold.rows();
+    let small = row < SMALL_ROWS;
+    let per_chunk = (CHUNK / unfold.line_len().max(1)).max(1);
+    let columns = &mut buffers.columns;
+    for start in (0..unfold.lines()).step_by(per_chunk) {
+        let lines = start..(start + per_chunk).min(unfold.lines());
+        let len = lines.len() * unfold.line_len();
+        columns.resize(row * len, 0.0);
+        unfold.fill(g, lines, columns, !small);
+        let x = faer::MatRef::from_row_major_slice(columns, row, len);
+        let sum = faer::MatMut::from_column_major_slice_mut(&mut *h, row, row);
+        let par = if small { Par::Seq } else { Par::rayon(0) };
+        lower_gram(sum, x, Accum::Add, 1.0, par);
+    }
+}
+
+/// The lower triangle of `x xᵀ` into `dst` (added to it or replacing it).
+fn lower_gram<T: faer::traits::ComplexField>(
+    dst: faer::MatMut<'_, T>,
+    x: faer::MatRef<'_, T>,
+    beta: Accum,
+    one: T,
+    par: Par,
+) {
+    triangular::matmul(
+        dst,
+        BlockStructure::TriangularLower,
+        beta,
+        x,
+        BlockStructure::Rectangular,
+        x.transpose(),
+        BlockStructure::Rectangular,
+        one,
+        par,
+    )
 }
 
 /// SparseGPT's pruner (`method.md`; IST-DASLab/sparsegpt `SparseGPT.fasterprune`),
@@ -304,7 +326,7 @@ impl SparseGptPruner {
         }
         if hessian.h.iter().any(|v| !v.is_finite()) {
             return Err(at(
-                "its input Hessian is not finite: the squares of its inputs overflow f32".into(),
+                "its input Hessian is not finite: its inputs overflowed f32".into(),
             ));
         }
         let per_group = out / groups;

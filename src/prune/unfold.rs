@@ -81,8 +81,12 @@ impl<'a> Unfold<'a> {
 
     /// Writes group `g`'s columns of output rows `lines` into `buf`, row-major
     /// `rows × (lines.len() · out_w)`: row `(c, ky, kx)` holds the value each of those
-    /// output positions reads through weight `[·, c, ky, kx]`.
-    pub fn fill(&self, g: usize, lines: Range<usize>, buf: &mut [f32]) {
+    /// output positions reads through weight `[·, c, ky, kx]`. On every thread when
+    /// `parallel`.
+    pub fn fill<T>(&self, g: usize, lines: Range<usize>, buf: &mut [T], parallel: bool)
+    where
+        T: From<f32> + Copy + Send,
+    {
         let w = &self.window;
         let [kh, kw] = w.kernel;
         let [h, wd] = w.size;
@@ -90,25 +94,29 @@ impl<'a> Unfold<'a> {
         let len = lines.len() * wo;
         let channels = self.x.channels / self.groups();
         debug_assert_eq!(buf.len(), self.rows() * len);
-        buf.par_chunks_mut(len).enumerate().for_each(|(r, row)| {
+        let fill_row = |(r, row): (usize, &mut [T])| {
             let (c, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
             for (line, out) in lines.clone().zip(row.chunks_mut(wo)) {
                 let (n, oy) = (line / ho, line % ho);
                 let plane = self.x.plane(n, g * channels + c);
                 let iy = (oy * w.stride[0] + ky * w.dilation[0]).checked_sub(w.padding[0]);
                 let Some(iy) = iy.filter(|&iy| iy < h) else {
-                    out.fill(0.0);
+                    out.fill(T::from(0.0));
                     continue;
                 };
                 let input = &plane[iy * wd..(iy + 1) * wd];
                 for (ox, v) in out.iter_mut().enumerate() {
                     let ix = (ox * w.stride[1] + kx * w.dilation[1]).checked_sub(w.padding[1]);
-                    *v = match ix {
+                    *v = T::from(match ix {
                         Some(ix) if ix < wd => input[ix],
                         _ => 0.0,
-                    };
+                    });
                 }
             }
-        });
+        };
+        match parallel {
+            true => buf.par_chunks_mut(len).enumerate().for_each(fill_row),
+            false => buf.chunks_mut(len).enumerate().for_each(fill_row),
+        }
     }
 }
