@@ -47,6 +47,12 @@ def layer_inputs(net: nn.Module, module: nn.Module, inputs: list[torch.Tensor]) 
     return seen
 
 
+def hessian(module: nn.Module, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per group, the sum of x x^T over the unfolded columns of every batch in `xs`."""
+    per_batch = [[x @ x.t() for x in unfolded(module, x)] for x in xs]
+    return [sum(b[g] for b in per_batch) for g in range(len(per_batch[0]))]
+
+
 def sparsegpt_weights(module: nn.Module, hs: list[torch.Tensor], tag: str) -> torch.Tensor:
     s, n, m = PATTERNS[tag]
     w = module.weight.detach().flatten(1)
@@ -71,9 +77,7 @@ def sequential(net: nn.Module, layers: dict[str, nn.Module], inputs: list[torch.
     for name, module in layers.items():
         xs = layer_inputs(net, module, inputs)
         if method == "sparsegpt":
-            per_batch = [[x @ x.t() for x in unfolded(module, x)] for x in xs]
-            hs = [sum(b[g] for b in per_batch) for g in range(len(per_batch[0]))]
-            w = sparsegpt_weights(module, hs, tag)
+            w = sparsegpt_weights(module, hessian(module, xs), tag)
         else:
             w = wanda_weights(module, sum(wanda.column_sums(module, x) for x in xs), tag)
         with torch.no_grad():
@@ -89,25 +93,7 @@ def main() -> None:
     net.eval()
     inputs = [fixture[f"inputs/{k}"] for k in range(2)]
     layers = {name: m for name, m in net.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    hessians: dict[str, list[torch.Tensor]] = {}
-
-    def record(name: str):
-        def hook(module, args):
-            for g, x in enumerate(unfolded(module, args[0])):
-                h = x @ x.t()
-                hs = hessians.setdefault(name, [])
-                if g < len(hs):
-                    hs[g] = hs[g] + h
-                else:
-                    hs.append(h)
-        return hook
-
-    hooks = [m.register_forward_pre_hook(record(name)) for name, m in layers.items()]
-    with torch.no_grad():
-        for x in inputs:
-            net(x)
-    for h in hooks:
-        h.remove()
+    hessians = {name: hessian(module, layer_inputs(net, module, inputs)) for name, module in layers.items()}
     out = {f"hessians/{name}": torch.stack(hs).contiguous() for name, hs in hessians.items()}
     for tag in PATTERNS:
         for name, module in layers.items():
