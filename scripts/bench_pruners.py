@@ -12,8 +12,8 @@ PyTorch runs two ways:
   the one reflow's counts are checked against;
 - `float32`: the published code's precision (IST-DASLab/sparsegpt's add_batch and
   fasterprune in float32; locuslab/wanda's scaler_row in float32).
-reflow runs the `bench_pruners` example (float32 products summed in float64, float64
-pruning), built first with `cargo build --release --features npy --example bench_pruners`.
+reflow runs the `bench_pruners` example (float64 statistics, float64 pruning), built
+first with `cargo build --release --features npy --example bench_pruners`.
 
 Usage:
     ~/venvs/ref/bin/python scripts/bench_pruners.py --weights W.safetensors \

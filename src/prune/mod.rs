@@ -34,6 +34,7 @@ mod random;
 mod report;
 mod rows;
 mod select;
+mod shifted;
 mod sparsegpt;
 mod unfold;
 mod wanda;

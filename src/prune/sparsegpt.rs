@@ -5,6 +5,7 @@
 use super::mask::decide_masks;
 use super::rows::{observe_calibration, prune_sequentially, row_of, row_plan_methods};
 use super::rows::{Decision, InputTaps, RowPlan};
+use super::shifted::{zeros, Correlations, Operands};
 use super::unfold::Unfold;
 use super::{Masks, Pruner, SparsityReport};
 use crate::data::CalibrationData;
@@ -83,6 +84,8 @@ const TILE: usize = 64;
 struct Collector {
     taps: InputTaps,
     layers: BTreeMap<String, LayerHessian>,
+    /// Stride-1 convolutions' sums, made Hessians at the end.
+    shifted: BTreeMap<String, (Correlations, usize)>,
     error: Option<Error>,
     buffers: Buffers,
 }
@@ -92,6 +95,11 @@ impl Collector {
     fn finish(mut self) -> Result<Hessians> {
         if let Some(e) = self.error {
             return Err(e);
+        }
+        for (name, (sums, columns)) in std::mem::take(&mut self.shifted) {
+            let h = sums.hessians();
+            let row = sums.rows();
+            self.layers.insert(name, LayerHessian { row, h, columns });
         }
         for layer in self.layers.values_mut() {
             let row = layer.row;
@@ -129,12 +137,29 @@ impl Observer for Collector {
             }
         };
         let (row, groups) = (unfold.rows(), unfold.groups());
+        // A stride-1 window larger than 1×1: summed from shifted correlations.
+        let window = tap.window.filter(|w| w.kernel != [1, 1]);
+        if let Some(sums) = window.and_then(|w| Correlations::new(&w, x.channels)) {
+            let (sums, columns) = self
+                .shifted
+                .entry(tap.layer.to_string())
+                .or_insert((sums, 0));
+            if !sums.suits(x) {
+                self.error.get_or_insert_with(|| {
+                    Error::invalid(at(), "its shape changed between batches")
+                });
+                return;
+            }
+            sums.add(x, &mut self.buffers.operands);
+            *columns += unfold.columns();
+            return;
+        }
         let layer = self
             .layers
             .entry(tap.layer.to_string())
             .or_insert_with(|| LayerHessian {
                 row,
-                h: vec![0.0; groups * row * row],
+                h: zeros(groups * row * row),
                 columns: 0,
             });
         if layer.row != row || layer.h.len() != groups * row * row {
@@ -162,6 +187,7 @@ const SMALL_ROWS: usize = 64;
 #[derive(Default)]
 struct Buffers {
     columns: Vec<f64>,
+    operands: Operands,
 }
 
 /// Adds to `h` (row-major, upper triangle) `X Xᵀ` over group `g`'s unfolded columns

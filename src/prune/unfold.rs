@@ -94,6 +94,9 @@ impl<'a> Unfold<'a> {
         let len = lines.len() * wo;
         let channels = self.x.channels / self.groups();
         debug_assert_eq!(buf.len(), self.rows() * len);
+        if len == 0 {
+            return;
+        }
         let fill_row = |(r, row): (usize, &mut [T])| {
             let (c, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
             for (line, out) in lines.clone().zip(row.chunks_mut(wo)) {
