@@ -1,9 +1,11 @@
 //! Times reflow's forward pass and prints images/s and GFLOP/s; then a REFLOW
 //! calibration batch next to the eval pass of the same batch.
 //!
-//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|resnet50 channel|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration|reflow_regnet_x_32gf] [--level portable|avx2|avx512|neon] [--batch B] [--tsv]`
+//! `cargo run --release --example bench -- [--threads N] [--runs N] [--model resnet20|resnet50|resnet50 channel|mobilenet_v2|efficientnet_b0|regnet_x_400mf|calibration|reflow_regnet_x_32gf] [--level portable|avx2|avx512|neon] [--batch B] [--tsv] [--profile]`
 //!
 //! `--batch B` times every case at batch `B` instead of its own (the name says which).
+//! `--profile` lists, after each case, every convolution's and linear layer's time per
+//! pass and kernel (`reflow::nn::Profile`), and their sum against the pass.
 //!
 //! `--model reflow_regnet_x_32gf [--calib-count N] [--calib-batch N]` times REFLOW
 //! (cumulative) on regnet_x_32gf over synthetic 224 × 224 images (default 1,024 in
@@ -23,6 +25,7 @@ use reflow::layer::{
 };
 use reflow::models::{EfficientNet, EfficientNetConfig, MobileNetV2, MobileNetV2Config, Model};
 use reflow::models::{RegNet, RegNetConfig, ResNet, ResNetConfig};
+use reflow::nn::Profile;
 use reflow::prune::ChannelPruner;
 use reflow::rescale::{Reflow, Rescaler};
 use std::collections::HashMap;
@@ -171,6 +174,34 @@ fn channel_pruned_resnet50(s: f64) -> Model {
     Model::new(compact)
 }
 
+/// Each convolution's and linear layer's time per pass over `runs` passes with a
+/// profile attached, its kernel, and their sum against `pass` (the median pass):
+/// what is left is everything else (reorders, pooling, element-wise passes).
+fn print_profile(net: &Model, x: &Array4<f32>, runs: usize, pass: f64) {
+    let profile = Profile::new();
+    for _ in 0..runs {
+        let mut probe = Probe::none().with_profile(&profile);
+        std::hint::black_box(net.forward_with(x, &mut probe).unwrap());
+    }
+    let layers = profile.layers();
+    let per_pass = |s: f64| s / runs as f64 * 1e3;
+    for layer in &layers {
+        println!(
+            "  {:<32} {:<10} {:>8.3} ms  {:>5.1} %",
+            layer.name,
+            layer.kernel,
+            per_pass(layer.seconds),
+            per_pass(layer.seconds) / (pass * 1e3) * 100.0
+        );
+    }
+    let sum: f64 = layers.iter().map(|l| per_pass(l.seconds)).sum();
+    println!(
+        "  convolutions and linear layers {sum:.3} ms of the pass's {:.3} ms ({:.1} %)",
+        pass * 1e3,
+        sum / (pass * 1e3) * 100.0
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -311,6 +342,9 @@ fn main() {
             t * 1e3,
             flops / 1e9
         );
+        if args.iter().any(|a| a == "--profile") {
+            print_profile(&net, &x, runs, t);
+        }
     }
     let tsv = args.iter().any(|a| a == "--tsv");
     if !tsv && only.is_none_or(|m| m == "calibration") {

@@ -78,3 +78,67 @@ fn the_probes_exec_decides_the_kernels_and_the_result_does_not_change() {
     let (never, _) = kernels(&net, &x, defaults.with_sparse(SparsePolicy::Never));
     assert!(never.iter().all(|k| k != "sparse"), "{never:?}");
 }
+
+/// Deterministic weights, small enough to keep activations in range.
+fn fill(net: &mut dyn reflow::layer::Params) {
+    let mut i = 0u32;
+    net.visit_params_mut(&mut |p| {
+        if p.role.is_prunable() {
+            p.data.iter_mut().for_each(|v| {
+                i = i.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *v = ((i >> 9) as f32 / (1 << 23) as f32 - 0.5) * 0.2;
+            })
+        }
+    });
+}
+
+#[test]
+fn one_image_on_several_threads_equals_one_thread_bit_for_bit() {
+    // A batch smaller than the thread count runs whole, each layer's work split
+    // between the threads of a team that stays awake for the pass: every output
+    // value is still computed by one task, in the same order, as on one thread.
+    use reflow::models::{EfficientNet, EfficientNetConfig, MobileNetV2, MobileNetV2Config};
+    use reflow::models::{Model, RegNet, RegNetConfig};
+    if cpu::detected() == Level::Portable {
+        eprintln!("no vector level on this processor: the blocked pass never runs");
+        return;
+    }
+    let nets: Vec<(&str, Model)> = vec![
+        ("resnet20", Model::new(net())),
+        (
+            "mobilenet_v2",
+            Model::new(MobileNetV2::new(MobileNetV2Config::mobilenet_v2()).unwrap()),
+        ),
+        (
+            "regnet_x_400mf",
+            Model::new(RegNet::new(RegNetConfig::regnet_x_400mf()).unwrap()),
+        ),
+        (
+            "efficientnet_b0",
+            Model::new(EfficientNet::new(EfficientNetConfig::b(0).unwrap()).unwrap()),
+        ),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for (name, mut net) in nets {
+        fill(&mut net);
+        for size in [32, 45] {
+            let x = Array4::from_shape_fn((1, 3, size, size), |(n, c, h, w)| {
+                ((n * 7 + c * 5 + h * 3 + w) % 11) as f32 / 5.0 - 1.0
+            });
+            let serial = net
+                .forward_with(
+                    &x,
+                    &mut Probe::none().with_exec(Exec::defaults().with_par(Par::Seq)),
+                )
+                .unwrap();
+            // Twice: a pass's team ends with it, the next pass makes its own.
+            for _ in 0..2 {
+                let parallel = pool.install(|| net.forward(&x).unwrap());
+                assert_eq!(parallel, serial, "{name} at {size}x{size}");
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Exec, Par};
 use crate::layer::{Layer, Probe, Schedule};
 use crate::nn::blocked::{BlockedLayer, Pass, Value};
+use crate::nn::runtime::team;
 use crate::nn::{recycle, Profile, Sequential, Tensor2, Tensor4};
 use ndarray::Axis;
 use rayon::prelude::*;
@@ -76,7 +77,12 @@ impl Classifier {
         let Some(mut pass) = Pass::for_eval(probe) else {
             return self.net.forward_with(x, probe);
         };
-        let y = self.net.forward_blocked(Value::Input(x), &mut pass)?;
+        // The layers split their work between the threads: a team keeps them awake
+        // from one layer to the next.
+        let threads = exec.threads();
+        let y = team::with_team(threads, || {
+            self.net.forward_blocked(Value::Input(x), &mut pass)
+        })?;
         let y = y.into_plain(&mut pass);
         let shape = y.shape().to_vec();
         y.into_matrix().ok_or_else(|| {

@@ -1,14 +1,15 @@
 //! Single-precision matrix products on row-major slices, backed by faer.
 
-use crate::nn::runtime::Threads;
+use crate::nn::runtime::{team, Threads};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
-/// faer's name for `t`.
+/// faer's name for `t`; one thread inside a pass's team (faer's threads are rayon's,
+/// which the team holds: see [`team`]).
 fn par(t: Threads) -> Par {
     match t {
-        Threads::Seq => Par::Seq,
-        Threads::Rayon => Par::rayon(0),
+        Threads::Rayon if !team::active() => Par::rayon(0),
+        _ => Par::Seq,
     }
 }
 

@@ -13,7 +13,7 @@
 
 use super::activation::activate;
 use super::{Simd, LANES};
-use crate::nn::runtime::Activation;
+use crate::nn::runtime::{team, Activation};
 use rayon::prelude::*;
 
 /// The shape of a channel-blocked tensor.
@@ -159,11 +159,23 @@ unsafe impl Send for SharedOut {}
 
 /// Runs `task(i, chunk)` on every chunk, in parallel when there are several threads.
 pub(crate) fn each_chunk(
-    chunks: Vec<&mut [f32]>,
+    mut chunks: Vec<&mut [f32]>,
     threads: usize,
     task: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    if threads > 1 {
+    if threads > 1 && team::leads(chunks.len()) {
+        let parts: Vec<SharedOut> = chunks
+            .iter_mut()
+            .map(|c| SharedOut(c.as_mut_ptr()))
+            .collect();
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        team::each(parts.len(), &|i| {
+            // SAFETY: the team runs each index once: chunk `i` is this task's alone,
+            // and `chunks` holds the borrows until the job is done.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(parts[i].at(0), lens[i]) };
+            task(i, chunk);
+        });
+    } else if threads > 1 {
         chunks
             .into_par_iter()
             .enumerate()
@@ -176,7 +188,9 @@ pub(crate) fn each_chunk(
 /// Runs `task(i)` for every `i` below `count`, in parallel when there are several
 /// threads.
 pub(crate) fn each_index(count: usize, threads: usize, task: impl Fn(usize) + Sync + Send) {
-    if threads > 1 {
+    if threads > 1 && team::each(count, &task) {
+        // Done on the pass's team.
+    } else if threads > 1 {
         (0..count).into_par_iter().for_each(task);
     } else {
         (0..count).for_each(task);

@@ -23,7 +23,7 @@
 //! The kernels take their own geometry ([`geometry::Geometry`]), never a layer's
 //! configuration.
 
-// The crate denies `unsafe` everywhere else.
+// The crate denies `unsafe` everywhere else (but in `nn::runtime::team`).
 #![allow(unsafe_code)]
 
 pub(crate) mod activation;

@@ -7,6 +7,7 @@ mod activation;
 mod channel_map;
 mod pool_alloc;
 mod scratch;
+pub(crate) mod team;
 mod threads;
 
 pub(crate) use activation::relu;
