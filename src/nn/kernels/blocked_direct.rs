@@ -81,7 +81,7 @@ pub(crate) fn direct(
         return unpadded(kernels, x, xin, weights, out, g, store, y, threads);
     }
     assert!(x.len() == xs.n * layout.image_len(xs));
-    let (padded, ps) = pad(x, xs, layout, g.padding);
+    let (padded, ps) = pad(x, xs, layout, g.padding, threads);
     let g = Geometry {
         padding: [0, 0],
         size: [ps.h, ps.w],
@@ -401,8 +401,14 @@ impl Tile<'_> {
 }
 
 /// `x` (shape `xs`, laid out as `layout`) with `[ph, pw]` rows and columns of zeros
-/// around each plane, in a pooled buffer, and its shape.
-fn pad(x: &[f32], xs: Blocked, layout: InputLayout, [ph, pw]: [usize; 2]) -> (Vec<f32>, Blocked) {
+/// around each plane, in a pooled buffer, and its shape; planes on `threads` threads.
+fn pad(
+    x: &[f32],
+    xs: Blocked,
+    layout: InputLayout,
+    [ph, pw]: [usize; 2],
+    threads: usize,
+) -> (Vec<f32>, Blocked) {
     let ps = Blocked {
         h: xs.h + 2 * ph,
         w: xs.w + 2 * pw,
@@ -415,8 +421,8 @@ fn pad(x: &[f32], xs: Blocked, layout: InputLayout, [ph, pw]: [usize; 2]) -> (Ve
     let mut y = buffer(ps.n * layout.image_len(ps));
     let (row, prow) = (xs.w * lanes, ps.w * lanes);
     let (plane, pplane) = (xs.h * row, ps.h * prow);
-    for p in 0..planes {
-        let (src, dst) = (&x[p * plane..][..plane], &mut y[p * pplane..][..pplane]);
+    let copy = |p: usize, dst: &mut [f32]| {
+        let src = &x[p * plane..][..plane];
         dst[..ph * prow].fill(0.0);
         dst[(ph + xs.h) * prow..].fill(0.0);
         for (r, src) in src.chunks_exact(row.max(1)).enumerate() {
@@ -425,7 +431,15 @@ fn pad(x: &[f32], xs: Blocked, layout: InputLayout, [ph, pw]: [usize; 2]) -> (Ve
             dst[pw * lanes..][..row].copy_from_slice(src);
             dst[(pw + xs.w) * lanes..].fill(0.0);
         }
-    }
+    };
+    let dst = y[..planes * pplane].chunks_mut(pplane.max(1)).collect();
+    // Worth splitting from a few pages of copying up.
+    let threads = if planes * pplane >= 1 << 14 {
+        threads
+    } else {
+        1
+    };
+    each_chunk(dst, threads, copy);
     (y, ps)
 }
 
