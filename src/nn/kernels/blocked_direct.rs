@@ -8,7 +8,7 @@
 //! `2 + T` loads. Columns whose windows read padding go one at a time, skipping the
 //! taps outside.
 
-use super::blocked::{activate_stored, each_chunk, finish, Blocked, Store};
+use super::blocked::{activate_stored, each_chunk, each_index, finish, Blocked, SharedOut, Store};
 use super::geometry::Geometry;
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::{buffer, recycle_buffer};
@@ -131,7 +131,9 @@ fn unpadded(
     assert!(store.scale.len() == ob * LANES && store.shift.len() == ob * LANES);
     assert!(store.residual.is_none_or(|r| r.len() == y.len()));
     assert_eq!(g.padding, [0, 0], "the caller pads");
-    // Tasks: an image's output blocks in runs, enough of them for every thread.
+    // Tasks: an image's output blocks in runs, enough of them for every thread; and
+    // when the runs alone do not give each thread two tasks (one image, few blocks),
+    // the output rows in parts too (of even counts: maps 7 wide take rows in pairs).
     let per_image = if xs.n >= threads {
         1
     } else {
@@ -139,6 +141,13 @@ fn unpadded(
     };
     let run = ob.div_ceil(per_image).clamp(1, ob.max(1));
     let tasks = ob.div_ceil(run);
+    let wanted = if threads > 1 && xs.n * tasks < 2 * threads {
+        (2 * threads).div_ceil((xs.n * tasks).max(1))
+    } else {
+        1
+    };
+    let part = ys.h.div_ceil(wanted).div_ceil(2).max(1) * 2;
+    let parts = ys.h.div_ceil(part).max(1);
     // Where each (input channel, kernel row, kernel column) reads, from the input of the
     // window's top left corner: the tiles then sum over one flat list of taps, as the
     // 1×1 kernel sums over channels.
@@ -153,8 +162,11 @@ fn unpadded(
         }
     }
     let offsets = &offsets[..];
-    let task = |i: usize, yt: &mut [f32]| {
-        let (n, first) = (i / tasks, (i % tasks) * run);
+    let yp = SharedOut(y.as_mut_ptr());
+    each_index(xs.n * tasks * parts, threads, |i| {
+        let (n, rest) = (i / (tasks * parts), i % (tasks * parts));
+        let (first, row) = ((rest / parts) * run, (rest % parts) * part);
+        let blocks = first..(first + run).min(ob);
         let offset = (n * ob + first) * plane;
         kernels.run(DirectTask {
             x: &x[n * image..][..image],
@@ -163,16 +175,14 @@ fn unpadded(
             group: (gi, go),
             weights,
             g,
-            blocks: first..(first + run).min(ob),
-            store: store.part(offset, yt.len()),
-            y: yt,
+            rows: row..(row + part).min(ys.h),
+            store: store.part(offset, blocks.len() * plane),
+            // SAFETY: the run's blocks of image `n` are inside `y`; the tasks write
+            // disjoint rows of them.
+            y: unsafe { yp.at(offset) },
+            blocks,
         });
-    };
-    let mut chunks: Vec<&mut [f32]> = Vec::with_capacity(xs.n * tasks);
-    for yn in y.chunks_mut(ob * plane) {
-        chunks.extend(yn.chunks_mut(run * plane));
-    }
-    each_chunk(chunks, threads, task);
+    });
 }
 
 /// One image's output blocks `blocks` of [`direct`], as a [`Kernel`].
@@ -186,10 +196,13 @@ struct DirectTask<'a> {
     weights: &'a [f32],
     g: Geometry,
     blocks: std::ops::Range<usize>,
+    /// The output rows it computes, of each block.
+    rows: std::ops::Range<usize>,
     /// Its residual, if any, is sliced as `y`.
     store: Store<'a>,
-    /// The output blocks `blocks`, `[blocks.len()][ho][wo][16]`.
-    y: &'a mut [f32],
+    /// The output blocks `blocks`, `[blocks.len()][ho][wo][16]`, of which the task
+    /// writes rows `rows` only.
+    y: *mut f32,
 }
 
 impl Kernel for DirectTask<'_> {
@@ -198,7 +211,11 @@ impl Kernel for DirectTask<'_> {
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let plane = self.g.out_size[0] * self.g.out_size[1] * LANES;
-        assert!(self.y.len() == self.blocks.len() * plane);
+        assert!(self.rows.end <= self.g.out_size[0]);
+        assert!(self
+            .store
+            .residual
+            .is_none_or(|r| r.len() == self.blocks.len() * plane));
         let mut b = self.blocks.start;
         while b < self.blocks.end {
             // A pair of blocks of the same group.
@@ -217,7 +234,8 @@ impl Kernel for DirectTask<'_> {
                 g: self.g,
                 store: self.store,
                 // SAFETY: block `b` (and `b + 1` for a pair) are in the task's output.
-                y: unsafe { self.y.as_mut_ptr().add(at) },
+                y: unsafe { self.y.add(at) },
+                rows: self.rows.clone(),
                 residual: self.store.residual.map(|r| r[at..].as_ptr()),
             };
             // The distance between neighbouring output columns' inputs, as a constant
@@ -255,17 +273,19 @@ struct Tile<'a> {
     store: Store<'a>,
     /// Block `b`'s output, `[B][ho][wo][16]`.
     y: *mut f32,
+    /// The output rows to compute.
+    rows: std::ops::Range<usize>,
     /// The same place of the residual.
     residual: Option<*const f32>,
 }
 
-/// Every output row of blocks `b..b + B`, in tiles of `T`, 8, 4, 2 and 1 columns; on
-/// maps 7 wide (and `T` = 14), pairs of rows in tiles of 2 × 7. `STEP`, when not 0, is
-/// the distance between neighbouring output columns' inputs.
+/// The tile's output rows of blocks `b..b + B`, in tiles of `T`, 8, 4, 2 and 1
+/// columns; on maps 7 wide (and `T` = 14), pairs of rows in tiles of 2 × 7. `STEP`,
+/// when not 0, is the distance between neighbouring output columns' inputs.
 #[inline(always)]
 fn rows<S: Simd, const B: usize, const T: usize, const STEP: usize>(s: S, tile: &Tile<'_>) {
-    let [ho, wo] = tile.g.out_size;
-    let mut oy = 0;
+    let wo = tile.g.out_size[1];
+    let (mut oy, ho) = (tile.rows.start, tile.rows.end);
     if T == 14 && wo == 7 {
         while oy + 2 <= ho {
             // SAFETY: rows `oy..oy + 2`, all 7 columns, are inside the output.
