@@ -47,15 +47,20 @@ pub(crate) fn pointwise(
     assert!(weights.len() == ob * cin * LANES);
     assert!(store.scale.len() == ob * LANES && store.shift.len() == ob * LANES);
     assert!(store.residual.is_none_or(|r| r.len() == y.len()));
-    // Tasks: an image's output blocks in runs, enough of them for every thread; and
-    // when the runs alone do not give each thread two tasks (one image, few blocks),
-    // the positions in parts too.
+    // Tasks: fewer images than threads (the pass's team shares out each layer), every
+    // output block of a part of the positions, so that a thread computes the same
+    // positions from layer to layer and reads what it wrote (the team gives a thread
+    // the same contiguous range of parts each time); more, an image's output blocks
+    // in runs. When that does not give each thread two tasks, positions in parts too.
     let per_image = if xs.n >= threads {
         1
     } else {
         (2 * threads).div_ceil(xs.n.max(1))
     };
-    let run = ob.div_ceil(per_image).div_ceil(2) * 2;
+    let run = match xs.n < threads {
+        true => ob,
+        false => ob.div_ceil(per_image).div_ceil(2) * 2,
+    };
     let run = run.clamp(1, ob.max(1));
     let runs = ob.div_ceil(run);
     let wanted = if threads > 1 && xs.n * runs < 2 * threads {

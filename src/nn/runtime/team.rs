@@ -23,23 +23,24 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Bits of the state word: the job's number, its index count, the next index.
+/// Bits of the state word: the job's number, the end and the start of the indices
+/// left.
 const EPOCH_BITS: u32 = 24;
-const COUNT_BITS: u32 = 20;
-const NEXT_BITS: u32 = 20;
+const BACK_BITS: u32 = 20;
+const FRONT_BITS: u32 = 20;
 
 /// Jobs of more indices than this run on rayon instead.
-const MAX_COUNT: usize = (1 << COUNT_BITS) - 1;
+const MAX_COUNT: usize = (1 << BACK_BITS) - 1;
 
 /// Spins of an idle worker before it starts yielding its core between spins.
 const SPINS_BEFORE_YIELD: u32 = 1 << 14;
 
 /// The team's shared state.
 struct Team {
-    /// `epoch · 2^40 + count · 2^20 + next`: the current job, how many indices it
-    /// has and the next one to take. A worker takes index `next < count` by a
-    /// compare-and-swap of the whole word, so it never takes an index of a job other
-    /// than the one it read.
+    /// `epoch · 2^40 + back · 2^20 + front`: the current job and the indices
+    /// `front..back` of it not taken yet. The leader takes the front one, a worker
+    /// the back one, by a compare-and-swap of the whole word, so no thread takes an
+    /// index of a job other than the one it read.
     state: AtomicU64,
     /// The current job's task. Written by the calling thread only between jobs
     /// (after every index of the last one is done, before the next is published);
@@ -62,14 +63,16 @@ thread_local! {
     static EPOCH: Cell<u64> = const { Cell::new(0) };
 }
 
-fn pack(epoch: u64, count: usize, next: usize) -> u64 {
-    (epoch << (COUNT_BITS + NEXT_BITS)) | ((count as u64) << NEXT_BITS) | next as u64
+/// The state word of job `epoch` with indices `front..back` left.
+fn pack(epoch: u64, front: usize, back: usize) -> u64 {
+    (epoch << (BACK_BITS + FRONT_BITS)) | ((back as u64) << FRONT_BITS) | front as u64
 }
 
+/// The indices `front..back` a state word has left.
 fn unpack(state: u64) -> (usize, usize) {
-    let count = (state >> NEXT_BITS) as usize & MAX_COUNT;
-    let next = state as usize & ((1 << NEXT_BITS) - 1);
-    (count, next)
+    let back = (state >> FRONT_BITS) as usize & MAX_COUNT;
+    let front = state as usize & ((1 << FRONT_BITS) - 1);
+    (front, back)
 }
 
 impl Team {
@@ -83,21 +86,28 @@ impl Team {
         }
     }
 
-    /// Takes and runs one index of the current job; `false` when none is left.
-    fn take_one(&self) -> bool {
+    /// Takes and runs one index of the current job, the first one left (the leader)
+    /// or the last (a worker); `false` when none is left. Taking from both ends keeps
+    /// each thread on one contiguous range of a job when the work is even (the same
+    /// rows of a map in consecutive layers: what a thread writes, it reads next).
+    fn take_one(&self, lead: bool) -> bool {
         let state = self.state.load(Ordering::Acquire);
-        let (count, next) = unpack(state);
-        if next >= count {
+        let (front, back) = unpack(state);
+        if front >= back {
             return false;
         }
+        let (index, taken) = match lead {
+            true => (front, state + 1),
+            false => (back - 1, state - (1 << FRONT_BITS)),
+        };
         let taken =
             self.state
-                .compare_exchange_weak(state, state + 1, Ordering::AcqRel, Ordering::Relaxed);
+                .compare_exchange_weak(state, taken, Ordering::AcqRel, Ordering::Relaxed);
         if taken.is_ok() {
             // SAFETY: an index of the job is taken and not done, so the caller is
             // inside `run` for this job: `task` is its task, alive and unchanged.
             let task = unsafe { (*self.task.get()).expect("a job has a task") };
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(next))) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(index))) {
                 let mut panic = self.panic.lock().unwrap_or_else(|p| p.into_inner());
                 panic.get_or_insert(payload);
             }
@@ -111,7 +121,7 @@ impl Team {
         let previous = TEAM.with(|t| t.replace(Some((self as *const Team, false))));
         let mut idle = 0u32;
         while !self.stop.load(Ordering::Acquire) {
-            if self.take_one() {
+            if self.take_one(false) {
                 idle = 0;
                 continue;
             }
@@ -144,8 +154,8 @@ impl Team {
             e.set(next);
             next
         });
-        self.state.store(pack(epoch, count, 0), Ordering::Release);
-        while self.take_one() {}
+        self.state.store(pack(epoch, 0, count), Ordering::Release);
+        while self.take_one(true) {}
         while self.done.load(Ordering::Acquire) < count {
             std::hint::spin_loop();
         }
