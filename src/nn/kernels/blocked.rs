@@ -157,6 +157,23 @@ unsafe impl Sync for SharedOut {}
 // SAFETY: as above.
 unsafe impl Send for SharedOut {}
 
+/// The chunks of [`each_chunk`] as the team's tasks see them, each taking its own.
+struct Slots<T>(*mut T);
+
+impl<T> Slots<T> {
+    /// Slot `i`.
+    ///
+    /// # Safety
+    /// `i` is inside the slots.
+    unsafe fn at(&self, i: usize) -> *mut T {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(i) }
+    }
+}
+
+// SAFETY: each task takes a slot of its own.
+unsafe impl<T> Sync for Slots<T> {}
+
 /// Runs `task(i, chunk)` on every chunk, in parallel when there are several threads.
 pub(crate) fn each_chunk(
     mut chunks: Vec<&mut [f32]>,
@@ -164,15 +181,11 @@ pub(crate) fn each_chunk(
     task: impl Fn(usize, &mut [f32]) + Sync,
 ) {
     if threads > 1 && team::leads(chunks.len()) {
-        let parts: Vec<SharedOut> = chunks
-            .iter_mut()
-            .map(|c| SharedOut(c.as_mut_ptr()))
-            .collect();
-        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-        team::each(parts.len(), &|i| {
-            // SAFETY: the team runs each index once: chunk `i` is this task's alone,
-            // and `chunks` holds the borrows until the job is done.
-            let chunk = unsafe { std::slice::from_raw_parts_mut(parts[i].at(0), lens[i]) };
+        let slots = Slots(chunks.as_mut_ptr());
+        team::each(chunks.len(), &|i| {
+            // SAFETY: the team runs each index once: slot `i` is this task's alone, and
+            // `chunks` outlives the job.
+            let chunk: &mut [f32] = unsafe { &mut **slots.at(i) };
             task(i, chunk);
         });
     } else if threads > 1 {
