@@ -8,7 +8,9 @@
 //! each with such a stretch (padding, packing) before its parallel part, so its
 //! second thread gained nothing. The team's workers spin between the layers'
 //! parallel parts instead (yielding when they have spun for a while), and take the
-//! indices of each part from one atomic counter, the calling thread with them.
+//! indices of each part from one atomic word, the calling thread from the front and
+//! the workers from the back: each thread keeps one contiguous range of a part, the
+//! same from layer to layer when the layers split alike.
 //!
 //! While a team is active on a thread, parallel products through faer run on that
 //! thread alone ([`active`]): faer's own threads are rayon's, which the team holds.
