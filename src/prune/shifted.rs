@@ -23,9 +23,6 @@ use std::ops::Range;
 /// L2 cache: the product reads it back from there).
 const CHUNK_VALUES: usize = 1 << 18;
 
-/// Side of the tiles a Hessian is mirrored in.
-const TILE: usize = 64;
-
 /// Output positions a chunk holds at least and at most.
 const CHUNK_POSITIONS: Range<usize> = 512..8192;
 
@@ -184,18 +181,9 @@ impl Correlations {
                     }
                 }
             });
-            // The others (tb < ta) from their transposes, in tiles.
-            for ti in (0..row).step_by(TILE) {
-                for tj in (0..row).step_by(TILE) {
-                    for i in ti..(ti + TILE).min(row) {
-                        for j in tj..(tj + TILE).min(row) {
-                            if j % taps < i % taps {
-                                h[i * row + j] = h[j * row + i];
-                            }
-                        }
-                    }
-                }
-            }
+            // The others (tb < ta) from their transposes; within a tap's own block the
+            // upper half wins, as for every other Hessian.
+            mirror(h, row, |i, j| (j % taps, j) < (i % taps, i));
         }
         h
     }
@@ -280,6 +268,25 @@ pub(super) fn zeros(n: usize) -> Vec<f64> {
     let mut v = Vec::with_capacity(n);
     v.resize(n, 0.0);
     v
+}
+
+/// Side of the tiles [`mirror`] copies in.
+const TILE: usize = 64;
+
+/// Sets each `h[i][j]` (row-major, `row × row`) for which `from_transpose(i, j)` to
+/// `h[j][i]`, in tiles, to read and write within the cache.
+pub(super) fn mirror(h: &mut [f64], row: usize, from_transpose: impl Fn(usize, usize) -> bool) {
+    for ti in (0..row).step_by(TILE) {
+        for tj in (0..row).step_by(TILE) {
+            for i in ti..(ti + TILE).min(row) {
+                for j in tj..(tj + TILE).min(row) {
+                    if from_transpose(i, j) {
+                        h[i * row + j] = h[j * row + i];
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The move from tap `a` to tap `b` (`b` at or after `a` in raster order), in taps.

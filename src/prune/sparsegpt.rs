@@ -5,7 +5,7 @@
 use super::mask::decide_masks;
 use super::rows::{observe_calibration, prune_sequentially, row_of, row_plan_methods};
 use super::rows::{Decision, InputTaps, RowPlan};
-use super::shifted::{zeros, Correlations, Operands};
+use super::shifted::{mirror, zeros, Correlations, Operands};
 use super::unfold::Unfold;
 use super::{Masks, Pruner, SparsityReport};
 use crate::data::CalibrationData;
@@ -77,9 +77,6 @@ impl Hessians {
 /// product, few enough to keep the unfolded chunk in cache-sized pieces.
 const CHUNK: usize = 2048;
 
-/// Side of the tiles the lower triangle is copied in.
-const TILE: usize = 64;
-
 #[derive(Default)]
 struct Collector {
     taps: InputTaps,
@@ -91,30 +88,23 @@ struct Collector {
 }
 
 impl Collector {
-    /// Each Hessian's lower triangle from its upper one (only the upper is summed).
+    /// Each unfolded Hessian's lower triangle from its upper one (only the upper is
+    /// summed); the shifted ones as they come, both triangles.
     fn finish(mut self) -> Result<Hessians> {
         if let Some(e) = self.error {
             return Err(e);
         }
+        for layer in self.layers.values_mut() {
+            let row = layer.row;
+            for h in layer.h.chunks_mut(row * row) {
+                mirror(h, row, |i, j| j < i);
+            }
+        }
+        // Both triangles already.
         for (name, (sums, columns)) in std::mem::take(&mut self.shifted) {
             let h = sums.hessians();
             let row = sums.rows();
             self.layers.insert(name, LayerHessian { row, h, columns });
-        }
-        for layer in self.layers.values_mut() {
-            let row = layer.row;
-            for h in layer.h.chunks_mut(row * row) {
-                // In tiles, to read and write within the cache.
-                for ti in (0..row).step_by(TILE) {
-                    for tj in (0..=ti).step_by(TILE) {
-                        for i in ti..(ti + TILE).min(row) {
-                            for j in tj..(tj + TILE).min(i) {
-                                h[i * row + j] = h[j * row + i];
-                            }
-                        }
-                    }
-                }
-            }
         }
         Ok(Hessians {
             layers: self.layers,
