@@ -134,7 +134,7 @@ fn one_image_on_several_threads_equals_one_thread_bit_for_bit() {
                     &mut Probe::none().with_exec(Exec::defaults().with_par(Par::Seq)),
                 )
                 .unwrap();
-            // Twice: a pass's team ends with it, the next pass makes its own.
+            // Twice: the next pass takes the team the first one gave back.
             for _ in 0..2 {
                 let parallel = pool.install(|| net.forward(&x).unwrap());
                 assert_eq!(parallel, serial, "{name} at {size}x{size}");

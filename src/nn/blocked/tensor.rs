@@ -1,6 +1,6 @@
 //! A feature map in channel blocks, `[N][⌈C/16⌉][H][W][16]`.
 
-use crate::nn::kernels::blocked::{from_blocked, to_blocked, Blocked};
+use crate::nn::kernels::blocked::{each_chunk, from_blocked, to_blocked, Blocked};
 use crate::nn::kernels::LANES;
 use crate::nn::runtime::{buffer, overwritten, recycle_buffer};
 use crate::nn::Tensor4;
@@ -72,39 +72,33 @@ impl BlockedTensor {
     }
 
     /// Each channel's mean over the positions, `[N × C]` (sums in f64, as
-    /// [`crate::stats`] sums a plane), in parallel over the images.
+    /// [`crate::stats`] sums a plane), in parallel over the images' blocks.
     pub(crate) fn channel_means(&self) -> Vec<f32> {
-        use rayon::prelude::*;
         let s = self.shape;
         let (hw, blocks) = (s.h * s.w, s.blocks());
-        let mut means = vec![0.0; s.n * s.c];
         if s.c == 0 {
-            return means;
+            return Vec::new();
         }
-        let images = self.values().par_chunks(self.image_len().max(1));
-        means
-            .par_chunks_mut(s.c)
-            .zip(images)
-            .for_each(|(means, image)| {
-                for cb in 0..blocks {
-                    let mut sums = [0f64; LANES];
-                    for p in image[cb * hw * LANES..][..hw * LANES].chunks_exact(LANES) {
-                        for (sum, &v) in sums.iter_mut().zip(p) {
-                            *sum += v as f64;
-                        }
-                    }
-                    let lanes = (s.c - cb * LANES).min(LANES);
-                    for (m, sum) in means[cb * LANES..][..lanes].iter_mut().zip(sums) {
-                        *m = (sum / hw.max(1) as f64) as f32;
-                    }
+        // Per image and block, sixteen lanes (the last block's padding lanes too).
+        let mut lanes = vec![0.0; s.n * blocks * LANES];
+        let per_block = lanes.chunks_mut(LANES).collect();
+        each_chunk(per_block, rayon::current_num_threads(), |i, means| {
+            let block = &self.values()[i * hw * LANES..][..hw * LANES];
+            let mut sums = [0f64; LANES];
+            for p in block.chunks_exact(LANES) {
+                for (sum, &v) in sums.iter_mut().zip(p) {
+                    *sum += v as f64;
                 }
-            });
+            }
+            for (m, sum) in means.iter_mut().zip(sums) {
+                *m = (sum / hw.max(1) as f64) as f32;
+            }
+        });
+        let mut means = Vec::with_capacity(s.n * s.c);
+        for image in lanes.chunks(blocks * LANES).take(s.n) {
+            means.extend_from_slice(&image[..s.c]);
+        }
         means
-    }
-
-    /// Values of one image.
-    pub(crate) fn image_len(&self) -> usize {
-        self.shape.blocks() * self.shape.h * self.shape.w * LANES
     }
 }
 

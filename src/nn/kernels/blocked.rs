@@ -37,41 +37,40 @@ impl Blocked {
     }
 }
 
-/// `x` (`[N, C, H, W]`) into `y` in the blocked layout of `s`.
+/// `x` (`[N, C, H, W]`) into `y` in the blocked layout of `s`, on the pass's team or
+/// rayon's threads ([`each_chunk`]).
 pub(crate) fn to_blocked(x: &[f32], s: Blocked, y: &mut [f32]) {
     let hw = s.h * s.w;
     assert!(x.len() == s.n * s.c * hw && y.len() == s.len());
     let per_block = hw * LANES;
-    y.par_chunks_mut(per_block.max(1))
-        .enumerate()
-        .for_each(|(i, yb)| {
-            let (n, cb) = (i / s.blocks(), i % s.blocks());
-            let lanes = (s.c - cb * LANES).min(LANES);
-            if lanes < LANES {
-                yb.fill(0.0);
+    let blocks = y.chunks_mut(per_block.max(1)).collect();
+    each_chunk(blocks, rayon::current_num_threads(), |i, yb| {
+        let (n, cb) = (i / s.blocks(), i % s.blocks());
+        let lanes = (s.c - cb * LANES).min(LANES);
+        if lanes < LANES {
+            yb.fill(0.0);
+        }
+        for l in 0..lanes {
+            let plane = &x[(n * s.c + cb * LANES + l) * hw..][..hw];
+            for (p, &v) in plane.iter().enumerate() {
+                yb[p * LANES + l] = v;
             }
-            for l in 0..lanes {
-                let plane = &x[(n * s.c + cb * LANES + l) * hw..][..hw];
-                for (p, &v) in plane.iter().enumerate() {
-                    yb[p * LANES + l] = v;
-                }
-            }
-        });
+        }
+    });
 }
 
-/// `x` in the blocked layout of `s` into `y` (`[N, C, H, W]`).
+/// `x` in the blocked layout of `s` into `y` (`[N, C, H, W]`), as [`to_blocked`].
 pub(crate) fn from_blocked(x: &[f32], s: Blocked, y: &mut [f32]) {
     let hw = s.h * s.w;
     assert!(y.len() == s.n * s.c * hw && x.len() == s.len());
-    y.par_chunks_mut(hw.max(1))
-        .enumerate()
-        .for_each(|(i, plane)| {
-            let (n, c) = (i / s.c, i % s.c);
-            let block = &x[((n * s.blocks() + c / LANES) * hw) * LANES..][..hw * LANES];
-            for (p, v) in plane.iter_mut().enumerate() {
-                *v = block[p * LANES + c % LANES];
-            }
-        });
+    let planes = y.chunks_mut(hw.max(1)).collect();
+    each_chunk(planes, rayon::current_num_threads(), |i, plane| {
+        let (n, c) = (i / s.c, i % s.c);
+        let block = &x[((n * s.blocks() + c / LANES) * hw) * LANES..][..hw * LANES];
+        for (p, v) in plane.iter_mut().enumerate() {
+            *v = block[p * LANES + c % LANES];
+        }
+    });
 }
 
 /// What a kernel does to each output value as it stores it: per output channel,
@@ -174,7 +173,9 @@ impl<T> Slots<T> {
 // SAFETY: each task takes a slot of its own.
 unsafe impl<T> Sync for Slots<T> {}
 
-/// Runs `task(i, chunk)` on every chunk, in parallel when there are several threads.
+/// Runs `task(i, chunk)` on every chunk, in parallel when there are several threads:
+/// on the team this thread leads, or on rayon's threads outside a team (a team's
+/// worker runs its nested work itself).
 pub(crate) fn each_chunk(
     mut chunks: Vec<&mut [f32]>,
     threads: usize,
@@ -188,7 +189,7 @@ pub(crate) fn each_chunk(
             let chunk: &mut [f32] = unsafe { &mut **slots.at(i) };
             task(i, chunk);
         });
-    } else if threads > 1 {
+    } else if threads > 1 && !team::active() {
         chunks
             .into_par_iter()
             .enumerate()
@@ -199,11 +200,11 @@ pub(crate) fn each_chunk(
 }
 
 /// Runs `task(i)` for every `i` below `count`, in parallel when there are several
-/// threads.
+/// threads, as [`each_chunk`].
 pub(crate) fn each_index(count: usize, threads: usize, task: impl Fn(usize) + Sync + Send) {
     if threads > 1 && team::each(count, &task) {
         // Done on the pass's team.
-    } else if threads > 1 {
+    } else if threads > 1 && !team::active() {
         (0..count).into_par_iter().for_each(task);
     } else {
         (0..count).for_each(task);
