@@ -54,6 +54,11 @@ pub(crate) fn pack_winograd(weight: &[f32], o: usize, c: usize) -> Vec<f32> {
 /// The 3 × 3 stride-1 convolution of `x` (blocked, shape `xs`) with `padding`, by
 /// `weights` (from [`pack_winograd`], `out` channels), into `y` (blocked, `out`
 /// channels of `xs`'s size plus `2·padding − 2`).
+///
+/// With at least as many images as threads, each step runs over the whole batch (the
+/// products over every image's tiles at once). With fewer, each thread takes a range
+/// of an image's tiles through all three steps ([`part`]): what it transforms, it
+/// multiplies and transforms back, and its tiles are the same from layer to layer.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn winograd(
     kernels: Kernels,
@@ -81,72 +86,199 @@ pub(crate) fn winograd(
     let count = tiles.rows * tiles.cols;
     assert!(x.len() == xs.len() && y.len() == ys.len());
     assert!(weights.len() == XI * ys.blocks() * xs.blocks() * LANES * LANES);
-    // The transformed tiles, `[ξ][n][⌈C/16⌉][tile][16]`: for each ξ, a blocked tensor of
-    // `n` images whose positions are the tiles.
-    let vs = Blocked {
-        n: xs.n,
-        c: xs.c,
-        h: 1,
-        w: count,
+    assert!(store.scale.len() == ys.blocks() * LANES && store.shift.len() == store.scale.len());
+    assert!(store.residual.is_none_or(|r| r.len() == y.len()));
+    let conv = Winograd {
+        kernels,
+        x,
+        xs,
+        ys,
+        weights,
+        tiles,
+        store,
+        y: SharedOut(y.as_mut_ptr()),
+        ones: vec![1.0; ys.blocks() * LANES],
+        zeros: vec![0.0; ys.blocks() * LANES],
     };
-    let ms = Blocked { c: out, ..vs };
-    let mut v = buffer(XI * vs.len());
-    let plane_in = xs.h * xs.w * LANES;
-    let planes = xs.n * xs.blocks();
-    {
-        // Each (image, block)'s tiles go to sixteen places, one per ξ.
-        let v = SharedOut(v.as_mut_ptr());
-        each_index(planes, threads, |p| {
-            kernels.run(TransformIn {
-                x: &x[p * plane_in..][..plane_in],
+    // By tiles, each thread reads every weight; by steps, the transformed tiles go from
+    // thread to thread. Tiles when the weights are the smaller (or small anyway).
+    let weight_bytes = std::mem::size_of_val(weights);
+    let tile_bytes = XI * count * (xs.blocks() + ys.blocks()) * LANES * 4;
+    let by_tiles = weight_bytes <= SMALL_WEIGHTS || 2 * weight_bytes <= tile_bytes;
+    if threads > 1 && (1..threads).contains(&xs.n) && by_tiles {
+        let per_image = threads.div_ceil(xs.n);
+        let per_part = count.div_ceil(per_image).max(1);
+        let parts = count.div_ceil(per_part);
+        each_index(xs.n * parts, threads, |i| {
+            let (image, p) = (i / parts, i % parts);
+            let first = p * per_part;
+            conv.part(image, first..(first + per_part).min(count));
+        });
+    } else {
+        conv.whole(threads);
+    }
+}
+
+/// Weights that every thread may read without cost: they stay in its level-2 cache.
+const SMALL_WEIGHTS: usize = 512 * 1024;
+
+/// The transformed tiles and products of one run of [`Winograd::part`], at most: they
+/// stay in the level-2 cache between the steps.
+const PART_BYTES: usize = 512 * 1024;
+
+/// One call of [`winograd`]: its operands and output.
+struct Winograd<'a> {
+    kernels: Kernels,
+    x: &'a [f32],
+    xs: Blocked,
+    ys: Blocked,
+    weights: &'a [f32],
+    tiles: Tiles,
+    store: Store<'a>,
+    /// The output, of shape `ys`: each task writes the outputs of its tiles.
+    y: SharedOut,
+    /// The products' scale and shift (one and zero per output channel).
+    ones: Vec<f32>,
+    zeros: Vec<f32>,
+}
+
+impl Winograd<'_> {
+    /// The products of ξ: `vx` (of shape `vs`) by ξ's weights, into `mx`, with no
+    /// store (the output transform applies `store`).
+    fn products(&self, xi: usize, vx: &[f32], vs: Blocked, mx: &mut [f32]) {
+        let plain = Store {
+            scale: &self.ones,
+            shift: &self.zeros,
+            activation: Activation::Identity,
+            residual: None,
+        };
+        let per_xi = self.weights.len() / XI;
+        let wx = &self.weights[xi * per_xi..][..per_xi];
+        pointwise(self.kernels, vx, vs, wx, self.ys.c, plain, mx, 1);
+    }
+
+    /// Every image's tiles, each step over the whole batch on `threads` threads.
+    fn whole(&self, threads: usize) {
+        let (xs, ys, tiles) = (self.xs, self.ys, self.tiles);
+        let count = tiles.rows * tiles.cols;
+        // The transformed tiles, `[ξ][n][⌈C/16⌉][tile][16]`: for each ξ, a blocked
+        // tensor of `n` images whose positions are the tiles.
+        let vs = Blocked {
+            n: xs.n,
+            c: xs.c,
+            h: 1,
+            w: count,
+        };
+        let ms = Blocked { c: ys.c, ..vs };
+        let mut v = buffer(XI * vs.len());
+        let plane_in = xs.h * xs.w * LANES;
+        {
+            // Each (image, block)'s tiles go to sixteen places, one per ξ.
+            let v = SharedOut(v.as_mut_ptr());
+            each_index(xs.n * xs.blocks(), threads, |p| {
+                self.kernels.run(TransformIn {
+                    x: &self.x[p * plane_in..][..plane_in],
+                    size: [xs.h, xs.w],
+                    tiles,
+                    range: 0..count,
+                    // SAFETY: plane `p`'s tiles of every ξ are written by this task
+                    // alone.
+                    v: unsafe { v.at(p * count * LANES) },
+                    xi_stride: vs.len(),
+                })
+            });
+        }
+        // The products, one 1×1 convolution per ξ: one task per ξ, each product on
+        // one thread, one fork-join for all sixteen.
+        let mut m = buffer(XI * ms.len());
+        let products = m[..XI * ms.len()].chunks_mut(ms.len().max(1)).collect();
+        each_chunk(products, threads, |xi, mx| {
+            self.products(xi, &v[xi * vs.len()..][..vs.len()], vs, mx)
+        });
+        recycle_buffer(v);
+        // Back to outputs, with the store.
+        each_index(ys.n * ys.blocks(), threads, |p| {
+            self.out(p, &m[p * count * LANES..], ms.len(), 0..count)
+        });
+        recycle_buffer(m);
+    }
+
+    /// Tiles `range` of image `image`, through the three steps on this thread, in runs
+    /// whose transformed tiles and products stay in the level-2 cache.
+    fn part(&self, image: usize, range: std::ops::Range<usize>) {
+        let per_tile = XI * (self.xs.blocks() + self.ys.blocks()) * LANES * 4;
+        let run = (PART_BYTES / per_tile).max(1);
+        let mut first = range.start;
+        while first < range.end {
+            let end = (first + run).min(range.end);
+            self.run(image, first..end);
+            first = end;
+        }
+    }
+
+    /// Tiles `range` of image `image`, through the three steps on this thread.
+    fn run(&self, image: usize, range: std::ops::Range<usize>) {
+        let (xs, ys, tiles) = (self.xs, self.ys, self.tiles);
+        let len = range.len();
+        // The part's transformed tiles: for each ξ, `[⌈C/16⌉][len][16]`.
+        let vs = Blocked {
+            n: 1,
+            c: xs.c,
+            h: 1,
+            w: len,
+        };
+        let ms = Blocked { c: ys.c, ..vs };
+        let mut v = buffer(XI * vs.len());
+        let plane_in = xs.h * xs.w * LANES;
+        for b in 0..xs.blocks() {
+            let p = image * xs.blocks() + b;
+            self.kernels.run(TransformIn {
+                x: &self.x[p * plane_in..][..plane_in],
                 size: [xs.h, xs.w],
                 tiles,
-                // SAFETY: plane `p`'s tiles of every ξ are written by this task alone.
-                v: unsafe { v.at(p * count * LANES) },
+                range: range.clone(),
+                // SAFETY: block `b`'s tiles of every ξ are inside `v`.
+                v: unsafe { v.as_mut_ptr().add(b * len * LANES) },
                 xi_stride: vs.len(),
             })
-        });
+        }
+        let mut m = buffer(XI * ms.len());
+        for (xi, mx) in m[..XI * ms.len()].chunks_mut(ms.len().max(1)).enumerate() {
+            self.products(xi, &v[xi * vs.len()..][..vs.len()], vs, mx);
+        }
+        recycle_buffer(v);
+        for b in 0..ys.blocks() {
+            let p = image * ys.blocks() + b;
+            self.out(p, &m[b * len * LANES..], ms.len(), range.clone());
+        }
+        recycle_buffer(m);
     }
-    // The products, one 1×1 convolution per ξ.
-    let mut m = buffer(XI * ms.len());
-    let ones = vec![1.0; ms.blocks() * LANES];
-    let zeros = vec![0.0; ms.blocks() * LANES];
-    let plain = Store {
-        scale: &ones,
-        shift: &zeros,
-        activation: Activation::Identity,
-        residual: None,
-    };
-    // One task per ξ, each product on one thread: one fork-join for all sixteen.
-    let per_xi = weights.len() / XI;
-    let products = m[..XI * ms.len()].chunks_mut(ms.len().max(1)).collect();
-    each_chunk(products, threads, |xi, mx| {
-        let (vx, wx) = (
-            &v[xi * vs.len()..][..vs.len()],
-            &weights[xi * per_xi..][..per_xi],
-        );
-        pointwise(kernels, vx, vs, wx, out, plain, mx, 1)
-    });
-    recycle_buffer(v);
-    // Back to outputs, with the store.
-    let plane_out = ho * wo * LANES;
-    let task = |p: usize, yp: &mut [f32]| {
+
+    /// The output transform and store of tiles `range` of output plane `p` (image and
+    /// block), from `m`, where the range's first tile of ξ = 0 is, the others
+    /// `xi_stride` further for each ξ.
+    fn out(&self, p: usize, m: &[f32], xi_stride: usize, range: std::ops::Range<usize>) {
+        let ys = self.ys;
         let block = p % ys.blocks();
-        kernels.run(TransformOut {
-            m: &m,
-            at: p * count * LANES,
-            xi_stride: ms.len(),
-            tiles,
-            size: [ho, wo],
-            scale: &store.scale[block * LANES..][..LANES],
-            shift: &store.shift[block * LANES..][..LANES],
-            activation: store.activation,
-            residual: store.residual.map(|r| &r[p * plane_out..][..plane_out]),
-            y: yp,
+        let plane_out = ys.h * ys.w * LANES;
+        self.kernels.run(TransformOut {
+            m,
+            xi_stride,
+            tiles: self.tiles,
+            range,
+            size: [ys.h, ys.w],
+            scale: &self.store.scale[block * LANES..][..LANES],
+            shift: &self.store.shift[block * LANES..][..LANES],
+            activation: self.store.activation,
+            residual: self
+                .store
+                .residual
+                .map(|r| &r[p * plane_out..][..plane_out]),
+            // SAFETY: plane `p` is inside `y`; the task writes the outputs of its tiles
+            // only, which no other task writes.
+            y: unsafe { self.y.at(p * plane_out) },
         })
-    };
-    each_chunk(y.chunks_mut(plane_out.max(1)).collect(), threads, task);
-    recycle_buffer(m);
+    }
 }
 
 /// The tiles of an output: `rows × cols` tiles of 2 × 2 outputs, read from the input
@@ -164,7 +296,10 @@ struct TransformIn<'a> {
     x: &'a [f32],
     size: [usize; 2],
     tiles: Tiles,
-    /// Where tile 0 of ξ = 0 goes; ξ's tiles are `xi_stride` further for each ξ.
+    /// The tiles to transform.
+    range: std::ops::Range<usize>,
+    /// Where the range's first tile of ξ = 0 goes; ξ's tiles are `xi_stride` further
+    /// for each ξ.
     v: *mut f32,
     xi_stride: usize,
 }
@@ -176,8 +311,9 @@ impl Kernel for TransformIn<'_> {
     fn run<S: Simd>(self, s: S) {
         let [h, w] = self.size;
         let [ph, pw] = self.tiles.padding;
-        for ty in 0..self.tiles.rows {
-            for tx in 0..self.tiles.cols {
+        for tile in self.range.clone() {
+            let (ty, tx) = (tile / self.tiles.cols, tile % self.tiles.cols);
+            {
                 // The 4 × 4 window, zeros outside the image.
                 let mut d = [s.zero(); 16];
                 for (i, row) in d.chunks_exact_mut(4).enumerate() {
@@ -194,7 +330,7 @@ impl Kernel for TransformIn<'_> {
                     }
                 }
                 let v = transform_in(s, d);
-                let tile = ty * self.tiles.cols + tx;
+                let tile = tile - self.range.start;
                 for (xi, &value) in v.iter().enumerate() {
                     // SAFETY: tile `tile` of ξ is inside this plane's part of the buffer.
                     unsafe { s.store_ptr(self.v.add(xi * self.xi_stride + tile * LANES), value) };
@@ -229,12 +365,13 @@ fn transform_in<S: Simd>(s: S, d: [S::V; 16]) -> [S::V; 16] {
 
 /// The output transform and the store of one block of one image.
 struct TransformOut<'a> {
-    /// The products, `[ξ][n][⌈O/16⌉][tile][16]`.
+    /// The products of this plane, from the range's first tile of ξ = 0; ξ's tiles
+    /// are `xi_stride` further for each ξ.
     m: &'a [f32],
-    /// Where this plane's tile 0 of ξ = 0 is.
-    at: usize,
     xi_stride: usize,
     tiles: Tiles,
+    /// The tiles to transform.
+    range: std::ops::Range<usize>,
     /// The output `[ho, wo]`.
     size: [usize; 2],
     scale: &'a [f32],
@@ -242,8 +379,9 @@ struct TransformOut<'a> {
     activation: Activation,
     /// This plane of the residual.
     residual: Option<&'a [f32]>,
-    /// `[ho][wo][16]`.
-    y: &'a mut [f32],
+    /// The plane `[ho][wo][16]`, of which the outputs of the range's tiles are
+    /// written.
+    y: *mut f32,
 }
 
 impl Kernel for TransformOut<'_> {
@@ -256,12 +394,12 @@ impl Kernel for TransformOut<'_> {
             s.load(self.scale.try_into().expect("16 lanes")),
             s.load(self.shift.try_into().expect("16 lanes")),
         );
-        let y = self.y.as_mut_ptr();
-        for ty in 0..self.tiles.rows {
-            for tx in 0..self.tiles.cols {
-                let tile = ty * self.tiles.cols + tx;
+        let y = self.y;
+        for tile in self.range.clone() {
+            let (ty, tx) = (tile / self.tiles.cols, tile % self.tiles.cols);
+            {
                 let m: [S::V; 16] = std::array::from_fn(|xi| {
-                    let at = self.at + xi * self.xi_stride + tile * LANES;
+                    let at = xi * self.xi_stride + (tile - self.range.start) * LANES;
                     s.load(self.m[at..at + LANES].try_into().expect("16 lanes"))
                 });
                 let out = transform_out(s, m);
@@ -277,7 +415,8 @@ impl Kernel for TransformOut<'_> {
                         }
                         let o = (oy * wo + ox) * LANES;
                         let r = self.residual.map(|r| r[o..o + LANES].as_ptr());
-                        // SAFETY: `o` is an output of this plane, and of its residual.
+                        // SAFETY: `o` is an output of this plane (of one of the range's
+                        // tiles), and of its residual.
                         unsafe {
                             s.store_ptr(y.add(o), finish(s, v, affine, r));
                             activate_stored(s, self.activation, y.add(o), 1);
@@ -326,6 +465,10 @@ mod tests {
             (2, 3, 17, 5, 8, 0),
             (1, 300, 16, 4, 4, 1),
             (1, 16, 32, 1, 1, 1),
+            // One image on two threads: each takes a range of its tiles, through
+            // every step (with and without a residual).
+            (1, 16, 24, 7, 9, 1),
+            (1, 40, 24, 9, 7, 1),
         ]
         .into_iter()
         .enumerate()
