@@ -8,10 +8,10 @@
 //! `2 + T` loads. Columns whose windows read padding go one at a time, skipping the
 //! taps outside.
 
-use super::blocked::{activate_stored, each_chunk, each_index, finish, Blocked, SharedOut, Store};
+use super::blocked::{activate_stored, each_index, finish, Blocked, SharedOut, Store};
 use super::geometry::Geometry;
 use super::{Kernel, Kernels, Simd, LANES};
-use crate::nn::runtime::{buffer, recycle_buffer};
+use crate::nn::runtime::{buffer, recycle_buffer, team};
 
 /// How the input of [`direct`] is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,7 +421,9 @@ impl Tile<'_> {
 }
 
 /// `x` (shape `xs`, laid out as `layout`) with `[ph, pw]` rows and columns of zeros
-/// around each plane, in a pooled buffer, and its shape; planes on `threads` threads.
+/// around each plane, in a pooled buffer, and its shape; on `threads` threads by planes
+/// and, when planes are few (one image), by bands of rows: each thread then copies about
+/// the rows it computes next.
 fn pad(
     x: &[f32],
     xs: Blocked,
@@ -441,25 +443,35 @@ fn pad(
     let mut y = buffer(ps.n * layout.image_len(ps));
     let (row, prow) = (xs.w * lanes, ps.w * lanes);
     let (plane, pplane) = (xs.h * row, ps.h * prow);
-    let copy = |p: usize, dst: &mut [f32]| {
-        let src = &x[p * plane..][..plane];
-        dst[..ph * prow].fill(0.0);
-        dst[(ph + xs.h) * prow..].fill(0.0);
-        for (r, src) in src.chunks_exact(row.max(1)).enumerate() {
-            let dst = &mut dst[(ph + r) * prow..][..prow];
-            dst[..pw * lanes].fill(0.0);
-            dst[pw * lanes..][..row].copy_from_slice(src);
-            dst[(pw + xs.w) * lanes..].fill(0.0);
-        }
-    };
-    let dst = y[..planes * pplane].chunks_mut(pplane.max(1)).collect();
     // Worth splitting from a few pages of copying up.
-    let threads = if planes * pplane >= 1 << 14 {
+    let threads = if planes * pplane >= 1 << 14 || team::leads(2) {
         threads
     } else {
         1
     };
-    each_chunk(dst, threads, copy);
+    let bands = match threads {
+        1 => 1,
+        _ => (2 * threads).div_ceil(planes.max(1)).min(ps.h.max(1)),
+    };
+    let per_band = ps.h.div_ceil(bands).max(1);
+    let out = SharedOut(y.as_mut_ptr());
+    each_index(planes * bands, threads, |i| {
+        let (p, band) = (i / bands, i % bands);
+        let src = &x[p * plane..][..plane];
+        for r in band * per_band..((band + 1) * per_band).min(ps.h) {
+            // SAFETY: row `r` of plane `p` is inside `y`, and this task's alone.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.at(p * pplane + r * prow), prow) };
+            match r.checked_sub(ph).filter(|r| *r < xs.h) {
+                Some(r) => {
+                    dst[..pw * lanes].fill(0.0);
+                    dst[pw * lanes..][..row].copy_from_slice(&src[r * row..][..row]);
+                    dst[(pw + xs.w) * lanes..].fill(0.0);
+                }
+                None => dst.fill(0.0),
+            }
+        }
+    });
     (y, ps)
 }
 
@@ -490,6 +502,8 @@ mod tests {
             // blocks per group of one input block, stride 2.
             (2, 48, 48, [7, 9], [3, 3], 1, 1, 3),
             (1, 32, 64, [9, 8], [3, 3], 2, 1, 2),
+            // One plane large enough to pad in bands of rows on two threads.
+            (1, 16, 16, [33, 31], [3, 3], 1, 1, 1),
         ]
         .into_iter()
         .enumerate()
