@@ -2,7 +2,7 @@
 //! sixteen channels per vector, a row of outputs in registers, every tap one vector
 //! load of the input. The store applies `y = f(y·scale + shift)` per channel.
 
-use super::blocked::{activate_stored, each_chunk, finish, Blocked, Store};
+use super::blocked::{activate_stored, each_index, finish, Blocked, SharedOut, Store};
 use super::geometry::Geometry;
 use super::{Kernel, Kernels, Simd, LANES};
 use crate::nn::runtime::Activation;
@@ -42,19 +42,33 @@ pub(crate) fn depthwise(
         store.residual.is_none(),
         "a depthwise store adds no residual"
     );
-    let task = |i: usize, yp: &mut [f32]| {
-        let cb = i % blocks;
+    // Fewer images than threads: the planes in bands of output rows too, band-major,
+    // so that each thread takes about the same rows of every plane (the positions
+    // the 1×1 kernels around it give it).
+    let planes = xs.n * blocks;
+    let ho = g.out_size[0];
+    let bands = match threads > 1 && (1..threads).contains(&xs.n) {
+        true => threads.div_ceil(xs.n).min(ho.max(1)),
+        false => 1,
+    };
+    let per_band = ho.div_ceil(bands).max(1);
+    let out = SharedOut(y.as_mut_ptr());
+    each_index(planes * bands, threads, |i| {
+        let (band, p) = (i / planes.max(1), i % planes.max(1));
+        let cb = p % blocks;
         kernels.run(DepthwisePlane {
-            x: &x[i * plane_in..][..plane_in],
+            x: &x[p * plane_in..][..plane_in],
             w: &weights[cb * taps..][..taps],
             g,
             scale: &store.scale[cb * LANES..][..LANES],
             shift: &store.shift[cb * LANES..][..LANES],
             activation: store.activation,
-            y: yp,
+            rows: band * per_band..((band + 1) * per_band).min(ho),
+            // SAFETY: plane `p` is inside `y`; the task writes rows `rows` of it, which
+            // no other task writes.
+            y: unsafe { out.at(p * plane_out) },
         })
-    };
-    each_chunk(y.chunks_mut(plane_out).collect(), threads, task);
+    });
 }
 
 /// One block of sixteen channels of one image of [`depthwise`], as a [`Kernel`].
@@ -67,8 +81,10 @@ struct DepthwisePlane<'a> {
     scale: &'a [f32],
     shift: &'a [f32],
     activation: Activation,
-    /// `[ho][wo][16]`.
-    y: &'a mut [f32],
+    /// The output rows to compute.
+    rows: std::ops::Range<usize>,
+    /// The output plane `[ho][wo][16]`, of which rows `rows` are written.
+    y: *mut f32,
 }
 
 impl Kernel for DepthwisePlane<'_> {
@@ -92,14 +108,14 @@ fn depthwise_plane<S: Simd, const T: usize>(s: S, p: DepthwisePlane<'_>) {
     let g = p.g;
     let ([h, w], [ho, wo]) = (g.size, g.out_size);
     let [kh, kw] = g.kernel;
-    assert!(p.x.len() == h * w * LANES && p.y.len() == ho * wo * LANES);
+    assert!(p.x.len() == h * w * LANES && p.rows.end <= ho);
     assert!(p.w.len() == kh * kw * LANES);
     let scale = s.load(p.scale.try_into().expect("16 lanes"));
     let shift = s.load(p.shift.try_into().expect("16 lanes"));
     let row = DepthwiseRow {
         x: p.x.as_ptr(),
         w: p.w.as_ptr(),
-        y: p.y.as_mut_ptr(),
+        y: p.y,
         g,
         scale,
         shift,
@@ -107,7 +123,7 @@ fn depthwise_plane<S: Simd, const T: usize>(s: S, p: DepthwisePlane<'_>) {
     };
     // Columns `lo..hi` read no padding.
     let (lo, hi) = g.inner_columns();
-    for oy in 0..ho {
+    for oy in p.rows {
         // The kernel rows `r0..r1` fall inside the image.
         let (top, r0, r1) = g.rows(oy);
         let rows = (oy, top, r0, r1);
