@@ -159,31 +159,53 @@ impl Winograd<'_> {
 
     /// Every image's tiles, each step over the whole batch on `threads` threads.
     fn whole(&self, threads: usize) {
+        let count = self.tiles.rows * self.tiles.cols;
+        self.steps(0..self.xs.n, 0..count, threads);
+    }
+
+    /// Tiles `range` of image `image`, through the three steps on this thread, in runs
+    /// whose transformed tiles and products stay in the level-2 cache.
+    fn part(&self, image: usize, range: std::ops::Range<usize>) {
+        let per_tile = XI * (self.xs.blocks() + self.ys.blocks()) * LANES * 4;
+        let run = (PART_BYTES / per_tile).max(1);
+        let mut first = range.start;
+        while first < range.end {
+            let end = (first + run).min(range.end);
+            self.steps(image..image + 1, first..end, 1);
+            first = end;
+        }
+    }
+
+    /// Tiles `range` of images `images`, through the three steps, each on `threads`
+    /// threads.
+    fn steps(&self, images: std::ops::Range<usize>, range: std::ops::Range<usize>, threads: usize) {
         let (xs, ys, tiles) = (self.xs, self.ys, self.tiles);
-        let count = tiles.rows * tiles.cols;
-        // The transformed tiles, `[ξ][n][⌈C/16⌉][tile][16]`: for each ξ, a blocked
-        // tensor of `n` images whose positions are the tiles.
+        let len = range.len();
+        // The transformed tiles, `[ξ][image][⌈C/16⌉][tile][16]`: for each ξ, a blocked
+        // tensor of the images whose positions are the tiles.
         let vs = Blocked {
-            n: xs.n,
+            n: images.len(),
             c: xs.c,
             h: 1,
-            w: count,
+            w: len,
         };
         let ms = Blocked { c: ys.c, ..vs };
         let mut v = buffer(XI * vs.len());
         let plane_in = xs.h * xs.w * LANES;
+        let (first_in, first_out) = (images.start * xs.blocks(), images.start * ys.blocks());
         {
             // Each (image, block)'s tiles go to sixteen places, one per ξ.
             let v = SharedOut(v.as_mut_ptr());
-            each_index(xs.n * xs.blocks(), threads, |p| {
+            each_index(vs.n * xs.blocks(), threads, |p| {
+                let plane = first_in + p;
                 self.kernels.run(TransformIn {
-                    x: &self.x[p * plane_in..][..plane_in],
+                    x: &self.x[plane * plane_in..][..plane_in],
                     size: [xs.h, xs.w],
                     tiles,
-                    range: 0..count,
+                    range: range.clone(),
                     // SAFETY: plane `p`'s tiles of every ξ are written by this task
                     // alone.
-                    v: unsafe { v.at(p * count * LANES) },
+                    v: unsafe { v.at(p * len * LANES) },
                     xi_stride: vs.len(),
                 })
             });
@@ -197,60 +219,14 @@ impl Winograd<'_> {
         });
         recycle_buffer(v);
         // Back to outputs, with the store.
-        each_index(ys.n * ys.blocks(), threads, |p| {
-            self.out(p, &m[p * count * LANES..], ms.len(), 0..count)
+        each_index(ms.n * ys.blocks(), threads, |p| {
+            self.out(
+                first_out + p,
+                &m[p * len * LANES..],
+                ms.len(),
+                range.clone(),
+            )
         });
-        recycle_buffer(m);
-    }
-
-    /// Tiles `range` of image `image`, through the three steps on this thread, in runs
-    /// whose transformed tiles and products stay in the level-2 cache.
-    fn part(&self, image: usize, range: std::ops::Range<usize>) {
-        let per_tile = XI * (self.xs.blocks() + self.ys.blocks()) * LANES * 4;
-        let run = (PART_BYTES / per_tile).max(1);
-        let mut first = range.start;
-        while first < range.end {
-            let end = (first + run).min(range.end);
-            self.run(image, first..end);
-            first = end;
-        }
-    }
-
-    /// Tiles `range` of image `image`, through the three steps on this thread.
-    fn run(&self, image: usize, range: std::ops::Range<usize>) {
-        let (xs, ys, tiles) = (self.xs, self.ys, self.tiles);
-        let len = range.len();
-        // The part's transformed tiles: for each ξ, `[⌈C/16⌉][len][16]`.
-        let vs = Blocked {
-            n: 1,
-            c: xs.c,
-            h: 1,
-            w: len,
-        };
-        let ms = Blocked { c: ys.c, ..vs };
-        let mut v = buffer(XI * vs.len());
-        let plane_in = xs.h * xs.w * LANES;
-        for b in 0..xs.blocks() {
-            let p = image * xs.blocks() + b;
-            self.kernels.run(TransformIn {
-                x: &self.x[p * plane_in..][..plane_in],
-                size: [xs.h, xs.w],
-                tiles,
-                range: range.clone(),
-                // SAFETY: block `b`'s tiles of every ξ are inside `v`.
-                v: unsafe { v.as_mut_ptr().add(b * len * LANES) },
-                xi_stride: vs.len(),
-            })
-        }
-        let mut m = buffer(XI * ms.len());
-        for (xi, mx) in m[..XI * ms.len()].chunks_mut(ms.len().max(1)).enumerate() {
-            self.products(xi, &v[xi * vs.len()..][..vs.len()], vs, mx);
-        }
-        recycle_buffer(v);
-        for b in 0..ys.blocks() {
-            let p = image * ys.blocks() + b;
-            self.out(p, &m[b * len * LANES..], ms.len(), range.clone());
-        }
         recycle_buffer(m);
     }
 
