@@ -1,7 +1,7 @@
 //! Times the layers that decide the engine's activation layout (`docs/engine.md`), in
 //! today's NCHW engine and on the channel-blocked (NCHW16c) candidate kernels.
 //!
-//! `cargo run --release --example bench_layouts -- [--threads N] [--batch B] [--runs N] [--layer PREFIX] [--tsv]`
+//! `cargo run --release --example bench_layouts -- [--threads N] [--batch B] [--runs N] [--layer PREFIX] [--tsv] [--sparse-only | --blocked-only] [--cold]`
 //!
 //! Per layer: the NCHW engine (a `ConvBn` with ReLU: convolution, batch norm folded,
 //! ReLU fused), the blocked kernel on an input already blocked (1×1 and depthwise
@@ -9,7 +9,9 @@
 //! magnitude (1×1 layers only), and the two reorders a lone blocked layer would need (its input to
 //! blocks, its output back), each the median of `--runs` after a warm-up.
 //! `scripts/bench_layers.py` times ONNX Runtime and OpenVINO on the same layers in the
-//! same run.
+//! same run. `--sparse-only` and `--blocked-only` time only the sparse or the blocked
+//! dense kernel (to tune one); `--cold` fills the caches with other data before each
+//! run, as a layer inside a network finds them.
 
 use ndarray::Array4;
 use reflow::layer::{Layer, Params};
@@ -20,7 +22,7 @@ use reflow::nn::{Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use std::time::Instant;
 
 /// (name, in, out, size, kernel, stride, groups)
-const LAYERS: [(&str, usize, usize, usize, usize, usize, usize); 25] = [
+const LAYERS: [(&str, usize, usize, usize, usize, usize, usize); 29] = [
     ("pw mbv2 160-960 @7", 160, 960, 7, 1, 1, 1),
     ("pw mbv2 960-160 @7", 960, 160, 7, 1, 1, 1),
     ("pw r50 512-2048 @7", 512, 2048, 7, 1, 1, 1),
@@ -46,6 +48,10 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize, usize); 25] = [
     ("c3 r50 512 @7", 512, 512, 7, 3, 1, 1),
     ("c3s2 r50 128 @56", 128, 128, 56, 3, 2, 1),
     ("pws2 r50 256-512 @56", 256, 512, 56, 1, 2, 1),
+    ("pw regnet 400-400 @7", 400, 400, 7, 1, 1, 1),
+    ("pw regnet 160-160 @14", 160, 160, 14, 1, 1, 1),
+    ("g3 regnet 160/16 @14", 160, 160, 14, 3, 1, 10),
+    ("g3 regnet 400/16 @7", 400, 400, 7, 3, 1, 25),
 ];
 
 fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -69,13 +75,22 @@ fn magnitude_pruned(weight: &[f32], fraction: f64) -> Vec<f32> {
     pruned
 }
 
+/// With `--cold`, each run starts with the caches full of other data (64 MiB written),
+/// as a layer inside a network finds them: its weights and input come from L3.
+static COLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
     if runs == 0 {
         return f64::NAN;
     }
     f();
+    let cold = COLD.load(std::sync::atomic::Ordering::Relaxed);
+    let mut junk = vec![0u8; if cold { 64 << 20 } else { 0 }];
     let mut t: Vec<f64> = (0..runs)
         .map(|_| {
+            for (i, b) in junk.iter_mut().enumerate().step_by(64) {
+                *b = b.wrapping_add(i as u8);
+            }
             let start = Instant::now();
             f();
             start.elapsed().as_secs_f64() * 1e3
@@ -103,6 +118,12 @@ fn main() {
     let tsv = args.iter().any(|a| a == "--tsv");
     // Only the sparse kernel (to study it): the other columns are left empty.
     let sparse_only = args.iter().any(|a| a == "--sparse-only");
+    // Only the blocked dense kernel (to tune it): the other columns are left empty.
+    let blocked_only = args.iter().any(|a| a == "--blocked-only");
+    COLD.store(
+        args.iter().any(|a| a == "--cold"),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if threads > 0 {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -142,7 +163,7 @@ fn main() {
         .expect("matching channels");
         let x = Array4::from_shape_vec((batch, c, size, size), values(batch * c * size * size, 3))
             .expect("shape");
-        let nchw = median_ms(if sparse_only { 0 } else { runs }, || {
+        let nchw = median_ms(if sparse_only || blocked_only { 0 } else { runs }, || {
             std::hint::black_box(net.forward(&x).expect("forward"));
         });
         let ho = (size + 2 * pad - k) / stride + 1;
@@ -161,15 +182,19 @@ fn main() {
                     .expect("run");
             });
             let mut y = vec![0.0; batch * o * ho * ho];
-            reorder = median_ms(if sparse_only { 0 } else { runs }, || {
+            reorder = median_ms(if sparse_only || blocked_only { 0 } else { runs }, || {
                 to_blocked(xs, [batch, c, size, size], &mut xb).expect("sizes");
                 from_blocked(&yb, [batch, o, ho, ho], &mut y).expect("sizes");
             });
             // The sparse kernel at 80 % and 90 % of the weights zeroed by magnitude.
-            for (t, fraction) in sparse.iter_mut().zip([
-                std::env::var("SP_A").map_or(0.8, |v| v.parse().unwrap()),
-                std::env::var("SP_B").map_or(0.9, |v| v.parse().unwrap()),
-            ]) {
+            for (t, fraction) in sparse
+                .iter_mut()
+                .take(if blocked_only { 0 } else { 2 })
+                .zip([
+                    std::env::var("SP_A").map_or(0.8, |v| v.parse().unwrap()),
+                    std::env::var("SP_B").map_or(0.9, |v| v.parse().unwrap()),
+                ])
+            {
                 let Ok(sp) = SparseBlockedConv::new(
                     config,
                     &magnitude_pruned(&weight, fraction),
@@ -193,7 +218,7 @@ fn main() {
                 .map(|(a, b)| (a - b).abs() / (1.0 + a.abs()))
                 .fold(0.0f32, f32::max);
             assert!(
-                sparse_only || err < 1e-4,
+                sparse_only || blocked_only || err < 1e-4,
                 "{name}: blocked and NCHW differ by {err}"
             );
         }
