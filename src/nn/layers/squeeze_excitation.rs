@@ -86,6 +86,18 @@ impl SqueezeExcitation {
 }
 
 impl SqueezeExcitation {
+    /// The gates of one image's channel `means` into `gates`, as [`Self::gates`] gives
+    /// them but by plain products: an unobserved pass of blocks needs no taps, and the
+    /// two 1×1 convolutions on one value per channel are too small for the engine
+    /// (tens of microseconds each, against one for the products).
+    fn gates_of(&self, means: &[f32], gates: &mut [f32]) {
+        let mut squeezed = affine(self.fc1.weight(), self.fc1.bias(), means);
+        self.activation.apply_in_place(&mut squeezed);
+        let mut g = affine(self.fc2.weight(), self.fc2.bias(), &squeezed);
+        self.gate.apply_in_place(&mut g);
+        gates.copy_from_slice(&g);
+    }
+
     /// The gates of `means` (`[N, C]`): `gate(fc2(activation(fc1(means))))`, by the
     /// layers' own NCHW passes on `[N, C, 1, 1]`.
     fn gates(&self, means: Vec<f32>, n: usize, probe: &mut Probe<'_>) -> Result<Tensor4> {
@@ -100,6 +112,28 @@ impl SqueezeExcitation {
     }
 }
 
+/// `weight · x + bias` for a row-major `weight` of `x.len()` columns: each row's dot
+/// product in sixteen running sums (which vectorise), then added up.
+fn affine(weight: &[f32], bias: Option<&[f32]>, x: &[f32]) -> Vec<f32> {
+    let k = x.len();
+    let rows = weight.len() / k.max(1);
+    (0..rows)
+        .map(|r| {
+            let w = &weight[r * k..][..k];
+            let mut sums = [0f32; LANES];
+            let (wc, xc) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
+            let (wr, xr) = (wc.remainder(), xc.remainder());
+            for (w, x) in wc.zip(xc) {
+                for ((s, w), x) in sums.iter_mut().zip(w).zip(x) {
+                    *s += w * x;
+                }
+            }
+            let tail: f32 = wr.iter().zip(xr).map(|(w, x)| w * x).sum();
+            sums.iter().sum::<f32>() + tail + bias.map_or(0.0, |b| b[r])
+        })
+        .collect()
+}
+
 impl BlockedLayer for SqueezeExcitation {
     fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
         let mut x = x.into_blocked(pass)?.into_owned();
@@ -111,12 +145,12 @@ impl BlockedLayer for SqueezeExcitation {
                 &x.dims()[..],
             ));
         }
-        let g = self.gates(x.channel_means(), n, pass.probe())?;
-        // The gates in blocks of sixteen lanes, zero past the channels.
+        // The gates of each image in blocks of sixteen lanes, zero past the channels.
         let blocks = c.div_ceil(LANES);
         let mut gates = vec![0.0; n * blocks * LANES];
-        for (image, g) in g.as_slice().expect("fresh tensor").chunks(c).enumerate() {
-            gates[image * blocks * LANES..][..c].copy_from_slice(g);
+        let means = x.channel_means();
+        for (means, gates) in means.chunks(c).zip(gates.chunks_mut(blocks * LANES)) {
+            self.gates_of(means, &mut gates[..c]);
         }
         let threads = pass.threads();
         let plane = h * w * LANES;
