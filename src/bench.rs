@@ -176,13 +176,15 @@ mod tests {
             let names: Vec<&str> = report.layers.iter().map(|l| l.name.as_str()).collect();
             assert_eq!(names.len(), 1 + 2 * 9 + 2 + 1, "{names:?}");
             assert_eq!((names[0], names[21]), ("conv1", "fc"));
-            // Once per micro-batch.
+            // The convolutions once per micro-batch, the classifier once per pass (over
+            // the micro-batches' features).
             let calls = report.layers[0].calls;
             assert!(calls >= 1);
-            assert!(report
-                .layers
+            let (fc, convolutions) = report.layers.split_last().expect("layers");
+            assert!(convolutions
                 .iter()
                 .all(|l| l.calls == calls && l.seconds > 0.0));
+            assert!(fc.calls >= 1 && calls.is_multiple_of(fc.calls) && fc.seconds > 0.0);
         }
     }
 

@@ -83,15 +83,7 @@ impl Classifier {
         let y = team::with_team(threads, || {
             self.net.forward_blocked(Value::Input(x), &mut pass)
         })?;
-        let y = y.into_plain(&mut pass);
-        let shape = y.shape().to_vec();
-        y.into_matrix().ok_or_else(|| {
-            Error::shape(
-                format!("{} (output)", self.family),
-                "a 2-d tensor",
-                shape.as_slice(),
-            )
-        })
+        self.matrix(y.into_plain(&mut pass))
     }
 
     /// The eval pass of `x` in micro-batches of `m` images, each through the whole
@@ -105,24 +97,71 @@ impl Classifier {
         profile: Option<&Profile>,
         exec: Exec,
     ) -> Result<Tensor2> {
-        // The micro-batches run side by side: each layer stays on its thread.
+        // The micro-batches run side by side: each layer stays on its thread. On
+        // blocks, each stops at its pooled features, and the classifier then runs
+        // once over the whole batch: its weights (VGG's 123 M) read once, not once per
+        // micro-batch.
         let serial = exec.with_par(Par::Seq);
+        let blocked = Pass::available(&unobserved(profile, exec));
         let part = |chunk: ndarray::ArrayView4<'_, f32>| {
             let chunk = chunk.to_owned();
-            let logits = self.forward_whole(&chunk, &mut unobserved(profile, serial));
+            let mut probe = unobserved(profile, serial);
+            let out = match blocked {
+                true => self.features(&chunk, &mut probe),
+                false => Ok((self.forward_whole(&chunk, &mut probe)?, self.net.len())),
+            };
             recycle(chunk);
-            logits
+            out
         };
         let chunks = x.axis_chunks_iter(Axis(0), m);
         let parts = match exec.par() {
             Par::Rayon => chunks.into_par_iter().map(part).collect::<Result<Vec<_>>>(),
             Par::Seq => chunks.map(part).collect::<Result<Vec<_>>>(),
         }?;
-        let mut logits = Tensor2::zeros((x.dim().0, self.classes));
-        for (mut rows, part) in logits.axis_chunks_iter_mut(Axis(0), m).zip(&parts) {
+        let width = parts.first().map_or(self.classes, |(p, _)| p.dim().1);
+        let mut joined = Tensor2::zeros((x.dim().0, width));
+        for (mut rows, (part, _)) in joined.axis_chunks_iter_mut(Axis(0), m).zip(&parts) {
             rows.assign(part);
         }
-        Ok(logits)
+        match parts.first().map(|(_, next)| *next) {
+            Some(head) if head < self.net.len() => {
+                self.head(joined, head, &mut unobserved(profile, exec))
+            }
+            _ => Ok(joined),
+        }
+    }
+
+    /// The blocked eval pass of `x` up to its pooled features `[N, features]` (the
+    /// first matrix a layer gives), and the index of the layer after them; the
+    /// logits and the number of layers if no layer gives a matrix before the last.
+    fn features(&self, x: &Tensor4, probe: &mut Probe<'_>) -> Result<(Tensor2, usize)> {
+        let Some(mut pass) = Pass::for_eval(probe) else {
+            return Ok((self.forward_whole(x, probe)?, self.net.len()));
+        };
+        let (y, next) = self
+            .net
+            .forward_blocked_from(Value::Input(x), 0, true, &mut pass)?;
+        Ok((self.matrix(y.into_plain(&mut pass))?, next))
+    }
+
+    /// The layers from `from` on (the classifier) over the whole batch's `features`.
+    fn head(&self, features: Tensor2, from: usize, probe: &mut Probe<'_>) -> Result<Tensor2> {
+        let mut pass = Pass::for_eval(probe).expect("the micro-batches ran on blocks");
+        let x = Value::Plain(crate::nn::AnyTensor::Matrix(features));
+        let (y, _) = self.net.forward_blocked_from(x, from, false, &mut pass)?;
+        self.matrix(y.into_plain(&mut pass))
+    }
+
+    /// The network's output as logits `[N, classes]`, or the error that says it is not.
+    fn matrix(&self, y: crate::nn::AnyTensor) -> Result<Tensor2> {
+        let shape = y.shape().to_vec();
+        y.into_matrix().ok_or_else(|| {
+            Error::shape(
+                format!("{} (output)", self.family),
+                "a 2-d tensor",
+                shape.as_slice(),
+            )
+        })
     }
 }
 

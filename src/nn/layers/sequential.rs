@@ -379,6 +379,28 @@ impl<I: Rank, O: Rank> Sequential<I, O> {
     }
 }
 
+impl<I: Rank, O: Rank> Sequential<I, O> {
+    /// The eval pass on blocks of the children from `from` on (no residual); with
+    /// `to_features`, only until a child gives a matrix `[N, features]` (a network's
+    /// pooled features, before its classifier). Also the index of the next child.
+    pub(crate) fn forward_blocked_from<'a>(
+        &self,
+        x: Value<'a>,
+        from: usize,
+        to_features: bool,
+        pass: &mut Pass<'_, '_>,
+    ) -> Result<(Value<'a>, usize)> {
+        let mut current = x;
+        for (i, (name, child)) in self.layers.iter().enumerate().skip(from) {
+            current = pass.scoped(name, |pass| child.forward_value(current, pass))?;
+            if to_features && matches!(current, Value::Plain(AnyTensor::Matrix(_))) {
+                return Ok((current, i + 1));
+            }
+        }
+        Ok((current, self.layers.len()))
+    }
+}
+
 impl<I: Rank, O: Rank> BlockedLayer for Sequential<I, O> {
     fn forward_blocked<'a>(&self, x: Value<'a>, pass: &mut Pass<'_, '_>) -> Result<Value<'a>> {
         self.forward_blocked_add(x, None, pass)
