@@ -76,45 +76,19 @@ pub(crate) fn direct(
     y: &mut [f32],
     threads: usize,
 ) {
-    if g.padding == [0, 0] {
-        let xin = (xs, layout, groups);
-        return unpadded(kernels, x, xin, weights, out, g, store, y, threads);
-    }
     assert!(x.len() == xs.n * layout.image_len(xs));
-    let (padded, ps) = pad(x, xs, layout, g.padding, threads);
-    let g = Geometry {
-        padding: [0, 0],
-        size: [ps.h, ps.w],
-        ..g
+    let padded = (g.padding != [0, 0]).then(|| pad(x, xs, layout, g.padding, threads));
+    let (x, xs, g) = match &padded {
+        Some((values, ps)) => {
+            let g = Geometry {
+                padding: [0, 0],
+                size: [ps.h, ps.w],
+                ..g
+            };
+            (&values[..ps.n * layout.image_len(*ps)], *ps, g)
+        }
+        None => (x, xs, g),
     };
-    let values = &padded[..ps.n * layout.image_len(ps)];
-    unpadded(
-        kernels,
-        values,
-        (ps, layout, groups),
-        weights,
-        out,
-        g,
-        store,
-        y,
-        threads,
-    );
-    recycle_buffer(padded);
-}
-
-/// [`direct`] of a window without padding.
-#[allow(clippy::too_many_arguments)]
-fn unpadded(
-    kernels: Kernels,
-    x: &[f32],
-    (xs, layout, groups): (Blocked, InputLayout, usize),
-    weights: &[f32],
-    out: usize,
-    g: Geometry,
-    store: Store<'_>,
-    y: &mut [f32],
-    threads: usize,
-) {
     let ys = Blocked {
         c: out,
         h: g.out_size[0],
@@ -130,7 +104,6 @@ fn unpadded(
     assert!(weights.len() == ob * gi * taps * LANES);
     assert!(store.scale.len() == ob * LANES && store.shift.len() == ob * LANES);
     assert!(store.residual.is_none_or(|r| r.len() == y.len()));
-    assert_eq!(g.padding, [0, 0], "the caller pads");
     // Tasks: an image's output blocks in runs, enough of them for every thread; and
     // when the runs alone do not give each thread two tasks (one image, few blocks),
     // the output rows in parts too (of even counts: maps 7 wide take rows in pairs).
@@ -183,6 +156,9 @@ fn unpadded(
             blocks,
         });
     });
+    if let Some((values, _)) = padded {
+        recycle_buffer(values);
+    }
 }
 
 /// One image's output blocks `blocks` of [`direct`], as a [`Kernel`].
