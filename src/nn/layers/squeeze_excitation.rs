@@ -90,12 +90,11 @@ impl SqueezeExcitation {
     /// them but by plain products: an unobserved pass of blocks needs no taps, and the
     /// two 1×1 convolutions on one value per channel are too small for the engine
     /// (tens of microseconds each, against one for the products).
-    fn gates_of(&self, means: &[f32], gates: &mut [f32]) {
-        let mut squeezed = affine(self.fc1.weight(), self.fc1.bias(), means);
-        self.activation.apply_in_place(&mut squeezed);
-        let mut g = affine(self.fc2.weight(), self.fc2.bias(), &squeezed);
-        self.gate.apply_in_place(&mut g);
-        gates.copy_from_slice(&g);
+    fn gates_of(&self, means: &[f32], squeezed: &mut [f32], gates: &mut [f32]) {
+        affine(self.fc1.weight(), self.fc1.bias(), means, squeezed);
+        self.activation.apply_in_place(squeezed);
+        affine(self.fc2.weight(), self.fc2.bias(), squeezed, gates);
+        self.gate.apply_in_place(gates);
     }
 
     /// The gates of `means` (`[N, C]`): `gate(fc2(activation(fc1(means))))`, by the
@@ -112,26 +111,24 @@ impl SqueezeExcitation {
     }
 }
 
-/// `weight · x + bias` for a row-major `weight` of `x.len()` columns: each row's dot
-/// product in sixteen running sums (which vectorise), then added up.
-fn affine(weight: &[f32], bias: Option<&[f32]>, x: &[f32]) -> Vec<f32> {
+/// `y = weight · x + bias` for a row-major `weight` of `x.len()` columns and
+/// `y.len()` rows: each row's dot product in sixteen running sums (which vectorise),
+/// then added up.
+fn affine(weight: &[f32], bias: Option<&[f32]>, x: &[f32], y: &mut [f32]) {
     let k = x.len();
-    let rows = weight.len() / k.max(1);
-    (0..rows)
-        .map(|r| {
-            let w = &weight[r * k..][..k];
-            let mut sums = [0f32; LANES];
-            let (wc, xc) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
-            let (wr, xr) = (wc.remainder(), xc.remainder());
-            for (w, x) in wc.zip(xc) {
-                for ((s, w), x) in sums.iter_mut().zip(w).zip(x) {
-                    *s += w * x;
-                }
+    for (r, y) in y.iter_mut().enumerate() {
+        let w = &weight[r * k..][..k];
+        let mut sums = [0f32; LANES];
+        let (wc, xc) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
+        let (wr, xr) = (wc.remainder(), xc.remainder());
+        for (w, x) in wc.zip(xc) {
+            for ((s, w), x) in sums.iter_mut().zip(w).zip(x) {
+                *s += w * x;
             }
-            let tail: f32 = wr.iter().zip(xr).map(|(w, x)| w * x).sum();
-            sums.iter().sum::<f32>() + tail + bias.map_or(0.0, |b| b[r])
-        })
-        .collect()
+        }
+        let tail: f32 = wr.iter().zip(xr).map(|(w, x)| w * x).sum();
+        *y = sums.iter().sum::<f32>() + tail + bias.map_or(0.0, |b| b[r]);
+    }
 }
 
 impl BlockedLayer for SqueezeExcitation {
@@ -149,8 +146,9 @@ impl BlockedLayer for SqueezeExcitation {
         let blocks = c.div_ceil(LANES);
         let mut gates = vec![0.0; n * blocks * LANES];
         let means = x.channel_means();
+        let mut squeezed = vec![0.0; self.squeeze()];
         for (means, gates) in means.chunks(c).zip(gates.chunks_mut(blocks * LANES)) {
-            self.gates_of(means, &mut gates[..c]);
+            self.gates_of(means, &mut squeezed, &mut gates[..c]);
         }
         let threads = pass.threads();
         let plane = h * w * LANES;
