@@ -166,11 +166,13 @@ impl Team {
     /// until the leader publishes a job.
     fn work(&'static self) {
         TEAM.with(|t| t.set(Some((self, false))));
-        let mut idle = Instant::now();
+        // Since when the worker has found nothing to take (the clock read every 64
+        // spins only).
+        let mut idle: Option<Instant> = None;
         let mut spins = 0u32;
         loop {
             if self.take_one(false) {
-                spins = 0;
+                idle = None;
                 continue;
             }
             std::hint::spin_loop();
@@ -178,15 +180,12 @@ impl Team {
             if !spins.is_multiple_of(64) {
                 continue;
             }
-            if spins == 64 {
-                idle = Instant::now();
-                continue;
-            }
+            let since = *idle.get_or_insert_with(Instant::now);
             let patience = match self.leased.load(Ordering::Relaxed) {
                 true => LEASED_SPIN,
                 false => IDLE_SPIN,
             };
-            if idle.elapsed() < patience {
+            if since.elapsed() < patience {
                 continue;
             }
             // Announce the nap, then look once more: a job published before the
@@ -197,7 +196,7 @@ impl Team {
                 std::thread::park();
             }
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            spins = 0;
+            idle = None;
         }
     }
 
