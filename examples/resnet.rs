@@ -100,7 +100,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let file = |name: &str| args.assets.join(name);
-    let mut net = ResNet::load(file("resnet20_fmnist.safetensors"), Stem::Cifar)?;
+    let mut net = ResNet::load(file("resnet20_fmnist.safetensors"))?;
     let mut test = Dataset::new(
         IdxImages::read(file("t10k-images-idx3-ubyte.gz"))?,
         IdxLabels::read(file("t10k-labels-idx1-ubyte.gz"))?,

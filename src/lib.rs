@@ -43,7 +43,7 @@
 //! # let path = dir.path().join("resnet20.safetensors");
 //! # StateDict::from_layer(&ResNet::new(ResNetConfig::cifar_resnet(20)?)?).write_safetensors(&path)?;
 //! // A CIFAR-style ResNet-20 saved from PyTorch with safetensors' `save_file(model.state_dict(), ...)`.
-//! let net = ResNet::load(&path, Stem::Cifar)?;
+//! let net = ResNet::load(&path)?;
 //! println!("{:?}: {} parameters", net.config().layers, count_parameters(&net));
 //!
 //! let images = Array4::<f32>::zeros((8, 3, 32, 32));
@@ -63,7 +63,7 @@
 //! use ndarray::Array4;
 //!
 //! # let state = StateDict::read_safetensors(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/resnet20_cifar.safetensors"))?;
-//! let mut net = ResNet::from_state_dict(&state, Stem::Cifar)?;
+//! let mut net = ResNet::from_state_dict(&state)?;
 //! // Calibration and held-out batches: any `CalibrationData`, e.g. `ImageBatches`
 //! // over an IDX file, or tensors in memory as here.
 //! let batch = |seed: usize| Array4::from_shape_fn((16, 3, 16, 16), |(n, c, h, w)| {

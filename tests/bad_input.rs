@@ -5,14 +5,14 @@ mod common;
 
 use ndarray::Array4;
 use reflow::layer::{Layer, NormUpdate, Params, Probe};
-use reflow::models::{ResNet, ResNetConfig, Stem};
+use reflow::models::{Architecture, Model, ResNet, ResNetConfig, Stem};
 use reflow::nn::{Activation, AnyTensor};
 use reflow::rescale::{Reflow, Rescaler};
 use reflow::stats::measure_signal;
 
 /// The ResNet-20 fixture (random weights), three input channels.
 fn net() -> ResNet {
-    ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors"), Stem::Cifar).unwrap()
+    ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors")).unwrap()
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn with_tensor(mut state: reflow::StateDict, key: &str, shape: Vec<usize>) -> re
 /// Loading `state` fails, fast, with an architecture error whose text has `needle`.
 fn refused(state: &reflow::StateDict, stem: Stem, needle: &str) {
     let t = std::time::Instant::now();
-    let err = ResNet::from_state_dict(state, stem).unwrap_err();
+    let err = Model::from_state_dict(state, "resnet".parse().unwrap(), stem).unwrap_err();
     assert!(matches!(err, reflow::Error::Architecture { .. }), "{err}");
     assert!(err.to_string().contains(needle), "{err}");
     assert!(
@@ -170,7 +170,7 @@ fn corrupt_numbers_in_a_checkpoint_are_refused_naming_the_key() {
             key,
             reflow::state_dict::StoredTensor::f32(t.shape.clone(), data).unwrap(),
         );
-        let err = ResNet::from_state_dict(&state, Stem::Cifar).unwrap_err();
+        let err = ResNet::from_state_dict(&state).unwrap_err();
         assert!(
             matches!(err, reflow::Error::BadValue { .. }),
             "{key}: {err}"
@@ -181,7 +181,7 @@ fn corrupt_numbers_in_a_checkpoint_are_refused_naming_the_key() {
             "{text}"
         );
         // Loaded on purpose, the value is there.
-        let mut net = ResNet::new(ResNetConfig::infer(&state, Stem::Cifar).unwrap()).unwrap();
+        let mut net = ResNet::new(ResNetConfig::infer(&state).unwrap()).unwrap();
         state.load_into_as_stored(&mut net).unwrap();
         let mut seen = None;
         net.visit_params(&mut |p| {

@@ -7,7 +7,7 @@ mod common;
 use common::{array, at_every_level, read, relative_error, PARITY};
 use ndarray::Ix4;
 use reflow::layer::{count_parameters, Layer};
-use reflow::models::{Arch, Model, ResNet, ResNetConfig, Stem};
+use reflow::models::{Arch, Architecture, Model, ResNet, ResNetConfig, Stem};
 use reflow::prune::{ChannelPrunable, ChannelPruner, ChannelScope, FilterNorm};
 use reflow::StateDict;
 
@@ -111,7 +111,7 @@ fn a_compact_checkpoint_reads_back_as_the_same_network() {
             continue;
         }
         let compact = resnet(&compact);
-        let cfg = ResNetConfig::infer(&state, Stem::Cifar).unwrap();
+        let cfg = ResNetConfig::infer(&state).unwrap();
         assert_eq!(&cfg, compact.config(), "{net} {fraction}");
         // A bottleneck network pruned by one fraction everywhere may still follow a
         // width_per_group (0.5 of 64: 32); a basic one cannot.

@@ -5,19 +5,19 @@ mod common;
 
 use common::{fixture, read};
 use reflow::layer::{Layer, ParamRole, Params};
-use reflow::models::{ResNet, ResNetConfig, Stem};
+use reflow::models::{Model, ResNet, ResNetConfig, Stem};
 use reflow::state_dict::{StoredTensor, TensorData};
 use reflow::{Error, StateDict};
 use safetensors::tensor::{Dtype, TensorView};
 
 fn small_net() -> ResNet {
-    ResNet::from_state_dict(&read("resnet20_cifar.safetensors"), Stem::Cifar).unwrap()
+    ResNet::from_state_dict(&read("resnet20_cifar.safetensors")).unwrap()
 }
 
 #[test]
 fn save_then_load_is_bit_exact() {
     let original = read("resnet20_cifar.safetensors");
-    let net = ResNet::from_state_dict(&original, Stem::Cifar).unwrap();
+    let net = ResNet::from_state_dict(&original).unwrap();
     let saved = StateDict::from_layer(&net);
     assert_eq!(
         saved, original,
@@ -29,7 +29,7 @@ fn save_then_load_is_bit_exact() {
     saved.write_safetensors(&path).unwrap();
     assert_eq!(StateDict::read_safetensors(&path).unwrap(), original);
     // Same bytes as the PyTorch-written file: same dtypes, shapes and values.
-    let again = ResNet::load(&path, Stem::Cifar).unwrap();
+    let again = ResNet::load(&path).unwrap();
     let x = ndarray::Array4::from_elem((1, 3, 8, 8), 0.5f32);
     assert_eq!(again.forward(&x).unwrap(), net.forward(&x).unwrap());
     // No temporary file is left beside it.
@@ -95,7 +95,7 @@ fn half_bfloat_and_double_checkpoints_load_as_f32() {
     for (dtype, size, encode, round) in cases {
         let bytes = reencode(&original, dtype, size, encode);
         let loaded = StateDict::from_safetensors_bytes(&bytes).unwrap();
-        let net = ResNet::from_state_dict(&loaded, Stem::Cifar).unwrap();
+        let net = ResNet::from_state_dict(&loaded).unwrap();
         net.visit_params(&mut |p| {
             let want = original.get(p.name).unwrap().as_f32().unwrap();
             for (&got, &w) in p.data.iter().zip(want) {
@@ -121,7 +121,7 @@ fn num_batches_tracked_is_optional_but_kept_when_present() {
     for k in &kept {
         state.remove(k);
     }
-    let net = ResNet::from_state_dict(&state, Stem::Cifar).unwrap();
+    let net = ResNet::from_state_dict(&state).unwrap();
     let back = StateDict::from_layer(&net);
     assert_eq!(
         back.get("bn1.num_batches_tracked").unwrap().data,
@@ -183,7 +183,7 @@ fn strict_load_names_missing_unexpected_and_mismatched_keys() {
 fn integer_parameters_are_a_dtype_error_naming_the_key() {
     let mut state = read("resnet20_cifar.safetensors");
     state.insert("fc.bias", StoredTensor::i64(vec![10], vec![1; 10]).unwrap());
-    let err = ResNet::from_state_dict(&state, Stem::Cifar).unwrap_err();
+    let err = ResNet::from_state_dict(&state).unwrap_err();
     assert!(
         matches!(&err, Error::UnsupportedDtype { key, .. } if key == "fc.bias"),
         "{err}"
@@ -226,7 +226,8 @@ fn truncated_and_corrupt_files_are_safetensors_errors() {
 #[test]
 fn inference_names_the_first_key_that_does_not_fit() {
     let base = read("resnext_small.safetensors");
-    let arch_key = |state: &StateDict, stem| match ResNet::from_state_dict(state, stem) {
+    let resnet = "resnet".parse().unwrap();
+    let arch_key = |state: &StateDict, stem| match Model::from_state_dict(state, resnet, stem) {
         Err(Error::Architecture { key, .. }) => key,
         other => panic!("expected an architecture error, got {other:?}"),
     };
@@ -266,7 +267,7 @@ fn inference_names_the_first_key_that_does_not_fit() {
     // A missing block tensor is caught by the strict load, by name.
     let mut s = base;
     s.remove("layer3.1.bn2.weight");
-    let err = ResNet::from_state_dict(&s, Stem::Imagenet).unwrap_err();
+    let err = ResNet::from_state_dict(&s).unwrap_err();
     assert!(err.to_string().contains("layer3.1.bn2.weight"), "{err}");
 }
 
@@ -318,8 +319,7 @@ fn saved_checkpoints_carry_reflows_state() {
     let input = common::array(&io, "input")
         .into_dimensionality::<ndarray::Ix4>()
         .unwrap();
-    let mut net =
-        ResNet::from_state_dict(&read("resnext_small.safetensors"), Stem::Imagenet).unwrap();
+    let mut net = ResNet::from_state_dict(&read("resnext_small.safetensors")).unwrap();
     let dense = net.forward(&input).unwrap();
     let ema = Probe::none().with_update(NormUpdate::Ema { momentum: 0.5 });
     net.forward_train(&input, &mut { ema }).unwrap();
@@ -345,7 +345,7 @@ fn saved_checkpoints_carry_reflows_state() {
         .write_safetensors(dir.join("resnext_small.io.safetensors"))
         .unwrap();
 
-    let back = ResNet::load(&weights, Stem::Imagenet).unwrap();
+    let back = ResNet::load(&weights).unwrap();
     assert_eq!(back.forward(&input).unwrap(), logits);
     assert_eq!(
         StateDict::from_layer(&back)

@@ -14,7 +14,8 @@ use safetensors::tensor::Dtype;
 
 /// `name` (a bundled ResNet) pruned by global magnitude at `sparsity`.
 fn pruned(name: &str, stem: Stem, sparsity: f64) -> StateDict {
-    let mut net = ResNet::from_state_dict(&read(name), stem).unwrap();
+    let mut net = ResNet::from_state_dict(&read(name)).unwrap();
+    assert_eq!(net.config().stem, stem);
     MagnitudePruner::new(sparsity).prune(&mut net).unwrap();
     StateDict::from_layer(&net)
 }
@@ -127,7 +128,7 @@ fn files_read_back_as_the_network_they_hold() {
         .write_safetensors_as(&path, SaveFormat::Compressed)
         .unwrap();
     assert_eq!(StateDict::read_safetensors(&path).unwrap(), state);
-    let net = ResNet::load(&path, Stem::Imagenet).unwrap();
+    let net = ResNet::load(&path).unwrap();
     assert_eq!(StateDict::from_layer(&net), state);
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(names.len(), 1, "no temporary file left");
@@ -492,7 +493,7 @@ fn a_non_finite_value_is_refused_at_load_naming_the_tensor() {
     let mut raw = Raw::of(&compressed_bytes(&state));
     raw.bytes_mut("layer2.1.conv1.compressed")[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
     let read = StateDict::from_safetensors_bytes(&raw.bytes()).unwrap();
-    let err = ResNet::from_state_dict(&read, Stem::Cifar).unwrap_err();
+    let err = ResNet::from_state_dict(&read).unwrap_err();
     assert!(
         matches!(&err, Error::BadValue { key, .. } if key == "layer2.1.conv1.weight"),
         "{err}"

@@ -7,12 +7,12 @@ use ndarray::Array4;
 use reflow::cpu::{self, Level};
 use reflow::exec::{Exec, Par, SparsePolicy};
 use reflow::layer::{Layer, Probe};
-use reflow::models::{ResNet, Stem};
+use reflow::models::ResNet;
 use reflow::nn::Profile;
 use reflow::prelude::{MagnitudePruner, Pruner};
 
 fn net() -> ResNet {
-    ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors"), Stem::Cifar).unwrap()
+    ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors")).unwrap()
 }
 
 /// The kernels each convolution of one profiled pass ran on.

@@ -2,7 +2,7 @@
 //! architecture inference from keys, errors that name the family and the key.
 
 use reflow::layer::{count_parameters, Params};
-use reflow::models::{RegNet, RegNetConfig, Vgg, VggConfig};
+use reflow::models::{Architecture, RegNet, RegNetConfig, Vgg, VggConfig};
 use reflow::StateDict;
 
 #[test]

@@ -12,7 +12,7 @@ mod common;
 
 use reflow::io::{read_image, EvalTransform, ImageFolder, ImageSource, Normalization, Pixels};
 use reflow::layer::Layer;
-use reflow::models::{ResNet, Stem};
+use reflow::models::ResNet;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
@@ -215,7 +215,7 @@ fn top1_unchanged(
     norm: Normalization,
 ) {
     let state = reflow::StateDict::read_safetensors(weights).unwrap();
-    let model = ResNet::from_state_dict(&state, Stem::Cifar).unwrap();
+    let model = ResNet::from_state_dict(&state).unwrap();
     let transform = EvalTransform {
         resize: Some(resize),
         crop: Some(crop),

@@ -98,7 +98,12 @@ where
 
 /// [`check_with`] for a ResNet checkpoint.
 fn check(name: &str, stem: Stem) -> ResNetConfig {
-    let net = check_with(name, |s| ResNet::from_state_dict(s, stem));
+    let net = check_with(name, ResNet::from_state_dict);
+    assert_eq!(
+        net.config().stem,
+        stem,
+        "{name}: the stem read off the kernel"
+    );
     net.config().clone()
 }
 

@@ -6,14 +6,14 @@ mod common;
 use common::{array, read, relative_error, PARITY};
 use ndarray::{Array4, Ix4, Ix5};
 use reflow::layer::Layer;
-use reflow::models::{ResNet, Stem};
+use reflow::models::ResNet;
 use reflow::prune::{MagnitudePruner, Masks, Pruner, Scope, TensorMask};
 use reflow::rescale::{Reflow, Rescaler};
 use reflow::StateDict;
 use safetensors::SafeTensors;
 
 fn dense() -> ResNet {
-    ResNet::from_state_dict(&read("resnet20_cifar.safetensors"), Stem::Cifar).unwrap()
+    ResNet::from_state_dict(&read("resnet20_cifar.safetensors")).unwrap()
 }
 
 /// PyTorch's masks for `scope` at `sparsity`, stored as u8 (1 = kept).

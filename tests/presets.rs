@@ -1,7 +1,7 @@
 //! Every preset builds, and its parameter count equals torchvision's.
 
 use reflow::layer::{count_parameters, Layer};
-use reflow::models::{ResNet, ResNetConfig, Stem};
+use reflow::models::{Architecture, ResNet, ResNetConfig, Stem};
 use reflow::StateDict;
 
 type Preset = fn() -> ResNetConfig;
@@ -40,7 +40,7 @@ fn imagenet_presets_have_torchvisions_parameter_counts() {
         let net = ResNet::new(cfg.clone()).unwrap();
         assert_eq!(count_parameters(&net), want, "{name}: from the built model");
         // The built model's keys describe the same configuration.
-        let inferred = ResNetConfig::infer(&StateDict::from_layer(&net), Stem::Imagenet).unwrap();
+        let inferred = ResNetConfig::infer(&StateDict::from_layer(&net)).unwrap();
         assert_eq!(inferred, cfg, "{name}: inferred back");
     }
 }
@@ -94,7 +94,7 @@ fn free_shapes_build() {
     assert_eq!(count_parameters(&net), cfg.num_parameters());
     let y = net.forward(&ndarray::Array4::zeros((2, 1, 9, 9))).unwrap();
     assert_eq!(y.dim(), (2, 3));
-    let back = ResNetConfig::infer(&StateDict::from_layer(&net), Stem::Cifar).unwrap();
+    let back = ResNetConfig::infer(&StateDict::from_layer(&net)).unwrap();
     assert_eq!(back, cfg);
 }
 

@@ -162,7 +162,7 @@ fn a_small_run_reports_prunes_recalibrates_and_saves() {
 
     // The saved checkpoint is the pruned, recalibrated network: it loads strictly and
     // has the run's sparsity.
-    let net = ResNet::load(format!("{save}/s0.9.safetensors"), Stem::Cifar).unwrap();
+    let net = ResNet::load(format!("{save}/s0.9.safetensors")).unwrap();
     let sparsity = reflow::prune::SparsityReport::measure(&net).prunable_sparsity();
     assert_eq!(sparsity, runs[1]["actual_sparsity"].as_f64().unwrap());
     assert!(Path::new(&format!("{save}/s0.5.safetensors")).exists());
@@ -180,7 +180,7 @@ fn save_format_compressed_writes_smaller_checkpoints_that_load_back() {
     let report = common::report(&run(&args), &json);
 
     let path = format!("{save}/s0.9.safetensors");
-    let net = ResNet::load(&path, Stem::Cifar).unwrap();
+    let net = ResNet::load(&path).unwrap();
     let sparsity = SparsityReport::measure(&net).prunable_sparsity();
     assert_eq!(
         sparsity,
@@ -218,7 +218,7 @@ fn nm_and_channel_patterns_report_and_save() {
     let actual = runs[0]["actual_sparsity"].as_f64().unwrap();
     assert!(actual < 0.5 && actual > 0.49, "{actual}");
     // The saved network holds 2:4 masks: pruning it again removes nothing more.
-    let net = ResNet::load(format!("{save}/nm2-4.safetensors"), Stem::Cifar).unwrap();
+    let net = ResNet::load(format!("{save}/nm2-4.safetensors")).unwrap();
     let again = NmPruner::new(2, 4).unwrap().masks(&net).unwrap();
     let zeros = SparsityReport::measure(&net);
     for (name, mask) in again.iter() {
@@ -254,7 +254,7 @@ fn nm_and_channel_patterns_report_and_save() {
         let kept = if s == 0.3 { 11 } else { 8 };
         assert_eq!(layers[0]["kept"], kept, "16 - round({s} * 16)");
         // The compact checkpoint loads as the network the run measured.
-        let net = ResNet::load(format!("{save}/channel-s{s}.safetensors"), Stem::Cifar).unwrap();
+        let net = ResNet::load(format!("{save}/channel-s{s}.safetensors")).unwrap();
         let params = run["params"].as_u64().unwrap();
         assert_eq!(count_parameters(&net) as u64, params);
         assert!(params < dense_params);
@@ -283,7 +283,7 @@ fn the_wanda_method_prunes_each_row_by_the_calibration_images_input_norms() {
     // The saved network's zeros are Wanda's masks of the dense network, its input
     // norms measured on the first 16 calibration images as the command normalises
     // them.
-    let dense = ResNet::load(common::fixture("resnet20_cifar.safetensors"), Stem::Cifar).unwrap();
+    let dense = ResNet::load(common::fixture("resnet20_cifar.safetensors")).unwrap();
     let images = IdxImages::read(files.path("calib-images.gz")).unwrap();
     let norm = Normalization::new(vec![0.5; 3], vec![0.25; 3]).unwrap();
     let batches = ImageBatches::new(&images, 16, 8, &norm).unwrap();
@@ -292,7 +292,7 @@ fn the_wanda_method_prunes_each_row_by_the_calibration_images_input_norms() {
         .exclude("fc")
         .masks(&dense)
         .unwrap();
-    let saved = ResNet::load(format!("{save}/s0.5.safetensors"), Stem::Cifar).unwrap();
+    let saved = ResNet::load(format!("{save}/s0.5.safetensors")).unwrap();
     let mut compared = 0;
     saved.visit_params(&mut |p| {
         if let Some(mask) = masks.get(p.name) {
@@ -769,8 +769,7 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
         .write_safetensors(dir.join("zero-width.safetensors"))
         .unwrap();
     // A compressed checkpoint whose second row offset is one too many.
-    let mut net =
-        ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors"), Stem::Cifar).unwrap();
+    let mut net = ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors")).unwrap();
     MagnitudePruner::new(0.8).prune(&mut net).unwrap();
     let bytes = StateDict::from_layer(&net)
         .to_safetensors_bytes_as(reflow::io::SaveFormat::Compressed)

@@ -33,8 +33,7 @@ fn inspect_shows_the_architecture_counts_and_sparsity() {
     let out = reflow(&["inspect", "--json", weights.to_str().unwrap()]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let state = common::read("resnext_small.safetensors");
-    let net =
-        reflow::models::ResNet::from_state_dict(&state, reflow::models::Stem::Imagenet).unwrap();
+    let net = reflow::models::ResNet::from_state_dict(&state).unwrap();
     assert_eq!(report["params"], reflow::layer::count_parameters(&net));
     assert_eq!(report["family"], "resnet");
     assert_eq!(report["sparsity"], 0.0);
@@ -45,9 +44,7 @@ fn inspect_reads_compressed_checkpoints_as_their_dense_twins() {
     use reflow::io::SaveFormat;
     use reflow::prelude::*;
     let dir = tempfile::tempdir().unwrap();
-    let mut net =
-        ResNet::from_state_dict(&common::read("resnext_small.safetensors"), Stem::Imagenet)
-            .unwrap();
+    let mut net = ResNet::from_state_dict(&common::read("resnext_small.safetensors")).unwrap();
     MagnitudePruner::new(0.8).prune(&mut net).unwrap();
     let state = StateDict::from_layer(&net);
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
@@ -620,8 +617,7 @@ fn bench_times_each_convolution_on_its_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("s0.9.safetensors");
     let state = common::read("resnet20_cifar.safetensors");
-    let mut net =
-        reflow::models::ResNet::from_state_dict(&state, reflow::models::Stem::Cifar).unwrap();
+    let mut net = reflow::models::ResNet::from_state_dict(&state).unwrap();
     MagnitudePruner::new(0.9).prune(&mut net).unwrap();
     reflow::StateDict::from_layer(&net)
         .write_safetensors(&weights)

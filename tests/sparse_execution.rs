@@ -8,7 +8,7 @@ mod common;
 use common::{array, read, relative_error};
 use ndarray::{Array4, Ix4};
 use reflow::layer::{Layer, Params};
-use reflow::models::{EfficientNet, MobileNetV2, MobileNetV3, RegNet, ResNet, Stem, Vgg};
+use reflow::models::{EfficientNet, MobileNetV2, MobileNetV3, RegNet, ResNet, Vgg};
 use reflow::nn::{set_sparse_policy, SparsePolicy, Tensor2, Tensor4};
 use reflow::prune::{MagnitudePruner, Pruner};
 use reflow::StateDict;
@@ -24,8 +24,8 @@ impl<N: Layer<Input = Tensor4, Output = Tensor2> + Params> Network for N {}
 fn load(name: &str) -> (Box<dyn Network>, Tensor4) {
     let state = read(&format!("{name}.safetensors"));
     let net: Box<dyn Network> = match name {
-        "resnet20_cifar" => Box::new(ResNet::from_state_dict(&state, Stem::Cifar).unwrap()),
-        "resnext_small" => Box::new(ResNet::from_state_dict(&state, Stem::Imagenet).unwrap()),
+        "resnet20_cifar" => Box::new(ResNet::from_state_dict(&state).unwrap()),
+        "resnext_small" => Box::new(ResNet::from_state_dict(&state).unwrap()),
         "vgg_small" => Box::new(Vgg::from_state_dict(&state).unwrap()),
         "regnet_y_small" => Box::new(RegNet::from_state_dict(&state).unwrap()),
         "mobilenet_v2_small" => Box::new(MobileNetV2::from_state_dict(&state).unwrap()),

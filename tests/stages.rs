@@ -11,7 +11,7 @@ use reflow::prune::TensorMask;
 use reflow::stats::{Recorder, TapSelector};
 
 fn net() -> ResNet {
-    ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors"), Stem::Cifar).unwrap()
+    ResNet::from_state_dict(&common::read("resnet20_cifar.safetensors")).unwrap()
 }
 
 fn batches(n: usize, seed: usize) -> Vec<Array4<f32>> {

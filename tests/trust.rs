@@ -188,7 +188,7 @@ fn auto_does_no_harm_with_16_images_and_never_looks_at_the_evaluation_set() {
     // --save-dir writes each network as chosen: the dense statistics where the
     // network was kept, re-estimated ones where it was repaired.
     let variances = |path: PathBuf| {
-        let net = ResNet::load(path, Stem::Cifar).unwrap();
+        let net = ResNet::load(path).unwrap();
         let mut all = Vec::new();
         net.visit_norms(&mut |_, s| all.extend(s.running_var.iter().copied()));
         all
@@ -254,15 +254,15 @@ fn fidelity_equals_an_independent_computation_and_1024_images_are_enough() {
     let x = images
         .to_tensor(0..images.len(), &Normalization::fashion_mnist())
         .unwrap();
-    let dense = ResNet::load(asset("resnet20_fmnist.safetensors"), Stem::Cifar).unwrap();
+    let dense = ResNet::load(asset("resnet20_fmnist.safetensors")).unwrap();
     let dense_logits = dense.forward(&x).unwrap();
-    let mut pruned = ResNet::load(asset("resnet20_fmnist.safetensors"), Stem::Cifar).unwrap();
+    let mut pruned = ResNet::load(asset("resnet20_fmnist.safetensors")).unwrap();
     MagnitudePruner::new(0.8)
         .masks(&pruned)
         .unwrap()
         .apply(&mut pruned)
         .unwrap();
-    let repaired = ResNet::load(saved.join("s0.8.safetensors"), Stem::Cifar).unwrap();
+    let repaired = ResNet::load(saved.join("s0.8.safetensors")).unwrap();
     for (net, field) in [(&pruned, "pruned"), (&repaired, "repaired")] {
         let (agreement, kl) = by_hand(&dense_logits, &net.forward(&x).unwrap());
         let run = &runs[1];
@@ -361,7 +361,7 @@ fn a_repairs_score_is_cross_fitted_and_the_check_compares_the_halves() {
     let norm = Normalization::fashion_mnist();
     let calibration = ImageBatches::new(&images, 40, 8, &norm).unwrap();
     let pruned = || {
-        let mut net = ResNet::load(asset("resnet20_fmnist.safetensors"), Stem::Cifar).unwrap();
+        let mut net = ResNet::load(asset("resnet20_fmnist.safetensors")).unwrap();
         MagnitudePruner::new(0.7)
             .masks(&net)
             .unwrap()
@@ -369,7 +369,7 @@ fn a_repairs_score_is_cross_fitted_and_the_check_compares_the_halves() {
             .unwrap();
         net
     };
-    let dense = ResNet::load(asset("resnet20_fmnist.safetensors"), Stem::Cifar).unwrap();
+    let dense = ResNet::load(asset("resnet20_fmnist.safetensors")).unwrap();
     let reference = Reference::record(&dense, &calibration).unwrap();
 
     // By hand.

@@ -3,13 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reflow::models::{ResNet, Stem};
+use reflow::models::{Arch, Model, Stem};
 use reflow::StateDict;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(state) = StateDict::from_safetensors_bytes(data) {
         for stem in [Stem::Cifar, Stem::Imagenet] {
-            let _ = ResNet::from_state_dict(&state, stem);
+            let _ = Model::from_state_dict(&state, Arch::AUTO, stem);
         }
     }
 });

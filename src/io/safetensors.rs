@@ -164,7 +164,7 @@ impl StateDict {
     /// use reflow::prelude::*;
     ///
     /// # let trained = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/resnet20_cifar.safetensors");
-    /// let mut net = ResNet::load(trained, Stem::Cifar)?;
+    /// let mut net = ResNet::load(trained)?;
     /// MagnitudePruner::new(0.8).prune(&mut net)?;
     /// let dir = tempfile::tempdir()?;
     /// let (dense, compressed) = (dir.path().join("d.safetensors"), dir.path().join("c.safetensors"));
@@ -173,7 +173,7 @@ impl StateDict {
     /// let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len());
     /// assert!(size(&compressed)? * 2 < size(&dense)?);
     ///
-    /// let back = ResNet::load(&compressed, Stem::Cifar)?;
+    /// let back = ResNet::load(&compressed)?;
     /// assert_eq!(StateDict::from_layer(&back), StateDict::from_layer(&net));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

@@ -22,22 +22,42 @@ const MICRO_BATCH_BYTES: usize = 1 << 19;
 /// An eval pass with the [`Schedule::Fused`] schedule runs a large batch in
 /// micro-batches, in parallel, each through the whole chain while its activations
 /// stay in the core's cache (a few images at a time, so that the stem's output is
-/// about [`MICRO_BATCH_BYTES`]); the logits are those of one pass over the whole
+/// about 512 KiB); the logits are those of one pass over the whole
 /// batch. With [`Schedule::LayerByLayer`] (always the schedule of an observed pass)
 /// each layer runs over the whole batch, so that every tap shows the whole batch.
+///
+/// A family's [`Architecture::build`](super::Architecture::build) makes one with
+/// [`Classifier::new`].
 #[derive(Debug)]
-pub(crate) struct Classifier {
+pub struct Classifier {
     /// The family's name, for errors ("ResNet", "VGG", ...).
-    pub family: &'static str,
-    pub in_channels: usize,
-    pub classes: usize,
+    pub(crate) family: &'static str,
+    pub(crate) in_channels: usize,
+    pub(crate) classes: usize,
     /// Channels and stride of the stem's output: its size per image sizes the
     /// micro-batches.
-    pub stem: (usize, usize),
-    pub net: Sequential<Tensor4, Tensor2>,
+    stem: (usize, usize),
+    net: Sequential<Tensor4, Tensor2>,
 }
 
 impl Classifier {
+    /// The chain `net` from images of `in_channels` channels to `classes` logits,
+    /// whose first layer (the stem) gives `stem.0` channels at stride `stem.1`.
+    pub fn new(
+        net: Sequential<Tensor4, Tensor2>,
+        in_channels: usize,
+        classes: usize,
+        stem: (usize, usize),
+    ) -> Classifier {
+        Classifier {
+            family: "network",
+            in_channels,
+            classes,
+            stem,
+            net,
+        }
+    }
+
     fn check_input(&self, x: &Tensor4) -> Result<()> {
         if x.dim().1 != self.in_channels {
             return Err(Error::shape(
@@ -200,64 +220,3 @@ impl Layer for Classifier {
         self.net.forward_train(x, probe)
     }
 }
-
-/// Implements [`Params`] and [`Layer`] for a family's network type by handing both
-/// to its `net: Classifier` field, and gives it `config`, `in_channels`,
-/// `num_classes` and (with `infer`) `from_state_dict`.
-macro_rules! family_network {
-    // A family whose shape the keys determine: also `from_state_dict`.
-    ($ty:ident, $config:ident, infer) => {
-        impl $ty {
-            /// Builds the network a torchvision-layout state dict describes (read off
-            /// its keys and shapes by the config's `infer`) and loads it strictly.
-            pub fn from_state_dict(state: &$crate::StateDict) -> $crate::error::Result<Self> {
-                let mut net = $ty::new($config::infer(state)?)?;
-                state.load_into(&mut net)?;
-                Ok(net)
-            }
-        }
-        family_network!($ty, $config);
-    };
-    ($ty:ident, $config:ident) => {
-        impl $ty {
-            /// The network's shape.
-            pub fn config(&self) -> &$config {
-                &self.config
-            }
-
-            /// Channels of the input images.
-            pub fn in_channels(&self) -> usize {
-                self.net.in_channels
-            }
-
-            /// Outputs of the classifier.
-            pub fn num_classes(&self) -> usize {
-                self.net.classes
-            }
-        }
-
-        $crate::params!($ty { net as "" });
-
-        impl $crate::layer::Layer for $ty {
-            type Input = $crate::nn::Tensor4;
-            type Output = $crate::nn::Tensor2;
-
-            fn forward_with(
-                &self,
-                x: &$crate::nn::Tensor4,
-                probe: &mut $crate::layer::Probe<'_>,
-            ) -> $crate::error::Result<$crate::nn::Tensor2> {
-                self.net.forward_with(x, probe)
-            }
-
-            fn forward_train(
-                &mut self,
-                x: &$crate::nn::Tensor4,
-                probe: &mut $crate::layer::Probe<'_>,
-            ) -> $crate::error::Result<$crate::nn::Tensor2> {
-                self.net.forward_train(x, probe)
-            }
-        }
-    };
-}
-pub(crate) use family_network;

@@ -9,7 +9,10 @@
 //! - [`EfficientNet`] B0–B7 ([`EfficientNetConfig`]);
 //! - [`MobileNetV2`] and [`MobileNetV3`] ([`MobileNetV2Config`], [`MobileNetV3Config`]);
 //! - [`RegNet`]: RegNet X and Y ([`RegNetConfig`]);
-//! - [`Vgg`]: VGG with batch norm ([`VggConfig`]).
+//! - [`Vgg`]: VGG with batch norm ([`VggConfig`]);
+//! - [`ShuffleNetV2`] ([`ShuffleNetV2Config`]).
+//!
+//! Each network is a [`Net`] of its config, which implements [`Architecture`].
 
 /// `with_in_channels` and `with_num_classes` for a config with those two fields.
 macro_rules! channel_and_class_builders {
@@ -32,14 +35,17 @@ mod classifier;
 mod family;
 mod keys;
 mod model;
+mod network;
 
-pub use family::{Family, FamilyNetwork};
+pub use classifier::Classifier;
+pub use family::{About, Family, FamilyNetwork};
 pub use model::{Arch, Model};
+pub use network::{Architecture, FamilyOf, Net};
 
 /// Declares each family's folder, re-exports its public items and lists its
-/// [`Family`] types in [`FAMILIES`].
+/// families (one a config type, see [`Architecture`]) in [`FAMILIES`].
 macro_rules! families {
-    ($($folder:ident: $($family:ident),+;)+) => {
+    ($($folder:ident: $($config:ident),+;)+) => {
         $(
             mod $folder;
             pub use $folder::*;
@@ -47,15 +53,15 @@ macro_rules! families {
 
         /// Every family reflow reads, in the order [`Arch::AUTO`] tries them on a
         /// state dict's keys. Adding a family: its folder and a line here.
-        pub static FAMILIES: &[&dyn Family] = &[$($(&$folder::$family),+),+];
+        pub static FAMILIES: &[&dyn Family] = &[$($(&FamilyOf::<$folder::$config>::NEW),+),+];
     };
 }
 
 families! {
-    resnet: ResNetFamily;
-    regnet: RegNetFamily;
-    mobilenet: MobileNetV2Family, MobileNetV3Family;
-    efficientnet: EfficientNetFamily;
-    vgg: VggFamily;
-    shufflenet: ShuffleNetV2Family;
+    resnet: ResNetConfig;
+    regnet: RegNetConfig;
+    mobilenet: MobileNetV2Config, MobileNetV3Config;
+    efficientnet: EfficientNetConfig;
+    vgg: VggConfig;
+    shufflenet: ShuffleNetV2Config;
 }

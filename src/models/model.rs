@@ -44,8 +44,8 @@ impl Arch {
     pub fn names() -> String {
         let mut names = vec!["auto"];
         for family in FAMILIES {
-            names.push(family.name());
-            names.extend(family.variants());
+            names.push(family.about().name);
+            names.extend(family.about().variants);
         }
         names.join(", ")
     }
@@ -81,7 +81,7 @@ impl Arch {
 
     fn of(family: &'static dyn Family, variant: Option<&'static str>) -> Arch {
         Arch {
-            family: Some(family.name()),
+            family: Some(family.about().name),
             variant,
         }
     }
@@ -89,7 +89,7 @@ impl Arch {
     /// The registered family of this name (`None` for [`Arch::AUTO`]).
     fn lookup(self) -> Option<&'static dyn Family> {
         let name = self.family?;
-        FAMILIES.iter().copied().find(|f| f.name() == name)
+        FAMILIES.iter().copied().find(|f| f.about().name == name)
     }
 }
 
@@ -104,7 +104,7 @@ fn detect(state: &StateDict) -> Result<&'static dyn Family> {
         .unwrap_or("(none: the state dict is empty)");
     let marks: Vec<_> = FAMILIES
         .iter()
-        .map(|f| format!("{} for a {}", f.keys().join(" + "), f.title()))
+        .map(|f| format!("{} for a {}", f.about().keys.join(" + "), f.about().title))
         .collect();
     Err(Error::Architecture {
         family: "supported".into(),
@@ -128,10 +128,10 @@ impl FromStr for Arch {
             return Ok(Arch::AUTO);
         }
         for &family in FAMILIES {
-            if family.name() == s {
+            if family.about().name == s {
                 return Ok(Arch::of(family, None));
             }
-            if let Some(&v) = family.variants().iter().find(|&&v| v == s) {
+            if let Some(&v) = family.about().variants.iter().find(|&&v| v == s) {
                 return Ok(Arch::of(family, Some(v)));
             }
         }
@@ -188,13 +188,13 @@ impl Model {
             return Ok(model);
         }
         Err(Error::Architecture {
-            family: family.title().into(),
+            family: family.about().title.into(),
             key: state.keys().next().unwrap_or_default().to_string(),
             reason: match found {
                 Some(found) => format!("the shapes are {found}'s, not {wanted}'s"),
                 None => format!(
                     "the shapes are no named variant's, not {wanted}'s (--arch {} reads any)",
-                    family.name()
+                    family.about().name
                 ),
             },
         })

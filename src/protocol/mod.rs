@@ -33,16 +33,18 @@
 //! # Ok::<(), reflow::Error>(())
 //! ```
 
+mod choices;
 mod report;
 mod sources;
 mod study;
 
+pub use choices::{Inputs, Method, Pattern, RepairChoice};
 pub use report::{
     CalibrationReport, ChannelLayer, CheckReport, DenseReport, FidelityReport, Layers, ModelReport,
     Number, Report, ResNetShape, RunReport, ScoresReport, SignalReport, TensorLayer,
 };
 pub use sources::{Images, Labels, Source, TestImages};
-pub use study::{Inputs, Method, Pattern, Progress, Pruned, RepairChoice, Runs, Study};
+pub use study::{Progress, Pruned, Runs, Study};
 
 use crate::data::ImageBatches;
 use crate::error::Result;

@@ -1,7 +1,6 @@
 //! EfficientNet B0–B7 (Tan & Le, 2019) in torchvision's layout.
 
-use super::classifier::{family_network, Classifier};
-use crate::models::{Family, FamilyNetwork, Model, Stem};
+use crate::models::{About, Architecture, Classifier, Net};
 use super::keys::{arch, inferred, count_while, shape_of};
 use super::mobilenet::block::{body_parameters, make_divisible, read_block, validate_sizes};
 use super::mobilenet::block::{Layout, MobileBlock, MobileParts};
@@ -154,6 +153,28 @@ impl EfficientNetConfig {
         validate_sizes(FAMILY, &sizes, self.stages.iter().flatten())
     }
 
+}
+
+/// EfficientNet with torchvision's module names: `features.0` (3×3 stride-2, batch
+/// norm, SiLU), stages `features.{1..7}.{b}.block.{j}` (MBConv: expansion,
+/// depthwise, squeeze-excitation with a sigmoid gate, projection; stochastic depth,
+/// the identity in eval, on the residual branch), `features.8` (1×1, SiLU), global
+/// pooling, `classifier.1` (after dropout).
+///
+/// ```
+/// use reflow::layer::{count_parameters, Layer};
+/// use reflow::models::{EfficientNet, EfficientNetConfig};
+/// use ndarray::Array4;
+///
+/// let net = EfficientNet::new(EfficientNetConfig::b(0)?.with_num_classes(10))?;
+/// assert_eq!(net.forward(&Array4::zeros((1, 3, 32, 32)))?.dim(), (1, 10));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+pub type EfficientNet = Net<EfficientNetConfig>;
+
+impl Architecture for EfficientNetConfig {
+    const ABOUT: About = About::new("efficientnet", FAMILY, &["features.1.0.block.0.0.weight"]).variants(&VARIANT_NAMES);
+
     /// Reads the shape off a torchvision-layout EfficientNet state dict: stages and
     /// blocks from the keys, widths, kernels and squeezes from the shapes, the strides
     /// from torchvision's setting. The batch norms' ε is the matching variant's (1e-3
@@ -161,7 +182,7 @@ impl EfficientNetConfig {
     /// [`EfficientNetConfig::with_bn_eps`]).
     ///
     /// ```
-    /// use reflow::models::{EfficientNet, EfficientNetConfig};
+    /// use reflow::models::{Architecture, EfficientNet, EfficientNetConfig};
     /// use reflow::StateDict;
     ///
     /// let cfg = EfficientNetConfig::b(5)?.with_num_classes(10);
@@ -171,7 +192,7 @@ impl EfficientNetConfig {
     /// assert_eq!((inferred.variant(), inferred.bn_eps), (Some(5), 1e-3));
     /// # Ok::<(), reflow::Error>(())
     /// ```
-    pub fn infer(state: &StateDict) -> Result<Self> {
+    fn infer(state: &StateDict) -> Result<Self> {
         let stem = shape_of(state, FAMILY, "features.0.0.weight", 4)?;
         let (stem_width, in_channels) = (stem[0], stem[1]);
         let (mut c, mut stages) = (stem_width, Vec::new());
@@ -211,39 +232,13 @@ impl EfficientNetConfig {
         }
         inferred(state, FAMILY, "features.0.0.weight", cfg, Self::validate, Self::num_parameters)
     }
-}
 
-/// EfficientNet with torchvision's module names: `features.0` (3×3 stride-2, batch
-/// norm, SiLU), stages `features.{1..7}.{b}.block.{j}` (MBConv: expansion,
-/// depthwise, squeeze-excitation with a sigmoid gate, projection; stochastic depth,
-/// the identity in eval, on the residual branch), `features.8` (1×1, SiLU), global
-/// pooling, `classifier.1` (after dropout).
-///
-/// ```
-/// use reflow::layer::{count_parameters, Layer};
-/// use reflow::models::{EfficientNet, EfficientNetConfig};
-/// use ndarray::Array4;
-///
-/// let net = EfficientNet::new(EfficientNetConfig::b(0)?.with_num_classes(10))?;
-/// assert_eq!(net.forward(&Array4::zeros((1, 3, 32, 32)))?.dim(), (1, 10));
-/// # Ok::<(), reflow::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct EfficientNet {
-    config: EfficientNetConfig,
-    net: Classifier,
-}
-
-family_network!(EfficientNet, EfficientNetConfig, infer);
-
-impl EfficientNet {
-    /// Builds the network with zero weights and initial batch norms.
-    pub fn new(config: EfficientNetConfig) -> Result<Self> {
-        config.validate()?;
+    fn build(&self) -> Result<Classifier> {
+        self.validate()?;
         let classifier = Sequential::with_input::<Tensor2>()
             .push("0", Dropout::new(0.2)?)
-            .push("1", Linear::new(config.last_conv, config.num_classes, true));
-        let blocks = config
+            .push("1", Linear::new(self.last_conv, self.num_classes, true));
+        let blocks = self
             .stages
             .iter()
             .enumerate()
@@ -255,47 +250,24 @@ impl EfficientNet {
             })
             .collect();
         let net = MobileParts {
-            family: FAMILY,
-            in_channels: config.in_channels,
-            stem: (config.stem_width, Activation::Silu),
+            in_channels: self.in_channels,
+            stem: (self.stem_width, Activation::Silu),
             blocks,
-            last: (config.stages.len() + 1, config.last_conv, Activation::Silu),
+            last: (self.stages.len() + 1, self.last_conv, Activation::Silu),
             classifier,
-            classes: config.num_classes,
+            classes: self.num_classes,
             layout: Layout::Blocks {
                 se: Activation::Silu,
                 gate: Activation::Sigmoid,
             },
-            eps: config.bn_eps,
+            eps: self.bn_eps,
         }
         .build()?;
-        Ok(EfficientNet { config, net })
-    }
-}
-
-/// The EfficientNet family in torchvision's layout: B0–B7 or any shapes.
-#[derive(Debug)]
-pub struct EfficientNetFamily;
-
-impl Family for EfficientNetFamily {
-    fn name(&self) -> &'static str {
-        "efficientnet"
+        Ok(net)
     }
 
-    fn title(&self) -> &'static str {
-        FAMILY
-    }
-
-    fn variants(&self) -> &'static [&'static str] {
-        &VARIANT_NAMES
-    }
-
-    fn keys(&self) -> &'static [&'static str] {
-        &["features.1.0.block.0.0.weight"]
-    }
-
-    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
-        EfficientNet::from_state_dict(state).map(Model::new)
+    fn variant(&self) -> Option<&'static str> {
+        EfficientNetConfig::variant(self).map(|b| VARIANT_NAMES[b])
     }
 }
 
@@ -310,21 +282,3 @@ const VARIANT_NAMES: [&str; 8] = [
     "efficientnet_b6",
     "efficientnet_b7",
 ];
-
-impl FamilyNetwork for EfficientNet {
-    fn family(&self) -> &'static dyn Family {
-        &EfficientNetFamily
-    }
-
-    fn variant(&self) -> Option<&'static str> {
-        self.config.variant().map(|b| VARIANT_NAMES[b])
-    }
-
-    fn in_channels(&self) -> usize {
-        self.net.in_channels
-    }
-
-    fn num_classes(&self) -> usize {
-        self.net.classes
-    }
-}

@@ -279,7 +279,6 @@ pub(crate) fn make_divisible(v: f64) -> usize {
 /// A whole mobile network: `features.0` (3×3 stride-2 stem), the blocks under their
 /// names in `features`, `features.{last}` (1×1), global pooling and `classifier`.
 pub(crate) struct MobileParts<'a> {
-    pub family: &'static str,
     pub in_channels: usize,
     pub stem: (usize, Activation),
     /// `(name in features, block)`, in order.
@@ -318,12 +317,11 @@ impl MobileParts<'_> {
             .push("avgpool", AdaptiveAvgPool2d::global())
             .push("flatten", Flatten)
             .push("classifier", self.classifier);
-        Ok(crate::models::classifier::Classifier {
-            family: self.family,
-            in_channels: self.in_channels,
-            classes: self.classes,
-            stem: (stem_width, 2),
+        Ok(crate::models::Classifier::new(
             net,
-        })
+            self.in_channels,
+            self.classes,
+            (stem_width, 2),
+        ))
     }
 }

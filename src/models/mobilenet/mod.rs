@@ -6,6 +6,6 @@ mod v2;
 mod v3;
 
 pub use block::MobileBlock;
-pub use v2::{MobileNetV2, MobileNetV2Config, MobileNetV2Family};
-pub use v3::{MobileNetV3, MobileNetV3Config, MobileNetV3Family, MobileNetV3Variant};
+pub use v2::{MobileNetV2, MobileNetV2Config};
+pub use v3::{MobileNetV3, MobileNetV3Config, MobileNetV3Variant};
 pub use v3::MOBILENET_V3_BN_EPS;

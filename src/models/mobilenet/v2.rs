@@ -3,8 +3,7 @@
 use super::block::{body_parameters, make_divisible, validate_sizes};
 use super::block::{Layout, MobileBlock, MobileParts};
 use crate::error::Result;
-use crate::models::classifier::{family_network, Classifier};
-use crate::models::{Family, FamilyNetwork, Model, Stem};
+use crate::models::{About, Architecture, Classifier, Net};
 use crate::models::keys::{arch, inferred, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
 use crate::state_dict::StateDict;
@@ -108,11 +107,35 @@ impl MobileNetV2Config {
         validate_sizes(FAMILY, &sizes, self.blocks.iter())
     }
 
+}
+
+/// MobileNetV2 with torchvision's module names: `features.0` (3×3 stride-2
+/// convolution, batch norm, ReLU6), inverted residuals `features.{k}.conv.*` (1×1
+/// expansion unless t = 1, 3×3 depthwise, 1×1 projection without activation; the
+/// input added when the stride is 1 and the widths match), `features.18` (1×1, ReLU6),
+/// global pooling, `classifier.1` (after dropout, the identity in eval).
+///
+/// ```
+/// use reflow::layer::{count_parameters, Layer};
+/// use reflow::models::{MobileNetV2, MobileNetV2Config};
+/// use ndarray::Array4;
+///
+/// let cfg = MobileNetV2Config::with_width(0.25).with_num_classes(10);
+/// let net = MobileNetV2::new(cfg.clone())?;
+/// assert_eq!(count_parameters(&net), cfg.num_parameters());
+/// assert_eq!(net.forward(&Array4::zeros((1, 3, 32, 32)))?.dim(), (1, 10));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+pub type MobileNetV2 = Net<MobileNetV2Config>;
+
+impl Architecture for MobileNetV2Config {
+    const ABOUT: About = About::new("mobilenet_v2", FAMILY, &["features.1.conv.0.0.weight"]);
+
     /// Reads the widths off a torchvision-layout MobileNetV2 state dict; the strides
     /// are torchvision's fixed setting, so the blocks must be its seventeen.
     ///
     /// ```
-    /// use reflow::models::{MobileNetV2, MobileNetV2Config};
+    /// use reflow::models::{Architecture, MobileNetV2, MobileNetV2Config};
     /// use reflow::StateDict;
     ///
     /// let cfg = MobileNetV2Config::with_width(0.35).with_num_classes(10);
@@ -120,7 +143,7 @@ impl MobileNetV2Config {
     /// assert_eq!(MobileNetV2Config::infer(&state)?, cfg);
     /// # Ok::<(), reflow::Error>(())
     /// ```
-    pub fn infer(state: &StateDict) -> Result<Self> {
+    fn infer(state: &StateDict) -> Result<Self> {
         let stem = shape_of(state, FAMILY, "features.0.0.weight", 4)?;
         let (stem_width, in_channels) = (stem[0], stem[1]);
         let count = count_while(state, |k| format!("features.{}.conv.0.0.weight", k + 1));
@@ -174,100 +197,35 @@ impl MobileNetV2Config {
         };
         inferred(state, FAMILY, "features.0.0.weight", config, Self::validate, Self::num_parameters)
     }
-}
 
-/// MobileNetV2 with torchvision's module names: `features.0` (3×3 stride-2
-/// convolution, batch norm, ReLU6), inverted residuals `features.{k}.conv.*` (1×1
-/// expansion unless t = 1, 3×3 depthwise, 1×1 projection without activation; the
-/// input added when the stride is 1 and the widths match), `features.18` (1×1, ReLU6),
-/// global pooling, `classifier.1` (after dropout, the identity in eval).
-///
-/// ```
-/// use reflow::layer::{count_parameters, Layer};
-/// use reflow::models::{MobileNetV2, MobileNetV2Config};
-/// use ndarray::Array4;
-///
-/// let cfg = MobileNetV2Config::with_width(0.25).with_num_classes(10);
-/// let net = MobileNetV2::new(cfg.clone())?;
-/// assert_eq!(count_parameters(&net), cfg.num_parameters());
-/// assert_eq!(net.forward(&Array4::zeros((1, 3, 32, 32)))?.dim(), (1, 10));
-/// # Ok::<(), reflow::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct MobileNetV2 {
-    config: MobileNetV2Config,
-    net: Classifier,
-}
-
-family_network!(MobileNetV2, MobileNetV2Config, infer);
-
-impl MobileNetV2 {
-    /// Builds the network with zero weights and initial batch norms.
-    pub fn new(config: MobileNetV2Config) -> Result<Self> {
-        config.validate()?;
+    fn build(&self) -> Result<Classifier> {
+        self.validate()?;
         let classifier = Sequential::with_input::<Tensor2>()
             .push("0", Dropout::new(0.2)?)
             .push(
                 "1",
-                Linear::new(config.last_channel, config.num_classes, true),
+                Linear::new(self.last_channel, self.num_classes, true),
             );
         let net = MobileParts {
-            family: FAMILY,
-            in_channels: config.in_channels,
-            stem: (config.stem_width, Activation::Relu6),
-            blocks: config
+            in_channels: self.in_channels,
+            stem: (self.stem_width, Activation::Relu6),
+            blocks: self
                 .blocks
                 .iter()
                 .enumerate()
                 .map(|(k, b)| ((k + 1).to_string(), b))
                 .collect(),
             last: (
-                config.blocks.len() + 1,
-                config.last_channel,
+                self.blocks.len() + 1,
+                self.last_channel,
                 Activation::Relu6,
             ),
             classifier,
-            classes: config.num_classes,
+            classes: self.num_classes,
             layout: Layout::V2,
             eps: 1e-5,
         }
         .build()?;
-        Ok(MobileNetV2 { config, net })
-    }
-}
-
-/// The MobileNetV2 family in torchvision's layout, at any width.
-#[derive(Debug)]
-pub struct MobileNetV2Family;
-
-impl Family for MobileNetV2Family {
-    fn name(&self) -> &'static str {
-        "mobilenet_v2"
-    }
-
-    fn title(&self) -> &'static str {
-        FAMILY
-    }
-
-    fn keys(&self) -> &'static [&'static str] {
-        &["features.1.conv.0.0.weight"]
-    }
-
-    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
-        MobileNetV2::from_state_dict(state).map(Model::new)
-    }
-}
-
-impl FamilyNetwork for MobileNetV2 {
-    fn family(&self) -> &'static dyn Family {
-        &MobileNetV2Family
-    }
-
-    fn in_channels(&self) -> usize {
-        self.net.in_channels
-    }
-
-    fn num_classes(&self) -> usize {
-        self.net.classes
+        Ok(net)
     }
 }

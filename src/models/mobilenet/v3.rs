@@ -1,10 +1,9 @@
 //! MobileNetV3 small and large (Howard et al., 2019) in torchvision's layout.
 
 use super::block::{body_parameters, make_divisible, read_block, validate_sizes};
-use crate::models::{Family, FamilyNetwork, Model, Stem};
+use crate::models::{About, Architecture, Classifier, Net};
 use super::block::{Layout, MobileBlock, MobileParts};
 use crate::error::Result;
-use crate::models::classifier::{family_network, Classifier};
 use crate::models::keys::{arch, inferred, count_while, shape_of};
 use crate::nn::{Activation, Dropout, Linear, Sequential, Tensor2};
 use crate::state_dict::StateDict;
@@ -178,13 +177,36 @@ impl MobileNetV3Config {
         validate_sizes(FAMILY, &sizes, self.blocks.iter())
     }
 
+}
+
+/// MobileNetV3 with torchvision's module names: `features.0` (3×3 stride-2, batch
+/// norm, Hardswish), blocks `features.{k}.block.{j}` (expansion, depthwise,
+/// squeeze-excitation with a hard-sigmoid gate, projection), `features.{last}` (1×1,
+/// Hardswish), global pooling, `classifier.{0, 3}` (Hardswish and dropout between).
+/// Batch norms use ε = 1e-3.
+///
+/// ```
+/// use reflow::layer::{count_parameters, Layer};
+/// use reflow::models::{MobileNetV3, MobileNetV3Config};
+/// use ndarray::Array4;
+///
+/// let net = MobileNetV3::new(MobileNetV3Config::mobilenet_v3_small().with_num_classes(10))?;
+/// assert_eq!(net.forward(&Array4::zeros((1, 3, 32, 32)))?.dim(), (1, 10));
+/// # Ok::<(), reflow::Error>(())
+/// ```
+pub type MobileNetV3 = Net<MobileNetV3Config>;
+
+impl Architecture for MobileNetV3Config {
+    const ABOUT: About = About::new("mobilenet_v3", FAMILY, &["features.1.block.0.0.weight"])
+        .variants(&["mobilenet_v3_small", "mobilenet_v3_large"]);
+
     /// Reads the widths off a torchvision-layout MobileNetV3 state dict: the variant
     /// from the number of blocks (11 small, 15 large), whose template gives the
     /// activations and strides; kernels, widths and squeeze-excitations from the
     /// shapes and keys.
     ///
     /// ```
-    /// use reflow::models::{MobileNetV3, MobileNetV3Config, MobileNetV3Variant};
+    /// use reflow::models::{Architecture, MobileNetV3, MobileNetV3Config, MobileNetV3Variant};
     /// use reflow::StateDict;
     ///
     /// let cfg = MobileNetV3Config::with_width(MobileNetV3Variant::Small, 0.5).with_in_channels(1);
@@ -192,7 +214,7 @@ impl MobileNetV3Config {
     /// assert_eq!(MobileNetV3Config::infer(&state)?, cfg);
     /// # Ok::<(), reflow::Error>(())
     /// ```
-    pub fn infer(state: &StateDict) -> Result<Self> {
+    fn infer(state: &StateDict) -> Result<Self> {
         let stem = shape_of(state, FAMILY, "features.0.0.weight", 4)?;
         let (stem_width, in_channels) = (stem[0], stem[1]);
         let count = count_while(state, |k| format!("features.{}.block.0.0.weight", k + 1));
@@ -238,57 +260,30 @@ impl MobileNetV3Config {
         };
         inferred(state, FAMILY, "features.0.0.weight", config, Self::validate, Self::num_parameters)
     }
-}
 
-/// MobileNetV3 with torchvision's module names: `features.0` (3×3 stride-2, batch
-/// norm, Hardswish), blocks `features.{k}.block.{j}` (expansion, depthwise,
-/// squeeze-excitation with a hard-sigmoid gate, projection), `features.{last}` (1×1,
-/// Hardswish), global pooling, `classifier.{0, 3}` (Hardswish and dropout between).
-/// Batch norms use ε = 1e-3.
-///
-/// ```
-/// use reflow::layer::{count_parameters, Layer};
-/// use reflow::models::{MobileNetV3, MobileNetV3Config};
-/// use ndarray::Array4;
-///
-/// let net = MobileNetV3::new(MobileNetV3Config::mobilenet_v3_small().with_num_classes(10))?;
-/// assert_eq!(net.forward(&Array4::zeros((1, 3, 32, 32)))?.dim(), (1, 10));
-/// # Ok::<(), reflow::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct MobileNetV3 {
-    config: MobileNetV3Config,
-    net: Classifier,
-}
-
-family_network!(MobileNetV3, MobileNetV3Config, infer);
-
-impl MobileNetV3 {
-    /// Builds the network with zero weights and initial batch norms.
-    pub fn new(config: MobileNetV3Config) -> Result<Self> {
-        config.validate()?;
+    fn build(&self) -> Result<Classifier> {
+        self.validate()?;
         let classifier = Sequential::with_input::<Tensor2>()
-            .push("0", Linear::new(config.last_conv, config.hidden, true))
+            .push("0", Linear::new(self.last_conv, self.hidden, true))
             .push("1", Activation::Hardswish)
             .push("2", Dropout::new(0.2)?)
-            .push("3", Linear::new(config.hidden, config.num_classes, true));
+            .push("3", Linear::new(self.hidden, self.num_classes, true));
         let net = MobileParts {
-            family: FAMILY,
-            in_channels: config.in_channels,
-            stem: (config.stem_width, Activation::Hardswish),
-            blocks: config
+            in_channels: self.in_channels,
+            stem: (self.stem_width, Activation::Hardswish),
+            blocks: self
                 .blocks
                 .iter()
                 .enumerate()
                 .map(|(k, b)| ((k + 1).to_string(), b))
                 .collect(),
             last: (
-                config.blocks.len() + 1,
-                config.last_conv,
+                self.blocks.len() + 1,
+                self.last_conv,
                 Activation::Hardswish,
             ),
             classifier,
-            classes: config.num_classes,
+            classes: self.num_classes,
             layout: Layout::Blocks {
                 se: Activation::Relu,
                 gate: Activation::Hardsigmoid,
@@ -296,55 +291,13 @@ impl MobileNetV3 {
             eps: MOBILENET_V3_BN_EPS,
         }
         .build()?;
-        Ok(MobileNetV3 { config, net })
-    }
-}
-
-/// The MobileNetV3 family in torchvision's layout: small or large, at any width.
-#[derive(Debug)]
-pub struct MobileNetV3Family;
-
-impl Family for MobileNetV3Family {
-    fn name(&self) -> &'static str {
-        "mobilenet_v3"
+        Ok(net)
     }
 
-    fn title(&self) -> &'static str {
-        FAMILY
-    }
-
-    /// The two variants, at any width.
-    fn variants(&self) -> &'static [&'static str] {
-        &["mobilenet_v3_small", "mobilenet_v3_large"]
-    }
-
-    fn keys(&self) -> &'static [&'static str] {
-        &["features.1.block.0.0.weight"]
-    }
-
-    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
-        MobileNetV3::from_state_dict(state).map(Model::new)
-    }
-}
-
-impl FamilyNetwork for MobileNetV3 {
-    fn family(&self) -> &'static dyn Family {
-        &MobileNetV3Family
-    }
-
-    /// `mobilenet_v3_small` or `mobilenet_v3_large`, at any width.
     fn variant(&self) -> Option<&'static str> {
-        Some(match self.config.variant {
+        Some(match self.variant {
             MobileNetV3Variant::Small => "mobilenet_v3_small",
             MobileNetV3Variant::Large => "mobilenet_v3_large",
         })
-    }
-
-    fn in_channels(&self) -> usize {
-        self.net.in_channels
-    }
-
-    fn num_classes(&self) -> usize {
-        self.net.classes
     }
 }

@@ -1,10 +1,8 @@
 //! The shape of a RegNet X or Y, torchvision's presets, and its inference from keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, inferred, count_while, shape_of, width_of};
-use crate::state_dict::StateDict;
 
-const FAMILY: &str = "RegNet";
+pub(super) const FAMILY: &str = "RegNet";
 
 /// One stage of a RegNet (`trunk_output.block{k}`): `depth` residual bottleneck
 /// blocks of `width` outputs, the first with stride 2 (and a `proj` shortcut).
@@ -243,97 +241,4 @@ impl RegNetConfig {
         n + c * self.num_classes + self.num_classes
     }
 
-    /// Reads the network's shape off a torchvision-layout RegNet state dict: stem,
-    /// stages and blocks from the keys, widths, bottlenecks and groups from the
-    /// shapes, squeeze-excitation (RegNetY) and its ratio from `f.se.fc1`. The strides
-    /// are torchvision's (2 in the first block of every stage). The error names the
-    /// first key that does not fit.
-    ///
-    /// ```
-    /// use reflow::models::{RegNet, RegNetConfig};
-    /// use reflow::StateDict;
-    ///
-    /// let cfg = RegNetConfig::regnet_y_400mf().with_num_classes(10);
-    /// let state = StateDict::from_layer(&RegNet::new(cfg.clone())?);
-    /// assert_eq!(RegNetConfig::infer(&state)?, cfg);
-    /// # Ok::<(), reflow::Error>(())
-    /// ```
-    pub fn infer(state: &StateDict) -> Result<RegNetConfig> {
-        let stem = shape_of(state, FAMILY, "stem.0.weight", 4)?;
-        let (stem_width, in_channels) = (stem[0], stem[1]);
-        let block = |k: usize, j: usize| format!("trunk_output.block{k}.block{k}-{j}");
-        let stage_count = count_while(state, |k| format!("{}.f.a.0.weight", block(k + 1, 0)));
-        if stage_count == 0 {
-            return Err(arch(
-                FAMILY,
-                &format!("{}.f.a.0.weight", block(1, 0)),
-                "missing",
-            ));
-        }
-        let se = state.contains(&format!("{}.f.se.fc1.weight", block(1, 0)));
-        let (mut stages, mut c, mut se_ratio) = (Vec::new(), stem_width, None);
-        for k in 1..=stage_count {
-            let depth = count_while(state, |j| format!("{}.f.a.0.weight", block(k, j)));
-            let c_key = format!("{}.f.c.0.weight", block(k, 0));
-            let b_key = format!("{}.f.b.0.weight", block(k, 0));
-            let width = shape_of(state, FAMILY, &c_key, 4)?[0];
-            let b = shape_of(state, FAMILY, &b_key, 4)?;
-            let (bottleneck, per_group) = (b[0], b[1]);
-            if !bottleneck.is_multiple_of(per_group) {
-                return Err(arch(
-                    FAMILY,
-                    &b_key,
-                    format!("{per_group} inputs per group do not divide {bottleneck} channels"),
-                ));
-            }
-            for j in 0..depth {
-                let proj = format!("{}.proj.0.weight", block(k, j));
-                if state.contains(&proj) != (j == 0) {
-                    let why = if j == 0 {
-                        "missing: the first block of a stage strides"
-                    } else {
-                        "unexpected: only a stage's first block has a projection"
-                    };
-                    return Err(arch(FAMILY, &proj, why));
-                }
-                let fc1 = format!("{}.f.se.fc1.weight", block(k, j));
-                match (se, state.contains(&fc1)) {
-                    (true, true) => {
-                        let (bias, fc2) = (
-                            format!("{}.f.se.fc1.bias", block(k, j)),
-                            format!("{}.f.se.fc2.weight", block(k, j)),
-                        );
-                        let q = width_of(state, FAMILY, (&fc1, 4, 0), &[(&bias, 0), (&fc2, 1)])?;
-                        let r = *se_ratio.get_or_insert(q as f64 / c as f64);
-                        if (r * c as f64).round_ties_even() as usize != q {
-                            return Err(arch(
-                                FAMILY,
-                                &fc1,
-                                format!("a squeeze of {q} for {c} inputs does not follow the ratio {r} of the first block"),
-                            ));
-                        }
-                    }
-                    (false, false) => {}
-                    (true, false) => return Err(arch(FAMILY, &fc1, "missing (RegNetY)")),
-                    (false, true) => return Err(arch(FAMILY, &fc1, "unexpected (RegNetX)")),
-                }
-                c = width;
-            }
-            stages.push(RegNetStage {
-                depth,
-                width,
-                bottleneck,
-                groups: bottleneck / per_group,
-            });
-        }
-        let num_classes = shape_of(state, FAMILY, "fc.weight", 2)?[0];
-        let config = RegNetConfig {
-            stem_width,
-            stages,
-            se_ratio,
-            in_channels,
-            num_classes,
-        };
-        inferred(state, FAMILY, "stem.0.weight", config, Self::validate, Self::num_parameters)
-    }
 }

@@ -4,8 +4,9 @@ mod config;
 
 pub use config::{RegNetConfig, RegNetStage};
 
-use super::classifier::{family_network, Classifier};
-use super::{Family, FamilyNetwork, Model, Stem};
+use super::{About, Architecture, Classifier, Net};
+use crate::models::keys::{arch, count_while, inferred, shape_of, width_of};
+use config::FAMILY;
 use crate::error::Result;
 use crate::state_dict::StateDict;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
@@ -27,13 +28,7 @@ use crate::nn::{Flatten, Linear, Residual, Sequential, SqueezeExcitation};
 /// assert_eq!(net.forward(&Array4::zeros((1, 3, 64, 64)))?.dim(), (1, 10));
 /// # Ok::<(), reflow::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct RegNet {
-    config: RegNetConfig,
-    net: Classifier,
-}
-
-family_network!(RegNet, RegNetConfig, infer);
+pub type RegNet = Net<RegNetConfig>;
 
 /// `conv → bn → activation` under `<name>.0` and `<name>.1` (torchvision's
 /// `Conv2dNormActivation`), or `0` and `1` for an empty name.
@@ -43,17 +38,111 @@ fn unit(name: &str, conv: Conv2dConfig, activation: Activation) -> Result<ConvBn
     ConvBn::new(c, Conv2d::new(conv)?, b, bn, activation)
 }
 
-impl RegNet {
-    /// Builds the network with zero weights, γ = 1, β = 0 and running statistics
-    /// (0, 1); fill it with [`StateDict::load_into`](crate::StateDict::load_into) or use [`RegNet::from_state_dict`].
-    pub fn new(config: RegNetConfig) -> Result<Self> {
-        config.validate()?;
-        let stem = Conv2dConfig::new(config.in_channels, config.stem_width, 3)
+impl Architecture for RegNetConfig {
+    const ABOUT: About = About::new("regnet", FAMILY, &["stem.0.weight", "trunk_output.block1.block1-0.f.a.0.weight"]);
+
+    /// Reads the network's shape off a torchvision-layout RegNet state dict: stem,
+    /// stages and blocks from the keys, widths, bottlenecks and groups from the
+    /// shapes, squeeze-excitation (RegNetY) and its ratio from `f.se.fc1`. The strides
+    /// are torchvision's (2 in the first block of every stage). The error names the
+    /// first key that does not fit.
+    ///
+    /// ```
+    /// use reflow::models::{Architecture, RegNet, RegNetConfig};
+    /// use reflow::StateDict;
+    ///
+    /// let cfg = RegNetConfig::regnet_y_400mf().with_num_classes(10);
+    /// let state = StateDict::from_layer(&RegNet::new(cfg.clone())?);
+    /// assert_eq!(RegNetConfig::infer(&state)?, cfg);
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    fn infer(state: &StateDict) -> Result<Self> {
+        let stem = shape_of(state, FAMILY, "stem.0.weight", 4)?;
+        let (stem_width, in_channels) = (stem[0], stem[1]);
+        let block = |k: usize, j: usize| format!("trunk_output.block{k}.block{k}-{j}");
+        let stage_count = count_while(state, |k| format!("{}.f.a.0.weight", block(k + 1, 0)));
+        if stage_count == 0 {
+            return Err(arch(
+                FAMILY,
+                &format!("{}.f.a.0.weight", block(1, 0)),
+                "missing",
+            ));
+        }
+        let se = state.contains(&format!("{}.f.se.fc1.weight", block(1, 0)));
+        let (mut stages, mut c, mut se_ratio) = (Vec::new(), stem_width, None);
+        for k in 1..=stage_count {
+            let depth = count_while(state, |j| format!("{}.f.a.0.weight", block(k, j)));
+            let c_key = format!("{}.f.c.0.weight", block(k, 0));
+            let b_key = format!("{}.f.b.0.weight", block(k, 0));
+            let width = shape_of(state, FAMILY, &c_key, 4)?[0];
+            let b = shape_of(state, FAMILY, &b_key, 4)?;
+            let (bottleneck, per_group) = (b[0], b[1]);
+            if !bottleneck.is_multiple_of(per_group) {
+                return Err(arch(
+                    FAMILY,
+                    &b_key,
+                    format!("{per_group} inputs per group do not divide {bottleneck} channels"),
+                ));
+            }
+            for j in 0..depth {
+                let proj = format!("{}.proj.0.weight", block(k, j));
+                if state.contains(&proj) != (j == 0) {
+                    let why = if j == 0 {
+                        "missing: the first block of a stage strides"
+                    } else {
+                        "unexpected: only a stage's first block has a projection"
+                    };
+                    return Err(arch(FAMILY, &proj, why));
+                }
+                let fc1 = format!("{}.f.se.fc1.weight", block(k, j));
+                match (se, state.contains(&fc1)) {
+                    (true, true) => {
+                        let (bias, fc2) = (
+                            format!("{}.f.se.fc1.bias", block(k, j)),
+                            format!("{}.f.se.fc2.weight", block(k, j)),
+                        );
+                        let q = width_of(state, FAMILY, (&fc1, 4, 0), &[(&bias, 0), (&fc2, 1)])?;
+                        let r = *se_ratio.get_or_insert(q as f64 / c as f64);
+                        if (r * c as f64).round_ties_even() as usize != q {
+                            return Err(arch(
+                                FAMILY,
+                                &fc1,
+                                format!("a squeeze of {q} for {c} inputs does not follow the ratio {r} of the first block"),
+                            ));
+                        }
+                    }
+                    (false, false) => {}
+                    (true, false) => return Err(arch(FAMILY, &fc1, "missing (RegNetY)")),
+                    (false, true) => return Err(arch(FAMILY, &fc1, "unexpected (RegNetX)")),
+                }
+                c = width;
+            }
+            stages.push(RegNetStage {
+                depth,
+                width,
+                bottleneck,
+                groups: bottleneck / per_group,
+            });
+        }
+        let num_classes = shape_of(state, FAMILY, "fc.weight", 2)?[0];
+        let config = RegNetConfig {
+            stem_width,
+            stages,
+            se_ratio,
+            in_channels,
+            num_classes,
+        };
+        inferred(state, FAMILY, "stem.0.weight", config, Self::validate, Self::num_parameters)
+    }
+
+    fn build(&self) -> Result<Classifier> {
+        self.validate()?;
+        let stem = Conv2dConfig::new(self.in_channels, self.stem_width, 3)
             .stride(2)
             .padding(1);
         let mut trunk = Sequential::new();
-        let mut c = config.stem_width;
-        for (k, stage) in config.stages.iter().enumerate() {
+        let mut c = self.stem_width;
+        for (k, stage) in self.stages.iter().enumerate() {
             let k = k + 1;
             let mut blocks = Sequential::new();
             for j in 0..stage.depth {
@@ -75,7 +164,7 @@ impl RegNet {
                             Activation::Relu,
                         )?,
                     );
-                if let Some(q) = config.squeeze(c) {
+                if let Some(q) = self.squeeze(c) {
                     let se = SqueezeExcitation::new(wb, q, Activation::Relu, Activation::Sigmoid)?;
                     f = f.push("f.se", se);
                 }
@@ -100,52 +189,7 @@ impl RegNet {
             .push("trunk_output", trunk)
             .push("avgpool", AdaptiveAvgPool2d::global())
             .push("flatten", Flatten)
-            .push("fc", Linear::new(c, config.num_classes, true));
-        Ok(RegNet {
-            net: Classifier {
-                family: "RegNet",
-                in_channels: config.in_channels,
-                classes: config.num_classes,
-                stem: (config.stem_width, 2),
-                net,
-            },
-            config,
-        })
-    }
-}
-
-/// The RegNet family in torchvision's layout: RegNet X and Y at any widths.
-#[derive(Debug)]
-pub struct RegNetFamily;
-
-impl Family for RegNetFamily {
-    fn name(&self) -> &'static str {
-        "regnet"
-    }
-
-    fn title(&self) -> &'static str {
-        "RegNet"
-    }
-
-    fn keys(&self) -> &'static [&'static str] {
-        &["stem.0.weight", "trunk_output.block1.block1-0.f.a.0.weight"]
-    }
-
-    fn load(&self, state: &StateDict, _stem: Stem) -> Result<Model> {
-        RegNet::from_state_dict(state).map(Model::new)
-    }
-}
-
-impl FamilyNetwork for RegNet {
-    fn family(&self) -> &'static dyn Family {
-        &RegNetFamily
-    }
-
-    fn in_channels(&self) -> usize {
-        self.net.in_channels
-    }
-
-    fn num_classes(&self) -> usize {
-        self.net.classes
+            .push("fc", Linear::new(c, self.num_classes, true));
+        Ok(Classifier::new(net, self.in_channels, self.num_classes, (self.stem_width, 2)))
     }
 }

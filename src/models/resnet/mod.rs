@@ -11,14 +11,12 @@ mod infer;
 
 pub use config::{BlockKind, ResNetConfig, Stem};
 
-use super::classifier::{family_network, Classifier};
-use super::{Family, FamilyNetwork, Model};
+use super::{About, Architecture, Classifier, Net};
 use crate::error::Result;
 use crate::nn::{Activation, AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, ConvBn};
 use crate::nn::{Flatten, Linear, MaxPool2d, Residual, Sequential};
-use crate::prune::{ChannelCoupling, ChannelPrunable, ChannelScope, SkippedConv};
+use crate::prune::{ChannelCoupling, ChannelScope, SkippedConv};
 use crate::state_dict::StateDict;
-use std::path::Path;
 
 /// PyTorch's default batch-norm ε.
 const BN_EPS: f32 = 1e-5;
@@ -41,26 +39,28 @@ const BN_EPS: f32 = 1e-5;
 /// assert_eq!(logits.dim(), (2, 10));
 /// # Ok::<(), reflow::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct ResNet {
-    config: ResNetConfig,
+pub type ResNet = Net<ResNetConfig>;
+
+impl Architecture for ResNetConfig {
+    const ABOUT: About = About::new("resnet", "ResNet", &["conv1.weight", "layer1.0.conv1.weight"])
+        .channel_pruning("ResNets (each block's conv1, and conv2 in an ungrouped bottleneck)");
+
+    fn infer(state: &StateDict) -> Result<Self> {
+        infer::infer(state)
+    }
+
+    fn check_stem(&self, stem: Stem) -> Result<()> {
+        infer::check_stem(self, stem)
+    }
+
     /// `conv1` → `bn1` → ReLU (→ `maxpool`), `layer1`, `layer2`, ... (each a chain of
     /// residual blocks named `0`, `1`, ...), `avgpool`, `fc`.
-    net: Classifier,
-}
-
-family_network!(ResNet, ResNetConfig);
-
-impl ResNet {
-    /// Builds the network with zero weights, γ = 1, β = 0 and running statistics
-    /// (0, 1); fill it from a checkpoint with [`StateDict::load_into`], or use
-    /// [`ResNet::from_state_dict`].
-    pub fn new(config: ResNetConfig) -> Result<Self> {
-        config.validate()?;
-        let k = config.stem.kernel();
-        let stride = if config.stem == Stem::Imagenet { 2 } else { 1 };
+    fn build(&self) -> Result<Classifier> {
+        self.validate()?;
+        let k = self.stem.kernel();
+        let stride = if self.stem == Stem::Imagenet { 2 } else { 1 };
         let stem = unit(
-            Conv2dConfig::new(config.in_channels, config.stem_width, k)
+            Conv2dConfig::new(self.in_channels, self.stem_width, k)
                 .stride(stride)
                 .padding(k / 2),
             "conv1",
@@ -68,11 +68,11 @@ impl ResNet {
             true,
         )?;
         let mut net = Sequential::new().push("", stem);
-        if config.stem == Stem::Imagenet {
+        if self.stem == Stem::Imagenet {
             net = net.push("maxpool", MaxPool2d::new(3, 2, 1)?);
         }
-        let mut inp = config.stem_width;
-        for (s, (&blocks, &planes)) in config.layers.iter().zip(&config.planes).enumerate() {
+        let mut inp = self.stem_width;
+        for (s, (&blocks, &planes)) in self.layers.iter().zip(&self.planes).enumerate() {
             let mut stage = Sequential::new();
             for b in 0..blocks {
                 let stride = if b == 0 {
@@ -80,49 +80,35 @@ impl ResNet {
                 } else {
                     1
                 };
-                stage = stage.push(b.to_string(), block(&config, inp, (s, b), stride)?);
-                inp = config.stage_out(planes);
+                stage = stage.push(b.to_string(), block(self, inp, (s, b), stride)?);
+                inp = self.stage_out(planes);
             }
             net = net.push(format!("layer{}", s + 1), stage);
         }
         let net = net
             .push("avgpool", AdaptiveAvgPool2d::global())
             .push("flatten", Flatten)
-            .push("fc", Linear::new(inp, config.num_classes, true));
-        Ok(ResNet {
-            net: Classifier {
-                family: "ResNet",
-                in_channels: config.in_channels,
-                classes: config.num_classes,
-                stem: (config.stem_width, stride),
-                net,
-            },
-            config,
-        })
+            .push("fc", Linear::new(inp, self.num_classes, true));
+        Ok(Classifier::new(net, self.in_channels, self.num_classes, (self.stem_width, stride)))
     }
 
-    /// Builds the network a torchvision-layout state dict describes (see
-    /// [`ResNetConfig::infer`]) and loads it strictly.
-    pub fn from_state_dict(state: &StateDict, stem: Stem) -> Result<Self> {
-        let mut net = ResNet::new(ResNetConfig::infer(state, stem)?)?;
-        state.load_into(&mut net)?;
-        Ok(net)
+    fn describe(&self) -> String {
+        let widths = match &self.block_widths {
+            Some(_) => ", per-block widths (channel-pruned)",
+            None => "",
+        };
+        format!(
+            "{} stem, stages {:?} of {} blocks, planes {:?}, groups {}{widths}",
+            self.stem, self.layers, self.block, self.planes, self.groups
+        )
     }
 
-    /// Reads a safetensors checkpoint in torchvision layout and builds the network it
-    /// describes.
-    pub fn load(path: impl AsRef<Path>, stem: Stem) -> Result<Self> {
-        Self::from_state_dict(&StateDict::read_safetensors(path)?, stem)
-    }
-}
-
-impl ChannelPrunable for ResNet {
     /// In every block, `conv1` (→ `bn1` → `conv2`) and, in a bottleneck, `conv2`
     /// (→ `bn2` → `conv3`): the convolutions whose outputs stay inside the residual
     /// branch. In a grouped bottleneck (ResNeXt) both are skipped: their channels
     /// feed, or are, a grouped convolution's.
-    fn channel_scope(&self) -> ChannelScope {
-        let cfg = &self.config;
+    fn channel_scope(&self) -> Option<ChannelScope> {
+        let cfg = self;
         let mut scope = ChannelScope::default();
         for (s, &blocks) in cfg.layers.iter().enumerate() {
             for b in 0..blocks {
@@ -150,11 +136,7 @@ impl ChannelPrunable for ResNet {
                 }
             }
         }
-        scope
-    }
-
-    fn rebuild(&self, state: &StateDict) -> Result<Self> {
-        ResNet::from_state_dict(state, self.config.stem)
+        Some(scope)
     }
 }
 
@@ -234,65 +216,4 @@ fn block(
     } else {
         Residual::identity(body)
     })
-}
-
-/// The ResNet family in torchvision's layout: ResNet, ResNeXt and Wide ResNet, with
-/// an ImageNet or a CIFAR stem.
-#[derive(Debug)]
-pub struct ResNetFamily;
-
-impl Family for ResNetFamily {
-    fn name(&self) -> &'static str {
-        "resnet"
-    }
-
-    fn title(&self) -> &'static str {
-        "ResNet"
-    }
-
-    fn keys(&self) -> &'static [&'static str] {
-        &["conv1.weight", "layer1.0.conv1.weight"]
-    }
-
-    fn load(&self, state: &StateDict, stem: Stem) -> Result<Model> {
-        ResNet::from_state_dict(state, stem).map(Model::new)
-    }
-
-    fn channel_pruning(&self) -> Option<&'static str> {
-        Some("ResNets (each block's conv1, and conv2 in an ungrouped bottleneck)")
-    }
-}
-
-impl FamilyNetwork for ResNet {
-    fn family(&self) -> &'static dyn Family {
-        &ResNetFamily
-    }
-
-    fn in_channels(&self) -> usize {
-        self.net.in_channels
-    }
-
-    fn num_classes(&self) -> usize {
-        self.net.classes
-    }
-
-    fn describe(&self) -> String {
-        let c = &self.config;
-        let widths = match &c.block_widths {
-            Some(_) => ", per-block widths (channel-pruned)",
-            None => "",
-        };
-        format!(
-            "{} stem, stages {:?} of {} blocks, planes {:?}, groups {}{widths}",
-            c.stem, c.layers, c.block, c.planes, c.groups
-        )
-    }
-
-    fn channel_scope(&self) -> Option<ChannelScope> {
-        Some(ChannelPrunable::channel_scope(self))
-    }
-
-    fn rebuild(&self, state: &StateDict) -> Result<Model> {
-        ChannelPrunable::rebuild(self, state).map(Model::new)
-    }
 }

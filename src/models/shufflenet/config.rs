@@ -2,8 +2,6 @@
 //! dict's keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, inferred, count_while, shape_of};
-use crate::state_dict::StateDict;
 
 pub(super) const FAMILY: &str = "ShuffleNetV2";
 
@@ -101,43 +99,4 @@ impl ShuffleNetV2Config {
         Ok(())
     }
 
-    /// Reads the shape off a torchvision-layout ShuffleNetV2 state dict: blocks from
-    /// the keys, widths from the shapes.
-    ///
-    /// ```
-    /// use reflow::models::{ShuffleNetV2, ShuffleNetV2Config};
-    /// use reflow::StateDict;
-    ///
-    /// let cfg = ShuffleNetV2Config::preset("shufflenet_v2_x0_5").unwrap().with_num_classes(10);
-    /// let state = StateDict::from_layer(&ShuffleNetV2::new(cfg.clone())?);
-    /// assert_eq!(ShuffleNetV2Config::infer(&state)?, cfg);
-    /// # Ok::<(), reflow::Error>(())
-    /// ```
-    pub fn infer(state: &StateDict) -> Result<Self> {
-        let stem = shape_of(state, FAMILY, "conv1.0.weight", 4)?;
-        let mut channels = [stem[0], 0, 0, 0, 0];
-        let mut repeats = [0; 3];
-        for s in 0..3 {
-            let key = |b: usize| format!("stage{}.{b}.branch2.0.weight", s + 2);
-            repeats[s] = count_while(state, key);
-            let branch = shape_of(state, FAMILY, &key(0), 4)?[0];
-            channels[s + 1] = 2 * branch;
-        }
-        channels[4] = shape_of(state, FAMILY, "conv5.0.weight", 4)?[0];
-        let fc = shape_of(state, FAMILY, "fc.weight", 2)?;
-        if fc[1] != channels[4] {
-            return Err(arch(
-                FAMILY,
-                "fc.weight",
-                format!("{} inputs, but conv5 gives {}", fc[1], channels[4]),
-            ));
-        }
-        let config = ShuffleNetV2Config {
-            stages_repeats: repeats,
-            stages_out_channels: channels,
-            in_channels: stem[1],
-            num_classes: fc[0],
-        };
-        inferred(state, FAMILY, "conv1.0.weight", config, Self::validate, Self::num_parameters)
-    }
 }

@@ -1,10 +1,8 @@
 //! The shape of a VGG with batch norm, its presets, and its inference from keys.
 
 use crate::error::{Error, Result};
-use crate::models::keys::{arch, inferred, shape_of};
-use crate::state_dict::StateDict;
 
-const FAMILY: &str = "VGG";
+pub(super) const FAMILY: &str = "VGG";
 
 /// One entry of VGG's `features`: a 3×3 convolution of `width` outputs (with its
 /// batch norm and ReLU, three indices) or a 2×2 max pool (one index).
@@ -161,73 +159,4 @@ impl VggConfig {
             + self.num_classes
     }
 
-    /// Reads the network's shape off a torchvision-layout `VGG` (with batch norm)
-    /// state dict: convolutions and pools from the indices of `features` (a gap of one
-    /// index between a ReLU and the next convolution is a pool; like every
-    /// torchvision VGG, the features end with one), input channels, the pool size
-    /// (from `classifier.0`'s inputs), the hidden width and the classes.
-    ///
-    /// ```
-    /// use reflow::models::{Vgg, VggConfig};
-    /// use reflow::StateDict;
-    ///
-    /// let cfg = VggConfig::from_widths(&[8, 0, 16, 16, 0]).with_hidden(32).with_in_channels(1);
-    /// let state = StateDict::from_layer(&Vgg::new(cfg.clone())?);
-    /// assert_eq!(VggConfig::infer(&state)?, cfg);
-    /// # Ok::<(), reflow::Error>(())
-    /// ```
-    pub fn infer(state: &StateDict) -> Result<VggConfig> {
-        let last = state
-            .keys()
-            .filter_map(|k| k.strip_prefix("features.")?.split('.').next()?.parse().ok())
-            .max()
-            .ok_or_else(|| arch(FAMILY, "features.0.weight", "missing"))?;
-        let first = shape_of(state, FAMILY, "features.0.weight", 4)?;
-        let in_channels = first[1];
-        let (mut features, mut c, mut i) = (Vec::new(), in_channels, 0usize);
-        while i <= last {
-            let conv = format!("features.{i}.weight");
-            if !state.contains(&conv) {
-                // A pool takes one index and has no parameters.
-                features.push(VggLayer::Pool);
-                i += 1;
-                continue;
-            }
-            let shape = shape_of(state, FAMILY, &conv, 4)?;
-            if shape[1] != c || shape[2..] != [3, 3] {
-                return Err(arch(
-                    FAMILY,
-                    &conv,
-                    format!("expected a [_, {c}, 3, 3] convolution, found {shape:?}"),
-                ));
-            }
-            let bn = format!("features.{}.running_var", i + 1);
-            if shape_of(state, FAMILY, &bn, 1)? != [shape[0]] {
-                return Err(arch(FAMILY, &bn, format!("expected {} channels", shape[0])));
-            }
-            c = shape[0];
-            features.push(VggLayer::Conv(c));
-            i += 3; // conv, batch norm, ReLU
-        }
-        features.push(VggLayer::Pool);
-        let fc = shape_of(state, FAMILY, "classifier.0.weight", 2)?;
-        let (hidden, flat) = (fc[0], fc[1]);
-        let pool = (1..=flat).find(|p| c * p * p >= flat).unwrap_or(1);
-        if c * pool * pool != flat {
-            return Err(arch(
-                FAMILY,
-                "classifier.0.weight",
-                format!("{flat} inputs are not {c} channels × a square pool"),
-            ));
-        }
-        let num_classes = shape_of(state, FAMILY, "classifier.6.weight", 2)?[0];
-        let config = VggConfig {
-            features,
-            in_channels,
-            pool,
-            hidden,
-            num_classes,
-        };
-        inferred(state, FAMILY, "features.0.weight", config, Self::validate, Self::num_parameters)
-    }
 }
