@@ -1,11 +1,23 @@
 //! The names of the small enums the command line and the reports spell out (a scope,
 //! a stem, a repair), written once per enum by [`names!`].
 
-/// Writes the names of an enum once: `name()`, `Display` (the name) and `FromStr`
-/// (from the name; any other text is [`Error::UnknownName`](crate::Error::UnknownName)
-/// naming the parameter `$what` and the names taken, `$expected`).
+/// Declares a small enum with the name of each variant beside it: the enum (its
+/// attributes and documentation as written), `name()`, `Display` (the name) and
+/// `FromStr` (from the name; any other text is
+/// [`Error::UnknownName`](crate::Error::UnknownName) naming the parameter `$what` and
+/// the names taken, `$expected`).
 macro_rules! names {
-    ($ty:ident as $what:literal, expecting $expected:literal: { $($variant:ident = $name:literal),+ $(,)? }) => {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $ty:ident as $what:literal, expecting $expected:literal {
+            $($(#[$vmeta:meta])* $variant:ident = $name:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $ty {
+            $($(#[$vmeta])* $variant),+
+        }
+
         impl $ty {
             /// The name it is written as, and parsed from.
             pub fn name(self) -> &'static str {

@@ -9,36 +9,33 @@ use safetensors::tensor::SafeTensors;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// How [`StateDict::write_safetensors_as`] stores the tensors.
-///
-/// ```
-/// use reflow::io::SaveFormat;
-///
-/// assert_eq!("compressed".parse::<SaveFormat>()?, SaveFormat::Compressed);
-/// assert_eq!(SaveFormat::default(), SaveFormat::Dense);
-/// assert!("zip".parse::<SaveFormat>().is_err());
-/// # Ok::<(), reflow::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SaveFormat {
-    /// Every tensor as it is, floats as F32 and integers as I64: what PyTorch's
-    /// `safetensors.torch.save_file(model.state_dict(), path)` writes.
-    #[default]
-    Dense,
-    /// Sparse weights in the bitmask layout of compressed-tensors (Neural Magic /
-    /// vLLM, format `"sparse-bitmask"`), which its `BitmaskCompressor` decompresses;
-    /// every other tensor dense, in the same file. A float `*.weight` of rank 2 or
-    /// more is compressed when that takes fewer bytes (from about 3 % zeros on: a
-    /// value's mask bit costs 1/32 of its four bytes). A `-0.0` weight is read back
-    /// as `+0.0`: the mask keeps the values `!= 0`, as compressed-tensors' does. See
-    /// `docs/models.md`, "Compressed checkpoints".
-    Compressed,
+crate::names::names! {
+    /// How [`StateDict::write_safetensors_as`] stores the tensors.
+    ///
+    /// ```
+    /// use reflow::io::SaveFormat;
+    ///
+    /// assert_eq!("compressed".parse::<SaveFormat>()?, SaveFormat::Compressed);
+    /// assert_eq!(SaveFormat::default(), SaveFormat::Dense);
+    /// assert!("zip".parse::<SaveFormat>().is_err());
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum SaveFormat as "save format", expecting "\"dense\" or \"compressed\"" {
+        /// Every tensor as it is, floats as F32 and integers as I64: what PyTorch's
+        /// `safetensors.torch.save_file(model.state_dict(), path)` writes.
+        #[default]
+        Dense = "dense",
+        /// Sparse weights in the bitmask layout of compressed-tensors (Neural Magic /
+        /// vLLM, format `"sparse-bitmask"`), which its `BitmaskCompressor` decompresses;
+        /// every other tensor dense, in the same file. A float `*.weight` of rank 2 or
+        /// more is compressed when that takes fewer bytes (from about 3 % zeros on: a
+        /// value's mask bit costs 1/32 of its four bytes). A `-0.0` weight is read back
+        /// as `+0.0`: the mask keeps the values `!= 0`, as compressed-tensors' does. See
+        /// `docs/models.md`, "Compressed checkpoints".
+        Compressed = "compressed",
+    }
 }
-
-crate::names::names!(SaveFormat as "save format", expecting "\"dense\" or \"compressed\"": {
-    Dense = "dense",
-    Compressed = "compressed",
-});
 
 impl StateDict {
     /// Reads a safetensors file. F32, F16, BF16 and F64 tensors become `f32`; I64 and

@@ -80,63 +80,52 @@ impl FromStr for Pattern {
     }
 }
 
-/// How the weights to remove are chosen, for the unstructured and N:M patterns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Method {
-    /// The smallest |w| ([`MagnitudePruner`](crate::prune::MagnitudePruner), [`NmPruner`]): no data needed.
-    #[default]
-    Magnitude,
-    /// The smallest |w| · ‖x‖ of each row ([`WandaPruner`](crate::prune::WandaPruner)), the input norms measured
-    /// on the dense network over the calibration images, once before the runs.
-    Wanda,
-    /// SparseGPT's choice and weight update ([`SparseGptPruner`](crate::prune::SparseGptPruner)), the input Hessians
-    /// measured on the dense network over the calibration images, once before the runs.
-    SparseGpt,
+crate::names::names! {
+    /// How the weights to remove are chosen, for the unstructured and N:M patterns.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum Method as "method", expecting "magnitude, wanda or sparsegpt" {
+        /// The smallest |w| ([`MagnitudePruner`](crate::prune::MagnitudePruner), [`NmPruner`]): no data needed.
+        #[default]
+        Magnitude = "magnitude",
+        /// The smallest |w| · ‖x‖ of each row ([`WandaPruner`](crate::prune::WandaPruner)), the input norms measured
+        /// on the dense network over the calibration images, once before the runs.
+        Wanda = "wanda",
+        /// SparseGPT's choice and weight update ([`SparseGptPruner`](crate::prune::SparseGptPruner)), the input Hessians
+        /// measured on the dense network over the calibration images, once before the runs.
+        SparseGpt = "sparsegpt",
+    }
 }
 
-crate::names::names!(Method as "method", expecting "magnitude, wanda or sparsegpt": {
-    Magnitude = "magnitude",
-    Wanda = "wanda",
-    SparseGpt = "sparsegpt",
-});
-
-/// Which network the activation-aware methods measure each layer's inputs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Inputs {
-    /// The dense network, once before the runs (OBC's and Wanda's default).
-    #[default]
-    Dense,
-    /// The network as pruned so far: layer by layer in forward order, each measured
-    /// with the layers before it pruned (and, for SparseGPT, updated), one pass over
-    /// the calibration images per layer and run
-    /// ([`SparseGptPruner::prune_sequential`](crate::prune::SparseGptPruner::prune_sequential),
-    /// [`WandaPruner::prune_sequential`](crate::prune::WandaPruner::prune_sequential)).
-    Sequential,
+crate::names::names! {
+    /// Which network the activation-aware methods measure each layer's inputs on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum Inputs as "inputs", expecting "dense or sequential" {
+        /// The dense network, once before the runs (OBC's and Wanda's default).
+        #[default]
+        Dense = "dense",
+        /// The network as pruned so far: layer by layer in forward order, each measured
+        /// with the layers before it pruned (and, for SparseGPT, updated), one pass over
+        /// the calibration images per layer and run
+        /// ([`SparseGptPruner::prune_sequential`](crate::prune::SparseGptPruner::prune_sequential),
+        /// [`WandaPruner::prune_sequential`](crate::prune::WandaPruner::prune_sequential)).
+        Sequential = "sequential",
+    }
 }
 
-crate::names::names!(Inputs as "inputs", expecting "dense or sequential": {
-    Dense = "dense",
-    Sequential = "sequential",
-});
-
-/// What follows each pruning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RepairChoice {
-    /// REFLOW in the study's mode (the paper's method).
-    #[default]
-    Reflow,
-    /// Nothing: the pruned network as it is.
-    None,
-    /// REFLOW or nothing, whichever stays closer to the dense network (see
-    /// [`Repair::auto`]).
-    Auto,
+crate::names::names! {
+    /// What follows each pruning.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum RepairChoice as "repair", expecting "reflow, none or auto" {
+        /// REFLOW in the study's mode (the paper's method).
+        #[default]
+        Reflow = "reflow",
+        /// Nothing: the pruned network as it is.
+        None = "none",
+        /// REFLOW or nothing, whichever stays closer to the dense network (see
+        /// [`Repair::auto`]).
+        Auto = "auto",
+    }
 }
-
-crate::names::names!(RepairChoice as "repair", expecting "reflow, none or auto": {
-    Reflow = "reflow",
-    None = "none",
-    Auto = "auto",
-});
 
 impl RepairChoice {
     /// The repair, with REFLOW as `reflow`.

@@ -84,20 +84,17 @@ pub trait ChannelPrunable: Params + Sized {
     fn rebuild(&self, state: &StateDict) -> Result<Self>;
 }
 
-/// How a filter's importance is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum FilterNorm {
-    /// Σ |w| over the filter (Li et al., 2017).
-    #[default]
-    L1,
-    /// √Σ w² over the filter.
-    L2,
+crate::names::names! {
+    /// How a filter's importance is scored.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+    pub enum FilterNorm as "filter norm", expecting "\"l1\" or \"l2\"" {
+        /// Σ |w| over the filter (Li et al., 2017).
+        #[default]
+        L1 = "l1",
+        /// √Σ w² over the filter.
+        L2 = "l2",
+    }
 }
-
-crate::names::names!(FilterNorm as "filter norm", expecting "\"l1\" or \"l2\"": {
-    L1 = "l1",
-    L2 = "l2",
-});
 
 /// The channels removed from one convolution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,22 +5,19 @@ use crate::error::{Error, Result};
 use crate::layer::Params;
 use std::collections::BTreeMap;
 
-/// Which weights compete with each other for removal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Scope {
-    /// One ranking over every prunable weight of the network: PyTorch's
-    /// `prune.global_unstructured`.
-    #[default]
-    Global,
-    /// The same fraction removed from every tensor: PyTorch's `prune.l1_unstructured`
-    /// applied tensor by tensor.
-    Layer,
+crate::names::names! {
+    /// Which weights compete with each other for removal.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub enum Scope as "scope", expecting "\"global\" or \"layer\"" {
+        /// One ranking over every prunable weight of the network: PyTorch's
+        /// `prune.global_unstructured`.
+        #[default]
+        Global = "global",
+        /// The same fraction removed from every tensor: PyTorch's `prune.l1_unstructured`
+        /// applied tensor by tensor.
+        Layer = "layer",
+    }
 }
-
-crate::names::names!(Scope as "scope", expecting "\"global\" or \"layer\"": {
-    Global = "global",
-    Layer = "layer",
-});
 
 /// The parameters every pruner shares: target sparsity, scope, per-tensor overrides
 /// (which take a tensor out of the global ranking and prune it on its own) and

@@ -33,14 +33,16 @@ impl fmt::Display for BlockKind {
     }
 }
 
-/// The first layers of a ResNet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Stem {
-    /// 3×3 convolution, stride 1, padding 1; no max pooling. For small images
-    /// (CIFAR, Fashion-MNIST).
-    Cifar,
-    /// 7×7 convolution, stride 2, padding 3, then 3×3 max pooling, stride 2, padding 1.
-    Imagenet,
+crate::names::names! {
+    /// The first layers of a ResNet.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Stem as "stem", expecting "\"cifar\" or \"imagenet\"" {
+        /// 3×3 convolution, stride 1, padding 1; no max pooling. For small images
+        /// (CIFAR, Fashion-MNIST).
+        Cifar = "cifar",
+        /// 7×7 convolution, stride 2, padding 3, then 3×3 max pooling, stride 2, padding 1.
+        Imagenet = "imagenet",
+    }
 }
 
 impl Stem {
@@ -53,10 +55,6 @@ impl Stem {
     }
 }
 
-crate::names::names!(Stem as "stem", expecting "\"cifar\" or \"imagenet\"": {
-    Cifar = "cifar",
-    Imagenet = "imagenet",
-});
 
 /// Everything that determines a ResNet's layers and parameter shapes.
 ///
