@@ -4,7 +4,7 @@
 //! then run by [`Protocol::study`].
 
 use super::{Dense, Inputs, Layers, Method, Pattern, Protocol, RepairChoice, Run, RunReport};
-use crate::data::ImageSource;
+use crate::data::{ImageBatches, ImageSource, Normalization};
 use crate::error::{Error, Result};
 use crate::io::check_image_pixels;
 use crate::layer::{ActivationView, Layer, LayerKind, Observer, Probe, Site, Tap};
@@ -213,6 +213,44 @@ impl Study {
                 Runs::Wanda(pruners, skipped)
             }
         })
+    }
+
+    /// The calibration batches of the study: `count` of `images` in batches of
+    /// `batch`, the first ones or, with a `seed`, a seeded shuffle of them all
+    /// ([`ImageBatches::shuffled`]), normalised by `norm`; checked before any pass over
+    /// the data ([`Study::check_calibration`]), and the images drawn checked by
+    /// their source (a folder reads their headers).
+    ///
+    /// ```
+    /// use reflow::io::{IdxImages, Normalization};
+    /// use reflow::models::{Model, ResNet, ResNetConfig};
+    /// use reflow::protocol::{Pattern, Study};
+    ///
+    /// let net = Model::new(ResNet::new(ResNetConfig::cifar_resnet(8)?.with_in_channels(1))?);
+    /// let images = IdxImages::from_pixels([10, 1, 8, 8], vec![7; 640])?;
+    /// let norm = Normalization::fashion_mnist();
+    /// let study = Study::new(Pattern::Unstructured, vec![0.5]);
+    /// let batches = study.calibration(&net, &images, (6, 4), Some(1), &norm)?;
+    /// assert_eq!((batches.len(), batches.indices().len()), (6, 6));
+    /// assert!(study.calibration(&net, &images, (11, 4), None, &norm).is_err());
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    pub fn calibration<'a>(
+        &self,
+        net: &Model,
+        images: &'a dyn ImageSource,
+        (count, batch): (usize, usize),
+        seed: Option<u64>,
+        norm: &'a Normalization,
+    ) -> Result<ImageBatches<'a>> {
+        self.check_calibration(net, images, count, batch)?;
+        let batches = ImageBatches::new(images, count, batch, norm)?;
+        let batches = match seed {
+            Some(seed) => batches.shuffled(seed),
+            None => batches,
+        };
+        images.check(batches.indices())?;
+        Ok(batches)
     }
 
     /// Before any forward pass over the data: every batch norm of `net` gets at least

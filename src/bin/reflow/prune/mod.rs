@@ -231,30 +231,20 @@ fn run(args: &Args) -> reflow::Result<()> {
     let labels = labels.as_ref().map(|l| l.as_slice());
     let signal_images =
         reflow::protocol::signal_images(args.signal_images, test.len()).map_err(as_flag)?;
-    plan.study
-        .check_calibration(
+    let counts = (args.calib_count, args.calib_batch);
+    let calibration = plan
+        .study
+        .calibration(
             &net,
             calib_images.as_ref(),
-            args.calib_count,
-            args.calib_batch,
+            counts,
+            args.calib_seed,
+            &plan.norm,
         )
-        .map_err(as_flag)?;
-    let calibration = ImageBatches::new(
-        calib_images.as_ref(),
-        args.calib_count,
-        args.calib_batch,
-        &plan.norm,
-    )
-    .map_err(|e| match e {
-        Error::Data(m) => Error::Data(format!("--{calib_flag}: {m}")),
-        other => other,
-    })?;
-    let calibration = match args.calib_seed {
-        Some(seed) => calibration.shuffled(seed),
-        None => calibration,
-    };
-    // The images drawn, before any work (a folder reads their headers).
-    calib_images.check(calibration.indices())?;
+        .map_err(|e| match e {
+            Error::Data(m) => Error::Data(format!("--{calib_flag}: {m}")),
+            other => as_flag(other),
+        })?;
     let protocol = Protocol {
         test: test.as_ref(),
         labels,
