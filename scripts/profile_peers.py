@@ -42,12 +42,27 @@ from peers import cpu_model  # noqa: E402
 
 
 def module_name(node: str) -> str:
-    """torchvision's module name of an ONNX node named by the exporter's scopes:
-    `/trunk_output/block1/block1-0/f/a/a.0/Conv` -> `trunk_output.block1.block1-0.f.a.0`."""
-    parts = [p for p in node.split("/") if p][:-1]
-    if len(parts) >= 2 and parts[-1].startswith(parts[-2] + "."):
-        parts = parts[:-2] + [parts[-1]]
-    return ".".join(parts)
+    """torchvision's module name of the convolution an ONNX Runtime node runs. The
+    exporter names a node by its modules' scopes, each extending the one before
+    (`/features/features.1/conv/conv.0/conv.0.0/Conv`: `features.1.conv.0.0`); after
+    the NCHWc rewrite a node is named by its output, and a convolution fused with the
+    activation after it by the activation's (`/trunk_output/block1/block1-0/f/a/a.2/
+    Relu_output_0_nchwc`: the convolution `f.a.0` of the sequence `f.a`)."""
+    name = node
+    for suffix in ("_nchwc", "_output_0"):
+        name = name.removesuffix(suffix)
+    *scopes, op = [p for p in name.split("/") if p] or [""]
+    path: list[str] = []
+    for scope in scopes:
+        if path and scope.startswith(path[-1] + "."):
+            path[-1] = scope
+        else:
+            path.append(scope)
+    if op not in ("Conv", "Gemm", "MatMul") and path and "." in path[-1]:
+        head, _, index = path[-1].rpartition(".")
+        if index.isdigit():
+            path[-1] = head + ".0"
+    return ".".join(path)
 
 
 def kind(weight: list[int], in_channels: int) -> str:
@@ -194,7 +209,7 @@ def main() -> None:
     print("\noutside the matched layers:")
     print(f"  ONNX Runtime: {sum(rest.values()):.3f} ms of nodes ("
           + ", ".join(f"{op} {ms:.3f}" for op, ms in sorted(rest.items(), key=lambda kv: -kv[1]))
-          + f"), {ort_wall - sum(v[0] for v in ort_nodes.values()):.3f} ms between nodes")
+          + f"), {statistics.median(r[1] - sum(v[0] for v in r[0].values()) for r in ort_rounds):.3f} ms between nodes")
     unmatched = [n for n in reflow_layers if n not in {r[1] for r in rows}]
     print(f"  reflow: {reflow_pass - total_r:.3f} ms outside the matched layers"
           + (f" (unmatched layers: {', '.join(unmatched)})" if unmatched else ""))

@@ -150,7 +150,12 @@ impl Kernel for PointwiseTask<'_> {
             };
             let mut b = blocks.start;
             while b < blocks.end {
-                let pair = b + 1 < blocks.end;
+                // Two output blocks at a time where the registers hold them (AVX-512:
+                // 2 x 14 accumulators of 32); else one block of 6 positions, whose
+                // accumulators, weights and broadcast fit AVX2's 16 registers (a vector
+                // is two) and NEON's 32 (a vector is four). Two blocks of 3 did not fit:
+                // they spilled and ran AVX2's 1x1 layers at a third of the peak.
+                let pair = b + 1 < blocks.end && S::PIXELS >= 28;
                 // SAFETY: `b` (and `b + 1` for a pair) are output blocks of the task and
                 // of the weights; the positions are the task's, of the image.
                 unsafe {
@@ -169,10 +174,9 @@ impl Kernel for PointwiseTask<'_> {
                     );
                     let range = range.clone();
                     match (pair, S::PIXELS >= 28) {
-                        (true, true) => positions::<S, 2, 14>(s, args, range),
-                        (true, false) => positions::<S, 2, 3>(s, args, range),
+                        (true, _) => positions::<S, 2, 14>(s, args, range),
                         (false, true) => positions::<S, 1, 14>(s, args, range),
-                        (false, false) => positions::<S, 1, 3>(s, args, range),
+                        (false, false) => positions::<S, 1, 6>(s, args, range),
                     }
                 }
                 b += if pair { 2 } else { 1 };
