@@ -196,7 +196,12 @@ impl Kernel for DirectTask<'_> {
         while b < self.blocks.end {
             // A pair of blocks of the same group.
             let (gi, go) = self.group;
-            let pair = b + 1 < self.blocks.end && (b + 1) * LANES / go == b * LANES / go;
+            // Only where the registers hold two blocks' tiles (AVX-512): with AVX2's
+            // and NEON's, one block of 6 columns fits, two of 3 spill (as in the 1x1
+            // kernel).
+            let pair = b + 1 < self.blocks.end
+                && (b + 1) * LANES / go == b * LANES / go
+                && S::PIXELS >= 28;
             // Where the group's input channels start.
             let shift = self.layout.channel((b * LANES / go) * gi, self.g.size).0;
             let at = (b - self.blocks.start) * plane;
@@ -219,14 +224,15 @@ impl Kernel for DirectTask<'_> {
             // use immediate offsets.
             let step = self.g.stride[1] * self.layout.channel(0, self.g.size).1;
             match (pair, S::PIXELS >= 28, step) {
-                (true, true, 16) => rows::<S, 2, 14, 16>(s, &tile),
-                (true, true, 32) => rows::<S, 2, 14, 32>(s, &tile),
-                (true, true, _) => rows::<S, 2, 14, 0>(s, &tile),
-                (true, false, _) => rows::<S, 2, 3, 0>(s, &tile),
+                (true, _, 16) => rows::<S, 2, 14, 16>(s, &tile),
+                (true, _, 32) => rows::<S, 2, 14, 32>(s, &tile),
+                (true, _, _) => rows::<S, 2, 14, 0>(s, &tile),
                 (false, true, 16) => rows::<S, 1, 14, 16>(s, &tile),
                 (false, true, 32) => rows::<S, 1, 14, 32>(s, &tile),
                 (false, true, _) => rows::<S, 1, 14, 0>(s, &tile),
-                (false, false, _) => rows::<S, 1, 3, 0>(s, &tile),
+                (false, false, 16) => rows::<S, 1, 6, 16>(s, &tile),
+                (false, false, 32) => rows::<S, 1, 6, 32>(s, &tile),
+                (false, false, _) => rows::<S, 1, 6, 0>(s, &tile),
             }
             b += if pair { 2 } else { 1 };
         }
