@@ -1,7 +1,8 @@
 //! The 1×1 convolution on channel-blocked activations: one product over all the
 //! positions of the image, in register blocks of two output blocks × up to 14
-//! positions (AVX-512; 3 at AVX2 and NEON), each input value broadcast once per block
-//! and each weight vector used by every position of it; the input channels are taken
+//! positions (AVX-512; one block × 6 at AVX2, NEON and portable), each input value
+//! broadcast once per block and each weight vector used by every position of it, the
+//! sixteen channels of an input block unrolled; the input channels are taken
 //! in chunks of [`CHUNK`] so that a chunk of the image and of the weights stay in
 //! cache. The store applies `y = f(y·scale + shift (+ residual))` per output channel.
 
@@ -174,9 +175,9 @@ impl Kernel for PointwiseTask<'_> {
                     );
                     let range = range.clone();
                     match (pair, S::PIXELS >= 28) {
-                        (true, _) => positions::<S, 2, 14>(s, args, range),
-                        (false, true) => positions::<S, 1, 14>(s, args, range),
-                        (false, false) => positions::<S, 1, 6>(s, args, range),
+                        (true, _) => positions::<S, 2, 14, 14>(s, args, range),
+                        (false, true) => positions::<S, 1, 14, 14>(s, args, range),
+                        (false, false) => positions::<S, 1, 6, 5>(s, args, range),
                     }
                 }
                 b += if pair { 2 } else { 1 };
@@ -208,20 +209,39 @@ type PointwiseArgs<'a> = (
 );
 
 /// The positions `range` of the image for output blocks `b..b + B`, `T` positions at a
-/// time, the rest in blocks of 8, 4, 2 and 1 (a block may not overlap the one before:
-/// later passes add to what earlier ones stored).
+/// time. Where `U = T - 1` (else `U = T`) and the range splits into as many tiles of
+/// `T` and `U` as it needs tiles of `T`, it does (a 7 × 7 map is four tiles of 6 and
+/// five of 5 instead of eight of 6 and a lone position, whose two chains wait on the
+/// multiply-add's latency); else the rest is done in blocks of 8, 4, 2 and 1 (a block
+/// may not overlap the one before: later passes add to what earlier ones stored).
 ///
 /// # Safety
 /// As [`tile`], for every position of `range`.
 #[inline(always)]
-unsafe fn positions<S: Simd, const B: usize, const T: usize>(
+unsafe fn positions<S: Simd, const B: usize, const T: usize, const U: usize>(
     s: S,
     args: PointwiseArgs<'_>,
     range: std::ops::Range<usize>,
 ) {
+    debug_assert!(U == T || U + 1 == T);
     // SAFETY: the caller's contract, passed on to `tile`.
     unsafe {
+        let tiles = range.len().div_ceil(T);
         let mut p = range.start;
+        if U < T && tiles * U <= range.len() {
+            // `range.len() - tiles·U` tiles of T, the others of U.
+            let long = range.len() - tiles * U;
+            for i in 0..tiles {
+                if i < long {
+                    tile::<S, B, T>(s, args, p);
+                    p += T;
+                } else {
+                    tile::<S, B, U>(s, args, p);
+                    p += U;
+                }
+            }
+            return;
+        }
         while p < range.end {
             let left = range.end - p;
             let step = if left >= T {
@@ -269,9 +289,8 @@ unsafe fn tile<S: Simd, const B: usize, const T: usize>(
                 }
             }
         }
-        for c in pass.c.clone() {
-            let (cb, lane) = (c / LANES, c % LANES);
-            let xc = x.add((cb * hw + p) * LANES + lane);
+        // One input channel: its value at each position times each block's weights.
+        let mut channel = |c: usize, xc: *const f32| {
             let wv: [S::V; B] =
                 std::array::from_fn(|k| s.load_ptr(w.add(((b + k) * cin + c) * LANES)));
             for t in 0..T {
@@ -280,6 +299,22 @@ unsafe fn tile<S: Simd, const B: usize, const T: usize>(
                     row[t] = s.fma(wk, xv, row[t]);
                 }
             }
+        };
+        // Whole input blocks with the sixteen lanes unrolled (their offsets constants:
+        // no address arithmetic per channel), then the channels of a last, partial
+        // block one at a time.
+        let (start, end) = (pass.c.start, pass.c.end);
+        let whole = start + (end - start) / LANES * LANES;
+        let mut c = start;
+        while c < whole {
+            let xb = x.add(((c / LANES) * hw + p) * LANES);
+            for lane in 0..LANES {
+                channel(c + lane, xb.add(lane));
+            }
+            c += LANES;
+        }
+        for c in whole..end {
+            channel(c, x.add(((c / LANES) * hw + p) * LANES + c % LANES));
         }
         for (k, row) in acc.iter().enumerate() {
             if !pass.last {
