@@ -185,21 +185,19 @@ def prune(
         )
     if isinstance(exclude, str):
         exclude = [exclude]
-    result, report = _prune(
-        _to_safetensors(state_dict),
-        images.tobytes(),
-        tuple(images.shape),
-        float(sparsity),
-        pattern=pattern,
-        method=method,
-        repair=repair,
-        scope=scope,
-        stem=stem,
-        arch=arch,
-        batch_size=int(batch_size),
-        seed=None if seed is None else int(seed),
-        exclude=list(exclude),
-    )
+    options = {
+        "sparsity": float(sparsity),
+        "pattern": pattern,
+        "method": method,
+        "repair": repair,
+        "scope": scope,
+        "stem": stem,
+        "arch": arch,
+        "batch_size": int(batch_size),
+        "seed": None if seed is None else int(seed),
+        "exclude": list(exclude),
+    }
+    result, report = _prune(_to_safetensors(state_dict), images.tobytes(), tuple(images.shape), options)
     tensors = _from_safetensors(result)
     # The input's order (a channel-pruned network's keys are the same names).
     ordered = {k: tensors.pop(k) for k in state_dict if k in tensors}

@@ -10,9 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use reflow::data::{FloatImages, ImageSource, Normalization};
 use reflow::models::{Arch, Model, Stem};
-use reflow::protocol::{
-    signal_images, CalibrationReport, DenseReport, ModelReport, Number, Protocol, Report, Study,
-};
+use reflow::protocol::{signal_images, CalibrationReport, Protocol, Report, Study};
 use reflow::{Error, StateDict};
 
 create_exception!(
@@ -27,7 +25,9 @@ fn raised(e: Error) -> PyErr {
     ReflowError::new_err(e.to_string())
 }
 
-/// What `prune` is asked for, as the wrapper passes it.
+/// What `prune` is asked for: the wrapper's keyword arguments, as a dict.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
 struct Options {
     sparsity: f64,
     pattern: String,
@@ -41,43 +41,17 @@ struct Options {
     exclude: Vec<String>,
 }
 
-/// Prunes the network of `state` (safetensors bytes) at `sparsity`, repairs it on the
-/// calibration images (`images`: little-endian `f32` of shape `dims`, normalised) and
-/// returns the result as safetensors bytes and the report as JSON.
+/// Prunes the network of `state` (safetensors bytes) as `options` say, repairs it on
+/// the calibration images (`images`: little-endian `f32` of shape `dims`, normalised)
+/// and returns the result as safetensors bytes and the report as JSON.
 #[pyfunction]
-#[pyo3(signature = (
-    state, images, dims, sparsity, *, pattern, method, repair, scope, stem, arch,
-    batch_size, seed, exclude
-))]
-#[allow(clippy::too_many_arguments)]
 fn prune<'py>(
     py: Python<'py>,
     state: &[u8],
     images: &[u8],
     dims: [usize; 4],
-    sparsity: f64,
-    pattern: String,
-    method: String,
-    repair: String,
-    scope: String,
-    stem: Option<String>,
-    arch: Option<String>,
-    batch_size: usize,
-    seed: Option<u64>,
-    exclude: Vec<String>,
+    options: Options,
 ) -> PyResult<(Bound<'py, PyBytes>, String)> {
-    let options = Options {
-        sparsity,
-        pattern,
-        method,
-        repair,
-        scope,
-        stem,
-        arch,
-        batch_size,
-        seed,
-        exclude,
-    };
     let (state, report) = py
         .detach(|| run(state, images, dims, &options))
         .map_err(raised)?;
@@ -169,29 +143,15 @@ fn run(
         Ok(())
     };
     let runs = protocol.study(&mut net, &study, runs, &dense, &mut keep, &mut |_| {})?;
-    let worst = CalibrationReport::worst(runs.iter().map(|(run, _)| run));
-    let report = Report {
-        model: ModelReport::of(&net),
-        calibration: CalibrationReport {
-            source: "numpy array".into(),
-            count: calibration.len(),
-            batch: options.batch_size,
-            seed: options.seed,
-            agreement_between_halves: worst.map(|c| Number(c.agreement_between_halves)),
-            kl_between_halves: worst.map(|c| Number(c.kl_between_halves)),
-            images_needed: worst.and_then(|c| c.images_needed),
-            warning: worst.and_then(|c| c.warning.clone()),
-            indices: options.seed.map(|_| calibration.indices().to_vec()),
-        },
-        method: study.method.name().to_string(),
-        inputs: study.inputs.name().to_string(),
-        repair: study.repair.name().to_string(),
-        dense: DenseReport::of(&dense.evaluation, images.len()),
-        runs: runs
-            .iter()
-            .map(|(run, pruned)| pruned.report(run, &study))
-            .collect(),
-    };
+    let source = "numpy array".to_string();
+    let calibration = CalibrationReport::of(
+        source,
+        &calibration,
+        options.seed,
+        runs.iter().map(|(r, _)| r),
+    );
+    let dense = (&dense.evaluation, images.len());
+    let report = Report::of(&net, &study, calibration, dense, &runs);
     let state = result.expect("a study of one sparsity saves one network");
     let json = serde_json::to_string(&report).expect("the report serialises");
     Ok((state.to_safetensors_bytes()?, json))

@@ -138,6 +138,11 @@ impl<'a> ImageBatches<'a> {
         self.order.is_empty()
     }
 
+    /// Images per batch (the last batch may have fewer).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     /// The image indices, in batch order.
     pub fn indices(&self) -> &[usize] {
         &self.order

@@ -2,7 +2,8 @@
 //! exactly the JSON `reflow prune --json` writes (its fields are documented in
 //! `docs/prune-example.md`, "Output").
 
-use super::{Evaluation, Run};
+use super::{Evaluation, Pruned, Run, Study};
+use crate::data::ImageBatches;
 use crate::models::{Model, ResNet};
 use crate::prune::{ChannelReport, SparsityReport};
 use crate::stats::Signal;
@@ -118,7 +119,55 @@ pub struct CalibrationReport {
     pub indices: Option<Vec<usize>>,
 }
 
+impl Report {
+    /// The report of `study`'s `runs` on `net`: the calibration set as `calibration`
+    /// says it, the dense network as evaluated (`dense`, on `images` images).
+    pub fn of(
+        net: &Model,
+        study: &Study,
+        calibration: CalibrationReport,
+        (dense, images): (&Evaluation, usize),
+        runs: &[(Run, Pruned)],
+    ) -> Report {
+        Report {
+            model: ModelReport::of(net),
+            calibration,
+            method: study.method.name().to_string(),
+            inputs: study.inputs.name().to_string(),
+            repair: study.repair.name().to_string(),
+            dense: DenseReport::of(dense, images),
+            runs: runs
+                .iter()
+                .map(|(run, pruned)| pruned.report(run, study))
+                .collect(),
+        }
+    }
+}
+
 impl CalibrationReport {
+    /// The calibration set `calibration` (read from `source`, drawn by a shuffle of
+    /// `seed` when there is one) and the check of `runs` that speaks for it
+    /// ([`CalibrationReport::worst`]).
+    pub fn of<'r>(
+        source: String,
+        calibration: &ImageBatches<'_>,
+        seed: Option<u64>,
+        runs: impl IntoIterator<Item = &'r Run>,
+    ) -> Self {
+        let worst = Self::worst(runs);
+        CalibrationReport {
+            source,
+            count: calibration.len(),
+            batch: calibration.batch_size(),
+            seed,
+            agreement_between_halves: worst.map(|c| Number(c.agreement_between_halves)),
+            kl_between_halves: worst.map(|c| Number(c.kl_between_halves)),
+            images_needed: worst.and_then(|c| c.images_needed),
+            warning: worst.and_then(|c| c.warning.clone()),
+            indices: seed.map(|_| calibration.indices().to_vec()),
+        }
+    }
+
     /// The run's check that speaks for the calibration set: the largest predicted
     /// noise (a failed check first).
     pub fn worst<'r>(runs: impl IntoIterator<Item = &'r Run>) -> Option<&'r CalibrationCheck> {

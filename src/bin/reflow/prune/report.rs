@@ -5,7 +5,7 @@ use super::plan::Plan;
 use super::Args;
 use reflow::models::Model;
 use reflow::prelude::*;
-use reflow::protocol::{CalibrationReport, DenseReport, ModelReport, Number, Report};
+use reflow::protocol::{CalibrationReport, Report};
 use reflow::protocol::{Method, Pattern, Pruned, RepairChoice};
 use reflow::trust::Fidelity;
 
@@ -176,28 +176,14 @@ pub(super) fn finish(
                 None => String::new(),
             },
         };
-        let report = Report {
-            model: ModelReport::of(net),
-            calibration: CalibrationReport {
-                source,
-                count: calibration.len(),
-                batch: args.calib_batch,
-                seed: args.calib_seed,
-                agreement_between_halves: worst.map(|c| Number(c.agreement_between_halves)),
-                kl_between_halves: worst.map(|c| Number(c.kl_between_halves)),
-                images_needed: worst.and_then(|c| c.images_needed),
-                warning: worst.and_then(|c| c.warning.clone()),
-                indices: args.calib_seed.map(|_| calibration.indices().to_vec()),
-            },
-            method: plan.study.method.name().to_string(),
-            inputs: plan.study.inputs.name().to_string(),
-            repair: plan.study.repair.name().to_string(),
-            dense: DenseReport::of(&dense.evaluation, test.len()),
-            runs: runs
-                .iter()
-                .map(|(run, pruned)| pruned.report(run, &plan.study))
-                .collect(),
-        };
+        let calibration = CalibrationReport::of(
+            source,
+            calibration,
+            args.calib_seed,
+            runs.iter().map(|(run, _)| run),
+        );
+        let dense = (&dense.evaluation, test.len());
+        let report = Report::of(net, &plan.study, calibration, dense, runs);
         let text = serde_json::to_string_pretty(&report).expect("the report serialises");
         reflow::io::write_atomic(path, text.as_bytes())?;
     }
