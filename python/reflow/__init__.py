@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from collections.abc import Iterable, Mapping
 from os import PathLike
 from typing import Any
@@ -144,6 +145,7 @@ def prune(
     batch_size: int = 64,
     seed: int | None = None,
     exclude: Iterable[str] = (),
+    progress: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Prunes the network ``state_dict`` holds and repairs it on ``calibration``.
 
@@ -167,6 +169,9 @@ def prune(
         batch_size: calibration batch size.
         seed: draws the calibration batches by a seeded shuffle instead of in order.
         exclude: parameter names or prefixes never pruned.
+        progress: draw a progress bar on standard error (the dense network's
+            evaluation, then the pruned and the repaired network's); by default when
+            standard error is a terminal.
 
     Returns:
         The pruned and repaired state dict (every key of the input, loadable with
@@ -196,6 +201,7 @@ def prune(
         "batch_size": int(batch_size),
         "seed": None if seed is None else int(seed),
         "exclude": list(exclude),
+        "progress": sys.stderr.isatty() if progress is None else bool(progress),
     }
     result, report = _prune(_to_safetensors(state_dict), images.tobytes(), tuple(images.shape), options)
     tensors = _from_safetensors(result)

@@ -19,6 +19,7 @@ class _Options(TypedDict):
     batch_size: int
     seed: int | None
     exclude: list[str]
+    progress: bool
 
 def prune(
     state: bytes, images: bytes, dims: tuple[int, int, int, int], options: _Options

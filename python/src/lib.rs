@@ -4,13 +4,14 @@
 //! them: no link to libtorch or to numpy's C API, one abi3 wheel for every CPython
 //! from 3.10 on. The work runs with the interpreter released.
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use reflow::data::{FloatImages, ImageSource, Normalization};
 use reflow::models::{Arch, Model, Stem};
-use reflow::protocol::{signal_images, CalibrationReport, Protocol, Report, Study};
+use reflow::protocol::{signal_images, CalibrationReport, Progress, Protocol, Report, Study};
 use reflow::{Error, StateDict};
 
 create_exception!(
@@ -39,6 +40,8 @@ struct Options {
     batch_size: usize,
     seed: Option<u64>,
     exclude: Vec<String>,
+    /// Draw a progress bar on standard error.
+    progress: bool,
 }
 
 /// Prunes the network of `state` (safetensors bytes) as `options` say, repairs it on
@@ -136,13 +139,21 @@ fn run(
         signal_images: signal_images(None, images.len())?,
         repair: study.repair.repair(study.reflow),
     };
+    let bar = progress_bar(options.progress, 1 + 2 * study.sparsities.len() as u64);
+    bar.set_message("dense model");
     let dense = protocol.dense(&net)?;
+    bar.inc(1);
+    let mut show = |step: Progress<'_>| match step {
+        Progress::Run(label) => bar.set_message(label.to_string()),
+        Progress::Pass => bar.inc(1),
+    };
     let mut result = None;
     let mut keep = |_: &str, net: &Model| {
         result = Some(StateDict::from_layer(net));
         Ok(())
     };
-    let runs = protocol.study(&mut net, &study, runs, &dense, &mut keep, &mut |_| {})?;
+    let runs = protocol.study(&mut net, &study, runs, &dense, &mut keep, &mut show)?;
+    bar.finish_and_clear();
     let source = "numpy array".to_string();
     let calibration = CalibrationReport::of(
         source,
@@ -155,6 +166,21 @@ fn run(
     let state = result.expect("a study of one sparsity saves one network");
     let json = serde_json::to_string(&report).expect("the report serialises");
     Ok((state.to_safetensors_bytes()?, json))
+}
+
+/// The steps of a run as `reflow prune` shows them (the dense network, then each
+/// run's two evaluations), drawn on standard error when `shown` (the wrapper asks for
+/// it when standard error is a terminal), else nowhere.
+fn progress_bar(shown: bool, steps: u64) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+    let style =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("a valid template");
+    bar.set_style(style);
+    bar
 }
 
 /// The version of the reflow crate inside.

@@ -4,6 +4,8 @@ tests/fixtures; neither torch nor the Rust toolchain is needed here."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,31 @@ def test_bad_options_raise_the_crate_s_message(resnet20, torch_reflow, options, 
     with pytest.raises(reflow.ReflowError) as caught:
         reflow.prune(resnet20, calibration(torch_reflow), sparsity, **{"batch_size": 8, **options})
     assert message in str(caught.value), str(caught.value)
+
+
+def test_the_interpreter_is_released_during_the_work(resnet20, torch_reflow):
+    """While a prune runs on another thread, this one keeps running Python: were the
+    interpreter held, it would wait for the whole prune."""
+    images = np.concatenate([calibration(torch_reflow)] * 4)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(reflow.prune(resnet20, images, 0.9, batch_size=8)))
+    ticks = 0
+    started = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        ticks += 1
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - started
+    assert done, "the prune finished"
+    assert ticks >= min(20, elapsed / 0.004), f"{ticks} ticks in {elapsed:.2f} s"
+
+
+def test_a_progress_bar_asked_for_does_not_change_the_result(resnet20, torch_reflow):
+    # (The bar itself is drawn only on a terminal, which pytest's standard error is not.)
+    quiet, _ = reflow.prune(resnet20, calibration(torch_reflow), 0.9, batch_size=8, progress=False)
+    shown, _ = reflow.prune(resnet20, calibration(torch_reflow), 0.9, batch_size=8, progress=True)
+    for key, value in quiet.items():
+        np.testing.assert_array_equal(shown[key], value, err_msg=key)
 
 
 def test_the_error_is_a_value_error():
