@@ -204,12 +204,10 @@ def prune(
         "progress": sys.stderr.isatty() if progress is None else bool(progress),
     }
     result, report = _prune(_to_safetensors(state_dict), images.tobytes(), tuple(images.shape), options)
+    # The crate writes the keys in the network's order, which is the state dict's.
     tensors = _from_safetensors(result)
-    # The input's order (a channel-pruned network's keys are the same names).
-    ordered = {k: tensors.pop(k) for k in state_dict if k in tensors}
-    ordered.update(tensors)
     if torch_out:
         import torch
 
-        ordered = {k: torch.from_numpy(v) for k, v in ordered.items()}
-    return ordered, json.loads(report)
+        return {k: torch.from_numpy(v) for k, v in tensors.items()}, json.loads(report)
+    return tensors, json.loads(report)

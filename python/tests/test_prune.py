@@ -4,6 +4,7 @@ tests/fixtures; neither torch nor the Rust toolchain is needed here."""
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from pathlib import Path
@@ -132,6 +133,32 @@ def test_safetensors_round_trip():
     for key, value in state.items():
         assert back[key].dtype == value.dtype
         np.testing.assert_array_equal(back[key], value)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\x01\x00", "too short for a header"),
+        (struct.pack("<Q", 100) + b"{}", "a header of 100 bytes in 10 bytes"),
+        (struct.pack("<Q", 3) + b"{x}", "the header is not JSON"),
+        (struct.pack("<Q", 42) + b'{"w":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}'[:42], "not JSON"),
+        (
+            struct.pack("<Q", 56) + b'{"w":{"dtype":"U16","shape":[1],"data_offsets":[0,2]}}  ' + b"\0\0",
+            "dtype 'U16' is not supported",
+        ),
+        (
+            struct.pack("<Q", 56) + b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}  ' + b"\0" * 4,
+            "the data does not fit shape [2]",
+        ),
+    ],
+    ids=["short", "header past the end", "not json", "cut header", "dtype", "data"],
+)
+def test_a_corrupt_safetensors_file_is_a_one_line_error(tmp_path, data, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(reflow.ReflowError) as caught:
+        reflow.load_safetensors(path)
+    assert message in str(caught.value), str(caught.value)
 
 
 @pytest.mark.parametrize(
