@@ -130,10 +130,10 @@ mod imp {
             // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs in order 0, 2, 1, 3.
             let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
             let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
-            let order = |v: __m256| {
-                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
-            };
-            (order(even), order(odd))
+            // No closure for the reorder: a closure does not inherit the instruction set.
+            let even = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even));
+            let odd = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(odd));
+            (_mm256_castpd_ps(even), _mm256_castpd_ps(odd))
         }
     }
 

@@ -325,8 +325,10 @@ impl Tile<'_> {
             // SAFETY: the caller's windows are inside the image; the weights of blocks
             // `b..b + B` exist.
             unsafe {
-                let wv: [S::V; B] =
-                    std::array::from_fn(|j| s.load_ptr(w.add((j * taps + v) * LANES)));
+                let mut wv = [s.zero(); B];
+                for (j, wj) in wv.iter_mut().enumerate() {
+                    *wj = s.load_ptr(w.add((j * taps + v) * LANES));
+                }
                 let (first, second) = (x.add(first + offset), x.add(second + offset));
                 for t in 0..T {
                     // Columns of the first row, then of the second (R = 2).

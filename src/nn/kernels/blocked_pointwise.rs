@@ -265,6 +265,37 @@ unsafe fn positions<S: Simd, const B: usize, const T: usize, const U: usize>(
     }
 }
 
+/// One input channel into a tile: its value at each of the `T` positions (`xc`, one
+/// every `LANES` floats) times each of the `B` blocks' weights (`wc`, block `k`'s at
+/// `wc + k·cin·LANES`). A function, not a closure: a closure does not inherit the
+/// caller's instruction set, so where the optimiser declines to inline it (the dev
+/// profile's 256 codegen units did) every multiply-add in it becomes a call.
+///
+/// # Safety
+/// `wc` and `xc` point into the packed weights and the image as [`tile`]'s contract says.
+#[inline(always)]
+unsafe fn channel<S: Simd, const B: usize, const T: usize>(
+    s: S,
+    acc: &mut [[S::V; T]; B],
+    wc: *const f32,
+    cin: usize,
+    xc: *const f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut wv = [s.zero(); B];
+        for (k, v) in wv.iter_mut().enumerate() {
+            *v = s.load_ptr(wc.add(k * cin * LANES));
+        }
+        for t in 0..T {
+            let xv = s.splat(*xc.add(t * LANES));
+            for (row, &wk) in acc.iter_mut().zip(&wv) {
+                row[t] = s.fma(wk, xv, row[t]);
+            }
+        }
+    }
+}
+
 /// Output blocks `b..b + B` at positions `p..p + T`: the sums over the pass's input
 /// channels added to `y` (or started from zero on the first pass), and the store
 /// applied on the last pass.
@@ -289,17 +320,6 @@ unsafe fn tile<S: Simd, const B: usize, const T: usize>(
                 }
             }
         }
-        // One input channel: its value at each position times each block's weights.
-        let mut channel = |c: usize, xc: *const f32| {
-            let wv: [S::V; B] =
-                std::array::from_fn(|k| s.load_ptr(w.add(((b + k) * cin + c) * LANES)));
-            for t in 0..T {
-                let xv = s.splat(*xc.add(t * LANES));
-                for (row, &wk) in acc.iter_mut().zip(&wv) {
-                    row[t] = s.fma(wk, xv, row[t]);
-                }
-            }
-        };
         // Whole input blocks with the sixteen lanes unrolled (their offsets constants:
         // no address arithmetic per channel), then the channels of a last, partial
         // block one at a time.
@@ -309,12 +329,14 @@ unsafe fn tile<S: Simd, const B: usize, const T: usize>(
         while c < whole {
             let xb = x.add(((c / LANES) * hw + p) * LANES);
             for lane in 0..LANES {
-                channel(c + lane, xb.add(lane));
+                let wc = w.add((b * cin + c + lane) * LANES);
+                channel::<S, B, T>(s, &mut acc, wc, cin, xb.add(lane));
             }
             c += LANES;
         }
         for c in whole..end {
-            channel(c, x.add(((c / LANES) * hw + p) * LANES + c % LANES));
+            let xc = x.add(((c / LANES) * hw + p) * LANES + c % LANES);
+            channel::<S, B, T>(s, &mut acc, w.add((b * cin + c) * LANES), cin, xc);
         }
         for (k, row) in acc.iter().enumerate() {
             if !pass.last {

@@ -374,10 +374,11 @@ impl Kernel for TransformOut<'_> {
         for tile in self.range.clone() {
             let (ty, tx) = (tile / self.tiles.cols, tile % self.tiles.cols);
             {
-                let m: [S::V; 16] = std::array::from_fn(|xi| {
+                let mut m = [s.zero(); 16];
+                for (xi, mx) in m.iter_mut().enumerate() {
                     let at = xi * self.xi_stride + (tile - self.range.start) * LANES;
-                    s.load(self.m[at..at + LANES].try_into().expect("16 lanes"))
-                });
+                    *mx = s.load(self.m[at..at + LANES].try_into().expect("16 lanes"));
+                }
                 let out = transform_out(s, m);
                 for (i, row) in out.chunks_exact(2).enumerate() {
                     let oy = 2 * ty + i;

@@ -354,6 +354,74 @@ pub(crate) fn every_kernels() -> Vec<Kernels> {
 mod tests {
     use super::*;
 
+    /// No vector instruction is left as a call: an intrinsic is a function of its own
+    /// in the binary only where it was not inlined into a kernel — in a closure (which
+    /// does not inherit its caller's instruction set) the optimiser declined to inline,
+    /// as the dev profile's builds did, making every multiply-add a call. Read off this
+    /// test binary's ELF symbol table (Linux; a stripped binary has none to read).
+    #[cfg(all(
+        target_os = "linux",
+        target_pointer_width = "64",
+        target_endian = "little"
+    ))]
+    #[test]
+    fn every_vector_instruction_is_inlined_into_its_kernel() {
+        let elf = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+        let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
+        let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
+        // Section headers: (type, offset, size, link).
+        let (table, size, count) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+        let sections: Vec<[usize; 4]> = (0..count)
+            .map(|i| table + i * size)
+            .map(|h| {
+                [
+                    u32_at(h + 4),
+                    u64_at(h + 24),
+                    u64_at(h + 32),
+                    u32_at(h + 40),
+                ]
+            })
+            .collect();
+        let name_at = |strings: usize, at: usize| {
+            let bytes = elf[strings + at..].iter().take_while(|&&b| b != 0);
+            String::from_utf8_lossy(&bytes.copied().collect::<Vec<u8>>()).into_owned()
+        };
+        // Defined functions (type 2) of the symbol table (section type 2).
+        let mut functions = Vec::new();
+        for &[_, offset, len, link] in sections.iter().filter(|s| s[0] == 2) {
+            let strings = sections[link][1];
+            for sym in (offset..offset + len).step_by(24) {
+                if elf[sym + 4] & 0xf == 2 && u16_at(sym + 6) != 0 {
+                    functions.push(name_at(strings, u32_at(sym)));
+                }
+            }
+        }
+        assert!(!functions.is_empty() || sections.iter().all(|s| s[0] != 2));
+        // Legacy-mangled paths of core's x86 and aarch64 intrinsic modules (`_xgetbv`,
+        // which the processor detection calls, is in none of them).
+        let modules = [
+            "3x863avx",
+            "3x864avx2",
+            "3x863fma",
+            "3x867avx512f",
+            "3x864sse2",
+        ];
+        let modules: Vec<String> = (modules.into_iter().chain(["7aarch644neon"]))
+            .map(|m| format!("4core9core_arch{m}"))
+            .collect();
+        let calls: Vec<&String> = functions
+            .iter()
+            .filter(|f| {
+                modules.iter().any(|m| {
+                    f.match_indices(m.as_str())
+                        .any(|(at, _)| f[at + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
+                })
+            })
+            .collect();
+        assert!(calls.is_empty(), "intrinsics left as calls: {calls:?}");
+    }
+
     /// Runs every primitive on fixed values; the results must equal the scalar
     /// reference's bit for bit.
     struct Primitives;
@@ -416,7 +484,11 @@ mod tests {
                 // SAFETY: 16 values from index 7 of 40.
                 out(unsafe { s.load_ptr(mem.as_ptr().add(7)) }),
             ];
-            v.extend(rows.iter().map(|&r| out(r)));
+            // A loop, not an iterator adapter: its closure would not inherit the
+            // instruction set (see the test below).
+            for &r in &rows {
+                v.push(out(r));
+            }
             // NaN in either operand: the new one propagates, the old one stays.
             v.push(out(s.max_nan(
                 s.load(&std::array::from_fn(|i| [f32::NAN, 1.0, -1.0, 2.0][i % 4])),

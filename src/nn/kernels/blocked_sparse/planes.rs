@@ -203,10 +203,11 @@ impl Kernel for Spread<'_> {
                         .expect("stride 1 keeps its one phase");
                     for x0 in (0..run).step_by(LANES) {
                         let count = LANES.min(run - x0);
-                        let mut v: [S::V; LANES] = std::array::from_fn(|i| {
+                        let mut v = [s.zero(); LANES];
+                        for (i, vi) in v.iter_mut().enumerate() {
                             let at = (x0 + i.min(count - 1)) * LANES;
-                            s.load(from[at..][..LANES].try_into().expect("16 lanes"))
-                        });
+                            *vi = s.load(from[at..][..LANES].try_into().expect("16 lanes"));
+                        }
                         s.transpose(&mut v);
                         // The channels past the tensor's are not read: whatever they
                         // hold does not count.

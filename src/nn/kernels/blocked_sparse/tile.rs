@@ -71,13 +71,14 @@ pub(super) fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
             }
             let (one, two) = sums[i * TILE..][..2 * TILE].split_at_mut(TILE);
             // The first chunk starts from zero (and writes the rows it has nothing for).
-            let load = |sum: &[f32]| -> [S::V; V] {
-                std::array::from_fn(|v| match k {
-                    0 => s.zero(),
-                    _ => s.load(sum[v * LANES..][..LANES].try_into().expect("16 lanes")),
-                })
-            };
-            let (mut a, mut b) = (load(one), load(two));
+            // Loops, not closures: a closure does not inherit the instruction set.
+            let (mut a, mut b) = ([s.zero(); V], [s.zero(); V]);
+            if k > 0 {
+                for v in 0..V {
+                    a[v] = s.load(one[v * LANES..][..LANES].try_into().expect("16 lanes"));
+                    b[v] = s.load(two[v * LANES..][..LANES].try_into().expect("16 lanes"));
+                }
+            }
             let (ra, rb) = (&entries[from..middle], &entries[middle..to]);
             let common = ra.len().min(rb.len());
             for (ea, eb) in ra[..common].iter().zip(&rb[..common]) {
@@ -128,10 +129,11 @@ pub(super) fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
         let scale = s.load(store.scale[ob * LANES..][..LANES].try_into().expect("16"));
         let shift = s.load(store.shift[ob * LANES..][..LANES].try_into().expect("16"));
         for v in 0..V {
-            let mut lanes: [S::V; LANES] = std::array::from_fn(|lane| {
+            let mut lanes = [s.zero(); LANES];
+            for (lane, l) in lanes.iter_mut().enumerate() {
                 let at = (b * LANES + lane) * TILE + v * LANES;
-                s.load(sums[at..][..LANES].try_into().expect("16 lanes"))
-            });
+                *l = s.load(sums[at..][..LANES].try_into().expect("16 lanes"));
+            }
             s.transpose(&mut lanes);
             for (&value, place) in lanes.iter().zip(&places[v * LANES..][..LANES]) {
                 let Some(place) = place else {
