@@ -136,6 +136,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         calibration: &calibration,
         signal_images: args.signal_images.min(test.len()),
         repair: Repair::reflow(Reflow::cumulative()),
+        shard: reflow::protocol::Shard::WHOLE,
     };
     let progress = progress_bar(1 + 2 * pruners.len() as u64);
     progress.set_message("dense model");

@@ -96,6 +96,7 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod exec;
+mod floats;
 pub mod io;
 pub mod layer;
 pub mod metrics;

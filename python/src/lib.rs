@@ -138,6 +138,7 @@ fn run(
         calibration: &calibration,
         signal_images: signal_images(None, images.len())?,
         repair: study.repair.repair(study.reflow),
+        shard: reflow::protocol::Shard::WHOLE,
     };
     let bar = progress_bar(options.progress, 1 + 2 * study.sparsities.len() as u64);
     bar.set_message("dense model");

@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use reflow::prelude::*;
-//! use reflow::protocol::Protocol;
+//! use reflow::protocol::{Protocol, Shard};
 //! use reflow::trust::Repair;
 //!
 //! let mut net = ResNet::new(ResNetConfig::cifar_resnet(8)?.with_in_channels(1))?;
@@ -23,6 +23,7 @@
 //!     calibration: &calibration,
 //!     signal_images: 8,
 //!     repair: Repair::reflow(Reflow::cumulative()),
+//!     shard: Shard::WHOLE,
 //! };
 //! let dense = protocol.dense(&net)?;
 //! let dense_state = StateDict::from_layer(&net);
@@ -37,6 +38,7 @@ mod choices;
 mod report;
 mod sources;
 mod study;
+pub mod sweep;
 
 pub use choices::{Inputs, Method, Pattern, RepairChoice};
 pub use report::{
@@ -45,6 +47,7 @@ pub use report::{
 };
 pub use sources::{Images, Labels, Source, TestImages};
 pub use study::{Progress, Pruned, Runs, Study};
+pub use sweep::{PartialReport, Shard, Tally};
 
 use crate::data::ImageBatches;
 use crate::error::Result;
@@ -56,7 +59,9 @@ use crate::state_dict::StateDict;
 use crate::stats::{Recorder, Signal, TapSelector};
 use crate::trust::{Fidelity, Reference, Repair, RepairReport};
 use serde::Serialize;
+use std::ops::Range;
 use std::time::Instant;
+use sweep::blocks;
 
 /// Batch size for evaluation and signal measurement.
 pub const EVAL_BATCH: usize = 256;
@@ -92,7 +97,7 @@ pub fn signal_images(asked: Option<usize>, test: usize) -> Result<usize> {
 
 /// One network on the evaluation images: accuracy (when there are labels), the signal
 /// on the signal images, and the fidelity to the dense network (for all but it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Evaluation {
     /// Top-1 on the evaluation images, when they have labels.
     pub accuracy: Option<Accuracy>,
@@ -100,6 +105,11 @@ pub struct Evaluation {
     pub signal: Signal,
     /// Agreement and KL to the dense network (`None` for the dense network itself).
     pub fidelity: Option<Fidelity>,
+    /// What the three are made of: the results of the blocks of test images (one,
+    /// folded, when the first block is among them), what a sweep's shard writes
+    /// ([`sweep`]).
+    #[serde(skip)]
+    pub tallies: Vec<Tally>,
 }
 
 impl Evaluation {
@@ -152,6 +162,9 @@ pub struct Protocol<'a> {
     pub signal_images: usize,
     /// What to do after pruning.
     pub repair: Repair,
+    /// The part of the test images evaluated: [`Shard::WHOLE`], or one shard of a
+    /// sweep ([`sweep`]).
+    pub shard: Shard,
 }
 
 impl Protocol<'_> {
@@ -162,7 +175,7 @@ impl Protocol<'_> {
         N: Layer<Input = crate::nn::Tensor4, Output = crate::nn::Tensor2>,
     {
         let mut test = Reference::new();
-        let evaluation = self.pass(net, &mut |logits| test.push(logits))?;
+        let evaluation = self.pass(net, Outputs::Record(&mut test))?;
         let calibration = match self.repair.candidates().is_empty() {
             true => None,
             false => Some(Reference::record(net, self.calibration)?),
@@ -174,53 +187,92 @@ impl Protocol<'_> {
         })
     }
 
-    /// Top-1 on the whole test set (when labelled), the fidelity to `dense` on it and
-    /// the signal metric on its first `signal_images` images, in one pass.
+    /// Top-1 on the test images (when labelled), the fidelity to `dense` on them and
+    /// the signal metric on the first `signal_images` of them, in one pass — of the
+    /// shard's part alone, when a shard.
     pub fn evaluate<N>(&self, net: &N, dense: &Dense) -> Result<Evaluation>
     where
         N: Layer<Input = crate::nn::Tensor4, Output = crate::nn::Tensor2>,
     {
-        let mut meter = dense.test.meter();
-        let mut evaluation = self.pass(net, &mut |logits| meter.add(logits))?;
-        evaluation.fidelity = Some(meter.finish()?);
-        Ok(evaluation)
+        self.pass(net, Outputs::Compare(&dense.test))
     }
 
-    /// One pass over the test images: accuracy, signal, and each batch's logits to
-    /// `outputs`.
-    fn pass<N>(
-        &self,
-        net: &N,
-        outputs: &mut dyn FnMut(&crate::nn::Tensor2) -> Result<()>,
-    ) -> Result<Evaluation>
+    /// The test images this protocol evaluates, in blocks (see [`sweep`]): all of
+    /// them, or the shard's. Fails when the sweep has more shards than blocks.
+    pub fn blocks(&self) -> Result<Vec<Range<usize>>> {
+        let all = blocks(self.test.len(), self.signal_images, EVAL_BATCH);
+        if self.shard.count() > all.len() {
+            return Err(crate::Error::invalid(
+                "shard",
+                format!(
+                    "{}: the test set makes {} block(s) of at most {EVAL_BATCH} images, the unit a shard evaluates; use at most {} shards",
+                    self.shard,
+                    all.len(),
+                    all.len()
+                ),
+            ));
+        }
+        Ok(all[self.shard.blocks(all.len())].to_vec())
+    }
+
+    /// One pass over the test images (the shard's): each block's accuracy, signal
+    /// statistics and outputs — recorded as the reference, or compared with it.
+    fn pass<N>(&self, net: &N, mut outputs: Outputs<'_>) -> Result<Evaluation>
     where
         N: Layer<Input = crate::nn::Tensor4, Output = crate::nn::Tensor2>,
     {
-        let mut recorder = Recorder::new(TapSelector::batch_norm_outputs());
-        let mut accuracy = Accuracy::default();
         let observed = self.signal_images.min(self.test.len());
-        let ranges = chunks(0, observed).chain(chunks(observed, self.test.len()));
-        for range in ranges {
+        let mut tallies: Vec<Tally> = Vec::new();
+        let mut compared = 0;
+        for range in self.blocks()? {
             let indices: Vec<usize> = range.clone().collect();
             let x = self.test.tensor(&indices, self.norm)?;
+            let mut recorder = Recorder::new(TapSelector::batch_norm_outputs());
             let logits = if range.start < observed {
                 net.forward_with(&x, &mut Probe::new(&mut recorder))?
             } else {
                 net.forward(&x)?
             };
-            outputs(&logits)?;
-            if let Some(labels) = self.labels {
-                for (row, &label) in logits.rows().into_iter().zip(&labels[range]) {
-                    accuracy.correct += (argmax(row.iter().copied()) == label as usize) as usize;
-                    accuracy.total += 1;
+            let (agree, kl) = match &mut outputs {
+                Outputs::Record(reference) => {
+                    reference.push(&logits)?;
+                    (None, None)
                 }
+                Outputs::Compare(reference) => {
+                    let mut meter = reference.meter_at(compared);
+                    meter.add(&logits)?;
+                    compared += logits.nrows();
+                    let (agree, kl) = meter.sums();
+                    (Some(agree), Some(Number(kl)))
+                }
+            };
+            let correct = self.labels.map(|labels| {
+                let rows = logits.rows().into_iter().zip(&labels[range.clone()]);
+                rows.filter(|(row, &label)| argmax(row.iter().copied()) == label as usize)
+                    .count()
+            });
+            let tally = Tally {
+                images: range.len(),
+                correct,
+                agree,
+                kl,
+                signal: recorder.finish()?,
+            };
+            // The first shard's blocks begin the fold: kept folded.
+            match tallies.last_mut() {
+                Some(last) if self.shard.index() == 0 => last.absorb(&tally)?,
+                _ => tallies.push(tally),
             }
         }
-        Ok(Evaluation {
-            accuracy: self.labels.map(|_| accuracy),
-            signal: Signal::from_stats(&recorder.finish()?),
-            fidelity: None,
-        })
+        if let Outputs::Compare(reference) = outputs {
+            if compared != reference.len() {
+                return Err(crate::Error::Data(format!(
+                    "{compared} images compared, the dense network's outputs are of {}",
+                    reference.len()
+                )));
+            }
+        }
+        Evaluation::from_tallies(tallies)
     }
 
     /// Restores `dense_state` into `net`, then prunes with `pruner`, evaluates, repairs
@@ -267,11 +319,7 @@ impl Protocol<'_> {
         };
         let repaired = match repair.rescale {
             Some(_) => self.evaluate(net, dense)?,
-            None => Evaluation {
-                accuracy: pruned.accuracy,
-                signal: pruned.signal.clone(),
-                fidelity: pruned.fidelity,
-            },
+            None => pruned.clone(),
         };
         progress();
         Ok(Run {
@@ -285,9 +333,8 @@ impl Protocol<'_> {
     }
 }
 
-/// `start..end` in ranges of at most [`EVAL_BATCH`].
-fn chunks(start: usize, end: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    (start..end)
-        .step_by(EVAL_BATCH)
-        .map(move |s| s..(s + EVAL_BATCH).min(end))
+/// Where a pass's outputs go: into the dense network's reference, or compared with it.
+enum Outputs<'r> {
+    Record(&'r mut Reference),
+    Compare(&'r Reference),
 }

@@ -8,7 +8,8 @@ use crate::models::{Model, ResNet};
 use crate::prune::{ChannelReport, SparsityReport};
 use crate::stats::Signal;
 use crate::trust::{CalibrationCheck, Fidelity};
-use serde::{Serialize, Serializer};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A number as the report writes it: a JSON number when finite; `"NaN"`, `"inf"` or
 /// `"-inf"` otherwise (JSON numbers cannot be those, and `serde_json` would write
@@ -18,15 +19,19 @@ pub struct Number(pub f64);
 
 impl Serialize for Number {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0.is_finite() {
-            true => s.serialize_f64(self.0),
-            false => s.serialize_str(&self.0.to_string()),
-        }
+        crate::floats::serialize(&self.0, s)
+    }
+}
+
+/// Reads what [`Number`]'s `Serialize` wrote, to the same bits.
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::floats::deserialize(d).map(Number)
     }
 }
 
 /// The whole report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The network.
     pub model: ModelReport,
@@ -45,7 +50,7 @@ pub struct Report {
 }
 
 /// The network's family and size.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelReport {
     /// `resnet`, `regnet`, `mobilenet_v2`, `mobilenet_v3`, `efficientnet` or `vgg`.
     pub family: String,
@@ -56,12 +61,12 @@ pub struct ModelReport {
     /// Convolution and linear weights.
     pub prunable: usize,
     /// A ResNet's stem, stages, block and groups.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub resnet: Option<ResNetShape>,
 }
 
 /// What a ResNet's report adds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResNetShape {
     /// `cifar` or `imagenet`.
     pub stem: String,
@@ -96,7 +101,7 @@ impl ModelReport {
 }
 
 /// The calibration set.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationReport {
     /// Where the images came from (a file, a folder, a CIFAR training split).
     pub source: String,
@@ -115,7 +120,7 @@ pub struct CalibrationReport {
     /// Its warning.
     pub warning: Option<String>,
     /// The images drawn, in batch order (with a seed).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indices: Option<Vec<usize>>,
 }
 
@@ -182,7 +187,7 @@ impl CalibrationReport {
 }
 
 /// The dense network.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DenseReport {
     /// Top-1 (`null` without labels).
     pub top1: Option<Number>,
@@ -224,8 +229,41 @@ impl Serialize for SignalReport {
     }
 }
 
+impl<'de> Deserialize<'de> for SignalReport {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let layers = ordered_map::<D, Number>(d)?;
+        Ok(SignalReport(
+            layers.into_iter().map(|(name, v)| (name, v.0)).collect(),
+        ))
+    }
+}
+
+/// A JSON object's entries in the order written (the report's maps are in forward
+/// or run order, which a map type would lose).
+fn ordered_map<'de, D, V>(d: D) -> Result<Vec<(String, V)>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Entries<V> {
+        type Value = Vec<(String, V)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = map.next_entry()? {
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    d.deserialize_map(Entries(std::marker::PhantomData))
+}
+
 /// Agreement and KL, as the report writes them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FidelityReport {
     /// Images compared.
     pub images: usize,
@@ -246,7 +284,7 @@ impl From<&Fidelity> for FidelityReport {
 }
 
 /// A run's calibration check, as the report writes it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckReport {
     /// Calibration images.
     pub images: usize,
@@ -276,7 +314,7 @@ impl From<&CalibrationCheck> for CheckReport {
 }
 
 /// The tensors or channels a run's report lists.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Layers {
     /// Every convolution and linear weight, with its zeros (unstructured, N:M).
@@ -286,7 +324,7 @@ pub enum Layers {
 }
 
 /// One weight tensor's zeros.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorLayer {
     /// `conv1.weight`.
     pub name: String,
@@ -297,7 +335,7 @@ pub struct TensorLayer {
 }
 
 /// One convolution's channels after channel pruning.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelLayer {
     /// `layer1.0.conv1`.
     pub name: String,
@@ -340,7 +378,7 @@ impl Layers {
 }
 
 /// One pruning's results.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     /// `unstructured`, `N:M` or `channel`.
     pub pattern: String,
@@ -383,10 +421,10 @@ pub struct RunReport {
     /// Wall time, seconds.
     pub secs: f64,
     /// N:M: the tensors left dense; channel: the convolutions kept whole.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<Vec<String>>,
     /// Channel pruning: the compact network's parameters.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<usize>,
 }
 
@@ -400,27 +438,30 @@ impl Serialize for ScoresReport {
     }
 }
 
+impl<'de> Deserialize<'de> for ScoresReport {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ordered_map(d).map(ScoresReport)
+    }
+}
+
 impl RunReport {
     /// The report of `run` under `pattern` and `scope`, `actual` its measured sparsity,
     /// `layers` what it lists. `skipped` and `params` are set by the caller where the
     /// pattern has them.
     pub fn of(run: &Run, pattern: &str, scope: &str, actual: f64, layers: Layers) -> Self {
-        let fidelity = |e: &Evaluation, field: fn(&Fidelity) -> f64| {
-            e.fidelity.as_ref().map(|f| Number(field(f)))
-        };
-        RunReport {
+        let mut report = RunReport {
             pattern: pattern.to_string(),
             scope: scope.to_string(),
             sparsity: run.sparsity,
             actual_sparsity: Number(actual),
-            pruned_top1: top1(&run.pruned),
-            pruned_correct: run.pruned.accuracy.map(|a| a.correct),
-            reflow_top1: top1(&run.repaired),
-            reflow_correct: run.repaired.accuracy.map(|a| a.correct),
-            agreement_pruned: fidelity(&run.pruned, |f| f.agreement),
-            agreement_repaired: fidelity(&run.repaired, |f| f.agreement),
-            kl_pruned: fidelity(&run.pruned, |f| f.kl),
-            kl_repaired: fidelity(&run.repaired, |f| f.kl),
+            pruned_top1: None,
+            pruned_correct: None,
+            reflow_top1: None,
+            reflow_correct: None,
+            agreement_pruned: None,
+            agreement_repaired: None,
+            kl_pruned: None,
+            kl_repaired: None,
             repair: run.repair.chosen.clone(),
             repair_reason: run.repair.reason.clone(),
             repair_scores: ScoresReport(
@@ -431,13 +472,49 @@ impl RunReport {
                     .collect(),
             ),
             calibration_check: run.repair.check.as_ref().map(CheckReport::from),
-            bn_signal_pruned: SignalReport::of(&run.pruned.signal),
-            bn_signal_reflow: SignalReport::of(&run.repaired.signal),
+            bn_signal_pruned: SignalReport(Vec::new()),
+            bn_signal_reflow: SignalReport(Vec::new()),
             layers,
             secs: run.secs,
             skipped: None,
             params: None,
+        };
+        report.set_evaluations(&run.pruned, &run.repaired);
+        report
+    }
+
+    /// Sets what the test images decide: the pruned and repaired networks' accuracy,
+    /// fidelity and signal.
+    pub fn set_evaluations(&mut self, pruned: &Evaluation, repaired: &Evaluation) {
+        let fidelity = |e: &Evaluation, field: fn(&Fidelity) -> f64| {
+            e.fidelity.as_ref().map(|f| Number(field(f)))
+        };
+        self.pruned_top1 = top1(pruned);
+        self.pruned_correct = pruned.accuracy.map(|a| a.correct);
+        self.reflow_top1 = top1(repaired);
+        self.reflow_correct = repaired.accuracy.map(|a| a.correct);
+        self.agreement_pruned = fidelity(pruned, |f| f.agreement);
+        self.agreement_repaired = fidelity(repaired, |f| f.agreement);
+        self.kl_pruned = fidelity(pruned, |f| f.kl);
+        self.kl_repaired = fidelity(repaired, |f| f.kl);
+        self.bn_signal_pruned = SignalReport::of(&pruned.signal);
+        self.bn_signal_reflow = SignalReport::of(&repaired.signal);
+    }
+}
+
+impl Report {
+    /// The report without what the test images decide — the dense network's and every
+    /// run's accuracy, fidelity and signal, and the runs' times: what every shard of a
+    /// sweep writes alike ([`sweep`](super::sweep)).
+    pub fn without_test_results(&self) -> Report {
+        let blank = Evaluation::default();
+        let mut report = self.clone();
+        report.dense = DenseReport::of(&blank, 0);
+        for run in &mut report.runs {
+            run.set_evaluations(&blank, &blank);
+            run.secs = 0.0;
         }
+        report
     }
 }
 

@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelMoments {
     count: u64,
+    // NaN and infinities too (a collapsed or broken network's), in JSON.
+    #[serde(with = "crate::floats::seq")]
     mean: Vec<f64>,
+    #[serde(with = "crate::floats::seq")]
     m2: Vec<f64>,
 }
 

@@ -134,9 +134,16 @@ impl Reference {
     /// A meter that takes a network's outputs batch by batch, in this reference's
     /// image order.
     pub fn meter(&self) -> FidelityMeter<'_> {
+        self.meter_at(0)
+    }
+
+    /// A meter that takes a network's outputs from image `first` of this reference
+    /// on (a part of the images compared on its own, as a sweep's shards do).
+    pub fn meter_at(&self, first: usize) -> FidelityMeter<'_> {
         FidelityMeter {
             reference: self,
-            next: 0,
+            first,
+            next: first,
             agree: 0,
             kl: 0.0,
         }
@@ -163,7 +170,9 @@ impl Reference {
 }
 
 impl Fidelity {
-    fn from_sums(images: usize, agree: usize, kl: f64) -> Fidelity {
+    /// The fidelity over `images` images of which `agree` agree with the reference,
+    /// `kl` the sum of their KL divergences.
+    pub fn from_sums(images: usize, agree: usize, kl: f64) -> Fidelity {
         let n = images.max(1) as f64;
         Fidelity {
             images,
@@ -177,6 +186,7 @@ impl Fidelity {
 #[derive(Debug)]
 pub struct FidelityMeter<'r> {
     reference: &'r Reference,
+    first: usize,
     next: usize,
     agree: usize,
     kl: f64,
@@ -210,8 +220,14 @@ impl FidelityMeter<'_> {
         Ok(())
     }
 
-    /// The fidelity over every image; fails unless every image of the reference was
-    /// compared.
+    /// What was compared so far: the images whose top-1 agrees with the reference's,
+    /// and the sum of their KL divergences (in image order).
+    pub fn sums(&self) -> (usize, f64) {
+        (self.agree, self.kl)
+    }
+
+    /// The fidelity over the images compared; fails unless they reach the reference's
+    /// last image.
     pub fn finish(self) -> Result<Fidelity> {
         if self.next != self.reference.len() {
             return Err(Error::Data(format!(
@@ -220,7 +236,11 @@ impl FidelityMeter<'_> {
                 self.reference.len()
             )));
         }
-        Ok(Fidelity::from_sums(self.next, self.agree, self.kl))
+        Ok(Fidelity::from_sums(
+            self.next - self.first,
+            self.agree,
+            self.kl,
+        ))
     }
 }
 

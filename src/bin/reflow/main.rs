@@ -1,6 +1,7 @@
 //! The `reflow` command: `reflow prune` prunes a torchvision-layout checkpoint and
 //! recovers it with REFLOW (see `docs/prune-example.md`); `reflow inspect` shows what a
-//! checkpoint holds; `reflow bench` times it. Built with the `cli` feature:
+//! checkpoint holds; `reflow bench` times it; `reflow merge` combines a sweep's shards
+//! (`docs/scaling.md`). Built with the `cli` feature:
 //!
 //! ```sh
 //! cargo install reflow --features cli
@@ -13,6 +14,7 @@
 mod protocol;
 mod bench;
 mod inspect;
+mod merge;
 mod prune;
 
 use clap::Parser;
@@ -31,6 +33,9 @@ enum Command {
     /// Time a checkpoint's eval pass: images per second, and per convolution or linear
     /// layer its kernel (dense or sparse) and time.
     Bench(bench::Args),
+    /// Merge the partial reports of a sweep's shards (reflow prune --shard I/N) into
+    /// the report one run would have written.
+    Merge(merge::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
         Ok(Command::Prune(args)) => prune::execute(&args),
         Ok(Command::Inspect(args)) => inspect::execute(&args),
         Ok(Command::Bench(args)) => bench::execute(&args),
+        Ok(Command::Merge(args)) => merge::execute(&args),
         Err(e) => protocol::clap_exit(e),
     }
 }

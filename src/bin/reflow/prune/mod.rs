@@ -23,6 +23,7 @@ use reflow::io::ImageSource;
 use reflow::models::Model;
 use reflow::prelude::*;
 use reflow::protocol::Progress as Step;
+use reflow::protocol::Shard;
 use report::finish;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -202,6 +203,13 @@ pub struct Args {
         requires = "save_dir"
     )]
     save_format: String,
+    /// Evaluate one shard of a sweep: I/N, I counting from 0. The N shards split the
+    /// test images between them (each computes the prunings and the repairs whole),
+    /// and --json gets a partial report; `reflow merge` combines the N into the report
+    /// one process would have written (docs/scaling.md). Only shard 0 writes
+    /// --save-dir.
+    #[arg(long, value_name = "I/N", requires = "json")]
+    shard: Option<String>,
 }
 
 /// Runs parsed arguments.
@@ -252,14 +260,34 @@ fn run(args: &Args) -> reflow::Result<()> {
         calibration: &calibration,
         signal_images,
         repair: plan.study.repair.repair(plan.study.reflow),
+        shard: plan.shard,
     };
+    // A shard's part of the test images, checked before any pass.
+    let blocks = protocol.blocks().map_err(as_flag)?;
+    let images = match (blocks.first(), blocks.last()) {
+        (Some(first), Some(last)) => first.start..last.end,
+        _ => 0..0,
+    };
+    if plan.shard != Shard::WHOLE {
+        say!(
+            "shard {}: test images {}..{} of {}{}",
+            plan.shard,
+            images.start,
+            images.end,
+            test.len(),
+            match (&args.save_dir, plan.shard.index()) {
+                (Some(_), 1..) => " (shard 0 writes --save-dir)",
+                _ => "",
+            }
+        );
+    }
     let progress = progress_bar(1 + 2 * plan.study.sparsities.len() as u64);
     progress.set_message("dense model");
     let dense = protocol.dense(&net)?;
     progress.inc(1);
 
     let mut save = |name: &str, net: &Model| -> reflow::Result<()> {
-        let Some(dir) = &args.save_dir else {
+        let Some(dir) = args.save_dir.as_ref().filter(|_| plan.shard.index() == 0) else {
             return Ok(());
         };
         // `check_paths` made the folder and made sure the file is no input.
@@ -271,5 +299,5 @@ fn run(args: &Args) -> reflow::Result<()> {
     };
     let runs = protocol.study(&mut net, &plan.study, runs, &dense, &mut save, &mut show)?;
     progress.finish_and_clear();
-    finish(args, &plan, &net, &dense, &runs, &protocol)
+    finish(args, &plan, &net, &dense, &runs, (&protocol, images))
 }

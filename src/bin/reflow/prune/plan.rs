@@ -6,7 +6,7 @@ use super::Args;
 use reflow::io::{EvalTransform, SaveFormat};
 use reflow::models::Arch;
 use reflow::prelude::*;
-use reflow::protocol::{Pattern, RepairChoice, Study};
+use reflow::protocol::{Pattern, RepairChoice, Shard, Study};
 use reflow::trust::MIN_AUTO_IMAGES;
 
 fn parse_list<T: std::str::FromStr>(flag: &str, text: &str) -> reflow::Result<Vec<T>> {
@@ -33,6 +33,8 @@ pub(super) struct Plan {
     pub(super) transform: EvalTransform,
     /// How `--save-dir` writes.
     pub(super) save_format: SaveFormat,
+    /// `--shard`: the part of the test images this process evaluates.
+    pub(super) shard: Shard,
 }
 
 pub(super) fn plan(args: &Args) -> reflow::Result<Plan> {
@@ -151,6 +153,10 @@ pub(super) fn plan(args: &Args) -> reflow::Result<Plan> {
         norm,
         transform,
         save_format: args.save_format.parse()?,
+        shard: match &args.shard {
+            Some(text) => text.parse().map_err(as_flag)?,
+            None => Shard::WHOLE,
+        },
     })
 }
 
@@ -167,6 +173,7 @@ pub(super) fn as_flag(e: Error) -> Error {
         "calibration count" => Some("calib-count"),
         "signal images" => Some("signal-images"),
         "calibration batch size" => Some("calib-batch"),
+        "shard" | "shard count" => Some("shard"),
         _ => None,
     };
     match e {

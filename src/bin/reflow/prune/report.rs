@@ -5,7 +5,8 @@ use super::plan::Plan;
 use super::Args;
 use reflow::models::Model;
 use reflow::prelude::*;
-use reflow::protocol::{CalibrationReport, Report};
+use reflow::protocol::sweep::Fingerprint;
+use reflow::protocol::{CalibrationReport, PartialReport, Report, Shard};
 use reflow::protocol::{Method, Pattern, Pruned, RepairChoice};
 use reflow::trust::Fidelity;
 
@@ -16,9 +17,12 @@ pub(super) fn finish(
     net: &Model,
     dense: &protocol::Dense,
     runs: &[(protocol::Run, Pruned)],
-    protocol: &protocol::Protocol<'_>,
+    (protocol, images): (&protocol::Protocol<'_>, std::ops::Range<usize>),
 ) -> reflow::Result<()> {
-    let (test, calibration) = (protocol.test, protocol.calibration);
+    let calibration = protocol.calibration;
+    // The signal images among the shard's (all of them without a shard).
+    let observed = protocol.signal_images.min(protocol.test.len());
+    let signal_images = observed.min(images.end) - observed.min(images.start);
     let arch = net.arch();
     let described = match net.describe() {
         d if d.is_empty() => arch.to_string(),
@@ -39,7 +43,10 @@ pub(super) fn finish(
         "dense: {}, last BN signal {:.4}",
         match dense.evaluation.accuracy {
             Some(a) => format!("top-1 {:.4} ({}/{})", a.top1(), a.correct, a.total),
-            None => format!("{} test images without labels (fidelity only)", test.len()),
+            None => format!(
+                "{} test images without labels (fidelity only)",
+                images.len()
+            ),
         },
         dense_signal.last().map_or(f64::NAN, |(_, v)| v)
     );
@@ -79,11 +86,11 @@ pub(super) fn finish(
     }
     say!(
         "(signal: last batch-norm layer, relative to the dense network, on {} test images)",
-        protocol.signal_images
+        signal_images
     );
     say!(
         "fidelity to the dense network on {} test images (top-1 agreement, mean KL), and the repair ({}):",
-        test.len(),
+        images.len(),
         plan.study.repair.name()
     );
     say!(
@@ -182,10 +189,52 @@ pub(super) fn finish(
             args.calib_seed,
             runs.iter().map(|(run, _)| run),
         );
-        let dense = (&dense.evaluation, test.len());
-        let report = Report::of(net, &plan.study, calibration, dense, runs);
-        let text = serde_json::to_string_pretty(&report).expect("the report serialises");
+        let evaluated = (&dense.evaluation, images.len());
+        let report = Report::of(net, &plan.study, calibration, evaluated, runs);
+        let text = match plan.shard == Shard::WHOLE {
+            true => serde_json::to_string_pretty(&report),
+            // Compact: the statistics a merge needs are long lists.
+            false => serde_json::to_string(&PartialReport::new(
+                (plan.shard, images, protocol.test.len()),
+                &fingerprint(args, plan, protocol)?,
+                report,
+                &dense.evaluation,
+                runs,
+            )),
+        };
+        let text = text.expect("the report serialises");
         reflow::io::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// What every shard of one sweep shares, hashed: the checkpoint's bytes, every option
+/// that decides a result (not the paths: the machines of a sweep may mount the data
+/// elsewhere) and the test set's size.
+fn fingerprint(
+    args: &Args,
+    plan: &Plan,
+    protocol: &protocol::Protocol<'_>,
+) -> reflow::Result<Fingerprint> {
+    let weights = std::fs::read(&args.weights).map_err(|source| Error::Io {
+        path: args.weights.clone(),
+        source,
+    })?;
+    let options = format!(
+        "{:?} {:?} {:?} {:?} {:?} {} {} {:?} {} {} {}",
+        plan.study,
+        plan.arch,
+        plan.stem,
+        plan.norm,
+        plan.transform,
+        args.calib_count,
+        args.calib_batch,
+        args.calib_seed,
+        protocol.signal_images,
+        protocol.test.len(),
+        protocol.labels.is_some(),
+    );
+    let mut hash = Fingerprint::new();
+    hash.add(&weights).add(options.as_bytes());
+    Ok(hash)
 }
