@@ -701,6 +701,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--mode", choices=["cumulative", "ema", "exact"], default="cumulative")
     ap.add_argument("--momentum", type=float, default=0.1)
     ap.add_argument("--repair", choices=["reflow", "none", "auto"], default="reflow")
+    ap.add_argument("--test-count", type=int, help="the first N test images only")
     ap.add_argument("--signal-images", type=int, default=1000)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -801,6 +802,10 @@ def run(args) -> dict:
         test_y = load_labels(args.test_labels)
     if len(test_x) != len(test_y):
         raise InputError(f"{len(test_x)} test images but {len(test_y)} test labels")
+    if args.test_count is not None:
+        if not 0 < args.test_count <= len(test_x):
+            raise InputError(f"--test-count {args.test_count}: the test set has {len(test_x)} images")
+        test_x, test_y = test_x[: args.test_count], test_y[: args.test_count]
     if len(test_x) == 0:
         raise InputError("the test set is empty")
     if args.calib_dir:

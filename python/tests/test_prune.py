@@ -7,40 +7,15 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import reflow
-
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
-
-
-def fixture(name: str) -> dict[str, np.ndarray]:
-    return reflow.load_safetensors(FIXTURES / name)
-
-
-@pytest.fixture(scope="module")
-def resnet20() -> dict[str, np.ndarray]:
-    """A CIFAR ResNet-20 (3 input channels, 10 classes) in torchvision's names."""
-    return fixture("resnet20_cifar.safetensors")
-
-
-@pytest.fixture(scope="module")
-def torch_reflow() -> dict[str, np.ndarray]:
-    """PyTorch's global magnitude pruning at 0.9 then REFLOW (momentum=None, train
-    mode) on three batches of eight 16x16 images: `calib`, and the statistics under
-    `cumulative/`."""
-    return fixture("reflow_resnet20.safetensors")
-
+from conftest import fixture, relative_error
 
 def calibration(torch_reflow: dict[str, np.ndarray]) -> np.ndarray:
     return torch_reflow["calib"].reshape(24, 3, 16, 16)
-
-
-def relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
 
 
 def test_prune_and_reflow_equal_pytorch(resnet20, torch_reflow):

@@ -20,5 +20,5 @@ pub use batches::{CalibrationData, ImageBatches};
 pub use labelled::LabelledData;
 pub use normalization::{Normalization, MIN_STD};
 pub(crate) use source::{check_indices, numel, runs, stack};
-pub use source::{FloatImages, ImageSource};
+pub use source::{FirstImages, FloatImages, ImageSource};
 pub use tensor::{Tensor2, Tensor4};

@@ -102,6 +102,68 @@ pub(crate) fn stack(parts: Vec<Tensor4>, [c, h, w]: [usize; 3]) -> Result<Tensor
     }
 }
 
+/// The first images of a source, as a source of its own (`reflow prune
+/// --test-count`: a quick look at a large test set).
+///
+/// ```
+/// use reflow::data::FirstImages;
+/// use reflow::io::{IdxImages, ImageSource, Normalization};
+///
+/// let norm = Normalization::new(vec![0.0], vec![1.0])?;
+/// let images = IdxImages::from_pixels([3, 1, 1, 1], vec![0, 255, 51])?;
+/// let first = FirstImages::new(images, 2)?;
+/// assert_eq!(first.len(), 2);
+/// assert_eq!(first.tensor(&[1], &norm)?.as_slice().unwrap(), &[1.0]);
+/// assert!(first.tensor(&[2], &norm).is_err());
+/// assert!(FirstImages::new(first, 3).is_err());
+/// # Ok::<(), reflow::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct FirstImages<S> {
+    source: S,
+    len: usize,
+}
+
+impl<S: ImageSource> FirstImages<S> {
+    /// The first `len` images of `source`: at least one, at most all of them.
+    pub fn new(source: S, len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::zero("image count"));
+        }
+        if len > source.len() {
+            return Err(Error::invalid(
+                "image count",
+                format!("{len} asked for, the source has {}", source.len()),
+            ));
+        }
+        Ok(FirstImages { source, len })
+    }
+}
+
+impl<S: ImageSource> ImageSource for FirstImages<S> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn image_dims(&self) -> [usize; 3] {
+        self.source.image_dims()
+    }
+
+    fn is_normalized(&self) -> bool {
+        self.source.is_normalized()
+    }
+
+    fn check(&self, indices: &[usize]) -> Result<()> {
+        check_indices(indices, self.len)?;
+        self.source.check(indices)
+    }
+
+    fn tensor(&self, indices: &[usize], norm: &Normalization) -> Result<Tensor4> {
+        check_indices(indices, self.len)?;
+        self.source.tensor(indices, norm)
+    }
+}
+
 pub(crate) fn check_indices(indices: &[usize], len: usize) -> Result<()> {
     match indices.iter().find(|&&i| i >= len) {
         Some(i) => Err(Error::invalid(

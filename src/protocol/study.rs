@@ -162,6 +162,91 @@ impl Study {
 }
 
 impl Study {
+    /// Prunes `net` as this study's first run does (its first sparsity), with no
+    /// evaluation and no repair: the stage on its own. The activation-aware methods
+    /// measure their statistics on `calibration` first — on the dense network, or
+    /// layer by layer with [`Inputs::Sequential`] — and refuse to run without it;
+    /// channel pruning replaces `net` with the compact network. Returns what was
+    /// pruned (with the zeros in [`SparsityReport::measure`](crate::prune::SparsityReport::measure)).
+    ///
+    /// ```
+    /// use reflow::layer::count_prunable;
+    /// use reflow::models::{Model, ResNet, ResNetConfig};
+    /// use reflow::protocol::{Pattern, Pruned, Study};
+    /// use reflow::prune::SparsityReport;
+    ///
+    /// let mut net = Model::new(ResNet::new(ResNetConfig::cifar_resnet(8)?)?);
+    /// # use reflow::layer::Params;
+    /// # let mut i = 0u32;
+    /// # net.visit_params_mut(&mut |p| if p.role.is_prunable() { p.data.iter_mut().for_each(|v| { i = i.wrapping_mul(747796405).wrapping_add(2891336453); *v = (i >> 9) as f32 / 8388608.0 - 1.0; }) });
+    /// let pruned = Study::new(Pattern::Nm(2, 4), vec![]).prune(&mut net, None)?;
+    /// assert!(matches!(pruned, Pruned::Nm(ref dense) if dense == &["conv1.weight"]));
+    /// let zeros = SparsityReport::measure(&net).prunable_sparsity();
+    /// assert!(zeros > 0.45 && zeros <= 0.5, "{zeros}");
+    /// let before = count_prunable(&net);
+    /// Study::new(Pattern::Channel, vec![0.5]).prune(&mut net, None)?;
+    /// assert!(count_prunable(&net) < before);
+    /// # Ok::<(), reflow::Error>(())
+    /// ```
+    pub fn prune(&self, net: &mut Model, calibration: Option<&ImageBatches<'_>>) -> Result<Pruned> {
+        self.validate()?;
+        let data = || {
+            calibration.ok_or_else(|| {
+                Error::invalid(
+                    "calibration images",
+                    format!(
+                        "{} measures each layer's inputs on calibration images; none given",
+                        self.method
+                    ),
+                )
+            })
+        };
+        let kind = |skipped: Option<Vec<String>>| match skipped {
+            Some(skipped) => Pruned::Nm(skipped),
+            None => Pruned::Unstructured,
+        };
+        let sequential = self.inputs == Inputs::Sequential;
+        match self.pruners(net)? {
+            Runs::Unstructured(pruners) => {
+                pruners[0].prune(net)?;
+                Ok(Pruned::Unstructured)
+            }
+            Runs::Nm(pruner, skipped) => {
+                pruner.prune(net)?;
+                Ok(Pruned::Nm(skipped))
+            }
+            Runs::Channel(pruners) => {
+                let (compact, report) = pruners[0].prune(net)?;
+                *net = compact;
+                Ok(Pruned::Channel(report))
+            }
+            Runs::Wanda(mut pruners, skipped) => {
+                let pruner = pruners.swap_remove(0);
+                match sequential {
+                    true => pruner.prune_sequential(net, data()?).map(drop)?,
+                    false => {
+                        let norms = InputNorms::measure(&*net, data()?)?;
+                        pruner.with_norms(norms).prune(net)?;
+                    }
+                }
+                Ok(kind(skipped))
+            }
+            Runs::SparseGpt(mut pruners, skipped) => {
+                let pruner = pruners.swap_remove(0);
+                match sequential {
+                    true => pruner.prune_sequential(net, data()?).map(drop)?,
+                    false => {
+                        let hessians = Hessians::measure(&*net, data()?)?;
+                        pruner.with_hessians(hessians).prune(net)?;
+                    }
+                }
+                Ok(kind(skipped))
+            }
+        }
+    }
+}
+
+impl Study {
     /// [`Study::pruners`] for the activation-aware methods: without their statistics
     /// yet (the study measures them), checked against `net`.
     fn activation_pruners(&self, net: &Model) -> Result<Runs> {

@@ -19,6 +19,7 @@ use clap::Parser;
 use data::read_data;
 use paths::check_paths;
 use plan::{as_flag, plan};
+use reflow::data::FirstImages;
 use reflow::io::ImageSource;
 use reflow::models::Model;
 use reflow::prelude::*;
@@ -182,6 +183,9 @@ pub struct Args {
     /// Momentum for --mode ema (default 0.1).
     #[arg(long, value_name = "M", allow_hyphen_values = true)]
     momentum: Option<f64>,
+    /// Evaluate the first N test images only (default: all of them).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    test_count: Option<usize>,
     /// First N test images used for the per-BN signal metric (default 1000, or every
     /// test image when there are fewer).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
@@ -236,7 +240,14 @@ fn run(args: &Args) -> reflow::Result<()> {
     let runs = plan.study.pruners(&net).map_err(as_flag)?;
     let (test, labels, calib_images, calib_flag) =
         read_data(args, in_channels, num_classes, plan.transform)?;
-    let labels = labels.as_ref().map(|l| l.as_slice());
+    let test: reflow::protocol::Source = match args.test_count {
+        None => test,
+        Some(n) => Box::new(FirstImages::new(test, n).map_err(|e| match e {
+            Error::InvalidArgument { reason, .. } => invalid("test-count", reason),
+            other => other,
+        })?),
+    };
+    let labels = labels.as_ref().map(|l| &l.as_slice()[..test.len()]);
     let signal_images =
         reflow::protocol::signal_images(args.signal_images, test.len()).map_err(as_flag)?;
     let counts = (args.calib_count, args.calib_batch);

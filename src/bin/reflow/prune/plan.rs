@@ -81,6 +81,9 @@ pub(super) fn plan(args: &Args) -> reflow::Result<Plan> {
     if args.calib_batch == 0 {
         return Err(invalid("calib-batch", "must be positive"));
     }
+    if args.test_count == Some(0) {
+        return Err(invalid("test-count", "must be positive"));
+    }
     if args.signal_images == Some(0) {
         return Err(invalid("signal-images", "must be positive"));
     }
