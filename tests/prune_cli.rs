@@ -520,6 +520,19 @@ fn bad_input_is_one_line_on_stderr_and_a_nonzero_exit() {
             "the test set has 40",
         ),
         (
+            with(base.clone(), "--test-count", "41"),
+            "--test-count: 41 asked for, the source has 40",
+        ),
+        (
+            with(base.clone(), "--test-count", "0"),
+            "--test-count: must be positive",
+        ),
+        (
+            // The signal images come from the test images kept.
+            with(with(base.clone(), "--test-count", "8"), "--signal-images", "10"),
+            "the test set has 8",
+        ),
+        (
             with(base.clone(), "--calib-batch", "x"),
             "invalid value 'x'",
         ),
@@ -913,27 +926,29 @@ fn bad_input_found_before_any_work_leaves_every_input_as_it_was() {
     }
 }
 
-/// The bundled ResNet-20 on the full Fashion-MNIST test set: the counts of
-/// `scripts/reference.py` (PyTorch) for the same flags, pruned and after REFLOW
-/// (`scripts/compare_patterns.sh` compares every field).
+/// The bundled ResNet-20 on the first 2,000 images of the Fashion-MNIST test set
+/// (`--test-count 2000`: the whole set took this test six minutes on two cores): the
+/// counts of `scripts/reference.py` (PyTorch) for the same flags, pruned and after
+/// REFLOW (`scripts/compare_patterns.sh` compares every field on the whole set).
 #[test]
 fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
     let dir = tempfile::tempdir().unwrap();
-    let base = common::bundled_prune_args();
+    let mut base = common::bundled_prune_args();
+    base.extend(["--test-count".to_string(), "2000".to_string()]);
     /// The flags, and per run the correct counts (pruned, after REFLOW).
     type Case<'a> = (&'a [&'a str], &'a [(u64, u64)]);
     // As reference.py counted them.
     let cases: [Case; 8] = [
-        (&["--pattern", "2:4"], &[(8672, 9340)]),
+        (&["--pattern", "2:4"], &[(1738, 1892)]),
         (
             &["--pattern", "channel", "--sparsity", "0.3,0.5"],
-            &[(4532, 9046), (2248, 7373)],
+            &[(903, 1828), (439, 1484)],
         ),
         (
             &["--method", "wanda", "--sparsity", "0.5,0.9"],
-            &[(8926, 9313), (1000, 2511)],
+            &[(1783, 1892), (195, 495)],
         ),
-        (&["--method", "wanda", "--pattern", "2:4"], &[(6102, 9291)]),
+        (&["--method", "wanda", "--pattern", "2:4"], &[(1221, 1877)]),
         (
             &[
                 "--method",
@@ -943,7 +958,7 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
                 "--calib-count",
                 "256",
             ],
-            &[(9374, 9378)],
+            &[(1895, 1904)],
         ),
         (
             &[
@@ -954,7 +969,7 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
                 "--calib-count",
                 "256",
             ],
-            &[(9308, 9388)],
+            &[(1876, 1900)],
         ),
         (
             &[
@@ -967,7 +982,7 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
                 "--calib-count",
                 "256",
             ],
-            &[(9359, 9386)],
+            &[(1897, 1903)],
         ),
         (
             &[
@@ -980,7 +995,7 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
                 "--calib-count",
                 "256",
             ],
-            &[(5255, 9212)],
+            &[(1054, 1871)],
         ),
     ];
     for (k, (flags, want)) in cases.iter().enumerate() {
@@ -990,7 +1005,8 @@ fn bundled_resnet20_patterns_and_methods_count_as_pytorch() {
         args.extend(["--json".to_string(), json.to_string_lossy().into_owned()]);
         let out = run(&args);
         let report = common::report(&out, &json);
-        assert_eq!(report["dense"]["correct"], 9414);
+        assert_eq!(report["dense"]["correct"], 1902);
+        assert_eq!(report["dense"]["images"], 2000);
         let got: Vec<(u64, u64)> = report["runs"]
             .as_array()
             .unwrap()
