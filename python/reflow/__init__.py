@@ -19,6 +19,7 @@ same kind as the input's values. Errors of the crate are raised as
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
 from collections.abc import Iterable, Mapping
@@ -91,7 +92,9 @@ def _to_safetensors(state: Mapping[str, Any]) -> bytes:
                 f"state dict: key {name!r}: dtype {array.dtype} is not supported "
                 "(float32, float64, float16, bfloat16; int64 or int32 for counters)"
             )
-        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        # The array's own bytes (a view, no copy, when it is contiguous and
+        # little-endian already): the one copy is the join below.
+        data = memoryview(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))).cast("B")
         header[name] = {
             "dtype": dtype,
             "shape": list(array.shape),
@@ -101,11 +104,13 @@ def _to_safetensors(state: Mapping[str, Any]) -> bytes:
         offset += len(data)
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+    return b"".join([struct.pack("<Q", len(head)), head, *chunks])
 
 
-def _from_safetensors(data: bytes) -> dict[str, np.ndarray]:
-    """The tensors of safetensors ``data``, in the file's order."""
+def _from_safetensors(data: bytes | bytearray) -> dict[str, np.ndarray]:
+    """The tensors of safetensors ``data``, in the file's order: views of a
+    ``bytearray`` where they can be (writable, no copy; the buffer lives as long as
+    one of them does), else copies."""
     if len(data) < 8:
         raise ReflowError(f"safetensors: {len(data)} bytes, too short for a header")
     (size,) = struct.unpack_from("<Q", data, 0)
@@ -128,8 +133,12 @@ def _from_safetensors(data: bytes) -> dict[str, np.ndarray]:
         count = int(np.prod(shape, dtype=np.int64))
         if end - start != count * dtype.itemsize or base + end > len(data):
             raise ReflowError(f"safetensors: key {name!r}: the data does not fit shape {list(shape)}")
-        values = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=count, offset=base + start)
-        tensors[name] = values.astype(dtype).reshape(shape)
+        stored = dtype.newbyteorder("<")
+        values = np.frombuffer(data, dtype=stored, count=count, offset=base + start)
+        # A copy when the view would be read-only (bytes), big-endian, or unaligned.
+        if not values.flags.writeable or stored != dtype or not values.flags.aligned:
+            values = values.astype(dtype)
+        tensors[name] = values.reshape(shape)
     return tensors
 
 
@@ -137,7 +146,10 @@ def load_safetensors(path: str | PathLike[str]) -> dict[str, np.ndarray]:
     """The tensors of a safetensors file as numpy arrays (float32, float64, float16,
     int64, int32, uint8, int8 and bool tensors), in the file's order."""
     with open(path, "rb") as f:
-        return _from_safetensors(f.read())
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        if f.readinto(data) != len(data):
+            raise ReflowError(f"{path}: the file changed while it was read")
+    return _from_safetensors(data)
 
 
 def prune(
@@ -147,6 +159,7 @@ def prune(
     *,
     pattern: str = "unstructured",
     method: str = "magnitude",
+    inputs: str = "dense",
     repair: str = "reflow",
     scope: str = "global",
     stem: str | None = None,
@@ -168,6 +181,9 @@ def prune(
             ``pattern="channel"`` the fraction of channels; ignored for N:M).
         pattern: ``"unstructured"``, ``"N:M"`` (``"2:4"``) or ``"channel"``.
         method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+        inputs: what ``"wanda"`` and ``"sparsegpt"`` measure each layer's inputs
+            on: ``"dense"`` (the dense network, one pass) or ``"sequential"`` (the
+            network pruned so far, layer by layer).
         repair: ``"reflow"`` (re-estimate every batch norm's statistics), ``"none"``
             or ``"auto"`` (REFLOW only where the calibration set can be trusted).
         scope: ``"global"`` (one ranking over the network) or ``"layer"``.
@@ -203,6 +219,7 @@ def prune(
         "sparsity": float(sparsity),
         "pattern": pattern,
         "method": method,
+        "inputs": inputs,
         "repair": repair,
         "scope": scope,
         "stem": stem,

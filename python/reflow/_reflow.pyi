@@ -12,6 +12,7 @@ class _Options(TypedDict):
     sparsity: float
     pattern: str
     method: str
+    inputs: str
     repair: str
     scope: str
     stem: str | None
@@ -23,7 +24,7 @@ class _Options(TypedDict):
 
 def prune(
     state: bytes, images: bytes, dims: tuple[int, int, int, int], options: _Options
-) -> tuple[bytes, str]:
+) -> tuple[bytearray, str]:
     """Safetensors bytes and little-endian float32 images in; the pruned state dict's
     safetensors bytes and the report's JSON out."""
 
@@ -74,7 +75,7 @@ class Network:
     def in_channels(self) -> int: ...
     @property
     def num_classes(self) -> int: ...
-    def state(self) -> bytes: ...
+    def state(self) -> bytearray: ...
     def logits(self, images: Images, batch_size: int) -> bytes: ...
     def evaluate(
         self, images: Images, labels: list[int] | None, batch_size: int, signal_count: int | None

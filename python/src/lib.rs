@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyByteArray, PyBytes};
 use reflow::data::{FloatImages, ImageSource, Normalization};
 use reflow::io::EvalTransform;
 use reflow::layer::{Layer, Probe};
@@ -34,39 +34,61 @@ fn raised(e: Error) -> PyErr {
     ReflowError::new_err(e.to_string())
 }
 
-/// What `prune` is asked for: the wrapper's keyword arguments, as a dict.
+/// How to prune, as `reflow.prune` and `Network.prune` are both asked: items of their
+/// options dict.
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
-struct Options {
+struct Pruning {
     sparsity: f64,
     pattern: String,
     method: String,
-    repair: String,
+    inputs: String,
     scope: String,
+    exclude: Vec<String>,
+}
+
+/// The study of one pruning (no repair yet), not yet validated.
+fn study_of(pruning: &Pruning) -> reflow::Result<Study> {
+    let mut study = Study::new(pruning.pattern.parse()?, vec![pruning.sparsity]);
+    study.method = pruning.method.parse()?;
+    study.inputs = pruning.inputs.parse()?;
+    study.scope = pruning.scope.parse()?;
+    study.exclude = pruning.exclude.clone();
+    Ok(study)
+}
+
+/// What `prune` is asked for besides the pruning: the rest of the wrapper's keyword
+/// arguments.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Options {
+    repair: String,
     stem: Option<String>,
     arch: Option<String>,
     batch_size: usize,
     seed: Option<u64>,
-    exclude: Vec<String>,
     /// Draw a progress bar on standard error.
     progress: bool,
 }
 
 /// Prunes the network of `state` (safetensors bytes) as `options` say, repairs it on
 /// the calibration images (`images`: little-endian `f32` of shape `dims`, normalised)
-/// and returns the result as safetensors bytes and the report as JSON.
+/// and returns the result as safetensors bytes (a `bytearray`, which the wrapper's arrays
+/// view) and the report as JSON.
 #[pyfunction]
 fn prune<'py>(
     py: Python<'py>,
     state: &[u8],
     images: &[u8],
     dims: [usize; 4],
-    options: Options,
-) -> PyResult<(Bound<'py, PyBytes>, String)> {
+    options: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyByteArray>, String)> {
+    let pruning: Pruning = options.extract()?;
+    let options: Options = options.extract()?;
     let (state, report) = py
-        .detach(|| run(state, images, dims, &options))
+        .detach(|| run(state, images, dims, &pruning, &options))
         .map_err(raised)?;
-    Ok((PyBytes::new(py, &state), report))
+    Ok((PyByteArray::new(py, &state), report))
 }
 
 /// The network of `state`, of `arch` (auto when none), its stem read off the stem
@@ -84,11 +106,11 @@ fn stem_of(state: &StateDict) -> Stem {
     }
 }
 
-/// `bytes` as little-endian `f32` values of shape `dims`.
-fn images_of(bytes: &[u8], dims: [usize; 4]) -> reflow::Result<FloatImages> {
+/// `bytes` as little-endian `f32` values of shape `dims` (`what`, in errors).
+fn images_of(bytes: &[u8], dims: [usize; 4], what: &str) -> reflow::Result<FloatImages> {
     if !bytes.len().is_multiple_of(4) {
         return Err(Error::Data(format!(
-            "calibration images: {} bytes are not whole float32 values",
+            "{what}: {} bytes are not whole float32 values",
             bytes.len()
         )));
     }
@@ -103,41 +125,27 @@ fn run(
     state: &[u8],
     images: &[u8],
     dims: [usize; 4],
+    pruning: &Pruning,
     options: &Options,
 ) -> reflow::Result<(Vec<u8>, String)> {
-    if dims[0] == 0 {
-        return Err(Error::EmptyData {
-            name: "calibration images".into(),
-            what: "none given (N = 0)".into(),
-        });
-    }
+    let images = PyImages::normalised(images, dims, "calibration images")?;
     let state = StateDict::from_safetensors_bytes(state)?;
     let mut net = network(&state, options)?;
-    let images = images_of(images, dims)?;
-    if dims[1] != net.in_channels() {
-        return Err(Error::Shape {
-            context: "calibration images".into(),
-            expected: format!("[N, {}, H, W]", net.in_channels()),
-            found: dims.into(),
-        });
-    }
-    // The images are normalised already.
-    let norm = Normalization::new(vec![0.0; dims[1]], vec![1.0; dims[1]])?;
-    let mut study = Study::new(options.pattern.parse()?, vec![options.sparsity]);
-    study.method = options.method.parse()?;
-    study.scope = options.scope.parse()?;
+    images.check(&net, "calibration images")?;
+    let norm = &images.norm;
+    let images = &*images.source;
+    let mut study = study_of(pruning)?;
     study.repair = options.repair.parse()?;
-    study.exclude = options.exclude.clone();
     study.validate()?;
     let runs = study.pruners(&net)?;
     let batch = (dims[0], options.batch_size);
-    let calibration = study.calibration(&net, &images, batch, options.seed, &norm)?;
+    let calibration = study.calibration(&net, images, batch, options.seed, norm)?;
     // The calibration images are the evaluation images too: the report's fidelity is
     // the pruned network's agreement with the dense one on them, and its signal theirs.
     let protocol = Protocol {
-        test: &images,
+        test: images,
         labels: None,
-        norm: &norm,
+        norm,
         calibration: &calibration,
         signal_images: signal_images(None, images.len())?,
         repair: study.repair.repair(study.reflow),
@@ -201,20 +209,8 @@ impl PyImages {
     /// Normalised images of shape `dims`, as little-endian `f32` bytes.
     #[staticmethod]
     fn from_array(py: Python<'_>, data: &[u8], dims: [usize; 4]) -> PyResult<PyImages> {
-        py.detach(|| {
-            if dims[0] == 0 {
-                return Err(Error::EmptyData {
-                    name: "images".into(),
-                    what: "none given (N = 0)".into(),
-                });
-            }
-            Ok(PyImages {
-                source: Box::new(images_of(data, dims)?),
-                labels: None,
-                norm: Normalization::new(vec![0.0; dims[1]], vec![1.0; dims[1]])?,
-            })
-        })
-        .map_err(raised)
+        py.detach(|| PyImages::normalised(data, dims, "images"))
+            .map_err(raised)
     }
 
     /// The images of a folder in torchvision's `ImageFolder` layout (one sub-folder per
@@ -273,6 +269,22 @@ impl PyImages {
 }
 
 impl PyImages {
+    /// `what`: normalised images of shape `dims`, as little-endian `f32` bytes; at
+    /// least one.
+    fn normalised(data: &[u8], dims: [usize; 4], what: &str) -> reflow::Result<PyImages> {
+        if dims[0] == 0 {
+            return Err(Error::EmptyData {
+                name: what.into(),
+                what: "none given (N = 0)".into(),
+            });
+        }
+        Ok(PyImages {
+            source: Box::new(images_of(data, dims, what)?),
+            labels: None,
+            norm: Normalization::new(vec![0.0; dims[1]], vec![1.0; dims[1]])?,
+        })
+    }
+
     /// Checked against `net`: its input channels.
     fn check(&self, net: &Model, what: &str) -> reflow::Result<()> {
         let [c, h, w] = self.source.image_dims();
@@ -293,16 +305,11 @@ impl PyImages {
     }
 }
 
-/// What `Network.prune` is asked for.
+/// How `Network.prune` measures on its calibration images (Wanda, SparseGPT): the
+/// rest of its options dict.
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
-struct PruneOptions {
-    sparsity: f64,
-    pattern: String,
-    method: String,
-    inputs: String,
-    scope: String,
-    exclude: Vec<String>,
+struct Calibrating {
     batch_size: usize,
     count: Option<usize>,
     seed: Option<u64>,
@@ -371,12 +378,13 @@ impl PyNetwork {
         self.model.num_classes()
     }
 
-    /// The state dict, as safetensors bytes (every key torchvision's model has).
-    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+    /// The state dict, as safetensors bytes (every key torchvision's model has), in a
+    /// `bytearray` that the wrapper's arrays view.
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyByteArray>> {
         let bytes = py
             .detach(|| StateDict::from_layer(&self.model).to_safetensors_bytes())
             .map_err(raised)?;
-        Ok(PyBytes::new(py, &bytes))
+        Ok(PyByteArray::new(py, &bytes))
     }
 
     /// The outputs on `images`, in batches of `batch_size`: little-endian `f32`
@@ -478,16 +486,14 @@ impl PyNetwork {
     fn prune(
         &mut self,
         py: Python<'_>,
-        options: PruneOptions,
+        options: &Bound<'_, PyAny>,
         calibration: Option<&PyImages>,
     ) -> PyResult<String> {
+        let pruning: Pruning = options.extract()?;
+        let options: Calibrating = options.extract()?;
         let model = &mut self.model;
         py.detach(|| {
-            let mut study = Study::new(options.pattern.parse()?, vec![options.sparsity]);
-            study.method = options.method.parse()?;
-            study.inputs = options.inputs.parse()?;
-            study.scope = options.scope.parse()?;
-            study.exclude = options.exclude.clone();
+            let study = study_of(&pruning)?;
             study.validate()?;
             let batches = match calibration {
                 Some(images) => {

@@ -103,11 +103,29 @@ def test_safetensors_round_trip():
         "n": np.array(7, dtype=np.int64),
         "h": np.ones(3, dtype=np.float16),
     }
-    back = reflow._from_safetensors(reflow._to_safetensors(state))
-    assert list(back) == ["w", "n", "h"]
-    for key, value in state.items():
-        assert back[key].dtype == value.dtype
-        np.testing.assert_array_equal(back[key], value)
+    data = reflow._to_safetensors(state)
+    for back in (reflow._from_safetensors(data), reflow._from_safetensors(bytearray(data))):
+        assert list(back) == ["w", "n", "h"]
+        for key, value in state.items():
+            assert back[key].dtype == value.dtype
+            np.testing.assert_array_equal(back[key], value)
+            # Writable (views of a bytearray, or copies), and each its own values.
+            assert back[key].flags.writeable and back[key].flags.aligned
+        back["w"][...] = -1
+        np.testing.assert_array_equal(back["n"], 7)
+        np.testing.assert_array_equal(back["h"], 1)
+
+
+def test_returned_and_loaded_arrays_are_writable(resnet20, torch_reflow, tmp_path):
+    state, _ = reflow.prune(resnet20, calibration(torch_reflow), 0.5, batch_size=8)
+    path = tmp_path / "pruned.safetensors"
+    path.write_bytes(reflow._to_safetensors(state))
+    loaded = reflow.load_safetensors(path)
+    for tensors in (state, loaded, reflow.Network(resnet20).state_dict()):
+        for key, value in tensors.items():
+            assert value.flags.writeable, key
+        tensors["fc.weight"][...] = 0
+    np.testing.assert_array_equal(loaded["fc.bias"], state["fc.bias"])
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,24 @@ def test_an_image_folder_is_read_as_torchvision_reads_it(resnet20):
     assert np.array_equal(net.logits(preset, batch_size=7), logits)
 
 
+@pytest.mark.parametrize("inputs", ["dense", "sequential"])
+def test_the_one_call_measures_wanda_s_inputs_as_asked(resnet20, inputs):
+    images = calibration()
+    net = reflow.Network(resnet20)
+    net.prune(0.7, method="wanda", inputs=inputs, calibration=images, batch_size=8)
+    net.reflow(images, batch_size=8)
+    state, report = reflow.prune(resnet20, images, 0.7, method="wanda", inputs=inputs, batch_size=8)
+    assert report["inputs"] == inputs
+    other, _ = reflow.prune(
+        resnet20, images, 0.7, method="wanda", batch_size=8,
+        inputs="dense" if inputs == "sequential" else "sequential",
+    )
+    mine = net.state_dict()
+    for key in state:
+        assert np.array_equal(mine[key], state[key]), key
+    assert any(not np.array_equal(state[k], other[k]) for k in state if k.endswith("conv2.weight"))
+
+
 def test_channel_pruning_and_wanda_through_a_network(resnet20):
     net = reflow.Network(resnet20)
     report = net.prune(0.5, pattern="channel")

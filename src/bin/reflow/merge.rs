@@ -54,8 +54,9 @@ fn run(args: &Args) -> reflow::Result<()> {
         parts.len(),
         report.dense.images
     );
-    let top1 = |v: Option<reflow::protocol::Number>| v.map_or(f64::NAN, |n| n.0);
-    say!("dense: top-1 {:.4}", top1(report.dense.top1));
+    // A number of the report, NaN when it has none (no labels: no top-1).
+    let value = |v: Option<reflow::protocol::Number>| v.map_or(f64::NAN, |n| n.0);
+    say!("dense: top-1 {:.4}", value(report.dense.top1));
     say!(
         "{:<12} {:>8} {:>13} {:>14} {:>12} {:>14}",
         "pattern",
@@ -70,10 +71,10 @@ fn run(args: &Args) -> reflow::Result<()> {
             "{:<12} {:>8.3} {:>13.4} {:>14.4} {:>12.4} {:>14.4}",
             run.pattern,
             run.sparsity,
-            top1(run.pruned_top1),
-            top1(run.reflow_top1),
-            top1(run.agreement_pruned),
-            top1(run.agreement_repaired)
+            value(run.pruned_top1),
+            value(run.reflow_top1),
+            value(run.agreement_pruned),
+            value(run.agreement_repaired)
         );
     }
     let text = serde_json::to_string_pretty(&report).expect("the report serialises");
