@@ -4,9 +4,12 @@ tests/fixtures; neither torch nor the Rust toolchain is needed here."""
 
 from __future__ import annotations
 
+import ast
+import re
 import struct
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +224,16 @@ def test_a_progress_bar_asked_for_does_not_change_the_result(resnet20, torch_ref
 
 def test_the_error_is_a_value_error():
     assert issubclass(reflow.ReflowError, ValueError)
+
+
+def test_the_readme_reads_fields_the_report_has(resnet20, torch_reflow):
+    # Every `report[...]...` the package's README prints is in a real report.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    reads = re.findall(r"report((?:\[[^\]]+\])+)", readme)
+    assert reads, "the README reads the report"
+    _, report = reflow.prune(resnet20, calibration(torch_reflow), 0.5, batch_size=8)
+    for path in reads:
+        value = report
+        for key in re.findall(r"\[([^\]]+)\]", path):
+            value = value[ast.literal_eval(key)]
+        assert value is not None, path
