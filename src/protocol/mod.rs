@@ -34,6 +34,7 @@
 //! # Ok::<(), reflow::Error>(())
 //! ```
 
+mod calibration;
 mod choices;
 mod report;
 mod sources;
