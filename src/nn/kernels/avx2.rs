@@ -144,6 +144,7 @@ mod imp {
         /// Per half, all ones in the selected lanes (as `maskload` takes them).
         type Mask = [__m256i; 2];
         const PIXELS: usize = 6;
+        const REGISTERS: usize = 8;
 
         #[inline(always)]
         fn vectorize<K: Kernel>(self, kernel: K) -> K::Output {

@@ -59,6 +59,7 @@ mod imp {
         type V = __m512;
         type Mask = __mmask16;
         const PIXELS: usize = 28;
+        const REGISTERS: usize = 32;
 
         #[inline(always)]
         fn vectorize<K: Kernel>(self, kernel: K) -> K::Output {

@@ -89,6 +89,10 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// 16 registers) or four (NEON, 32 registers).
     const PIXELS: usize;
 
+    /// Sixteen-lane vectors the registers hold: 32 with AVX-512, 8 with AVX2 (a
+    /// vector is two of its 16 registers) and NEON (four of 32).
+    const REGISTERS: usize;
+
     /// Runs `kernel` compiled with this instruction set enabled: [`Kernel::run`] and
     /// everything it calls inline into a function with the instruction set's target
     /// feature.
@@ -267,6 +271,7 @@ macro_rules! unavailable {
             type V = [f32; $crate::nn::kernels::LANES];
             type Mask = u16;
             const PIXELS: usize = 1;
+            const REGISTERS: usize = 1;
 
             fn vectorize<K: $crate::nn::kernels::Kernel>(self, _: K) -> K::Output {
                 unreachable!("no token of an instruction set this target lacks")

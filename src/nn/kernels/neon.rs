@@ -88,6 +88,7 @@ mod imp {
         type V = V;
         type Mask = u16;
         const PIXELS: usize = 6;
+        const REGISTERS: usize = 8;
 
         #[inline(always)]
         fn vectorize<K: Kernel>(self, kernel: K) -> K::Output {

@@ -61,62 +61,14 @@ pub(super) fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
         sums.resize(rows.len() * TILE, 0.0);
     }
     let base = cols[first..].as_ptr();
-    // Two output channels at a time: eight independent sums with four vectors.
-    for k in 0..w.chunks() {
-        for i in (0..rows.len()).step_by(2) {
-            let row = k * w.rows + rows.start + i;
-            let [from, middle, to] = [0, 1, 2].map(|j| w.starts[row + j] as usize);
-            if k > 0 && from == to {
-                continue;
-            }
-            let (one, two) = sums[i * TILE..][..2 * TILE].split_at_mut(TILE);
-            // The first chunk starts from zero (and writes the rows it has nothing for).
-            // Loops, not closures: a closure does not inherit the instruction set.
-            let (mut a, mut b) = ([s.zero(); V], [s.zero(); V]);
-            if k > 0 {
-                for v in 0..V {
-                    a[v] = s.load(one[v * LANES..][..LANES].try_into().expect("16 lanes"));
-                    b[v] = s.load(two[v * LANES..][..LANES].try_into().expect("16 lanes"));
-                }
-            }
-            let (ra, rb) = (&entries[from..middle], &entries[middle..to]);
-            let common = ra.len().min(rb.len());
-            for (ea, eb) in ra[..common].iter().zip(&rb[..common]) {
-                let (wa, wb) = (s.splat(ea.value), s.splat(eb.value));
-                // SAFETY: every offset plus `first + V·16` is at most `cols.len()`: the
-                // tile's vectors end before the plane's last position rounded up to
-                // 16, and `sparse_conv` checked that the farthest offset from there is
-                // inside `cols`.
-                let (pa, pb) =
-                    unsafe { (base.add(ea.offset as usize), base.add(eb.offset as usize)) };
-                for v in 0..V {
-                    // SAFETY: as above.
-                    unsafe {
-                        a[v] = s.fma(wa, s.load_ptr(pa.add(v * LANES)), a[v]);
-                        b[v] = s.fma(wb, s.load_ptr(pb.add(v * LANES)), b[v]);
-                    }
-                }
-            }
-            for (acc, rest) in [(&mut a, &ra[common..]), (&mut b, &rb[common..])] {
-                for e in rest {
-                    let wv = s.splat(e.value);
-                    // SAFETY: as above.
-                    let p = unsafe { base.add(e.offset as usize) };
-                    for (v, acc) in acc.iter_mut().enumerate() {
-                        // SAFETY: as above.
-                        *acc = s.fma(wv, unsafe { s.load_ptr(p.add(v * LANES)) }, *acc);
-                    }
-                }
-            }
-            for (sum, acc) in [(one, a), (two, b)] {
-                for (v, acc) in acc.iter().enumerate() {
-                    s.store(
-                        (&mut sum[v * LANES..][..LANES]).try_into().expect("16"),
-                        *acc,
-                    );
-                }
-            }
-        }
+    // Output channels side by side while their accumulators (and a broadcast weight
+    // each) fit in registers: two with AVX-512 (and the portable level), one with
+    // AVX2 and NEON, where two would spill.
+    let sums = &mut sums[..rows.len() * TILE];
+    if 2 * V + 2 <= S::REGISTERS {
+        sum_rows::<S, V, 2>(s, base, w, entries, rows.start, sums);
+    } else {
+        sum_rows::<S, V, 1>(s, base, w, entries, rows.start, sums);
     }
     // Where each position of the tile goes in the output's first block (`None` for
     // the positions computed and not stored); block `ob` is `ob · h · w · 16` on.
@@ -148,6 +100,77 @@ pub(super) fn sparse_tile<S: Simd, const V: usize>(s: S, t: SparseTile<'_>) {
                     let value = finish(s, value, (scale, shift), residual);
                     let value = activate(s, store.activation, value);
                     s.store_ptr(y.at(o), value);
+                }
+            }
+        }
+    }
+}
+
+/// Step 2 for the output channels `first..first + sums.len() / TILE`: into `sums`
+/// (`[channel][TILE]`), the sums of the tile's positions at `base` over every chunk's
+/// non-zeros, `R` channels at a time (`R` divides sixteen).
+#[inline(always)]
+fn sum_rows<S: Simd, const V: usize, const R: usize>(
+    s: S,
+    base: *const f32,
+    w: &SparseConv,
+    entries: &[Entry],
+    first: usize,
+    sums: &mut [f32],
+) {
+    for k in 0..w.chunks() {
+        for (i, sums) in sums.chunks_exact_mut(R * TILE).enumerate() {
+            let row = k * w.rows + first + i * R;
+            let from: [usize; R] = std::array::from_fn(|r| w.starts[row + r] as usize);
+            let to: [usize; R] = std::array::from_fn(|r| w.starts[row + r + 1] as usize);
+            if k > 0 && from[0] == to[R - 1] {
+                continue;
+            }
+            // The first chunk starts from zero (and writes the rows it has nothing for).
+            // Loops, not closures: a closure does not inherit the instruction set.
+            let mut acc = [[s.zero(); V]; R];
+            if k > 0 {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        let at = r * TILE + v * LANES;
+                        *acc = s.load(sums[at..][..LANES].try_into().expect("16 lanes"));
+                    }
+                }
+            }
+            let lists: [&[Entry]; R] = std::array::from_fn(|r| &entries[from[r]..to[r]]);
+            // The rows' non-zeros side by side (independent sums), then each one's rest.
+            let common = lists.iter().map(|l| l.len()).min().unwrap_or(0);
+            let heads = lists.map(|l| &l[..common]);
+            for n in 0..common {
+                for (acc, head) in acc.iter_mut().zip(&heads) {
+                    let e = head[n];
+                    let wv = s.splat(e.value);
+                    // SAFETY: every offset plus `first + V·16` is at most `cols.len()`:
+                    // the tile's vectors end before the plane's last position rounded
+                    // up to 16, and `sparse_conv` checked that the farthest offset from
+                    // there is inside `cols`.
+                    let p = unsafe { base.add(e.offset as usize) };
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        *acc = s.fma(wv, unsafe { s.load_ptr(p.add(v * LANES)) }, *acc);
+                    }
+                }
+            }
+            for (acc, list) in acc.iter_mut().zip(&lists) {
+                for e in &list[common..] {
+                    let wv = s.splat(e.value);
+                    // SAFETY: as above.
+                    let p = unsafe { base.add(e.offset as usize) };
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        *acc = s.fma(wv, unsafe { s.load_ptr(p.add(v * LANES)) }, *acc);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate() {
+                    let at = r * TILE + v * LANES;
+                    s.store((&mut sums[at..][..LANES]).try_into().expect("16"), *acc);
                 }
             }
         }
