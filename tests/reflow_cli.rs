@@ -655,12 +655,26 @@ fn bench_times_each_convolution_on_its_kernel() {
     let checkpoint = weights.to_str().unwrap();
     let out = reflow(&["inspect", "--json", "--stem", "cifar", checkpoint]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = report["layers"].as_array().unwrap();
     let kernels = |name: &str| {
-        let layers = report["layers"].as_array().unwrap();
         let layer = layers.iter().find(|l| l["name"] == name).unwrap();
         layer["kernels"].as_str().unwrap().to_string()
     };
-    assert_eq!(kernels("layer1.0.conv1.weight"), "dense or sparse");
+    // A convolution at most `MEASURED_DENSITY` dense may run sparse; a denser one,
+    // not: both kinds are in a 0.9 global pruning of ResNet-20.
+    let mut seen = (0, 0);
+    for layer in layers.iter().filter(|l| l["name"] != "fc.weight") {
+        let density = 1.0 - layer["sparsity"].as_f64().unwrap();
+        let may = density <= reflow::nn::SparsePolicy::MEASURED_DENSITY;
+        let want = if may { "dense or sparse" } else { "dense" };
+        assert_eq!(layer["kernels"], want, "{layer}");
+        if may {
+            seen.0 += 1
+        } else {
+            seen.1 += 1
+        }
+    }
+    assert!(seen.0 > 0 && seen.1 > 0, "{seen:?}");
     assert_eq!(
         kernels("fc.weight"),
         "dense",

@@ -25,7 +25,7 @@ pub fn execute(args: &Args) -> ExitCode {
 fn run(args: &Args) -> reflow::Result<()> {
     let net = args.checkpoint.load()?;
     let report = SparsityReport::measure(&net);
-    // Convolution weights (rank 4) by name: those at most half dense are timed on the
+    // Convolution weights (rank 4) by name: those at most 40 % dense are timed on the
     // sparse kernel when the network runs (`reflow bench` shows the choice).
     let mut convolutions = std::collections::HashSet::new();
     net.visit_params(&mut |p| {
@@ -34,7 +34,7 @@ fn run(args: &Args) -> reflow::Result<()> {
         }
     });
     let kernels = |t: &reflow::prune::TensorSparsity| match convolutions.contains(&t.name)
-        && 1.0 - t.sparsity() <= 0.5
+        && 1.0 - t.sparsity() <= reflow::nn::SparsePolicy::MEASURED_DENSITY
     {
         true => "dense or sparse",
         false => "dense",
