@@ -182,13 +182,14 @@ def test_bad_input_raises_the_crate_s_message(resnet20, torch_reflow, change, me
         ({"sparsity": 1.0}, "sparsity"),
         ({"sparsity": 0.5, "pattern": "4:2"}, "pattern"),
         ({"sparsity": 0.5, "method": "random"}, "method"),
+        ({"sparsity": 0.5, "method": "wanda", "inputs": "bogus"}, "invalid inputs"),
         ({"sparsity": 0.5, "scope": "network"}, "scope"),
         ({"sparsity": 0.5, "stem": "imagenet"}, "stem"),
         ({"sparsity": 0.5, "arch": "vgg11_bn"}, "VGG"),
         ({"sparsity": 0.5, "batch_size": 0}, "batch size"),
         ({"sparsity": 0.5, "exclude": ["layer9"]}, "layer9"),
     ],
-    ids=["sparsity 1", "pattern", "method", "scope", "stem", "arch", "batch 0", "exclude"],
+    ids=["sparsity 1", "pattern", "method", "inputs", "scope", "stem", "arch", "batch 0", "exclude"],
 )
 def test_bad_options_raise_the_crate_s_message(resnet20, torch_reflow, options, message):
     sparsity = options.pop("sparsity")
