@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::exec::Exec;
-use crate::layer::{Layer, Probe};
+use crate::layer::{Layer, Network, NormUpdate, Probe};
 use crate::nn::{LayerTime, Profile, SparsePolicy, Tensor2, Tensor4};
 use std::time::Instant;
 
@@ -91,6 +91,37 @@ pub struct BenchReport {
     pub layers: Vec<LayerTime>,
 }
 
+/// `config`'s batch of pseudo-random images in `[-1, 1)`, as normalised images are,
+/// the same every call.
+fn images(config: &BenchConfig) -> Tensor4 {
+    let [c, h, w] = config.input;
+    let len = config.batch * c * h * w;
+    let mut state = 0x2545_f491_u32;
+    let values = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor4::from_shape_vec((config.batch, c, h, w), values).expect("the values fill the shape")
+}
+
+/// The median of `times` (seconds), and the report of a pass that took it.
+fn report(config: &BenchConfig, mut times: Vec<f64>, layers: Vec<LayerTime>) -> BenchReport {
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    BenchReport {
+        config: *config,
+        images_per_second: config.batch as f64 / median,
+        median_ms: median * 1e3,
+        threads: config.exec.threads(),
+        policy: config.exec.sparse(),
+        layers,
+    }
+}
+
 /// Times `net` on batches of pseudo-random images (the same each pass) as
 /// `config` says, under its [`Exec`], on the current rayon pool (run it inside
 /// [`rayon::ThreadPool::install`] to choose how many threads `Par::Rayon` has).
@@ -111,20 +142,7 @@ where
     N: Layer<Input = Tensor4, Output = Tensor2> + ?Sized,
 {
     config.validate()?;
-    let [c, h, w] = config.input;
-    let len = config.batch * c * h * w;
-    // Values in [-1, 1), as normalised images are, from a fixed generator.
-    let mut state = 0x2545_f491_u32;
-    let values = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect();
-    let x = Tensor4::from_shape_vec((config.batch, c, h, w), values)
-        .expect("the values fill the shape");
+    let x = images(config);
     for _ in 0..config.warmup {
         net.forward_with(&x, &mut Probe::none().with_exec(config.exec))?;
     }
@@ -136,8 +154,6 @@ where
         net.forward_with(&x, &mut probe.with_profile(&profile))?;
         times.push(start.elapsed().as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
     let layers = profile
         .layers()
         .into_iter()
@@ -147,14 +163,46 @@ where
             ..l
         })
         .collect();
-    Ok(BenchReport {
-        config: *config,
-        images_per_second: config.batch as f64 / median,
-        median_ms: median * 1e3,
-        threads: config.exec.threads(),
-        policy: config.exec.sparse(),
-        layers,
-    })
+    Ok(report(config, times, layers))
+}
+
+/// Times REFLOW's calibration pass on `net` as `config` says: each pass one batch
+/// of pseudo-random images (the same each pass) through `net` with its batch norms in
+/// training mode, their running statistics updated (cumulative average), as
+/// [`crate::rescale::Reflow`] runs it batch by batch. The pass runs layer by layer on
+/// NCHW activations, so the report has no per-layer times (`layers` is empty).
+/// `net`'s running statistics are changed.
+///
+/// ```
+/// use reflow::bench::{bench_calibration, BenchConfig};
+/// use reflow::models::{ResNet, ResNetConfig};
+///
+/// let mut net = ResNet::new(ResNetConfig::cifar_resnet(20)?)?;
+/// let config = BenchConfig { runs: 2, ..BenchConfig::new([3, 32, 32], 4) };
+/// let report = bench_calibration(&mut net, &config)?;
+/// println!("{:.1} calibration images/s", report.images_per_second);
+/// # Ok::<(), reflow::Error>(())
+/// ```
+pub fn bench_calibration(
+    net: &mut dyn Network<Tensor4>,
+    config: &BenchConfig,
+) -> Result<BenchReport> {
+    config.validate()?;
+    let x = images(config);
+    let mut pass = || {
+        let probe = Probe::none().with_exec(config.exec);
+        net.calibrate(&x, &mut probe.with_update(NormUpdate::Cumulative))
+    };
+    for _ in 0..config.warmup {
+        pass()?;
+    }
+    let mut times = Vec::with_capacity(config.runs);
+    for _ in 0..config.runs {
+        let start = Instant::now();
+        pass()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(report(config, times, Vec::new()))
 }
 
 #[cfg(test)]
@@ -186,6 +234,36 @@ mod tests {
                 .all(|l| l.calls == calls && l.seconds > 0.0));
             assert!(fc.calls >= 1 && calls.is_multiple_of(fc.calls) && fc.seconds > 0.0);
         }
+    }
+
+    #[test]
+    fn bench_calibration_times_the_train_mode_pass() {
+        use crate::layer::Params;
+        let mut net = ResNet::new(ResNetConfig::cifar_resnet(20).unwrap()).unwrap();
+        // Zero weights: every batch variance is 0, the running ones start at 1.
+        let variances = |net: &ResNet| {
+            let mut all = vec![];
+            net.visit_params(&mut |p| {
+                if p.name.ends_with("running_var") {
+                    all.extend_from_slice(p.data);
+                }
+            });
+            all
+        };
+        let before = variances(&net);
+        // Refused before any pass: the statistics are untouched.
+        let bad = BenchConfig::new([3, 16, 16], 0);
+        assert!(bench_calibration(&mut net, &bad).is_err());
+        assert_eq!(variances(&net), before);
+        let config = BenchConfig {
+            warmup: 0,
+            runs: 2,
+            ..BenchConfig::new([3, 16, 16], 2)
+        };
+        let report = bench_calibration(&mut net, &config).unwrap();
+        assert!(report.images_per_second > 0.0 && report.layers.is_empty());
+        // The passes updated the running statistics, as REFLOW's do.
+        assert_ne!(variances(&net), before);
     }
 
     #[test]

@@ -611,17 +611,23 @@ fn bench(weights: &std::path::Path, args: &[&str], policy: &str) -> std::process
         .unwrap()
 }
 
-#[test]
-fn bench_times_each_convolution_on_its_kernel() {
+/// The bundled ResNet-20 pruned by global magnitude to 0.9, written to `dir`.
+fn pruned_resnet20(dir: &std::path::Path) -> std::path::PathBuf {
     use reflow::prune::{MagnitudePruner, Pruner};
-    let dir = tempfile::tempdir().unwrap();
-    let weights = dir.path().join("s0.9.safetensors");
+    let weights = dir.join("s0.9.safetensors");
     let state = common::read("resnet20_cifar.safetensors");
     let mut net = reflow::models::ResNet::from_state_dict(&state).unwrap();
     MagnitudePruner::new(0.9).prune(&mut net).unwrap();
     reflow::StateDict::from_layer(&net)
         .write_safetensors(&weights)
         .unwrap();
+    weights
+}
+
+#[test]
+fn bench_times_each_convolution_on_its_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = pruned_resnet20(dir.path());
     let blocked = reflow::cpu::level() != reflow::cpu::Level::Portable;
     for (policy, dense, sparse_layers) in [("always", false, 21), ("measured", true, 0)] {
         let json = dir.path().join(format!("{policy}.json"));
@@ -882,4 +888,25 @@ fn sizes_in_headers_and_flags_are_checked_before_anything_is_allocated() {
         .output()
         .unwrap();
     assert_eq!(common::report(&out, &json)["dense"]["images"], 2);
+}
+
+#[test]
+fn bench_times_the_calibration_pass_and_leaves_the_checkpoint_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = pruned_resnet20(dir.path());
+    let before = std::fs::read(&weights).unwrap();
+    for policy in ["measured", "never"] {
+        let json = dir.path().join(format!("{policy}.json"));
+        let args = ["--calibration", "--json", json.to_str().unwrap()];
+        let out = bench(&weights, &args, policy);
+        let report = common::report(&out, &json);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("calibration passes"), "{text}");
+        assert_eq!(report["pass"], "calibration");
+        assert_eq!(report["sparse_policy"], policy);
+        assert!(report["images_per_second"].as_f64().unwrap() > 0.0);
+        assert!(report["layers"].as_array().unwrap().is_empty());
+    }
+    // The statistics the passes changed stay in memory.
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
 }

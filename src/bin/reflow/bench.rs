@@ -2,7 +2,7 @@
 
 use crate::protocol::{identity, invalid, writable_folder, Checkpoint};
 use clap::Parser;
-use reflow::bench::{bench, BenchConfig, BenchReport};
+use reflow::bench::{bench, bench_calibration, BenchConfig, BenchReport};
 use reflow::models::{Arch, Model, Stem};
 use reflow::nn::SparsePolicy;
 use reflow::prune::SparsityReport;
@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Time a checkpoint's eval pass: images per second, and per convolution (and linear
-/// layer) its kernel (dense or sparse) and time.
+/// layer) its kernel (dense or sparse) and time; or, with `--calibration`, REFLOW's
+/// calibration pass.
 #[derive(Parser, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -29,6 +30,11 @@ pub struct Args {
     /// dense and sparse kernels, measured on the first pass).
     #[arg(long)]
     dense: bool,
+    /// Time REFLOW's calibration pass instead (batch norms in training mode, their
+    /// statistics re-estimated; layer by layer, so no per-layer times): pruned
+    /// convolutions at most 40 % dense run on the sparse kernel unless --dense.
+    #[arg(long)]
+    calibration: bool,
     /// Timed passes (the median counts).
     #[arg(long, default_value_t = 20)]
     runs: usize,
@@ -99,7 +105,7 @@ fn check(args: &Args) -> reflow::Result<BenchConfig> {
 
 fn run(args: &Args) -> reflow::Result<()> {
     let config = check(args)?;
-    let net = args.checkpoint.load()?;
+    let mut net = args.checkpoint.load()?;
     if net.in_channels() != config.input[0] {
         return Err(invalid(
             "input",
@@ -118,7 +124,10 @@ fn run(args: &Args) -> reflow::Result<()> {
         .num_threads(args.threads)
         .build()
         .map_err(|e| invalid("threads", e.to_string()))?;
-    let report = pool.install(|| bench(&net, &config))?;
+    let report = match args.calibration {
+        true => pool.install(|| bench_calibration(&mut net, &config))?,
+        false => pool.install(|| bench(&net, &config))?,
+    };
     let sparsity = SparsityReport::measure(&net);
     let density = |name: &str| {
         let weight = format!("{name}.weight");
@@ -148,6 +157,7 @@ fn run(args: &Args) -> reflow::Result<()> {
             "threads": report.threads,
             "kernel_level": reflow::cpu::level().to_string(),
             "sparse_policy": report.policy.to_string(),
+            "pass": if args.calibration { "calibration" } else { "eval" },
             "runs": config.runs,
             "median_ms": report.median_ms,
             "images_per_second": report.images_per_second,
@@ -174,11 +184,19 @@ fn print(args: &Args, net: &Model, report: &BenchReport, density: &dyn Fn(&str) 
         report.policy
     );
     say!(
-        "{:.2} images/s (median of {} passes: {:.3} ms)",
+        "{:.2} images/s (median of {} {} passes: {:.3} ms)",
         report.images_per_second,
         c.runs,
+        if args.calibration {
+            "calibration"
+        } else {
+            "eval"
+        },
         report.median_ms
     );
+    if args.calibration {
+        return;
+    }
     if report.layers.is_empty() {
         say!("(nothing ran on blocked activations or vector kernels: no per-layer times)");
         return;

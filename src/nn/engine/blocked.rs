@@ -147,11 +147,7 @@ impl Convolution<'_> {
             h: out_size[0],
             w: out_size[1],
         };
-        let padded = ys.blocks() * LANES;
-        let (mut scale, mut shift) = (vec![0.0; padded], vec![0.0; padded]);
-        for o in 0..c.out_channels {
-            (scale[o], shift[o]) = epilogue.affine(o, self.bias);
-        }
+        let (scale, shift) = epilogue.blocked_affine(c.out_channels, self.bias);
         let store = Store {
             scale: &scale,
             shift: &shift,

@@ -12,6 +12,7 @@ mod config;
 mod depthwise;
 pub(crate) mod gemm;
 mod gemm_paths;
+mod nchw_sparse;
 pub(crate) mod path;
 pub(crate) mod sparse;
 
@@ -22,7 +23,7 @@ pub(crate) use path::ConvPath;
 use crate::exec::Exec;
 use crate::nn::kernels::direct::{self, ImageCall};
 use crate::nn::kernels::geometry::Geometry;
-use crate::nn::kernels::{plain, winograd, Isa, Kernels};
+use crate::nn::kernels::{plain, winograd, Isa, Kernels, LANES};
 use crate::nn::runtime::{Activation, ChannelMap, Threads};
 use crate::stats::plane_moments;
 use rayon::prelude::*;
@@ -71,6 +72,18 @@ impl Epilogue<'_> {
             a,
             bias.map_or(0.0, |b| b[o]) * a + self.shift.map_or(0.0, |s| s[o]),
         )
+    }
+
+    /// `(a, b)` of [`Epilogue::affine`] for each of `out` channels, padded with zeros
+    /// to whole blocks of sixteen: the scale and shift of a blocked kernel's store.
+    fn blocked_affine(&self, out: usize, bias: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+        let padded = out.div_ceil(LANES) * LANES;
+        (0..padded)
+            .map(|o| match o < out {
+                true => self.affine(o, bias),
+                false => (0.0, 0.0),
+            })
+            .unzip()
     }
 
     /// `dst = activation(src·a + b)`.

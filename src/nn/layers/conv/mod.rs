@@ -202,8 +202,12 @@ impl Conv2d {
             groups: c.groups,
             size: [h, w],
         });
+        // A pruned convolution may run on the sparse kernel, which reads its input as
+        // it is: a map is applied to a copy first.
+        let engine = self.engine();
+        let sparse = engine.nchw_sparse(isa, probe.exec().sparse());
         if let Some(map) = input {
-            let as_read = self.engine().maps_input_as_read(isa);
+            let as_read = engine.maps_input_as_read(isa) && sparse.is_none();
             if !as_read || probe.wants_at(LayerKind::Conv, Site::Input, window) {
                 let mut mapped = overwritten(x.dim());
                 mapped.assign(x);
@@ -217,15 +221,22 @@ impl Conv2d {
         let (ho, wo) = self.checked_output_size(x.shape(), probe)?;
         let x = x.as_standard_layout();
         let mut y = overwritten((n, self.config.out_channels, ho, wo));
-        let batch = Batch {
-            x: x.as_slice().expect("standard layout"),
-            y: y.as_slice_mut().expect("fresh array"),
-            n,
-            shape: Shapes { h, w, ho, wo },
-        };
+        let (x, shape) = (
+            x.as_slice().expect("standard layout"),
+            Shapes { h, w, ho, wo },
+        );
+        let ys = y.as_slice_mut().expect("fresh array");
         let threads = probe.exec().threads();
-        self.engine()
-            .run(batch, input, epilogue, moments, isa, threads);
+        let mut moments = moments;
+        if let Some(sparse) = sparse {
+            let batch = Batch { x, y: ys, n, shape };
+            let m = moments.as_deref_mut();
+            if engine.run_sparse(sparse, batch, epilogue, m, threads) {
+                return Ok(y);
+            }
+        }
+        let batch = Batch { x, y: ys, n, shape };
+        engine.run(batch, input, epilogue, moments, isa, threads);
         Ok(y)
     }
 }

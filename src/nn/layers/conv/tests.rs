@@ -383,3 +383,102 @@ fn invalid_groups_are_rejected() {
     assert!(Conv2d::new(Conv2dConfig::new(6, 4, 3).groups(4)).is_err());
     assert!(Conv2d::new(Conv2dConfig::new(6, 4, 0)).is_err());
 }
+
+/// `conv` with about two thirds of its weights zeroed (every output channel keeps
+/// some; output channel 0 keeps none).
+fn pruned(mut conv: Conv2d) -> Conv2d {
+    let per_out = conv.weight().len() / conv.config().out_channels;
+    conv.visit_params_mut(&mut |p| {
+        if p.name == "weight" {
+            for (i, v) in p.data.iter_mut().enumerate() {
+                if i % 3 != 0 || i < per_out {
+                    *v = 0.0;
+                }
+            }
+        }
+    });
+    conv
+}
+
+/// The calibration pass's call (output and moments) on `isa` under `policy`.
+fn with_moments(
+    conv: &Conv2d,
+    x: &Tensor4,
+    map: Option<&ChannelMap>,
+    isa: Isa,
+    policy: crate::exec::SparsePolicy,
+) -> (Tensor4, Vec<(f64, f64)>) {
+    let exec = crate::exec::Exec::defaults().with_sparse(policy);
+    let mut probe = Probe::none().with_exec(exec);
+    conv.run_with_moments_on(x, map, &mut probe, isa).unwrap()
+}
+
+#[test]
+fn pruned_convolutions_on_the_sparse_kernel_equal_the_dense_paths() {
+    use crate::exec::SparsePolicy::{Always, Never};
+    for (cfg, (h, w), isa) in every_path_on_every_isa() {
+        let conv = pruned(filled(cfg));
+        let engine = conv.engine();
+        let on_sparse = engine.nchw_sparse(isa, Always).is_some();
+        assert_eq!(on_sparse, isa.kernels().is_some(), "{cfg:?} {isa:?}");
+        assert!(engine.nchw_sparse(isa, Never).is_none());
+        let x = ramp((3, cfg.in_channels, h, w)).mapv(|v| v + 0.5);
+        let c = cfg.in_channels;
+        let map = ChannelMap {
+            scale: (0..c).map(|i| 0.5 + i as f32 / c as f32).collect(),
+            shift: (0..c).map(|i| i as f32 / c as f32 - 0.6).collect(),
+            activation: crate::nn::Activation::Relu,
+        };
+        for map in [None, Some(&map)] {
+            let (want, want_m) = with_moments(&conv, &x, map, isa, Never);
+            let (got, got_m) = with_moments(&conv, &x, map, isa, Always);
+            let what = format!("{cfg:?} {isa:?} mapped {}", map.is_some());
+            let err = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
+            let scale = want.mapv(f32::abs).fold(1.0f32, |a, &b| a.max(b));
+            assert!(err <= 1e-5 * scale, "{what}: max error {err}");
+            for ((gm, gv), (wm, wv)) in got_m.iter().zip(&want_m) {
+                assert!(
+                    (gm - wm).abs() <= 1e-5 * wm.abs().max(1.0),
+                    "{what}: {gm} {wm}"
+                );
+                assert!(
+                    (gv - wv).abs() <= 1e-5 * wv.abs().max(1e-6),
+                    "{what}: {gv} {wv}"
+                );
+            }
+        }
+        // The eval pass too: ReLU fused, no moments.
+        let epilogue = Epilogue {
+            activation: crate::nn::Activation::Relu,
+            ..Epilogue::default()
+        };
+        let run = |policy| {
+            let exec = crate::exec::Exec::defaults().with_sparse(policy);
+            let mut probe = Probe::none().with_exec(exec);
+            conv.convolve(&x, None, &mut probe, &epilogue, None, isa)
+                .unwrap()
+        };
+        let (want, got) = (run(Never), run(Always));
+        let err = (&got - &want).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
+        assert!(err <= 1e-5 * 4.0, "{cfg:?} {isa:?} eval: max error {err}");
+        assert!(got.iter().all(|v| *v >= 0.0));
+    }
+}
+
+#[test]
+fn a_nan_reaches_the_same_outputs_on_the_sparse_kernel_as_on_the_dense_paths() {
+    use crate::exec::SparsePolicy::{Always, Never};
+    // The sparse kernel declines a NaN and the dense path runs: the zero weights
+    // multiply it into every output whose window holds it, as in PyTorch.
+    let cfg = Conv2dConfig::new(16, 32, 3).padding(1);
+    let conv = pruned(filled(cfg));
+    let mut x = ramp((2, 16, 6, 6));
+    x[[1, 3, 2, 4]] = f32::NAN;
+    for isa in every_isa() {
+        let (want, _) = with_moments(&conv, &x, None, isa, Never);
+        let (got, _) = with_moments(&conv, &x, None, isa, Always);
+        let nan = |t: &Tensor4| t.mapv(|v| v.is_nan());
+        assert_eq!(nan(&got), nan(&want), "{isa:?}");
+        assert!(nan(&got).iter().any(|v| *v));
+    }
+}
