@@ -320,7 +320,8 @@ mod tests {
     #[test]
     fn sparse_conv_matches_the_definition_at_every_level() {
         // (n, c, o, groups, h, w, kernel, stride, padding, density): 1×1 as in
-        // bottlenecks, positions off a tile; 3×3 with padding and stride 2; strided
+        // bottlenecks, positions off a tile; 3×3 with padding (rows of whole vectors
+        // and not) and stride 2; strided
         // 1×1; groups of whole and of partial blocks; depthwise; a 7×7 stem; one
         // output channel; an all-zero layer; more input channels than one chunk.
         let cases = [
@@ -330,6 +331,8 @@ mod tests {
             (1, 24, 20, 1, 9, 8, [1, 1], [1, 1], [0, 0], 0.0),
             (2, 300, 48, 1, 2, 2, [1, 1], [1, 1], [0, 0], 0.3),
             (2, 24, 33, 1, 9, 11, [3, 3], [1, 1], [1, 1], 0.3),
+            // Two 7 × 7 images side by side: rows not rounded to whole vectors.
+            (2, 32, 24, 1, 7, 7, [3, 3], [1, 1], [1, 1], 0.2),
             (1, 48, 32, 1, 14, 13, [3, 3], [2, 2], [1, 1], 0.2),
             (2, 32, 40, 1, 9, 9, [1, 1], [2, 2], [0, 0], 0.4),
             (1, 64, 64, 4, 8, 8, [3, 3], [1, 1], [1, 1], 0.3),
