@@ -32,7 +32,8 @@ pub struct Args {
     dense: bool,
     /// Time REFLOW's calibration pass instead (batch norms in training mode, their
     /// statistics re-estimated; layer by layer, so no per-layer times): pruned
-    /// convolutions at most 40 % dense run on the sparse kernel unless --dense.
+    /// convolutions at most 40 % dense on maps up to 28x28 run on the sparse kernel
+    /// unless --dense.
     #[arg(long)]
     calibration: bool,
     /// Timed passes (the median counts).

@@ -205,7 +205,7 @@ impl Conv2d {
         // A pruned convolution may run on the sparse kernel, which reads its input as
         // it is: a map is applied to a copy first.
         let engine = self.engine();
-        let sparse = engine.nchw_sparse(isa, probe.exec().sparse());
+        let sparse = engine.nchw_sparse(isa, probe.exec().sparse(), [h, w]);
         if let Some(map) = input {
             let as_read = engine.maps_input_as_read(isa) && sparse.is_none();
             if !as_read || probe.wants_at(LayerKind::Conv, Site::Input, window) {

@@ -415,13 +415,20 @@ fn with_moments(
 
 #[test]
 fn pruned_convolutions_on_the_sparse_kernel_equal_the_dense_paths() {
-    use crate::exec::SparsePolicy::{Always, Never};
+    use crate::exec::SparsePolicy::{Always, Measured, Never};
     for (cfg, (h, w), isa) in every_path_on_every_isa() {
         let conv = pruned(filled(cfg));
         let engine = conv.engine();
-        let on_sparse = engine.nchw_sparse(isa, Always).is_some();
+        let on_sparse = engine.nchw_sparse(isa, Always, [h, w]).is_some();
         assert_eq!(on_sparse, isa.kernels().is_some(), "{cfg:?} {isa:?}");
-        assert!(engine.nchw_sparse(isa, Never).is_none());
+        assert!(engine.nchw_sparse(isa, Never, [h, w]).is_none());
+        // Measured: the reorders must pay off (16 input channels a group or more, maps
+        // of at most 28 × 28); this weight is a third dense.
+        let measured = engine.nchw_sparse(isa, Measured, [h, w]).is_some();
+        let suits = cfg.in_channels / cfg.groups >= 16 && h * w <= 28 * 28;
+        assert_eq!(measured, on_sparse && suits, "{cfg:?} {isa:?}");
+        let large = engine.nchw_sparse(isa, Measured, [29, 28]);
+        assert!(large.is_none(), "{cfg:?} {isa:?}");
         let x = ramp((3, cfg.in_channels, h, w)).mapv(|v| v + 0.5);
         let c = cfg.in_channels;
         let map = ChannelMap {
